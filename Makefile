@@ -1,0 +1,93 @@
+# docmint build.  `make` builds build/docmint; `make test` runs the test
+# suite; `make SAN=1 test` under ASan+UBSan; `make CUDA=1` adds the CUDA
+# kernels (nvcc, cuBLAS, NCCL from $(CUDA_HOME)).
+CC       ?= gcc
+SAN      ?= 0
+CUDA     ?= 0
+CUDA_HOME ?= /usr/local/cuda
+NVCC     ?= $(CUDA_HOME)/bin/nvcc
+
+BUILD := build
+ifeq ($(SAN),1)
+BUILD := build-san
+endif
+ifeq ($(CUDA),1)
+BUILD := $(BUILD)-cuda
+endif
+
+# Debian packages behind each pkg-config module (deploy/install-deps.sh
+# installs them all).
+PKGS := vips jansson cunit libutf8proc openblas
+PKG_DEBS := libvips-dev libjansson-dev libcunit1-dev libutf8proc-dev libopenblas-dev
+
+MISSING := $(strip $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),,$(p))))
+ifneq ($(MISSING),)
+$(error missing pkg-config modules: $(MISSING); run deploy/install-deps.sh (Debian packages: $(PKG_DEBS)))
+endif
+
+INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator
+OPT  := -O3 -march=native
+CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation \
+          -fno-strict-aliasing -pthread $(INCS) $(shell pkg-config --cflags $(PKGS))
+LDLIBS += $(shell pkg-config --libs $(PKGS)) -lm -pthread
+
+ifeq ($(SAN),1)
+OPT := -O1 -march=native
+CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+LIB_SRC := $(wildcard common/*.c kernels/cpu/*.c worker/*.c) \
+           $(filter-out coordinator/main.c,$(wildcard coordinator/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+ifeq ($(CUDA),1)
+CU_SRC := $(wildcard kernels/cuda/*.cu)
+CU_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
+LIB_OBJ += $(CU_OBJ)
+CFLAGS += -DDM_CUDA=1 -I$(CUDA_HOME)/include
+LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
+LDLIBS += -lcublas -lcudart -lnccl -lstdc++
+NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC $(INCS) \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+endif
+
+.PHONY: all test demo bench clean deps check-cuda
+all: $(BUILD)/docmint
+
+$(BUILD)/docmint: $(BUILD)/coordinator/main.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test_docmint: $(TEST_OBJ) $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+# The unit and golden tests (CUnit), then the command-line tests.
+test: $(BUILD)/test_docmint $(BUILD)/docmint
+	cd tests && DOCMINT=../$(BUILD)/docmint ../$(BUILD)/test_docmint
+	DOCMINT=$(BUILD)/docmint sh tests/cli.sh
+
+# Build a random-weight model of the tiny config, synthesise a page and ask
+# it a question (no download needed).
+demo: $(BUILD)/docmint
+	sh jobs/demo.sh $(BUILD)/docmint
+
+bench: $(BUILD)/docmint
+	sh tests/bench.sh $(BUILD)/docmint
+
+deps:
+	sh deploy/install-deps.sh
+
+clean:
+	rm -rf build build-san build-cuda build-san-cuda
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/coordinator/main.d

@@ -1,0 +1,4 @@
+build/common/safetensors.o: common/safetensors.c common/tensorfile.h \
+ common/dm_error.h
+common/tensorfile.h:
+common/dm_error.h:

@@ -1,0 +1,4 @@
+build/common/torchbin.o: common/torchbin.c common/tensorfile.h \
+ common/dm_error.h
+common/tensorfile.h:
+common/dm_error.h:

@@ -1,0 +1,2 @@
+build/coordinator/main.o: coordinator/main.c coordinator/commands.h
+coordinator/commands.h:

@@ -1,0 +1,14 @@
+/* commands.h - the docmint subcommands.  Each takes the arguments after
+ * its own name (argv[0] is the command name) and returns the exit status. */
+#ifndef DM_COMMANDS_H
+#define DM_COMMANDS_H
+
+int cmd_ask(int argc, char **argv);
+int cmd_forward(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_init(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
+
+#endif

@@ -1,0 +1,57 @@
+/* main.c - the docmint entry point: dispatch to a subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct Command {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} Command;
+
+/* Weak references let a build leave a command out. */
+#pragma weak cmd_ask
+#pragma weak cmd_forward
+#pragma weak cmd_tokenize
+#pragma weak cmd_detokenize
+#pragma weak cmd_init
+#pragma weak cmd_bench
+#pragma weak cmd_preprocess
+
+static const Command s_commands[] = {
+    {"ask", cmd_ask, "MODEL_DIR IMAGE QUESTION...   answer questions about one page"},
+    {"forward", cmd_forward, "MODEL_DIR --in IN --out OUT   run the model on tensors, write every intermediate"},
+    {"tokenize", cmd_tokenize, "DIR [--no-special]   JSON lines {\"text\"} on stdin -> {\"ids\",\"pieces\"}"},
+    {"detokenize", cmd_detokenize, "DIR [--skip-special]   JSON lines {\"ids\"} on stdin -> {\"text\"}"},
+    {"preprocess", cmd_preprocess, "MODEL_DIR IMAGE -o OUT.safetensors   image -> pixel_values"},
+    {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
+    {"bench", cmd_bench, "MODEL_DIR   encoder/decoder timings against measured machine bounds"},
+};
+#define NCOMMANDS (int)(sizeof s_commands / sizeof *s_commands)
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: docmint <command> [args]   (docmint <command> --help for its flags)\n\ncommands:\n");
+    for (int i = 0; i < NCOMMANDS; i++)
+        if (s_commands[i].fn)
+            fprintf(f, "  %-11s %s\n", s_commands[i].name, s_commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        s_usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        s_usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < NCOMMANDS; i++)
+        if (s_commands[i].fn && strcmp(argv[1], s_commands[i].name) == 0)
+            return s_commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "docmint: unknown command '%s'\n", argv[1]);
+    s_usage(stderr);
+    return 2;
+}

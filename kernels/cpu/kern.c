@@ -1,0 +1,114 @@
+/* kern.c - CPU kernels: BLAS GEMM wrappers and plain vectorisable loops. */
+#include "kern.h"
+
+#include <cblas.h>
+#include <math.h>
+
+void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                ldc);
+}
+
+void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta,
+                C, ldc);
+}
+
+void kern_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y)
+{
+    if (bias) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                y[(size_t)i * N + j] = bias[j];
+    }
+    if (M == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, K, x, 1, bias ? 1.0f : 0.0f, y, 1);
+    else
+        kern_gemm_nt(M, N, K, 1.0f, x, K, W, K, bias ? 1.0f : 0.0f, y, N);
+}
+
+void kern_linear_ref(const float *x, int M, int K, const float *W, const float *bias, int N,
+                     float *y)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double acc = bias ? bias[j] : 0.0;
+            for (int k = 0; k < K; k++)
+                acc += (double)x[(size_t)i * K + k] * W[(size_t)j * K + k];
+            y[(size_t)i * N + j] = (float)acc;
+        }
+}
+
+void kern_layernorm(const float *x, int rows, int n, const float *g, const float *b, float eps,
+                    float *y)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *yr = y + (size_t)r * n;
+        double mean = 0.0;
+        for (int i = 0; i < n; i++)
+            mean += xr[i];
+        mean /= n;
+        double var = 0.0;
+        for (int i = 0; i < n; i++) {
+            double d = xr[i] - mean;
+            var += d * d;
+        }
+        var /= n;
+        float inv = (float)(1.0 / sqrt(var + eps));
+        float fm = (float)mean;
+        for (int i = 0; i < n; i++)
+            yr[i] = (xr[i] - fm) * inv * g[i] + b[i];
+    }
+}
+
+void kern_gelu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+void kern_softmax_rows(float *x, int rows, int n)
+{
+    for (int r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * n;
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++)
+            mx = xr[i] > mx ? xr[i] : mx;
+        if (mx == -INFINITY) { /* fully masked row: torch yields NaN; keep zeros */
+            for (int i = 0; i < n; i++)
+                xr[i] = 0.0f;
+            continue;
+        }
+        float sum = 0.0f;
+        for (int i = 0; i < n; i++) {
+            xr[i] = expf(xr[i] - mx);
+            sum += xr[i];
+        }
+        float inv = 1.0f / sum;
+        for (int i = 0; i < n; i++)
+            xr[i] *= inv;
+    }
+}
+
+void kern_add(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+static int s_threads = 0;
+
+void kern_set_threads(int n)
+{
+    if (n < 1)
+        n = 1;
+    s_threads = n;
+    openblas_set_num_threads(n);
+}
+
+int kern_get_threads(void) { return s_threads ? s_threads : openblas_get_num_threads(); }

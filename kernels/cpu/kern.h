@@ -1,0 +1,44 @@
+/* kern.h - CPU tensor operations on float32 row-major arrays.
+ *
+ * Every operation here has a plain C definition; faster variants (SIMD,
+ * BLAS) are tested against it.  Shapes are passed explicitly; nothing here
+ * allocates. */
+#ifndef DM_KERN_H
+#define DM_KERN_H
+
+#include <stddef.h>
+
+/* y[M,N] = x[M,K] * W[N,K]^T (+ bias[N] if non-NULL).  W is a PyTorch
+ * Linear weight ([out, in]).  Uses BLAS sgemm. */
+void kern_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y);
+/* Reference twin of kern_linear: triple loop, double accumulation. */
+void kern_linear_ref(const float *x, int M, int K, const float *W, const float *bias, int N,
+                     float *y);
+
+/* C[M,N] = alpha * A[M,K] * B^T (B is [N,K]) + beta * C, leading dims given. */
+void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
+/* C[M,N] = alpha * A[M,K] * B[K,N] + beta * C. */
+void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
+
+/* LayerNorm over the last dim (n) of each of `rows` rows, biased variance,
+ * as torch.nn.LayerNorm: y = (x - mean) / sqrt(var + eps) * g + b.
+ * x and y may alias. */
+void kern_layernorm(const float *x, int rows, int n, const float *g, const float *b, float eps,
+                    float *y);
+
+/* Exact GELU (erf form), in place. */
+void kern_gelu(float *x, size_t n);
+
+/* Row softmax in place over n columns (max-subtracted, as torch). */
+void kern_softmax_rows(float *x, int rows, int n);
+
+/* y += x */
+void kern_add(float *y, const float *x, size_t n);
+
+/* Number of threads the GEMM library uses; set once at start-up. */
+void kern_set_threads(int n);
+int kern_get_threads(void);
+
+#endif

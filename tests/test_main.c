@@ -1,0 +1,27 @@
+/* test_main.c - the CUnit runner.  Each test file registers its suites
+ * through one function; the weak declarations let a suite file be absent
+ * from a partial build. */
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define SUITES(X) \
+    X(tests_safetensors) X(tests_torchbin) X(tests_checkpoint) X(tests_tokenizer) \
+    X(tests_image) X(tests_kernels) X(tests_swin) X(tests_decoder) X(tests_generate) \
+    X(tests_cuda)
+
+#define DECLARE(fn) void fn(void) __attribute__((weak));
+SUITES(DECLARE)
+
+int main(void)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+#define CALL(fn) if (fn) fn();
+    SUITES(CALL)
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    return failed ? 1 : 0;
+}

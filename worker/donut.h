@@ -1,0 +1,166 @@
+/* donut.h - the Donut model: configuration, weights, and the entry points
+ * of the encoder (Swin), the decoder (mBART) and generation.
+ *
+ * Read-only weights live in DonutModel; per-run state (KV caches, scratch)
+ * lives in the objects of decoder.h, so many pages and questions share one
+ * loaded model.  A pruned student is the same struct with fewer sub-layers
+ * and heads. */
+#ifndef DM_DONUT_H
+#define DM_DONUT_H
+
+#include <stdint.h>
+
+#include "dm_error.h"
+#include "tensorfile.h"
+
+#define DM_MAX_STAGES 8
+#define DM_MAX_HEADS 64
+#define DM_MAX_LAYERS 64
+
+typedef struct SwinConfig {
+    int image_h, image_w;  /* encoder.image_size as [H, W] */
+    int patch;             /* patch_size */
+    int channels;          /* num_channels */
+    int embed_dim;
+    int nstages;
+    int depths[DM_MAX_STAGES];
+    int heads[DM_MAX_STAGES];
+    int window;
+    float mlp_ratio;
+    int qkv_bias;
+    float ln_eps;
+    int hidden_size;       /* embed_dim * 2^(nstages-1) */
+} SwinConfig;
+
+typedef struct MBartConfig {
+    int vocab;
+    int d_model;
+    int layers;
+    int heads;
+    int ffn;
+    int max_pos;           /* max_position_embeddings (table has max_pos + 2 rows) */
+    int scale_embedding;
+    int pad_id, bos_id, eos_id, unk_id;
+    int decoder_start_id;  /* -1 when null */
+    int forced_eos_id;     /* -1 when null */
+    int tie_word_embeddings;
+    float ln_eps;          /* 1e-5: mBART's LayerNorms use torch's default */
+} MBartConfig;
+
+typedef struct DonutConfig {
+    SwinConfig enc;
+    MBartConfig dec;
+} DonutConfig;
+
+typedef struct DmLinear {
+    const float *w; /* [out, in] */
+    const float *b; /* [out] or NULL */
+    int out, in;
+} DmLinear;
+
+typedef struct DmNorm {
+    const float *g, *b;
+    int n;
+} DmNorm;
+
+typedef struct SwinBlock {
+    DmNorm ln_before;
+    DmLinear q, k, v;
+    const float *rel_bias; /* relative_position_bias_table [(2w-1)^2, heads] */
+    DmLinear proj;         /* attention.output.dense */
+    DmNorm ln_after;
+    DmLinear fc1, fc2;     /* intermediate.dense, output.dense */
+} SwinBlock;
+
+typedef struct SwinStage {
+    int depth, dim, heads;
+    SwinBlock *blocks;
+    int has_merge;
+    DmNorm merge_norm;     /* downsample.norm over 4*dim */
+    DmLinear merge;        /* downsample.reduction [2*dim, 4*dim], no bias */
+} SwinStage;
+
+typedef struct SwinWeights {
+    const float *patch_w;  /* [embed, channels, patch, patch] */
+    const float *patch_b;  /* [embed] */
+    DmNorm patch_norm;
+    SwinStage stages[DM_MAX_STAGES];
+} SwinWeights;
+
+/* Sub-layer kinds, named as in the paper: S (self-attention), C (cross-
+ * attention), M (feed-forward). */
+enum { DM_SUB_S = 0, DM_SUB_C = 1, DM_SUB_M = 2 };
+
+typedef struct DecAttn {
+    int present;
+    int nheads;                 /* heads kept */
+    int head_ids[DM_MAX_HEADS]; /* original index of each kept head */
+    DmNorm ln;
+    DmLinear q, k, v, o;        /* q/k/v: [nheads*hd, d]; o: [d, nheads*hd] */
+} DecAttn;
+
+typedef struct DecFfn {
+    int present;
+    DmNorm ln;
+    DmLinear fc1, fc2;
+} DecFfn;
+
+typedef struct DecLayer {
+    DecAttn self, cross;
+    DecFfn ffn;
+} DecLayer;
+
+typedef struct MBartWeights {
+    const float *embed_tokens;    /* [vocab, d] */
+    const float *embed_positions; /* [max_pos + 2, d] */
+    DmNorm ln_emb;                /* layernorm_embedding */
+    DecLayer layers[DM_MAX_LAYERS];
+    DmNorm ln_final;              /* layer_norm */
+    const float *lm_head;         /* [vocab, d]; = embed_tokens when tied */
+    int head_dim;
+} MBartWeights;
+
+typedef struct DonutModel {
+    char *dir;
+    DonutConfig cfg;
+    SwinWeights enc;
+    MBartWeights dec;
+    TensorFile *weights;  /* the opened weight file (mapped) */
+    float **owned;        /* float32 copies made at load (dtype conversion, cuts) */
+    int nowned, capowned;
+    char fingerprint[17]; /* hex FNV-1a-64 over the weight bytes */
+} DonutModel;
+
+/* A probe receives named intermediate tensors during a forward pass (the
+ * names of the golden files, without their case prefix).  It must copy what
+ * it wants to keep. */
+typedef struct DmProbe {
+    void (*emit)(void *ctx, const char *name, int ndim, const int64_t *shape, const float *data);
+    void *ctx;
+} DmProbe;
+
+/* ------------------------------------------------------------- checkpoint */
+
+/* Parse config.json text of a VisionEncoderDecoder Donut model.  `what`
+ * names the file in messages. */
+int donut_config_parse(const char *json_text, const char *what, DonutConfig *cfg, DmErr *err);
+
+/* Load a checkpoint folder: config.json, then model.safetensors or
+ * pytorch_model.bin, and a pruning record if the folder has one. */
+int donut_load(const char *dir, DonutModel **out, DmErr *err);
+void donut_free(DonutModel **m);
+
+/* ---------------------------------------------------------------- encoder */
+
+/* Number of encoder output tokens and their grid for an input of H x W. */
+void swin_output_grid(const SwinConfig *c, int H, int W, int *oh, int *ow);
+
+/* Run the Swin encoder on one image, pixels [channels, H, W] (normalised).
+ * out receives [oh*ow, hidden_size].  probe may be NULL; it receives
+ * encoder.hidden_states.N, encoder.stage_outputs_before_downsampling.N,
+ * encoder.attentions.N (last block of each stage) and
+ * encoder.last_hidden_state. */
+int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *out,
+                const DmProbe *probe, DmErr *err);
+
+#endif
