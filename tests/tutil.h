@@ -45,3 +45,76 @@ static inline void tu_register(const char *suite, const TuCase *cases, int n)
     } while (0)
 
 #endif
+
+/* A probe sink that keeps copies of every emitted tensor, for comparison
+ * with the reference files. */
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct TuCollect {
+    int n;
+    char *name[256];
+    int ndim[256];
+    int64_t shape[256][8];
+    float *data[256];
+} TuCollect;
+
+static inline void tu_collect_emit(void *ctx, const char *name, int ndim, const int64_t *shape,
+                                   const float *data)
+{
+    TuCollect *c = ctx;
+    if (c->n >= 256)
+        return;
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        c->shape[c->n][i] = shape[i];
+        numel *= (size_t)shape[i];
+    }
+    c->name[c->n] = strdup(name);
+    c->ndim[c->n] = ndim;
+    c->data[c->n] = malloc(numel * sizeof(float));
+    memcpy(c->data[c->n], data, numel * sizeof(float));
+    c->n++;
+}
+
+static inline int tu_collect_find(const TuCollect *c, const char *name)
+{
+    for (int i = 0; i < c->n; i++)
+        if (!strcmp(c->name[i], name))
+            return i;
+    return -1;
+}
+
+static inline void tu_collect_free(TuCollect *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        free(c->name[i]);
+        free(c->data[i]);
+    }
+    c->n = 0;
+}
+
+/* Compare collected tensor `name` with golden tensor `prefix.name` in tf:
+ * same shape, max abs diff <= tol.  Returns the max diff (or INFINITY when
+ * missing or mis-shaped) and records a CUnit assertion. */
+static inline double tu_check_tensor(const TuCollect *c, const TensorFile *tf, const char *prefix,
+                                     const char *name, double tol)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    const DmTensor *g = tensorfile_find(tf, full);
+    int i = tu_collect_find(c, name);
+    double diff = INFINITY;
+    if (g && i >= 0 && g->dtype == DM_F32 && g->ndim == c->ndim[i]) {
+        int same = 1;
+        for (int d = 0; d < g->ndim; d++)
+            same &= g->shape[d] == c->shape[i][d];
+        if (same)
+            diff = tu_maxdiff(c->data[i], (const float *)g->data, (size_t)dm_tensor_numel(g));
+    }
+    if (!(diff <= tol))
+        printf("\n  %s: max abs diff %.3g (tolerance %.1g)%s%s", full, diff, tol,
+               g ? "" : " [no golden]", i >= 0 ? "" : " [not produced]");
+    CU_ASSERT(diff <= tol);
+    return diff;
+}

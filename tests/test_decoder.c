@@ -1,0 +1,221 @@
+/* test_decoder.c - the mBART decoder and greedy generation against the
+ * tensors Hugging Face computed for the tiny reference model.  The decoder
+ * is fed the reference encoder output, so these tests do not depend on the
+ * encoder. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decoder.h"
+#include "generate.h"
+#include "tutil.h"
+
+static DonutModel *s_model;
+static TensorFile *s_gold;
+
+static int s_setup(void)
+{
+    DmErr err = {{0}};
+    if (donut_load(TU_TINY, &s_model, &err) || tensorfile_open(TU_TINY "/expected.safetensors",
+                                                              &s_gold, &err)) {
+        fprintf(stderr, "decoder tests: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int s_teardown(void)
+{
+    donut_free(&s_model);
+    tensorfile_close(&s_gold);
+    return 0;
+}
+
+/* Reference ids of case k as int32. */
+static int32_t *s_ids(const char *name, int *n)
+{
+    const DmTensor *t = tensorfile_find(s_gold, name);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    int64_t numel = dm_tensor_numel(t);
+    int64_t *tmp = malloc((size_t)numel * sizeof *tmp);
+    int32_t *ids = malloc((size_t)numel * sizeof *ids);
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(dm_tensor_to_i64(t, tmp, &err), 0);
+    for (int64_t i = 0; i < numel; i++)
+        ids[i] = (int32_t)tmp[i];
+    free(tmp);
+    *n = (int)numel;
+    return ids;
+}
+
+static void s_page(int k, DecPage *page)
+{
+    char name[128];
+    snprintf(name, sizeof name, "case%d.encoder.last_hidden_state", k);
+    const DmTensor *enc = tensorfile_find(s_gold, name);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(enc);
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(
+        dec_page_init(page, s_model, enc->data, (int)enc->shape[1], &err), 0);
+}
+
+static void s_teacher_forcing_case(int k)
+{
+    DecPage page;
+    s_page(k, &page);
+    char name[128], prefix[32];
+    snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+    snprintf(prefix, sizeof prefix, "case%d.", k);
+    int T;
+    int32_t *ids = s_ids(name, &T);
+    DecSeq seq, *sp = &seq;
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(dec_seq_init(&seq, s_model, T, &err), 0);
+    float *logits = malloc((size_t)T * s_model->cfg.dec.vocab * sizeof(float));
+    TuCollect col = {0};
+    DmProbe probe = {tu_collect_emit, &col};
+    const int32_t *idp = ids;
+    CU_ASSERT_EQUAL(dec_forward(&page, &sp, &idp, &T, 1, logits, 1, NULL, &probe, &err), 0);
+    double worst = 0;
+    worst = fmax(worst, tu_check_tensor(&col, s_gold, prefix, "decoder.logits", 5e-4));
+    for (int l = 0; l <= s_model->cfg.dec.layers; l++) {
+        snprintf(name, sizeof name, "decoder.hidden_states.%d", l);
+        worst = fmax(worst, tu_check_tensor(&col, s_gold, prefix, name, 1e-4));
+    }
+    worst = fmax(worst, tu_check_tensor(&col, s_gold, prefix, "decoder.last_layer_output", 1e-4));
+    for (int l = 0; l < s_model->cfg.dec.layers; l++) {
+        snprintf(name, sizeof name, "decoder.self_attentions.%d", l);
+        tu_check_tensor(&col, s_gold, prefix, name, 5e-5);
+        snprintf(name, sizeof name, "decoder.cross_attentions.%d", l);
+        tu_check_tensor(&col, s_gold, prefix, name, 5e-5);
+    }
+    printf(" [case%d worst %.2g]", k, worst);
+    tu_collect_free(&col);
+    free(logits);
+    free(ids);
+    dec_seq_free(&seq);
+    dec_page_free(&page);
+}
+
+static void test_teacher_forcing(void)
+{
+    for (int k = 0; k < 3; k++)
+        s_teacher_forcing_case(k);
+}
+
+typedef struct StepLog {
+    int vocab, n;
+    float *raw; /* [n, vocab] */
+} StepLog;
+
+static void s_on_step(void *ctx, int seq, int step, const float *raw, int vocab)
+{
+    StepLog *log = ctx;
+    log->raw = realloc(log->raw, (size_t)(log->n + 1) * vocab * sizeof(float));
+    memcpy(log->raw + (size_t)log->n * vocab, raw, (size_t)vocab * sizeof(float));
+    log->n++;
+}
+
+static void s_generate_case(int k)
+{
+    DecPage page;
+    s_page(k, &page);
+    char name[128];
+    snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+    int T, G;
+    int32_t *prompt = s_ids(name, &T);
+    snprintf(name, sizeof name, "case%d.generate.ids", k);
+    int32_t *want = s_ids(name, &G);
+    GenConfig g;
+    gen_config_default(s_model, &g);
+    GenResult r;
+    StepLog log = {0};
+    DmErr err;
+    const int32_t *pp = prompt;
+    CU_ASSERT_EQUAL_FATAL(gen_greedy(&page, &pp, &T, 1, &g, &r, s_on_step, &log, &err), 0);
+    CU_ASSERT_EQUAL(r.len, G);
+    int same = r.len == G && !memcmp(r.ids, want, (size_t)G * sizeof(int32_t));
+    CU_ASSERT(same);
+    /* Raw step logits and the processed scores. */
+    int V = s_model->cfg.dec.vocab;
+    snprintf(name, sizeof name, "case%d.generate.step_logits", k);
+    const DmTensor *sl = tensorfile_find(s_gold, name);
+    snprintf(name, sizeof name, "case%d.generate.scores", k);
+    const DmTensor *sc = tensorfile_find(s_gold, name);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sl);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sc);
+    CU_ASSERT_EQUAL_FATAL(sl->shape[0], log.n);
+    double d = tu_maxdiff(log.raw, sl->data, (size_t)log.n * V);
+    CU_ASSERT(d <= 5e-4);
+    int inf_mismatch = 0;
+    double dscore = 0;
+    for (int s = 0; s < log.n; s++) {
+        float *row = log.raw + (size_t)s * V;
+        gen_process_scores(&g, T + s, row, V);
+        const float *ref = (const float *)sc->data + (size_t)s * V;
+        for (int v = 0; v < V; v++) {
+            if (isinf(ref[v]) != isinf(row[v]))
+                inf_mismatch++;
+            else if (!isinf(ref[v]))
+                dscore = fmax(dscore, fabs(ref[v] - row[v]));
+        }
+    }
+    CU_ASSERT_EQUAL(inf_mismatch, 0);
+    CU_ASSERT(dscore <= 5e-4);
+    printf(" [case%d: %d new ids %s, step logits %.2g, scores %.2g]", k, r.len - T,
+           same ? "equal" : "DIFFER", d, dscore);
+    free(log.raw);
+    gen_result_free(&r);
+    free(prompt);
+    free(want);
+    dec_page_free(&page);
+}
+
+static void test_generate(void)
+{
+    for (int k = 0; k < 3; k++)
+        s_generate_case(k);
+}
+
+/* Three questions on one page decoded together give the ids each gives
+ * alone (the reference ids of case 0, asked with prompts of cases 0-2). */
+static void test_generate_batch(void)
+{
+    DecPage page;
+    s_page(0, &page);
+    int32_t *prompts[3];
+    int lens[3];
+    GenResult solo[3], batch[3];
+    GenConfig g;
+    gen_config_default(s_model, &g);
+    DmErr err;
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+        prompts[k] = s_ids(name, &lens[k]);
+        const int32_t *pp = prompts[k];
+        CU_ASSERT_EQUAL_FATAL(gen_greedy(&page, &pp, &lens[k], 1, &g, &solo[k], NULL, NULL, &err),
+                              0);
+    }
+    CU_ASSERT_EQUAL_FATAL(gen_greedy(&page, (const int32_t *const *)prompts, lens, 3, &g, batch,
+                                     NULL, NULL, &err),
+                          0);
+    for (int k = 0; k < 3; k++) {
+        CU_ASSERT_EQUAL(solo[k].len, batch[k].len);
+        CU_ASSERT(solo[k].len == batch[k].len &&
+                  !memcmp(solo[k].ids, batch[k].ids, (size_t)solo[k].len * sizeof(int32_t)));
+        gen_result_free(&solo[k]);
+        gen_result_free(&batch[k]);
+        free(prompts[k]);
+    }
+    /* case 0's prompt on case 0's page is the reference generation */
+    dec_page_free(&page);
+}
+
+void tests_decoder(void)
+{
+    CU_pSuite s = CU_add_suite("decoder (tiny-a reference)", s_setup, s_teardown);
+    CU_add_test(s, "teacher forcing: logits, hidden states, attentions", test_teacher_forcing);
+    CU_add_test(s, "greedy generation: ids, step logits, scores", test_generate);
+    CU_add_test(s, "batched questions equal single questions", test_generate_batch);
+}

@@ -1,0 +1,66 @@
+/* decoder.h - the mBART decoder of Donut with per-run state.
+ *
+ * DecPage holds what one page contributes: the encoder output and each
+ * cross-attention's keys and values, computed once and shared by every
+ * question asked of that page.  DecSeq holds one sequence's self-attention
+ * KV cache.  dec_forward appends tokens to sequences: the whole prompt (or a
+ * teacher-forced sequence) at once, or one token per sequence per step for
+ * a batch of questions, so each weight is read once per step for all. */
+#ifndef DM_DECODER_H
+#define DM_DECODER_H
+
+#include "donut.h"
+
+typedef struct DecPage {
+    const DonutModel *m;
+    int n_enc;                  /* encoder tokens */
+    const float *enc;           /* [n_enc, d_model], borrowed */
+    float *ck[DM_MAX_LAYERS];   /* cross keys [n_enc, nheads*hd] (NULL if C<l> removed) */
+    float *cv[DM_MAX_LAYERS];
+} DecPage;
+
+typedef struct DecSeq {
+    int len, cap;               /* tokens in the cache, capacity */
+    float *sk[DM_MAX_LAYERS];   /* self keys [cap, nheads*hd] */
+    float *sv[DM_MAX_LAYERS];
+} DecSeq;
+
+/* Where a hook is called, for each present sub-layer (S, C, M) of a layer:
+ * INPUT: the residual stream entering the sub-layer [T, d];
+ * ATTN: attention probabilities [heads, T, S] (attention sub-layers only);
+ * OUTPUT: the sub-layer's output before it is added to the residual [T, d]
+ *   (zeroing it skips the sub-layer).
+ * The hook may read and overwrite `data` in place. */
+typedef enum { DEC_HOOK_INPUT, DEC_HOOK_ATTN, DEC_HOOK_OUTPUT } DecHookPoint;
+
+typedef struct DecHookEvent {
+    int layer;
+    int kind; /* DM_SUB_S, DM_SUB_C, DM_SUB_M */
+    DecHookPoint point;
+    float *data;
+    int ndim;
+    int64_t shape[3];
+    int pos0; /* position of the first of the T rows */
+} DecHookEvent;
+
+typedef struct DecHooks {
+    int (*fn)(void *ctx, DecHookEvent *ev); /* return -1 to abort the pass */
+    void *ctx;
+} DecHooks;
+
+int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err);
+void dec_page_free(DecPage *p);
+
+int dec_seq_init(DecSeq *s, const DonutModel *m, int cap, DmErr *err);
+void dec_seq_free(DecSeq *s);
+
+/* Append tokens to B sequences: sequence b gets counts[b] tokens from
+ * ids[b].  logits (may be NULL) receives, row by row in sequence order,
+ * either every appended position (all_logits) or only the last position
+ * of each sequence: [sum counts or B, vocab].  hooks and probe are honoured
+ * only when B == 1 (analysis and the forward command). */
+int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
+                int B, float *logits, int all_logits, const DecHooks *hooks,
+                const DmProbe *probe, DmErr *err);
+
+#endif
