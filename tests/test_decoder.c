@@ -212,10 +212,114 @@ static void test_generate_batch(void)
     dec_page_free(&page);
 }
 
+
+/* A pruning plan applied through the hooks, as the analyses will: removed
+ * sub-layers have their output zeroed, removed heads their attention
+ * probabilities.  Reference: HF logits of the pruned students. */
+typedef struct PlanHook {
+    int keep[DM_MAX_LAYERS][3];
+    int head_keep[DM_MAX_LAYERS][2][DM_MAX_HEADS];
+} PlanHook;
+
+static int s_plan_hook(void *ctx, DecHookEvent *ev)
+{
+    PlanHook *p = ctx;
+    size_t n = 1;
+    for (int i = 0; i < ev->ndim; i++)
+        n *= (size_t)ev->shape[i];
+    if (ev->point == DEC_HOOK_OUTPUT && !p->keep[ev->layer][ev->kind])
+        memset(ev->data, 0, n * sizeof(float));
+    if (ev->point == DEC_HOOK_ATTN) {
+        size_t per = n / (size_t)ev->shape[0];
+        for (int h = 0; h < ev->shape[0]; h++)
+            if (!p->head_keep[ev->layer][ev->kind][h])
+                memset(ev->data + h * per, 0, per * sizeof(float));
+    }
+    return 0;
+}
+
+static void s_plan_load(const char *path, PlanHook *ph)
+{
+    FILE *f = fopen(path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    for (int l = 0; l < DM_MAX_LAYERS; l++)
+        for (int k = 0; k < 3; k++) {
+            ph->keep[l][k] = 1;
+            for (int h = 0; h < DM_MAX_HEADS; h++)
+                ph->head_keep[l][k < 2 ? k : 0][h] = 1;
+        }
+    /* The plan files are small and regular: "X<l>": false and "X<l>": [..]. */
+    for (char *p = buf; (p = strchr(p, '"')); p++) {
+        char kind;
+        int l;
+        if (sscanf(p, "\"%c%d\"", &kind, &l) != 2 || !strchr("SCM", kind))
+            continue;
+        int k = kind == 'S' ? 0 : kind == 'C' ? 1 : 2;
+        char *v = strchr(p, ':') + 1;
+        while (*v == ' ')
+            v++;
+        if (!strncmp(v, "false", 5))
+            ph->keep[l][k] = 0;
+        if (*v == '[') {
+            for (int h = 0; h < DM_MAX_HEADS; h++)
+                ph->head_keep[l][k][h] = 0;
+            for (char *q = v + 1; *q && *q != ']'; q++)
+                if (*q >= '0' && *q <= '9')
+                    ph->head_keep[l][k][strtol(q, &q, 10)] = 1, q--;
+        }
+        p = v;
+    }
+}
+
+static void test_plan_hooks(void)
+{
+    TensorFile *train;
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(tensorfile_open(TU_TINY "/train.safetensors", &train, &err), 0);
+    for (int pl = 1; pl <= 2; pl++) {
+        PlanHook ph;
+        char path[128];
+        snprintf(path, sizeof path, TU_TINY "/plan%d.json", pl);
+        s_plan_load(path, &ph);
+        DecHooks hooks = {s_plan_hook, &ph};
+        for (int k = 0; k < 3; k++) {
+            DecPage page;
+            s_page(k, &page);
+            char name[128];
+            snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+            int T;
+            int32_t *ids = s_ids(name, &T);
+            DecSeq seq, *sp = &seq;
+            CU_ASSERT_EQUAL_FATAL(dec_seq_init(&seq, s_model, T, &err), 0);
+            TuCollect col = {0};
+            DmProbe probe = {tu_collect_emit, &col};
+            float *logits = malloc((size_t)T * s_model->cfg.dec.vocab * sizeof(float));
+            const int32_t *idp = ids;
+            CU_ASSERT_EQUAL(dec_forward(&page, &sp, &idp, &T, 1, logits, 1, &hooks, &probe, &err),
+                            0);
+            char prefix[32];
+            snprintf(prefix, sizeof prefix, "plan%d.case%d.", pl, k);
+            double d = tu_check_tensor(&col, train, prefix, "decoder.logits", 5e-4);
+            printf(" [plan%d case%d %.2g]", pl, k, d);
+            tu_collect_free(&col);
+            free(logits);
+            free(ids);
+            dec_seq_free(&seq);
+            dec_page_free(&page);
+        }
+    }
+    tensorfile_close(&train);
+}
+
 void tests_decoder(void)
 {
     CU_pSuite s = CU_add_suite("decoder (tiny-a reference)", s_setup, s_teardown);
     CU_add_test(s, "teacher forcing: logits, hidden states, attentions", test_teacher_forcing);
     CU_add_test(s, "greedy generation: ids, step logits, scores", test_generate);
     CU_add_test(s, "batched questions equal single questions", test_generate_batch);
+    CU_add_test(s, "pruning plans through hooks match pruned students", test_plan_hooks);
 }
