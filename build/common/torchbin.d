@@ -1,4 +1,0 @@
-build/common/torchbin.o: common/torchbin.c common/tensorfile.h \
- common/dm_error.h
-common/tensorfile.h:
-common/dm_error.h:

@@ -1,2 +1,0 @@
-build/coordinator/main.o: coordinator/main.c coordinator/commands.h
-coordinator/commands.h:
