@@ -1,0 +1,42 @@
+/* qa.h - document question answering with a loaded Donut checkpoint: the
+ * DocVQA prompt, one encoder pass per page, the page's questions decoded
+ * together, and the answer extracted as the Donut recipe does. */
+#ifndef DM_QA_H
+#define DM_QA_H
+
+#include "donut.h"
+#include "generate.h"
+#include "tokenizer.h"
+
+typedef struct QaModel {
+    DonutModel *model;
+    Tokenizer *tok;
+    GenConfig gen;
+    int32_t id_answer_open, id_answer_close, id_yes, id_no; /* -1 if absent */
+} QaModel;
+
+typedef struct QaAnswer {
+    char *text;          /* extracted answer (malloc'ed) */
+    int32_t *ids;        /* generated ids after the prompt (malloc'ed) */
+    int n_ids;
+    double mean_logprob; /* mean log-probability of the generated tokens */
+} QaAnswer;
+
+int qa_open(const char *dir, QaModel *qa, DmErr *err);
+void qa_close(QaModel *qa);
+
+/* Token ids of the DocVQA prompt for a question (no <s>). */
+int qa_prompt(const QaModel *qa, const char *question, int32_t **ids, int *n, DmErr *err);
+
+/* Answer n questions about one page given its encoder output. */
+int qa_answer_page(const QaModel *qa, const float *enc, int n_enc, const char *const *questions,
+                   int n, QaAnswer *answers, DmErr *err);
+
+/* The answer text within generated ids (after the prompt): the tokens up
+ * to </s_answer> (or </s>, or the end when neither comes), <yes/> and <no/>
+ * mapped to "yes" and "no", decoded without special tokens, trimmed. */
+int qa_extract_answer(const QaModel *qa, const int32_t *ids, int n, char **text, DmErr *err);
+
+void qa_answer_free(QaAnswer *a);
+
+#endif
