@@ -1,0 +1,152 @@
+/* cmd_ask.c - `docmint ask`: answer questions about one page. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "image.h"
+#include "kern.h"
+#include "preprocess.h"
+#include "qa.h"
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: docmint ask MODEL_DIR IMAGE QUESTION [QUESTION ...] [options]\n"
+               "  prints one answer per question, in order\n"
+               "  --page N      page of a multi-page TIFF or PDF, from 0 (default 0)\n"
+               "  --dpi D       PDF rendering resolution (default %d)\n"
+               "  --threads N   compute threads (default: all cores)\n"
+               "  --verbose     also print timings and token log-probabilities on stderr\n",
+            IMAGE_PDF_DPI_DEFAULT);
+}
+
+static int s_posint(const char *flag, const char *s, int min, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || v < min || v > 1 << 20) {
+        fprintf(stderr, "docmint ask: %s %s: expected an integer >= %d\n", flag, s, min);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int cmd_ask(int argc, char **argv)
+{
+    const char *dir = NULL, *image = NULL;
+    const char **questions = calloc((size_t)argc, sizeof *questions);
+    int nq = 0, page = 0, dpi = IMAGE_PDF_DPI_DEFAULT, threads = 0, verbose = 0;
+    if (!questions)
+        return 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            s_usage(stdout);
+            free(questions);
+            return 0;
+        } else if (!strcmp(argv[i], "--page") && i + 1 < argc) {
+            if (s_posint("--page", argv[++i], 0, &page))
+                goto usage;
+        } else if (!strcmp(argv[i], "--dpi") && i + 1 < argc) {
+            if (s_posint("--dpi", argv[++i], 1, &dpi))
+                goto usage;
+        } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            if (s_posint("--threads", argv[++i], 1, &threads))
+                goto usage;
+        } else if (!strcmp(argv[i], "--verbose")) {
+            verbose = 1;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            fprintf(stderr, "docmint ask: unknown or incomplete option %s\n", argv[i]);
+            goto usage;
+        } else if (!dir) {
+            dir = argv[i];
+        } else if (!image) {
+            image = argv[i];
+        } else {
+            questions[nq++] = argv[i];
+        }
+    }
+    if (!dir || !image || nq == 0) {
+        fprintf(stderr, "docmint ask: needs MODEL_DIR, IMAGE and at least one question\n");
+        goto usage;
+    }
+    if (threads)
+        kern_set_threads(threads);
+
+    DmErr err = {{0}};
+    QaModel qa;
+    DmImage img = {0};
+    PreprocConfig pc;
+    float *pix = NULL, *enc = NULL;
+    QaAnswer *answers = calloc((size_t)nq, sizeof *answers);
+    int rc = 1, opened = 0, answered = 0;
+    char path[4096];
+    double t0 = dm_now();
+    if (!answers || qa_open(dir, &qa, &err))
+        goto done;
+    opened = 1;
+    /* Check every question before the page is loaded and encoded. */
+    for (int i = 0; i < nq; i++) {
+        int32_t *ids;
+        int n;
+        if (qa_prompt(&qa, questions[i], &ids, &n, &err)) {
+            dm_err_prefix(&err, "question %d", i + 1);
+            goto done;
+        }
+        free(ids);
+    }
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+    if (preproc_config_load(path, &pc, &err) || image_load_page(image, page, dpi, &img, &err))
+        goto done;
+    PreprocGeometry geo;
+    if (preproc_geometry(&pc, img.w, img.h, &geo, &err))
+        goto done;
+    const SwinConfig *ec = &qa.model->cfg.enc;
+    int oh, ow;
+    swin_output_grid(ec, geo.out_h, geo.out_w, &oh, &ow);
+    pix = malloc((size_t)3 * geo.out_h * geo.out_w * sizeof(float));
+    enc = malloc((size_t)oh * ow * ec->hidden_size * sizeof(float));
+    if (!pix || !enc) {
+        dm_err(&err, "out of memory");
+        goto done;
+    }
+    double t1 = dm_now();
+    if (preproc_run(&pc, &img, pix, &err))
+        goto done;
+    double t2 = dm_now();
+    if (swin_encode(qa.model, pix, geo.out_h, geo.out_w, enc, NULL, &err))
+        goto done;
+    double t3 = dm_now();
+    if (qa_answer_page(&qa, enc, oh * ow, questions, nq, answers, &err))
+        goto done;
+    answered = 1;
+    double t4 = dm_now();
+    for (int i = 0; i < nq; i++)
+        printf("%s\n", answers[i].text);
+    if (verbose) {
+        fprintf(stderr, "load %.3fs  preprocess %.3fs  encoder %.3fs  decoder %.3fs\n", t1 - t0,
+                t2 - t1, t3 - t2, t4 - t3);
+        for (int i = 0; i < nq; i++)
+            fprintf(stderr, "q%d: %d tokens, mean log-prob %.4f\n", i + 1, answers[i].n_ids,
+                    answers[i].mean_logprob);
+    }
+    rc = 0;
+done:
+    if (rc)
+        fprintf(stderr, "docmint ask: %s\n", err.msg);
+    if (answered)
+        for (int i = 0; i < nq; i++)
+            qa_answer_free(&answers[i]);
+    free(answers);
+    free(pix);
+    free(enc);
+    image_free(&img);
+    if (opened)
+        qa_close(&qa);
+    free(questions);
+    return rc;
+usage:
+    s_usage(stderr);
+    free(questions);
+    return 2;
+}
