@@ -50,8 +50,17 @@ LIB_OBJ += $(CU_OBJ)
 CFLAGS += -DDM_CUDA=1 -I$(CUDA_HOME)/include
 LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
 LDLIBS += -lcublas -lcudart -lnccl -lstdc++
-NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC $(INCS) \
-             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+# GPU code: SASS for each of CUDA_ARCHS (CUDA 13 supports sm_75 and newer:
+# T4, A100, A10/RTX30, L4/RTX40, H100, B200, Thor, RTX50) plus PTX of
+# CUDA_PTX, which the driver JIT-compiles for GPUs newer than the list.
+# e.g. `make CUDA=1 CUDA_ARCHS=80` for a quick single-GPU build.
+CUDA_ARCHS ?= 75 80 86 89 90 100 110 120
+CUDA_PTX ?= 120
+NVCC_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+                -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
+NVCCFLAGS ?= -O3 -g -lineinfo
+NVCCFLAGS += -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter $(INCS) -MMD -MP \
+             $(NVCC_GENCODE)
 endif
 
 .PHONY: all test demo bench clean deps check-cuda

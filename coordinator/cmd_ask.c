@@ -25,7 +25,8 @@ static int s_posint(const char *flag, const char *s, int min, int *out)
     char *end;
     long v = strtol(s, &end, 10);
     if (*end || v < min || v > 1 << 20) {
-        fprintf(stderr, "docmint ask: %s %s: expected an integer >= %d\n", flag, s, min);
+        fprintf(stderr, "docmint ask: %s %s: expected an integer >= %d (see --help)\n", flag, s,
+                min);
         return -1;
     }
     *out = (int)v;
@@ -56,7 +57,7 @@ int cmd_ask(int argc, char **argv)
         } else if (!strcmp(argv[i], "--verbose")) {
             verbose = 1;
         } else if (argv[i][0] == '-' && argv[i][1] == '-') {
-            fprintf(stderr, "docmint ask: unknown or incomplete option %s\n", argv[i]);
+            fprintf(stderr, "docmint ask: unknown or incomplete option %s (see --help)\n", argv[i]);
             goto usage;
         } else if (!dir) {
             dir = argv[i];
@@ -67,7 +68,7 @@ int cmd_ask(int argc, char **argv)
         }
     }
     if (!dir || !image || nq == 0) {
-        fprintf(stderr, "docmint ask: needs MODEL_DIR, IMAGE and at least one question\n");
+        fprintf(stderr, "docmint ask: needs MODEL_DIR, IMAGE and at least one question (see --help)\n");
         goto usage;
     }
     if (threads)
@@ -146,7 +147,6 @@ done:
     free(questions);
     return rc;
 usage:
-    s_usage(stderr);
     free(questions);
     return 2;
 }

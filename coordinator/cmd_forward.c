@@ -64,8 +64,7 @@ int cmd_forward(int argc, char **argv)
                 return 2;
             }
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "docmint forward: unknown or incomplete option %s\n", argv[i]);
-            s_usage(stderr);
+            fprintf(stderr, "docmint forward: unknown or incomplete option %s (see --help)\n", argv[i]);
             return 2;
         } else if (!dir) {
             dir = argv[i];
@@ -75,7 +74,7 @@ int cmd_forward(int argc, char **argv)
         }
     }
     if (!dir || !in || !out) {
-        s_usage(stderr);
+        fprintf(stderr, "docmint forward: needs MODEL_DIR, --in and --out (see --help)\n");
         return 2;
     }
     DmErr err = {{0}};

@@ -59,8 +59,7 @@ int cmd_init(int argc, char **argv)
                 return 2;
             }
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "docmint init: unknown or incomplete option %s\n", argv[i]);
-            s_usage(stderr);
+            fprintf(stderr, "docmint init: unknown or incomplete option %s (see --help)\n", argv[i]);
             return 2;
         } else if (!dir) {
             dir = argv[i];
@@ -70,7 +69,7 @@ int cmd_init(int argc, char **argv)
         }
     }
     if (!dir || !config) {
-        s_usage(stderr);
+        fprintf(stderr, "docmint init: needs OUT_DIR and --config (see --help)\n");
         return 2;
     }
     DmErr err = {{0}};

@@ -51,7 +51,6 @@ int main(int argc, char **argv)
     for (int i = 0; i < NCOMMANDS; i++)
         if (s_commands[i].fn && strcmp(argv[1], s_commands[i].name) == 0)
             return s_commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "docmint: unknown command '%s'\n", argv[1]);
-    s_usage(stderr);
+    fprintf(stderr, "docmint: unknown command '%s' (docmint --help lists them)\n", argv[1]);
     return 2;
 }

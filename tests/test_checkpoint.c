@@ -178,7 +178,7 @@ static int s_cut(void *ctx, const DmTensor *t, StWriter *w)
     while (hs[nk] >= 0)
         nk++;
     const float *src = t->data;
-    int is_out = !strcmp(part, "out_proj") || strstr(part, "out_proj");
+    int is_out = strstr(rest, "out_proj") != NULL;
     if (strstr(t->name, "out_proj.bias"))
         return 0;
     float *dst;
@@ -327,10 +327,10 @@ static void test_config_errors(void)
         {"\"model_type\": \"donut-swin\"", "\"model_type\": \"vit\"", "encoder.model_type"},
         {"\"activation_function\": \"gelu\"", "\"activation_function\": \"relu\"", "relu"},
         {"\"d_model\": 128", "\"d_model\": \"big\"", "decoder.d_model"},
-        {"\"window_size\": 5", "\"window_size\": -5", "positive"},
+        {"\"window_size\": 5", "\"window_size\": -5", "window_size"},
         {"\"use_absolute_embeddings\": false", "\"use_absolute_embeddings\": true",
          "use_absolute_embeddings"},
-        {"\"vocab_size\": 300,", "", "decoder.vocab_size is missing"},
+        {"\"vocab_size\": 300", "\"vocab_sizes\": 300", "decoder.vocab_size is missing"},
     };
     for (size_t i = 0; i < sizeof subs / sizeof *subs; i++) {
         char *at = strstr(text, subs[i].from);

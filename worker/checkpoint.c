@@ -233,10 +233,15 @@ int donut_config_parse(const char *text, const char *what, DonutConfig *cfg, DmE
 
 /* ----------------------------------------------------------------- weights */
 
+/* The binder walks every tensor the config implies.  Loading, it finds each
+ * in the weight file; creating (docmint init), it makes each with random
+ * values and adds it to a writer, so both share one list of names. */
 typedef struct Binder {
     DonutModel *m;
     const char *file;
     DmErr *err;
+    StWriter *create; /* non-NULL: make random tensors instead of reading */
+    uint64_t rng;
 } Binder;
 
 static float *s_own(DonutModel *m, size_t n)
@@ -263,8 +268,53 @@ static int s_shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 
 /* Find `name`, check its shape, and return float32 data: a pointer into the
  * mapped file when it is F32 and aligned, else a converted copy. */
+static double s_gauss(uint64_t *state)
+{
+    /* splitmix64 -> two uniforms -> Box-Muller */
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        u[i] = ((double)(z >> 11) + 0.5) / 9007199254740992.0;
+    }
+    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
+}
+
+static int s_ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Random initial values in the spirit of HF's init: LayerNorm weight 1 and
+ * bias 0, other biases 0, weights N(0, 0.02). */
+static const float *s_make(Binder *b, const char *name, int ndim, const int64_t *shape)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    float *p = s_own(b->m, n);
+    int is_norm = strstr(name, "norm") != NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s_ends_with(name, ".bias"))
+            p[i] = 0.0f;
+        else if (is_norm)
+            p[i] = 1.0f;
+        else
+            p[i] = (float)(0.02 * s_gauss(&b->rng));
+    }
+    st_writer_add_f32(b->create, name, ndim, shape, p);
+    return p;
+}
+
 static int s_get(Binder *b, const char *name, int ndim, const int64_t *shape, const float **out)
 {
+    if (b->create) {
+        *out = s_make(b, name, ndim, shape);
+        return 0;
+    }
     const DmTensor *t = tensorfile_find(b->m->weights, name);
     if (!t)
         return dm_err(b->err, "%s: tensor %s is missing", b->file, name);
@@ -382,8 +432,8 @@ static int s_bind_encoder(Binder *b)
     return 0;
 }
 
-/* Pruning record of a student: which sub-layers remain and which heads. */
-static int s_read_pruning(DonutModel *m, const char *path, DmErr *err)
+/* The teacher's structure: every sub-layer, every head. */
+static void s_set_full(DonutModel *m)
 {
     const MBartConfig *d = &m->cfg.dec;
     for (int l = 0; l < d->layers; l++) {
@@ -393,6 +443,13 @@ static int s_read_pruning(DonutModel *m, const char *path, DmErr *err)
         for (int h = 0; h < d->heads; h++)
             L->self.head_ids[h] = L->cross.head_ids[h] = h;
     }
+}
+
+/* Pruning record of a student: which sub-layers remain and which heads. */
+static int s_read_pruning(DonutModel *m, const char *path, DmErr *err)
+{
+    const MBartConfig *d = &m->cfg.dec;
+    s_set_full(m);
     if (access(path, F_OK) != 0)
         return 0;
     json_error_t jerr;
@@ -477,7 +534,7 @@ static int s_bind_decoder(Binder *b)
     const char *head = "decoder.lm_head.weight";
     /* Tied head: HF ties lm_head to embed_tokens, so whichever name the file
      * holds serves both (both, only the embedding, or only the head). */
-    const char *tok = tensorfile_find(m->weights, emb) ? emb : head;
+    const char *tok = b->create || tensorfile_find(m->weights, emb) ? emb : head;
     if (s_mat(b, tok, d->vocab, D, &w->embed_tokens))
         return -1;
     if (d->tie_word_embeddings)
@@ -574,7 +631,7 @@ int donut_load(const char *dir, DonutModel **out, DmErr *err)
     }
     if (tensorfile_open(path, &m->weights, err))
         goto fail;
-    Binder b = {m, path, err};
+    Binder b = {m, path, err, NULL, 0};
     if (s_bind_encoder(&b) || s_bind_decoder(&b))
         goto fail;
     *out = m;
@@ -598,4 +655,36 @@ void donut_free(DonutModel **pm)
     free(m->dir);
     free(m);
     *pm = NULL;
+}
+
+int donut_write_random(const char *config_path, const char *dir, uint64_t seed, DmErr *err)
+{
+    char *text = s_read_text(config_path, err);
+    if (!text)
+        return -1;
+    DonutModel *m = dm_xcalloc(1, sizeof *m);
+    int rc = donut_config_parse(text, config_path, &m->cfg, err);
+    if (rc == 0) {
+        char path[4096];
+        StWriter *w = st_writer_new();
+        Binder b = {m, dir, err, w, seed ^ 0x5eedull};
+        s_set_full(m);
+        rc = s_bind_encoder(&b) || s_bind_decoder(&b) ? -1 : 0;
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        if (rc == 0)
+            rc = st_writer_save(w, path, err);
+        st_writer_free(&w);
+        snprintf(path, sizeof path, "%s/config.json", dir);
+        FILE *f = rc == 0 ? fopen(path, "w") : NULL;
+        if (rc == 0) {
+            int bad = !f || fputs(text, f) == EOF;
+            if (f && fclose(f) != 0)
+                bad = 1;
+            if (bad)
+                rc = dm_err_errno(err, "%s: cannot write", path);
+        }
+    }
+    free(text);
+    donut_free(&m);
+    return rc;
 }

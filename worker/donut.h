@@ -150,6 +150,10 @@ int donut_config_parse(const char *json_text, const char *what, DonutConfig *cfg
 int donut_load(const char *dir, DonutModel **out, DmErr *err);
 void donut_free(DonutModel **m);
 
+/* Write config.json (a copy of config_path, validated) and a
+ * model.safetensors of random weights for that config into dir. */
+int donut_write_random(const char *config_path, const char *dir, uint64_t seed, DmErr *err);
+
 /* ---------------------------------------------------------------- encoder */
 
 /* Number of encoder output tokens and their grid for an input of H x W. */

@@ -1,0 +1,1009 @@
+/* swin.c - the Donut Swin encoder (HF DonutSwinModel, transformers 4.30).
+ *
+ * Layout: the feature map of a stage is x[H*W, C] (row-major tokens).  A
+ * block runs in two phases, both in chunks so that scratch stays small:
+ *
+ *  attention: windows (row-major over the padded, shifted map) are processed
+ *    G at a time: gather + layernorm_before into xw[G*N, C] (padded tokens
+ *    are zero, as HF pads after the LayerNorm), one fused q|k|v GEMM, window
+ *    attention per (window, head) with relative position bias and the
+ *    shift mask, one proj GEMM, then scatter-add into x (the residual).
+ *    Windows are disjoint, so updating x in place chunk by chunk is exact.
+ *  MLP: rows of x R at a time: layernorm_after, fc1 GEMM, bias+GELU, fc2 GEMM
+ *    accumulated into x (beta = 1; fc2's bias is pre-added to x).
+ *
+ * The big linear layers are GEMMs over many tokens (OpenBLAS threads them).
+ * Everything else (gathers, LayerNorm, window attention, GELU) runs on a small
+ * per-call thread pool sized like the GEMM library. */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "donut.h"
+#include "kern.h"
+
+/* ------------------------------------------------------------ vector math */
+
+#if defined(__AVX512F__)
+#define VW 16
+#else
+#define VW 8
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+
+static inline vf vload(const float *p) { return *(const vfu *)p; }
+static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
+static inline vf vset1(float s) { return (vf){0} + s; }
+
+static inline float vsum(vf v)
+{
+    float s = 0.0f;
+    for (int i = 0; i < VW; i++)
+        s += v[i];
+    return s;
+}
+
+static inline float vmaxh(vf v)
+{
+    float m = v[0];
+    for (int i = 1; i < VW; i++)
+        m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+static inline vf vmax(vf a, vf b)
+{
+    vi m = a > b;
+    return (vf)(((vi)a & m) | ((vi)b & ~m));
+}
+
+/* exp(x), Cephes-style range reduction + degree-6 polynomial (about 1 ulp);
+ * 0 for x < -87.3 (so -inf/-1e30 give exactly 0). */
+static inline vf vexp(vf x)
+{
+    const vf hi = vset1(88.3762626647949f), lo = vset1(-88.3762626647949f);
+    vi under = x < vset1(-87.3f);
+    x = vmax(x, lo);
+    x = -vmax(-x, -hi);
+    vf fx = x * 1.44269504088896341f + 0.5f;
+    vi t = __builtin_convertvector(fx, vi);
+    t = t + (__builtin_convertvector(t, vf) > fx); /* floor (compare gives -1) */
+    vf n = __builtin_convertvector(t, vf);
+    x = x - n * 0.693359375f;
+    x = x - n * -2.12194440e-4f;
+    vf z = x * x;
+    vf y = vset1(1.9875691500E-4f);
+    y = y * x + 1.3981999507E-3f;
+    y = y * x + 8.3334519073E-3f;
+    y = y * x + 4.1665795894E-2f;
+    y = y * x + 1.6666665459E-1f;
+    y = y * x + 5.0000001201E-1f;
+    y = y * z + x + 1.0f;
+    vi e = (t + 127) << 23;
+    vf r = y * (vf)e;
+    return (vf)((vi)r & ~under);
+}
+
+static inline float sexp(float x)
+{
+    vf v = vset1(x);
+    return vexp(v)[0];
+}
+
+/* GELU (erf form).  erf by Abramowitz-Stegun 7.1.26 (|error| <= 1.5e-7), as
+ * PyTorch's vectorised CPU erf. */
+static inline vf vgelu(vf x)
+{
+    vf z = x * 0.70710678118654752f;
+    const vi signbit = (vi){0} + INT32_MIN;
+    vi sgn = (vi)z & signbit;
+    vf a = (vf)((vi)z & ~signbit);
+    vf t = 1.0f / (1.0f + 0.3275911f * a);
+    vf p = vset1(1.061405429f);
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    p = p * t;
+    vf erfa = 1.0f - p * vexp(-a * a);
+    vf erfz = (vf)((vi)erfa | sgn);
+    return 0.5f * x * (1.0f + erfz);
+}
+
+static void gelu_bias(float *x, int n, const float *b)
+{
+    int i = 0;
+    if (b) {
+        for (; i + VW <= n; i += VW)
+            vstore(x + i, vgelu(vload(x + i) + vload(b + i)));
+    } else {
+        for (; i + VW <= n; i += VW)
+            vstore(x + i, vgelu(vload(x + i)));
+    }
+    if (i < n) {
+        float tmp[VW] = {0};
+        for (int k = i; k < n; k++)
+            tmp[k - i] = x[k] + (b ? b[k] : 0.0f);
+        vf r = vgelu(vload(tmp));
+        for (int k = i; k < n; k++)
+            x[k] = r[k - i];
+    }
+}
+
+/* LayerNorm of one row (torch semantics, biased variance); y may alias x. */
+static void ln_row(const float *x, int n, const float *g, const float *b, float eps, float *y)
+{
+    vf acc = {0};
+    int i = 0;
+    for (; i + VW <= n; i += VW)
+        acc += vload(x + i);
+    float s = vsum(acc);
+    for (; i < n; i++)
+        s += x[i];
+    float mean = s / (float)n;
+    vf vm = vset1(mean);
+    acc = (vf){0};
+    i = 0;
+    for (; i + VW <= n; i += VW) {
+        vf d = vload(x + i) - vm;
+        acc += d * d;
+    }
+    float q = vsum(acc);
+    for (; i < n; i++)
+        q += (x[i] - mean) * (x[i] - mean);
+    float rstd = 1.0f / sqrtf(q / (float)n + eps);
+    vf vr = vset1(rstd);
+    i = 0;
+    for (; i + VW <= n; i += VW)
+        vstore(y + i, (vload(x + i) - vm) * vr * vload(g + i) + vload(b + i));
+    for (; i < n; i++)
+        y[i] = (x[i] - mean) * rstd * g[i] + b[i];
+}
+
+/* ------------------------------------------------------------ thread pool */
+
+#define POOL_MAX 64
+
+typedef void (*PoolFn)(void *arg, int item, int tid);
+
+typedef struct Pool {
+    int n; /* threads including the caller */
+    int nstarted;
+    pthread_t th[POOL_MAX];
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    unsigned gen;
+    int active, quit;
+    PoolFn fn;
+    void *arg;
+    int total;
+    atomic_int next;
+} Pool;
+
+static void pool_run(Pool *p, int tid)
+{
+    for (;;) {
+        int i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->total)
+            break;
+        p->fn(p->arg, i, tid);
+    }
+}
+
+typedef struct WorkerStart {
+    Pool *p;
+    int tid;
+} WorkerStart;
+
+static void *pool_worker(void *v)
+{
+    WorkerStart *ws = v;
+    Pool *p = ws->p;
+    int tid = ws->tid;
+    free(ws);
+    unsigned seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->quit && p->gen == seen)
+            pthread_cond_wait(&p->go, &p->mu);
+        if (p->quit)
+            break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        pool_run(p, tid);
+        pthread_mutex_lock(&p->mu);
+        if (--p->active == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pool_init(Pool *p, int n)
+{
+    memset(p, 0, sizeof *p);
+    if (n < 1)
+        n = 1;
+    if (n > POOL_MAX)
+        n = POOL_MAX;
+    p->n = 1;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (int t = 1; t < n; t++) {
+        WorkerStart *ws = malloc(sizeof *ws);
+        if (!ws)
+            break;
+        ws->p = p;
+        ws->tid = t;
+        if (pthread_create(&p->th[t], NULL, pool_worker, ws) != 0) {
+            free(ws);
+            break;
+        }
+        p->n = t + 1;
+    }
+    p->nstarted = p->n;
+}
+
+static void pool_free(Pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int t = 1; t < p->nstarted; t++)
+        pthread_join(p->th[t], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+}
+
+/* Run fn(arg, i, tid) for i in [0, total) on all threads. */
+static void pool_for(Pool *p, int total, PoolFn fn, void *arg)
+{
+    if (total <= 0)
+        return;
+    if (p->n == 1 || total == 1) {
+        for (int i = 0; i < total; i++)
+            fn(arg, i, 0);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->total = total;
+    atomic_store(&p->next, 0);
+    p->active = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    pool_run(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->active > 0)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ------------------------------------------------------------------ grid */
+
+void swin_output_grid(const SwinConfig *c, int H, int W, int *oh, int *ow)
+{
+    int h = (H + c->patch - 1) / c->patch, w = (W + c->patch - 1) / c->patch;
+    for (int s = 0; s + 1 < c->nstages; s++) {
+        h = (h + 1) / 2;
+        w = (w + 1) / 2;
+    }
+    *oh = h;
+    *ow = w;
+}
+
+/* --------------------------------------------------------------- context */
+
+#define ROWS_FLOATS (1 << 19) /* target chunk size: rows * dim floats */
+
+typedef struct Enc {
+    const DonutModel *m;
+    const SwinConfig *c;
+    Pool pool;
+    float *arena; /* chunk scratch */
+    size_t arena_n;
+    float *tscr; /* per-thread attention scratch */
+    size_t tscr_n;
+    float *wqkv;  /* packed [3C, C] */
+    float *bias;  /* expanded relative position bias [heads, Nr, Np] */
+    float *masks; /* 4 x [Nr, Np] */
+    float *probs; /* attention probabilities for the probe, or NULL */
+} Enc;
+
+/* Shared state of one block's attention phase. */
+typedef struct Att {
+    Enc *e;
+    const SwinBlock *bl;
+    const float *x;  /* feature map [H*W, C] (gather) */
+    float *xo;       /* same map (scatter target) */
+    int H, W, C, heads, hd;
+    int win, shift, Hp, Wp, nWh, nWw, N, Nr, Np;
+    int w0;          /* first window of the chunk */
+    float eps;
+    float *xw;       /* [G*N, C] LN'd gathered tokens; reused for proj output */
+    float *qkv;      /* [G*N, 3C] */
+    float *ctx;      /* [G*N, C] */
+    int use_mask;
+    float scale;
+} Att;
+
+static inline int wrap(int v, int n) { return v >= n ? v - n : v; }
+
+/* Source position in x of token i of window wi, or -1 for a padded token. */
+static inline int att_src(const Att *a, int wi, int i)
+{
+    int wr = wi / a->nWw, wc = wi % a->nWw;
+    int r = wr * a->win + i / a->win, c = wc * a->win + i % a->win;
+    r = wrap(r + a->shift, a->Hp);
+    c = wrap(c + a->shift, a->Wp);
+    if (r >= a->H || c >= a->W)
+        return -1;
+    return r * a->W + c;
+}
+
+static void att_gather(void *arg, int lw, int tid)
+{
+    const Att *a = arg;
+    int wi = a->w0 + lw;
+    const DmNorm *ln = &a->bl->ln_before;
+    for (int i = 0; i < a->N; i++) {
+        float *dst = a->xw + ((size_t)lw * a->N + i) * a->C;
+        int src = att_src(a, wi, i);
+        if (src < 0)
+            memset(dst, 0, sizeof(float) * a->C);
+        else
+            ln_row(a->x + (size_t)src * a->C, a->C, ln->g, ln->b, a->eps, dst);
+    }
+}
+
+static void att_scatter(void *arg, int lw, int tid)
+{
+    const Att *a = arg;
+    int wi = a->w0 + lw;
+    const float *pb = a->bl->proj.b;
+    int C = a->C;
+    for (int i = 0; i < a->N; i++) {
+        int src = att_src(a, wi, i);
+        if (src < 0)
+            continue;
+        float *d = a->xo + (size_t)src * C;
+        const float *y = a->xw + ((size_t)lw * a->N + i) * C;
+        if (pb) {
+            for (int k = 0; k < C; k++)
+                d[k] += y[k] + pb[k];
+        } else {
+            for (int k = 0; k < C; k++)
+                d[k] += y[k];
+        }
+    }
+}
+
+/* Per-thread scratch floats for one (window, head). */
+static size_t att_scratch_floats(int Nr, int Np, int hd)
+{
+    return (size_t)Nr * hd + 2 * (size_t)hd * Np + (size_t)Nr * Np + (size_t)Nr * hd + 64;
+}
+
+/* One (window, head): S = q k^T * scale + bias (+ mask); softmax; ctx = P v. */
+static void att_window_head(void *arg, int task, int tid)
+{
+    const Att *a = arg;
+    int lw = task / a->heads, h = task % a->heads;
+    int wi = a->w0 + lw;
+    int N = a->N, Nr = a->Nr, Np = a->Np, hd = a->hd, C = a->C, C3 = 3 * a->C;
+    Enc *e = a->e;
+    float *q = e->tscr + (size_t)tid * e->tscr_n;  /* [Nr, hd] */
+    float *kt = q + (size_t)Nr * hd;               /* [hd, Np] */
+    float *vt = kt + (size_t)hd * Np;              /* [hd, Np] */
+    float *S = vt + (size_t)hd * Np;               /* [Nr, Np] */
+    float *o = S + (size_t)Nr * Np;                /* [Nr, hd] */
+    const float *bq = a->bl->q.b, *bk = a->bl->k.b, *bv = a->bl->v.b;
+    const float *base = a->qkv + (size_t)lw * N * C3;
+    int off = h * hd;
+    float scale = a->scale;
+
+    for (int i = 0; i < N; i++) {
+        const float *row = base + (size_t)i * C3;
+        for (int d = 0; d < hd; d++) {
+            float qv = row[off + d] + (bq ? bq[off + d] : 0.0f);
+            q[i * hd + d] = qv * scale;
+            kt[(size_t)d * Np + i] = row[C + off + d] + (bk ? bk[off + d] : 0.0f);
+            vt[(size_t)d * Np + i] = row[2 * C + off + d] + (bv ? bv[off + d] : 0.0f);
+        }
+    }
+    /* rows N..Nr of q and columns N..Np of kt/vt stay zero (set at init) */
+
+    const float *bias = e->bias + (size_t)h * Nr * Np;
+    const float *mask = NULL;
+    if (a->use_mask) {
+        int lr = (wi / a->nWw) == a->nWh - 1, lc = (wi % a->nWw) == a->nWw - 1;
+        int type = lr * 2 + lc;
+        if (type)
+            mask = e->masks + (size_t)type * Nr * Np;
+    }
+
+    /* S = q kt (+ bias + mask), 4 rows x VW columns per step */
+    for (int ib = 0; ib < Nr; ib += 4) {
+        const float *q0 = q + (size_t)ib * hd;
+        for (int jv = 0; jv < Np; jv += VW) {
+            vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int d = 0; d < hd; d++) {
+                vf kv = vload(kt + (size_t)d * Np + jv);
+                a0 += q0[d] * kv;
+                a1 += q0[hd + d] * kv;
+                a2 += q0[2 * hd + d] * kv;
+                a3 += q0[3 * hd + d] * kv;
+            }
+            size_t o0 = (size_t)ib * Np + jv;
+            a0 += vload(bias + o0);
+            a1 += vload(bias + o0 + Np);
+            a2 += vload(bias + o0 + 2 * Np);
+            a3 += vload(bias + o0 + 3 * Np);
+            if (mask) {
+                a0 += vload(mask + o0);
+                a1 += vload(mask + o0 + Np);
+                a2 += vload(mask + o0 + 2 * Np);
+                a3 += vload(mask + o0 + 3 * Np);
+            }
+            vstore(S + o0, a0);
+            vstore(S + o0 + Np, a1);
+            vstore(S + o0 + 2 * Np, a2);
+            vstore(S + o0 + 3 * Np, a3);
+        }
+    }
+
+    /* softmax over each real row (padded columns hold -1e30 -> exp = 0) */
+    for (int i = 0; i < N; i++) {
+        float *r = S + (size_t)i * Np;
+        vf mx = vload(r);
+        for (int jv = VW; jv < Np; jv += VW)
+            mx = vmax(mx, vload(r + jv));
+        vf vmx = vset1(vmaxh(mx));
+        vf sum = {0};
+        for (int jv = 0; jv < Np; jv += VW) {
+            vf ev = vexp(vload(r + jv) - vmx);
+            vstore(r + jv, ev);
+            sum += ev;
+        }
+        vf inv = vset1(1.0f / vsum(sum));
+        for (int jv = 0; jv < Np; jv += VW)
+            vstore(r + jv, vload(r + jv) * inv);
+    }
+
+    if (e->probs) {
+        float *pp = e->probs + ((size_t)wi * a->heads + h) * N * N;
+        for (int i = 0; i < N; i++)
+            memcpy(pp + (size_t)i * N, S + (size_t)i * Np, sizeof(float) * N);
+    }
+
+    /* o = P vt^T: 4 rows x 4 head dims per step, dot products over keys */
+    for (int ib = 0; ib < N; ib += 4) {
+        const float *p0 = S + (size_t)ib * Np;
+        int d = 0;
+        for (; d + 4 <= hd; d += 4) {
+            vf c[4][4] = {{{0}}};
+            const float *v0 = vt + (size_t)d * Np;
+            for (int jv = 0; jv < Np; jv += VW) {
+                vf pr[4], vv[4];
+                for (int r = 0; r < 4; r++)
+                    pr[r] = vload(p0 + (size_t)r * Np + jv);
+                for (int k = 0; k < 4; k++)
+                    vv[k] = vload(v0 + (size_t)k * Np + jv);
+                for (int r = 0; r < 4; r++)
+                    for (int k = 0; k < 4; k++)
+                        c[r][k] += pr[r] * vv[k];
+            }
+            for (int r = 0; r < 4; r++)
+                for (int k = 0; k < 4; k++)
+                    o[(size_t)(ib + r) * hd + d + k] = vsum(c[r][k]);
+        }
+        for (; d < hd; d++) {
+            const float *v0 = vt + (size_t)d * Np;
+            for (int r = 0; r < 4; r++) {
+                vf c = {0};
+                for (int jv = 0; jv < Np; jv += VW)
+                    c += vload(p0 + (size_t)r * Np + jv) * vload(v0 + jv);
+                o[(size_t)(ib + r) * hd + d] = vsum(c);
+            }
+        }
+    }
+    for (int i = 0; i < N; i++)
+        memcpy(a->ctx + ((size_t)lw * N + i) * C + off, o + (size_t)i * hd, sizeof(float) * hd);
+}
+
+/* ------------------------------------------------------------ MLP phase */
+
+typedef struct Mlp {
+    const SwinBlock *bl;
+    float *x;   /* rows of the chunk */
+    float *t;   /* [R, C] */
+    float *hid; /* [R, F] */
+    int C, F, rows;
+    float eps;
+} Mlp;
+
+#define MLP_ROWS_PER_TASK 16
+
+static void mlp_ln(void *arg, int task, int tid)
+{
+    const Mlp *p = arg;
+    int r0 = task * MLP_ROWS_PER_TASK, r1 = r0 + MLP_ROWS_PER_TASK;
+    if (r1 > p->rows)
+        r1 = p->rows;
+    const float *b2 = p->bl->fc2.b;
+    for (int r = r0; r < r1; r++) {
+        float *xr = p->x + (size_t)r * p->C;
+        ln_row(xr, p->C, p->bl->ln_after.g, p->bl->ln_after.b, p->eps, p->t + (size_t)r * p->C);
+        if (b2)
+            for (int k = 0; k < p->C; k++)
+                xr[k] += b2[k];
+    }
+}
+
+static void mlp_gelu(void *arg, int task, int tid)
+{
+    const Mlp *p = arg;
+    int r0 = task * MLP_ROWS_PER_TASK, r1 = r0 + MLP_ROWS_PER_TASK;
+    if (r1 > p->rows)
+        r1 = p->rows;
+    for (int r = r0; r < r1; r++)
+        gelu_bias(p->hid + (size_t)r * p->F, p->F, p->bl->fc1.b);
+}
+
+/* ------------------------------------------------------ patch embed/merge */
+
+typedef struct Rows {
+    const DonutModel *m;
+    const float *src;
+    float *dst;
+    int r0, rows;
+    int H, W;     /* source grid (pixels for patch embed, tokens for merge) */
+    int ow;       /* output grid width */
+    int C;        /* channels of the source */
+    int patch;
+    float eps;
+} Rows;
+
+static void patch_unfold(void *arg, int task, int tid)
+{
+    const Rows *r = arg;
+    int P = r->patch, C = r->C, K = C * P * P;
+    int t = r->r0 + task;
+    int py = t / r->ow, px = t % r->ow;
+    float *d = r->dst + (size_t)task * K;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < P; ki++) {
+            int y = py * P + ki;
+            for (int kj = 0; kj < P; kj++) {
+                int x = px * P + kj;
+                d[(c * P + ki) * P + kj] =
+                    (y < r->H && x < r->W) ? r->src[((size_t)c * r->H + y) * r->W + x] : 0.0f;
+            }
+        }
+}
+
+static void patch_norm(void *arg, int task, int tid)
+{
+    const Rows *r = arg;
+    const SwinWeights *w = &r->m->enc;
+    int E = r->m->cfg.enc.embed_dim;
+    float *y = r->dst + (size_t)task * E;
+    for (int k = 0; k < E; k++)
+        y[k] += w->patch_b[k];
+    ln_row(y, E, w->patch_norm.g, w->patch_norm.b, r->eps, y);
+}
+
+typedef struct MergeArg {
+    const DmNorm *ln;
+    const float *x;
+    float *dst;
+    int H, W, C, ow, r0;
+    float eps;
+} MergeArg;
+
+static void merge_gather(void *arg, int task, int tid)
+{
+    const MergeArg *a = arg;
+    int t = a->r0 + task, C = a->C;
+    int i2 = t / a->ow, j2 = t % a->ow;
+    float *d = a->dst + (size_t)task * 4 * C;
+    /* order: x(0::2,0::2), x(1::2,0::2), x(0::2,1::2), x(1::2,1::2) */
+    static const int dy[4] = {0, 1, 0, 1}, dx[4] = {0, 0, 1, 1};
+    for (int q = 0; q < 4; q++) {
+        int y = 2 * i2 + dy[q], x = 2 * j2 + dx[q];
+        if (y < a->H && x < a->W)
+            memcpy(d + q * C, a->x + ((size_t)y * a->W + x) * C, sizeof(float) * C);
+        else
+            memset(d + q * C, 0, sizeof(float) * C);
+    }
+    ln_row(d, 4 * C, a->ln->g, a->ln->b, a->eps, d);
+}
+
+/* ------------------------------------------------------------------ probe */
+
+static void emit3(const DmProbe *pr, const char *name, int T, int C, const float *x)
+{
+    int64_t sh[3] = {1, T, C};
+    pr->emit(pr->ctx, name, 3, sh, x);
+}
+
+/* --------------------------------------------------------------- checks */
+
+static int check_model(const DonutModel *m, DmErr *err)
+{
+    const SwinConfig *c = &m->cfg.enc;
+    const SwinWeights *w = &m->enc;
+    if (c->nstages < 1 || c->nstages > DM_MAX_STAGES || c->patch < 1 || c->channels < 1 ||
+        c->embed_dim < 1 || c->window < 1)
+        return dm_err(err, "swin: bad encoder config (stages %d, patch %d, channels %d, embed %d, "
+                      "window %d)", c->nstages, c->patch, c->channels, c->embed_dim, c->window);
+    if (!w->patch_w || !w->patch_b || !w->patch_norm.g || !w->patch_norm.b)
+        return dm_err(err, "swin: patch embedding weights missing");
+    for (int s = 0; s < c->nstages; s++) {
+        const SwinStage *st = &w->stages[s];
+        int C = st->dim;
+        if (C != (c->embed_dim << s) || st->heads < 1 || C % st->heads || st->depth < 0 ||
+            (st->depth > 0 && !st->blocks))
+            return dm_err(err, "swin: stage %d: dim %d / heads %d / depth %d inconsistent", s, C,
+                          st->heads, st->depth);
+        for (int b = 0; b < st->depth; b++) {
+            const SwinBlock *bl = &st->blocks[b];
+            if (bl->q.out != C || bl->q.in != C || bl->k.out != C || bl->k.in != C ||
+                bl->v.out != C || bl->v.in != C || bl->proj.out != C || bl->proj.in != C ||
+                bl->fc1.in != C || bl->fc2.out != C || bl->fc2.in != bl->fc1.out ||
+                bl->fc1.out < 1 || !bl->rel_bias || !bl->q.w || !bl->k.w || !bl->v.w ||
+                !bl->proj.w || !bl->fc1.w || !bl->fc2.w || !bl->ln_before.g || !bl->ln_after.g)
+                return dm_err(err, "swin: stage %d block %d: weight shapes inconsistent with dim %d",
+                              s, b, C);
+        }
+        if (s + 1 < c->nstages &&
+            (!st->has_merge || st->merge.in != 4 * C || st->merge.out != 2 * C || !st->merge.w ||
+             !st->merge_norm.g))
+            return dm_err(err, "swin: stage %d: patch merging weights missing or mis-shaped", s);
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------- encode */
+
+static float *xalloc_f(size_t n)
+{
+    void *p = NULL;
+    if (n == 0)
+        n = 1;
+    if (posix_memalign(&p, 64, n * sizeof(float)) != 0)
+        return NULL;
+    return p;
+}
+
+static int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+/* Expand the relative position bias table of one block into [heads, Nr, Np]
+ * (padded columns -1e30 so that softmax gives them 0; padded rows 0). */
+static void build_bias(const float *table, int heads, int win, int Nr, int Np, float *out)
+{
+    int N = win * win, span = 2 * win - 1;
+    for (int h = 0; h < heads; h++) {
+        float *o = out + (size_t)h * Nr * Np;
+        for (int i = 0; i < Nr; i++)
+            for (int j = 0; j < Np; j++) {
+                float v;
+                if (i >= N)
+                    v = 0.0f;
+                else if (j >= N)
+                    v = -1e30f;
+                else {
+                    int yi = i / win, xi = i % win, yj = j / win, xj = j % win;
+                    int idx = (yi - yj + win - 1) * span + (xi - xj + win - 1);
+                    v = table[(size_t)idx * heads + h];
+                }
+                o[(size_t)i * Np + j] = v;
+            }
+    }
+}
+
+/* Shift masks for the 4 window kinds (last window row?, last window column?):
+ * -100 between tokens of different regions of HF's img_mask, 0 within. */
+static void build_masks(int win, int shift, int Nr, int Np, float *out)
+{
+    int N = win * win;
+    for (int type = 0; type < 4; type++) {
+        int lr = type >> 1, lc = type & 1;
+        float *o = out + (size_t)type * Nr * Np;
+        memset(o, 0, sizeof(float) * Nr * Np);
+        for (int i = 0; i < N; i++) {
+            int ri = lr ? (i / win < win - shift ? 1 : 2) : 0;
+            int ci = lc ? (i % win < win - shift ? 1 : 2) : 0;
+            for (int j = 0; j < N; j++) {
+                int rj = lr ? (j / win < win - shift ? 1 : 2) : 0;
+                int cj = lc ? (j % win < win - shift ? 1 : 2) : 0;
+                o[(size_t)i * Np + j] = (ri * 3 + ci != rj * 3 + cj) ? -100.0f : 0.0f;
+            }
+        }
+    }
+}
+
+int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *out,
+                const DmProbe *probe, DmErr *err)
+{
+    if (!m || !pixels || !out)
+        return dm_err(err, "swin_encode: NULL argument");
+    const SwinConfig *c = &m->cfg.enc;
+    if (H < 1 || W < 1)
+        return dm_err(err, "swin_encode: bad image size %dx%d", H, W);
+    if (check_model(m, err))
+        return -1;
+    if (probe && !probe->emit)
+        probe = NULL;
+
+    /* geometry of every stage; HF's set_shift_and_window_size */
+    int gh[DM_MAX_STAGES], gw[DM_MAX_STAGES], ws[DM_MAX_STAGES];
+    int h = (H + c->patch - 1) / c->patch, w = (W + c->patch - 1) / c->patch;
+    for (int s = 0; s < c->nstages; s++) {
+        gh[s] = h;
+        gw[s] = w;
+        int mn = h < w ? h : w;
+        ws[s] = mn <= c->window ? mn : c->window;
+        if (mn < c->window && m->enc.stages[s].depth > 0)
+            return dm_err(err, "swin_encode: image %dx%d gives a %dx%d map at stage %d, smaller "
+                          "than window %d (HF cannot run this either)", H, W, h, w, s, c->window);
+        h = (h + 1) / 2;
+        w = (w + 1) / 2;
+    }
+
+    /* scratch sizes */
+    size_t xmax = 0, arena = 0, tscr = 0, biasn = 0;
+    int K0 = c->channels * c->patch * c->patch;
+    {
+        size_t rp = (size_t)ROWS_FLOATS / (K0 > c->embed_dim ? K0 : c->embed_dim) + 1;
+        size_t t0 = (size_t)gh[0] * gw[0];
+        if (rp > t0)
+            rp = t0;
+        size_t need = rp * K0;
+        arena = need;
+    }
+    for (int s = 0; s < c->nstages; s++) {
+        const SwinStage *st = &m->enc.stages[s];
+        int C = st->dim;
+        size_t T = (size_t)gh[s] * gw[s];
+        if (T * C > xmax)
+            xmax = T * C;
+        int win = ws[s], N = win * win, Nr = round_up(N, 4), Np = round_up(N, VW);
+        int Hp = round_up(gh[s], win), Wp = round_up(gw[s], win);
+        size_t nW = (size_t)(Hp / win) * (Wp / win);
+        size_t G = ROWS_FLOATS / ((size_t)N * C) + 1;
+        if (G > nW)
+            G = nW;
+        size_t att = G * N * (size_t)C * 5;
+        size_t F = 0;
+        for (int b = 0; b < st->depth; b++)
+            if ((size_t)st->blocks[b].fc1.out > F)
+                F = st->blocks[b].fc1.out;
+        size_t R = ROWS_FLOATS / C + 1;
+        if (R > T)
+            R = T;
+        size_t mlp = R * (C + F);
+        size_t mrg = 0;
+        if (s + 1 < c->nstages) {
+            size_t T2 = (size_t)gh[s + 1] * gw[s + 1];
+            size_t R2 = ROWS_FLOATS / (4 * C) + 1;
+            if (R2 > T2)
+                R2 = T2;
+            mrg = R2 * 4 * C;
+            if (T2 * 2 * C > xmax)
+                xmax = T2 * 2 * C;
+        }
+        size_t need = att > mlp ? att : mlp;
+        if (mrg > need)
+            need = mrg;
+        if (need > arena)
+            arena = need;
+        int hd = C / st->heads;
+        size_t ts = att_scratch_floats(Nr, Np, hd);
+        if (ts > tscr)
+            tscr = ts;
+        size_t bn = (size_t)st->heads * Nr * Np;
+        if (bn > biasn)
+            biasn = bn;
+    }
+    size_t wq = 0;
+    for (int s = 0; s < c->nstages; s++) {
+        size_t C = m->enc.stages[s].dim;
+        if (3 * C * C > wq)
+            wq = 3 * C * C;
+    }
+    size_t masks_n = 0;
+    for (int s = 0; s < c->nstages; s++) {
+        int N = ws[s] * ws[s];
+        size_t mn = 4 * (size_t)round_up(N, 4) * round_up(N, VW);
+        if (mn > masks_n)
+            masks_n = mn;
+    }
+
+    Enc e;
+    memset(&e, 0, sizeof e);
+    e.m = m;
+    e.c = c;
+    int nth = kern_get_threads();
+    tscr = round_up((int)tscr, 16);
+    float *xa = xalloc_f(xmax), *xb = xalloc_f(xmax);
+    e.arena = xalloc_f(arena);
+    e.arena_n = arena;
+    e.tscr_n = tscr;
+    e.tscr = xalloc_f(tscr * (size_t)(nth < 1 ? 1 : nth > POOL_MAX ? POOL_MAX : nth));
+    e.wqkv = xalloc_f(wq);
+    e.bias = xalloc_f(biasn);
+    e.masks = xalloc_f(masks_n);
+    if (!xa || !xb || !e.arena || !e.tscr || !e.wqkv || !e.bias || !e.masks) {
+        free(xa);
+        free(xb);
+        free(e.arena);
+        free(e.tscr);
+        free(e.wqkv);
+        free(e.bias);
+        free(e.masks);
+        return dm_err(err, "swin_encode: out of memory (%zu floats of feature maps)", 2 * xmax);
+    }
+    pool_init(&e.pool, nth);
+    int rc = 0;
+
+    /* ---- patch embedding: unfold + GEMM + bias + LayerNorm */
+    {
+        int E = c->embed_dim, T0 = gh[0] * gw[0];
+        int rp = (int)(e.arena_n / K0);
+        for (int r0 = 0; r0 < T0; r0 += rp) {
+            int rows = T0 - r0 < rp ? T0 - r0 : rp;
+            Rows ra = {.m = m, .src = pixels, .dst = e.arena, .r0 = r0, .rows = rows, .H = H,
+                       .W = W, .ow = gw[0], .C = c->channels, .patch = c->patch, .eps = c->ln_eps};
+            pool_for(&e.pool, rows, patch_unfold, &ra);
+            float *y = xa + (size_t)r0 * E;
+            kern_gemm_nt(rows, E, K0, 1.0f, e.arena, K0, m->enc.patch_w, K0, 0.0f, y, E);
+            ra.dst = y;
+            pool_for(&e.pool, rows, patch_norm, &ra);
+        }
+        if (probe)
+            emit3(probe, "encoder.hidden_states.0", T0, E, xa);
+    }
+
+    float *x = xa, *xn = xb;
+    for (int s = 0; s < c->nstages && rc == 0; s++) {
+        const SwinStage *st = &m->enc.stages[s];
+        int C = st->dim, Hs = gh[s], Wsz = gw[s], T = Hs * Wsz;
+        int win = ws[s], N = win * win, Nr = round_up(N, 4), Np = round_up(N, VW);
+        int Hp = round_up(Hs, win), Wp = round_up(Wsz, win);
+        int nWh = Hp / win, nWw = Wp / win, nW = nWh * nWw;
+        int heads = st->heads, hd = C / heads;
+        int mn = Hs < Wsz ? Hs : Wsz;
+        int sh_odd = mn <= c->window ? 0 : c->window / 2;
+        int G = (int)(ROWS_FLOATS / ((size_t)N * C)) + 1;
+        if (G > nW)
+            G = nW;
+
+        /* zero the per-thread scratch (pads must stay 0) */
+        memset(e.tscr, 0, sizeof(float) * e.tscr_n * e.pool.n);
+        int use_shift = 0;
+        if (sh_odd > 0)
+            build_masks(win, sh_odd, Nr, Np, e.masks);
+
+        for (int b = 0; b < st->depth; b++) {
+            const SwinBlock *bl = &st->blocks[b];
+            int shift = (b % 2 == 1) ? sh_odd : 0;
+            use_shift = shift > 0;
+            int want_probs = probe && b == st->depth - 1;
+            float *probs = NULL;
+            if (want_probs) {
+                probs = xalloc_f((size_t)nW * heads * N * N);
+                if (!probs) {
+                    rc = dm_err(err, "swin_encode: out of memory (attention probabilities)");
+                    break;
+                }
+            }
+            e.probs = probs;
+            build_bias(bl->rel_bias, heads, c->window, Nr, Np, e.bias);
+            /* the relative position index is built for the configured window;
+             * ws[s] differs from it only when min(H, W) == window, i.e.
+             * never smaller (rejected above) */
+            memcpy(e.wqkv, bl->q.w, sizeof(float) * C * C);
+            memcpy(e.wqkv + (size_t)C * C, bl->k.w, sizeof(float) * C * C);
+            memcpy(e.wqkv + (size_t)2 * C * C, bl->v.w, sizeof(float) * C * C);
+
+            Att a = {.e = &e, .bl = bl, .x = x, .xo = x, .H = Hs, .W = Wsz, .C = C,
+                     .heads = heads, .hd = hd, .win = win, .shift = shift, .Hp = Hp, .Wp = Wp,
+                     .nWh = nWh, .nWw = nWw, .N = N, .Nr = Nr, .Np = Np, .eps = c->ln_eps,
+                     .use_mask = use_shift, .scale = 1.0f / sqrtf((float)hd)};
+            a.xw = e.arena;
+            a.qkv = a.xw + (size_t)G * N * C;
+            a.ctx = a.qkv + (size_t)G * N * 3 * C;
+            for (int w0 = 0; w0 < nW; w0 += G) {
+                int g = nW - w0 < G ? nW - w0 : G;
+                int rows = g * N;
+                a.w0 = w0;
+                pool_for(&e.pool, g, att_gather, &a);
+                kern_gemm_nt(rows, 3 * C, C, 1.0f, a.xw, C, e.wqkv, C, 0.0f, a.qkv, 3 * C);
+                pool_for(&e.pool, g * heads, att_window_head, &a);
+                kern_gemm_nt(rows, C, C, 1.0f, a.ctx, C, bl->proj.w, C, 0.0f, a.xw, C);
+                pool_for(&e.pool, g, att_scatter, &a);
+            }
+
+            /* MLP */
+            int F = bl->fc1.out;
+            int R = (int)(ROWS_FLOATS / C) + 1;
+            if (R > T)
+                R = T;
+            for (int r0 = 0; r0 < T; r0 += R) {
+                int rows = T - r0 < R ? T - r0 : R;
+                Mlp p = {.bl = bl, .x = x + (size_t)r0 * C, .t = e.arena,
+                         .hid = e.arena + (size_t)R * C, .C = C, .F = F, .rows = rows,
+                         .eps = c->ln_eps};
+                int tasks = (rows + MLP_ROWS_PER_TASK - 1) / MLP_ROWS_PER_TASK;
+                pool_for(&e.pool, tasks, mlp_ln, &p);
+                kern_gemm_nt(rows, F, C, 1.0f, p.t, C, bl->fc1.w, C, 0.0f, p.hid, F);
+                pool_for(&e.pool, tasks, mlp_gelu, &p);
+                kern_gemm_nt(rows, C, F, 1.0f, p.hid, F, bl->fc2.w, F, 1.0f, p.x, C);
+            }
+
+            if (want_probs) {
+                char nm[64];
+                snprintf(nm, sizeof nm, "encoder.attentions.%d", s);
+                int64_t shp[4] = {nW, heads, N, N};
+                probe->emit(probe->ctx, nm, 4, shp, probs);
+                free(probs);
+                e.probs = NULL;
+            }
+        }
+        if (rc)
+            break;
+        char nm[64];
+        if (probe) {
+            snprintf(nm, sizeof nm, "encoder.stage_outputs_before_downsampling.%d", s);
+            emit3(probe, nm, T, C, x);
+        }
+        if (s + 1 < c->nstages) {
+            int H2 = gh[s + 1], W2 = gw[s + 1], T2 = H2 * W2, K = 4 * C;
+            int R2 = (int)(e.arena_n / K);
+            for (int r0 = 0; r0 < T2; r0 += R2) {
+                int rows = T2 - r0 < R2 ? T2 - r0 : R2;
+                MergeArg ma = {.ln = &st->merge_norm, .x = x, .dst = e.arena, .H = Hs, .W = Wsz,
+                               .C = C, .ow = W2, .r0 = r0, .eps = c->ln_eps};
+                pool_for(&e.pool, rows, merge_gather, &ma);
+                kern_gemm_nt(rows, 2 * C, K, 1.0f, e.arena, K, st->merge.w, K, 0.0f,
+                             xn + (size_t)r0 * 2 * C, 2 * C);
+            }
+            float *tmp = x;
+            x = xn;
+            xn = tmp;
+            if (probe) {
+                snprintf(nm, sizeof nm, "encoder.hidden_states.%d", s + 1);
+                emit3(probe, nm, T2, 2 * C, x);
+            }
+        } else {
+            if (probe) {
+                snprintf(nm, sizeof nm, "encoder.hidden_states.%d", s + 1);
+                emit3(probe, nm, T, C, x);
+                emit3(probe, "encoder.last_hidden_state", T, C, x);
+            }
+            memcpy(out, x, sizeof(float) * T * C);
+        }
+    }
+
+    pool_free(&e.pool);
+    free(xa);
+    free(xb);
+    free(e.arena);
+    free(e.tscr);
+    free(e.wqkv);
+    free(e.bias);
+    free(e.masks);
+    return rc;
+}
