@@ -9,5 +9,9 @@ DOCMINT=${1:-build/docmint}
 OUT=build/demo
 mkdir -p "$OUT"
 "$DOCMINT" init "$OUT/model" --config jobs/configs/tiny.json --seed 7
-"$DOCMINT" ask "$OUT/model" jobs/demo/page.png \
-    "What is the invoice number?" "What is the amount due?" "Who is the contact?"
+set -- "What is the invoice number?" "What is the amount due?" "Who is the contact?"
+"$DOCMINT" ask "$OUT/model" jobs/demo/page.png "$@" --verbose >"$OUT/answers.txt"
+for q in "$@"; do
+    IFS= read -r a || a=""
+    printf 'Q: %s\nA: "%s"\n' "$q" "$a"
+done <"$OUT/answers.txt"
