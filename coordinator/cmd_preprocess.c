@@ -71,13 +71,15 @@ int cmd_preprocess(int argc, char **argv)
                 out = v;
             } else if (!strcmp(a, "--page")) {
                 if ((page = s_parse_nonneg(v)) < 0) {
-                    fprintf(stderr, "docmint preprocess: --page: '%s' is not a page number (0, 1, ...)\n",
+                    fprintf(stderr,
+                            "docmint preprocess: --page: '%s' is not a page number (0, 1, ...)\n",
                             v);
                     return 2;
                 }
             } else {
                 if ((dpi = s_parse_nonneg(v)) < 1) {
-                    fprintf(stderr, "docmint preprocess: --dpi: '%s' is not a positive integer\n", v);
+                    fprintf(stderr, "docmint preprocess: --dpi: '%s' is not a positive integer\n",
+                            v);
                     return 2;
                 }
             }

@@ -111,8 +111,9 @@ static void *s_read_file(const char *path, size_t *n)
 
 static void test_load_formats(void)
 {
-    static const char *files[] = {"rgb.png", "grey.png", "rgba.png", "la.png",  "pal.png",  "bw.png",
-                                  "rgb.jpg", "grey.jpg", "cmyk.jpg", "cmyk.tif", "grey16.png"};
+    static const char *files[] = {"rgb.png",  "grey.png", "rgba.png",  "la.png",
+                                  "pal.png",  "bw.png",   "rgb.jpg",   "grey.jpg",
+                                  "cmyk.jpg", "cmyk.tif", "grey16.png"};
     TensorFile *ref = s_open_ref(S_REF);
     CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
     int worst = 0;
@@ -229,8 +230,9 @@ static int s_write_pdf(const char *path)
                   "/Resources << >> >>\nendobj\n");
     for (int i = 0; i < 2; i++) {
         off[5 + i] = n;
-        n += snprintf(buf + n, sizeof buf - n, "%d 0 obj\n<< /Length %zu >>\nstream\n%sendstream\nendobj\n",
-                      5 + i, strlen(content[i]), content[i]);
+        n += snprintf(buf + n, sizeof buf - n,
+                      "%d 0 obj\n<< /Length %zu >>\nstream\n%sendstream\nendobj\n", 5 + i,
+                      strlen(content[i]), content[i]);
     }
     long xref = n;
     n += snprintf(buf + n, sizeof buf - n, "xref\n0 7\n0000000000 65535 f \n");
@@ -356,8 +358,8 @@ static json_t *s_golden_geometry(int k)
     json_t *root = json_load_file(TU_TINY "/cases.json", 0, &je);
     if (!root)
         return NULL;
-    json_t *img = json_array_get(json_object_get(json_object_get(root, "preprocess"), "images"),
-                                 (size_t)k);
+    json_t *img =
+        json_array_get(json_object_get(json_object_get(root, "preprocess"), "images"), (size_t)k);
     if (img)
         json_incref(img);
     json_decref(root);
@@ -489,11 +491,12 @@ static void test_pil_resize(void)
         snprintf(name, sizeof name, "rs%d.out", k);
         CU_ASSERT_EQUAL_FATAL(s_ref_image(ref, name, &want), 0);
         DmErr err = {{0}};
-        CU_ASSERT_EQUAL_FATAL(preproc_pil_resize(&src, p[1], p[2], p[3], p[4] / 10.0, &out, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(preproc_pil_resize(&src, p[1], p[2], p[3], p[4] / 10.0, &out, &err),
+                              0);
         int d = s_img_maxdiff(&out, &want);
         if (d != 0)
-            fprintf(stderr, "\n  rs%d: %dx%d -> %dx%d filter %d gap %.1f: max |diff| %d\n", k, src.w,
-                    src.h, p[1], p[2], p[3], p[4] / 10.0, d);
+            fprintf(stderr, "\n  rs%d: %dx%d -> %dx%d filter %d gap %.1f: max |diff| %d\n", k,
+                    src.w, src.h, p[1], p[2], p[3], p[4] / 10.0, d);
         CU_ASSERT_EQUAL(d, 0);
         if (d > worst || d < 0)
             worst = d < 0 ? 999 : d;
@@ -591,7 +594,8 @@ static void test_pipelines(void)
     }
     CU_ASSERT(n >= 7);
     printf("\n    %d processor configs vs transformers/Pillow recipe: worst uint8 |diff| %d, "
-           "pixel_values %.3g ", n, worst_u8, worst_pv);
+           "pixel_values %.3g ",
+           n, worst_u8, worst_pv);
     tensorfile_close(&ref);
 }
 
@@ -619,25 +623,25 @@ static void test_config(void)
     CU_ASSERT_EQUAL(cfg.height, 2560);
     CU_ASSERT_EQUAL(cfg.width, 1920);
     CU_ASSERT_EQUAL(cfg.resample, PREPROC_BILINEAR);
-    CU_ASSERT(cfg.do_resize && cfg.do_thumbnail && cfg.do_pad && cfg.do_rescale && cfg.do_normalize);
+    CU_ASSERT(cfg.do_resize && cfg.do_thumbnail && cfg.do_pad && cfg.do_rescale &&
+              cfg.do_normalize);
     CU_ASSERT(!cfg.do_align_long_axis);
     CU_ASSERT_EQUAL(cfg.rescale_factor, 1.0 / 255.0);
     CU_ASSERT_EQUAL(cfg.image_mean[1], 0.5);
     CU_ASSERT_EQUAL(cfg.image_std[2], 0.5);
     /* The real hub file's legacy form: [width, height]. */
-    CU_ASSERT_EQUAL_FATAL(preproc_config_parse(
-                              "{\"feature_extractor_type\": \"DonutFeatureExtractor\", "
-                              "\"size\": [1920, 2560], \"do_align_long_axis\": false, "
-                              "\"image_mean\": 0.25, \"random_padding\": true, \"foo\": 1}",
-                              "cfg.json", &cfg, &err),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(
+        preproc_config_parse("{\"feature_extractor_type\": \"DonutFeatureExtractor\", "
+                             "\"size\": [1920, 2560], \"do_align_long_axis\": false, "
+                             "\"image_mean\": 0.25, \"random_padding\": true, \"foo\": 1}",
+                             "cfg.json", &cfg, &err),
+        0);
     CU_ASSERT_EQUAL(cfg.width, 1920);
     CU_ASSERT_EQUAL(cfg.height, 2560);
     CU_ASSERT_EQUAL(cfg.image_mean[0], 0.25);
     CU_ASSERT_EQUAL(cfg.image_mean[2], 0.25);
-    CU_ASSERT_EQUAL_FATAL(preproc_config_parse("{\"size\": 300, \"resample\": 3}", "cfg.json", &cfg,
-                                               &err),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(
+        preproc_config_parse("{\"size\": 300, \"resample\": 3}", "cfg.json", &cfg, &err), 0);
     CU_ASSERT_EQUAL(cfg.width, 300);
     CU_ASSERT_EQUAL(cfg.height, 300);
     CU_ASSERT_EQUAL(cfg.resample, PREPROC_BICUBIC);

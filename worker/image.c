@@ -147,8 +147,8 @@ static int s_open(const char *path, int page, int dpi, VipsImage **out, DmErr *e
     const char *loader = vips_foreign_find_load(path);
     if (!loader) {
         vips_error_clear();
-        return dm_err(err, "%s: not a recognised image or PDF file (unknown format or corrupt header)",
-                      path);
+        return dm_err(
+            err, "%s: not a recognised image or PDF file (unknown format or corrupt header)", path);
     }
     VipsOperation *op = vips_operation_new(loader);
     if (!op)
@@ -217,10 +217,8 @@ static int s_is_other_colourspace(VipsInterpretation in)
     case VIPS_INTERPRETATION_XYZ:
     case VIPS_INTERPRETATION_YXY:
     case VIPS_INTERPRETATION_HSV:
-    case VIPS_INTERPRETATION_scRGB:
-        return 1;
-    default:
-        return 0;
+    case VIPS_INTERPRETATION_scRGB: return 1;
+    default: return 0;
     }
 }
 
@@ -283,7 +281,7 @@ static int s_to_rgb8(const char *path, VipsImage *in, DmImage *out, DmErr *err)
             d[2] = s_cmyk1(v[2], nk);
         } else if (bands < 3) { /* grey or grey + alpha */
             d[0] = d[1] = d[2] = (uint8_t)v[0];
-        } else {                /* RGB, alpha dropped */
+        } else { /* RGB, alpha dropped */
             d[0] = (uint8_t)v[0];
             d[1] = (uint8_t)v[1];
             d[2] = (uint8_t)v[2];

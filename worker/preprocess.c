@@ -119,9 +119,9 @@ static const char *s_filter_name(int resample)
 #define S_PRECISION_BITS (32 - 8 - 2)
 
 typedef struct SCoeffs {
-    int ksize;    /* taps per output pixel (max) */
-    int *bounds;  /* [out][2]: first input index, number of taps */
-    int32_t *k;   /* [out][ksize] fixed-point taps */
+    int ksize;   /* taps per output pixel (max) */
+    int *bounds; /* [out][2]: first input index, number of taps */
+    int32_t *k;  /* [out][ksize] fixed-point taps */
 } SCoeffs;
 
 static void s_coeffs_free(SCoeffs *c)
@@ -495,8 +495,7 @@ static int s_json_int_size(json_t *v, int *dst)
 }
 
 /* A number or a list of 3 numbers. */
-static int s_json_triple(json_t *root, const char *key, double dst[3], const char *name,
-                         DmErr *err)
+static int s_json_triple(json_t *root, const char *key, double dst[3], const char *name, DmErr *err)
 {
     json_t *v = json_object_get(root, key);
     if (!v)
@@ -506,7 +505,8 @@ static int s_json_triple(json_t *root, const char *key, double dst[3], const cha
         return 0;
     }
     if (!json_is_array(v) || json_array_size(v) != 3)
-        return dm_err(err, "%s: \"%s\" must be a number or a list of 3 numbers (one per RGB channel)",
+        return dm_err(err,
+                      "%s: \"%s\" must be a number or a list of 3 numbers (one per RGB channel)",
                       name, key);
     for (int c = 0; c < 3; c++) {
         json_t *e = json_array_get(v, (size_t)c);
@@ -549,24 +549,29 @@ static int s_config_from_json(json_t *root, const char *name, PreprocConfig *cfg
         if (json_is_object(v)) {
             json_t *hh = json_object_get(v, "height"), *ww = json_object_get(v, "width");
             if (json_object_get(v, "shortest_edge") || json_object_get(v, "longest_edge"))
-                return dm_err(err, "%s: \"size\" as shortest_edge/longest_edge is not supported by "
-                              "the Donut processor (it needs height and width)", name);
+                return dm_err(err,
+                              "%s: \"size\" as shortest_edge/longest_edge is not supported by "
+                              "the Donut processor (it needs height and width)",
+                              name);
             if (!hh || !ww || s_json_int_size(hh, &cfg->height) || s_json_int_size(ww, &cfg->width))
-                return dm_err(err, "%s: \"size\" must have integer \"height\" and \"width\" in 1..65535",
+                return dm_err(err,
+                              "%s: \"size\" must have integer \"height\" and \"width\" in 1..65535",
                               name);
         } else if (json_is_array(v)) {
             /* The old feature extractor's (width, height) list. */
             if (json_array_size(v) != 2 || s_json_int_size(json_array_get(v, 0), &cfg->width) ||
                 s_json_int_size(json_array_get(v, 1), &cfg->height))
-                return dm_err(err, "%s: \"size\" list must be [width, height], integers in 1..65535",
-                              name);
+                return dm_err(
+                    err, "%s: \"size\" list must be [width, height], integers in 1..65535", name);
         } else if (json_is_integer(v)) {
             if (s_json_int_size(v, &cfg->height))
                 return dm_err(err, "%s: \"size\" must be in 1..65535", name);
             cfg->width = cfg->height;
         } else {
-            return dm_err(err, "%s: \"size\" must be {\"height\", \"width\"}, [width, height] or an "
-                          "integer", name);
+            return dm_err(err,
+                          "%s: \"size\" must be {\"height\", \"width\"}, [width, height] or an "
+                          "integer",
+                          name);
         }
     }
 
@@ -578,8 +583,10 @@ static int s_config_from_json(json_t *root, const char *name, PreprocConfig *cfg
         if (r == PREPROC_NEAREST)
             return dm_err(err, "%s: \"resample\" 0 (NEAREST) is not supported", name);
         if (r < 1 || r > 5)
-            return dm_err(err, "%s: \"resample\" %lld is not a PIL filter (1..5: LANCZOS, BILINEAR, "
-                          "BICUBIC, BOX, HAMMING)", name, (long long)r);
+            return dm_err(err,
+                          "%s: \"resample\" %lld is not a PIL filter (1..5: LANCZOS, BILINEAR, "
+                          "BICUBIC, BOX, HAMMING)",
+                          name, (long long)r);
         cfg->resample = (int)r;
     }
 
@@ -689,8 +696,10 @@ int preproc_geometry(const PreprocConfig *cfg, int in_w, int in_h, PreprocGeomet
 
     if (cfg->do_pad) {
         if (w > W || h > H)
-            return dm_err(err, "preprocess: cannot pad a %dx%d image to %dx%d: it is larger "
-                          "(HF fails here too; do_thumbnail keeps it inside)", w, h, W, H);
+            return dm_err(err,
+                          "preprocess: cannot pad a %dx%d image to %dx%d: it is larger "
+                          "(HF fails here too; do_thumbnail keeps it inside)",
+                          w, h, W, H);
         g->pad_top = (H - h) / 2;
         g->pad_bottom = H - h - g->pad_top;
         g->pad_left = (W - w) / 2;

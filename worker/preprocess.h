@@ -36,9 +36,9 @@ enum {
 };
 
 typedef struct PreprocConfig {
-    int height, width;         /* size */
+    int height, width; /* size */
     int do_resize;
-    int resample;              /* PREPROC_* filter of step 2 */
+    int resample; /* PREPROC_* filter of step 2 */
     int do_thumbnail;
     int do_align_long_axis;
     int do_pad;
@@ -67,19 +67,18 @@ int preproc_config_parse(const char *json_text, const char *name, PreprocConfig 
 /* Sizes after each step for an in_w x in_h input. */
 typedef struct PreprocGeometry {
     int in_w, in_h;
-    int rotated;                 /* step 1 rotated the image */
+    int rotated; /* step 1 rotated the image */
     int aligned_w, aligned_h;
-    int resized_w, resized_h;    /* after step 2 (= aligned if no resize) */
-    int thumb_w, thumb_h;        /* after step 3 (= resized if it fits) */
+    int resized_w, resized_h; /* after step 2 (= aligned if no resize) */
+    int thumb_w, thumb_h;     /* after step 3 (= resized if it fits) */
     int pad_top, pad_bottom, pad_left, pad_right;
-    int out_w, out_h;            /* pixel_values is [3, out_h, out_w] */
+    int out_w, out_h; /* pixel_values is [3, out_h, out_w] */
 } PreprocGeometry;
 
 /* Fails (naming the step) where HF would fail: an edge that would become 0
  * pixels, or padding to a size smaller than the image (do_pad without
  * do_thumbnail). */
-int preproc_geometry(const PreprocConfig *cfg, int in_w, int in_h, PreprocGeometry *g,
-                     DmErr *err);
+int preproc_geometry(const PreprocConfig *cfg, int in_w, int in_h, PreprocGeometry *g, DmErr *err);
 
 /* Run the processor: pixel_values must hold 3 * out_h * out_w floats (with
  * do_pad that is 3 * cfg->height * cfg->width). */
