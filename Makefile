@@ -17,19 +17,31 @@ endif
 
 # Debian packages behind each pkg-config module (deploy/install-deps.sh
 # installs them all).
-PKGS := vips jansson cunit libutf8proc openblas
-PKG_DEBS := libvips-dev libjansson-dev libcunit1-dev libutf8proc-dev libopenblas-dev
+PKGS := vips jansson cunit libutf8proc openblas libzmq lmdb libprotobuf-c
+PKG_DEBS := libvips-dev libjansson-dev libcunit1-dev libutf8proc-dev libopenblas-dev \
+            libzmq3-dev liblmdb-dev libprotobuf-c-dev protobuf-c-compiler libopenmpi-dev
+PROTOC_C ?= protoc-c
+ifeq ($(shell command -v $(PROTOC_C)),)
+$(error protoc-c not found; run deploy/install-deps.sh (Debian package protobuf-c-compiler))
+endif
+# MPI through its compiler wrapper, never a hard-coded path.
+MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null)
+ifeq ($(MPI_LIBS),)
+$(error mpicc not found; run deploy/install-deps.sh (Debian packages libopenmpi-dev openmpi-bin))
+endif
 
 MISSING := $(strip $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),,$(p))))
 ifneq ($(MISSING),)
 $(error missing pkg-config modules: $(MISSING); run deploy/install-deps.sh (Debian packages: $(PKG_DEBS)))
 endif
 
-INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator
+GEN := $(BUILD)/gen
+INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator -I$(GEN)
 OPT  := -O3 -march=native
 CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation \
-          -fno-strict-aliasing -pthread $(INCS) $(shell pkg-config --cflags $(PKGS))
-LDLIBS += $(shell pkg-config --libs $(PKGS)) -lm -pthread
+          -fno-strict-aliasing -pthread $(INCS) $(shell pkg-config --cflags $(PKGS)) $(MPI_CFLAGS)
+LDLIBS += $(shell pkg-config --libs $(PKGS)) $(MPI_LIBS) -lm -pthread
 
 ifeq ($(SAN),1)
 OPT := -O1 -march=native
@@ -39,7 +51,10 @@ endif
 
 LIB_SRC := $(wildcard common/*.c kernels/cpu/*.c worker/*.c) \
            $(filter-out coordinator/main.c,$(wildcard coordinator/*.c))
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+PROTO := $(wildcard schemas/*.proto)
+PROTO_C := $(PROTO:schemas/%.proto=$(GEN)/%.pb-c.c)
+PROTO_H := $(PROTO_C:.c=.h)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(PROTO_C:.c=.o)
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
@@ -72,7 +87,15 @@ $(BUILD)/docmint: $(BUILD)/coordinator/main.o $(LIB_OBJ)
 $(BUILD)/test_docmint: $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/%.o: %.c
+# Record and message code generated from schemas/*.proto.
+$(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: schemas/%.proto
+	@mkdir -p $(GEN)
+	$(PROTOC_C) --proto_path=schemas --c_out=$(GEN) $<
+
+$(GEN)/%.pb-c.o: $(GEN)/%.pb-c.c
+	$(CC) $(CFLAGS) -w -c -o $@ $<
+
+$(BUILD)/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 

@@ -1,0 +1,65 @@
+/* store.h - docmint's LMDB stores: one environment per output with named
+ * databases "records", "errors" and "meta" (record layouts: schemas/).
+ *
+ * One writer per store (the coordinator); readers open read-only.  Writes
+ * go in batches, one transaction each; when the map is full it grows and
+ * the batch is retried, so a long job never stops on MDB_MAP_FULL.  Keys
+ * are stable identifiers, so writing an item twice leaves one record. */
+#ifndef DM_STORE_H
+#define DM_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dm_error.h"
+
+typedef struct Store Store;
+
+#define STORE_RECORDS "records"
+#define STORE_ERRORS "errors"
+#define STORE_META "meta"
+#define STORE_SCHEMA_VERSION "1"
+
+enum { STORE_READ = 0, STORE_WRITE = 1 };
+
+/* Open (and for STORE_WRITE create) the store at path (a folder). */
+int store_open(const char *path, int mode, Store **out, DmErr *err);
+void store_close(Store **s);
+const char *store_path(const Store *s);
+
+typedef struct StoreItem {
+    const char *db;     /* STORE_RECORDS, STORE_ERRORS, STORE_META */
+    const void *key;
+    size_t klen;
+    const void *val;
+    size_t vlen;
+} StoreItem;
+
+/* Put n items in one transaction (growing the map when full). */
+int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err);
+
+/* Look a key up.  Returns 1 and a malloc'ed copy when found, 0 when absent,
+ * -1 on error. */
+int store_get(Store *s, const char *db, const void *key, size_t klen, void **val, size_t *vlen,
+              DmErr *err);
+
+/* Call fn for every entry of db in key order; fn returns non-zero to stop. */
+typedef int (*StoreVisit)(void *ctx, const void *key, size_t klen, const void *val, size_t vlen);
+int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err);
+
+/* Number of entries in db. */
+int store_count(Store *s, const char *db, uint64_t *n, DmErr *err);
+
+/* meta helpers: UTF-8 strings.  store_meta_get returns a malloc'ed string
+ * or NULL when absent. */
+int store_meta_set(Store *s, const char *key, const char *value, DmErr *err);
+char *store_meta_get(Store *s, const char *key, DmErr *err);
+
+/* Stable record keys: questionId as 8-byte big-endian, so keys sort by id. */
+void store_key_u64(uint64_t id, unsigned char key[8]);
+uint64_t store_key_to_u64(const void *key);
+
+/* Current map size in bytes and bytes in use (for stat). */
+int store_sizes(Store *s, uint64_t *map_bytes, uint64_t *used_bytes, DmErr *err);
+
+#endif

@@ -1,0 +1,56 @@
+/* corpus.h - question corpora read into pages with their questions.
+ *
+ * Formats: the official DocVQA annotation JSON (data[] with questionId,
+ * question, image, docId, ucsf_document_id, ucsf_document_page_no,
+ * answers, question_types, data_split), JSON lines with the usual key
+ * aliases, and archives (a folder or list file of documents, every page of
+ * every document, with a list of questions asked of each page).  All the
+ * questions of one image page are grouped, so the encoder runs once per
+ * page. */
+#ifndef DM_CORPUS_H
+#define DM_CORPUS_H
+
+#include <stdint.h>
+
+#include "dm_error.h"
+
+typedef struct CorpusQuestion {
+    int64_t qid;         /* questionId; archives number them */
+    char *text;
+    char **answers;      /* gold answers (may be empty) */
+    int nanswers;
+    char **qtypes;       /* question_types (may be empty) */
+    int nqtypes;
+} CorpusQuestion;
+
+typedef struct CorpusPage {
+    char *page_id;       /* stable: image path relative to the root, plus "#p<N>" for page N > 0 */
+    char *image_path;    /* resolved against the job's image root */
+    int page_no;         /* page inside a multi-page file, from 0 */
+    CorpusQuestion *q;
+    int nq;
+} CorpusPage;
+
+typedef enum { CORPUS_DOCVQA, CORPUS_JSONL, CORPUS_ARCHIVE } CorpusFormat;
+
+typedef struct CorpusSpec {
+    CorpusFormat format;
+    const char *path;        /* annotation JSON / JSONL / folder or list file of documents */
+    const char *image_root;  /* image paths resolve against it (default: the annotation's folder) */
+    const char *questions;   /* archives: file with one question per line (or JSON array) */
+    int pdf_dpi;
+} CorpusSpec;
+
+typedef struct Corpus {
+    CorpusPage *pages;
+    int npages;
+    int nquestions;
+} Corpus;
+
+int corpus_load(const CorpusSpec *spec, Corpus **out, DmErr *err);
+void corpus_free(Corpus **c);
+
+/* Parse a format name: "docvqa", "jsonl", "archive". */
+int corpus_format_parse(const char *s, CorpusFormat *f);
+
+#endif

@@ -1,0 +1,38 @@
+/* job.h - job files: one JSON format for every stage, validated against
+ * schemas/job.schema.json (embedded in the binary).  Unknown keys, missing
+ * keys and wrong types are rejected with the key's path and the expected
+ * type; absent optional keys take the schema's defaults. */
+#ifndef DM_JOB_H
+#define DM_JOB_H
+
+#include <jansson.h>
+
+#include "corpus.h"
+#include "dm_error.h"
+
+typedef struct Job {
+    char *path;            /* the job file */
+    char *stage;           /* "infer" ("cache-logits", "distill", "analyze" later) */
+    char *model;           /* checkpoint folder (relative paths resolve against the job file's folder) */
+    char *output;          /* output store folder */
+    CorpusSpec corpus;     /* strings owned by the job */
+    int pages_per_shard;   /* default 1: a shard is one page with all its questions */
+    double lease_seconds;  /* a shard not returned in time is handed out again (default 600) */
+    double heartbeat_seconds; /* default 1 */
+    int heartbeat_liveness;   /* missed heartbeats before a peer counts as dead (default 5) */
+    int credit;            /* shards a worker may hold at once (default 2) */
+    int commit_every;      /* records per store transaction (default 256) */
+    int max_length;        /* generation max_length; 0 = the model's max_position_embeddings */
+    int threads;           /* compute threads per worker; 0 = cores / workers on the node */
+    int quiet;             /* no progress lines */
+    char *endpoint;        /* coordinator bind address (default "tcp://*:0": any free port) */
+    json_t *doc;           /* the validated document with defaults filled in */
+} Job;
+
+/* Read, validate and fill defaults. */
+int job_load(const char *path, Job **out, DmErr *err);
+/* Validate text (for tests and for jobs received over the wire). */
+int job_parse(const char *text, const char *what, Job **out, DmErr *err);
+void job_free(Job **job);
+
+#endif
