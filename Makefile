@@ -54,7 +54,7 @@ LIB_SRC := $(wildcard common/*.c kernels/cpu/*.c worker/*.c) \
 PROTO := $(wildcard schemas/*.proto)
 PROTO_C := $(PROTO:schemas/%.proto=$(GEN)/%.pb-c.c)
 PROTO_H := $(PROTO_C:.c=.h)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(PROTO_C:.c=.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(PROTO_C:.c=.o) $(GEN)/schemas_embed.o
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
@@ -76,9 +76,12 @@ NVCC_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a
 NVCCFLAGS ?= -O3 -g -lineinfo
 NVCCFLAGS += -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter $(INCS) -MMD -MP \
              $(NVCC_GENCODE)
+# cuda_nccl.cu is host code only (no __global__): one target is enough and
+# saves a device pass per architecture.  Drop this if it gains kernels.
+$(BUILD)/kernels/cuda/cuda_nccl.o: NVCC_GENCODE := -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
 endif
 
-.PHONY: all test demo bench clean deps check-cuda
+.PHONY: all test demo bench clean deps check-cuda python-schemas
 all: $(BUILD)/docmint
 
 $(BUILD)/docmint: $(BUILD)/coordinator/main.o $(LIB_OBJ)
@@ -94,6 +97,29 @@ $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: schemas/%.proto
 
 $(GEN)/%.pb-c.o: $(GEN)/%.pb-c.c
 	$(CC) $(CFLAGS) -w -c -o $@ $<
+
+# Keep the generated header: as an intermediate file make would delete it
+# after each build, and every file including it would recompile next time.
+.SECONDARY: $(PROTO_C) $(PROTO_H)
+
+# Python modules of the same schemas (records_pb2.py), for
+# schemas/python/dmstore.py; PY_GEN may point elsewhere (tests do).
+PROTOC ?= protoc
+PY_GEN ?= $(GEN)/python
+python-schemas: $(PROTO:schemas/%.proto=$(PY_GEN)/%_pb2.py)
+
+$(PY_GEN)/%_pb2.py: schemas/%.proto
+	@mkdir -p $(PY_GEN)
+	$(PROTOC) --proto_path=schemas --python_out=$(PY_GEN) $<
+
+# schemas/*.json embedded in the binary (jsonschema_embedded).
+SCHEMA_JSON := $(sort $(wildcard schemas/*.json))
+$(GEN)/schemas_embed.c: $(SCHEMA_JSON) schemas/embed.sh
+	@mkdir -p $(GEN)
+	sh schemas/embed.sh $@ $(SCHEMA_JSON)
+
+$(GEN)/schemas_embed.o: $(GEN)/schemas_embed.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)

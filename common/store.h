@@ -22,7 +22,12 @@ typedef struct Store Store;
 
 enum { STORE_READ = 0, STORE_WRITE = 1 };
 
-/* Open (and for STORE_WRITE create) the store at path (a folder). */
+/* Open (and for STORE_WRITE create) the store at path (a folder).  A
+ * writer's map starts at DOCMINT_STORE_MAP_MB MiB (default 64) or the size
+ * an earlier run grew it to, and doubles when a batch does not fit.  Only
+ * one writer per store (writer.lock in the folder): a second STORE_WRITE
+ * open fails, in this process or another.  Opening an LMDB folder that is
+ * not a docmint store (no meta schema_version) fails. */
 int store_open(const char *path, int mode, Store **out, DmErr *err);
 void store_close(Store **s);
 const char *store_path(const Store *s);
@@ -43,7 +48,9 @@ int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err);
 int store_get(Store *s, const char *db, const void *key, size_t klen, void **val, size_t *vlen,
               DmErr *err);
 
-/* Call fn for every entry of db in key order; fn returns non-zero to stop. */
+/* Call fn for every entry of db in key order; fn returns non-zero to stop.
+ * key and val point into the map, valid only during the call; fn must not
+ * write to the store. */
 typedef int (*StoreVisit)(void *ctx, const void *key, size_t klen, const void *val, size_t vlen);
 int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err);
 
@@ -54,6 +61,9 @@ int store_count(Store *s, const char *db, uint64_t *n, DmErr *err);
  * or NULL when absent. */
 int store_meta_set(Store *s, const char *key, const char *value, DmErr *err);
 char *store_meta_get(Store *s, const char *key, DmErr *err);
+/* Same with the error told apart from absence: 1 and a malloc'ed string
+ * when found, 0 (value NULL) when absent, -1 on error. */
+int store_meta_read(Store *s, const char *key, char **value, DmErr *err);
 
 /* Stable record keys: questionId as 8-byte big-endian, so keys sort by id. */
 void store_key_u64(uint64_t id, unsigned char key[8]);
@@ -61,5 +71,8 @@ uint64_t store_key_to_u64(const void *key);
 
 /* Current map size in bytes and bytes in use (for stat). */
 int store_sizes(Store *s, uint64_t *map_bytes, uint64_t *used_bytes, DmErr *err);
+
+/* How many times this handle doubled the map (for logs and tests). */
+unsigned store_map_grows(const Store *s);
 
 #endif

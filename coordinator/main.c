@@ -18,6 +18,13 @@ typedef struct Command {
 #pragma weak cmd_init
 #pragma weak cmd_bench
 #pragma weak cmd_preprocess
+#pragma weak cmd_run
+#pragma weak cmd_worker
+#pragma weak cmd_synth
+#pragma weak cmd_validate
+#pragma weak cmd_export
+#pragma weak cmd_eval
+#pragma weak cmd_store
 
 static const Command s_commands[] = {
     {"ask", cmd_ask, "MODEL_DIR IMAGE QUESTION...   answer questions about one page"},
@@ -25,8 +32,15 @@ static const Command s_commands[] = {
     {"tokenize", cmd_tokenize, "DIR [--no-special]   JSON lines {\"text\"} on stdin -> {\"ids\",\"pieces\"}"},
     {"detokenize", cmd_detokenize, "DIR [--skip-special]   JSON lines {\"ids\"} on stdin -> {\"text\"}"},
     {"preprocess", cmd_preprocess, "MODEL_DIR IMAGE -o OUT.safetensors   image -> pixel_values"},
+    {"run", cmd_run, "JOB.json [--quiet]   run a job (under mpirun: rank 0 coordinates, the others compute)"},
+    {"worker", cmd_worker, "--keys OUTPUT/worker.keys [--connect ENDPOINT]   join a running job"},
     {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
+    {"export", cmd_export, "STORE --annotations FILE -o SUBMISSION.json   evaluation-server submission"},
+    {"eval", cmd_eval, "--predictions FILE --annotations FILE   ANLS, overall and by question type"},
+    {"synth", cmd_synth, "OUT_DIR [--docs N] [--seed S] [--kv colours|nouns|numbers]   a synthetic DocVQA corpus"},
+    {"validate", cmd_validate, "JOB.json [--corpus] [--print]   check a job file (--schema prints the schema)"},
     {"bench", cmd_bench, "MODEL_DIR   encoder/decoder timings against measured machine bounds"},
+    {"store", cmd_store, "stat|get|dump|import STORE [KEY]   look inside an output store"},
 };
 #define NCOMMANDS (int)(sizeof s_commands / sizeof *s_commands)
 

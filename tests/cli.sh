@@ -85,6 +85,13 @@ else
     bad "TIFF page answers differ"
 fi
 
+echo "cli: stores"
+if DOCMINT="$DOCMINT" sh tests/store_py.sh >"$T/store_py" 2>&1; then
+    ok "store: C dump and Python reader agree ($(grep -c ok "$T/store_py") checks)"
+else
+    bad "store: $(tail -5 "$T/store_py")"
+fi
+
 echo "cli: bad input"
 printf 'not an image' >"$T/corrupt.png"
 : >"$T/empty.png"

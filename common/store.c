@@ -1,0 +1,609 @@
+/* store.c - docmint's LMDB stores (see store.h).
+ *
+ * A store is a folder holding an LMDB environment (data.mdb, lock.mdb)
+ * with three named databases, plus writer.lock: the writer holds an
+ * exclusive flock on it, so a second job (or a second open in the same
+ * process, which LMDB forbids) cannot write the store at the same time.
+ *
+ * The map starts small (DOCMINT_STORE_MAP_MB, default 64 MiB) and doubles
+ * whenever a batch does not fit: the transaction is aborted, the map grown,
+ * the batch retried.  LMDB only replaces its meta page once every data page
+ * of a commit is on disk, so a failed commit (disk full, file size limit,
+ * I/O error) leaves every earlier batch intact. */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "records.h" /* records_utf8_valid */
+
+enum { DB_RECORDS, DB_ERRORS, DB_META, NDB };
+static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_META};
+
+#define STORE_DEFAULT_MAP_MB 64
+#define STORE_MAX_MAP ((size_t)1 << 40) /* 1 TiB: growth stops there */
+
+struct Store {
+    MDB_env *env;
+    MDB_dbi dbi[NDB];
+    int mode;
+    int lock_fd;
+    unsigned grows;
+    char *path;
+};
+
+/* ---- errors --------------------------------------------------------- */
+
+/* "PATH: what: LMDB message" plus what a user can do about it. */
+static int s_lmdb_err(const char *path, int rc, DmErr *err, const char *what)
+{
+    const char *hint = "";
+    if (rc == EACCES || rc == EPERM || rc == EROFS)
+        hint = " (check the permissions of the store folder)";
+    else if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH)
+        hint = " (not an LMDB store of this LMDB version)";
+    else if (rc == MDB_TXN_FULL)
+        hint = " (write smaller batches)";
+    else if (rc == MDB_READERS_FULL)
+        hint = " (too many processes are reading this store)";
+    return dm_err(err, "%s: %s: %s%s", path, what, mdb_strerror(rc), hint);
+}
+
+/* A write that failed on the way to disk.  LMDB reports a short write as
+ * EIO, so look for the usual cause: a full filesystem or a file size
+ * limit.  LMDB writes the meta page last, so the store still holds every
+ * earlier commit. */
+static int s_write_err(const char *path, int rc, size_t batch_bytes, DmErr *err, const char *what)
+{
+    char cause[160] = "";
+    struct statvfs fs;
+    struct rlimit rl;
+    struct stat st;
+    char data[4096];
+    snprintf(data, sizeof data, "%s/data.mdb", path);
+    uint64_t need = (uint64_t)batch_bytes + ((uint64_t)4 << 20);
+    if (statvfs(path, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < need)
+        snprintf(cause, sizeof cause, "disk full (%llu MiB free on the store's filesystem)",
+                 (unsigned long long)((uint64_t)fs.f_bavail * fs.f_frsize >> 20));
+    else if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && stat(data, &st) == 0 &&
+             (uint64_t)st.st_size + batch_bytes > (uint64_t)rl.rlim_cur)
+        snprintf(cause, sizeof cause, "disk full for this process: file size limit (ulimit -f) of %llu bytes",
+                 (unsigned long long)rl.rlim_cur);
+    else if (rc == ENOSPC || rc == EDQUOT)
+        snprintf(cause, sizeof cause, "disk full or over quota");
+    if (cause[0])
+        return dm_err(err, "%s: %s: %s: %s; every batch committed before this one is intact (free "
+                           "space and rerun to resume)",
+                      path, what, mdb_strerror(rc), cause);
+    return dm_err(err, "%s: %s: %s; every batch committed before this one is intact", path, what,
+                  mdb_strerror(rc));
+}
+
+static int s_db_index(const char *db)
+{
+    for (int i = 0; db && i < NDB; i++)
+        if (!strcmp(db, s_db_names[i]))
+            return i;
+    return -1;
+}
+
+/* A printable form of a key for messages: a questionId for 8-byte record
+ * keys, else the text with non-printable bytes as \xNN, shortened. */
+static void s_key_text(int db, const void *key, size_t klen, char *out, size_t cap)
+{
+    if (db == DB_RECORDS && klen == 8) {
+        snprintf(out, cap, "questionId %" PRIu64, store_key_to_u64(key));
+        return;
+    }
+    const unsigned char *k = key;
+    size_t o = 0;
+    o += (size_t)snprintf(out, cap, "key '");
+    for (size_t i = 0; i < klen && o + 8 < cap; i++) {
+        if (i >= 60) {
+            o += (size_t)snprintf(out + o, cap - o, "...");
+            break;
+        }
+        if (k[i] >= 0x20 && k[i] < 0x7f)
+            out[o++] = (char)k[i];
+        else
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", k[i]);
+    }
+    snprintf(out + o, cap - o, "'");
+}
+
+/* ---- transactions --------------------------------------------------- */
+
+/* Begin a transaction; adopt a map another process grew meanwhile. */
+static int s_begin(Store *s, unsigned flags, MDB_txn **txn, DmErr *err)
+{
+    int rc = mdb_txn_begin(s->env, NULL, flags, txn);
+    if (rc == MDB_MAP_RESIZED) {
+        rc = mdb_env_set_mapsize(s->env, 0);
+        if (rc == 0)
+            rc = mdb_txn_begin(s->env, NULL, flags, txn);
+    }
+    if (rc != 0) {
+        *txn = NULL;
+        return s_lmdb_err(s->path, rc, err, "cannot begin a transaction");
+    }
+    return 0;
+}
+
+static int s_map_size(MDB_env *env, size_t *size)
+{
+    MDB_envinfo info;
+    int rc = mdb_env_info(env, &info);
+    if (rc == 0)
+        *size = info.me_mapsize;
+    return rc;
+}
+
+/* Double the map (called with no transaction open). */
+static int s_grow(Store *s, size_t nitems, DmErr *err)
+{
+    size_t cur;
+    int rc = s_map_size(s->env, &cur);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot read the map size");
+    if (cur >= STORE_MAX_MAP)
+        return dm_err(err, "%s: a batch of %zu items does not fit in a %zu GiB map", s->path, nitems,
+                      cur >> 30);
+    size_t next = cur * 2 < STORE_MAX_MAP ? cur * 2 : STORE_MAX_MAP;
+    rc = mdb_env_set_mapsize(s->env, next);
+    if (rc != 0) {
+        char what[96];
+        snprintf(what, sizeof what, "cannot grow the map from %zu to %zu MiB", cur >> 20, next >> 20);
+        return s_lmdb_err(s->path, rc, err, what);
+    }
+    s->grows++;
+    return 0;
+}
+
+/* ---- open / close --------------------------------------------------- */
+
+static int s_initial_map(size_t *bytes, DmErr *err)
+{
+    const char *v = getenv("DOCMINT_STORE_MAP_MB");
+    unsigned long long mb = STORE_DEFAULT_MAP_MB;
+    if (v && *v) {
+        char *end;
+        errno = 0;
+        mb = strtoull(v, &end, 10);
+        if (errno || *end || mb == 0 || mb > (STORE_MAX_MAP >> 20))
+            return dm_err(err, "DOCMINT_STORE_MAP_MB='%s': expected a map size in MiB from 1 to %zu", v,
+                          STORE_MAX_MAP >> 20);
+    }
+    *bytes = (size_t)mb << 20;
+    return 0;
+}
+
+/* Read meta.schema_version inside txn: 0 when it is this version. */
+static int s_check_schema(Store *s, MDB_txn *txn, DmErr *err)
+{
+    MDB_val k = {strlen("schema_version"), (void *)"schema_version"}, v;
+    int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return dm_err(err, "%s: not a docmint store (its meta database has no schema_version)", s->path);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot read meta schema_version");
+    size_t n = strlen(STORE_SCHEMA_VERSION);
+    if (v.mv_size != n || memcmp(v.mv_data, STORE_SCHEMA_VERSION, n) != 0)
+        return dm_err(err, "%s: store schema version '%.*s', this docmint reads version %s", s->path,
+                      (int)(v.mv_size < 32 ? v.mv_size : 32), (const char *)v.mv_data,
+                      STORE_SCHEMA_VERSION);
+    return 0;
+}
+
+/* Open the named databases; a writer creates them (and the schema version)
+ * in a fresh environment, and refuses an LMDB environment that holds
+ * something else. */
+static int s_open_dbs(Store *s, DmErr *err)
+{
+    int write = s->mode == STORE_WRITE;
+    MDB_txn *txn;
+    if (s_begin(s, write ? 0 : MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    int rc = mdb_dbi_open(txn, STORE_META, 0, &s->dbi[DB_META]);
+    int fresh = 0;
+    if (rc == MDB_NOTFOUND && write) {
+        MDB_dbi main;
+        MDB_stat st;
+        rc = mdb_dbi_open(txn, NULL, 0, &main);
+        if (rc == 0)
+            rc = mdb_stat(txn, main, &st);
+        if (rc == 0 && st.ms_entries > 0) {
+            mdb_txn_abort(txn);
+            return dm_err(err, "%s: not a docmint store (an LMDB environment without a meta database)",
+                          s->path);
+        }
+        fresh = 1;
+        if (rc == 0)
+            rc = mdb_dbi_open(txn, STORE_META, MDB_CREATE, &s->dbi[DB_META]);
+    } else if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE) {
+        mdb_txn_abort(txn);
+        return dm_err(err, "%s: not a docmint store (no meta database)", s->path);
+    }
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return s_lmdb_err(s->path, rc, err, "cannot open the meta database");
+    }
+    if (!fresh && s_check_schema(s, txn, err) < 0) {
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    for (int i = 0; i < NDB; i++) {
+        if (i == DB_META)
+            continue;
+        rc = mdb_dbi_open(txn, s_db_names[i], write ? MDB_CREATE : 0, &s->dbi[i]);
+        if (rc != 0) {
+            mdb_txn_abort(txn);
+            if (rc == MDB_NOTFOUND)
+                return dm_err(err, "%s: not a docmint store (no %s database)", s->path, s_db_names[i]);
+            char what[64];
+            snprintf(what, sizeof what, "cannot open the %s database", s_db_names[i]);
+            return s_lmdb_err(s->path, rc, err, what);
+        }
+    }
+    if (fresh) {
+        MDB_val k = {strlen("schema_version"), (void *)"schema_version"};
+        MDB_val v = {strlen(STORE_SCHEMA_VERSION), (void *)STORE_SCHEMA_VERSION};
+        rc = mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
+        if (rc != 0) {
+            mdb_txn_abort(txn);
+            return s_lmdb_err(s->path, rc, err, "cannot write meta schema_version");
+        }
+    }
+    /* Committing (even a read-only transaction) makes the handles usable
+     * by later transactions. */
+    rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, write ? "cannot create the databases" : "cannot open the databases");
+    return 0;
+}
+
+static int s_lock_writer(Store *s, DmErr *err)
+{
+    size_t n = strlen(s->path) + sizeof "/writer.lock";
+    char *p = malloc(n);
+    if (!p)
+        return dm_err(err, "%s: out of memory", s->path);
+    snprintf(p, n, "%s/writer.lock", s->path);
+    s->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (s->lock_fd < 0) {
+        dm_err_errno(err, "%s: cannot open", p);
+        free(p);
+        return -1;
+    }
+    free(p);
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            return dm_err(err, "%s: another docmint process (or another open in this one) is writing "
+                               "this store", s->path);
+        return dm_err_errno(err, "%s/writer.lock: cannot lock", s->path);
+    }
+    return 0;
+}
+
+int store_open(const char *path, int mode, Store **out, DmErr *err)
+{
+    *out = NULL;
+    if (!path || !*path)
+        return dm_err(err, "store: empty path");
+    if (mode != STORE_READ && mode != STORE_WRITE)
+        return dm_err(err, "%s: unknown store mode %d", path, mode);
+    size_t initial = 0;
+    if (mode == STORE_WRITE && s_initial_map(&initial, err) < 0)
+        return -1;
+
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        if (errno != ENOENT)
+            return dm_err_errno(err, "%s: cannot open store", path);
+        if (mode == STORE_READ)
+            return dm_err(err, "%s: no such store", path);
+        if (mkdir(path, 0777) < 0)
+            return dm_err_errno(err, "%s: cannot create the store folder", path);
+    } else if (!S_ISDIR(st.st_mode)) {
+        return dm_err(err, "%s: not a store (a store is a folder holding data.mdb)", path);
+    }
+    if (mode == STORE_READ) {
+        char data[4096];
+        snprintf(data, sizeof data, "%s/data.mdb", path);
+        if (access(data, F_OK) != 0)
+            return dm_err(err, "%s: not a docmint store (no data.mdb in the folder)", path);
+    }
+
+    Store *s = calloc(1, sizeof *s);
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        return dm_err(err, "%s: out of memory", path);
+    }
+    s->mode = mode;
+    s->lock_fd = -1;
+    if (mode == STORE_WRITE && s_lock_writer(s, err) < 0)
+        goto fail;
+
+    int rc = mdb_env_create(&s->env);
+    if (rc != 0) {
+        s->env = NULL;
+        s_lmdb_err(path, rc, err, "cannot create an LMDB environment");
+        goto fail;
+    }
+    rc = mdb_env_set_maxdbs(s->env, 8);
+    if (rc == 0)
+        rc = mdb_env_open(s->env, path, MDB_NOTLS | (mode == STORE_READ ? MDB_RDONLY : 0), 0664);
+    if (rc != 0) {
+        s_lmdb_err(path, rc, err, "cannot open");
+        goto fail;
+    }
+    /* A writer keeps a map that an earlier run grew, else starts at the
+     * initial size; a reader uses the size in the file. */
+    size_t cur = 0;
+    rc = s_map_size(s->env, &cur);
+    if (rc == 0 && mode == STORE_WRITE && cur < initial)
+        rc = mdb_env_set_mapsize(s->env, initial);
+    if (rc != 0) {
+        s_lmdb_err(path, rc, err, "cannot set the map size");
+        goto fail;
+    }
+    int dead = 0;
+    rc = mdb_reader_check(s->env, &dead);
+    if (rc != 0) {
+        s_lmdb_err(path, rc, err, "cannot clear stale readers");
+        goto fail;
+    }
+    if (s_open_dbs(s, err) < 0)
+        goto fail;
+    *out = s;
+    return 0;
+fail:
+    store_close(&s);
+    return -1;
+}
+
+void store_close(Store **sp)
+{
+    if (!sp || !*sp)
+        return;
+    Store *s = *sp;
+    if (s->env)
+        mdb_env_close(s->env);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd); /* releases the writer lock */
+    free(s->path);
+    free(s);
+    *sp = NULL;
+}
+
+const char *store_path(const Store *s)
+{
+    return s->path;
+}
+
+unsigned store_map_grows(const Store *s)
+{
+    return s->grows;
+}
+
+/* ---- writes --------------------------------------------------------- */
+
+int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
+{
+    if (s->mode != STORE_WRITE)
+        return dm_err(err, "%s: store opened read-only", s->path);
+    if (n <= 0)
+        return 0;
+    int maxkey = mdb_env_get_maxkeysize(s->env);
+    for (int i = 0; i < n; i++) {
+        int db = s_db_index(items[i].db);
+        if (db < 0)
+            return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path,
+                          items[i].db ? items[i].db : "(null)");
+        if (items[i].klen == 0 || items[i].klen > (size_t)maxkey) {
+            char kt[128];
+            s_key_text(db, items[i].key, items[i].klen, kt, sizeof kt);
+            return dm_err(err, "%s: %s %s: key length %zu, must be 1 to %d bytes", s->path, items[i].db,
+                          kt, items[i].klen, maxkey);
+        }
+    }
+    for (;;) {
+        MDB_txn *txn;
+        if (s_begin(s, 0, &txn, err) < 0)
+            return -1;
+        int rc = 0, i;
+        for (i = 0; i < n && rc == 0; i++) {
+            int db = s_db_index(items[i].db);
+            MDB_val k = {items[i].klen, (void *)items[i].key};
+            MDB_val v = {items[i].vlen, (void *)items[i].val};
+            rc = mdb_put(txn, s->dbi[db], &k, &v, 0);
+        }
+        if (rc == 0) {
+            i = -1;
+            rc = mdb_txn_commit(txn); /* frees txn, also on failure */
+        } else {
+            mdb_txn_abort(txn);
+        }
+        if (rc == 0)
+            return 0;
+        if (rc == MDB_MAP_FULL) {
+            if (s_grow(s, (size_t)n, err) < 0)
+                return -1;
+            continue; /* retry the whole batch in the bigger map */
+        }
+        char what[256];
+        if (i < 0) {
+            size_t bytes = 0;
+            for (int j = 0; j < n; j++)
+                bytes += items[j].klen + items[j].vlen;
+            snprintf(what, sizeof what, "commit of a batch of %d items (%zu bytes) failed", n, bytes);
+            return s_write_err(s->path, rc, bytes, err, what);
+        } else {
+            char kt[128];
+            s_key_text(s_db_index(items[i - 1].db), items[i - 1].key, items[i - 1].klen, kt, sizeof kt);
+            snprintf(what, sizeof what, "cannot write %s %s (%zu bytes)", items[i - 1].db, kt,
+                     items[i - 1].vlen);
+        }
+        return s_lmdb_err(s->path, rc, err, what);
+    }
+}
+
+int store_meta_set(Store *s, const char *key, const char *value, DmErr *err)
+{
+    if (!records_utf8_valid(value, strlen(value)))
+        return dm_err(err, "%s: meta %s: value is not valid UTF-8", s->path, key);
+    StoreItem it = {STORE_META, key, strlen(key), value, strlen(value)};
+    return store_put_batch(s, &it, 1, err);
+}
+
+/* ---- reads ---------------------------------------------------------- */
+
+int store_get(Store *s, const char *db, const void *key, size_t klen, void **val, size_t *vlen,
+              DmErr *err)
+{
+    *val = NULL;
+    *vlen = 0;
+    int d = s_db_index(db);
+    if (d < 0)
+        return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path, db ? db : "(null)");
+    if (klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
+        return 0; /* no such key can be stored */
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_val k = {klen, (void *)key}, v;
+    int rc = mdb_get(txn, s->dbi[d], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        char kt[128], what[192];
+        s_key_text(d, key, klen, kt, sizeof kt);
+        snprintf(what, sizeof what, "cannot read %s %s", db, kt);
+        return s_lmdb_err(s->path, rc, err, what);
+    }
+    void *copy = malloc(v.mv_size + 1); /* +1: meta values get a NUL */
+    if (!copy) {
+        mdb_txn_abort(txn);
+        return dm_err(err, "%s: out of memory reading %zu bytes", s->path, v.mv_size);
+    }
+    memcpy(copy, v.mv_data, v.mv_size);
+    ((char *)copy)[v.mv_size] = '\0';
+    *val = copy;
+    *vlen = v.mv_size;
+    mdb_txn_abort(txn);
+    return 1;
+}
+
+int store_meta_read(Store *s, const char *key, char **value, DmErr *err)
+{
+    void *v;
+    size_t n;
+    int rc = store_get(s, STORE_META, key, strlen(key), &v, &n, err);
+    *value = rc == 1 ? v : NULL;
+    return rc;
+}
+
+char *store_meta_get(Store *s, const char *key, DmErr *err)
+{
+    char *v;
+    if (store_meta_read(s, key, &v, err) == 0)
+        dm_err_clear(err);
+    return v;
+}
+
+int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err)
+{
+    int d = s_db_index(db);
+    if (d < 0)
+        return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path, db ? db : "(null)");
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->dbi[d], &cur);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return s_lmdb_err(s->path, rc, err, "cannot open a cursor");
+    }
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        if (fn(ctx, k.mv_data, k.mv_size, v.mv_data, v.mv_size))
+            break;
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        char what[64];
+        snprintf(what, sizeof what, "cannot read the %s database", db);
+        return s_lmdb_err(s->path, rc, err, what);
+    }
+    return 0;
+}
+
+int store_count(Store *s, const char *db, uint64_t *n, DmErr *err)
+{
+    *n = 0;
+    int d = s_db_index(db);
+    if (d < 0)
+        return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path, db ? db : "(null)");
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_stat st;
+    int rc = mdb_stat(txn, s->dbi[d], &st);
+    mdb_txn_abort(txn);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot count entries");
+    *n = st.ms_entries;
+    return 0;
+}
+
+int store_sizes(Store *s, uint64_t *map_bytes, uint64_t *used_bytes, DmErr *err)
+{
+    /* A read transaction first, so a map grown by another process is
+     * adopted before it is reported. */
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    mdb_txn_abort(txn);
+    MDB_envinfo info;
+    MDB_stat st;
+    int rc = mdb_env_info(s->env, &info);
+    if (rc == 0)
+        rc = mdb_env_stat(s->env, &st);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot read the environment sizes");
+    *map_bytes = info.me_mapsize;
+    *used_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
+    return 0;
+}
+
+/* ---- keys ----------------------------------------------------------- */
+
+void store_key_u64(uint64_t id, unsigned char key[8])
+{
+    for (int i = 7; i >= 0; i--) {
+        key[i] = (unsigned char)(id & 0xff);
+        id >>= 8;
+    }
+}
+
+uint64_t store_key_to_u64(const void *key)
+{
+    const unsigned char *k = key;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | k[i];
+    return v;
+}

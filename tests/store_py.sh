@@ -1,0 +1,160 @@
+#!/bin/sh
+# store_py.sh - a store written by docmint reads the same from Python.
+# Imports answer and error records (awkward strings, every kind of float,
+# large and negative ids) into a store that starts with a 1 MiB map, then
+# checks that `docmint store dump` and schemas/python/dmstore.py print
+# byte-identical JSON lines, that those lines hold the imported values, and
+# that a dump re-imported dumps the same.  Run from the repository root:
+#   DOCMINT=build/docmint sh tests/store_py.sh
+# PYTHON may name an interpreter with the lmdb and protobuf modules
+# (default: the first of python3, /usr/bin/python3 that has them).
+set -u
+: "${DOCMINT:=build/docmint}"
+case "$DOCMINT" in /*) ;; *) DOCMINT="$PWD/$DOCMINT" ;; esac
+T=$(mktemp -d /tmp/docmint-storepy-XXXXXX)
+trap '[ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); printf "  ok    %s\n" "$1"; }
+bad() { fail=$((fail + 1)); printf "  FAIL  %s\n" "$1" | cut -c1-400; }
+
+echo "store_py: docmint store and the Python reader"
+PY=""
+for p in ${PYTHON:-} python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import lmdb, google.protobuf' 2>/dev/null; then
+        PY=$p
+        break
+    fi
+done
+if [ -z "$PY" ]; then
+    bad "no python3 with the lmdb and protobuf modules (Debian: python3-lmdb python3-protobuf; or set PYTHON)"
+    echo "store_py: $pass passed, $fail failed"
+    exit 1
+fi
+if make -s python-schemas PY_GEN="$T/py" >"$T/make.log" 2>&1 && [ -f "$T/py/records_pb2.py" ]; then
+    ok "make python-schemas generates records_pb2.py"
+else
+    bad "make python-schemas: $(tail -3 "$T/make.log")"
+fi
+export DOCMINT_PYGEN="$T/py"
+
+# Input: answers and errors as JSON lines.
+"$PY" - "$T" <<'PY'
+import json, random, struct, sys
+rnd = random.Random(7)
+strings = ["", "plain", "東京 タワー", "quote \" backslash \\ slash /", "tab\tnl\ncr\rff\fbs\b",
+           "ctl \x01\x1f del \x7f", "emoji 😀 e\u0301", "line sep \u2028 \u2029", "nbsp\u00a0x",
+           "Straße 1998 ÉCOLE", "\ufeffbom", "{\"json\": [1, 2]}"]
+def f32(bits):
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+floats = [0.0, -0.0, 1.0, -1.5, 0.1, 1e-5, 3.4028234663852886e38, 1.401298464324817e-45,
+          f32(0x7fc00000), f32(0x7f800000), f32(0xff800000), 16777217.0, 123456789.0]
+def num(x):
+    return None if x != x or x in (float("inf"), float("-inf")) else x
+ids = [0, 1, 2, 49153, 2**31, 2**53 + 1, 2**63 - 1, -1, -2**63] + rnd.sample(range(3, 10**6), 2000)
+def fl(i):  # the special values first, then random float32 bit patterns
+    return num(floats[i] if i < len(floats) else f32(rnd.getrandbits(32)))
+with open(sys.argv[1] + "/answers.jsonl", "w") as f:
+    for i, q in enumerate(ids):
+        rec = {"questionId": q, "answer": rnd.choice(strings) + ("x" * rnd.randrange(0, 3000 if i < 300 else 30)),
+               "token_ids": [rnd.randrange(-2**31, 2**31) for _ in range(rnd.randrange(0, 40))],
+               "mean_logprob": fl(i), "seconds": fl((i * 7 + 3) % (len(ids) + 50)),
+               "page_id": rnd.choice(strings), "question": rnd.choice(strings)}
+        f.write(json.dumps(rec, ensure_ascii=rnd.random() < 0.5) + "\n")
+with open(sys.argv[1] + "/errors.jsonl", "w") as f:
+    for i in range(50):
+        rec = {"item": "page-%d %s" % (i, rnd.choice(strings)) if i % 3 else "",
+               "stage": rnd.choice(["infer", "cache-logits"]), "reason": rnd.choice(strings),
+               "questionId": rnd.randrange(1, 10**9)}
+        f.write(json.dumps(rec) + "\n")
+PY
+
+S="$T/store"
+if DOCMINT_STORE_MAP_MB=1 "$DOCMINT" store import "$S" --batch 7 <"$T/answers.jsonl" 2>"$T/err" &&
+    "$DOCMINT" store import "$S" --errors <"$T/errors.jsonl" 2>>"$T/err"; then
+    ok "import 2009 answers (1 MiB map, batches of 7) and 50 errors"
+else
+    bad "import: $(tail -2 "$T/err")"
+fi
+
+for kind in answers errors; do
+    flag=""
+    [ $kind = errors ] && flag="--errors"
+    "$DOCMINT" store dump "$S" $flag >"$T/c.$kind" 2>"$T/cerr"
+    cs=$?
+    "$PY" schemas/python/dmstore.py "$S" $flag >"$T/p.$kind" 2>"$T/perr"
+    ps=$?
+    if [ $cs -eq 0 ] && [ $ps -eq 0 ] && [ -s "$T/c.$kind" ] && cmp -s "$T/c.$kind" "$T/p.$kind"; then
+        ok "dump $kind: C and Python print identical lines ($(wc -l <"$T/c.$kind"))"
+    else
+        bad "dump $kind: C status $cs, Python status $ps: $(head -c 300 "$T/cerr" "$T/perr"); $(diff "$T/c.$kind" "$T/p.$kind" | head -4)"
+    fi
+done
+
+# The dumped lines hold what was imported (floats as float32).
+if "$PY" - "$T" <<'PY'
+import json, struct, sys
+t = sys.argv[1]
+def f32(x):
+    return None if x is None else struct.unpack("<f", struct.pack("<f", x))[0]
+def key_a(r):
+    return r["questionId"] % 2**64
+ins = sorted((json.loads(l) for l in open(t + "/answers.jsonl")), key=key_a)
+outs = [json.loads(l) for l in open(t + "/c.answers")]
+assert len(ins) == len(outs), (len(ins), len(outs))
+for a, b in zip(ins, outs):
+    for k in ("questionId", "answer", "token_ids", "page_id", "question"):
+        assert a[k] == b[k], (a["questionId"], k, a[k], b[k])
+    for k in ("mean_logprob", "seconds"):
+        want = f32(a[k])
+        assert (want is None and b[k] is None) or (b[k] is not None and f32(float(b[k])) == want), \
+            (a["questionId"], k, a[k], b[k])
+errs = {}
+for l in open(t + "/errors.jsonl"):
+    r = json.loads(l)
+    errs[(r["item"] or str(r["questionId"])).encode()] = r
+got = [json.loads(l) for l in open(t + "/c.errors")]
+assert [k for k in sorted(errs)] == [(r["item"] or str(r["questionId"])).encode() for r in got]
+for r in got:
+    assert errs[(r["item"] or str(r["questionId"])).encode()] == r, r
+PY
+then ok "dumped values equal the imported ones"; else bad "dumped values differ from the input"; fi
+
+# dump -> import -> dump is a fixed point
+if "$DOCMINT" store import "$T/again" <"$T/c.answers" 2>/dev/null &&
+    "$DOCMINT" store dump "$T/again" >"$T/c2" && cmp -s "$T/c.answers" "$T/c2"; then
+    ok "a dump re-imported dumps the same"
+else
+    bad "dump -> import -> dump differs: $(diff "$T/c.answers" "$T/c2" | head -3)"
+fi
+
+# get prints the dump line of one record; the module API sees the same
+line=$(grep -m1 '"questionId":49153,' "$T/c.answers")
+if [ "$("$DOCMINT" store get "$S" 49153)" = "$line" ] &&
+    [ "$("$DOCMINT" store get "$S" -1)" = "$(grep -m1 '"questionId":-1,' "$T/c.answers")" ] &&
+    "$PY" - "$S" <<'PY'
+import sys
+sys.path.insert(0, "schemas/python")
+import dmstore
+with dmstore.open_store(sys.argv[1]) as st:
+    assert st.counts() == (2009, 50), st.counts()
+    assert st.get(49153).question_id == 49153 and st.get(123456789012) is None
+    assert len(list(st)) == 2009 and len(list(st.errors())) == 50
+    m = st.meta()
+    assert m["schema_version"] == "1" and m["count_records"] == "2009" and m["count_errors"] == "50", m
+PY
+then ok "get and the Python module API agree with dump"; else bad "get / module API"; fi
+
+# errors are one line, naming the store
+for cmd in "$DOCMINT store dump $T/missing" "$PY schemas/python/dmstore.py $T/missing"; do
+    $cmd >"$T/out" 2>"$T/err"
+    st=$?
+    if [ $st -eq 1 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF "$T/missing" "$T/err"; then
+        ok "missing store: one-line error ($(echo "$cmd" | cut -d' ' -f1 | xargs basename))"
+    else
+        bad "missing store: status $st: $(head -c 300 "$T/err")"
+    fi
+done
+
+echo "store_py: $pass passed, $fail failed"
+[ $fail -eq 0 ]
