@@ -180,7 +180,7 @@ static void s_cases_for(const char *file)
                 TokBuf work = {0};
                 size_t *spans = NULL;
                 int nw = 0;
-                int ok = tok_pre_tokenize(t, norm, nlen, 1, &work, &spans, &nw, &err) == 0 &&
+                int ok = tok_pre_tokenize(t, norm, nlen, NULL, &work, &spans, &nw, &err) == 0 &&
                          (size_t)nw == json_array_size(jp);
                 for (int k = 0; ok && k < nw; k++) {
                     json_t *w = json_array_get(jp, (size_t)k);
@@ -281,8 +281,9 @@ static void test_lookups(void)
     CU_ASSERT_PTR_NULL(tokenizer_id_to_piece(t, -1));
     CU_ASSERT(tokenizer_is_special(t, 3) && tokenizer_is_special(t, 3011) && !tokenizer_is_special(t, 4));
     CU_ASSERT_EQUAL(tokenizer_default_cleanup(t), 1);
-    const char *fp = tokenizer_fingerprint(t);
-    CU_ASSERT_EQUAL(strlen(fp), 16);
+    char fp[17];
+    snprintf(fp, sizeof fp, "%s", tokenizer_fingerprint(t));
+    CU_ASSERT_EQUAL(strlen(tokenizer_fingerprint(t)), 16);
     CU_ASSERT_EQUAL(strspn(fp, "0123456789abcdef"), 16);
     /* decode drops unknown ids like tokenizers, refuses negative ones */
     int32_t ids[] = {0, 45, 99999, 2};
@@ -483,6 +484,52 @@ static void test_bad_input(void)
     s_expect_load_error(p, "base64");
 }
 
+/* The loader cuts the charsmap's base64 out of the text before JSON
+ * parsing; a value with JSON escapes ("\/") must take the plain path and
+ * give the same tokenizer. */
+static void test_escaped_charsmap(void)
+{
+    FILE *f = fopen(TU_TOK "/tokenizer.json", "rb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char *buf = malloc(1 << 20);
+    size_t n = fread(buf, 1, (1 << 20) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char path[256];
+    snprintf(path, sizeof path, "%s/escaped.json", s_tmpdir());
+    FILE *o = fopen(path, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    char *v = strstr(buf, "\"precompiled_charsmap\"");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+    v = strchr(v + 22, '"') + 1;
+    char *e = strchr(v, '"');
+    int escaped = 0;
+    fwrite(buf, 1, (size_t)(v - buf), o);
+    for (char *p = v; p < e; p++) {
+        if (*p == '/')
+            fputc('\\', o), escaped++;
+        fputc(*p, o);
+    }
+    fputs(e, o);
+    fclose(o);
+    free(buf);
+    CU_ASSERT(escaped > 0);
+    Tokenizer *a = s_load(TU_TOK), *b = s_load(path);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const char *text = "\xEF\xBD\x86\xC3\xBC\n\xEF\xAC\x81" "9 ::  \xE3\x8D\xBB \xEF\xBD\xB6\xEF\xBE\x9E";
+    int32_t *x = NULL, *y = NULL;
+    int nx = 0, ny = 0;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL(tokenizer_encode(a, text, 1, &x, &nx, &err), 0);
+    CU_ASSERT_EQUAL(tokenizer_encode(b, text, 1, &y, &ny, &err), 0);
+    CU_ASSERT(nx == ny && nx > 0 && !memcmp(x, y, sizeof *x * (size_t)nx));
+    free(x);
+    free(y);
+    tokenizer_free(&a);
+    tokenizer_free(&b);
+}
+
 /* A minimal tokenizer.json exercising the parts Donut does not use. */
 static void test_other_pipelines(void)
 {
@@ -490,7 +537,9 @@ static void test_other_pipelines(void)
     snprintf(p, sizeof p, "%s/other.json", s_tmpdir());
     s_write_text(p,
                  "{\"added_tokens\": [{\"id\": 0, \"content\": \"<unk>\", \"special\": true},"
-                 " {\"id\": 9, \"content\": \"[X]\", \"special\": false, \"rstrip\": true, \"normalized\": true}],"
+                 " {\"id\": 9, \"content\": \"[X]\", \"special\": false, \"rstrip\": true, \"normalized\": true},"
+                 " {\"id\": 10, \"content\": \"y x\", \"special\": false, \"normalized\": true},"
+                 " {\"id\": 50, \"content\": \"zz\", \"special\": true, \"normalized\": false}],"
                  " \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Strip\","
                  " \"strip_left\": true, \"strip_right\": true}, {\"type\": \"Replace\", \"pattern\":"
                  " {\"String\": \"x\"}, \"content\": \"X\"}]},"
@@ -498,7 +547,7 @@ static void test_other_pipelines(void)
                  " \"WhitespaceSplit\"}, {\"type\": \"Metaspace\", \"replacement\": \"_\", \"prepend_scheme\":"
                  " \"first\", \"split\": true}]},"
                  " \"post_processor\": {\"type\": \"RobertaProcessing\", \"sep\": [\"</s>\", 2], \"cls\":"
-                 " [\"<s>\", 1]},"
+                 " [\"<s>\", 1], \"trim_offsets\": true, \"add_prefix_space\": true},"
                  " \"decoder\": null,"
                  " \"model\": {\"type\": \"Unigram\", \"unk_id\": 0, \"byte_fallback\": true, \"vocab\":"
                  " [[\"<unk>\", 0.0], [\"<s>\", 0.0], [\"</s>\", 0.0], [\"_a\", -1.0], [\"a\", -2.0],"
@@ -508,11 +557,12 @@ static void test_other_pipelines(void)
     DmErr err = {{0}};
     int32_t *ids = NULL;
     int n = 0;
-    /* strip, x->X, whitespace split, "_" only before the first word,
-     * "[X]" found in the normalized text with its right spaces,
-     * é by byte fallback, q unknown */
+    /* strip, x->X, whitespace split; no "_" even before the first word, as
+     * stripping moved it off text offset 0 (prepend_scheme "first");
+     * "[X]" found in the normalized text with its right spaces;
+     * é by byte fallback, q unknown.  Checked against tokenizers 0.23.2. */
     CU_ASSERT_EQUAL(tokenizer_encode(t, "  a x[X]  a\xC3\xA9 q ", 1, &ids, &n, &err), 0);
-    int32_t want[] = {1, 3, 5, 9, 4, 6, 7, 0, 2};
+    int32_t want[] = {1, 4, 5, 9, 4, 6, 7, 0, 2};
     CU_ASSERT_EQUAL(n, 9);
     for (int i = 0; i < n && i < 9; i++)
         CU_ASSERT_EQUAL(ids[i], want[i]);
@@ -528,6 +578,14 @@ static void test_other_pipelines(void)
     CU_ASSERT_STRING_EQUAL(text ? text : "", "<s> _a </s> </s> _a </s>");
     free(text);
     free(ids);
+    /* tokenizers re-derives added-token ids (the file's 50 becomes 11) and
+     * reports a normalized added token by its normalized content */
+    CU_ASSERT_EQUAL(tokenizer_piece_to_id(t, "zz"), 11);
+    CU_ASSERT_EQUAL(tokenizer_vocab_size(t), 12);
+    CU_ASSERT_EQUAL(tokenizer_piece_to_id(t, "y x"), 10);
+    CU_ASSERT_EQUAL(tokenizer_piece_to_id(t, "y X"), -1);
+    CU_ASSERT_STRING_EQUAL(tokenizer_id_to_piece(t, 10), "y X");
+    CU_ASSERT_PTR_NULL(tokenizer_id_to_piece(t, 50));
     tokenizer_free(&t);
 }
 
@@ -599,6 +657,7 @@ void tests_tokenizer(void)
              {"golden cases, tokenizer.modern.json", test_cases_modern}, {"golden pairs", test_pairs},
              {"lookups, fingerprint, decode edges", test_lookups}, {"load and encode speed", test_load_speed},
              {"synthetic tokenizer", test_synthetic}, {"bad input", test_bad_input},
-             {"other pipeline parts", test_other_pipelines}, {"command line", test_cli},
+             {"other pipeline parts", test_other_pipelines},
+             {"charsmap with JSON escapes", test_escaped_charsmap}, {"command line", test_cli},
              {"remove temporary files", test_zz_cleanup});
 }

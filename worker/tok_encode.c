@@ -1,8 +1,8 @@
-/* tok_encode.c - encode and decode with the semantics of the Rust
- * `tokenizers` library: added-token split on the raw text, normalizer,
- * pre-tokenizer, Unigram Viterbi, template; decode through the decoder and
- * transformers' clean-up.  Each step mirrors the library's order of work
- * because that order decides ties and edge cases (see the golden README). */
+/* tok_encode.c - encode with the semantics of the Rust `tokenizers`
+ * library: added-token split on the raw text, normalizer (tok_normalize.c),
+ * pre-tokenizer, Unigram Viterbi, template.  Each step mirrors the
+ * library's order of work because that order decides ties and edge cases
+ * (see the golden README). */
 #include "tok_internal.h"
 
 #include <stdlib.h>
@@ -10,30 +10,6 @@
 #include <utf8proc.h>
 
 /* ---- small helpers ---- */
-
-void tok_buf_put(TokBuf *b, const void *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 64;
-        while (nc < b->len + n + 1)
-            nc *= 2;
-        char *p = realloc(b->p, nc);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = nc;
-    }
-    if (n)
-        memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-void tok_buf_putc(TokBuf *b, char c) { tok_buf_put(b, &c, 1); }
 
 typedef struct IdVec {
     int32_t *v;
@@ -58,47 +34,6 @@ static void s_ids_push(IdVec *a, int32_t id)
     a->v[a->n++] = id;
 }
 
-int tok_utf8_next(const uint8_t *s, size_t len, int32_t *cp)
-{
-    if (!len)
-        return -1;
-    uint8_t c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    int n;
-    int32_t v, min;
-    if ((c & 0xE0) == 0xC0) {
-        n = 2, v = c & 0x1F, min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-        n = 3, v = c & 0x0F, min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-        n = 4, v = c & 0x07, min = 0x10000;
-    } else {
-        return -1;
-    }
-    if ((size_t)n > len)
-        return -1;
-    for (int i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return -1;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-        return -1;
-    *cp = v;
-    return n;
-}
-
-/* Rust's char::is_whitespace (the Unicode White_Space property). */
-int tok_is_white_space(int32_t c)
-{
-    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-           c == 0x205F || c == 0x3000;
-}
-
 /* Approximates the regex \w that tokenizers uses for single_word tokens. */
 static int s_is_word_char(int32_t c)
 {
@@ -115,207 +50,7 @@ static int s_is_word_char(int32_t c)
     }
 }
 
-/* Code point ending just before s[end] (s valid UTF-8, end > 0). */
-static int32_t s_prev_cp(const char *s, size_t end, size_t *start)
-{
-    size_t i = end - 1;
-    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
-        i--;
-    int32_t cp = 0;
-    tok_utf8_next((const uint8_t *)s + i, end - i, &cp);
-    *start = i;
-    return cp;
-}
-
 static int s_oom(DmErr *err) { return dm_err(err, "tokenizer: out of memory"); }
-
-/* ---- normalizers ---- */
-
-/* tokenizers' Precompiled: per extended grapheme cluster shorter than 6
- * bytes, the shortest charsmap key that prefixes the cluster replaces the
- * whole cluster; otherwise each code point is looked up on its own. */
-static void s_norm_precompiled(const TokCharsmap *cm, const char *s, size_t len, TokBuf *out)
-{
-    const uint8_t *u = (const uint8_t *)s;
-    utf8proc_int32_t state = 0;
-    size_t i = 0;
-    int32_t cp;
-    int k = len ? tok_utf8_next(u, len, &cp) : 0;
-    while (i < len) {
-        size_t ce = i + (size_t)k;
-        int32_t prev = cp;
-        while (ce < len) {
-            k = tok_utf8_next(u + ce, len - ce, &cp);
-            if (utf8proc_grapheme_break_stateful(prev, cp, &state))
-                break;
-            prev = cp;
-            ce += (size_t)k;
-        }
-        const char *rep;
-        size_t rl;
-        if (ce - i < 6 && tok_charsmap_lookup(cm, u + i, ce - i, &rep, &rl)) {
-            tok_buf_put(out, rep, rl);
-        } else {
-            for (size_t j = i; j < ce;) {
-                int32_t c;
-                int m = tok_utf8_next(u + j, ce - j, &c);
-                if (tok_charsmap_lookup(cm, u + j, (size_t)m, &rep, &rl))
-                    tok_buf_put(out, rep, rl);
-                else
-                    tok_buf_put(out, u + j, (size_t)m);
-                j += (size_t)m;
-            }
-        }
-        i = ce;
-    }
-}
-
-/* Length in bytes of the run of the regex atom at s[i..], at most qmax
- * atoms (qmax -1 = unbounded); *count gets the number of atoms. */
-static size_t s_atom_run(const TokNormStep *st, const char *s, size_t len, size_t i, int *count)
-{
-    size_t j = i;
-    int c = 0;
-    while (j < len && (st->qmax < 0 || c < st->qmax)) {
-        int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)s + j, len - j, &cp);
-        if (st->atom_ws ? !tok_is_white_space(cp) : cp != st->atom_cp)
-            break;
-        j += (size_t)m;
-        c++;
-    }
-    *count = c;
-    return j - i;
-}
-
-static void s_norm_replace(const TokNormStep *st, const char *s, size_t len, TokBuf *out)
-{
-    size_t i = 0;
-    while (i < len) {
-        if (st->is_regex) {
-            int c;
-            size_t run = s_atom_run(st, s, len, i, &c);
-            if (c >= st->qmin && run) {
-                tok_buf_put(out, st->content, st->content_len);
-                i += run;
-                continue;
-            }
-        } else if (st->pat_len && len - i >= st->pat_len && !memcmp(s + i, st->pat, st->pat_len)) {
-            tok_buf_put(out, st->content, st->content_len);
-            i += st->pat_len;
-            continue;
-        }
-        /* copy one whole code point so matching restarts on a boundary */
-        int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)s + i, len - i, &cp);
-        tok_buf_put(out, s + i, (size_t)m);
-        i += (size_t)m;
-    }
-}
-
-static int s_norm_utf8proc(int kind, const char *s, size_t len, TokBuf *out)
-{
-    utf8proc_option_t opt = UTF8PROC_STABLE;
-    if (kind == TOK_NORM_NFC || kind == TOK_NORM_NFKC)
-        opt |= UTF8PROC_COMPOSE;
-    else
-        opt |= UTF8PROC_DECOMPOSE;
-    if (kind == TOK_NORM_NFKC || kind == TOK_NORM_NFKD)
-        opt |= UTF8PROC_COMPAT;
-    utf8proc_uint8_t *dst = NULL;
-    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &dst, opt);
-    if (n < 0)
-        return -1;
-    tok_buf_put(out, dst, (size_t)n);
-    free(dst);
-    return 0;
-}
-
-static void s_norm_strip(const TokNormStep *st, const char *s, size_t len, TokBuf *out)
-{
-    size_t a = 0, b = len;
-    while (st->strip_left && a < b) {
-        int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)s + a, b - a, &cp);
-        if (!tok_is_white_space(cp))
-            break;
-        a += (size_t)m;
-    }
-    while (st->strip_right && b > a) {
-        size_t st0;
-        int32_t cp = s_prev_cp(s, b, &st0);
-        if (!tok_is_white_space(cp))
-            break;
-        b = st0;
-    }
-    tok_buf_put(out, s + a, b - a);
-}
-
-int tok_normalize(const Tokenizer *t, const char *s, size_t len, TokBuf *out, DmErr *err)
-{
-    out->len = 0;
-    tok_buf_put(out, s, len);
-    TokBuf tmp = {0};
-    for (int i = 0; i < t->nnorm && !out->oom; i++) {
-        const TokNormStep *st = &t->norm[i];
-        tmp.len = 0;
-        tok_buf_put(&tmp, "", 0);
-        switch (st->kind) {
-        case TOK_NORM_PRECOMPILED:
-            s_norm_precompiled(&st->cm, out->p, out->len, &tmp);
-            break;
-        case TOK_NORM_REPLACE:
-            s_norm_replace(st, out->p, out->len, &tmp);
-            break;
-        case TOK_NORM_STRIP:
-            s_norm_strip(st, out->p, out->len, &tmp);
-            break;
-        case TOK_NORM_PREPEND:
-            if (out->len)
-                tok_buf_put(&tmp, st->content, st->content_len);
-            tok_buf_put(&tmp, out->p, out->len);
-            break;
-        default:
-            if (s_norm_utf8proc(st->kind, out->p, out->len, &tmp) < 0) {
-                free(tmp.p);
-                return dm_err(err, "tokenizer: Unicode normalization failed");
-            }
-        }
-        if (tmp.oom)
-            out->oom = 1;
-        TokBuf sw = *out;
-        *out = tmp;
-        tmp = sw;
-    }
-    free(tmp.p);
-    return out->oom ? s_oom(err) : 0;
-}
-
-int tokenizer_normalize(const Tokenizer *t, const char *text, size_t len, char **out,
-                        size_t *out_len, DmErr *err)
-{
-    for (size_t i = 0; i < len;) {
-        int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)text + i, len - i, &cp);
-        if (m < 0)
-            return dm_err(err, "tokenizer: text is not valid UTF-8 at byte %zu", i);
-        i += (size_t)m;
-    }
-    TokBuf b = {0};
-    if (tok_normalize(t, text, len, &b, err) < 0) {
-        free(b.p);
-        return -1;
-    }
-    if (!b.p) {
-        b.p = malloc(1);
-        if (!b.p)
-            return s_oom(err);
-        b.p[0] = '\0';
-    }
-    *out = b.p;
-    *out_len = b.len;
-    return 0;
-}
 
 /* ---- added tokens ---- */
 
@@ -379,7 +114,7 @@ static void s_split_added(const Tokenizer *t, const TokTrie *tr, const char *s, 
             continue;
         if (a->single_word) {
             size_t dummy;
-            int start_space = start == 0 || !s_is_word_char(s_prev_cp(s, start, &dummy));
+            int start_space = start == 0 || !s_is_word_char(tok_prev_cp(s, start, &dummy));
             int32_t nx = 0;
             int stop_space = stop == len ||
                              (tok_utf8_next((const uint8_t *)s + stop, len - stop, &nx), !s_is_word_char(nx));
@@ -390,7 +125,7 @@ static void s_split_added(const Tokenizer *t, const TokTrie *tr, const char *s, 
             size_t ns = start;
             while (ns > 0) {
                 size_t prev;
-                int32_t cp = s_prev_cp(s, ns, &prev);
+                int32_t cp = tok_prev_cp(s, ns, &prev);
                 if (!tok_is_white_space(cp))
                     break;
                 ns = prev;
@@ -479,7 +214,7 @@ static void s_metaspace(const TokPreTok *pt, const char *s, size_t len, int firs
         s_span2_push(spans, n, cap, wstart, end, oom);
 }
 
-int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, int first, TokBuf *work,
+int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, const uint8_t *at0, TokBuf *work,
                      size_t **spans, int *nspans, DmErr *err)
 {
     int cap = 0, oom = 0;
@@ -495,7 +230,7 @@ int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, int first, T
         if (len)
             s_span2_push(spans, nspans, &cap, 0, len, &oom);
     } else if (!pt->whitespace_split) {
-        s_metaspace(pt, s, len, first, work, spans, nspans, &cap, &oom);
+        s_metaspace(pt, s, len, at0 && at0[0], work, spans, nspans, &cap, &oom);
     } else {
         size_t i = 0;
         while (i < len) {
@@ -513,7 +248,7 @@ int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, int first, T
                 i += (size_t)m;
             }
             if (pt->metaspace) {
-                s_metaspace(pt, s + ws, i - ws, first && ws == 0, work, spans, nspans, &cap, &oom);
+                s_metaspace(pt, s + ws, i - ws, at0 && at0[ws], work, spans, nspans, &cap, &oom);
             } else {
                 size_t b = work->len;
                 tok_buf_put(work, s + ws, i - ws);
@@ -672,7 +407,7 @@ static int s_unigram(const Tokenizer *t, const char *w, size_t n, Lattice *L, Id
 /* ---- encode ---- */
 
 typedef struct EncWork {
-    TokBuf norm, words;
+    TokBuf norm, flags, words;
     SpanVec raw, sub;
     Lattice lat;
     size_t *spans;
@@ -681,6 +416,7 @@ typedef struct EncWork {
 static void s_work_free(EncWork *w)
 {
     free(w->norm.p);
+    free(w->flags.p);
     free(w->words.p);
     free(w->raw.v);
     free(w->sub.v);
@@ -691,13 +427,13 @@ static void s_work_free(EncWork *w)
     free(w->spans);
 }
 
-static int s_words(const Tokenizer *t, EncWork *w, const char *s, size_t len, int first, IdVec *out,
+static int s_words(const Tokenizer *t, EncWork *w, const char *s, size_t len, const uint8_t *at0, IdVec *out,
                    DmErr *err)
 {
     int nw;
     free(w->spans);
     w->spans = NULL;
-    if (tok_pre_tokenize(t, s, len, first, &w->words, &w->spans, &nw, err) < 0)
+    if (tok_pre_tokenize(t, s, len, at0, &w->words, &w->spans, &nw, err) < 0)
         return -1;
     for (int k = 0; k < nw; k++)
         if (s_unigram(t, w->words.p + w->spans[2 * k], w->spans[2 * k + 1] - w->spans[2 * k],
@@ -709,13 +445,8 @@ static int s_words(const Tokenizer *t, EncWork *w, const char *s, size_t len, in
 static int s_encode_seq(const Tokenizer *t, EncWork *w, const char *text, size_t len, IdVec *out,
                         DmErr *err)
 {
-    for (size_t i = 0; i < len;) {
-        int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)text + i, len - i, &cp);
-        if (m < 0)
-            return dm_err(err, "tokenizer: text is not valid UTF-8 at byte %zu", i);
-        i += (size_t)m;
-    }
+    if (tok_utf8_check(text, len, err) < 0)
+        return -1;
     SpanVec *raw = &w->raw;
     raw->n = 0;
     if (t->has_added_raw)
@@ -732,13 +463,14 @@ static int s_encode_seq(const Tokenizer *t, EncWork *w, const char *text, size_t
         }
         if (sp.e <= sp.s)
             continue;
-        if (tok_normalize(t, text + sp.s, sp.e - sp.s, &w->norm, err) < 0)
+        if (tok_normalize(t, text + sp.s, sp.e - sp.s, &w->norm, &w->flags, err) < 0)
             return -1;
         if (!w->norm.len)
             continue;
-        int first = sp.s == 0;
+        /* only the piece at text offset 0 can be "first" for Metaspace */
+        const uint8_t *at0 = sp.s == 0 ? (const uint8_t *)w->flags.p : NULL;
         if (!t->has_added_norm) {
-            if (s_words(t, w, w->norm.p, w->norm.len, first, out, err) < 0)
+            if (s_words(t, w, w->norm.p, w->norm.len, at0, out, err) < 0)
                 return -1;
             continue;
         }
@@ -750,7 +482,7 @@ static int s_encode_seq(const Tokenizer *t, EncWork *w, const char *text, size_t
             if (q.added >= 0)
                 s_ids_push(out, q.added);
             else if (q.e > q.s &&
-                     s_words(t, w, w->norm.p + q.s, q.e - q.s, first && q.s == 0, out, err) < 0)
+                     s_words(t, w, w->norm.p + q.s, q.e - q.s, at0 ? at0 + q.s : NULL, out, err) < 0)
                 return -1;
         }
     }
@@ -837,74 +569,3 @@ int tokenizer_encode_pair(const Tokenizer *t, const char *a, const char *b, int 
     return s_encode(t, a, strlen(a), b, strlen(b), add_special, ids, n, err);
 }
 
-/* ---- decode ---- */
-
-/* transformers' clean_up_tokenization, one str.replace after another. */
-static void s_cleanup(TokBuf *b)
-{
-    static const char *const from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"};
-    static const char *const to[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
-    for (size_t r = 0; r < sizeof from / sizeof *from; r++) {
-        size_t fl = strlen(from[r]), tl = strlen(to[r]), o = 0;
-        if (!b->p)
-            return;
-        /* replacements only shrink the text, so rewrite in place */
-        for (size_t i = 0; i < b->len;) {
-            if (b->len - i >= fl && !memcmp(b->p + i, from[r], fl)) {
-                memcpy(b->p + o, to[r], tl);
-                o += tl;
-                i += fl;
-            } else {
-                b->p[o++] = b->p[i++];
-            }
-        }
-        b->len = o;
-        b->p[o] = '\0';
-    }
-}
-
-int tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, int cleanup,
-                     char **text, DmErr *err)
-{
-    TokBuf b = {0};
-    tok_buf_put(&b, "", 0);
-    int kept = 0;
-    for (int i = 0; i < n; i++) {
-        int32_t id = ids[i];
-        if (id < 0) {
-            free(b.p);
-            return dm_err(err, "tokenizer_decode: id %d at position %d is negative", (int)id, i);
-        }
-        if (id >= t->vocab_size || !t->id_piece[id])
-            continue;
-        if (skip_special && t->id_special[id])
-            continue;
-        const char *p = t->id_piece[id];
-        size_t pl = strlen(p);
-        if (!t->decoder_metaspace) {
-            if (kept)
-                tok_buf_putc(&b, ' ');
-            tok_buf_put(&b, p, pl);
-        } else {
-            int drop = kept == 0 && t->dec_prepend != TOK_PREPEND_NEVER;
-            for (size_t k = 0; k < pl;) {
-                if (pl - k >= t->dec_rep_len && !memcmp(p + k, t->dec_rep, t->dec_rep_len)) {
-                    if (!drop)
-                        tok_buf_putc(&b, ' ');
-                    k += t->dec_rep_len;
-                } else {
-                    tok_buf_putc(&b, p[k++]);
-                }
-            }
-        }
-        kept++;
-    }
-    if (cleanup && !b.oom)
-        s_cleanup(&b);
-    if (b.oom) {
-        free(b.p);
-        return s_oom(err);
-    }
-    *text = b.p;
-    return 0;
-}

@@ -47,7 +47,7 @@ void tok_charsmap_free(TokCharsmap *cm);
 int tok_charsmap_lookup(const TokCharsmap *cm, const uint8_t *s, size_t len, const char **rep,
                         size_t *rep_len);
 
-/* ---- growable byte buffer (tok_encode.c) ---- */
+/* ---- growable byte buffer (tok_normalize.c); p stays NUL-terminated ---- */
 typedef struct TokBuf {
     char *p;
     size_t len, cap;
@@ -90,6 +90,8 @@ typedef struct TokPreTok {
 typedef struct TokAdded {
     int32_t id;
     char *content;
+    char *piece; /* what id_to_token gives: the normalized content when
+                  * normalized is set (tokenizers stores it so), else NULL */
     size_t len;
     int special, lstrip, rstrip, single_word, normalized;
 } TokAdded;
@@ -146,19 +148,50 @@ struct Tokenizer {
     int vocab_size;
     const char **id_piece;
     uint8_t *id_special;
+
+    /* during tokenizer_load only: charsmap base64 strings cut out of the
+     * file text before JSON parsing (see tokenizer.c) */
+    const char **cut;
+    size_t *cut_len;
+    int ncut;
 };
+
+/* The JSON stand-in for the i-th cut-out charsmap string. */
+#define TOK_CUT_MARK "@docmint-cut:"
+
+
+/* tok_parts.c: JSON helpers (errors name t->path and `where`) and parsers
+ * of the pipeline parts; json_t is jansson's. */
+struct json_t;
+int tok_json_bool(const Tokenizer *t, struct json_t *o, const char *key, int dflt, int *out,
+                  const char *where, DmErr *err);
+int tok_json_int(struct json_t *v, long long *out);
+const char *tok_json_type(struct json_t *o);
+int tok_parse_normalizer(Tokenizer *t, struct json_t *n, const char *where, int depth, DmErr *err);
+int tok_parse_pretok(Tokenizer *t, struct json_t *o, DmErr *err);
+int tok_parse_post(Tokenizer *t, struct json_t *pp, DmErr *err);
+int tok_parse_decoder(Tokenizer *t, struct json_t *d, DmErr *err);
 
 /* tokenizer.c: the added-token entry of id, or NULL */
 const TokAdded *tok_added_find(const Tokenizer *t, int32_t id);
 
-/* tok_encode.c */
-int tok_normalize(const Tokenizer *t, const char *s, size_t len, TokBuf *out, DmErr *err);
-/* Pre-tokenize one normalized segment: the words, as offsets into a
- * buffer filled in *work (pairs of start/end in *spans, count in *nspans). */
-int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, int first, TokBuf *work,
-                     size_t **spans, int *nspans, DmErr *err);
+/* tok_normalize.c */
+/* Run the normalizer on s[0..len).  flags (may be NULL) gets one byte per
+ * output byte: 1 if tokenizers aligns it to s[0] (see tok_normalize.c). */
+int tok_normalize(const Tokenizer *t, const char *s, size_t len, TokBuf *out, TokBuf *flags, DmErr *err);
 /* Decode UTF-8 at s[0..len) into *cp; bytes consumed, or -1 if invalid. */
 int tok_utf8_next(const uint8_t *s, size_t len, int32_t *cp);
+/* The code point ending at s[end-1] (s valid UTF-8, end > 0); *start = its offset. */
+int32_t tok_prev_cp(const char *s, size_t end, size_t *start);
+int tok_utf8_check(const char *s, size_t len, DmErr *err);
 int tok_is_white_space(int32_t cp);
+
+/* tok_encode.c */
+/* Pre-tokenize one normalized piece: the words, as offsets into *work
+ * (pairs of start/end in *spans, count in *nspans).  at0[i] (may be NULL)
+ * tells whether byte i maps back to offset 0 of the whole text, for
+ * Metaspace's prepend_scheme "first". */
+int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, const uint8_t *at0, TokBuf *work,
+                     size_t **spans, int *nspans, DmErr *err);
 
 #endif
