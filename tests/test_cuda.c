@@ -30,6 +30,17 @@ void tests_cuda(void) { TU_SUITE("cuda", {"skipped", t_skip}); }
 
 static char s_why[512];
 
+#ifdef __SANITIZE_ADDRESS__
+/* `make SAN=1 CUDA=1 test` on a GPU: the CUDA driver maps memory in ASan's
+ * shadow gap (cuInit fails with "out of memory" unless the gap is left
+ * unprotected) and keeps allocations until exit (not our leaks). */
+__attribute__((used)) const char *__asan_default_options(void) { return "protect_shadow_gap=0"; }
+__attribute__((used)) const char *__lsan_default_suppressions(void)
+{
+    return "leak:libcuda.so\nleak:libnvidia-\nleak:libcudart.so\nleak:libnccl.so\n";
+}
+#endif
+
 /* ---- no device ------------------------------------------------------- */
 
 static void t_skip_nogpu(void)

@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <dlfcn.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,6 +33,8 @@ static int cu_err(DmErr *err, cudaError_t e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
+    cudaGetLastError(); /* a failed call is also the "last error": don't let the next
+                           launch check report it again */
     return dm_err(err, "%s: %s (%s)", head, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
@@ -62,6 +65,11 @@ static int blas_err(DmErr *err, cublasStatus_t st, const char *fmt, ...)
             return dm_err(err, "%s: CUDA not initialised (call cuda_kern_init first)", fn);        \
     } while (0)
 
+/* Before a kernel launch: clear a stale non-sticky error (from a call made
+ * outside this file, e.g. inside NCCL) so that launched() reports only the
+ * launch.  Sticky errors (a crashed kernel) come back from the launch. */
+#define PRE_LAUNCH() ((void)cudaGetLastError())
+
 /* After a kernel launch: report launch errors (bad configuration, no kernel
  * image for this GPU) and, with DM_CUDA_SYNC, execution errors too. */
 static int launched(DmErr *err, const char *fn)
@@ -85,7 +93,9 @@ static unsigned grid_for(size_t n, unsigned block)
     return g ? (unsigned)g : 1u;
 }
 
-/* ---- kernels ---------------------------------------------------------- */
+/* ---- kernels (internal linkage: other .cu files may reuse the names) --- */
+
+namespace {
 
 __global__ void k_noop(void) {}
 
@@ -225,6 +235,8 @@ static unsigned row_block(int n)
     return b;
 }
 
+} /* namespace */
+
 /* ---- discovery, init -------------------------------------------------- */
 
 extern "C" int cuda_available(char *why, size_t n)
@@ -232,9 +244,20 @@ extern "C" int cuda_available(char *why, size_t n)
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
-        if (why && n)
-            snprintf(why, n, "cudaGetDeviceCount: %s (%s)", cudaGetErrorString(e),
-                     cudaGetErrorName(e));
+        if (why && n) {
+            /* Without any NVIDIA driver the runtime says "driver version is
+             * insufficient"; say what is really missing. */
+            const char *hint = "";
+            if (e == cudaErrorInsufficientDriver) {
+                void *h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+                if (h)
+                    dlclose(h);
+                else
+                    hint = "; no NVIDIA driver: libcuda.so.1 not found";
+            }
+            snprintf(why, n, "cudaGetDeviceCount: %s (%s%s)", cudaGetErrorString(e),
+                     cudaGetErrorName(e), hint);
+        }
         cudaGetLastError(); /* clear it */
         return 0;
     }
@@ -298,6 +321,7 @@ extern "C" int cuda_kern_init_device(int device, DmErr *err)
     }
     /* A trivial launch finds a missing kernel image for this GPU now, not
      * in the middle of a model. */
+    PRE_LAUNCH();
     k_noop<<<1, 1, 0, s_stream>>>();
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess)
@@ -426,6 +450,7 @@ extern "C" int cuda_gemm_nt(int M, int N, int K, float alpha, const float *A, in
     if (M == 0 || N == 0)
         return 0;
     /* C^T[N,M] = B[N,K] (col-major view B^T, transposed) * A^T[K,M] */
+    PRE_LAUNCH();
     cublasStatus_t st = cublasSgemm(s_blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A,
                                     lda, &beta, C, ldc);
     if (st != CUBLAS_STATUS_SUCCESS)
@@ -442,6 +467,7 @@ extern "C" int cuda_gemm_nn(int M, int N, int K, float alpha, const float *A, in
     if (M == 0 || N == 0)
         return 0;
     /* C^T[N,M] = B^T[N,K] * A^T[K,M], both already in that layout */
+    PRE_LAUNCH();
     cublasStatus_t st = cublasSgemm(s_blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A,
                                     lda, &beta, C, ldc);
     if (st != CUBLAS_STATUS_SUCCESS)
@@ -459,6 +485,7 @@ extern "C" int cuda_linear(const float *x, int M, int K, const float *W, const f
         return 0;
     size_t total = (size_t)M * N;
     if (bias) {
+        PRE_LAUNCH();
         k_fill_rows<<<grid_for(total, 256), 256, 0, s_stream>>>(y, total, N, bias);
         if (launched(err, "cuda_linear (bias)"))
             return -1;
@@ -482,6 +509,7 @@ extern "C" int cuda_layernorm(const float *x, int rows, int n, const float *g, c
         return dm_err(err, "cuda_layernorm: negative dimension (rows=%d n=%d)", rows, n);
     if (rows == 0 || n == 0)
         return 0;
+    PRE_LAUNCH();
     k_layernorm<<<rows, row_block(n), 0, s_stream>>>(x, n, g, b, eps, y);
     return launched(err, "cuda_layernorm");
 }
@@ -493,6 +521,7 @@ extern "C" int cuda_softmax_rows(float *x, int rows, int n, DmErr *err)
         return dm_err(err, "cuda_softmax_rows: negative dimension (rows=%d n=%d)", rows, n);
     if (rows == 0 || n == 0)
         return 0;
+    PRE_LAUNCH();
     k_softmax_rows<<<rows, row_block(n), 0, s_stream>>>(x, n);
     return launched(err, "cuda_softmax_rows");
 }
@@ -502,6 +531,7 @@ extern "C" int cuda_gelu(float *x, size_t n, DmErr *err)
     NEED_INIT("cuda_gelu");
     if (n == 0)
         return 0;
+    PRE_LAUNCH();
     k_gelu<<<grid_for(n, 256), 256, 0, s_stream>>>(x, n);
     return launched(err, "cuda_gelu");
 }
@@ -511,6 +541,7 @@ extern "C" int cuda_add(float *y, const float *x, size_t n, DmErr *err)
     NEED_INIT("cuda_add");
     if (n == 0)
         return 0;
+    PRE_LAUNCH();
     k_add<<<grid_for(n, 256), 256, 0, s_stream>>>(y, x, n);
     return launched(err, "cuda_add");
 }
