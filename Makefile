@@ -81,7 +81,7 @@ NVCCFLAGS += -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter $(I
 $(BUILD)/kernels/cuda/cuda_nccl.o: NVCC_GENCODE := -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
 endif
 
-.PHONY: all test demo bench clean deps check-cuda python-schemas
+.PHONY: all test demo bench clean deps python-schemas
 all: $(BUILD)/docmint
 
 $(BUILD)/docmint: $(BUILD)/coordinator/main.o $(LIB_OBJ)
@@ -118,7 +118,7 @@ $(GEN)/schemas_embed.c: $(SCHEMA_JSON) schemas/embed.sh
 	@mkdir -p $(GEN)
 	sh schemas/embed.sh $@ $(SCHEMA_JSON)
 
-$(GEN)/schemas_embed.o: $(GEN)/schemas_embed.c
+$(GEN)/schemas_embed.o: $(GEN)/schemas_embed.c coordinator/jsonschema.h
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: %.c | $(PROTO_H)
@@ -130,6 +130,7 @@ $(BUILD)/%.o: %.cu
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
 # The unit and golden tests (CUnit), then the command-line tests.
+export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 test: $(BUILD)/test_docmint $(BUILD)/docmint
 	cd tests && DOCMINT=../$(BUILD)/docmint ../$(BUILD)/test_docmint
 	DOCMINT=$(BUILD)/docmint sh tests/cli.sh

@@ -6,7 +6,28 @@
  * aliases, and archives (a folder or list file of documents, every page of
  * every document, with a list of questions asked of each page).  All the
  * questions of one image page are grouped, so the encoder runs once per
- * page. */
+ * page.
+ *
+ * Details (corpus.c):
+ *   - pages keep the order in which the corpus first mentions them,
+ *     questions keep file order; a repeated questionId is an error naming
+ *     both entries ("data[7]: questionId 42 repeats data[3]").
+ *   - errors name the file, the entry (data[i], or "line N" for JSON lines)
+ *     and the key; missing image files are not corpus errors (the worker
+ *     records them as item errors).  questionIds must be >= 0.
+ *   - JSON lines: questionId | question_id | id, question,
+ *     image | image_path | file_name, answers | answer (a string or a
+ *     list), optional question_types and page (from 0); when several
+ *     aliases are present the first listed wins.  Blank lines are skipped.
+ *   - archives: a folder is scanned recursively for .png .jpg .jpeg .tif
+ *     .tiff .pdf (any case; hidden entries and links to folders skipped),
+ *     sorted by relative path; a list file keeps its order (blank lines and
+ *     # comments skipped) and its relative lines resolve against image_root
+ *     or the list's folder.  Every page of every document
+ *     (image_count_pages; an unreadable file gets one page) is asked every
+ *     question of the questions file.  Archive questionIds are a 63-bit
+ *     hash of (page_id, question): stable when documents are added or
+ *     removed, so a rerun over a grown folder resumes. */
 #ifndef DM_CORPUS_H
 #define DM_CORPUS_H
 

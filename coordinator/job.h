@@ -25,13 +25,15 @@ typedef struct Job {
     int max_length;        /* generation max_length; 0 = the model's max_position_embeddings */
     int threads;           /* compute threads per worker; 0 = cores / workers on the node */
     int quiet;             /* no progress lines */
-    char *endpoint;        /* coordinator bind address (default "tcp://*:0": any free port) */
-    json_t *doc;           /* the validated document with defaults filled in */
+    char *endpoint;        /* coordinator bind address (default: every interface, port 0 = any free port) */
+    json_t *doc;           /* the validated document with defaults filled in and paths resolved
+                              (absolute), so job_parse reads it back anywhere */
 } Job;
 
 /* Read, validate and fill defaults. */
 int job_load(const char *path, Job **out, DmErr *err);
-/* Validate text (for tests and for jobs received over the wire). */
+/* Validate text (for tests and for jobs received over the wire); `what`
+ * names it in messages.  Relative paths are left as written. */
 int job_parse(const char *text, const char *what, Job **out, DmErr *err);
 void job_free(Job **job);
 

@@ -1,0 +1,91 @@
+/* cmd_validate.c - `docmint validate JOB.json`: check a job file against
+ * schemas/job.schema.json (and optionally read its corpus) without running
+ * anything; `--schema` prints the embedded schema. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "corpus.h"
+#include "job.h"
+#include "jsonschema.h"
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: docmint validate JOB.json [--corpus] [--print]\n"
+               "       docmint validate --schema\n"
+               "\n"
+               "Check a job file: unknown keys, missing keys, wrong types and values are\n"
+               "reported with the key's path.\n"
+               "\n"
+               "  --corpus   also read the corpus and count its pages and questions\n"
+               "  --print    print the job with every default filled in and every path\n"
+               "             resolved (what `docmint run` will use)\n"
+               "  --schema   print the job schema (every key, its type, default and meaning)\n"
+               "  -h, --help show this help\n");
+}
+
+int cmd_validate(int argc, char **argv)
+{
+    const char *path = NULL;
+    int corpus = 0, print = 0, schema = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            s_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--corpus")) {
+            corpus = 1;
+        } else if (!strcmp(argv[i], "--print")) {
+            print = 1;
+        } else if (!strcmp(argv[i], "--schema")) {
+            schema = 1;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "docmint validate: unknown option %s (see --help)\n", argv[i]);
+            return 2;
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            fprintf(stderr, "docmint validate: unexpected argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (schema) {
+        const char *text = jsonschema_embedded("job.schema.json", NULL);
+        if (!text) {
+            fprintf(stderr, "docmint validate: job.schema.json is not embedded in this build\n");
+            return 1;
+        }
+        fputs(text, stdout);
+        return 0;
+    }
+    if (!path) {
+        fprintf(stderr, "docmint validate: needs JOB.json (see --help)\n");
+        return 2;
+    }
+    DmErr err = {{0}};
+    Job *job = NULL;
+    if (job_load(path, &job, &err)) {
+        fprintf(stderr, "docmint validate: %s\n", err.msg);
+        return 1;
+    }
+    Corpus *c = NULL;
+    if (corpus && corpus_load(&job->corpus, &c, &err)) {
+        fprintf(stderr, "docmint validate: %s\n", err.msg);
+        job_free(&job);
+        return 1;
+    }
+    if (print) {
+        char *s = json_dumps(job->doc, JSON_INDENT(2));
+        if (s)
+            puts(s);
+        free(s);
+    } else if (c) {
+        printf("%s: valid (stage %s); corpus %s: %d pages, %d questions\n", path, job->stage,
+               job->corpus.path, c->npages, c->nquestions);
+    } else {
+        printf("%s: valid (stage %s)\n", path, job->stage);
+    }
+    corpus_free(&c);
+    job_free(&job);
+    return 0;
+}

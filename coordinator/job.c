@@ -1,0 +1,242 @@
+/* job.c - read a job file, validate it against the embedded
+ * schemas/job.schema.json, fill the defaults and resolve relative paths
+ * against the job file's folder.
+ *
+ * The resolved paths are written back into job->doc as well, so the
+ * document can be sent to another process (or stored in a store's meta)
+ * and parsed there with job_parse without depending on the original
+ * folder or working directory. */
+#include "job.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jsonschema.h"
+
+#define S_SCHEMA "job.schema.json"
+
+/* dir + "/" + rel, made absolute against the working directory when dir
+ * is relative; "./" components and doubled slashes are dropped.  ".." is
+ * kept: collapsing it is wrong across symbolic links. */
+static char *s_resolve(const char *dir, const char *rel)
+{
+    char cwd[PATH_MAX];
+    const char *parts[3] = {NULL, NULL, rel};
+    if (rel[0] != '/') {
+        parts[1] = dir && *dir ? dir : ".";
+        if (parts[1][0] != '/')
+            parts[0] = getcwd(cwd, sizeof cwd) ? cwd : NULL;
+    }
+    size_t cap = 4;
+    for (int i = 0; i < 3; i++)
+        cap += parts[i] ? strlen(parts[i]) + 1 : 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    size_t n = 0;
+    for (int i = 0; i < 3; i++) {
+        const char *p = parts[i];
+        if (!p)
+            continue;
+        while (*p) {
+            const char *seg = p;
+            while (*p && *p != '/')
+                p++;
+            size_t len = (size_t)(p - seg);
+            if (*p == '/')
+                p++;
+            if (len == 0 || (len == 1 && seg[0] == '.'))
+                continue;
+            out[n++] = '/';
+            memcpy(out + n, seg, len);
+            n += len;
+        }
+    }
+    if (n == 0)
+        out[n++] = '/';
+    /* keep a trailing slash of the original (a folder the user marked) */
+    size_t rl = strlen(rel);
+    if (rl > 1 && rel[rl - 1] == '/' && out[n - 1] != '/')
+        out[n++] = '/';
+    out[n] = '\0';
+    return out;
+}
+
+/* The folder part of a path ("" for a bare name). */
+static char *s_dirname(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup("");
+    if (slash == path)
+        return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+/* Resolve doc[key] in place (a string; null and absent are left alone)
+ * and return a copy for the Job. */
+static int s_path_key(json_t *obj, const char *key, const char *dir, char **out, DmErr *err)
+{
+    *out = NULL;
+    json_t *v = json_object_get(obj, key);
+    if (!json_is_string(v))
+        return 0;
+    if (!dir) {
+        *out = strdup(json_string_value(v));
+    } else {
+        *out = s_resolve(dir, json_string_value(v));
+        if (*out)
+            json_object_set_new(obj, key, json_string(*out));
+    }
+    if (!*out)
+        return dm_err(err, "%s: out of memory", key);
+    return 0;
+}
+
+static int s_int(const json_t *obj, const char *key)
+{
+    return (int)json_number_value(json_object_get(obj, key));
+}
+
+/* Fill the Job from a validated document (which it takes over). */
+static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
+{
+    j->doc = doc;
+    json_t *c = json_object_get(doc, "corpus");
+    char *cpath, *root, *questions;
+    if (!(j->stage = strdup(json_string_value(json_object_get(doc, "stage")))) ||
+        !(j->endpoint = strdup(json_string_value(json_object_get(doc, "endpoint")))))
+        return dm_err(err, "out of memory");
+    if (s_path_key(doc, "model", dir, &j->model, err) || s_path_key(doc, "output", dir, &j->output, err) ||
+        s_path_key(c, "path", dir, &cpath, err))
+        return -1;
+    j->corpus.path = cpath;
+    if (s_path_key(c, "image_root", dir, &root, err))
+        return -1;
+    j->corpus.image_root = root;
+    if (s_path_key(c, "questions", dir, &questions, err))
+        return -1;
+    j->corpus.questions = questions;
+    if (corpus_format_parse(json_string_value(json_object_get(c, "format")), &j->corpus.format))
+        return dm_err(err, "corpus.format: unknown format"); /* the schema's enum prevents this */
+    j->corpus.pdf_dpi = s_int(c, "pdf_dpi");
+    j->pages_per_shard = s_int(doc, "pages_per_shard");
+    j->lease_seconds = json_number_value(json_object_get(doc, "lease_seconds"));
+    j->heartbeat_seconds = json_number_value(json_object_get(doc, "heartbeat_seconds"));
+    j->heartbeat_liveness = s_int(doc, "heartbeat_liveness");
+    j->credit = s_int(doc, "credit");
+    j->commit_every = s_int(doc, "commit_every");
+    j->max_length = s_int(doc, "max_length");
+    j->threads = s_int(doc, "threads");
+    j->quiet = json_is_true(json_object_get(doc, "quiet"));
+    /* Rules across keys, which the schema does not express. */
+    if (j->corpus.format == CORPUS_ARCHIVE && !j->corpus.questions)
+        return dm_err(err, "corpus.questions: required when corpus.format is \"archive\" (a file "
+                           "of questions asked of every page)");
+    if (j->corpus.format != CORPUS_ARCHIVE && j->corpus.questions)
+        return dm_err(err, "corpus.questions: only for corpus.format \"archive\" (the %s format "
+                           "carries its own questions)",
+                      j->corpus.format == CORPUS_DOCVQA ? "docvqa" : "jsonl");
+    return 0;
+}
+
+/* Parse, validate, fill.  dir: the folder relative paths resolve against
+ * (NULL: leave them as written). */
+static int s_parse(const char *text, size_t len, const char *what, const char *dir, Job **out,
+                   DmErr *err)
+{
+    *out = NULL;
+    json_error_t je;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!doc)
+        return dm_err(err, "%s:%d:%d: %s", what, je.line, je.column, je.text);
+    const json_t *schema = jsonschema_get(S_SCHEMA, err);
+    if (!schema || jsonschema_validate(schema, doc, 1, err)) {
+        json_decref(doc);
+        return dm_err_prefix(err, "%s", what);
+    }
+    Job *j = calloc(1, sizeof *j);
+    if (!j || !(j->path = strdup(what))) {
+        free(j);
+        json_decref(doc);
+        return dm_err(err, "%s: out of memory", what);
+    }
+    if (s_fill(j, doc, dir, err)) {
+        job_free(&j);
+        return dm_err_prefix(err, "%s", what);
+    }
+    *out = j;
+    return 0;
+}
+
+int job_parse(const char *text, const char *what, Job **out, DmErr *err)
+{
+    if (!out)
+        return dm_err(err, "job_parse: no output");
+    *out = NULL;
+    if (!text)
+        return dm_err(err, "%s: no text", what ? what : "job");
+    return s_parse(text, strlen(text), what ? what : "job", NULL, out, err);
+}
+
+int job_load(const char *path, Job **out, DmErr *err)
+{
+    if (!out)
+        return dm_err(err, "job_load: no output");
+    *out = NULL;
+    if (!path || !*path)
+        return dm_err(err, "job file: empty path");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return dm_err_errno(err, "%s", path);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return dm_err(err, "%s: out of memory", path);
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return dm_err(err, "%s: read error", path);
+    }
+    char *dir = s_dirname(path);
+    int rc = dir ? s_parse(buf, len, path, dir, out, err) : dm_err(err, "%s: out of memory", path);
+    free(dir);
+    free(buf);
+    return rc;
+}
+
+void job_free(Job **job)
+{
+    if (!job || !*job)
+        return;
+    Job *j = *job;
+    free(j->path);
+    free(j->stage);
+    free(j->model);
+    free(j->output);
+    free((char *)j->corpus.path);
+    free((char *)j->corpus.image_root);
+    free((char *)j->corpus.questions);
+    free(j->endpoint);
+    json_decref(j->doc);
+    free(j);
+    *job = NULL;
+}
