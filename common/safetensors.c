@@ -278,7 +278,13 @@ int safetensors_open(const char *path, TensorFile **out, DmErr *err)
                 goto bad;
             }
             t->shape[d] = json_integer_value(s);
-            numel *= (uint64_t)t->shape[d];
+            /* A wrapped count could match a zero-byte data range and give
+             * a tensor whose shape promises far more than is mapped. */
+            if (__builtin_mul_overflow(numel, (uint64_t)t->shape[d], &numel) ||
+                numel > SIZE_MAX / 8) {
+                dm_err(err, "%s: tensor %s: shape overflows the address space", path, key);
+                goto bad;
+            }
         }
         json_t *b0 = json_array_get(jof, 0), *b1 = json_array_get(jof, 1);
         if (!json_is_integer(b0) || !json_is_integer(b1) || json_integer_value(b0) < 0 ||
@@ -313,13 +319,18 @@ bad:
 
 int tensorfile_open(const char *path, TensorFile **out, DmErr *err)
 {
-    unsigned char magic[4] = {0};
+    unsigned char magic[10] = {0};
     FILE *f = fopen(path, "rb");
     if (!f)
         return dm_err_errno(err, "%s: cannot open", path);
-    size_t got = fread(magic, 1, 4, f);
+    size_t got = fread(magic, 1, sizeof magic, f);
     fclose(f);
-    if (got == 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4)
+    /* torch's legacy pickle format (pickled magic number) goes to torchbin
+     * too, which names it instead of reporting a bogus safetensors header. */
+    static const unsigned char legacy[10] = {0x80, 0x02, 0x8a, 0x0a, 0x6c,
+                                             0xfc, 0x9c, 0x46, 0xf9, 0x20};
+    if ((got >= 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) ||
+        (got == sizeof legacy && memcmp(magic, legacy, sizeof legacy) == 0))
         return torchbin_open(path, out, err);
     return safetensors_open(path, out, err);
 }
@@ -418,12 +429,24 @@ int st_writer_save(StWriter *w, const char *path, DmErr *err)
         json_t *ent = json_pack("{s:s, s:o, s:[I,I]}", "dtype", dm_dtype_name(e->dtype), "shape",
                                 shape, "data_offsets", (json_int_t)off,
                                 (json_int_t)(off + e->nbytes));
-        json_object_set_new(hdr, e->name, ent);
+        /* Refuse what JSON would otherwise drop silently: a repeated name
+         * (the object keeps one) or a name that is not UTF-8 (not stored). */
+        if (json_object_get(hdr, e->name)) {
+            json_decref(ent);
+            json_decref(hdr);
+            return dm_err(err, "%s: tensor %s added twice", path, e->name);
+        }
+        if (json_object_set_new(hdr, e->name, ent) != 0) {
+            json_decref(hdr);
+            return dm_err(err, "%s: tensor name \"%s\" is not valid UTF-8", path, e->name);
+        }
         off += e->nbytes;
     }
     json_object_set(hdr, "__metadata__", w->meta);
     char *text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(hdr);
+    if (!text)
+        return dm_err(err, "%s: cannot encode the safetensors header", path);
     size_t tlen = strlen(text);
     size_t padded = (tlen + 7) & ~(size_t)7;
     char tmp[4096];
