@@ -1,4 +1,5 @@
 /* test_swin.c - the Swin encoder against the HF goldens of data/tiny-a. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -273,10 +274,328 @@ static void t_small_odd(void)
     free(b);
 }
 
+/* ------------------------------------------- synthetic model vs naive HF */
+
+/* A small random model whose attention takes the kernels of the real
+ * checkpoint (window 10: 100 tokens per window; head dim 32), checked
+ * against a plain double-precision transcription of HF's modules. */
+
+static uint64_t s_rs = 0x9E3779B97F4A7C15ULL;
+static float rndu(void)
+{
+    s_rs ^= s_rs << 13;
+    s_rs ^= s_rs >> 7;
+    s_rs ^= s_rs << 17;
+    return (float)((s_rs >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+}
+
+typedef struct Alloc {
+    void *p[512];
+    int n;
+} Alloc;
+
+static float *arand(Alloc *al, size_t n, float scale, float off)
+{
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = off + scale * rndu();
+    al->p[al->n++] = p;
+    return p;
+}
+
+static DmLinear mklin(Alloc *al, int out, int in, int bias)
+{
+    DmLinear l = {arand(al, (size_t)out * in, sqrtf(3.0f / in), 0.0f),
+                  bias ? arand(al, out, 0.05f, 0.0f) : NULL, out, in};
+    return l;
+}
+
+static DmNorm mknorm(Alloc *al, int n)
+{
+    DmNorm x = {arand(al, n, 0.1f, 1.0f), arand(al, n, 0.1f, 0.0f), n};
+    return x;
+}
+
+static void synth_model(DonutModel *m, Alloc *al, int embed, int nst, const int *depths,
+                        const int *heads, int window)
+{
+    memset(m, 0, sizeof *m);
+    SwinConfig *c = &m->cfg.enc;
+    c->patch = 4;
+    c->channels = 3;
+    c->embed_dim = embed;
+    c->nstages = nst;
+    c->window = window;
+    c->mlp_ratio = 4.0f;
+    c->qkv_bias = 1;
+    c->ln_eps = 1e-5f;
+    c->hidden_size = embed << (nst - 1);
+    m->enc.patch_w = arand(al, (size_t)embed * 48, 0.25f, 0.0f);
+    m->enc.patch_b = arand(al, embed, 0.05f, 0.0f);
+    m->enc.patch_norm = mknorm(al, embed);
+    int nrel = (2 * window - 1) * (2 * window - 1);
+    for (int s = 0; s < nst; s++) {
+        SwinStage *st = &m->enc.stages[s];
+        int C = embed << s;
+        c->depths[s] = depths[s];
+        c->heads[s] = heads[s];
+        st->depth = depths[s];
+        st->dim = C;
+        st->heads = heads[s];
+        st->blocks = calloc(depths[s], sizeof *st->blocks);
+        al->p[al->n++] = st->blocks;
+        for (int b = 0; b < depths[s]; b++) {
+            SwinBlock *bl = &st->blocks[b];
+            int qb = b % 2 == 0; /* odd blocks: no q/k/v bias */
+            bl->ln_before = mknorm(al, C);
+            bl->q = mklin(al, C, C, qb);
+            bl->k = mklin(al, C, C, qb);
+            bl->v = mklin(al, C, C, qb);
+            bl->rel_bias = arand(al, (size_t)nrel * heads[s], 1.0f, 0.0f);
+            bl->proj = mklin(al, C, C, 1);
+            bl->ln_after = mknorm(al, C);
+            bl->fc1 = mklin(al, 4 * C, C, 1);
+            bl->fc2 = mklin(al, C, 4 * C, 1);
+        }
+        if (s + 1 < nst) {
+            st->has_merge = 1;
+            st->merge_norm = mknorm(al, 4 * C);
+            st->merge = mklin(al, 2 * C, 4 * C, 0);
+        }
+    }
+}
+
+static void ref_ln(double *x, int n, const DmNorm *ln, double eps)
+{
+    double mean = 0, var = 0;
+    for (int i = 0; i < n; i++)
+        mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    var /= n;
+    for (int i = 0; i < n; i++)
+        x[i] = (x[i] - mean) / sqrt(var + eps) * ln->g[i] + ln->b[i];
+}
+
+static void ref_lin(const double *x, const DmLinear *l, double *y)
+{
+    for (int o = 0; o < l->out; o++) {
+        double acc = l->b ? l->b[o] : 0.0;
+        for (int i = 0; i < l->in; i++)
+            acc += x[i] * l->w[(size_t)o * l->in + i];
+        y[o] = acc;
+    }
+}
+
+/* One HF DonutSwinLayer on x [h*w, C] (double). */
+static void ref_block(const SwinConfig *c, const SwinBlock *bl, int heads, int C, int h, int w,
+                      int odd, double *x)
+{
+    int win = c->window, shift = odd ? c->window / 2 : 0;
+    int mn = h < w ? h : w;
+    if (mn <= win) { /* set_shift_and_window_size */
+        shift = 0;
+        win = mn;
+    }
+    int Hp = (h + win - 1) / win * win, Wp = (w + win - 1) / win * win, N = win * win;
+    int hd = C / heads;
+    double *P = calloc((size_t)Hp * Wp * C, sizeof(double));
+    for (int i = 0; i < h; i++)
+        for (int j = 0; j < w; j++) {
+            double *d = P + ((size_t)i * Wp + j) * C;
+            memcpy(d, x + ((size_t)i * w + j) * C, sizeof(double) * C);
+            ref_ln(d, C, &bl->ln_before, c->ln_eps);
+        }
+    double *A = calloc((size_t)Hp * Wp * C, sizeof(double)); /* attention output, unrolled */
+    double *q = malloc(sizeof(double) * N * C), *k = malloc(sizeof(double) * N * C);
+    double *v = malloc(sizeof(double) * N * C), *ctx = malloc(sizeof(double) * N * C);
+    double *sc = malloc(sizeof(double) * N);
+    int *lab = malloc(sizeof(int) * N), *pos = malloc(sizeof(int) * N);
+    for (int wr = 0; wr < Hp / win; wr++)
+        for (int wc = 0; wc < Wp / win; wc++) {
+            for (int t = 0; t < N; t++) {
+                int i = wr * win + t / win, j = wc * win + t % win; /* rolled coords */
+                int si = (i + shift) % Hp, sj = (j + shift) % Wp;   /* torch.roll(-shift) */
+                pos[t] = si * Wp + sj;
+                int hi = i < Hp - win ? 0 : i < Hp - shift ? 1 : 2;
+                int wi = j < Wp - win ? 0 : j < Wp - shift ? 1 : 2;
+                lab[t] = hi * 3 + wi;
+                ref_lin(P + (size_t)pos[t] * C, &bl->q, q + (size_t)t * C);
+                ref_lin(P + (size_t)pos[t] * C, &bl->k, k + (size_t)t * C);
+                ref_lin(P + (size_t)pos[t] * C, &bl->v, v + (size_t)t * C);
+            }
+            for (int hh = 0; hh < heads; hh++)
+                for (int a = 0; a < N; a++) {
+                    double mx = -1e300;
+                    for (int b = 0; b < N; b++) {
+                        double dot = 0;
+                        for (int d = 0; d < hd; d++)
+                            dot += q[(size_t)a * C + hh * hd + d] * k[(size_t)b * C + hh * hd + d];
+                        int ya = a / win, xa = a % win, yb = b / win, xb = b % win;
+                        int idx = (ya - yb + c->window - 1) * (2 * c->window - 1) +
+                                  (xa - xb + c->window - 1);
+                        double s = dot / sqrt((double)hd) + bl->rel_bias[(size_t)idx * heads + hh];
+                        if (shift > 0 && lab[a] != lab[b])
+                            s += -100.0;
+                        sc[b] = s;
+                        if (s > mx)
+                            mx = s;
+                    }
+                    double sum = 0;
+                    for (int b = 0; b < N; b++)
+                        sum += (sc[b] = exp(sc[b] - mx));
+                    for (int d = 0; d < hd; d++) {
+                        double acc = 0;
+                        for (int b = 0; b < N; b++)
+                            acc += sc[b] / sum * v[(size_t)b * C + hh * hd + d];
+                        ctx[(size_t)a * C + hh * hd + d] = acc;
+                    }
+                }
+            for (int t = 0; t < N; t++)
+                ref_lin(ctx + (size_t)t * C, &bl->proj, A + (size_t)pos[t] * C);
+        }
+    double *tmp = malloc(sizeof(double) * C), *hid = malloc(sizeof(double) * bl->fc1.out);
+    double *o2 = malloc(sizeof(double) * C);
+    for (int i = 0; i < h; i++)
+        for (int j = 0; j < w; j++) {
+            double *xr = x + ((size_t)i * w + j) * C;
+            for (int d = 0; d < C; d++)
+                xr[d] += A[((size_t)i * Wp + j) * C + d];
+            memcpy(tmp, xr, sizeof(double) * C);
+            ref_ln(tmp, C, &bl->ln_after, c->ln_eps);
+            ref_lin(tmp, &bl->fc1, hid);
+            for (int d = 0; d < bl->fc1.out; d++)
+                hid[d] = 0.5 * hid[d] * (1.0 + erf(hid[d] / sqrt(2.0)));
+            ref_lin(hid, &bl->fc2, o2);
+            for (int d = 0; d < C; d++)
+                xr[d] += o2[d];
+        }
+    free(P);
+    free(A);
+    free(q);
+    free(k);
+    free(v);
+    free(ctx);
+    free(sc);
+    free(lab);
+    free(pos);
+    free(tmp);
+    free(hid);
+    free(o2);
+}
+
+/* Naive encoder; returns the final map (caller frees), sets *T. */
+static double *ref_encode(const DonutModel *m, const float *px, int H, int W, int *T)
+{
+    const SwinConfig *c = &m->cfg.enc;
+    int P = c->patch, E = c->embed_dim;
+    int h = (H + P - 1) / P, w = (W + P - 1) / P;
+    double *x = calloc((size_t)h * w * E, sizeof(double));
+    for (int i = 0; i < h; i++)
+        for (int j = 0; j < w; j++)
+            for (int e = 0; e < E; e++) {
+                double acc = m->enc.patch_b[e];
+                for (int ch = 0; ch < c->channels; ch++)
+                    for (int ki = 0; ki < P; ki++)
+                        for (int kj = 0; kj < P; kj++) {
+                            int y = i * P + ki, xx = j * P + kj;
+                            if (y < H && xx < W)
+                                acc += (double)px[((size_t)ch * H + y) * W + xx] *
+                                       m->enc.patch_w[(((size_t)e * c->channels + ch) * P + ki) * P + kj];
+                        }
+                double *d = x + ((size_t)i * w + j) * E;
+                d[e] = acc;
+                if (e == E - 1)
+                    ref_ln(d, E, &m->enc.patch_norm, c->ln_eps);
+            }
+    for (int s = 0; s < c->nstages; s++) {
+        const SwinStage *st = &m->enc.stages[s];
+        int C = st->dim;
+        for (int b = 0; b < st->depth; b++)
+            ref_block(c, &st->blocks[b], st->heads, C, h, w, b % 2, x);
+        if (s + 1 < c->nstages) {
+            int h2 = (h + 1) / 2, w2 = (w + 1) / 2;
+            double *x2 = calloc((size_t)h2 * w2 * 2 * C, sizeof(double));
+            double *cat = malloc(sizeof(double) * 4 * C);
+            static const int dy[4] = {0, 1, 0, 1}, dx[4] = {0, 0, 1, 1};
+            for (int i = 0; i < h2; i++)
+                for (int j = 0; j < w2; j++) {
+                    for (int qd = 0; qd < 4; qd++) {
+                        int y = 2 * i + dy[qd], xx = 2 * j + dx[qd];
+                        for (int d = 0; d < C; d++)
+                            cat[qd * C + d] = (y < h && xx < w) ? x[((size_t)y * w + xx) * C + d] : 0.0;
+                    }
+                    ref_ln(cat, 4 * C, &st->merge_norm, c->ln_eps);
+                    ref_lin(cat, &st->merge, x2 + ((size_t)i * w2 + j) * 2 * C);
+                }
+            free(cat);
+            free(x);
+            x = x2;
+            h = h2;
+            w = w2;
+        }
+    }
+    *T = h * w;
+    return x;
+}
+
+static void synth_check(int H, int W, int embed, int nst, const int *depths, const int *heads,
+                        int window)
+{
+    Alloc al = {{0}, 0};
+    DonutModel m;
+    synth_model(&m, &al, embed, nst, depths, heads, window);
+    float *px = arand(&al, (size_t)3 * H * W, 1.0f, 0.0f);
+    int oh, ow, T;
+    swin_output_grid(&m.cfg.enc, H, W, &oh, &ow);
+    size_t n = (size_t)oh * ow * m.cfg.enc.hidden_size;
+    float *out = malloc(sizeof(float) * n);
+    DmErr err = {{0}};
+    int rc = swin_encode(&m, px, H, W, out, NULL, &err);
+    if (rc)
+        printf("\n    swin_encode: %s", err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    double *ref = ref_encode(&m, px, H, W, &T);
+    CU_ASSERT_EQUAL(T, oh * ow);
+    double md = 0, amax = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(out[i] - ref[i]);
+        if (!(d <= md))
+            md = d;
+        if (fabs(ref[i]) > amax)
+            amax = fabs(ref[i]);
+    }
+    printf("\n    %dx%d embed %d window %d heads %d..: max|diff| %.3e (absmax %.2f)", H, W, embed,
+           window, heads[0], md, amax);
+    CU_ASSERT(md <= 1e-4 * (amax > 1.0 ? amax : 1.0));
+    free(ref);
+    free(out);
+    for (int i = 0; i < al.n; i++)
+        free(al.p[i]);
+}
+
+static void t_synth(void)
+{
+    /* window 10, head dim 32: 92x84 -> 23x21 (pad 30x30, 9 windows)
+     * -> 12x11 (pad 20x20, shifted) ; odd merge */
+    int d1[2] = {2, 2}, h1[2] = {2, 4};
+    synth_check(92, 84, 64, 2, d1, h1, 10);
+    /* head dim 16 and 48 (the generic 8-wide paths), window 7; W not a
+     * multiple of the patch: 107x116 -> 27x29 -> 14x15 -> 7x8, where
+     * min(H, W) == window (no shift, window 7) */
+    int d2[3] = {2, 1, 2}, h2[3] = {3, 2, 4};
+    synth_check(107, 116, 48, 3, d2, h2, 7);
+    /* head dim 12 (the scalar P.v fallback): 60x52 -> 15x13 -> 8x7 */
+    int d3[2] = {2, 2}, h3[2] = {2, 4};
+    synth_check(60, 52, 24, 2, d3, h3, 5);
+}
+
 void tests_swin(void)
 {
     TU_SUITE("swin", {"grid math (tiny and full size)", t_grid},
              {"case0 vs HF (states + attentions)", t_case0}, {"case1 vs HF", t_case1},
              {"case2 vs HF", t_case2}, {"errors", t_errors}, {"odd sizes, window == min(H,W)", t_small_odd},
+             {"synthetic window-10 / head-dim-32 model vs naive HF", t_synth},
              {"cleanup", t_cleanup});
 }

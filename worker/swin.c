@@ -6,15 +6,19 @@
  *  attention: windows (row-major over the padded, shifted map) are processed
  *    G at a time: gather + layernorm_before into xw[G*N, C] (padded tokens
  *    are zero, as HF pads after the LayerNorm), one fused q|k|v GEMM, window
- *    attention per (window, head) with relative position bias and the
- *    shift mask, one proj GEMM, then scatter-add into x (the residual).
+ *    attention (one pool task per window, all its heads; relative position
+ *    bias expanded per block, the 4 kinds of shift mask built once per
+ *    stage), one proj GEMM, then scatter-add into x (the residual).
  *    Windows are disjoint, so updating x in place chunk by chunk is exact.
  *  MLP: rows of x R at a time: layernorm_after, fc1 GEMM, bias+GELU, fc2 GEMM
  *    accumulated into x (beta = 1; fc2's bias is pre-added to x).
  *
  * The big linear layers are GEMMs over many tokens (OpenBLAS threads them).
  * Everything else (gathers, LayerNorm, window attention, GELU) runs on a small
- * per-call thread pool sized like the GEMM library. */
+ * per-call thread pool sized like the GEMM library (kern_get_threads()).
+ * Nothing is global: concurrent calls on one model are safe.  Attention
+ * probabilities are computed into a buffer only when a probe is given.
+ * -DSWIN_PROF prints a per-phase time split (not thread-safe; for benches). */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -41,20 +45,33 @@ static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 static inline vf vset1(float s) { return (vf){0} + s; }
 
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef union {
+    vf v;
+    v4f q[VW / 4];
+} VfQuads;
+
 static inline float vsum(vf v)
 {
-    float s = 0.0f;
-    for (int i = 0; i < VW; i++)
-        s += v[i];
-    return s;
+    VfQuads u = {.v = v};
+    v4f s = u.q[0];
+    for (int i = 1; i < VW / 4; i++)
+        s += u.q[i];
+    return (s[0] + s[2]) + (s[1] + s[3]);
 }
 
 static inline float vmaxh(vf v)
 {
-    float m = v[0];
-    for (int i = 1; i < VW; i++)
-        m = v[i] > m ? v[i] : m;
-    return m;
+    VfQuads u = {.v = v};
+    v4f m = u.q[0];
+    for (int i = 1; i < VW / 4; i++) {
+        v4f x = u.q[i];
+        v4i c = m > x;
+        m = (v4f)(((v4i)m & c) | ((v4i)x & ~c));
+    }
+    float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
 }
 
 static inline vf vmax(vf a, vf b)
@@ -305,7 +322,26 @@ void swin_output_grid(const SwinConfig *c, int H, int W, int *oh, int *ow)
 
 /* --------------------------------------------------------------- context */
 
-#define ROWS_FLOATS (1 << 19) /* target chunk size: rows * dim floats */
+#ifndef ROWS_FLOATS
+#define ROWS_FLOATS (1 << 19)
+#endif
+
+/* Build with -DSWIN_PROF to print a time split of the phases to stderr. */
+#ifdef SWIN_PROF
+enum { PR_PATCH, PR_GATHER, PR_QKV, PR_ATT, PR_PROJ, PR_SCAT, PR_LN, PR_FC1, PR_GELU, PR_FC2,
+       PR_MERGE, PR_N };
+static double s_prof[PR_N];
+static const char *s_prof_name[PR_N] = {"patch", "gather", "qkv", "attn", "proj", "scatter",
+                                        "ln_after", "fc1", "gelu", "fc2", "merge"};
+#define PROF(k, stmt)                                                                  \
+    do {                                                                               \
+        double t_ = dm_now();                                                          \
+        stmt;                                                                          \
+        s_prof[k] += dm_now() - t_;                                                    \
+    } while (0)
+#else
+#define PROF(k, stmt) stmt
+#endif /* target chunk size: rows * dim floats */
 
 typedef struct Enc {
     const DonutModel *m;
@@ -319,6 +355,7 @@ typedef struct Enc {
     float *bias;  /* expanded relative position bias [heads, Nr, Np] */
     float *masks; /* 4 x [Nr, Np] */
     float *probs; /* attention probabilities for the probe, or NULL */
+    float *zero;  /* zeros [max dim]: stands in for absent q/k/v biases */
 } Enc;
 
 /* Shared state of one block's attention phase. */
@@ -390,40 +427,86 @@ static void att_scatter(void *arg, int lw, int tid)
 }
 
 /* Per-thread scratch floats for one (window, head). */
-static size_t att_scratch_floats(int Nr, int Np, int hd)
+static size_t att_scratch_floats(int Nr, int Np, int C)
 {
-    return (size_t)Nr * hd + 2 * (size_t)hd * Np + (size_t)Nr * Np + (size_t)Nr * hd + 64;
+    return (size_t)Nr * C + (size_t)C * Np + (size_t)Np * C + (size_t)Nr * Np + 64;
 }
 
-/* One (window, head): S = q k^T * scale + bias (+ mask); softmax; ctx = P v. */
-static void att_window_head(void *arg, int task, int tid)
+/* ctx rows = P v for 4 rows of P (row stride Np): 8 head dims (pv_4x8) or
+ * 32 head dims (pv_4x32) from d0, accumulators in registers. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+#define LD8(p) (*(const v8u *)(p))
+#define ST8(p, x) (*(v8u *)(p) = (x))
+
+static void pv_4x8(const float *P, int Np, const float *v, int hd, int N, int d0,
+                   float *const o[4], int nrows)
 {
-    const Att *a = arg;
-    int lw = task / a->heads, h = task % a->heads;
-    int wi = a->w0 + lw;
-    int N = a->N, Nr = a->Nr, Np = a->Np, hd = a->hd, C = a->C, C3 = 3 * a->C;
-    Enc *e = a->e;
-    float *q = e->tscr + (size_t)tid * e->tscr_n;  /* [Nr, hd] */
-    float *kt = q + (size_t)Nr * hd;               /* [hd, Np] */
-    float *vt = kt + (size_t)hd * Np;              /* [hd, Np] */
-    float *S = vt + (size_t)hd * Np;               /* [Nr, Np] */
-    float *o = S + (size_t)Nr * Np;                /* [Nr, hd] */
-    const float *bq = a->bl->q.b, *bk = a->bl->k.b, *bv = a->bl->v.b;
-    const float *base = a->qkv + (size_t)lw * N * C3;
-    int off = h * hd;
-    float scale = a->scale;
-
-    for (int i = 0; i < N; i++) {
-        const float *row = base + (size_t)i * C3;
-        for (int d = 0; d < hd; d++) {
-            float qv = row[off + d] + (bq ? bq[off + d] : 0.0f);
-            q[i * hd + d] = qv * scale;
-            kt[(size_t)d * Np + i] = row[C + off + d] + (bk ? bk[off + d] : 0.0f);
-            vt[(size_t)d * Np + i] = row[2 * C + off + d] + (bv ? bv[off + d] : 0.0f);
-        }
+    v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    const float *vp = v + d0;
+    for (int j = 0; j < N; j++, vp += hd) {
+        v8 x = LD8(vp);
+        c0 += P[j] * x;
+        c1 += P[Np + j] * x;
+        c2 += P[2 * Np + j] * x;
+        c3 += P[3 * Np + j] * x;
     }
-    /* rows N..Nr of q and columns N..Np of kt/vt stay zero (set at init) */
+    v8 c[4] = {c0, c1, c2, c3};
+    for (int r = 0; r < nrows; r++)
+        ST8(o[r] + d0, c[r]);
+}
 
+#if VW == 16
+static void pv_4x32z(const float *P, int Np, const float *v, int hd, int N, int d0,
+                     float *const o[4], int nrows)
+{
+    vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    const float *vp = v + d0;
+    for (int j = 0; j < N; j++, vp += hd) {
+        vf x0 = vload(vp), x1 = vload(vp + 16);
+        float p0 = P[j], p1 = P[Np + j], p2 = P[2 * Np + j], p3 = P[3 * Np + j];
+        c00 += p0 * x0; c01 += p0 * x1;
+        c10 += p1 * x0; c11 += p1 * x1;
+        c20 += p2 * x0; c21 += p2 * x1;
+        c30 += p3 * x0; c31 += p3 * x1;
+    }
+    vf c[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+    for (int r = 0; r < nrows; r++) {
+        vstore(o[r] + d0, c[r][0]);
+        vstore(o[r] + d0 + 16, c[r][1]);
+    }
+}
+
+#endif
+
+/* One head of one window: S = q k^T * scale + bias (+ mask); softmax; ctx = P v. */
+/* S rows (4, stride Np) at column jv = acc + bias (+ mask), as HF:
+ * (q.k) / sqrt(hd) + relative bias, then + mask. */
+static inline void s_store4(float *s0, int Np, int jv, const float *bias, const float *mask,
+                            vf a0, vf a1, vf a2, vf a3)
+{
+    a0 += vload(bias + jv);
+    a1 += vload(bias + Np + jv);
+    a2 += vload(bias + 2 * Np + jv);
+    a3 += vload(bias + 3 * Np + jv);
+    if (mask) {
+        a0 += vload(mask + jv);
+        a1 += vload(mask + Np + jv);
+        a2 += vload(mask + 2 * Np + jv);
+        a3 += vload(mask + 3 * Np + jv);
+    }
+    vstore(s0 + jv, a0);
+    vstore(s0 + Np + jv, a1);
+    vstore(s0 + 2 * Np + jv, a2);
+    vstore(s0 + 3 * Np + jv, a3);
+}
+
+static void att_head(const Att *a, int wi, int lw, int h, const float *q, const float *kt,
+                     const float *v, float *S)
+{
+    int N = a->N, Nr = a->Nr, Np = a->Np, hd = a->hd, C = a->C;
+    const Enc *e = a->e;
+    int off = h * hd;
     const float *bias = e->bias + (size_t)h * Nr * Np;
     const float *mask = NULL;
     if (a->use_mask) {
@@ -432,94 +515,127 @@ static void att_window_head(void *arg, int task, int tid)
         if (type)
             mask = e->masks + (size_t)type * Nr * Np;
     }
+    float *pp = e->probs ? e->probs + ((size_t)wi * a->heads + h) * N * N : NULL;
 
-    /* S = q kt (+ bias + mask), 4 rows x VW columns per step */
     for (int ib = 0; ib < Nr; ib += 4) {
+        /* S rows ib..ib+3 = q kt + bias (+ mask), VW columns per step */
         const float *q0 = q + (size_t)ib * hd;
-        for (int jv = 0; jv < Np; jv += VW) {
+        float *s0 = S + (size_t)ib * Np;
+        int jv = 0;
+        for (; jv + 2 * VW <= Np; jv += 2 * VW) {
+            vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+            const float *kp = kt + jv;
+            for (int d = 0; d < hd; d++, kp += Np) {
+                vf k0 = vload(kp), k1 = vload(kp + VW);
+                float x0 = q0[d], x1 = q0[hd + d], x2 = q0[2 * hd + d], x3 = q0[3 * hd + d];
+                a0 += x0 * k0; b0 += x0 * k1;
+                a1 += x1 * k0; b1 += x1 * k1;
+                a2 += x2 * k0; b2 += x2 * k1;
+                a3 += x3 * k0; b3 += x3 * k1;
+            }
+            s_store4(s0, Np, jv, bias + (size_t)ib * Np, mask ? mask + (size_t)ib * Np : NULL,
+                     a0, a1, a2, a3);
+            s_store4(s0, Np, jv + VW, bias + (size_t)ib * Np,
+                     mask ? mask + (size_t)ib * Np : NULL, b0, b1, b2, b3);
+        }
+        for (; jv < Np; jv += VW) {
             vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (int d = 0; d < hd; d++) {
-                vf kv = vload(kt + (size_t)d * Np + jv);
+            const float *kp = kt + jv;
+            for (int d = 0; d < hd; d++, kp += Np) {
+                vf kv = vload(kp);
                 a0 += q0[d] * kv;
                 a1 += q0[hd + d] * kv;
                 a2 += q0[2 * hd + d] * kv;
                 a3 += q0[3 * hd + d] * kv;
             }
-            size_t o0 = (size_t)ib * Np + jv;
-            a0 += vload(bias + o0);
-            a1 += vload(bias + o0 + Np);
-            a2 += vload(bias + o0 + 2 * Np);
-            a3 += vload(bias + o0 + 3 * Np);
-            if (mask) {
-                a0 += vload(mask + o0);
-                a1 += vload(mask + o0 + Np);
-                a2 += vload(mask + o0 + 2 * Np);
-                a3 += vload(mask + o0 + 3 * Np);
-            }
-            vstore(S + o0, a0);
-            vstore(S + o0 + Np, a1);
-            vstore(S + o0 + 2 * Np, a2);
-            vstore(S + o0 + 3 * Np, a3);
+            s_store4(s0, Np, jv, bias + (size_t)ib * Np, mask ? mask + (size_t)ib * Np : NULL,
+                     a0, a1, a2, a3);
         }
-    }
-
-    /* softmax over each real row (padded columns hold -1e30 -> exp = 0) */
-    for (int i = 0; i < N; i++) {
-        float *r = S + (size_t)i * Np;
-        vf mx = vload(r);
-        for (int jv = VW; jv < Np; jv += VW)
-            mx = vmax(mx, vload(r + jv));
-        vf vmx = vset1(vmaxh(mx));
-        vf sum = {0};
-        for (int jv = 0; jv < Np; jv += VW) {
-            vf ev = vexp(vload(r + jv) - vmx);
-            vstore(r + jv, ev);
-            sum += ev;
-        }
-        vf inv = vset1(1.0f / vsum(sum));
-        for (int jv = 0; jv < Np; jv += VW)
-            vstore(r + jv, vload(r + jv) * inv);
-    }
-
-    if (e->probs) {
-        float *pp = e->probs + ((size_t)wi * a->heads + h) * N * N;
-        for (int i = 0; i < N; i++)
-            memcpy(pp + (size_t)i * N, S + (size_t)i * Np, sizeof(float) * N);
-    }
-
-    /* o = P vt^T: 4 rows x 4 head dims per step, dot products over keys */
-    for (int ib = 0; ib < N; ib += 4) {
-        const float *p0 = S + (size_t)ib * Np;
-        int d = 0;
-        for (; d + 4 <= hd; d += 4) {
-            vf c[4][4] = {{{0}}};
-            const float *v0 = vt + (size_t)d * Np;
+        /* softmax over each real row (padded columns hold -1e30 -> exp = 0) */
+        int nrows = N - ib < 4 ? N - ib : 4;
+        for (int r = 0; r < nrows; r++) {
+            float *sr = s0 + (size_t)r * Np;
+            vf mx = vload(sr);
+            for (int jv = VW; jv < Np; jv += VW)
+                mx = vmax(mx, vload(sr + jv));
+            vf vmx = vset1(vmaxh(mx));
+            vf sum = {0};
             for (int jv = 0; jv < Np; jv += VW) {
-                vf pr[4], vv[4];
-                for (int r = 0; r < 4; r++)
-                    pr[r] = vload(p0 + (size_t)r * Np + jv);
-                for (int k = 0; k < 4; k++)
-                    vv[k] = vload(v0 + (size_t)k * Np + jv);
-                for (int r = 0; r < 4; r++)
-                    for (int k = 0; k < 4; k++)
-                        c[r][k] += pr[r] * vv[k];
+                vf ev = vexp(vload(sr + jv) - vmx);
+                vstore(sr + jv, ev);
+                sum += ev;
             }
-            for (int r = 0; r < 4; r++)
-                for (int k = 0; k < 4; k++)
-                    o[(size_t)(ib + r) * hd + d + k] = vsum(c[r][k]);
+            vf inv = vset1(1.0f / vsum(sum));
+            for (int jv = 0; jv < Np; jv += VW)
+                vstore(sr + jv, vload(sr + jv) * inv);
+            if (pp)
+                memcpy(pp + (size_t)(ib + r) * N, sr, sizeof(float) * N);
         }
-        for (; d < hd; d++) {
-            const float *v0 = vt + (size_t)d * Np;
-            for (int r = 0; r < 4; r++) {
-                vf c = {0};
-                for (int jv = 0; jv < Np; jv += VW)
-                    c += vload(p0 + (size_t)r * Np + jv) * vload(v0 + jv);
-                o[(size_t)(ib + r) * hd + d] = vsum(c);
+        /* ctx rows = P v */
+        float *o[4];
+        for (int r = 0; r < 4; r++)
+            o[r] = a->ctx + ((size_t)lw * N + ib + (r < nrows ? r : 0)) * C + off;
+        if (hd % 8 == 0) {
+            int d0 = 0;
+#if VW == 16
+            for (; d0 + 32 <= hd; d0 += 32)
+                pv_4x32z(s0, Np, v, hd, N, d0, o, nrows);
+#endif
+            for (; d0 < hd; d0 += 8)
+                pv_4x8(s0, Np, v, hd, N, d0, o, nrows);
+        } else {
+            for (int r = 0; r < nrows; r++)
+                for (int d = 0; d < hd; d++) {
+                    float acc = 0.0f;
+                    for (int j = 0; j < N; j++)
+                        acc += s0[(size_t)r * Np + j] * v[(size_t)j * hd + d];
+                    o[r][d] = acc;
+                }
+        }
+    }
+}
+
+static void att_window(void *arg, int lw, int tid)
+{
+    const Att *a = arg;
+    int wi = a->w0 + lw;
+    int N = a->N, Nr = a->Nr, Np = a->Np, hd = a->hd, C = a->C, C3 = 3 * a->C;
+    Enc *e = a->e;
+    float *qa = e->tscr + (size_t)tid * e->tscr_n; /* [heads][Nr][hd] */
+    float *kta = qa + (size_t)Nr * C;              /* [C][Np] (head h: rows h*hd..) */
+    float *va = kta + (size_t)C * Np;              /* [heads][Np][hd] */
+    float *S = va + (size_t)Np * C;                /* [Nr, Np] */
+    const float *bq = a->bl->q.b ? a->bl->q.b : e->zero;
+    const float *bk = a->bl->k.b ? a->bl->k.b : e->zero;
+    const float *bv = a->bl->v.b ? a->bl->v.b : e->zero;
+    const float *base = a->qkv + (size_t)lw * N * C3;
+    float scale = a->scale;
+
+    /* split the window's q|k|v rows (read sequentially) into per-head blocks */
+    for (int i = 0; i < N; i++) {
+        const float *row = base + (size_t)i * C3;
+        for (int h = 0; h < a->heads; h++) {
+            float *qi = qa + ((size_t)h * Nr + i) * hd, *vi_ = va + ((size_t)h * Np + i) * hd;
+            const float *rq = row + h * hd, *rv = row + 2 * C + h * hd;
+            const float *cq = bq + h * hd, *cv = bv + h * hd;
+            for (int d = 0; d < hd; d++) {
+                qi[d] = (rq[d] + cq[d]) * scale;
+                vi_[d] = rv[d] + cv[d];
             }
         }
     }
-    for (int i = 0; i < N; i++)
-        memcpy(a->ctx + ((size_t)lw * N + i) * C + off, o + (size_t)i * hd, sizeof(float) * hd);
+    /* k transposed: column-major walk, contiguous stores, reads hit L1 */
+    for (int c = 0; c < C; c++) {
+        const float *rk = base + C + c;
+        float *dst = kta + (size_t)c * Np, bc = bk[c];
+        for (int i = 0; i < N; i++)
+            dst[i] = rk[(size_t)i * C3] + bc;
+    }
+    /* rows N..Nr of q and columns N..Np of kt stay zero (set at init) */
+
+    for (int h = 0; h < a->heads; h++)
+        att_head(a, wi, lw, h, qa + (size_t)h * Nr * hd, kta + (size_t)h * hd * Np,
+                 va + (size_t)h * Np * hd, S);
 }
 
 /* ------------------------------------------------------------ MLP phase */
@@ -763,7 +879,7 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     }
 
     /* scratch sizes */
-    size_t xmax = 0, arena = 0, tscr = 0, biasn = 0;
+    size_t xmax[2] = {0, 0}, arena = 0, tscr = 0, biasn = 0; /* maps of even/odd stages */
     int K0 = c->channels * c->patch * c->patch;
     {
         size_t rp = (size_t)ROWS_FLOATS / (K0 > c->embed_dim ? K0 : c->embed_dim) + 1;
@@ -777,8 +893,8 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
         const SwinStage *st = &m->enc.stages[s];
         int C = st->dim;
         size_t T = (size_t)gh[s] * gw[s];
-        if (T * C > xmax)
-            xmax = T * C;
+        if (T * C > xmax[s & 1])
+            xmax[s & 1] = T * C;
         int win = ws[s], N = win * win, Nr = round_up(N, 4), Np = round_up(N, VW);
         int Hp = round_up(gh[s], win), Wp = round_up(gw[s], win);
         size_t nW = (size_t)(Hp / win) * (Wp / win);
@@ -801,16 +917,15 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
             if (R2 > T2)
                 R2 = T2;
             mrg = R2 * 4 * C;
-            if (T2 * 2 * C > xmax)
-                xmax = T2 * 2 * C;
+            if (T2 * 2 * C > xmax[(s + 1) & 1])
+                xmax[(s + 1) & 1] = T2 * 2 * C;
         }
         size_t need = att > mlp ? att : mlp;
         if (mrg > need)
             need = mrg;
         if (need > arena)
             arena = need;
-        int hd = C / st->heads;
-        size_t ts = att_scratch_floats(Nr, Np, hd);
+        size_t ts = att_scratch_floats(Nr, Np, C);
         if (ts > tscr)
             tscr = ts;
         size_t bn = (size_t)st->heads * Nr * Np;
@@ -837,7 +952,7 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     e.c = c;
     int nth = kern_get_threads();
     tscr = round_up((int)tscr, 16);
-    float *xa = xalloc_f(xmax), *xb = xalloc_f(xmax);
+    float *xa = xalloc_f(xmax[0]), *xb = xalloc_f(xmax[1]);
     e.arena = xalloc_f(arena);
     e.arena_n = arena;
     e.tscr_n = tscr;
@@ -845,7 +960,9 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     e.wqkv = xalloc_f(wq);
     e.bias = xalloc_f(biasn);
     e.masks = xalloc_f(masks_n);
-    if (!xa || !xb || !e.arena || !e.tscr || !e.wqkv || !e.bias || !e.masks) {
+    e.zero = calloc((size_t)c->embed_dim << (c->nstages - 1), sizeof(float));
+    if (!xa || !xb || !e.arena || !e.tscr || !e.wqkv || !e.bias || !e.masks || !e.zero) {
+        free(e.zero);
         free(xa);
         free(xb);
         free(e.arena);
@@ -853,7 +970,8 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
         free(e.wqkv);
         free(e.bias);
         free(e.masks);
-        return dm_err(err, "swin_encode: out of memory (%zu floats of feature maps)", 2 * xmax);
+        return dm_err(err, "swin_encode: out of memory (%zu floats of feature maps)",
+                      xmax[0] + xmax[1]);
     }
     pool_init(&e.pool, nth);
     int rc = 0;
@@ -929,11 +1047,11 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
                 int g = nW - w0 < G ? nW - w0 : G;
                 int rows = g * N;
                 a.w0 = w0;
-                pool_for(&e.pool, g, att_gather, &a);
-                kern_gemm_nt(rows, 3 * C, C, 1.0f, a.xw, C, e.wqkv, C, 0.0f, a.qkv, 3 * C);
-                pool_for(&e.pool, g * heads, att_window_head, &a);
-                kern_gemm_nt(rows, C, C, 1.0f, a.ctx, C, bl->proj.w, C, 0.0f, a.xw, C);
-                pool_for(&e.pool, g, att_scatter, &a);
+                PROF(PR_GATHER, pool_for(&e.pool, g, att_gather, &a));
+                PROF(PR_QKV, kern_gemm_nt(rows, 3 * C, C, 1.0f, a.xw, C, e.wqkv, C, 0.0f, a.qkv, 3 * C));
+                PROF(PR_ATT, pool_for(&e.pool, g, att_window, &a));
+                PROF(PR_PROJ, kern_gemm_nt(rows, C, C, 1.0f, a.ctx, C, bl->proj.w, C, 0.0f, a.xw, C));
+                PROF(PR_SCAT, pool_for(&e.pool, g, att_scatter, &a));
             }
 
             /* MLP */
@@ -947,10 +1065,10 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
                          .hid = e.arena + (size_t)R * C, .C = C, .F = F, .rows = rows,
                          .eps = c->ln_eps};
                 int tasks = (rows + MLP_ROWS_PER_TASK - 1) / MLP_ROWS_PER_TASK;
-                pool_for(&e.pool, tasks, mlp_ln, &p);
-                kern_gemm_nt(rows, F, C, 1.0f, p.t, C, bl->fc1.w, C, 0.0f, p.hid, F);
-                pool_for(&e.pool, tasks, mlp_gelu, &p);
-                kern_gemm_nt(rows, C, F, 1.0f, p.hid, F, bl->fc2.w, F, 1.0f, p.x, C);
+                PROF(PR_LN, pool_for(&e.pool, tasks, mlp_ln, &p));
+                PROF(PR_FC1, kern_gemm_nt(rows, F, C, 1.0f, p.t, C, bl->fc1.w, C, 0.0f, p.hid, F));
+                PROF(PR_GELU, pool_for(&e.pool, tasks, mlp_gelu, &p));
+                PROF(PR_FC2, kern_gemm_nt(rows, C, F, 1.0f, p.hid, F, bl->fc2.w, F, 1.0f, p.x, C));
             }
 
             if (want_probs) {
@@ -997,6 +1115,10 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
         }
     }
 
+#ifdef SWIN_PROF
+    for (int k = 0; k < PR_N; k++)
+        fprintf(stderr, "swin %-9s %8.3f s\n", s_prof_name[k], s_prof[k]);
+#endif
     pool_free(&e.pool);
     free(xa);
     free(xb);
@@ -1005,5 +1127,6 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     free(e.wqkv);
     free(e.bias);
     free(e.masks);
+    free(e.zero);
     return rc;
 }

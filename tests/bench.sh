@@ -1,0 +1,111 @@
+#!/bin/sh
+# The benchmark (`make bench`): encoder seconds per page and decoder
+# milliseconds per token of a full-size random-weight Donut (donut-base
+# config) and of the tiny config, next to the sgemm rate, memory bandwidth
+# and FMA peak of this machine measured in the same runs.
+#
+# The checkpoints are written once (build/bench-model-full, ~800 MB, and
+# build/bench-model-tiny) and reused.  When OPENBLAS_CORETYPE is set in the
+# environment every model is also measured with it unset (OpenBLAS then picks
+# its kernels from the CPU), and both are reported.  Every run's JSON line is
+# kept in build/bench-results.jsonl.
+#
+# Environment: BENCH_REPEAT_FULL (default 2) and BENCH_REPEAT_TINY (default 3)
+# timed runs per measurement; BENCH_ARGS extra `docmint bench` flags (e.g.
+# "--threads 1").  About 6 minutes on 2 cores.
+set -eu
+DOCMINT=${1:-build/docmint}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/build
+FULL=$OUT/bench-model-full
+TINY=$OUT/bench-model-tiny
+RESULTS=$OUT/bench-results.jsonl
+REP_FULL=${BENCH_REPEAT_FULL:-2}
+REP_TINY=${BENCH_REPEAT_TINY:-3}
+ARGS=${BENCH_ARGS:-}
+mkdir -p "$OUT"
+
+if [ ! -x "$DOCMINT" ]; then
+    echo "bench.sh: $DOCMINT: no such program (run make first)" >&2
+    exit 1
+fi
+# Run a private copy, so a rebuild during the minutes of the benchmark
+# neither breaks nor changes the program measured.
+BIN=$(mktemp "${TMPDIR:-/tmp}/docmint-bench.XXXXXX")
+trap 'rm -f "$BIN"' EXIT INT TERM
+cp "$DOCMINT" "$BIN"
+chmod 755 "$BIN"
+DOCMINT=$BIN
+
+# A checkpoint is complete when init finished: it writes the weights, then
+# the tokenizer, then preprocessor_config.json.
+make_model() { # dir config
+    if [ -f "$1/model.safetensors" ] && [ -f "$1/tokenizer.json" ] &&
+        [ -f "$1/preprocessor_config.json" ]; then
+        echo "bench.sh: reusing $1"
+        return 0
+    fi
+    echo "bench.sh: writing $1 from $2"
+    rm -rf "$1"
+    "$DOCMINT" init "$1" --config "$ROOT/$2" --seed 1
+}
+
+make_model "$FULL" jobs/configs/donut-base.json
+make_model "$TINY" jobs/configs/tiny.json
+
+: >"$RESULTS"
+LOG=$OUT/bench-run.txt
+
+run() { # label repeat dir [env -u VAR]
+    label=$1
+    rep=$2
+    dir=$3
+    shift 3
+    echo
+    echo "==== $label ===="
+    # shellcheck disable=SC2086
+    if ! "$@" "$DOCMINT" bench "$dir" --repeat "$rep" $ARGS >"$LOG"; then
+        echo "bench.sh: docmint bench $dir failed ($label)" >&2
+        exit 1
+    fi
+    sed '$d' "$LOG"
+    tail -n 1 "$LOG" | sed "s/^{/{\"label\":\"$label\",/" >>"$RESULTS"
+}
+
+if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
+    CT=$OPENBLAS_CORETYPE
+    run "tiny, OPENBLAS_CORETYPE unset" "$REP_TINY" "$TINY" env -u OPENBLAS_CORETYPE
+    run "tiny, OPENBLAS_CORETYPE=$CT" "$REP_TINY" "$TINY" env
+    run "full, OPENBLAS_CORETYPE unset" "$REP_FULL" "$FULL" env -u OPENBLAS_CORETYPE
+    run "full, OPENBLAS_CORETYPE=$CT" "$REP_FULL" "$FULL" env
+else
+    run "tiny" "$REP_TINY" "$TINY" env
+    run "full" "$REP_FULL" "$FULL" env
+fi
+
+# Summary: one row per run, from the JSON lines.
+echo
+echo "==== summary (best-of timings; bounds measured in the same run) ===="
+awk '
+function num(sec, k,   s, t) {
+    t = sec == "" ? $0 : substr($0, index($0, "\"" sec "\":"))
+    if (match(t, "\"" k "\":-?[0-9.eE+-]+")) { s = substr(t, RSTART, RLENGTH); sub(/^[^:]*:/, "", s); return s + 0 }
+    return -1
+}
+function str(k,   s) {
+    if (match($0, "\"" k "\":\"[^\"]*\"")) { s = substr($0, RSTART, RLENGTH); sub(/^[^:]*:"/, "", s); sub(/"$/, "", s); return s }
+    return "-"
+}
+BEGIN {
+    printf "%-32s %-10s %6s %5s %6s %7s %6s %6s %6s %7s %7s %6s %5s\n", "run", "BLAS core",
+        "sgemm", "GB/s", "FMA512", "enc s", "GF/s", "/sgemm", "/FMA", "ms/tok1", "ms/tokN", "N", "RSS"
+}
+{
+    printf "%-32s %-10s %6.1f %5.1f %6.1f %7.3f %6.1f %6.2f %6.2f %7.3f %7.3f %6d %5.0f\n", str("label"),
+        str("corename"), num("bounds", "sgemm_gflops"), num("bounds", "read_gbps"),
+        num("bounds", "fma_avx512_gflops"), num("encoder", "seconds"), num("encoder", "gflops"),
+        num("encoder", "frac_sgemm"), num("encoder", "frac_fma_peak"), num("decoder", "token_ms_b1"),
+        num("decoder", "token_ms_bn"), num("decoder", "questions"), num("", "peak_rss_mib")
+}' "$RESULTS"
+echo "(sgemm GFLOP/s best shape; GB/s memory read; enc s per page; ms/tok1 and ms/tokN: decoder ms"
+echo " per token at batch 1 and batch N; RSS: peak MiB of the model runs.  JSON: $RESULTS)"
