@@ -40,8 +40,8 @@ GEN := $(BUILD)/gen
 INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator -I$(GEN)
 OPT  := -O3 -march=native
 CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation \
-          -fno-strict-aliasing -pthread $(INCS) $(shell pkg-config --cflags $(PKGS)) $(MPI_CFLAGS)
-LDLIBS += $(shell pkg-config --libs $(PKGS)) $(MPI_LIBS) -lm -pthread
+          -fno-strict-aliasing -pthread -fopenmp $(INCS) $(shell pkg-config --cflags $(PKGS)) $(MPI_CFLAGS)
+LDLIBS += $(shell pkg-config --libs $(PKGS)) $(MPI_LIBS) -fopenmp -lm -pthread
 
 ifeq ($(SAN),1)
 OPT := -O1 -march=native

@@ -157,7 +157,11 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             if (!sc->probs)
                 return dm_err(err, "out of memory for attention scores");
         }
-        for (int h = 0; h < H; h++) {
+        /* One new token (a decoding step): stream the cache once for all
+         * heads; the causal mask is implicit, the row sees all S. */
+        if (T == 1)
+            kern_attend_scores(sc->q + (size_t)r * inner, K, S, H, hd, inner, sc->probs);
+        for (int h = 0; T > 1 && h < H; h++) {
             float *P = sc->probs + (size_t)h * T * S;
             kern_gemm_nt(T, S, hd, 1.0f, sc->q + (size_t)r * inner + h * hd, inner, K + h * hd,
                          inner, 0.0f, P, S);
@@ -177,7 +181,9 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             int64_t shape[4] = {1, H, T, S};
             s_emit(probe, name, 4, shape, sc->probs);
         }
-        for (int h = 0; h < H; h++)
+        if (T == 1)
+            kern_attend_values(sc->probs, V, S, H, hd, inner, sc->ctx + (size_t)r * inner);
+        for (int h = 0; T > 1 && h < H; h++)
             kern_gemm_nn(T, hd, S, 1.0f, sc->probs + (size_t)h * T * S, S, V + h * hd, inner,
                          0.0f, sc->ctx + (size_t)r * inner + h * hd, inner);
     }

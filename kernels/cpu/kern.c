@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 
 void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
@@ -20,15 +21,16 @@ void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, con
 
 void kern_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y)
 {
+    if (kern_small_m(M)) {
+        kern_linear_small(x, M, K, W, bias, N, y);
+        return;
+    }
     if (bias) {
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++)
                 y[(size_t)i * N + j] = bias[j];
     }
-    if (M == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, K, x, 1, bias ? 1.0f : 0.0f, y, 1);
-    else
-        kern_gemm_nt(M, N, K, 1.0f, x, K, W, K, bias ? 1.0f : 0.0f, y, N);
+    kern_gemm_nt(M, N, K, 1.0f, x, K, W, K, bias ? 1.0f : 0.0f, y, N);
 }
 
 void kern_linear_ref(const float *x, int M, int K, const float *W, const float *bias, int N,
@@ -109,6 +111,7 @@ void kern_set_threads(int n)
         n = 1;
     s_threads = n;
     openblas_set_num_threads(n);
+    omp_set_num_threads(n);
 }
 
 int kern_get_threads(void) { return s_threads ? s_threads : openblas_get_num_threads(); }

@@ -37,6 +37,19 @@ void kern_softmax_rows(float *x, int rows, int n);
 /* y += x */
 void kern_add(float *y, const float *x, size_t n);
 
+/* Small-M path of kern_linear (M <= 16 rows: the decoding step): streams
+ * each weight row once for all rows, threads split the output columns. */
+int kern_small_m(int M);
+void kern_linear_small(const float *x, int M, int K, const float *W, const float *bias, int N,
+                       float *y);
+
+/* One query row against S cached key/value rows, all H heads at once
+ * (q [H*hd], K and V rows of stride ld), each streamed once: scores gives
+ * probs [H, S] (softmax of q.k), values gives ctx [H*hd] = probs . V. */
+void kern_attend_scores(const float *q, const float *K, int S, int H, int hd, int ld, float *probs);
+void kern_attend_values(const float *probs, const float *V, int S, int H, int hd, int ld,
+                        float *ctx);
+
 /* Number of threads the GEMM library uses; set once at start-up. */
 void kern_set_threads(int n);
 int kern_get_threads(void);

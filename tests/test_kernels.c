@@ -1,0 +1,99 @@
+/* test_kernels.c - every fast CPU path against its plain twin: the small-M
+ * linear and the streaming attention of the decoding step, on random
+ * inputs of several shapes (odd sizes included). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kern.h"
+#include "tutil.h"
+
+static float *s_rand(size_t n, unsigned *seed)
+{
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)rand_r(seed) / RAND_MAX * 2.0f - 1.0f;
+    return p;
+}
+
+static void test_linear_paths(void)
+{
+    static const int shapes[][3] = {{1, 1024, 1024}, {4, 1024, 4096}, {3, 77, 131}, {16, 64, 33},
+                                    {17, 128, 96},  {40, 256, 300},  {1, 5, 3}};
+    unsigned seed = 7;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *x = s_rand((size_t)M * K, &seed), *W = s_rand((size_t)N * K, &seed),
+              *b = s_rand((size_t)N, &seed);
+        float *y = malloc((size_t)M * N * sizeof *y), *r = malloc((size_t)M * N * sizeof *r);
+        kern_linear(x, M, K, W, b, N, y);
+        kern_linear_ref(x, M, K, W, b, N, r);
+        double d = tu_maxdiff(y, r, (size_t)M * N);
+        if (!(d <= 1e-5 * sqrt((double)K)))
+            printf("\n  linear %dx%dx%d: max diff %.3g", M, K, N, d);
+        CU_ASSERT(d <= 1e-5 * sqrt((double)K));
+        /* a row's result does not depend on the other rows of the call */
+        if (M > 1 && kern_small_m(M)) {
+            float *y1 = malloc((size_t)N * sizeof *y1);
+            kern_linear(x + (size_t)(M - 1) * K, 1, K, W, b, N, y1);
+            CU_ASSERT(memcmp(y1, y + (size_t)(M - 1) * N, (size_t)N * sizeof *y1) == 0);
+            free(y1);
+        }
+        free(x);
+        free(W);
+        free(b);
+        free(y);
+        free(r);
+    }
+}
+
+static void test_attend_one(void)
+{
+    static const int shapes[][3] = {{4800, 16, 64}, {7, 4, 32}, {129, 3, 8}, {1, 2, 16}};
+    unsigned seed = 11;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int S = shapes[s][0], H = shapes[s][1], hd = shapes[s][2], ld = H * hd;
+        float *q = s_rand((size_t)ld, &seed), *K = s_rand((size_t)S * ld, &seed),
+              *V = s_rand((size_t)S * ld, &seed);
+        float *p = malloc((size_t)H * S * sizeof *p), *ctx = malloc((size_t)ld * sizeof *ctx);
+        kern_attend_scores(q, K, S, H, hd, ld, p);
+        kern_attend_values(p, V, S, H, hd, ld, ctx);
+        /* plain twin in double */
+        double dp = 0, dc = 0;
+        double *sc = malloc((size_t)S * sizeof *sc);
+        for (int h = 0; h < H; h++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < S; j++) {
+                double a = 0;
+                for (int d = 0; d < hd; d++)
+                    a += (double)q[h * hd + d] * K[(size_t)j * ld + h * hd + d];
+                sc[j] = a;
+                mx = fmax(mx, a);
+            }
+            for (int j = 0; j < S; j++)
+                sum += sc[j] = exp(sc[j] - mx);
+            for (int d = 0; d < hd; d++) {
+                double c = 0;
+                for (int j = 0; j < S; j++)
+                    c += sc[j] / sum * V[(size_t)j * ld + h * hd + d];
+                dc = fmax(dc, fabs(c - ctx[h * hd + d]));
+            }
+            for (int j = 0; j < S; j++)
+                dp = fmax(dp, fabs(sc[j] / sum - p[(size_t)h * S + j]));
+        }
+        CU_ASSERT(dp <= 1e-6);
+        CU_ASSERT(dc <= 1e-5);
+        free(sc);
+        free(q);
+        free(K);
+        free(V);
+        free(p);
+        free(ctx);
+    }
+}
+
+void tests_kernels(void)
+{
+    TU_SUITE("kernels", {"linear: small-M and BLAS paths vs plain", test_linear_paths},
+             {"streaming attention vs plain", test_attend_one});
+}
