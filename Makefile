@@ -134,6 +134,7 @@ export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions
 test: $(BUILD)/test_docmint $(BUILD)/docmint
 	cd tests && DOCMINT=../$(BUILD)/docmint ../$(BUILD)/test_docmint
 	DOCMINT=$(BUILD)/docmint sh tests/cli.sh
+	DOCMINT=$(BUILD)/docmint sh tests/mpi/all.sh
 
 # Build a random-weight model of the tiny config, synthesise a page and ask
 # it a question (no download needed).

@@ -415,7 +415,9 @@ static void test_torch_bin_same_outputs(void)
         free(la);
         free(lb);
     }
-    /* the encoder weights too, bit for bit */
+    /* the encoder weights too, bit for bit, and the same fingerprint */
+    CU_ASSERT_STRING_EQUAL(a->fingerprint, b->fingerprint);
+    CU_ASSERT_EQUAL(strlen(a->fingerprint), 16);
     const SwinBlock *ba = &a->enc.stages[2].blocks[1], *bb = &b->enc.stages[2].blocks[1];
     CU_ASSERT(memcmp(ba->fc1.w, bb->fc1.w, (size_t)ba->fc1.out * ba->fc1.in * 4) == 0);
     CU_ASSERT(memcmp(ba->rel_bias, bb->rel_bias, 81 * 8 * 4) == 0);

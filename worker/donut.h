@@ -128,7 +128,9 @@ typedef struct DonutModel {
     TensorFile *weights;  /* the opened weight file (mapped) */
     float **owned;        /* float32 copies made at load (dtype conversion, cuts) */
     int nowned, capowned;
-    char fingerprint[17]; /* hex FNV-1a-64 over the weight bytes */
+    char fingerprint[17]; /* 64-bit hash (hex) over every weight as loaded, in
+                           * binding order: the same weights give the same
+                           * fingerprint from safetensors or pytorch_model.bin */
 } DonutModel;
 
 /* A probe receives named intermediate tensors during a forward pass (the

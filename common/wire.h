@@ -1,0 +1,98 @@
+/* wire.h - the link between the coordinator and its workers: Envelope
+ * messages (schemas/records.proto) over ZeroMQ, per-job CURVE keys, and
+ * the join document that tells a worker where to connect and how to work.
+ *
+ * Frames: a DEALER worker sends one frame, the packed Envelope; the
+ * coordinator's ROUTER sees [routing id][Envelope] and replies the same way.
+ *
+ * The join document is JSON.  Rank 0 broadcasts it to the MPI ranks and
+ * writes it, mode 0600, next to the output store (OUTPUT/worker.keys), where
+ * `docmint worker --keys FILE` reads it to join a running job:
+ *   {"endpoint": "tcp://host:port", "server_public": Z85, "client_public": Z85,
+ *    "client_secret": Z85, "job": "/abs/job.json", "model": "/abs/model",
+ *    "model_fingerprint": "hex", "stage": "infer", "max_length": 0,
+ *    "pdf_dpi": 200, "threads": 0, "heartbeat_seconds": 1,
+ *    "heartbeat_liveness": 5, "credit": 2}
+ * The client secret lets any holder join the job: the file is as secret as
+ * the data the job reads. */
+#ifndef DM_WIRE_H
+#define DM_WIRE_H
+
+#include <stddef.h>
+
+#include "dm_error.h"
+#include "records.pb-c.h"
+
+#define WIRE_KEY_CHARS 40 /* Z85 text of a 32-byte CURVE key */
+#define WIRE_MAX_MSG (64 << 20) /* ZMQ_MAXMSGSIZE of both ends */
+
+typedef struct WireJoin {
+    char endpoint[512];
+    char server_public[WIRE_KEY_CHARS + 1];
+    char client_public[WIRE_KEY_CHARS + 1];
+    char client_secret[WIRE_KEY_CHARS + 1];
+    char job[4096];   /* absolute path of the job file (informational) */
+    char model[4096]; /* absolute checkpoint folder */
+    char model_fingerprint[17];
+    char stage[32];
+    int max_length;   /* 0: the model's max_position_embeddings */
+    int pdf_dpi;
+    int threads;      /* 0: automatic */
+    double heartbeat_seconds;
+    int heartbeat_liveness;
+    int credit;
+} WireJoin;
+
+/* Serialise to JSON text (malloc'ed) / parse it back (`what` names the
+ * source in messages). */
+int wire_join_to_json(const WireJoin *j, char **text, DmErr *err);
+int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err);
+
+/* Write atomically with mode 0600 (a temporary file renamed over path);
+ * read and parse. */
+int wire_join_write(const char *path, const WireJoin *j, DmErr *err);
+int wire_join_read(const char *path, WireJoin *j, DmErr *err);
+
+/* Fill the three keys with fresh keypairs (zmq_curve_keypair); the server
+ * secret goes to server_secret (41 bytes).  Fails when this libzmq lacks
+ * CURVE. */
+int wire_keys_generate(WireJoin *j, char server_secret[WIRE_KEY_CHARS + 1], DmErr *err);
+
+/* Check a Z85 key: 40 characters of the Z85 alphabet that decode. */
+int wire_key_valid(const char *z85);
+
+/* Options both ends set: ZMQ_LINGER 0 and ZMQ_MAXMSGSIZE. */
+int wire_socket_defaults(void *sock, DmErr *err);
+
+/* Make sock a CURVE client of the job (server key, client keypair). */
+int wire_curve_client(void *sock, const WireJoin *j, DmErr *err);
+
+/* Send one Envelope; with routing_id (ROUTER) it goes first.  flags is 0
+ * or ZMQ_DONTWAIT.  On failure errno-like zmq_errno() is left for the
+ * caller to inspect (EAGAIN, EHOSTUNREACH). */
+int wire_send(void *sock, const void *routing_id, size_t idlen, const Docmint__Envelope *env,
+              int flags, DmErr *err);
+
+/* Receive one message (non-blocking when flags is ZMQ_DONTWAIT).  With
+ * routing_id (ROUTER: a buffer of 256 bytes) the first frame is stored
+ * there.  Returns 1 with *env (free with docmint__envelope__free_unpacked),
+ * 0 when nothing was waiting (ZMQ_DONTWAIT) or the message was malformed
+ * (then err says why and *env is NULL), -1 on a socket error. */
+int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
+              int flags, DmErr *err);
+
+/* Host part of a bound wildcard endpoint replaced: "tcp://0.0.0.0:5555"
+ * (from ZMQ_LAST_ENDPOINT) becomes "tcp://HOST:5555" with HOST this
+ * machine's name when it resolves, else its first non-loopback IPv4
+ * address.  Other endpoints are copied unchanged.  *wildcard tells whether
+ * the bind was on every interface (then a worker in this process may use
+ * the loopback address). */
+int wire_advertise_endpoint(const char *bound, char *out, size_t n, int *wildcard, DmErr *err);
+
+/* "tcp://0.0.0.0:5555" -> "tcp://127.0.0.1:5555" (IPv6: [::1]). */
+int wire_loopback_endpoint(const char *bound, char *out, size_t n);
+
+/* A short name for this process: "host:pid". */
+void wire_process_name(char *out, size_t n);
+
+#endif

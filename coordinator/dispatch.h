@@ -1,0 +1,82 @@
+/* dispatch.h - rank 0 of `docmint run`: the coordinator.
+ *
+ * dispatch_open: load and validate the job, read the corpus, check the
+ *   model (weights, tokenizer, preprocessor, max_length) and note its
+ *   fingerprint, open the output store (refusing one written by another
+ *   model), plan the shards of the questions the store does not hold yet,
+ *   make per-job CURVE keys, start the ZAP handler, bind the ROUTER (CURVE
+ *   server, ZMQ_ROUTER_MANDATORY) and write OUTPUT/worker.keys (0600).
+ * dispatch_run: the loop.  Workers send HELLO/REQUEST/RESULT with a
+ *   credit (shards wanted) and heartbeats; the coordinator hands shards out
+ *   under leases (lease.h), re-queues the shards of expired leases and of
+ *   workers silent for heartbeat_liveness periods or gone (ROUTER send ->
+ *   EHOSTUNREACH), drops duplicate results, writes results in batches
+ *   (results.h: commit_every records or one second, one transaction each,
+ *   with the meta counts in the same transaction), prints progress
+ *   (progress.h), and ends with NO_MORE to every worker.  It is the only
+ *   writer of the store.
+ *
+ * Store meta written (besides schemas/records.proto's list):
+ *   "held_at_start"       questions of the corpus the store held when this run began
+ *   "computed_this_run"   records (answers + errors) this run committed
+ *   "dispatched_this_run" questions handed out this run (re-hand-outs included)
+ *   "dropped_this_run"    questions in duplicate or unknown results this run dropped
+ *   "run_started_at"      this run's start; "finished_at" is "" until a run completes
+ *   "runs"                number of runs that opened the store
+ * A question with an error record counts as done: a rerun does not retry it. */
+#ifndef DM_DISPATCH_H
+#define DM_DISPATCH_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "dm_error.h"
+#include "wire.h"
+
+typedef struct Dispatch Dispatch;
+
+typedef struct DispatchOpts {
+    const char *job_path;
+    int quiet;                   /* --quiet (job.quiet also silences) */
+    const char *log_prefix;      /* "docmint run" */
+    void *zctx;                  /* the process's ZeroMQ context */
+    volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM: flush and stop */
+} DispatchOpts;
+
+typedef struct DispatchStats {
+    int64_t total_q, held_q, todo_q;
+    int64_t computed;     /* committed this run */
+    int64_t answers, errors; /* committed this run */
+    int64_t dispatched;   /* questions handed out (with re-hand-outs) */
+    int64_t dropped;      /* questions of dropped results */
+    int64_t expired;      /* leases that expired */
+    int64_t requeued_dead;/* shards re-queued because their worker died */
+    int workers_seen;
+} DispatchStats;
+
+/* Set up everything before the loop; *join receives what the workers need
+ * (for MPI_Bcast).  Prints nothing. */
+int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *err);
+
+/* Questions left to compute (0: the store already holds the whole corpus). */
+int64_t dispatch_todo(const Dispatch *d);
+
+/* Endpoint a worker inside this process connects to (loopback when the
+ * ROUTER is bound to every interface). */
+const char *dispatch_local_endpoint(const Dispatch *d);
+
+/* Polled each loop turn: non-zero (with err filled) ends the run with that
+ * error - the in-process worker reporting that it failed. */
+void dispatch_set_failed(Dispatch *d, int (*failed)(void *ctx, DmErr *err), void *ctx);
+
+/* Serve until every shard is done.  Returns 0 when the job is complete;
+ * -1 on an error or an interruption (the store keeps every result that
+ * arrived; a rerun resumes).  *interrupted tells the latter. */
+int dispatch_run(Dispatch *d, int *interrupted, DmErr *err);
+
+const DispatchStats *dispatch_stats(const Dispatch *d);
+
+/* Close sockets, the ZAP thread and the store; remove the keys file. */
+void dispatch_close(Dispatch **d);
+
+#endif

@@ -1,0 +1,305 @@
+/* results.c - what the store holds, and the batched writer (results.h). */
+#include "results.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "records.h"
+
+#define FLUSH_SECONDS 1.0 /* a queued record waits at most this long */
+
+struct Results {
+    Store *store;
+    int commit_every;
+    /* the batch: items whose key and value live in bufs[i] */
+    StoreItem *items;
+    unsigned char **bufs;
+    int n, cap;
+    int nrec, nerr;  /* answers and errors in the batch */
+    double first_at; /* when the batch's first item came */
+    int64_t *held;   /* sorted questionIds the store held */
+    size_t nheld, capheld;
+    ResultsCounts c;
+};
+
+void results_iso_now(char *out, size_t n)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* ------------------------------------------------------------ held set */
+
+static int s_cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int s_hold(Results *r, int64_t qid)
+{
+    if (r->nheld == r->capheld) {
+        size_t cap = r->capheld ? 2 * r->capheld : 1024;
+        int64_t *v = realloc(r->held, cap * sizeof *v);
+        if (!v)
+            return 1;
+        r->held = v;
+        r->capheld = cap;
+    }
+    r->held[r->nheld++] = qid;
+    return 0;
+}
+
+static int s_visit_record(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)val;
+    (void)vlen;
+    return klen == 8 ? s_hold(ctx, (int64_t)store_key_to_u64(key)) : 0;
+}
+
+static int s_visit_error(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    char buf[32];
+    if (klen > 0 && klen < sizeof buf) {
+        memcpy(buf, key, klen);
+        buf[klen] = '\0';
+        char *end;
+        errno = 0;
+        long long v = strtoll(buf, &end, 10);
+        if (!*end && !errno)
+            return s_hold(ctx, v);
+    }
+    /* Not a questionId key: the record may name its question. */
+    DmErr err;
+    Docmint__ErrorRecord *e = record_error_unpack(val, vlen, &err);
+    int rc = e && e->question_id ? s_hold(ctx, e->question_id) : 0;
+    record_error_free(&e);
+    return rc;
+}
+
+int results_open(Store *s, int commit_every, Results **out, DmErr *err)
+{
+    *out = NULL;
+    Results *r = calloc(1, sizeof *r);
+    if (!r)
+        return dm_err(err, "out of memory");
+    r->store = s;
+    r->commit_every = commit_every > 0 ? commit_every : 256;
+    if (store_count(s, STORE_RECORDS, &r->c.records0, err) ||
+        store_count(s, STORE_ERRORS, &r->c.errors0, err) ||
+        store_foreach(s, STORE_RECORDS, s_visit_record, r, err) ||
+        store_foreach(s, STORE_ERRORS, s_visit_error, r, err)) {
+        results_free(&r);
+        return -1;
+    }
+    if (r->nheld)
+        qsort(r->held, r->nheld, sizeof *r->held, s_cmp_i64);
+    *out = r;
+    return 0;
+}
+
+int results_held(const Results *r, int64_t qid)
+{
+    return r->nheld && bsearch(&qid, r->held, r->nheld, sizeof *r->held, s_cmp_i64) != NULL;
+}
+
+void results_forget_held(Results *r)
+{
+    free(r->held);
+    r->held = NULL;
+    r->nheld = r->capheld = 0;
+}
+
+/* ---------------------------------------------------------------- batch */
+
+static int s_add(Results *r, const char *db, const void *key, size_t klen, const void *val,
+                 size_t vlen, double now)
+{
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 256;
+        StoreItem *it = realloc(r->items, (size_t)cap * sizeof *it);
+        if (!it)
+            return -1;
+        r->items = it;
+        unsigned char **bf = realloc(r->bufs, (size_t)cap * sizeof *bf);
+        if (!bf)
+            return -1;
+        r->bufs = bf;
+        r->cap = cap;
+    }
+    unsigned char *buf = malloc(klen + vlen + 1);
+    if (!buf)
+        return -1;
+    memcpy(buf, key, klen);
+    if (vlen)
+        memcpy(buf + klen, val, vlen);
+    r->bufs[r->n] = buf;
+    r->items[r->n] = (StoreItem){db, buf, klen, buf + klen, vlen};
+    if (r->n == 0)
+        r->first_at = now;
+    r->n++;
+    return 0;
+}
+
+static int s_meta(Results *r, const char *key, const char *val)
+{
+    return s_add(r, STORE_META, key, strlen(key), val, strlen(val), dm_now());
+}
+
+static int s_meta_i64(Results *r, const char *key, int64_t v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%" PRId64, v);
+    return s_meta(r, key, buf);
+}
+
+static void s_clear(Results *r)
+{
+    for (int i = 0; i < r->n; i++)
+        free(r->bufs[i]);
+    r->n = r->nrec = r->nerr = 0;
+}
+
+int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
+                      const char *reason, double now, DmErr *err)
+{
+    Docmint__ErrorRecord e;
+    char item[32];
+    snprintf(item, sizeof item, "%" PRId64, qid);
+    if (er) {
+        e = *er;
+    } else {
+        docmint__error_record__init(&e);
+        e.stage = "infer";
+        e.reason = (char *)reason;
+    }
+    e.item = item;
+    e.question_id = qid;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (record_error_pack(&e, &buf, &len, err) != 0) {
+        /* A worker's text that is not UTF-8: keep the record, lose the text. */
+        e.stage = "infer";
+        e.reason = "the worker's reason was not valid UTF-8";
+        if (record_error_pack(&e, &buf, &len, err) != 0)
+            return -1;
+    }
+    int bad = s_add(r, STORE_ERRORS, item, strlen(item), buf, len, now);
+    free(buf);
+    if (bad)
+        return dm_err(err, "out of memory queueing a record");
+    r->nerr++;
+    r->c.acc_errors++;
+    return 0;
+}
+
+int results_add_answer(Results *r, const Docmint__AnswerRecord *a, double now, DmErr *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    DmErr perr = {{0}};
+    if (record_answer_pack(a, &buf, &len, &perr) != 0)
+        return results_add_error(r, a->question_id, NULL, perr.msg, now, err);
+    unsigned char key[8];
+    store_key_u64((uint64_t)a->question_id, key);
+    int bad = s_add(r, STORE_RECORDS, key, 8, buf, len, now);
+    free(buf);
+    if (bad)
+        return dm_err(err, "out of memory queueing a record");
+    r->nrec++;
+    r->c.acc_answers++;
+    return 0;
+}
+
+int results_due(const Results *r, double now)
+{
+    return r->nrec + r->nerr >= r->commit_every || (r->n > 0 && now - r->first_at >= FLUSH_SECONDS);
+}
+
+int results_flush(Results *r, int64_t dispatched, int64_t dropped, const char *finished_at,
+                  DmErr *err)
+{
+    int64_t answers = r->c.answers + r->nrec, errors = r->c.errors + r->nerr;
+    if (s_meta_i64(r, "count_records", (int64_t)r->c.records0 + answers) ||
+        s_meta_i64(r, "count_errors", (int64_t)r->c.errors0 + errors) ||
+        s_meta_i64(r, "computed_this_run", answers + errors) ||
+        s_meta_i64(r, "dispatched_this_run", dispatched) ||
+        s_meta_i64(r, "dropped_this_run", dropped) ||
+        (finished_at && s_meta(r, "finished_at", finished_at))) {
+        s_clear(r);
+        return dm_err(err, "out of memory preparing a store batch");
+    }
+    int rc = store_put_batch(r->store, r->items, r->n, err);
+    s_clear(r);
+    if (rc)
+        return dm_err_prefix(err, "writing %s", store_path(r->store));
+    r->c.answers = answers;
+    r->c.errors = errors;
+    return 0;
+}
+
+/* ----------------------------------------------------------------- meta */
+
+int results_check_meta(Results *r, const char *output, const char *model, const char *fingerprint,
+                       DmErr *err)
+{
+    char *kind = store_meta_get(r->store, "kind", err);
+    char *old = store_meta_get(r->store, "model_fingerprint", err);
+    int rc = 0;
+    if (kind && strcmp(kind, "answers") != 0)
+        rc = dm_err(err, "%s: the store holds \"%s\" records, not answers: choose another output",
+                    output, kind);
+    else if (old && old[0] && fingerprint[0] && strcmp(old, fingerprint) != 0)
+        rc = dm_err(err,
+                    "%s: the store holds answers of model %s, but %s is %s: choose another output "
+                    "(or the model the store was made with)",
+                    output, old, model, fingerprint);
+    free(kind);
+    free(old);
+    return rc;
+}
+
+int results_start(Results *r, const char *job_json, const char *fingerprint,
+                  const char *tok_fingerprint, int64_t held, DmErr *err)
+{
+    char now[32];
+    results_iso_now(now, sizeof now);
+    char *started = store_meta_get(r->store, "started_at", err);
+    char *runs = store_meta_get(r->store, "runs", err);
+    long nruns = runs ? strtol(runs, NULL, 10) : 0;
+    int bad = s_meta(r, "schema_version", STORE_SCHEMA_VERSION) || s_meta(r, "kind", "answers") ||
+              s_meta(r, "job", job_json) ||
+              (fingerprint[0] && s_meta(r, "model_fingerprint", fingerprint)) ||
+              (tok_fingerprint[0] && s_meta(r, "tokenizer_fingerprint", tok_fingerprint)) ||
+              s_meta(r, "started_at", started && started[0] ? started : now) ||
+              s_meta(r, "run_started_at", now) || s_meta(r, "finished_at", "") ||
+              s_meta_i64(r, "held_at_start", held) || s_meta_i64(r, "runs", nruns + 1);
+    free(started);
+    free(runs);
+    if (bad) {
+        s_clear(r);
+        return dm_err(err, "out of memory");
+    }
+    return results_flush(r, 0, 0, NULL, err);
+}
+
+const ResultsCounts *results_counts(const Results *r) { return &r->c; }
+
+void results_free(Results **pr)
+{
+    Results *r = *pr;
+    if (!r)
+        return;
+    s_clear(r);
+    free(r->items);
+    free(r->bufs);
+    free(r->held);
+    free(r);
+    *pr = NULL;
+}

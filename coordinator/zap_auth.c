@@ -1,0 +1,248 @@
+/* zap_auth.c - ZAP handler accepting only the job's CURVE client key. */
+#include "zap_auth.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "wire.h"
+
+#define ZAP_ENDPOINT "inproc://zeromq.zap.01"
+#define ZAP_LOG_EVERY 5.0 /* seconds between refusal lines */
+
+struct ZapAuth {
+    void *zctx;
+    void *ctl;                 /* main thread's end of the control pipe */
+    char ctl_endpoint[64];
+    uint8_t key[32];           /* accepted client public key */
+    char prefix[64];
+    pthread_t thread;
+    int started;
+    atomic_uint_fast64_t refused, accepted;
+    char start_error[512];     /* set by the thread when its bind fails */
+};
+
+/* Receive all frames of one request (at most 16 kept). */
+typedef struct ZapFrames {
+    zmq_msg_t f[16];
+    int n;
+} ZapFrames;
+
+static int s_recv_frames(void *sock, ZapFrames *fr)
+{
+    fr->n = 0;
+    int more = 1;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, 0) < 0) {
+            zmq_msg_close(&m);
+            for (int i = 0; i < fr->n; i++)
+                zmq_msg_close(&fr->f[i]);
+            fr->n = 0;
+            return -1;
+        }
+        more = zmq_msg_more(&m);
+        if (fr->n < 16)
+            fr->f[fr->n++] = m;
+        else
+            zmq_msg_close(&m);
+    }
+    return 0;
+}
+
+static int s_frame_is(zmq_msg_t *m, const char *s)
+{
+    return zmq_msg_size(m) == strlen(s) && memcmp(zmq_msg_data(m), s, strlen(s)) == 0;
+}
+
+static void s_frame_str(zmq_msg_t *m, char *out, size_t n)
+{
+    size_t k = zmq_msg_size(m) < n - 1 ? zmq_msg_size(m) : n - 1;
+    memcpy(out, zmq_msg_data(m), k);
+    out[k] = '\0';
+    for (size_t i = 0; i < k; i++)
+        if ((unsigned char)out[i] < 32 || (unsigned char)out[i] > 126)
+            out[i] = '?';
+}
+
+static void s_send_str(void *sock, const void *data, size_t len, int more)
+{
+    zmq_send(sock, data, len, more ? ZMQ_SNDMORE : 0);
+}
+
+/* Handle one ZAP request; returns 1 if it was refused (reason in why). */
+static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an, char *why,
+                    size_t wn)
+{
+    /* Request: version, request id, domain, address, routing id, mechanism,
+     * credentials...  Reply: version, request id, status code, status text,
+     * user id, metadata. */
+    const char *code = "400", *text = "unknown client key";
+    addr[0] = '\0';
+    if (fr->n < 6 || !s_frame_is(&fr->f[0], "1.0")) {
+        code = "500";
+        text = "malformed ZAP request";
+    } else {
+        s_frame_str(&fr->f[3], addr, an);
+        if (!s_frame_is(&fr->f[5], "CURVE")) {
+            char mech[32];
+            s_frame_str(&fr->f[5], mech, sizeof mech);
+            snprintf(why, wn, "mechanism %s instead of CURVE", mech);
+            text = "CURVE required";
+        } else if (fr->n < 7 || zmq_msg_size(&fr->f[6]) != 32) {
+            snprintf(why, wn, "no CURVE key");
+        } else if (memcmp(zmq_msg_data(&fr->f[6]), z->key, 32) != 0) {
+            char z85[WIRE_KEY_CHARS + 1];
+            zmq_z85_encode(z85, zmq_msg_data(&fr->f[6]), 32);
+            snprintf(why, wn, "client key %.8s... is not this job's", z85);
+        } else {
+            code = "200";
+            text = "OK";
+        }
+    }
+    if (fr->n >= 2) {
+        s_send_str(rep, "1.0", 3, 1);
+        s_send_str(rep, zmq_msg_data(&fr->f[1]), zmq_msg_size(&fr->f[1]), 1);
+        s_send_str(rep, code, strlen(code), 1);
+        s_send_str(rep, text, strlen(text), 1);
+        s_send_str(rep, code[0] == '2' ? "worker" : "", code[0] == '2' ? 6 : 0, 1);
+        s_send_str(rep, "", 0, 0);
+    }
+    if (code[0] == '5')
+        snprintf(why, wn, "%s", text);
+    return code[0] != '2';
+}
+
+static void *s_thread(void *arg)
+{
+    ZapAuth *z = arg;
+    void *rep = zmq_socket(z->zctx, ZMQ_REP);
+    void *ctl = zmq_socket(z->zctx, ZMQ_PAIR);
+    int linger = 0;
+    if (rep)
+        zmq_setsockopt(rep, ZMQ_LINGER, &linger, sizeof linger);
+    if (ctl)
+        zmq_setsockopt(ctl, ZMQ_LINGER, &linger, sizeof linger);
+    if (!rep || !ctl || zmq_connect(ctl, z->ctl_endpoint) != 0) {
+        snprintf(z->start_error, sizeof z->start_error, "ZAP handler: %s",
+                 zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    if (zmq_bind(rep, ZAP_ENDPOINT) != 0) {
+        snprintf(z->start_error, sizeof z->start_error, "ZAP handler: bind %s: %s", ZAP_ENDPOINT,
+                 zmq_strerror(zmq_errno()));
+        zmq_send(ctl, "E", 1, 0);
+        goto out;
+    }
+    zmq_send(ctl, "R", 1, 0);
+    double last_log = -1e9;
+    uint64_t unlogged = 0;
+    char last_addr[64] = "", last_why[160] = "";
+    for (;;) {
+        zmq_pollitem_t items[2] = {{rep, 0, ZMQ_POLLIN, 0}, {ctl, 0, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(items, 2, 1000);
+        if (rc < 0 && zmq_errno() != EINTR)
+            break;
+        if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
+            break; /* stop */
+        if (rc > 0 && (items[0].revents & ZMQ_POLLIN)) {
+            ZapFrames fr;
+            if (s_recv_frames(rep, &fr) != 0)
+                break;
+            char addr[64], why[160] = "";
+            if (s_handle(z, rep, &fr, addr, sizeof addr, why, sizeof why)) {
+                atomic_fetch_add(&z->refused, 1);
+                unlogged++;
+                snprintf(last_addr, sizeof last_addr, "%s", addr[0] ? addr : "?");
+                snprintf(last_why, sizeof last_why, "%s", why);
+            } else {
+                atomic_fetch_add(&z->accepted, 1);
+            }
+            for (int i = 0; i < fr.n; i++)
+                zmq_msg_close(&fr.f[i]);
+        }
+        double now = dm_now();
+        if (unlogged && now - last_log >= ZAP_LOG_EVERY) {
+            if (unlogged == 1)
+                fprintf(stderr, "%s: refused a connection from %s: %s\n", z->prefix, last_addr,
+                        last_why);
+            else
+                fprintf(stderr, "%s: refused %llu connections, the last from %s: %s\n",
+                        z->prefix, (unsigned long long)unlogged, last_addr, last_why);
+            unlogged = 0;
+            last_log = now;
+        }
+    }
+    if (unlogged)
+        fprintf(stderr, "%s: refused %llu connection%s, the last from %s: %s\n", z->prefix,
+                (unsigned long long)unlogged, unlogged == 1 ? "" : "s", last_addr, last_why);
+out:
+    if (rep)
+        zmq_close(rep);
+    if (ctl)
+        zmq_close(ctl);
+    return NULL;
+}
+
+int zap_start(void *zctx, const char *client_public, const char *log_prefix, ZapAuth **out,
+              DmErr *err)
+{
+    *out = NULL;
+    ZapAuth *z = calloc(1, sizeof *z);
+    if (!z)
+        return dm_err(err, "out of memory");
+    z->zctx = zctx;
+    snprintf(z->prefix, sizeof z->prefix, "%s", log_prefix);
+    if (!wire_key_valid(client_public) || !zmq_z85_decode(z->key, client_public)) {
+        free(z);
+        return dm_err(err, "ZAP handler: the client key is not Z85");
+    }
+    snprintf(z->ctl_endpoint, sizeof z->ctl_endpoint, "inproc://docmint-zap-ctl-%p", (void *)z);
+    z->ctl = zmq_socket(zctx, ZMQ_PAIR);
+    int linger = 0;
+    if (!z->ctl || zmq_setsockopt(z->ctl, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_bind(z->ctl, z->ctl_endpoint) != 0) {
+        dm_err(err, "ZAP handler control socket: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if (pthread_create(&z->thread, NULL, s_thread, z) != 0) {
+        dm_err(err, "ZAP handler: cannot start a thread");
+        goto fail;
+    }
+    z->started = 1;
+    char c = 0;
+    zmq_pollitem_t it = {z->ctl, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 10000) != 1 || zmq_recv(z->ctl, &c, 1, 0) != 1 || c != 'R') {
+        dm_err(err, "%s", z->start_error[0] ? z->start_error : "ZAP handler did not start");
+        goto fail;
+    }
+    *out = z;
+    return 0;
+fail:
+    zap_stop(&z);
+    return -1;
+}
+
+uint64_t zap_refused(const ZapAuth *z) { return z ? atomic_load(&((ZapAuth *)z)->refused) : 0; }
+uint64_t zap_accepted(const ZapAuth *z) { return z ? atomic_load(&((ZapAuth *)z)->accepted) : 0; }
+
+void zap_stop(ZapAuth **pz)
+{
+    ZapAuth *z = *pz;
+    if (!z)
+        return;
+    if (z->started) {
+        if (z->ctl)
+            zmq_send(z->ctl, "S", 1, ZMQ_DONTWAIT);
+        pthread_join(z->thread, NULL);
+    }
+    if (z->ctl)
+        zmq_close(z->ctl);
+    free(z);
+    *pz = NULL;
+}

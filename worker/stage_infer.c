@@ -1,0 +1,266 @@
+/* stage_infer.c - answer the questions of a shard's pages (stage_infer.h). */
+#include "stage_infer.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "preprocess.h"
+#include "qa.h"
+
+struct InferStage {
+    QaModel qa;
+    PreprocConfig pc;
+    int pdf_dpi;
+};
+
+int infer_open(const char *model_dir, int max_length, int pdf_dpi, InferStage **out, DmErr *err)
+{
+    *out = NULL;
+    InferStage *st = calloc(1, sizeof *st);
+    if (!st)
+        return dm_err(err, "out of memory");
+    if (qa_open(model_dir, &st->qa, err)) {
+        free(st);
+        return -1;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", model_dir);
+    if (preproc_config_load(path, &st->pc, err))
+        goto fail;
+    if (max_length > 0) {
+        if (max_length > st->qa.model->cfg.dec.max_pos) {
+            dm_err(err, "max_length %d exceeds the model's %d positions (%s)", max_length,
+                   st->qa.model->cfg.dec.max_pos, model_dir);
+            goto fail;
+        }
+        st->qa.gen.max_length = max_length;
+    }
+    st->pdf_dpi = pdf_dpi > 0 ? pdf_dpi : IMAGE_PDF_DPI_DEFAULT;
+    *out = st;
+    return 0;
+fail:
+    qa_close(&st->qa);
+    free(st);
+    return -1;
+}
+
+void infer_close(InferStage **pst)
+{
+    InferStage *st = *pst;
+    if (!st)
+        return;
+    qa_close(&st->qa);
+    free(st);
+    *pst = NULL;
+}
+
+const char *infer_fingerprint(const InferStage *st) { return st->qa.model->fingerprint; }
+const char *infer_tokenizer_fingerprint(const InferStage *st)
+{
+    return tokenizer_fingerprint(st->qa.tok);
+}
+
+/* ----------------------------------------------------------- result building */
+
+static int s_add_error(Docmint__Result *res, int64_t qid, const char *reason)
+{
+    Docmint__ErrorRecord **v = realloc(res->errors, (res->n_errors + 1) * sizeof *v);
+    if (!v)
+        return -1;
+    res->errors = v;
+    Docmint__ErrorRecord *e = malloc(sizeof *e);
+    char item[32];
+    snprintf(item, sizeof item, "%" PRId64, qid);
+    if (!e)
+        return -1;
+    docmint__error_record__init(e);
+    e->item = strdup(item);
+    e->stage = strdup("infer");
+    e->reason = strdup(reason);
+    e->question_id = qid;
+    res->errors[res->n_errors++] = e;
+    if (!e->item || !e->stage || !e->reason)
+        return -1;
+    return 0;
+}
+
+static int s_add_answer(Docmint__Result *res, const Docmint__Page *pg, const Docmint__Question *q,
+                        QaAnswer *a, double seconds)
+{
+    Docmint__AnswerRecord **v = realloc(res->answers, (res->n_answers + 1) * sizeof *v);
+    if (!v)
+        return -1;
+    res->answers = v;
+    Docmint__AnswerRecord *r = malloc(sizeof *r);
+    if (!r)
+        return -1;
+    docmint__answer_record__init(r);
+    res->answers[res->n_answers++] = r;
+    r->question_id = q->question_id;
+    r->answer = a->text; /* ownership moves to the record */
+    a->text = NULL;
+    r->token_ids = a->ids;
+    r->n_token_ids = (size_t)a->n_ids;
+    a->ids = NULL;
+    r->mean_logprob = (float)a->mean_logprob;
+    r->seconds = (float)seconds;
+    r->page_id = strdup(pg->page_id ? pg->page_id : "");
+    r->question = strdup(q->text ? q->text : "");
+    if (!r->answer || !r->page_id || !r->question)
+        return -1;
+    return 0;
+}
+
+static void s_free_str(char *s)
+{
+    if (s && s != protobuf_c_empty_string)
+        free(s);
+}
+
+void infer_result_clear(Docmint__Result *res)
+{
+    for (size_t i = 0; i < res->n_answers; i++) {
+        Docmint__AnswerRecord *r = res->answers[i];
+        if (!r)
+            continue;
+        s_free_str(r->answer);
+        s_free_str(r->page_id);
+        s_free_str(r->question);
+        free(r->token_ids);
+        free(r);
+    }
+    for (size_t i = 0; i < res->n_errors; i++) {
+        Docmint__ErrorRecord *e = res->errors[i];
+        if (!e)
+            continue;
+        s_free_str(e->item);
+        s_free_str(e->stage);
+        s_free_str(e->reason);
+        free(e);
+    }
+    free(res->answers);
+    free(res->errors);
+    docmint__result__init(res);
+}
+
+/* ------------------------------------------------------------------- a page */
+
+/* Encode the page; on failure the DmErr says why (the page's questions
+ * become errors). */
+static int s_encode_page(InferStage *st, const Docmint__Page *pg, float **enc, int *n_enc,
+                         DmErr *err)
+{
+    DmImage img = {0};
+    float *pix = NULL;
+    int rc = -1;
+    *enc = NULL;
+    if (image_load_page(pg->image_path, pg->page_no, st->pdf_dpi, &img, err))
+        goto done;
+    PreprocGeometry geo;
+    if (preproc_geometry(&st->pc, img.w, img.h, &geo, err))
+        goto done;
+    const SwinConfig *ec = &st->qa.model->cfg.enc;
+    int oh, ow;
+    swin_output_grid(ec, geo.out_h, geo.out_w, &oh, &ow);
+    pix = malloc((size_t)3 * geo.out_h * geo.out_w * sizeof(float));
+    *enc = malloc((size_t)oh * ow * ec->hidden_size * sizeof(float));
+    if (!pix || !*enc) {
+        dm_err(err, "out of memory encoding %s", pg->image_path);
+        goto done;
+    }
+    if (preproc_run(&st->pc, &img, pix, err) ||
+        swin_encode(st->qa.model, pix, geo.out_h, geo.out_w, *enc, NULL, err))
+        goto done;
+    *n_enc = oh * ow;
+    rc = 0;
+done:
+    if (rc) {
+        free(*enc);
+        *enc = NULL;
+    }
+    free(pix);
+    image_free(&img);
+    return rc;
+}
+
+static int s_page(InferStage *st, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
+{
+    size_t nq = pg->n_questions;
+    if (nq == 0)
+        return 0;
+    double t0 = dm_now();
+    const char **texts = calloc(nq, sizeof *texts);
+    const Docmint__Question **qs = calloc(nq, sizeof *qs);
+    QaAnswer *ans = calloc(nq, sizeof *ans);
+    float *enc = NULL;
+    int n_enc = 0, rc = -1, nok = 0;
+    if (!texts || !qs || !ans)
+        goto oom;
+    /* Questions whose prompt cannot work are errors on their own. */
+    for (size_t i = 0; i < nq; i++) {
+        const Docmint__Question *q = pg->questions[i];
+        int32_t *ids = NULL;
+        int n = 0;
+        DmErr qe = {{0}};
+        if (qa_prompt(&st->qa, q->text ? q->text : "", &ids, &n, &qe)) {
+            char reason[1200];
+            snprintf(reason, sizeof reason, "question %" PRId64 ": %s", q->question_id, qe.msg);
+            if (s_add_error(res, q->question_id, reason))
+                goto oom;
+            continue;
+        }
+        free(ids);
+        texts[nok] = q->text;
+        qs[nok++] = q;
+    }
+    if (nok == 0) {
+        rc = 0;
+        goto done;
+    }
+    DmErr pe = {{0}};
+    if (s_encode_page(st, pg, &enc, &n_enc, &pe) ||
+        qa_answer_page(&st->qa, enc, n_enc, texts, nok, ans, &pe)) {
+        if (strstr(pe.msg, "out of memory")) {
+            dm_err(err, "%s", pe.msg);
+            goto done;
+        }
+        for (int i = 0; i < nok; i++)
+            if (s_add_error(res, qs[i]->question_id, pe.msg))
+                goto oom;
+        rc = 0;
+        goto done;
+    }
+    double share = (dm_now() - t0) / nok;
+    for (int i = 0; i < nok; i++)
+        if (s_add_answer(res, pg, qs[i], &ans[i], share))
+            goto oom;
+    rc = 0;
+    goto done;
+oom:
+    dm_err(err, "out of memory building the result of page %s", pg->page_id);
+done:
+    for (int i = 0; ans && i < nok; i++)
+        qa_answer_free(&ans[i]);
+    free(ans);
+    free(texts);
+    free(qs);
+    free(enc);
+    return rc;
+}
+
+int infer_shard(InferStage *st, const Docmint__Shard *shard, Docmint__Result *res,
+                const atomic_int *cancel, DmErr *err)
+{
+    res->shard_id = shard->shard_id;
+    res->lease_id = shard->lease_id;
+    for (size_t p = 0; p < shard->n_pages; p++) {
+        if (cancel && atomic_load(cancel))
+            return dm_err(err, "cancelled");
+        if (s_page(st, shard->pages[p], res, err))
+            return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,37 @@
+/* stage_infer.h - the `infer` stage on one shard: for each page, load the
+ * image, run the Donut processor and the encoder once, then decode all its
+ * questions together (the sequence of `docmint ask`).
+ *
+ * A page that cannot be loaded or encoded gives one ErrorRecord per
+ * question (stage "infer", reason = the error); a question whose prompt is
+ * unusable (empty, too long) gives one ErrorRecord and the page's other
+ * questions are answered.  Only running out of memory fails the shard. */
+#ifndef DM_STAGE_INFER_H
+#define DM_STAGE_INFER_H
+
+#include <stdatomic.h>
+
+#include "dm_error.h"
+#include "records.pb-c.h"
+
+typedef struct InferStage InferStage;
+
+/* Load the model once: checkpoint, tokenizer, preprocessor_config.json.
+ * max_length 0 keeps the model's max_position_embeddings. */
+int infer_open(const char *model_dir, int max_length, int pdf_dpi, InferStage **out, DmErr *err);
+void infer_close(InferStage **st);
+
+/* Hex fingerprints of the loaded weights and tokenizer. */
+const char *infer_fingerprint(const InferStage *st);
+const char *infer_tokenizer_fingerprint(const InferStage *st);
+
+/* Compute a shard into res (zeroed by the caller with
+ * docmint__result__init; free its contents with infer_result_clear).
+ * Stops between pages when *cancel becomes non-zero (returns -1, "cancelled"). */
+int infer_shard(InferStage *st, const Docmint__Shard *shard, Docmint__Result *res,
+                const atomic_int *cancel, DmErr *err);
+
+/* Free what infer_shard put in res and re-initialise it. */
+void infer_result_clear(Docmint__Result *res);
+
+#endif
