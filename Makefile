@@ -39,7 +39,7 @@ endif
 GEN := $(BUILD)/gen
 INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator -I$(GEN)
 OPT  := -O3 -march=native
-CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation \
+CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers \
           -fno-strict-aliasing -pthread -fopenmp $(INCS) $(shell pkg-config --cflags $(PKGS)) $(MPI_CFLAGS)
 LDLIBS += $(shell pkg-config --libs $(PKGS)) $(MPI_LIBS) -fopenmp -lm -pthread
 

@@ -8,6 +8,7 @@
  * unreadable page as an item error, and one bad file must not stop a job
  * of a million pages. */
 #include "corpus.h"
+#include "jsonschema.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -339,19 +340,6 @@ static int s_builder_done(S_Builder *b, int rc, Corpus **out)
 /* ------------------------------------------------------------------ */
 /* reading entries (DocVQA and JSON lines share these) */
 
-static const char *s_jtype(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "integer";
-    case JSON_REAL: return "number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    default: return "null";
-    }
-}
 
 /* An array of strings (or, with allow_string, one string) into a list. */
 static int s_strings(const json_t *v, int allow_string, char ***out, int *n, const char *file,
@@ -371,12 +359,12 @@ static int s_strings(const json_t *v, int allow_string, char ***out, int *n, con
     }
     if (!json_is_array(v))
         return dm_err(err, "%s: %s: %s: expected %sa list of strings, got %s", file, w, key,
-                      allow_string ? "a string or " : "", s_jtype(v));
+                      allow_string ? "a string or " : "", jsonschema_type_name(v));
     size_t k = json_array_size(v);
     for (size_t i = 0; i < k; i++)
         if (!json_is_string(json_array_get(v, i)))
             return dm_err(err, "%s: %s: %s[%zu]: expected string, got %s", file, w, key, i,
-                          s_jtype(json_array_get(v, i)));
+                          jsonschema_type_name(json_array_get(v, i)));
     if (!k)
         return 0;
     *out = calloc(k, sizeof **out);
@@ -425,7 +413,7 @@ static int s_entry(S_Builder *b, const json_t *e, int where, int jsonl, DmErr *e
     const char *k;
     s_where(b, where, w, sizeof w);
     if (!json_is_object(e))
-        return dm_err(err, "%s: %s: expected an object, got %s", b->file, w, s_jtype(e));
+        return dm_err(err, "%s: %s: expected an object, got %s", b->file, w, jsonschema_type_name(e));
     CorpusQuestion q = {0};
     /* the official layout has exactly one spelling of each key */
     static const char *const qid1[] = {"questionId", NULL}, *const img1[] = {"image", NULL},
@@ -438,7 +426,7 @@ static int s_entry(S_Builder *b, const json_t *e, int where, int jsonl, DmErr *e
         return dm_err(err, "%s: %s: %s: missing (required integer)", b->file, w,
                       jsonl ? "questionId (or question_id, id)" : k);
     if (!json_is_integer(v))
-        return dm_err(err, "%s: %s: %s: expected integer, got %s", b->file, w, k, s_jtype(v));
+        return dm_err(err, "%s: %s: %s: expected integer, got %s", b->file, w, k, jsonschema_type_name(v));
     /* Store keys are the id as unsigned big-endian bytes: a negative id
      * would sort after every positive one and read back as another. */
     if (json_integer_value(v) < 0)
@@ -449,7 +437,7 @@ static int s_entry(S_Builder *b, const json_t *e, int where, int jsonl, DmErr *e
     if (!v)
         return dm_err(err, "%s: %s: question: missing (required string)", b->file, w);
     if (!json_is_string(v))
-        return dm_err(err, "%s: %s: question: expected string, got %s", b->file, w, s_jtype(v));
+        return dm_err(err, "%s: %s: question: expected string, got %s", b->file, w, jsonschema_type_name(v));
     if (!json_string_length(v))
         return dm_err(err, "%s: %s: question: empty", b->file, w);
     const json_t *qv = v;
@@ -458,14 +446,14 @@ static int s_entry(S_Builder *b, const json_t *e, int where, int jsonl, DmErr *e
         return dm_err(err, "%s: %s: %s: missing (required string)", b->file, w,
                       jsonl ? "image (or image_path, file_name)" : k);
     if (!json_is_string(img))
-        return dm_err(err, "%s: %s: %s: expected string, got %s", b->file, w, k, s_jtype(img));
+        return dm_err(err, "%s: %s: %s: expected string, got %s", b->file, w, k, jsonschema_type_name(img));
     if (!json_string_length(img))
         return dm_err(err, "%s: %s: %s: empty", b->file, w, k);
     int page_no = 0;
     if (jsonl && (v = s_get_alias(e, s_k_page, &k))) {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000000)
             return dm_err(err, "%s: %s: page: expected a page number from 0, got %s", b->file, w,
-                          s_jtype(v));
+                          jsonschema_type_name(v));
         page_no = (int)json_integer_value(v);
     }
     if ((v = s_get_alias(e, alias_ans, &k)) && !json_is_null(v) &&
@@ -764,7 +752,7 @@ static int s_questions(const char *path, S_List *out, DmErr *err)
             for (size_t i = 0; i < json_array_size(arr) && !rc; i++) {
                 const json_t *q = json_array_get(arr, i);
                 if (!json_is_string(q))
-                    rc = dm_err(err, "%s: [%zu]: expected string, got %s", path, i, s_jtype(q));
+                    rc = dm_err(err, "%s: [%zu]: expected string, got %s", path, i, jsonschema_type_name(q));
                 else if (!json_string_length(q))
                     rc = dm_err(err, "%s: [%zu]: empty question", path, i);
                 else if (s_list_push(out, strdup(json_string_value(q))))

@@ -25,7 +25,7 @@ static const char *s_shown(const char *path)
     return *path ? path : "(top level)";
 }
 
-static const char *s_type_name(const json_t *v)
+const char *jsonschema_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "object";
@@ -44,12 +44,12 @@ static const char *s_type_name(const json_t *v)
 static void s_show_value(const json_t *v, char *buf, size_t n)
 {
     if (json_is_object(v) || json_is_array(v)) {
-        snprintf(buf, n, "%s", s_type_name(v));
+        snprintf(buf, n, "%s", jsonschema_type_name(v));
         return;
     }
     char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
     if (!s) {
-        snprintf(buf, n, "%s", s_type_name(v));
+        snprintf(buf, n, "%s", jsonschema_type_name(v));
         return;
     }
     if (strlen(s) > 42)
@@ -59,7 +59,7 @@ static void s_show_value(const json_t *v, char *buf, size_t n)
     else if (json_is_boolean(v) || json_is_null(v))
         snprintf(buf, n, "%s", s);
     else
-        snprintf(buf, n, "%s %s", s_type_name(v), s);
+        snprintf(buf, n, "%s %s", jsonschema_type_name(v), s);
     free(s);
 }
 

@@ -24,6 +24,9 @@
 /* Validate doc against schema.  With fill_defaults, absent properties
  * whose schema has a "default" are added to doc (a copy of the default),
  * at every level that is present.  Returns 0 or -1 with err set. */
+/* The JSON Schema type name of a value ("object", "integer", ...). */
+const char *jsonschema_type_name(const json_t *v);
+
 int jsonschema_validate(const json_t *schema, json_t *doc, int fill_defaults, DmErr *err);
 
 /* The schemas of schemas/ as embedded at build time: the text of

@@ -14,42 +14,15 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static char s_dir[64];
+static TuTmp s_tmpdir = {.pattern = "/tmp/dm_safetensors_XXXXXX"};
 
-/* Remove the temp dir at the end of each test (see test_torchbin.c). */
-static void s_tmp_done(void)
-{
-    if (s_dir[0])
-        rmdir(s_dir);
-    s_dir[0] = 0;
-}
+/* Remove the temp dir at the end of each test that used it (a later
+ * sanitizer stop skips atexit); atexit is the fallback after a failure. */
+static void s_tmp_done(void) { tu_tmp_done(&s_tmpdir); }
 
-/* A path in a private temp dir (created on first use); the result is a
- * static buffer, valid until the next call. */
-static const char *s_tmp(const char *name)
-{
-    static char path[256];
-    static int registered;
-    if (!s_dir[0]) {
-        strcpy(s_dir, "/tmp/dm_safetensors_XXXXXX");
-        if (!mkdtemp(s_dir)) {
-            perror("mkdtemp");
-            abort();
-        }
-        if (!registered++)
-            atexit(s_tmp_done);
-    }
-    snprintf(path, sizeof path, "%s/%s", s_dir, name);
-    return path;
-}
+static const char *s_tmp(const char *name) { return tu_tmp(&s_tmpdir, name, s_tmp_done); }
 
-static void s_write(const char *path, const void *p, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    CU_ASSERT_FATAL(f != NULL);
-    CU_ASSERT_FATAL(n == 0 || fwrite(p, 1, n, f) == n);
-    fclose(f);
-}
+static void s_write(const char *path, const void *p, size_t n) { tu_write(path, p, n); }
 
 /* A file of an 8-byte header length and the given header text, then data. */
 static void s_write_raw(const char *path, const char *header, const void *data, size_t n)

@@ -118,3 +118,46 @@ static inline double tu_check_tensor(const TuCollect *c, const TensorFile *tf, c
     CU_ASSERT(diff <= tol);
     return diff;
 }
+
+/* A private temporary folder for a test file's scratch files, made on first
+ * use and removed (once empty) by tu_tmp_done. */
+#include <unistd.h>
+
+typedef struct TuTmp {
+    const char *pattern; /* mkdtemp pattern, e.g. "/tmp/dm_x_XXXXXX" */
+    char dir[64];
+    char path[256];
+    int registered;
+} TuTmp;
+
+static inline void tu_tmp_done(TuTmp *t)
+{
+    if (t->dir[0])
+        rmdir(t->dir);
+    t->dir[0] = 0;
+}
+
+/* Path of `name` in the folder (a buffer in t, valid until the next call);
+ * at_exit (may be NULL) is registered once as a fallback clean-up. */
+static inline const char *tu_tmp(TuTmp *t, const char *name, void (*at_exit)(void))
+{
+    if (!t->dir[0]) {
+        snprintf(t->dir, sizeof t->dir, "%s", t->pattern);
+        if (!mkdtemp(t->dir)) {
+            perror("mkdtemp");
+            abort();
+        }
+        if (at_exit && !t->registered++)
+            atexit(at_exit);
+    }
+    snprintf(t->path, sizeof t->path, "%s/%s", t->dir, name);
+    return t->path;
+}
+
+static inline void tu_write(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_FATAL(f != NULL);
+    CU_ASSERT_FATAL(n == 0 || fwrite(p, 1, n, f) == n);
+    fclose(f);
+}
