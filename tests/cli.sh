@@ -92,6 +92,44 @@ else
     bad "store: $(tail -5 "$T/store_py")"
 fi
 
+echo "cli: export and eval"
+# A store holding answers for two of three questions; the annotation file
+# asks all three (the second answer needs JSON escaping).
+cat >"$T/annot.json" <<'JSON'
+{"dataset_name": "t", "dataset_split": "val", "data": [
+ {"questionId": 30, "question": "q?", "image": "a.png", "answers": ["12 March 1998"], "question_types": ["form"]},
+ {"questionId": 10, "question": "q?", "image": "a.png", "answers": ["say \"hi\"", "hi"], "question_types": ["form", "free_text"]},
+ {"questionId": 20, "question": "q?", "image": "b.png", "answers": ["Straße"], "question_types": ["free_text"]}]}
+JSON
+printf '%s\n' '{"questionId": 30, "answer": "12 march 1998"}' \
+    '{"questionId": 10, "answer": "say \"hi\" \u00e9"}' >"$T/ans.jsonl"
+if "$DOCMINT" store import "$T/st" <"$T/ans.jsonl" >/dev/null 2>&1; then
+    expect_error "export refuses an incomplete submission" "20" \
+        "$DOCMINT" export "$T/st" --annotations "$T/annot.json" -o "$T/sub.json"
+    if "$DOCMINT" export "$T/st" --annotations "$T/annot.json" -o "$T/sub.json" --partial 2>/dev/null &&
+        python3 - "$T/sub.json" <<'PY'
+import json, sys
+sub = json.load(open(sys.argv[1], encoding="utf-8"))
+want = [{"questionId": 30, "answer": "12 march 1998"}, {"questionId": 10, "answer": 'say "hi" \u00e9'}]
+sys.exit(0 if sub == want else 1)
+PY
+    then ok "export --partial: annotation order, escaping, UTF-8"; else bad "export --partial"; fi
+    # ANLS by hand: q30 1.0 (case), q10 vs 'say "hi"': distance 2 over 10 -> 0.8,
+    # q20 missing -> 0; mean 1.8/3 = 0.6; form (q30, q10) 0.9, free_text (q10, q20) 0.4
+    if "$DOCMINT" eval --predictions "$T/sub.json" --annotations "$T/annot.json" --report "$T/rep.json" >"$T/eval" &&
+        python3 - "$T/rep.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+ok = abs(r["anls"] - 0.6) < 1e-9 and r["missing"] == 1 and r["questions"] == 3
+ok = ok and abs(r["by_question_type"]["form"]["anls"] - 0.9) < 1e-9
+ok = ok and abs(r["by_question_type"]["free_text"]["anls"] - 0.4) < 1e-9
+sys.exit(0 if ok else 1)
+PY
+    then ok "eval: ANLS 0.6 and per-type figures as computed by hand"; else bad "eval: $(cat "$T/eval")"; fi
+else
+    bad "store import"
+fi
+
 echo "cli: bad input"
 printf 'not an image' >"$T/corrupt.png"
 : >"$T/empty.png"
