@@ -56,8 +56,8 @@ static void test_attend_one(void)
         float *q = s_rand((size_t)ld, &seed), *K = s_rand((size_t)S * ld, &seed),
               *V = s_rand((size_t)S * ld, &seed);
         float *p = malloc((size_t)H * S * sizeof *p), *ctx = malloc((size_t)ld * sizeof *ctx);
-        kern_attend_scores(q, K, S, H, hd, ld, p);
-        kern_attend_values(p, V, S, H, hd, ld, ctx);
+        kern_attend_scores(q, 1, ld, K, S, H, hd, ld, p);
+        kern_attend_values(p, 1, V, S, H, hd, ld, ctx, ld);
         /* plain twin in double */
         double dp = 0, dc = 0;
         double *sc = malloc((size_t)S * sizeof *sc);
@@ -83,6 +83,20 @@ static void test_attend_one(void)
         }
         CU_ASSERT(dp <= 1e-6);
         CU_ASSERT(dc <= 1e-5);
+        /* three query rows at once: each row equals the single-row result */
+        float *q3 = malloc((size_t)3 * ld * sizeof *q3), *p3 = malloc((size_t)3 * H * S * sizeof *p3),
+              *c3 = malloc((size_t)3 * ld * sizeof *c3);
+        for (int r = 0; r < 3; r++)
+            memcpy(q3 + (size_t)r * ld, q, (size_t)ld * sizeof *q);
+        q3[ld] += 0.5f; /* row 1 differs */
+        kern_attend_scores(q3, 3, ld, K, S, H, hd, ld, p3);
+        kern_attend_values(p3, 3, V, S, H, hd, ld, c3, ld);
+        CU_ASSERT(memcmp(p3 + (size_t)2 * H * S, p, (size_t)H * S * sizeof *p) == 0);
+        CU_ASSERT(memcmp(c3 + (size_t)2 * ld, ctx, (size_t)ld * sizeof *ctx) == 0);
+        CU_ASSERT(memcmp(c3, ctx, (size_t)ld * sizeof *ctx) == 0);
+        free(q3);
+        free(p3);
+        free(c3);
         free(sc);
         free(q);
         free(K);

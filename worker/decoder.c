@@ -143,6 +143,25 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                    (size_t)counts[b] * inner * sizeof(float));
         }
     }
+    /* Cross-attention of a decoding step: every question of the page
+     * attends to the same keys and values, so stream them once for all. */
+    int all_one = 1;
+    for (int b = 0; b < B; b++)
+        all_one &= counts[b] == 1;
+    if (!is_self && all_one && B > 1) {
+        size_t need = (size_t)B * H * p->n_enc;
+        if (need > sc->probs_cap) {
+            free(sc->probs);
+            sc->probs = malloc(need * sizeof(float));
+            sc->probs_cap = sc->probs ? need : 0;
+            if (!sc->probs)
+                return dm_err(err, "out of memory for attention scores");
+        }
+        kern_attend_scores(sc->q, B, inner, p->ck[layer], p->n_enc, H, hd, inner, sc->probs);
+        kern_attend_values(sc->probs, B, p->cv[layer], p->n_enc, H, hd, inner, sc->ctx, inner);
+        kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+        return 0;
+    }
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
         int T = counts[b];
         int pos0 = seqs[b]->len;
@@ -160,7 +179,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
         /* One new token (a decoding step): stream the cache once for all
          * heads; the causal mask is implicit, the row sees all S. */
         if (T == 1)
-            kern_attend_scores(sc->q + (size_t)r * inner, K, S, H, hd, inner, sc->probs);
+            kern_attend_scores(sc->q + (size_t)r * inner, 1, inner, K, S, H, hd, inner, sc->probs);
         for (int h = 0; T > 1 && h < H; h++) {
             float *P = sc->probs + (size_t)h * T * S;
             kern_gemm_nt(T, S, hd, 1.0f, sc->q + (size_t)r * inner + h * hd, inner, K + h * hd,
@@ -182,7 +201,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             s_emit(probe, name, 4, shape, sc->probs);
         }
         if (T == 1)
-            kern_attend_values(sc->probs, V, S, H, hd, inner, sc->ctx + (size_t)r * inner);
+            kern_attend_values(sc->probs, 1, V, S, H, hd, inner, sc->ctx + (size_t)r * inner, inner);
         for (int h = 0; T > 1 && h < H; h++)
             kern_gemm_nn(T, hd, S, 1.0f, sc->probs + (size_t)h * T * S, S, V + h * hd, inner,
                          0.0f, sc->ctx + (size_t)r * inner + h * hd, inner);

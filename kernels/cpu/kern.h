@@ -43,12 +43,15 @@ int kern_small_m(int M);
 void kern_linear_small(const float *x, int M, int K, const float *W, const float *bias, int N,
                        float *y);
 
-/* One query row against S cached key/value rows, all H heads at once
- * (q [H*hd], K and V rows of stride ld), each streamed once: scores gives
- * probs [H, S] (softmax of q.k), values gives ctx [H*hd] = probs . V. */
-void kern_attend_scores(const float *q, const float *K, int S, int H, int hd, int ld, float *probs);
-void kern_attend_values(const float *probs, const float *V, int S, int H, int hd, int ld,
-                        float *ctx);
+/* nq query rows (stride ldq) against the same S cached key/value rows,
+ * all H heads at once (K and V rows of stride ld), each cache streamed
+ * once for all rows: scores gives probs [nq, H, S] (softmax of q.k),
+ * values gives ctx rows (stride ldc) [H*hd] = probs . V.  Each row's
+ * result is the same whatever nq is. */
+void kern_attend_scores(const float *q, int nq, int ldq, const float *K, int S, int H, int hd,
+                        int ld, float *probs);
+void kern_attend_values(const float *probs, int nq, const float *V, int S, int H, int hd, int ld,
+                        float *ctx, int ldc);
 
 /* Number of threads the GEMM library uses; set once at start-up. */
 void kern_set_threads(int n);

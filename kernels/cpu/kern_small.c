@@ -96,55 +96,63 @@ void kern_linear_small(const float *x, int M, int K, const float *W, const float
         }
 }
 
-void kern_attend_scores(const float *q, const float *K, int S, int H, int hd, int ld, float *probs)
+void kern_attend_scores(const float *q, int nq, int ldq, const float *K, int S, int H, int hd,
+                        int ld, float *probs)
 {
-    /* scores: one pass over the keys, every head per key row */
+    /* scores: one pass over the keys, every query row and head per key row */
 #pragma omp parallel for schedule(static)
     for (int s = 0; s < S; s++) {
         const float *kr = K + (size_t)s * ld;
-        for (int h = 0; h < H; h++)
-            probs[(size_t)h * S + s] = s_dot(q + h * hd, kr + h * hd, hd);
+        for (int r = 0; r < nq; r++)
+            for (int h = 0; h < H; h++)
+                probs[((size_t)r * H + h) * S + s] = s_dot(q + (size_t)r * ldq + h * hd, kr + h * hd, hd);
     }
-    kern_softmax_rows(probs, H, S);
+    kern_softmax_rows(probs, nq * H, S);
 }
 
-void kern_attend_values(const float *probs, const float *V, int S, int H, int hd, int ld,
-                        float *ctx)
+void kern_attend_values(const float *probs, int nq, const float *V, int S, int H, int hd, int ld,
+                        float *ctx, int ldc)
 {
     /* context: one pass over the values; each thread sums a slice of the
      * keys into its own partial, partials added in thread order */
     int inner = H * hd;
     int nt = omp_get_max_threads();
-    float *part = calloc((size_t)nt * inner, sizeof(float));
+    float *part = calloc((size_t)nt * nq * inner, sizeof(float));
     if (!part) { /* fall back to a single pass without partials */
-        memset(ctx, 0, (size_t)inner * sizeof(float));
+        for (int r = 0; r < nq; r++)
+            memset(ctx + (size_t)r * ldc, 0, (size_t)inner * sizeof(float));
         for (int s = 0; s < S; s++)
-            for (int h = 0; h < H; h++) {
-                float p = probs[(size_t)h * S + s];
-                const float *vr = V + (size_t)s * ld + h * hd;
-                for (int d = 0; d < hd; d++)
-                    ctx[h * hd + d] += p * vr[d];
-            }
+            for (int r = 0; r < nq; r++)
+                for (int h = 0; h < H; h++) {
+                    float p = probs[((size_t)r * H + h) * S + s];
+                    const float *vr = V + (size_t)s * ld + h * hd;
+                    for (int d = 0; d < hd; d++)
+                        ctx[(size_t)r * ldc + h * hd + d] += p * vr[d];
+                }
         return;
     }
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         int s0 = (int)((long)S * t / n), s1 = (int)((long)S * (t + 1) / n);
-        float *acc = part + (size_t)t * inner;
+        float *acc = part + (size_t)t * nq * inner;
         for (int s = s0; s < s1; s++) {
             const float *vr = V + (size_t)s * ld;
-            for (int h = 0; h < H; h++) {
-                float p = probs[(size_t)h * S + s];
-                float *a = acc + h * hd;
-                const float *v = vr + h * hd;
-                for (int d = 0; d < hd; d++)
-                    a[d] += p * v[d];
-            }
+            for (int r = 0; r < nq; r++)
+                for (int h = 0; h < H; h++) {
+                    float p = probs[((size_t)r * H + h) * S + s];
+                    float *a = acc + (size_t)r * inner + h * hd;
+                    const float *v = vr + h * hd;
+                    for (int d = 0; d < hd; d++)
+                        a[d] += p * v[d];
+                }
         }
     }
-    memcpy(ctx, part, (size_t)inner * sizeof(float));
-    for (int t = 1; t < nt; t++)
-        kern_add(ctx, part + (size_t)t * inner, (size_t)inner);
+    for (int r = 0; r < nq; r++) {
+        float *c = ctx + (size_t)r * ldc;
+        memcpy(c, part + (size_t)r * inner, (size_t)inner * sizeof(float));
+        for (int t = 1; t < nt; t++)
+            kern_add(c, part + ((size_t)t * nq + r) * inner, (size_t)inner);
+    }
     free(part);
 }
