@@ -38,6 +38,17 @@ int wire_join_to_json(const WireJoin *j, char **text, DmErr *err)
                           "pdf_dpi", j->pdf_dpi, "threads", j->threads, "heartbeat_seconds",
                           j->heartbeat_seconds, "heartbeat_liveness", j->heartbeat_liveness,
                           "credit", j->credit);
+    json_t *temps = json_array();
+    for (int i = 0; o && temps && i < j->n_temps; i++)
+        json_array_append_new(temps, json_real(j->temps[i]));
+    if (o && temps)
+        json_object_set_new(o, "top_k", json_integer(j->top_k));
+    if (o && temps && j->n_temps > 0) /* none set: the reader's default [1] */
+        json_object_set_new(o, "temperatures", temps);
+    else
+        json_decref(temps);
+    if (o)
+        json_object_set_new(o, "first_answer_only", json_boolean(j->first_answer_only));
     if (!o)
         return dm_err(err, "join document: cannot build JSON (bad UTF-8 in a path?)");
     *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -100,6 +111,34 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         goto done;
     }
     j->heartbeat_seconds = json_number_value(hb);
+    /* cache-logits settings: optional, so older join files still parse. */
+    json_t *tk = json_object_get(o, "top_k"), *ts = json_object_get(o, "temperatures");
+    j->top_k = 64;
+    j->temps[0] = 1.0;
+    j->n_temps = 1;
+    if (tk && (!json_is_integer(tk) || json_integer_value(tk) < 0 ||
+               json_integer_value(tk) > 1 << 24)) {
+        dm_err(err, "%s: \"top_k\" is not a non-negative integer", what);
+        goto done;
+    }
+    if (tk)
+        j->top_k = (int)json_integer_value(tk);
+    if (ts) {
+        if (!json_is_array(ts) || json_array_size(ts) < 1 || json_array_size(ts) > 16) {
+            dm_err(err, "%s: \"temperatures\" is not an array of 1 to 16 numbers", what);
+            goto done;
+        }
+        j->n_temps = (int)json_array_size(ts);
+        for (int i = 0; i < j->n_temps; i++) {
+            json_t *t = json_array_get(ts, (size_t)i);
+            if (!json_is_number(t) || json_number_value(t) <= 0) {
+                dm_err(err, "%s: \"temperatures\"[%d] is not a positive number", what, i);
+                goto done;
+            }
+            j->temps[i] = json_number_value(t);
+        }
+    }
+    j->first_answer_only = json_is_true(json_object_get(o, "first_answer_only"));
     if (!wire_key_valid(j->server_public) || !wire_key_valid(j->client_public) ||
         !wire_key_valid(j->client_secret)) {
         dm_err(err, "%s: a key is not 40 characters of Z85", what);

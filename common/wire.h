@@ -12,7 +12,8 @@
  *    "client_secret": Z85, "job": "/abs/job.json", "model": "/abs/model",
  *    "model_fingerprint": "hex", "stage": "infer", "max_length": 0,
  *    "pdf_dpi": 200, "threads": 0, "heartbeat_seconds": 1,
- *    "heartbeat_liveness": 5, "credit": 2}
+ *    "heartbeat_liveness": 5, "credit": 2,
+ *    "top_k": 64, "temperatures": [1.0], "first_answer_only": false}
  * The client secret lets any holder join the job: the file is as secret as
  * the data the job reads. */
 #ifndef DM_WIRE_H
@@ -41,6 +42,11 @@ typedef struct WireJoin {
     double heartbeat_seconds;
     int heartbeat_liveness;
     int credit;
+    /* stage cache-logits (optional in the JSON: absent = k 64, T [1], all answers) */
+    int top_k;        /* 0: full */
+    int n_temps;
+    double temps[16];
+    int first_answer_only;
 } WireJoin;
 
 /* Serialise to JSON text (malloc'ed) / parse it back (`what` names the

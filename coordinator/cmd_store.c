@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "logit_store.h"
 #include "records.h"
 #include "store.h"
 
@@ -157,6 +158,28 @@ static void s_human(char *buf, size_t cap, double bytes)
     snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
 }
 
+/* A logit store's size per cached position: the unit that scales with a
+ * corpus (answer tokens + 2 end tokens per answer). */
+typedef struct LogitSize {
+    uint64_t positions, value_bytes;
+    int bad;
+    DmErr err;
+} LogitSize;
+
+static int s_logit_size_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    LogitSize *z = ctx;
+    Docmint__LogitRecord *r = logit_record_unpack(val, vlen, &z->err);
+    if (!r) {
+        z->bad = 1;
+        return 1;
+    }
+    z->positions += (uint64_t)logit_record_positions(r);
+    z->value_bytes += vlen + klen;
+    logit_record_free(&r);
+    return 0;
+}
+
 static int s_stat(Store *s, int as_json, DmErr *err)
 {
     MetaList m = {json_object()};
@@ -169,11 +192,27 @@ static int s_stat(Store *s, int as_json, DmErr *err)
     }
     double per = nrec ? (double)used / (double)nrec : 0.0;
     int rc = 0;
+    const char *kind = json_string_value(json_object_get(m.obj, "kind"));
+    LogitSize z = {0};
+    int logits = kind && !strcmp(kind, "logits");
+    if (logits && (store_foreach(s, STORE_RECORDS, s_logit_size_visit, &z, err) < 0 || z.bad)) {
+        if (z.bad)
+            *err = z.err;
+        json_decref(m.obj);
+        return dm_err_prefix(err, "%s", store_path(s));
+    }
+    double rec_pp = z.positions ? (double)z.value_bytes / (double)z.positions : 0.0;
+    double used_pp = z.positions ? (double)used / (double)z.positions : 0.0;
     if (as_json) {
         json_t *o = json_pack("{s:s s:O s:I s:I s:I s:I s:f}", "path", store_path(s), "meta", m.obj,
                               "records", (json_int_t)nrec, "errors", (json_int_t)nerr, "map_bytes",
                               (json_int_t)map, "used_bytes", (json_int_t)used, "bytes_per_record",
                               round(per * 10) / 10);
+        if (o && logits) {
+            json_object_set_new(o, "positions", json_integer((json_int_t)z.positions));
+            json_object_set_new(o, "bytes_per_position", json_real(round(rec_pp * 10) / 10));
+            json_object_set_new(o, "used_bytes_per_position", json_real(round(used_pp * 10) / 10));
+        }
         char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         rc = s_out(line);
         free(line);
@@ -206,6 +245,13 @@ static int s_stat(Store *s, int as_json, DmErr *err)
             printf("bytes_per_record: %.1f\n", per);
         else
             printf("bytes_per_record: - (no records)\n");
+        if (logits && z.positions) {
+            char hr[32];
+            s_human(hr, sizeof hr, (double)z.value_bytes);
+            printf("positions: %" PRIu64 " (cached answer positions)\n", z.positions);
+            printf("bytes_per_position: %.1f (keys + record values: %s in total)\n", rec_pp, hr);
+            printf("used_bytes_per_position: %.1f (store pages in use: %s in total)\n", used_pp, hu);
+        }
     }
     json_decref(m.obj);
     if (rc < 0)
@@ -218,6 +264,7 @@ static int s_stat(Store *s, int as_json, DmErr *err)
 typedef struct Dump {
     const char *path;
     int errors;
+    int logits; /* a logit store (meta kind "logits") */
     int failed;
     DmErr err;
 } Dump;
@@ -245,13 +292,37 @@ static char *s_json_of(const void *val, size_t vlen, int errors, DmErr *err)
     return line;
 }
 
+/* A logit record as one JSON line: identity and shape, not the numbers
+ * (cache-check compares those; schemas/records.proto has the layout). */
+static char *s_logit_json(const void *val, size_t vlen, DmErr *err)
+{
+    Docmint__LogitRecord *r = logit_record_unpack(val, vlen, err);
+    if (!r)
+        return NULL;
+    json_t *t = json_array();
+    for (size_t i = 0; t && i < r->n_targets; i++)
+        json_array_append_new(t, json_integer(r->targets[i]));
+    json_t *o = json_pack("{s:I s:i s:s s:s s:i s:i s:i s:b s:o}", "questionId",
+                          (json_int_t)r->question_id, "answer_index", (int)r->answer_index,
+                          "answer", r->answer, "page_id", r->page_id, "positions",
+                          logit_record_positions(r), "k", (int)r->k, "vocab", (int)r->vocab,
+                          "full", (int)r->full, "targets", t);
+    char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    logit_record_free(&r);
+    if (!line)
+        dm_err(err, "out of memory");
+    return line;
+}
+
 static int s_dump_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
 {
     Dump *d = ctx;
     dm_err_clear(&d->err);
-    char *line = s_json_of(val, vlen, d->errors, &d->err);
+    char *line = d->logits && !d->errors ? s_logit_json(val, vlen, &d->err)
+                                         : s_json_of(val, vlen, d->errors, &d->err);
     if (!line) {
-        if (!d->errors && klen == 8)
+        if (!d->errors && (klen == 8 || klen == LOGIT_KEY_LEN))
             dm_err_prefix(&d->err, "%s: questionId %" PRIu64, d->path, store_key_to_u64(key));
         else
             dm_err_prefix(&d->err, "%s: errors item '%.*s'", d->path, (int)(klen < 80 ? klen : 80),
@@ -271,7 +342,10 @@ static int s_dump_visit(void *ctx, const void *key, size_t klen, const void *val
 
 static int s_dump(Store *s, int errors, DmErr *err)
 {
-    Dump d = {store_path(s), errors, 0, {{0}}};
+    Dump d = {store_path(s), errors, 0, 0, {{0}}};
+    char *kind = store_meta_get(s, "kind", err);
+    d.logits = kind && !strcmp(kind, "logits");
+    free(kind);
     if (store_foreach(s, errors ? STORE_ERRORS : STORE_RECORDS, s_dump_visit, &d, err) < 0)
         return -1;
     if (d.failed) {

@@ -9,6 +9,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_dispatch(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
@@ -17,5 +18,6 @@ int cmd_validate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_store(int argc, char **argv);
+int cmd_cache_check(int argc, char **argv);
 
 #endif

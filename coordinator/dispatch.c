@@ -13,6 +13,7 @@
 #include "corpus.h"
 #include "job.h"
 #include "lease.h"
+#include "logit_store.h"
 #include "progress.h"
 #include "results.h"
 #include "stage_infer.h"
@@ -55,7 +56,34 @@ struct Dispatch {
     Progress *prog;
     int (*failed)(void *ctx, DmErr *err);
     void *failed_ctx;
+    /* cache-logits: records per (question, answer), and the store's extra meta */
+    int cache;
+    char m_fp[17], m_topk[16], m_temps[400], m_foa[8];
+    const char *extra[16];
 };
+
+/* The settings a logit store records in meta (results_set_kind): a resumed
+ * store must have been made with the same ones. */
+static void s_cache_meta(Dispatch *d, const char *fp)
+{
+    const Job *j = d->job;
+    snprintf(d->m_fp, sizeof d->m_fp, "%s", fp);
+    if (j->top_k > 0)
+        snprintf(d->m_topk, sizeof d->m_topk, "%d", j->top_k);
+    else
+        snprintf(d->m_topk, sizeof d->m_topk, "full");
+    size_t n = (size_t)snprintf(d->m_temps, sizeof d->m_temps, "[");
+    for (int i = 0; i < j->n_temps && n < sizeof d->m_temps; i++)
+        n += (size_t)snprintf(d->m_temps + n, sizeof d->m_temps - n, "%s%.9g", i ? ", " : "",
+                              (double)(float)j->temps[i]);
+    if (n < sizeof d->m_temps)
+        snprintf(d->m_temps + n, sizeof d->m_temps - n, "]");
+    snprintf(d->m_foa, sizeof d->m_foa, "%s", j->first_answer_only ? "true" : "false");
+    const char *const kv[] = {"teacher_fingerprint", d->m_fp, "top_k", d->m_topk,
+                              "temperatures", d->m_temps, "first_answer_only", d->m_foa,
+                              "corpus", j->corpus.path, NULL};
+    memcpy(d->extra, kv, sizeof kv);
+}
 
 static int s_held(void *ctx, int64_t qid) { return results_held(ctx, qid); }
 
@@ -111,9 +139,10 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->hb = job->heartbeat_seconds;
     d->liveness = job->heartbeat_liveness;
     d->lease_s = job->lease_seconds;
-    if (strcmp(job->stage, "infer") != 0) {
-        dm_err(err, "%s: stage \"%s\": docmint run computes only \"infer\" so far", job->path,
-               job->stage);
+    d->cache = strcmp(job->stage, "cache-logits") == 0;
+    if (strcmp(job->stage, "infer") != 0 && !d->cache) {
+        dm_err(err, "%s: stage \"%s\": docmint run computes \"infer\" and \"cache-logits\" so far",
+               job->path, job->stage);
         goto fail;
     }
     if (!realpath(job->model, model_abs)) {
@@ -132,8 +161,22 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     infer_close(&stage);
     if (store_open(job->output, STORE_WRITE, &d->store, err))
         goto fail;
-    if (results_open(d->store, job->commit_every, &d->res, err) ||
-        results_check_meta(d->res, job->output, job->model, fp, err))
+    if (results_open(d->store, job->commit_every, &d->res, err))
+        goto fail;
+    if (d->cache) {
+        s_cache_meta(d, fp);
+        results_set_kind(d->res, "logits", "cache-logits", d->extra);
+        /* Resuming a logit store: the same teacher and tokenizer, or stop
+         * with both fingerprints. */
+        char *kind = store_meta_get(d->store, "kind", err);
+        int mismatch = kind && !strcmp(kind, "logits") && logit_store_check(d->store, fp, tok_fp, err);
+        free(kind);
+        if (mismatch) {
+            dm_err_prefix(err, "%s", job->path);
+            goto fail;
+        }
+    }
+    if (results_check_meta(d->res, job->output, job->model, fp, err))
         goto fail;
     if (plan_build(d->corpus, job->pages_per_shard, s_held, d->res, &d->plan, err))
         goto fail;
@@ -160,6 +203,10 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     j->heartbeat_seconds = d->hb;
     j->heartbeat_liveness = d->liveness;
     j->credit = job->credit > 0 ? job->credit : 1;
+    j->top_k = job->top_k;
+    j->n_temps = job->n_temps;
+    memcpy(j->temps, job->temps, sizeof j->temps);
+    j->first_answer_only = job->first_answer_only;
     if (d->plan->nshards > 0) {
         if (wire_keys_generate(j, server_secret, err) ||
             zap_start(o->zctx, j->client_public, o->log_prefix, &d->zap, err) ||
@@ -301,6 +348,10 @@ static int s_send_shard(Dispatch *d, int i, int k)
             docmint__question__init(&qs[nq]);
             qs[nq].question_id = cq->qid;
             qs[nq].text = cq->text;
+            if (d->cache) { /* the gold answers are the teacher's input */
+                qs[nq].answers = cq->answers;
+                qs[nq].n_answers = (size_t)cq->nanswers;
+            }
             qp[nq] = &qs[nq];
             nq++;
         }
@@ -365,7 +416,7 @@ static int s_cmp_want(const void *a, const void *b)
 
 static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, DmErr *err)
 {
-    int64_t nitems = (int64_t)(r->n_answers + r->n_errors);
+    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_errors);
     int st = lease_complete(d->plan, r->shard_id, r->lease_id);
     if (st != LEASE_ACCEPT) {
         d->st.dropped += nitems;
@@ -384,19 +435,26 @@ static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, Dm
     }
     qsort(want, (size_t)n, sizeof *want, s_cmp_want);
     int rc = -1;
-    for (size_t a = 0; a < r->n_answers + r->n_errors; a++) {
-        int is_ans = a < r->n_answers;
-        const Docmint__AnswerRecord *ar = is_ans ? r->answers[a] : NULL;
-        Docmint__ErrorRecord *er = is_ans ? NULL : r->errors[a - r->n_answers];
-        Want key = {is_ans ? ar->question_id : er->question_id, 0};
+    size_t na = r->n_answers, nl = r->n_logits;
+    for (size_t a = 0; a < na + nl + r->n_errors; a++) {
+        const Docmint__AnswerRecord *ar = a < na ? r->answers[a] : NULL;
+        const Docmint__LogitRecord *lr = a >= na && a < na + nl ? r->logits[a - na] : NULL;
+        Docmint__ErrorRecord *er = a >= na + nl ? r->errors[a - na - nl] : NULL;
+        Want key = {ar ? ar->question_id : lr ? lr->question_id : er->question_id, 0};
         Want *w = bsearch(&key, want, (size_t)n, sizeof *want, s_cmp_want);
-        if (!w || w->taken) {
+        /* infer: one record per question; cache-logits: one per answer (and
+         * errors per answer), so only unknown questions are dropped there. */
+        if (!w || (w->taken && !d->cache)) {
             d->st.dropped++;
             continue;
         }
         w->taken = 1;
-        if (is_ans ? results_add_answer(d->res, ar, now, err)
-                   : results_add_error(d->res, key.qid, er, NULL, now, err))
+        if (ar ? results_add_answer(d->res, ar, now, err)
+               : lr ? results_add_logit(d->res, lr, now, err)
+                    /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
+                     * so one bad answer does not hide the question's others */
+                    : d->cache ? results_add_error_item(d->res, er, now, err)
+                               : results_add_error(d->res, key.qid, er, NULL, now, err))
             goto done;
     }
     /* Every question of the shard gets a record, even if the worker

@@ -23,7 +23,14 @@
  *   "dropped_this_run"    questions in duplicate or unknown results this run dropped
  *   "run_started_at"      this run's start; "finished_at" is "" until a run completes
  *   "runs"                number of runs that opened the store
- * A question with an error record counts as done: a rerun does not retry it. */
+ * A question with an error record counts as done: a rerun does not retry it.
+ *
+ * The stage is the job's: "infer" (AnswerRecord per question) or
+ * "cache-logits" (LogitRecord per question and gold answer, the answers
+ * sent with the shard; the store's kind is "logits" and its meta records
+ * the teacher and tokenizer fingerprints and the cache settings, see
+ * schemas/records.proto).  A question counts as done once any of its
+ * records is stored: a shard's records are committed in one transaction. */
 #ifndef DM_DISPATCH_H
 #define DM_DISPATCH_H
 

@@ -132,6 +132,25 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     j->max_length = s_int(doc, "max_length");
     j->threads = s_int(doc, "threads");
     j->quiet = json_is_true(json_object_get(doc, "quiet"));
+    json_t *tk = json_object_get(doc, "top_k");
+    j->top_k = json_is_integer(tk) ? (int)json_integer_value(tk) : 0;
+    /* T = 1 always first: the stored log-sum-exp at 1 gives the teacher's
+     * own probabilities (cross-entropy, checks) whatever the job asks. */
+    j->temps[j->n_temps++] = 1.0;
+    size_t ti;
+    json_t *tv;
+    json_array_foreach(json_object_get(doc, "temperatures"), ti, tv) {
+        double T = json_number_value(tv);
+        int dup = 0;
+        for (int i = 0; i < j->n_temps; i++)
+            dup |= (float)j->temps[i] == (float)T;
+        if (!dup)
+            j->temps[j->n_temps++] = T;
+    }
+    j->first_answer_only = json_is_true(json_object_get(doc, "first_answer_only"));
+    if (json_is_true(json_object_get(doc, "keep_features")))
+        return dm_err(err, "keep_features: the feature store (encoder output per page) is not "
+                           "implemented yet; set it to false");
     /* Rules across keys, which the schema does not express. */
     if (j->corpus.format == CORPUS_ARCHIVE && !j->corpus.questions)
         return dm_err(err, "corpus.questions: required when corpus.format is \"archive\" (a file "

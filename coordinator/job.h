@@ -12,7 +12,7 @@
 
 typedef struct Job {
     char *path;            /* the job file */
-    char *stage;           /* "infer" ("cache-logits", "distill", "analyze" later) */
+    char *stage;           /* "infer" or "cache-logits" ("distill", "analyze" later) */
     char *model;           /* checkpoint folder (relative paths resolve against the job file's folder) */
     char *output;          /* output store folder */
     CorpusSpec corpus;     /* strings owned by the job */
@@ -25,6 +25,11 @@ typedef struct Job {
     int max_length;        /* generation max_length; 0 = the model's max_position_embeddings */
     int threads;           /* compute threads per worker; 0 = cores / workers on the node */
     int quiet;             /* no progress lines */
+    /* cache-logits */
+    int top_k;             /* kept logits per position; 0 = "full" (default 64) */
+    int n_temps;           /* temps[0] is 1 (added when the job omits it) */
+    double temps[16];
+    int first_answer_only;
     char *endpoint;        /* coordinator bind address (default: every interface, port 0 = any free port) */
     json_t *doc;           /* the validated document with defaults filled in and paths resolved
                               (absolute), so job_parse reads it back anywhere */

@@ -17,6 +17,7 @@ typedef struct Command {
 #pragma weak cmd_detokenize
 #pragma weak cmd_init
 #pragma weak cmd_bench
+#pragma weak cmd_bench_dispatch
 #pragma weak cmd_preprocess
 #pragma weak cmd_run
 #pragma weak cmd_worker
@@ -25,6 +26,7 @@ typedef struct Command {
 #pragma weak cmd_export
 #pragma weak cmd_eval
 #pragma weak cmd_store
+#pragma weak cmd_cache_check
 
 static const Command s_commands[] = {
     {"ask", cmd_ask, "MODEL_DIR IMAGE QUESTION...   answer questions about one page"},
@@ -40,6 +42,8 @@ static const Command s_commands[] = {
     {"synth", cmd_synth, "OUT_DIR [--docs N] [--seed S] [--kv colours|nouns|numbers]   a synthetic DocVQA corpus"},
     {"validate", cmd_validate, "JOB.json [--corpus] [--print]   check a job file (--schema prints the schema)"},
     {"bench", cmd_bench, "MODEL_DIR   encoder/decoder timings against measured machine bounds"},
+    {"bench-dispatch", cmd_bench_dispatch, "[--questions N] [--workers W]   coordinator overhead with no-op workers"},
+    {"cache-check", cmd_cache_check, "TEACHER_DIR STORE [--student DIR] [--T X]   a logit store against the live teacher"},
     {"store", cmd_store, "stat|get|dump|import STORE [KEY]   look inside an output store"},
 };
 #define NCOMMANDS (int)(sizeof s_commands / sizeof *s_commands)

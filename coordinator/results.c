@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "logit_store.h"
 #include "records.h"
 
 #define FLUSH_SECONDS 1.0 /* a queued record waits at most this long */
@@ -24,7 +25,16 @@ struct Results {
     int64_t *held;   /* sorted questionIds the store held */
     size_t nheld, capheld;
     ResultsCounts c;
+    const char *kind, *stage;  /* "answers"/"infer" or "logits"/"cache-logits" */
+    const char *const *extra;  /* key, value, ..., NULL */
 };
+
+void results_set_kind(Results *r, const char *kind, const char *stage, const char *const *extra)
+{
+    r->kind = kind;
+    r->stage = stage;
+    r->extra = extra;
+}
 
 void results_iso_now(char *out, size_t n)
 {
@@ -60,7 +70,10 @@ static int s_visit_record(void *ctx, const void *key, size_t klen, const void *v
 {
     (void)val;
     (void)vlen;
-    return klen == 8 ? s_hold(ctx, (int64_t)store_key_to_u64(key)) : 0;
+    /* answers: questionId; logits: questionId + answer index (a question
+     * is done once any of its answers is stored: a shard's records are
+     * committed in one transaction, so all of them or none). */
+    return klen == 8 || klen == LOGIT_KEY_LEN ? s_hold(ctx, (int64_t)store_key_to_u64(key)) : 0;
 }
 
 static int s_visit_error(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
@@ -91,6 +104,8 @@ int results_open(Store *s, int commit_every, Results **out, DmErr *err)
         return dm_err(err, "out of memory");
     r->store = s;
     r->commit_every = commit_every > 0 ? commit_every : 256;
+    r->kind = "answers";
+    r->stage = "infer";
     if (store_count(s, STORE_RECORDS, &r->c.records0, err) ||
         store_count(s, STORE_ERRORS, &r->c.errors0, err) ||
         store_foreach(s, STORE_RECORDS, s_visit_record, r, err) ||
@@ -176,7 +191,7 @@ int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
         e = *er;
     } else {
         docmint__error_record__init(&e);
-        e.stage = "infer";
+        e.stage = (char *)r->stage;
         e.reason = (char *)reason;
     }
     e.item = item;
@@ -185,7 +200,7 @@ int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
     size_t len = 0;
     if (record_error_pack(&e, &buf, &len, err) != 0) {
         /* A worker's text that is not UTF-8: keep the record, lose the text. */
-        e.stage = "infer";
+        e.stage = (char *)r->stage;
         e.reason = "the worker's reason was not valid UTF-8";
         if (record_error_pack(&e, &buf, &len, err) != 0)
             return -1;
@@ -209,6 +224,43 @@ int results_add_answer(Results *r, const Docmint__AnswerRecord *a, double now, D
     unsigned char key[8];
     store_key_u64((uint64_t)a->question_id, key);
     int bad = s_add(r, STORE_RECORDS, key, 8, buf, len, now);
+    free(buf);
+    if (bad)
+        return dm_err(err, "out of memory queueing a record");
+    r->nrec++;
+    r->c.acc_answers++;
+    return 0;
+}
+
+int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double now, DmErr *err)
+{
+    char key[256];
+    int klen = record_error_key(er, key, sizeof key);
+    if (klen <= 0 || !records_utf8_valid(er->item, strlen(er->item)) || strchr(er->item, '\n'))
+        return results_add_error(r, er->question_id, er, NULL, now, err);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (record_error_pack(er, &buf, &len, err) != 0)
+        return results_add_error(r, er->question_id, er, NULL, now, err);
+    int bad = s_add(r, STORE_ERRORS, key, (size_t)klen, buf, len, now);
+    free(buf);
+    if (bad)
+        return dm_err(err, "out of memory queueing a record");
+    r->nerr++;
+    r->c.acc_errors++;
+    return 0;
+}
+
+int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmErr *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    DmErr perr = {{0}};
+    if (logit_record_pack(l, &buf, &len, &perr) != 0)
+        return results_add_error(r, l->question_id, NULL, perr.msg, now, err);
+    unsigned char key[LOGIT_KEY_LEN];
+    logit_key(l->question_id, l->answer_index, key);
+    int bad = s_add(r, STORE_RECORDS, key, sizeof key, buf, len, now);
     free(buf);
     if (bad)
         return dm_err(err, "out of memory queueing a record");
@@ -251,15 +303,26 @@ int results_check_meta(Results *r, const char *output, const char *model, const 
 {
     char *kind = store_meta_get(r->store, "kind", err);
     char *old = store_meta_get(r->store, "model_fingerprint", err);
-    int rc = 0;
-    if (kind && strcmp(kind, "answers") != 0)
-        rc = dm_err(err, "%s: the store holds \"%s\" records, not answers: choose another output",
-                    output, kind);
+    int rc = 0, logits = !strcmp(r->kind, "logits");
+    if (kind && strcmp(kind, r->kind) != 0)
+        rc = dm_err(err, "%s: the store holds \"%s\" records, not %s: choose another output",
+                    output, kind, r->kind);
     else if (old && old[0] && fingerprint[0] && strcmp(old, fingerprint) != 0)
         rc = dm_err(err,
-                    "%s: the store holds answers of model %s, but %s is %s: choose another output "
+                    "%s: the store holds %s of %s %s, but %s is %s: choose another output "
                     "(or the model the store was made with)",
-                    output, old, model, fingerprint);
+                    output, logits ? "logits" : "answers", logits ? "teacher" : "model", old,
+                    model, fingerprint);
+    for (int i = 0; rc == 0 && kind && r->extra && r->extra[i]; i += 2) {
+        if (!strcmp(r->extra[i], "corpus"))
+            continue;
+        char *have = store_meta_get(r->store, r->extra[i], err);
+        if (have && strcmp(have, r->extra[i + 1]) != 0)
+            rc = dm_err(err, "%s: the store was made with %s %s, this job has %s: choose another "
+                             "output",
+                        output, r->extra[i], have, r->extra[i + 1]);
+        free(have);
+    }
     free(kind);
     free(old);
     return rc;
@@ -273,13 +336,15 @@ int results_start(Results *r, const char *job_json, const char *fingerprint,
     char *started = store_meta_get(r->store, "started_at", err);
     char *runs = store_meta_get(r->store, "runs", err);
     long nruns = runs ? strtol(runs, NULL, 10) : 0;
-    int bad = s_meta(r, "schema_version", STORE_SCHEMA_VERSION) || s_meta(r, "kind", "answers") ||
+    int bad = s_meta(r, "schema_version", STORE_SCHEMA_VERSION) || s_meta(r, "kind", r->kind) ||
               s_meta(r, "job", job_json) ||
               (fingerprint[0] && s_meta(r, "model_fingerprint", fingerprint)) ||
               (tok_fingerprint[0] && s_meta(r, "tokenizer_fingerprint", tok_fingerprint)) ||
               s_meta(r, "started_at", started && started[0] ? started : now) ||
               s_meta(r, "run_started_at", now) || s_meta(r, "finished_at", "") ||
               s_meta_i64(r, "held_at_start", held) || s_meta_i64(r, "runs", nruns + 1);
+    for (int i = 0; !bad && r->extra && r->extra[i]; i += 2)
+        bad = s_meta(r, r->extra[i], r->extra[i + 1]);
     free(started);
     free(runs);
     if (bad) {

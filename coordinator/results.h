@@ -31,13 +31,22 @@ typedef struct ResultsCounts {
 int results_open(Store *s, int commit_every, Results **out, DmErr *err);
 void results_free(Results **r);
 
+/* What this run writes (default: kind "answers", stage "infer", no extra
+ * meta).  extra: key, value, ..., NULL - meta written at the start of each
+ * run, which a resumed store must already have with the same values
+ * (except "corpus"); the strings must outlive r. */
+void results_set_kind(Results *r, const char *kind, const char *stage, const char *const *extra);
+
+/* Queue a teacher-logit record (key: questionId + answer index). */
+int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmErr *err);
+
 /* Whether the store held qid when results_open ran. */
 int results_held(const Results *r, int64_t qid);
 /* Drop the held set once planning is over. */
 void results_forget_held(Results *r);
 
-/* The store's existing meta must fit this job: "kind" answers, and the
- * same model fingerprint when both are known. */
+/* The store's existing meta must fit this job: the same "kind", the same
+ * model fingerprint when both are known, and the same extra meta. */
 int results_check_meta(Results *r, const char *output, const char *model, const char *fingerprint,
                        DmErr *err);
 
@@ -54,6 +63,10 @@ int results_add_answer(Results *r, const Docmint__AnswerRecord *a, double now, D
  * questionId), or a new one with stage "infer" and reason. */
 int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
                       const char *reason, double now, DmErr *err);
+
+/* Queue an error record under its own item (cache-logits: "QID" or
+ * "QID/INDEX"); an empty item becomes the questionId. */
+int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double now, DmErr *err);
 
 /* Whether a flush is due. */
 int results_due(const Results *r, double now);

@@ -217,6 +217,18 @@ static void test_join_roundtrip(void)
     CU_ASSERT_STRING_EQUAL(k.model, "/x/model");
     CU_ASSERT_DOUBLE_EQUAL(k.heartbeat_seconds, 0.5, 1e-12);
     CU_ASSERT_EQUAL(k.credit, 2);
+    CU_ASSERT_EQUAL(k.n_temps, 1);
+    CU_ASSERT_DOUBLE_EQUAL(k.temps[0], 1.0, 0);
+    free(text);
+    /* the cache-logits settings travel too */
+    j.top_k = 8;
+    j.n_temps = 2;
+    j.temps[0] = 1.0;
+    j.temps[1] = 2.5;
+    j.first_answer_only = 1;
+    CU_ASSERT_EQUAL_FATAL(wire_join_to_json(&j, &text, &err), 0);
+    CU_ASSERT_EQUAL(wire_join_parse(text, "t", &k, &err), 0);
+    CU_ASSERT(k.top_k == 8 && k.n_temps == 2 && k.temps[1] == 2.5 && k.first_answer_only == 1);
     free(text);
 
     char path[] = "/tmp/docmint-join-XXXXXX";

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "page_encode.h"
 #include "preprocess.h"
 #include "qa.h"
 
@@ -148,44 +149,6 @@ void infer_result_clear(Docmint__Result *res)
 
 /* ------------------------------------------------------------------- a page */
 
-/* Encode the page; on failure the DmErr says why (the page's questions
- * become errors). */
-static int s_encode_page(InferStage *st, const Docmint__Page *pg, float **enc, int *n_enc,
-                         DmErr *err)
-{
-    DmImage img = {0};
-    float *pix = NULL;
-    int rc = -1;
-    *enc = NULL;
-    if (image_load_page(pg->image_path, pg->page_no, st->pdf_dpi, &img, err))
-        goto done;
-    PreprocGeometry geo;
-    if (preproc_geometry(&st->pc, img.w, img.h, &geo, err))
-        goto done;
-    const SwinConfig *ec = &st->qa.model->cfg.enc;
-    int oh, ow;
-    swin_output_grid(ec, geo.out_h, geo.out_w, &oh, &ow);
-    pix = malloc((size_t)3 * geo.out_h * geo.out_w * sizeof(float));
-    *enc = malloc((size_t)oh * ow * ec->hidden_size * sizeof(float));
-    if (!pix || !*enc) {
-        dm_err(err, "out of memory encoding %s", pg->image_path);
-        goto done;
-    }
-    if (preproc_run(&st->pc, &img, pix, err) ||
-        swin_encode(st->qa.model, pix, geo.out_h, geo.out_w, *enc, NULL, err))
-        goto done;
-    *n_enc = oh * ow;
-    rc = 0;
-done:
-    if (rc) {
-        free(*enc);
-        *enc = NULL;
-    }
-    free(pix);
-    image_free(&img);
-    return rc;
-}
-
 static int s_page(InferStage *st, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
 {
     size_t nq = pg->n_questions;
@@ -221,7 +184,8 @@ static int s_page(InferStage *st, const Docmint__Page *pg, Docmint__Result *res,
         goto done;
     }
     DmErr pe = {{0}};
-    if (s_encode_page(st, pg, &enc, &n_enc, &pe) ||
+    if (page_encode(st->qa.model, &st->pc, pg->image_path, pg->page_no, st->pdf_dpi, &enc, &n_enc,
+                    &pe) ||
         qa_answer_page(&st->qa, enc, n_enc, texts, nok, ans, &pe)) {
         if (strstr(pe.msg, "out of memory")) {
             dm_err(err, "%s", pe.msg);

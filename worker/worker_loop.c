@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "kern.h"
+#include "stage_cache.h"
 #include "stage_infer.h"
 
 #define BACKOFF_MIN 1.0
@@ -25,7 +26,8 @@
 typedef struct Compute {
     void *zctx;
     char pipe_ep[64];
-    InferStage *stage;
+    InferStage *stage;   /* the job's stage: one of these two */
+    CacheStage *cache;
     const char *name;
     const char *prefix;
     int verbose;
@@ -52,6 +54,21 @@ static void s_send_fatal(void *pipe, const char *msg)
     memcpy(buf + 1, msg, n);
     zmq_send(pipe, buf, n + 1, 0);
     free(buf);
+}
+
+/* The stage the job names computes the shard. */
+static int s_stage_shard(Compute *c, const Docmint__Shard *sh, Docmint__Result *res, DmErr *err)
+{
+    return c->cache ? cache_shard(c->cache, sh, res, &c->cancel, err)
+                    : infer_shard(c->stage, sh, res, &c->cancel, err);
+}
+
+static void s_stage_clear(Compute *c, Docmint__Result *res)
+{
+    if (c->cache)
+        cache_result_clear(res);
+    else
+        infer_result_clear(res);
 }
 
 static void *s_compute(void *arg)
@@ -105,7 +122,7 @@ static void *s_compute(void *arg)
         Docmint__Result res;
         docmint__result__init(&res);
         DmErr err = {{0}};
-        int rc = infer_shard(c->stage, sh, &res, &c->cancel, &err);
+        int rc = s_stage_shard(c, sh, &res, &err);
         if (rc == 0) {
             Docmint__Envelope out;
             docmint__envelope__init(&out);
@@ -121,8 +138,8 @@ static void *s_compute(void *arg)
                 buf[0] = 'R';
                 docmint__envelope__pack(&out, buf + 1);
                 if (c->verbose)
-                    fprintf(stderr, "%s: shard %" PRIu64 ": %zu answers, %zu errors in %.2f s\n",
-                            c->prefix, sh->shard_id, res.n_answers, res.n_errors,
+                    fprintf(stderr, "%s: shard %" PRIu64 ": %zu records, %zu errors in %.2f s\n",
+                            c->prefix, sh->shard_id, res.n_answers + res.n_logits, res.n_errors,
                             dm_now() - t0);
                 zmq_send(pipe, buf, len + 1, 0);
                 free(buf);
@@ -130,7 +147,7 @@ static void *s_compute(void *arg)
         } else if (!atomic_load(&c->cancel)) {
             s_send_fatal(pipe, err.msg);
         }
-        infer_result_clear(&res);
+        s_stage_clear(c, &res);
         docmint__envelope__free_unpacked(in, NULL);
     }
     zmq_close(pipe);
@@ -297,7 +314,7 @@ static int s_from_compute(Net *n, void *pipe, DmErr *err)
     Docmint__Envelope *e = docmint__envelope__unpack(NULL, len - 1, (const uint8_t *)d + 1);
     if (e && e->result) {
         n->st.shards++;
-        n->st.answers += e->result->n_answers;
+        n->st.answers += e->result->n_answers + e->result->n_logits;
         n->st.errors += e->result->n_errors;
     }
     if (e)
@@ -350,17 +367,31 @@ static int s_from_coordinator(Net *n, void *pipe)
 int worker_run(const WorkerOpts *o, DmErr *err)
 {
     const WireJoin *j = o->join;
-    if (strcmp(j->stage, "infer") != 0)
-        return dm_err(err, "stage \"%s\": this worker computes only \"infer\"", j->stage);
+    int is_cache = strcmp(j->stage, "cache-logits") == 0;
+    if (strcmp(j->stage, "infer") != 0 && !is_cache)
+        return dm_err(err, "stage \"%s\": this worker computes \"infer\" and \"cache-logits\"",
+                      j->stage);
     Compute c;
     memset(&c, 0, sizeof c);
     c.threads = o->threads;
-    if (infer_open(j->model, j->max_length, j->pdf_dpi, &c.stage, err))
-        return -1;
-    if (j->model_fingerprint[0] && strcmp(j->model_fingerprint, infer_fingerprint(c.stage))) {
+    const char *fp;
+    if (is_cache) {
+        CacheOpts co = {.top_k = j->top_k, .n_temps = j->n_temps,
+                        .first_answer_only = j->first_answer_only, .pdf_dpi = j->pdf_dpi};
+        memcpy(co.temps, j->temps, sizeof co.temps);
+        if (cache_open(j->model, &co, &c.cache, err))
+            return -1;
+        fp = cache_fingerprint(c.cache);
+    } else {
+        if (infer_open(j->model, j->max_length, j->pdf_dpi, &c.stage, err))
+            return -1;
+        fp = infer_fingerprint(c.stage);
+    }
+    if (j->model_fingerprint[0] && strcmp(j->model_fingerprint, fp)) {
         dm_err(err, "%s: weights fingerprint %s, but the job's model is %s (the checkpoint changed?)",
-               j->model, infer_fingerprint(c.stage), j->model_fingerprint);
+               j->model, fp, j->model_fingerprint);
         infer_close(&c.stage);
+        cache_close(&c.cache);
         return -1;
     }
     const char *stall = getenv("DOCMINT_TEST_STALL_SECONDS");
@@ -483,6 +514,7 @@ done:
     if (n.zctx && !o->zctx)
         zmq_ctx_term(n.zctx);
     infer_close(&c.stage);
+    cache_close(&c.cache);
     if (o->stats)
         *o->stats = n.st;
     return rc;

@@ -11,7 +11,8 @@
  *     backoff (1 s doubling to 32 s) and gives up after give_up_seconds of
  *     silence (Paranoid Pirate).  A ZAP refusal of our key ends the worker
  *     at once with a clear message.
- *   - the compute thread computes one shard at a time (stage_infer.h) and
+ *   - the compute thread computes one shard at a time with the job's stage
+ *     (stage_infer.h or stage_cache.h) and
  *     hands the packed RESULT envelope back over an inproc PAIR.
  * So heartbeats flow while a long page is being computed.
  *

@@ -65,7 +65,7 @@ class StoreError(Exception):
 
 class Store:
     """A docmint store opened read-only.  Iterating yields AnswerRecords in
-    key (questionId) order."""
+    key (questionId) order (LogitRecords for a store of kind "logits")."""
 
     def __init__(self, path):
         self.path = path
@@ -129,7 +129,15 @@ class Store:
                 yield k, self._parse(cls, k, v)
 
     def __iter__(self):
-        for _, rec in self._iter(self._records, records_pb2.AnswerRecord):
+        cls = records_pb2.LogitRecord if self.meta().get("kind") == "logits" else records_pb2.AnswerRecord
+        for _, rec in self._iter(self._records, cls):
+            yield rec
+
+    def logit_records(self):
+        """A teacher-logit store's LogitRecords in (questionId, answer
+        index) order (layout: schemas/records.proto).  Readers must check
+        meta()["teacher_fingerprint"] and ["tokenizer_fingerprint"]."""
+        for _, rec in self._iter(self._records, records_pb2.LogitRecord):
             yield rec
 
     def records(self):

@@ -1,0 +1,134 @@
+#!/bin/sh
+# The cache-logits stage: `mpirun -n 3 docmint run cache-job.json` stores
+# every (question, gold answer) of a synthetic corpus exactly once; a run
+# over part of the corpus is resumed by the full job (only the rest is
+# computed) and a rerun of a complete job computes nothing; the cached
+# values equal a live recomputation of the teacher (docmint cache-check at
+# full: every log-probability within float16 rounding); a store made by
+# another teacher (another seed) is refused by the job and by cache-check
+# with a message naming the teacher; `store stat` reports bytes per
+# cached position.
+. tests/mpi/lib.sh
+echo "mpi: cache-logits with 3 ranks, resume, cache-check against the live teacher"
+make_model "$T/model"
+make_corpus "$T/corpus" 6
+C="$T/corpus/train_v1.0_withQT.json"
+# The first half of the questions, same images: the partial run.
+python3 - "$C" "$T/corpus/half.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["data"] = d["data"][: len(d["data"]) // 2]
+json.dump(d, open(sys.argv[2], "w"))
+PY
+CACHE='"stage": "cache-logits", "top_k": "full", "temperatures": [2.0], "commit_every": 3'
+write_job "$T/half-job.json" "$T/model" "$T/corpus/half.json" "$T/logits" "$CACHE"
+write_job "$T/cache-job.json" "$T/model" "$C" "$T/logits" "$CACHE"
+
+# check_pairs STORE CORPUS: every (questionId, answer index) once, no errors.
+check_pairs() {
+    "$DOCMINT" store dump "$1" >"$T/pairs.rec" 2>"$T/pairs.err" &&
+        "$DOCMINT" store dump "$1" --errors >"$T/pairs.errs" 2>>"$T/pairs.err" &&
+        python3 - "$2" "$T/pairs.rec" "$T/pairs.errs" <<'PY'
+import json, sys
+want = [(q["questionId"], i) for q in json.load(open(sys.argv[1]))["data"] for i in range(len(q["answers"]))]
+got = [(r["questionId"], r["answer_index"]) for r in map(json.loads, open(sys.argv[2]))]
+errs = [l for l in open(sys.argv[3]) if l.strip()]
+problems = []
+if len(got) != len(set(got)): problems.append("a pair stored twice")
+if set(got) != set(want): problems.append("%d missing, %d extra" % (len(set(want) - set(got)), len(set(got) - set(want))))
+if errs: problems.append("%d error records: %s" % (len(errs), errs[0][:200]))
+print("; ".join(problems) if problems else "%d (question, answer) pairs" % len(got))
+sys.exit(1 if problems else 0)
+PY
+}
+half=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["data"]))' "$T/corpus/half.json")
+total=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["data"]))' "$C")
+
+if $MPIRUN -n 3 "$DOCMINT" run "$T/half-job.json" >"$T/half.log" 2>&1 &&
+    msg=$(check_pairs "$T/logits" "$T/corpus/half.json"); then
+    ok "mpirun -n 3 cache-logits over half the corpus: $msg"
+else
+    bad "partial run: $(tail -3 "$T/half.log") $msg"
+fi
+if $MPIRUN -n 3 "$DOCMINT" run "$T/cache-job.json" >"$T/run.log" 2>&1 &&
+    [ "$(meta "$T/logits" held_at_start)" = "$half" ] &&
+    grep -q "done: $total/$total questions, $((total - half)) computed" "$T/run.log"; then
+    ok "the full job resumes: $(grep 'done:' "$T/run.log")"
+else
+    bad "resume: held $(meta "$T/logits" held_at_start): $(tail -3 "$T/run.log")"
+fi
+if msg=$(check_pairs "$T/logits" "$C"); then ok "every (question, answer) exactly once: $msg"; else bad "store: $msg"; fi
+fp=$(meta "$T/logits" model_fingerprint)
+[ "$(meta "$T/logits" kind)" = logits ] && [ -n "$fp" ] &&
+    [ "$(meta "$T/logits" teacher_fingerprint)" = "$fp" ] &&
+    [ -n "$(meta "$T/logits" tokenizer_fingerprint)" ] &&
+    [ "$(meta "$T/logits" top_k)" = full ] && [ "$(meta "$T/logits" temperatures)" = "[1, 2]" ] &&
+    [ "$(meta "$T/logits" corpus)" = "$C" ] &&
+    ok "meta: kind, teacher and tokenizer fingerprints, top_k, temperatures, corpus" ||
+    bad "meta: $("$DOCMINT" store stat "$T/logits" 2>&1 | head -30)"
+if $MPIRUN -n 3 "$DOCMINT" run "$T/cache-job.json" --quiet >"$T/rerun.log" 2>&1 &&
+    [ "$(meta "$T/logits" computed_this_run)" = 0 ]; then
+    ok "rerun of the complete job computes nothing"
+else
+    bad "rerun: computed $(meta "$T/logits" computed_this_run): $(tail -3 "$T/rerun.log")"
+fi
+
+# Faithful: cache-check recomputes the teacher live.
+if "$DOCMINT" cache-check "$T/model" "$T/logits" --limit 1000 >"$T/check.out" 2>"$T/check.err" &&
+    grep -q " 0 beyond float16 rounding" "$T/check.out"; then
+    ok "cache-check at full: $(grep 'max |log p' "$T/check.out")"
+else
+    bad "cache-check: $(cat "$T/check.err") $(tail -3 "$T/check.out")"
+fi
+# ... against a student with other weights (same tokenizer files).
+"$DOCMINT" init "$T/other" --config jobs/configs/tiny.json --seed 8 >/dev/null
+mkdir -p "$T/student"
+cp "$T/other/"* "$T/student/"
+for f in tokenizer.json tokenizer_config.json added_tokens.json special_tokens_map.json; do
+    [ -f "$T/model/$f" ] && cp "$T/model/$f" "$T/student/$f"
+done
+if "$DOCMINT" cache-check "$T/model" "$T/logits" --student "$T/student" >"$T/checks.out" 2>"$T/checks.err" &&
+    python3 - "$T/checks.out" <<'PY'
+import sys
+rows = {l.split()[0]: l.split() for l in open(sys.argv[1]) if l[:1].isdigit() or l.startswith("full")}
+full = rows["full"]
+sys.exit(0 if len(rows) == 5 and float(full[3]) <= 1e-3 * max(float(full[2]), 1e-6) + 1e-6 else 1)
+PY
+then
+    ok "cache-check with another student: kd at full equals the live kd ($(grep '^full' "$T/checks.out"))"
+else
+    bad "cache-check --student: $(cat "$T/checks.err") $(cat "$T/checks.out")"
+fi
+
+# Another teacher: the job and cache-check refuse the store, naming the teacher.
+write_job "$T/other-job.json" "$T/other" "$C" "$T/logits" "$CACHE"
+if ! "$DOCMINT" run "$T/other-job.json" >"$T/other.out" 2>"$T/other.err" &&
+    grep -q "teacher mismatch" "$T/other.err" && grep -q "$fp" "$T/other.err"; then
+    ok "a store of another teacher is refused: $(head -1 "$T/other.err")"
+else
+    bad "other teacher accepted: $(cat "$T/other.err")"
+fi
+if ! "$DOCMINT" cache-check "$T/other" "$T/logits" >/dev/null 2>"$T/ocheck.err" &&
+    grep -q "teacher mismatch" "$T/ocheck.err"; then
+    ok "cache-check refuses another teacher"
+else
+    bad "cache-check with another teacher: $(cat "$T/ocheck.err")"
+fi
+# Other settings: refused too (a store holds one k).
+write_job "$T/k8-job.json" "$T/model" "$C" "$T/logits" '"stage": "cache-logits", "top_k": 8, "temperatures": [2.0]'
+if ! "$DOCMINT" run "$T/k8-job.json" >/dev/null 2>"$T/k8.err" && grep -q "top_k full" "$T/k8.err"; then
+    ok "a store made with another top_k is refused"
+else
+    bad "top_k mismatch: $(cat "$T/k8.err")"
+fi
+
+# Size: bytes per cached position.
+if "$DOCMINT" store stat "$T/logits" --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if d["positions"] > 0 and d["bytes_per_position"] > 2 * 1024 else 1)'; then
+    ok "store stat: $("$DOCMINT" store stat "$T/logits" | grep '^bytes_per_position')"
+else
+    bad "store stat: $("$DOCMINT" store stat "$T/logits" 2>&1 | tail -4)"
+fi
+finish

@@ -1,0 +1,15 @@
+/* page_encode.h - one page image to the encoder output: load (image.h),
+ * Donut processor (preprocess.h), Swin encoder.  Shared by the stages that
+ * run the encoder once per page (infer, cache-logits) and by cache-check. */
+#ifndef DM_PAGE_ENCODE_H
+#define DM_PAGE_ENCODE_H
+
+#include "donut.h"
+#include "preprocess.h"
+
+/* *enc (malloc'ed) receives [*n_enc, hidden] floats.  On failure err says
+ * why, naming the image. */
+int page_encode(const DonutModel *m, const PreprocConfig *pc, const char *image_path, int page_no,
+                int pdf_dpi, float **enc, int *n_enc, DmErr *err);
+
+#endif

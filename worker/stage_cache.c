@@ -1,0 +1,416 @@
+/* stage_cache.c - teacher logits at the answer positions of a shard's
+ * gold answers (stage_cache.h). */
+#include "stage_cache.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "kd_loss.h"
+#include "page_encode.h"
+#include "preprocess.h"
+#include "tensorfile.h" /* dm_f32_to_f16 */
+
+struct CacheStage {
+    QaModel qa;
+    PreprocConfig pc;
+    CacheOpts o;
+};
+
+int cache_open(const char *model_dir, const CacheOpts *o, CacheStage **out, DmErr *err)
+{
+    *out = NULL;
+    if (o->n_temps < 1 || o->n_temps > CACHE_MAX_TEMPS || o->temps[0] != 1.0 || o->top_k < 0)
+        return dm_err(err, "cache-logits: bad options (top_k %d, %d temperatures, first %g)",
+                      o->top_k, o->n_temps, o->n_temps > 0 ? o->temps[0] : 0.0);
+    CacheStage *st = calloc(1, sizeof *st);
+    if (!st)
+        return dm_err(err, "out of memory");
+    st->o = *o;
+    if (st->o.pdf_dpi <= 0)
+        st->o.pdf_dpi = IMAGE_PDF_DPI_DEFAULT;
+    if (qa_open(model_dir, &st->qa, err)) {
+        free(st);
+        return -1;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", model_dir);
+    if (preproc_config_load(path, &st->pc, err)) {
+        qa_close(&st->qa);
+        free(st);
+        return -1;
+    }
+    *out = st;
+    return 0;
+}
+
+void cache_close(CacheStage **pst)
+{
+    CacheStage *st = *pst;
+    if (!st)
+        return;
+    qa_close(&st->qa);
+    free(st);
+    *pst = NULL;
+}
+
+const char *cache_fingerprint(const CacheStage *st) { return st->qa.model->fingerprint; }
+const char *cache_tokenizer_fingerprint(const CacheStage *st)
+{
+    return tokenizer_fingerprint(st->qa.tok);
+}
+
+/* ------------------------------------------------------------- sequences */
+
+int cache_sequence(const QaModel *qa, const char *question, const char *answer, int32_t **ids,
+                   int *n, int *answer_start, DmErr *err)
+{
+    *ids = NULL;
+    *n = 0;
+    int32_t *prompt = NULL;
+    int np = 0;
+    if (qa_prompt(qa, question, &prompt, &np, err))
+        return -1;
+    const char *a = answer;
+    if (!strcmp(answer, "yes") && qa->id_yes >= 0)
+        a = "<yes/>";
+    else if (!strcmp(answer, "no") && qa->id_no >= 0)
+        a = "<no/>";
+    size_t len = strlen(question) + strlen(a) + 96;
+    char *text = malloc(len);
+    if (!text) {
+        free(prompt);
+        return dm_err(err, "out of memory");
+    }
+    snprintf(text, len, "<s_docvqa><s_question>%s</s_question><s_answer>%s</s_answer></s>",
+             question, a);
+    int rc = tokenizer_encode(qa->tok, text, 0, ids, n, err);
+    free(text);
+    if (rc) {
+        free(prompt);
+        return -1;
+    }
+    /* Added tokens split the text first, so the sequence starts with the
+     * prompt's ids and <s_answer> ends them; checked rather than assumed. */
+    int a0 = np - 1;
+    if (*n < np + 2 || memcmp(*ids, prompt, (size_t)np * sizeof *prompt) != 0 ||
+        (*ids)[a0] != qa->id_answer_open || (*ids)[*n - 2] != qa->id_answer_close ||
+        (*ids)[*n - 1] != qa->gen.eos_id)
+        rc = dm_err(err, "answer \"%.60s\": the tokenized sequence does not split at <s_answer> "
+                         "and end with </s_answer></s>",
+                    answer);
+    else if (*n > qa->model->cfg.dec.max_pos)
+        rc = dm_err(err, "answer \"%.60s\": sequence of %d tokens exceeds the model's %d positions",
+                    answer, *n, qa->model->cfg.dec.max_pos);
+    free(prompt);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        return -1;
+    }
+    *answer_start = a0;
+    return 0;
+}
+
+int cache_forward(const DonutModel *m, const DecPage *page, const int32_t *ids, int n,
+                  float **logits, DmErr *err)
+{
+    DecSeq seq = {0};
+    *logits = malloc((size_t)n * m->cfg.dec.vocab * sizeof(float));
+    if (!*logits)
+        return dm_err(err, "out of memory");
+    DecSeq *sp = &seq;
+    const int32_t *ip = ids;
+    int rc = dec_seq_init(&seq, m, n, err) ||
+             dec_forward(page, &sp, &ip, &n, 1, *logits, 1, NULL, NULL, err);
+    dec_seq_free(&seq);
+    if (rc) {
+        free(*logits);
+        *logits = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- records */
+
+static void s_put16(uint8_t *b, uint16_t v)
+{
+    b[0] = (uint8_t)v;
+    b[1] = (uint8_t)(v >> 8);
+}
+
+int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, int answer_start,
+                      const float *logits, Docmint__LogitRecord *r, DmErr *err)
+{
+    int P = n - 1 - answer_start, full = o->top_k <= 0 || o->top_k >= vocab;
+    int k = full ? vocab : o->top_k, idb = vocab <= 65536 ? 2 : 4;
+    r->token_ids = malloc((size_t)n * sizeof *r->token_ids);
+    r->targets = malloc((size_t)P * sizeof *r->targets);
+    r->temperatures = malloc((size_t)o->n_temps * sizeof *r->temperatures);
+    r->lse = malloc((size_t)P * o->n_temps * sizeof *r->lse);
+    r->shift = malloc((size_t)P * sizeof *r->shift);
+    r->lse_rest = full ? NULL : malloc((size_t)P * o->n_temps * sizeof *r->lse_rest);
+    unsigned char *kept = full ? NULL : calloc((size_t)vocab, 1);
+    r->top_logits.data = malloc((size_t)P * k * 2);
+    r->top_ids.data = full ? NULL : malloc((size_t)P * k * idb);
+    uint32_t *idx = full ? NULL : malloc((size_t)k * sizeof *idx);
+    if (!r->token_ids || !r->targets || !r->temperatures || !r->lse || !r->top_logits.data ||
+        !r->shift || (!full && (!r->top_ids.data || !idx || !r->lse_rest || !kept))) {
+        free(idx);
+        free(kept);
+        return dm_err(err, "out of memory");
+    }
+    memcpy(r->token_ids, ids, (size_t)n * sizeof *ids);
+    r->n_token_ids = (size_t)n;
+    r->answer_start = (uint32_t)answer_start;
+    r->n_targets = (size_t)P;
+    r->k = (uint32_t)k;
+    r->vocab = (uint32_t)vocab;
+    r->full = full;
+    r->id_bytes = full ? 0 : (uint32_t)idb;
+    r->n_temperatures = (size_t)o->n_temps;
+    for (int i = 0; i < o->n_temps; i++)
+        r->temperatures[i] = (float)o->temps[i];
+    r->n_lse = (size_t)P * o->n_temps;
+    r->n_shift = (size_t)P;
+    r->n_lse_rest = full ? 0 : (size_t)P * o->n_temps;
+    r->top_logits.len = (size_t)P * k * 2;
+    r->top_ids.len = full ? 0 : (size_t)P * k * idb;
+    for (int p = 0; p < P; p++) {
+        const float *row = logits + (size_t)(answer_start + p) * vocab;
+        r->targets[p] = ids[answer_start + p + 1];
+        for (int i = 0; i < o->n_temps; i++)
+            r->lse[(size_t)p * o->n_temps + i] = (float)kd_lse(row, vocab, o->temps[i]);
+        uint8_t *vals = r->top_logits.data + (size_t)p * k * 2;
+        float m = row[0];
+        for (int v = 1; v < vocab; v++)
+            m = row[v] > m ? row[v] : m;
+        r->shift[p] = m;
+        if (full) {
+            for (int v = 0; v < vocab; v++)
+                s_put16(vals + 2 * v, dm_f32_to_f16(row[v] - m));
+            continue;
+        }
+        kd_topk(row, vocab, k, idx);
+        for (int i = 0; i < k; i++)
+            kept[idx[i]] = 1;
+        /* log-sum-exp of the tokens left out, at each T (max first, so no
+         * overflow; -inf when nothing is left out). */
+        for (int ti = 0; ti < o->n_temps; ti++) {
+            double T = o->temps[ti], sum = 0.0;
+            for (int v = 0; v < vocab; v++)
+                if (!kept[v])
+                    sum += exp((row[v] - m) / T);
+            r->lse_rest[(size_t)p * o->n_temps + ti] = sum > 0 ? (float)(m / T + log(sum)) : -INFINITY;
+        }
+        for (int i = 0; i < k; i++)
+            kept[idx[i]] = 0;
+        uint8_t *ib = r->top_ids.data + (size_t)p * k * idb;
+        for (int i = 0; i < k; i++) {
+            s_put16(vals + 2 * i, dm_f32_to_f16(row[idx[i]] - m));
+            if (idb == 2) {
+                s_put16(ib + 2 * i, (uint16_t)idx[i]);
+            } else {
+                s_put16(ib + 4 * i, (uint16_t)idx[i]);
+                s_put16(ib + 4 * i + 2, (uint16_t)(idx[i] >> 16));
+            }
+        }
+    }
+    free(idx);
+    free(kept);
+    return 0;
+}
+
+static void s_free_str(char *s)
+{
+    if (s && s != protobuf_c_empty_string)
+        free(s);
+}
+
+void cache_record_clear(Docmint__LogitRecord *r)
+{
+    s_free_str(r->answer);
+    s_free_str(r->page_id);
+    free(r->token_ids);
+    free(r->targets);
+    free(r->temperatures);
+    free(r->lse);
+    free(r->shift);
+    free(r->lse_rest);
+    free(r->top_logits.data);
+    free(r->top_ids.data);
+    docmint__logit_record__init(r);
+}
+
+void cache_result_clear(Docmint__Result *res)
+{
+    for (size_t i = 0; i < res->n_logits; i++) {
+        if (!res->logits[i])
+            continue;
+        cache_record_clear(res->logits[i]);
+        free(res->logits[i]);
+    }
+    for (size_t i = 0; i < res->n_errors; i++) {
+        Docmint__ErrorRecord *e = res->errors[i];
+        if (!e)
+            continue;
+        s_free_str(e->item);
+        s_free_str(e->stage);
+        s_free_str(e->reason);
+        free(e);
+    }
+    free(res->logits);
+    free(res->errors);
+    docmint__result__init(res);
+}
+
+/* item: "QID" for a whole question, "QID/INDEX" for one answer. */
+static int s_add_error(Docmint__Result *res, int64_t qid, int answer, const char *reason)
+{
+    Docmint__ErrorRecord **v = realloc(res->errors, (res->n_errors + 1) * sizeof *v);
+    if (!v)
+        return -1;
+    res->errors = v;
+    Docmint__ErrorRecord *e = malloc(sizeof *e);
+    if (!e)
+        return -1;
+    docmint__error_record__init(e);
+    res->errors[res->n_errors++] = e;
+    char item[48];
+    if (answer < 0)
+        snprintf(item, sizeof item, "%" PRId64, qid);
+    else
+        snprintf(item, sizeof item, "%" PRId64 "/%d", qid, answer);
+    e->item = strdup(item);
+    e->stage = strdup("cache-logits");
+    e->reason = strdup(reason);
+    e->question_id = qid;
+    return e->item && e->stage && e->reason ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------- a page */
+
+typedef struct Seq {
+    const Docmint__Question *q;
+    int answer;
+    int32_t *ids;
+    int n, a0;
+} Seq;
+
+static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
+{
+    size_t cap = 0;
+    for (size_t i = 0; i < pg->n_questions; i++)
+        cap += st->o.first_answer_only && pg->questions[i]->n_answers ? 1 : pg->questions[i]->n_answers;
+    Seq *seqs = calloc(cap + 1, sizeof *seqs);
+    float *enc = NULL, *logits = NULL;
+    DecPage page = {0};
+    int ns = 0, rc = -1, n_enc = 0;
+    char reason[1400];
+    if (!seqs)
+        goto oom;
+    /* Sequences first: an answer that cannot work is an error on its own. */
+    for (size_t i = 0; i < pg->n_questions; i++) {
+        const Docmint__Question *q = pg->questions[i];
+        if (q->n_answers == 0) {
+            if (s_add_error(res, q->question_id, -1, "no gold answer to cache"))
+                goto oom;
+            continue;
+        }
+        size_t na = st->o.first_answer_only ? 1 : q->n_answers;
+        for (size_t a = 0; a < na; a++) {
+            Seq *s = &seqs[ns];
+            DmErr se = {{0}};
+            if (cache_sequence(&st->qa, q->text ? q->text : "", q->answers[a], &s->ids, &s->n,
+                               &s->a0, &se)) {
+                if (strstr(se.msg, "out of memory")) {
+                    dm_err(err, "%s", se.msg);
+                    goto done;
+                }
+                snprintf(reason, sizeof reason, "question %" PRId64 " answer %zu: %s",
+                         q->question_id, a, se.msg);
+                if (s_add_error(res, q->question_id, (int)a, reason))
+                    goto oom;
+                continue;
+            }
+            s->q = q;
+            s->answer = (int)a;
+            ns++;
+        }
+    }
+    if (ns == 0) {
+        rc = 0;
+        goto done;
+    }
+    DmErr pe = {{0}};
+    if (page_encode(st->qa.model, &st->pc, pg->image_path, pg->page_no, st->o.pdf_dpi, &enc,
+                    &n_enc, &pe) ||
+        dec_page_init(&page, st->qa.model, enc, n_enc, &pe)) {
+        if (strstr(pe.msg, "out of memory")) {
+            dm_err(err, "%s", pe.msg);
+            goto done;
+        }
+        /* One error per question of the page (not per answer). */
+        for (int i = 0; i < ns; i++)
+            if ((i == 0 || seqs[i].q != seqs[i - 1].q) &&
+                s_add_error(res, seqs[i].q->question_id, -1, pe.msg))
+                goto oom;
+        rc = 0;
+        goto done;
+    }
+    int vocab = st->qa.model->cfg.dec.vocab;
+    for (int i = 0; i < ns; i++) {
+        Seq *s = &seqs[i];
+        if (cache_forward(st->qa.model, &page, s->ids, s->n, &logits, err))
+            goto done;
+        Docmint__LogitRecord **v = realloc(res->logits, (res->n_logits + 1) * sizeof *v);
+        if (!v)
+            goto oom;
+        res->logits = v;
+        Docmint__LogitRecord *r = malloc(sizeof *r);
+        if (!r)
+            goto oom;
+        docmint__logit_record__init(r);
+        res->logits[res->n_logits++] = r;
+        r->question_id = s->q->question_id;
+        r->answer_index = (uint32_t)s->answer;
+        r->answer = strdup(s->q->answers[s->answer]);
+        r->page_id = strdup(pg->page_id ? pg->page_id : "");
+        if (!r->answer || !r->page_id)
+            goto oom;
+        if (cache_fill_record(&st->o, vocab, s->ids, s->n, s->a0, logits, r, err))
+            goto done;
+        free(logits);
+        logits = NULL;
+    }
+    rc = 0;
+    goto done;
+oom:
+    dm_err(err, "out of memory building the result of page %s", pg->page_id);
+done:
+    for (int i = 0; seqs && i < ns; i++)
+        free(seqs[i].ids);
+    free(seqs);
+    free(logits);
+    dec_page_free(&page);
+    free(enc);
+    return rc;
+}
+
+int cache_shard(CacheStage *st, const Docmint__Shard *shard, Docmint__Result *res,
+                const atomic_int *cancel, DmErr *err)
+{
+    res->shard_id = shard->shard_id;
+    res->lease_id = shard->lease_id;
+    for (size_t p = 0; p < shard->n_pages; p++) {
+        if (cancel && atomic_load(cancel))
+            return dm_err(err, "cancelled");
+        if (s_page(st, shard->pages[p], res, err))
+            return -1;
+    }
+    return 0;
+}
