@@ -53,7 +53,7 @@ static void s_usage(FILE *f)
     fprintf(f, "usage: docmint <command> [args]   (docmint <command> --help for its flags)\n\ncommands:\n");
     for (int i = 0; i < NCOMMANDS; i++)
         if (s_commands[i].fn)
-            fprintf(f, "  %-11s %s\n", s_commands[i].name, s_commands[i].summary);
+            fprintf(f, "  %-14s %s\n", s_commands[i].name, s_commands[i].summary);
 }
 
 int main(int argc, char **argv)

@@ -109,3 +109,8 @@ BEGIN {
 }' "$RESULTS"
 echo "(sgemm GFLOP/s best shape; GB/s memory read; enc s per page; ms/tok1 and ms/tokN: decoder ms"
 echo " per token at batch 1 and batch N; RSS: peak MiB of the model runs.  JSON: $RESULTS)"
+
+# The batch system: the coordinator's own overhead with no-op workers
+# (docmint bench-dispatch) and infer throughput with 1 and 2 worker ranks
+# (tests/bench_batch.sh; about 30 s more).
+sh "$ROOT/tests/bench_batch.sh" "$DOCMINT"
