@@ -107,7 +107,11 @@ void kern_attend_scores(const float *q, int nq, int ldq, const float *K, int S, 
             for (int h = 0; h < H; h++)
                 probs[((size_t)r * H + h) * S + s] = s_dot(q + (size_t)r * ldq + h * hd, kr + h * hd, hd);
     }
-    kern_softmax_rows(probs, nq * H, S);
+    /* rows in parallel: with one row per head and question, the softmax
+     * (S exponentials each) is a large share of a decoding step */
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < nq * H; r++)
+        kern_softmax_rows(probs + (size_t)r * S, 1, S);
 }
 
 void kern_attend_values(const float *probs, int nq, const float *V, int S, int H, int hd, int ld,
