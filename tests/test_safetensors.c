@@ -38,36 +38,11 @@ static void s_write_raw(const char *path, const char *header, const void *data, 
     free(buf);
 }
 
-static unsigned char *s_slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc(*n ? *n : 1);
-    if (fread(p, 1, *n, f) != *n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    return p;
-}
+static unsigned char *s_slurp(const char *path, size_t *n) { return tu_slurp(path, n); }
 
 static void s_expect_fail(const char *path, const char *want1, const char *want2)
 {
-    TensorFile *tf = (TensorFile *)1;
-    DmErr err = {{0}};
-    int rc = safetensors_open(path, &tf, &err);
-    int ok = rc == -1 && tf == NULL && strstr(err.msg, path) && strchr(err.msg, '\n') == NULL &&
-             (!want1 || strstr(err.msg, want1)) && (!want2 || strstr(err.msg, want2));
-    if (!ok)
-        printf("\n  %s: rc %d, message \"%s\" (wanted \"%s\", \"%s\")", path, rc, err.msg,
-               want1 ? want1 : "", want2 ? want2 : "");
-    CU_ASSERT(ok);
-    if (rc == 0)
-        tensorfile_close(&tf);
+    tu_expect_open_fail(safetensors_open, path, want1, want2);
 }
 
 static uint32_t s_bits(float f)

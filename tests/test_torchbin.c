@@ -31,38 +31,13 @@ static const char *s_tmp(const char *name) { return tu_tmp(&s_tmpdir, name, s_tm
 
 static void s_write(const char *path, const void *p, size_t n) { tu_write(path, p, n); }
 
-static unsigned char *s_slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc(*n ? *n : 1);
-    if (fread(p, 1, *n, f) != *n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    return p;
-}
+static unsigned char *s_slurp(const char *path, size_t *n) { return tu_slurp(path, n); }
 
 /* torchbin_open must fail, leave *out NULL, and say which file (and,
  * when given, the words that make the message useful). */
 static void s_expect_fail(const char *path, const char *want1, const char *want2)
 {
-    TensorFile *tf = (TensorFile *)1;
-    DmErr err = {{0}};
-    int rc = torchbin_open(path, &tf, &err);
-    int ok = rc == -1 && tf == NULL && strstr(err.msg, path) && strchr(err.msg, '\n') == NULL &&
-             (!want1 || strstr(err.msg, want1)) && (!want2 || strstr(err.msg, want2));
-    if (!ok)
-        printf("\n  %s: rc %d, message \"%s\" (wanted \"%s\", \"%s\")", path, rc, err.msg,
-               want1 ? want1 : "", want2 ? want2 : "");
-    CU_ASSERT(ok);
-    if (rc == 0)
-        tensorfile_close(&tf);
+    tu_expect_open_fail(torchbin_open, path, want1, want2);
 }
 
 typedef struct TbBuf {

@@ -161,3 +161,39 @@ static inline void tu_write(const char *path, const void *p, size_t n)
     CU_ASSERT_FATAL(n == 0 || fwrite(p, 1, n, f) == n);
     fclose(f);
 }
+
+/* The whole file in a malloc'ed buffer (NULL when unreadable). */
+static inline unsigned char *tu_slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc(*n ? *n : 1);
+    if (fread(p, 1, *n, f) != *n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    return p;
+}
+
+/* open_fn must fail on path, leave *out NULL, and give one line naming the
+ * file (and, when given, the words that make the message useful). */
+static inline void tu_expect_open_fail(int (*open_fn)(const char *, TensorFile **, DmErr *),
+                                       const char *path, const char *want1, const char *want2)
+{
+    TensorFile *tf = (TensorFile *)1;
+    DmErr err = {{0}};
+    int rc = open_fn(path, &tf, &err);
+    int ok = rc == -1 && tf == NULL && strstr(err.msg, path) && strchr(err.msg, '\n') == NULL &&
+             (!want1 || strstr(err.msg, want1)) && (!want2 || strstr(err.msg, want2));
+    if (!ok)
+        printf("\n  %s: rc %d, message \"%s\" (wanted \"%s\", \"%s\")", path, rc, err.msg,
+               want1 ? want1 : "", want2 ? want2 : "");
+    CU_ASSERT(ok);
+    if (rc == 0)
+        tensorfile_close(&tf);
+}

@@ -15,6 +15,19 @@
 
 #include "kern.h"
 
+/* Key and value buffers of n floats each; 0, or -1 with both freed. */
+static int s_kv_alloc(float **k, float **v, size_t n)
+{
+    *k = malloc(n * sizeof(float));
+    *v = malloc(n * sizeof(float));
+    if (*k && *v)
+        return 0;
+    free(*k);
+    free(*v);
+    *k = *v = NULL;
+    return -1;
+}
+
 int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err)
 {
     memset(p, 0, sizeof *p);
@@ -27,9 +40,7 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
         if (!a->present)
             continue;
         size_t n = (size_t)n_enc * a->k.out;
-        p->ck[l] = malloc(n * sizeof(float));
-        p->cv[l] = malloc(n * sizeof(float));
-        if (!p->ck[l] || !p->cv[l]) {
+        if (s_kv_alloc(&p->ck[l], &p->cv[l], n)) {
             dec_page_free(p);
             return dm_err(err, "out of memory for cross-attention keys (%zu floats)", 2 * n);
         }
@@ -58,9 +69,7 @@ int dec_seq_init(DecSeq *s, const DonutModel *m, int cap, DmErr *err)
         if (!a->present)
             continue;
         size_t n = (size_t)cap * a->k.out;
-        s->sk[l] = malloc(n * sizeof(float));
-        s->sv[l] = malloc(n * sizeof(float));
-        if (!s->sk[l] || !s->sv[l]) {
+        if (s_kv_alloc(&s->sk[l], &s->sv[l], n)) {
             dec_seq_free(s);
             return dm_err(err, "out of memory for the self-attention cache");
         }
