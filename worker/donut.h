@@ -53,10 +53,17 @@ typedef struct DonutConfig {
 } DonutConfig;
 
 typedef struct DmLinear {
-    const float *w; /* [out, in] */
-    const float *b; /* [out] or NULL */
+    const float *w;       /* [out, in] */
+    const float *b;       /* [out] or NULL */
     int out, in;
+    const uint16_t *wbf;  /* [out, in] bfloat16 copy when the model runs in
+                           * bf16, else NULL */
+    void *packed;         /* the GEMM backend's pre-packed form, or NULL */
 } DmLinear;
+
+/* Arithmetic of the weights: float32 everywhere, or bfloat16 weights with
+ * float32 accumulation. */
+typedef enum { DM_PREC_F32 = 0, DM_PREC_BF16 = 1 } DmPrecision;
 
 typedef struct DmNorm {
     const float *g, *b;
@@ -128,6 +135,7 @@ typedef struct DonutModel {
     TensorFile *weights;  /* the opened weight file (mapped) */
     float **owned;        /* float32 copies made at load (dtype conversion, cuts) */
     int nowned, capowned;
+    DmPrecision precision;
     char fingerprint[17]; /* 64-bit hash (hex) over every weight as loaded, in
                            * binding order: the same weights give the same
                            * fingerprint from safetensors or pytorch_model.bin */

@@ -1,0 +1,99 @@
+/* train.h - training the decoder of a (possibly pruned) student.
+ *
+ * The trainable parameters are every decoder weight except the token
+ * embeddings and the tied LM head, which stay frozen with the encoder.
+ * TrainParams holds them in one contiguous float32 buffer (so one
+ * all-reduce sums every gradient) and repoints the model's decoder weights
+ * into it, so the ordinary forward, generation and checkpoint writing see
+ * the weights being trained.
+ *
+ * Loss of one item (one teacher-forced sequence), as Hugging Face computes
+ * it for a batch of one: with a = answer_start and the loss positions
+ * t = a .. T-2 (label y_t = ids[t+1]), n = T-1-a,
+ *   ce    = mean_t  -log softmax(s_t)[y_t]
+ *   kd    = tau^2 * mean_t KL(p_t || q_t), p = teacher at tau, q = softmax(s_t / tau)
+ *   total = ce + alpha * kd
+ * where the teacher is known only on its kept tokens plus the mass of the
+ * rest (see KdTarget and the README's section on the missing mass). */
+#ifndef DM_TRAIN_H
+#define DM_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "donut.h"
+
+typedef struct TrainParam {
+    char name[128];    /* Hugging Face name, e.g. decoder.model.decoder.layers.0.fc1.weight */
+    size_t offset;     /* in floats, into TrainParams.data and .grad */
+    size_t count;
+    int ndim;
+    int64_t shape[2];
+} TrainParam;
+
+typedef struct TrainParams {
+    int n;
+    TrainParam *p;     /* binding order of the checkpoint loader */
+    size_t total;      /* floats */
+    float *data;       /* the weights; the model's decoder pointers point here */
+    float *grad;       /* same layout; train_item_grad adds into it */
+} TrainParams;
+
+/* Copy the trainable decoder weights of m into one buffer and repoint m's
+ * decoder (a model loaded for training, not shared) at it. */
+int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
+void train_params_free(TrainParams *tp);
+const TrainParam *train_param_find(const TrainParams *tp, const char *name);
+
+/* The teacher at one loss position.  k == vocab means every logit is known
+ * (ids may then be NULL: logits are in vocabulary order). */
+typedef struct KdTarget {
+    int k;
+    const uint32_t *ids;   /* [k] */
+    const float *logits;   /* [k] raw teacher logits */
+    double lse;            /* log sum_v exp(z_v / tau) over the whole vocabulary */
+    double lse_rest;       /* the same over the tokens not kept; NAN when unknown */
+} KdTarget;
+
+typedef struct TrainItem {
+    const float *enc;      /* frozen encoder output [n_enc, d_model] */
+    int n_enc;
+    const int32_t *ids;    /* the whole sequence, prompt and answer */
+    int T;
+    int answer_start;      /* a */
+    const KdTarget *teacher; /* [T-1-a], or NULL: no distillation term */
+} TrainItem;
+
+typedef struct LossCfg {
+    double alpha;          /* weight of the KD term */
+    double tau;            /* temperature */
+} LossCfg;
+
+typedef struct LossParts {
+    double ce, kd, total;
+    int positions;
+} LossParts;
+
+/* Forward and backward of one item with the current weights: adds
+ * scale * d total / d w into tp->grad and, when enc_grad is not NULL,
+ * scale * d total / d enc into enc_grad [n_enc, d_model] (for checks; the
+ * encoder is frozen).  Thread-safe for distinct tp->grad buffers only. */
+int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
+                    const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
+                    DmErr *err);
+
+/* AdamW as torch.optim.AdamW (decoupled weight decay applied to every
+ * parameter, bias correction, eps added after the square root). */
+typedef struct AdamW {
+    double beta1, beta2, eps, weight_decay;
+    long step;             /* steps taken */
+    size_t n;
+    float *m, *v;          /* moments, [n] */
+} AdamW;
+
+int adamw_init(AdamW *o, size_t n, double beta1, double beta2, double eps, double weight_decay,
+               DmErr *err);
+void adamw_step(AdamW *o, float *w, const float *g, double lr);
+void adamw_free(AdamW *o);
+
+#endif
