@@ -4,6 +4,7 @@
 #include <CUnit/Basic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define SUITES(X) \
     X(tests_safetensors) X(tests_torchbin) X(tests_checkpoint) X(tests_tokenizer) \
@@ -20,6 +21,18 @@ int main(void)
         return 2;
 #define CALL(fn) if (fn) fn();
     SUITES(CALL)
+    /* DM_TESTS=a,b runs only the suites whose names contain a or b. */
+    const char *only = getenv("DM_TESTS");
+    if (only && *only) {
+        for (CU_pSuite su = CU_get_registry()->pSuite; su; su = su->pNext) {
+            int keep = 0;
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", only);
+            for (char *sv, *t = strtok_r(buf, ",", &sv); t; t = strtok_r(NULL, ",", &sv))
+                keep |= strstr(su->pName, t) != NULL;
+            CU_set_suite_active(su, keep);
+        }
+    }
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
