@@ -125,6 +125,10 @@ static void s_trainee_free(Trainee *t)
     donut_free(&t->m);
 }
 
+/* Worst max-abs-diff / absmax over the tensors compared so far whose
+ * absmax is not a rounding residue. */
+static double s_rel_worst;
+
 /* max |a - b| over the tensor, against a tolerance scaled by the golden
  * tensor's absmax (with a floor for gradients that are zero in exact
  * arithmetic, e.g. of the key biases).  Returns the ratio diff / tol. */
@@ -134,6 +138,8 @@ static double s_cmp(const char *what, const float *got, const float *want, size_
     for (size_t i = 0; i < n; i++)
         amax = fmax(amax, fabs(want[i]));
     double d = tu_maxdiff(got, want, n), tol = rel * amax + 1e-6;
+    if (amax > 1e-3)
+        s_rel_worst = fmax(s_rel_worst, d / amax);
     if (!(d <= tol))
         printf("\n  %s: max abs diff %.3g, tolerance %.3g (absmax %.3g)", what, d, tol, amax);
     CU_ASSERT(d <= tol);
@@ -225,8 +231,10 @@ static void test_golden_full(void)
         char prefix[32], worst[128] = "";
         snprintf(prefix, sizeof prefix, "case%d.", k);
         s_check_loss(prefix, &lp, &wl);
+        s_rel_worst = 0.0;
         double wg = s_check_grads(&t, prefix, enc_grad, worst);
-        printf(" [case%d: worst grad %.2f of tolerance (%s)]", k, wg, worst);
+        printf(" [case%d: grads worst %.2f of tolerance (%s), worst diff/absmax %.2g]", k, wg,
+               worst, s_rel_worst);
     }
     printf(" [losses: worst relative %.2g]", wl);
     free(enc_grad);
@@ -325,6 +333,7 @@ static void test_golden_students(void)
         float *enc_grad = malloc(4096 * 128 * sizeof(float));
         double wl = 0.0, wg = 0.0;
         char worst[128] = "";
+        s_rel_worst = 0.0;
         for (int k = 0; k < 3; k++) {
             LossParts lp;
             s_grad_case(&t, k, &lp, enc_grad);
@@ -334,9 +343,9 @@ static void test_golden_students(void)
             if (k == 0)
                 wg = s_check_grads(&t, prefix, enc_grad, worst);
         }
-        printf(" [plan%d: %d tensors, loss worst relative %.2g, case0 grad worst %.2f of "
-               "tolerance (%s)]",
-               pl, t.tp.n, wl, wg, worst);
+        printf(" [plan%d: %d tensors, loss worst relative %.2g, case0 grads worst %.2f of "
+               "tolerance (%s), worst diff/absmax %.2g]",
+               pl, t.tp.n, wl, wg, worst, s_rel_worst);
         free(enc_grad);
         s_trainee_free(&t);
         s_rm_student(dir);
