@@ -219,22 +219,30 @@ static void s_grad_case(Trainee *t, int k, LossParts *lp, float *enc_grad)
     CU_ASSERT_EQUAL(lp->positions, c.T - 1 - c.a);
 }
 
+/* Both ways of computing cross-attention (TrainCross) against the
+ * reference. */
+static const TrainCross s_paths[2] = {TRAIN_CROSS_KV, TRAIN_CROSS_FACTORED};
+static const char *s_path_name[2] = {"keys/values", "factored"};
+
 static void test_golden_full(void)
 {
     Trainee t;
     s_trainee(TU_TINY, &t);
     float *enc_grad = malloc(4096 * 128 * sizeof(float));
     double wl = 0.0;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 6; k++) {
+        t.tp.cross = s_paths[k / 3];
+        if (k % 3 == 0)
+            printf("\n    cross-attention by %s:", s_path_name[k / 3]);
         LossParts lp;
-        s_grad_case(&t, k, &lp, enc_grad);
+        s_grad_case(&t, k % 3, &lp, enc_grad);
         char prefix[32], worst[128] = "";
-        snprintf(prefix, sizeof prefix, "case%d.", k);
+        snprintf(prefix, sizeof prefix, "case%d.", k % 3);
         s_check_loss(prefix, &lp, &wl);
         s_rel_worst = 0.0;
         double wg = s_check_grads(&t, prefix, enc_grad, worst);
-        printf(" [case%d: grads worst %.2f of tolerance (%s), worst diff/absmax %.2g]", k, wg,
-               worst, s_rel_worst);
+        printf(" [case%d: grads worst %.2f of tolerance (%s), worst diff/absmax %.2g]", k % 3,
+               wg, worst, s_rel_worst);
     }
     printf(" [losses: worst relative %.2g]", wl);
     free(enc_grad);
@@ -325,11 +333,14 @@ static void s_rm_student(const char *dir)
 
 static void test_golden_students(void)
 {
-    for (int pl = 1; pl <= 2; pl++) {
+    for (int run = 0; run < 4; run++) {
+        int pl = 1 + run / 2;
         char dir[64];
         s_student(pl, dir, sizeof dir);
         Trainee t;
         s_trainee(dir, &t);
+        t.tp.cross = s_paths[run % 2];
+        printf("\n    cross-attention by %s:", s_path_name[run % 2]);
         float *enc_grad = malloc(4096 * 128 * sizeof(float));
         double wl = 0.0, wg = 0.0;
         char worst[128] = "";
