@@ -31,16 +31,29 @@ typedef struct TrainParam {
     int64_t shape[2];
 } TrainParam;
 
+/* How train_item_grad computes cross-attention.  With keys K = E Wk^T + bk
+ * of the n_enc encoder rows E, the scores of head h are (q_h Wk_h) E^T up
+ * to a per-row constant and its context is (P_h E) Wv_h^T + bv_h, so the
+ * keys and values need not be formed: that costs ~heads * T * n_enc * d
+ * per product instead of n_enc * d * heads * head_dim, less for sequences
+ * shorter than head_dim (the full model's 4800 encoder rows make the K/V
+ * products most of the work).  AUTO picks the cheaper; the others force
+ * one (both are tested against the reference). */
+typedef enum { TRAIN_CROSS_AUTO = 0, TRAIN_CROSS_KV, TRAIN_CROSS_FACTORED } TrainCross;
+
 typedef struct TrainParams {
     int n;
     TrainParam *p;     /* binding order of the checkpoint loader */
     size_t total;      /* floats */
     float *data;       /* the weights; the model's decoder pointers point here */
     float *grad;       /* same layout; train_item_grad adds into it */
+    TrainCross cross;  /* AUTO after train_params_init */
 } TrainParams;
 
 /* Copy the trainable decoder weights of m into one buffer and repoint m's
- * decoder (a model loaded for training, not shared) at it. */
+ * decoder (a model loaded for training, not shared) at it; tp must outlive
+ * every later use of m's decoder.  Refuses an untied LM head and bfloat16
+ * or pre-packed weights (their second copy would not follow training). */
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
 void train_params_free(TrainParams *tp);
 const TrainParam *train_param_find(const TrainParams *tp, const char *name);
@@ -74,10 +87,19 @@ typedef struct LossParts {
     int positions;
 } LossParts;
 
+/* One loss position: student logits s [V], label, teacher t (NULL: no
+ * distillation).  Gives ce = -log softmax(s)[label], kl = the KL above at
+ * tau (the formula of kd_kl_topk, without the tau^2), and
+ * g [V] = d(ce + alpha * tau^2 * kl) / ds in double. */
+int train_loss_row(const float *s, int V, int label, const KdTarget *t, const LossCfg *cfg,
+                   double *ce, double *kl, double *g, DmErr *err);
+
 /* Forward and backward of one item with the current weights: adds
  * scale * d total / d w into tp->grad and, when enc_grad is not NULL,
- * scale * d total / d enc into enc_grad [n_enc, d_model] (for checks; the
- * encoder is frozen).  Thread-safe for distinct tp->grad buffers only. */
+ * adds scale * d total / d enc into enc_grad [n_enc, d_model] (for checks;
+ * the encoder is frozen).  m must be the model whose decoder tp repoints;
+ * the gradient of a weight is found at its offset from tp->data, so
+ * threads may share data with their own grad buffers. */
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                     const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
                     DmErr *err);
