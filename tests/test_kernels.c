@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kern.h"
+#include "tensorfile.h"
 #include "tutil.h"
 
 static float *s_rand(size_t n, unsigned *seed)
@@ -106,8 +107,69 @@ static void test_attend_one(void)
     }
 }
 
+/* Bfloat16 weights: the vdpbf16ps small-M path against its plain twin (the
+ * same rounding of the activations, double accumulation), and the
+ * many-row path (float32 activations, widened weights through sgemm)
+ * against a double product of the unrounded activations. */
+static void test_linear_bf16(void)
+{
+    static const int shapes[][3] = {{1, 1024, 1024}, {4, 1024, 4096}, {3, 77, 131}, {16, 64, 33},
+                                    {1, 5, 3},       {17, 128, 96},   {300, 96, 517}};
+    unsigned seed = 19;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *x = s_rand((size_t)M * K, &seed), *Wf = s_rand((size_t)N * K, &seed),
+              *b = s_rand((size_t)N, &seed);
+        uint16_t *W = malloc((size_t)N * K * sizeof *W);
+        kern_to_bf16(Wf, W, (size_t)N * K);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)N * K; i++) /* the rounding is dm_f32_to_bf16's */
+            bad += W[i] != dm_f32_to_bf16(Wf[i]);
+        CU_ASSERT_EQUAL(bad, 0);
+        float *y = malloc((size_t)M * N * sizeof *y), *r = malloc((size_t)M * N * sizeof *r);
+        kern_linear_bf16(x, M, K, W, b, N, y);
+        double d;
+        if (kern_small_m(M)) {
+            kern_linear_bf16_ref(x, M, K, W, b, N, r);
+            d = tu_maxdiff(y, r, (size_t)M * N);
+        } else {
+            d = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double acc = b[j];
+                    for (int k = 0; k < K; k++)
+                        acc += (double)x[(size_t)i * K + k] * dm_bf16_to_f32(W[(size_t)j * K + k]);
+                    d = fmax(d, fabs(acc - y[(size_t)i * N + j]));
+                }
+        }
+        if (!(d <= 1e-5 * sqrt((double)K)))
+            printf("\n  bf16 linear %dx%dx%d: max diff %.3g", M, K, N, d);
+        CU_ASSERT(d <= 1e-5 * sqrt((double)K));
+        /* the rounding of the activations is what the plain twin does: the
+         * result differs from float32 weights by a bf16-sized amount */
+        if (M == 4) {
+            kern_linear_ref(x, M, K, Wf, b, N, r);
+            double rel = tu_maxdiff(y, r, (size_t)M * N);
+            CU_ASSERT(rel > 1e-4 && rel < 4.0 / 256 * sqrt((double)K));
+        }
+        if (M > 1 && kern_small_m(M)) {
+            float *y1 = malloc((size_t)N * sizeof *y1);
+            kern_linear_bf16(x + (size_t)(M - 1) * K, 1, K, W, b, N, y1);
+            CU_ASSERT(memcmp(y1, y + (size_t)(M - 1) * N, (size_t)N * sizeof *y1) == 0);
+            free(y1);
+        }
+        free(x);
+        free(Wf);
+        free(W);
+        free(b);
+        free(y);
+        free(r);
+    }
+}
+
 void tests_kernels(void)
 {
     TU_SUITE("kernels", {"linear: small-M and BLAS paths vs plain", test_linear_paths},
-             {"streaming attention vs plain", test_attend_one});
+             {"streaming attention vs plain", test_attend_one},
+             {"linear with bf16 weights: vdpbf16ps and widened sgemm vs plain", test_linear_bf16});
 }

@@ -44,8 +44,8 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
             dec_page_free(p);
             return dm_err(err, "out of memory for cross-attention keys (%zu floats)", 2 * n);
         }
-        kern_linear(enc, n_enc, c->d_model, a->k.w, a->k.b, a->k.out, p->ck[l]);
-        kern_linear(enc, n_enc, c->d_model, a->v.w, a->v.b, a->v.out, p->cv[l]);
+        donut_linear(&a->k, enc, n_enc, p->ck[l]);
+        donut_linear(&a->v, enc, n_enc, p->cv[l]);
     }
     return 0;
 }
@@ -138,12 +138,12 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
     float scale = 1.0f / sqrtf((float)hd);
 
     kern_layernorm(sc->x, R, D, a->ln.g, a->ln.b, c->ln_eps, sc->h);
-    kern_linear(sc->h, R, D, a->q.w, a->q.b, inner, sc->q);
+    donut_linear(&a->q, sc->h, R, sc->q);
     for (size_t i = 0; i < (size_t)R * inner; i++)
         sc->q[i] *= scale;
     if (is_self) {
-        kern_linear(sc->h, R, D, a->k.w, a->k.b, inner, sc->k);
-        kern_linear(sc->h, R, D, a->v.w, a->v.b, inner, sc->v);
+        donut_linear(&a->k, sc->h, R, sc->k);
+        donut_linear(&a->v, sc->h, R, sc->v);
         for (int b = 0, r = 0; b < B; r += counts[b], b++) {
             DecSeq *s = seqs[b];
             memcpy(s->sk[layer] + (size_t)s->len * inner, sc->k + (size_t)r * inner,
@@ -168,7 +168,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
         }
         kern_attend_scores(sc->q, B, inner, p->ck[layer], p->n_enc, H, hd, inner, sc->probs);
         kern_attend_values(sc->probs, B, p->cv[layer], p->n_enc, H, hd, inner, sc->ctx, inner);
-        kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+        donut_linear(&a->o, sc->ctx, R, sc->out);
         return 0;
     }
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
@@ -215,7 +215,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             kern_gemm_nn(T, hd, S, 1.0f, sc->probs + (size_t)h * T * S, S, V + h * hd, inner,
                          0.0f, sc->ctx + (size_t)r * inner + h * hd, inner);
     }
-    kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+    donut_linear(&a->o, sc->ctx, R, sc->out);
     return 0;
 }
 
@@ -224,10 +224,28 @@ static int s_ffn(const DonutModel *m, int layer, Scratch *sc, int R)
     const MBartConfig *c = &m->cfg.dec;
     const DecFfn *f = &m->dec.layers[layer].ffn;
     kern_layernorm(sc->x, R, c->d_model, f->ln.g, f->ln.b, c->ln_eps, sc->h);
-    kern_linear(sc->h, R, c->d_model, f->fc1.w, f->fc1.b, c->ffn, sc->ff);
+    donut_linear(&f->fc1, sc->h, R, sc->ff);
     kern_gelu(sc->ff, (size_t)R * c->ffn);
-    kern_linear(sc->ff, R, c->ffn, f->fc2.w, f->fc2.b, c->d_model, sc->out);
+    donut_linear(&f->fc2, sc->ff, R, sc->out);
     return 0;
+}
+
+/* Row `id` of the token embedding, as float32. */
+static void s_embed_token(const MBartWeights *w, int id, int D, float *out)
+{
+    if (w->embed_tokens_bf16)
+        for (int d = 0; d < D; d++)
+            out[d] = dm_bf16_to_f32(w->embed_tokens_bf16[(size_t)id * D + d]);
+    else
+        memcpy(out, w->embed_tokens + (size_t)id * D, (size_t)D * sizeof(float));
+}
+
+static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V, float *y)
+{
+    if (w->lm_head_bf16)
+        kern_linear_bf16(x, R, D, w->lm_head_bf16, NULL, V, y);
+    else
+        kern_linear(x, R, D, w->lm_head, NULL, V, y);
 }
 
 int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
@@ -277,11 +295,11 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
     float escale = c->scale_embedding ? (float)sqrt((double)D) : 1.0f;
     for (int b = 0, r = 0; b < B; r += counts[b], b++)
         for (int i = 0; i < counts[b]; i++) {
-            const float *te = w->embed_tokens + (size_t)ids[b][i] * D;
             const float *pe = w->embed_positions + (size_t)(seqs[b]->len + i + 2) * D;
             float *xr = sc.x + (size_t)(r + i) * D;
+            s_embed_token(w, ids[b][i], D, xr);
             for (int d = 0; d < D; d++)
-                xr[d] = te[d] * escale + pe[d];
+                xr[d] = xr[d] * escale + pe[d];
         }
     kern_layernorm(sc.x, R, D, w->ln_emb.g, w->ln_emb.b, c->ln_eps, sc.x);
     int64_t hshape[3] = {1, R, D};
@@ -324,7 +342,7 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
         seqs[b]->len += counts[b];
     if (logits) {
         if (all_logits) {
-            kern_linear(sc.x, R, D, w->lm_head, NULL, c->vocab, logits);
+            s_lm_head(w, sc.x, R, D, c->vocab, logits);
             int64_t lshape[3] = {1, R, c->vocab};
             s_emit(probe, "decoder.logits", 3, lshape, logits);
         } else {
@@ -333,7 +351,7 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
                 r += counts[b];
                 memmove(sc.h + (size_t)b * D, sc.x + (size_t)(r - 1) * D, (size_t)D * sizeof(float));
             }
-            kern_linear(sc.h, B, D, w->lm_head, NULL, c->vocab, logits);
+            s_lm_head(w, sc.h, B, D, c->vocab, logits);
         }
     }
     rc = 0;

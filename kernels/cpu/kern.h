@@ -7,6 +7,7 @@
 #define DM_KERN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* y[M,N] = x[M,K] * W[N,K]^T (+ bias[N] if non-NULL).  W is a PyTorch
  * Linear weight ([out, in]).  Uses BLAS sgemm. */
@@ -42,6 +43,24 @@ void kern_add(float *y, const float *x, size_t n);
 int kern_small_m(int M);
 void kern_linear_small(const float *x, int M, int K, const float *W, const float *bias, int N,
                        float *y);
+
+/* bfloat16 weights (W [N, K], round-to-nearest-even of float32) with
+ * float32 activations, bias and output, float32 accumulation.
+ * kern_linear_bf16 takes the small-M path (AVX512-BF16 vdpbf16ps: the
+ * activations are rounded to bfloat16 on the fly, two products per lane
+ * accumulated in float32) for M <= 16, else converts blocks of weight rows
+ * to float32 and runs sgemm on them (the activations stay float32).
+ * kern_linear_bf16_ref is the plain twin of the small-M path: activations
+ * rounded to bfloat16, products accumulated in double. */
+void kern_linear_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias, int N,
+                      float *y);
+void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                            int N, float *y);
+void kern_linear_bf16_ref(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                          int N, float *y);
+/* dst[i] = bfloat16 of src[i], round to nearest even (dm_f32_to_bf16),
+ * threaded. */
+void kern_to_bf16(const float *src, uint16_t *dst, size_t n);
 
 /* nq query rows (stride ldq) against the same S cached key/value rows,
  * all H heads at once (K and V rows of stride ld), each cache streamed

@@ -12,7 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "kern.h"
+#include "tensorfile.h"
 
 #define SMALL_MAX 16
 
@@ -39,7 +44,6 @@ static inline float s_dot(const float *restrict a, const float *restrict b, int 
 int kern_small_m(int M) { return M >= 1 && M <= SMALL_MAX; }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 /* Four weight rows against one input row: the input vector is loaded once
  * for the four rows, and the four horizontal sums come at the end. */
 static inline void s_dot4(const float *restrict x, const float *restrict w, size_t ldw, int K,
@@ -159,4 +163,73 @@ void kern_attend_values(const float *probs, int nq, const float *V, int S, int H
             kern_add(c, part + ((size_t)t * nq + r) * inner, (size_t)inner);
     }
     free(part);
+}
+
+/* ------------------------------------------------------ bfloat16 weights
+ * The same streaming in bf16: half the bytes per weight.  The activation
+ * rows are rounded to bfloat16 once per call; vdpbf16ps multiplies pairs
+ * of bfloat16 and adds both products to a float32 lane. */
+
+#if defined(__AVX512BF16__)
+static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
+                               int K, float out[4])
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+        a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_loadu_si512(w + k));
+        a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_loadu_si512(w + ldw + k));
+        a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_loadu_si512(w + 2 * ldw + k));
+        a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_loadu_si512(w + 3 * ldw + k));
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++)
+            out[r] += dm_bf16_to_f32(x[k]) * dm_bf16_to_f32(w[r * ldw + k]);
+}
+#else
+static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
+                               int K, float out[4])
+{
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (int k = 0; k < K; k++)
+            s += dm_bf16_to_f32(x[k]) * dm_bf16_to_f32(w[r * ldw + k]);
+        out[r] = s;
+    }
+}
+#endif
+
+void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                            int N, float *y)
+{
+    uint16_t *xb = malloc((size_t)M * K * sizeof *xb);
+    if (!xb) { /* no room for the rounded rows: the plain twin needs none */
+        kern_linear_bf16_ref(x, M, K, W, bias, N, y);
+        return;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        xb[i] = dm_f32_to_bf16(x[i]);
+    int nb = N / 4;
+#pragma omp parallel for schedule(static)
+    for (int jb = 0; jb < nb; jb++) {
+        int j = 4 * jb;
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            s_dot4_bf16(xb + (size_t)m * K, W + (size_t)j * K, (size_t)K, K, o);
+            for (int r = 0; r < 4; r++)
+                y[(size_t)m * N + j + r] = o[r] + (bias ? bias[j + r] : 0.0f);
+        }
+    }
+    for (int j = 4 * nb; j < N; j++) /* the last N % 4 rows, as in kern_linear_small */
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            s_dot4_bf16(xb + (size_t)m * K, W + (size_t)j * K, 0, K, o);
+            y[(size_t)m * N + j] = o[0] + (bias ? bias[j] : 0.0f);
+        }
+    free(xb);
 }
