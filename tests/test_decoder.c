@@ -317,6 +317,72 @@ static void test_plan_hooks(void)
     tensorfile_close(&train);
 }
 
+/* The decoding step (one parallel region for all sequences) against the
+ * operation-per-call path, which a probe selects: three sequences of
+ * different lengths on one page, 6 steps, fp32 and bf16. */
+static void s_noop_emit(void *ctx, const char *name, int ndim, const int64_t *shape,
+                        const float *data)
+{
+}
+
+static void s_step_vs_general(const DonutModel *m)
+{
+    DecPage page;
+    s_page_for(m, 1, &page);
+    int V = m->cfg.dec.vocab, lens[3];
+    int32_t *prompts[3];
+    DecSeq fast[3], slow[3];
+    DmErr err;
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+        prompts[k] = s_ids(name, &lens[k]);
+        CU_ASSERT_EQUAL_FATAL(dec_seq_init(&fast[k], m, 64, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_seq_init(&slow[k], m, 64, &err), 0);
+        DecSeq *f = &fast[k], *sl = &slow[k];
+        const int32_t *pp = prompts[k];
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &f, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err), 0);
+    }
+    float *a = malloc((size_t)3 * V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
+    DmProbe probe = {s_noop_emit, NULL};
+    double worst = 0;
+    for (int step = 0; step < 6; step++) {
+        int32_t tok[3] = {5 + step, 17 + 3 * step, 40 + step};
+        const int32_t *tp[3] = {&tok[0], &tok[1], &tok[2]};
+        int one[3] = {1, 1, 1};
+        DecSeq *fs[3] = {&fast[0], &fast[1], &fast[2]};
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, fs, tp, one, 3, a, 0, NULL, NULL, &err), 0);
+        for (int k = 0; k < 3; k++) {
+            DecSeq *sl = &slow[k];
+            CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &tp[k], one, 1, b, 0, NULL, &probe, &err),
+                                  0);
+            CU_ASSERT_EQUAL(fast[k].len, slow[k].len);
+            worst = fmax(worst, tu_maxdiff(a + (size_t)k * V, b, (size_t)V));
+        }
+    }
+    printf(" [%s: max diff %.2g]", donut_precision_name(m->precision), worst);
+    CU_ASSERT(worst <= 1e-4);
+    for (int k = 0; k < 3; k++) {
+        dec_seq_free(&fast[k]);
+        dec_seq_free(&slow[k]);
+        free(prompts[k]);
+    }
+    free(a);
+    free(b);
+    dec_page_free(&page);
+}
+
+static void test_step_vs_general(void)
+{
+    s_step_vs_general(s_model);
+    DonutModel *mb = NULL;
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(donut_load_as(TU_TINY, DM_PREC_BF16, &mb, &err), 0);
+    s_step_vs_general(mb);
+    donut_free(&mb);
+}
+
 /* ------------------------------------------------------------- bf16 */
 
 static TuTmp s_tmp = {"/tmp/dm_dec_XXXXXX"};
@@ -514,6 +580,8 @@ void tests_decoder(void)
     CU_add_test(s, "greedy generation: ids, step logits, scores", test_generate);
     CU_add_test(s, "batched questions equal single questions", test_generate_batch);
     CU_add_test(s, "pruning plans through hooks match pruned students", test_plan_hooks);
+    CU_add_test(s, "decoding step in one parallel region vs the per-operation path",
+                test_step_vs_general);
     CU_add_test(s, "bf16: logits and greedy ids against the reference", test_bf16_golden);
     CU_add_test(s, "bf16: a BF16 checkpoint runs in place, no float32 copy", test_bf16_file);
 }

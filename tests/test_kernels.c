@@ -167,9 +167,114 @@ static void test_linear_bf16(void)
     }
 }
 
+/* The team forms inside a parallel region against the plain twins:
+ * outputs through row pointers, bias, GELU, accumulation, bf16 weights;
+ * and one attention head against a double-precision twin. */
+static void test_team(void)
+{
+    static const int shapes[][3] = {{1, 1024, 1027}, {4, 256, 64}, {3, 77, 131}, {2, 40, 3}};
+    unsigned seed = 23;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *x = s_rand((size_t)M * K, &seed), *W = s_rand((size_t)N * K, &seed),
+              *b = s_rand((size_t)N, &seed), *y0 = s_rand((size_t)M * N, &seed);
+        uint16_t *Wb = malloc((size_t)N * K * sizeof *Wb), *xb = malloc((size_t)M * K * sizeof *xb);
+        kern_to_bf16(W, Wb, (size_t)N * K);
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            xb[i] = dm_f32_to_bf16(x[i]);
+        float *y = malloc((size_t)M * N * sizeof *y), *r = malloc((size_t)M * N * sizeof *r);
+        float *rows[16];
+        for (int m = 0; m < M; m++)
+            rows[m] = y + (size_t)m * N;
+        for (int mode = 0; mode < 3; mode++) {
+            /* 0: float32, GELU; 1: bf16, accumulate into y0; 2: float32, no bias */
+            int bf = mode == 1, flags = mode == 0 ? KERN_GELU : mode == 1 ? KERN_ACC : 0;
+            const float *bias = mode == 2 ? NULL : b;
+            memcpy(y, y0, (size_t)M * N * sizeof *y);
+#pragma omp parallel num_threads(2)
+            kern_linear_team(x, bf ? xb : NULL, M, K, bf ? NULL : W, bf ? Wb : NULL, bias, N, rows,
+                             flags);
+            if (bf)
+                kern_linear_bf16_ref(x, M, K, Wb, bias, N, r);
+            else
+                kern_linear_ref(x, M, K, W, bias, N, r);
+            for (size_t i = 0; i < (size_t)M * N; i++) {
+                if (mode == 0)
+                    r[i] = (float)(0.5 * r[i] * (1.0 + erf(r[i] / sqrt(2.0))));
+                if (mode == 1)
+                    r[i] += y0[i];
+            }
+            double d = tu_maxdiff(y, r, (size_t)M * N);
+            if (!(d <= 1e-5 * sqrt((double)K)))
+                printf("\n  team linear %dx%dx%d mode %d: max diff %.3g", M, K, N, mode, d);
+            CU_ASSERT(d <= 1e-5 * sqrt((double)K));
+        }
+        free(x);
+        free(W);
+        free(b);
+        free(y0);
+        free(Wb);
+        free(xb);
+        free(y);
+        free(r);
+    }
+    /* one head, 3 query rows, float32 and bfloat16 keys/values */
+    int S = 517, H = 4, hd = 64, ld = H * hd, nq = 3, h = 2;
+    float *q = s_rand((size_t)nq * ld, &seed), *K = s_rand((size_t)S * ld, &seed),
+          *V = s_rand((size_t)S * ld, &seed);
+    uint16_t *Kb = malloc((size_t)S * ld * sizeof *Kb), *Vb = malloc((size_t)S * ld * sizeof *Vb);
+    kern_to_bf16(K, Kb, (size_t)S * ld);
+    kern_to_bf16(V, Vb, (size_t)S * ld);
+    float *sc = malloc((size_t)nq * S * sizeof *sc), *ctx = malloc((size_t)nq * ld * sizeof *ctx);
+    double *e = malloc((size_t)S * sizeof *e);
+    for (int bf = 0; bf < 2; bf++) {
+        float scale = 0.125f;
+        kern_attend_head(q + h * hd, nq, ld, scale, bf ? (const void *)(Kb + h * hd) : K + h * hd,
+                         bf ? (const void *)(Vb + h * hd) : V + h * hd, bf, S, hd, ld, sc,
+                         ctx + h * hd, ld);
+        double dp = 0, dc = 0;
+        for (int r = 0; r < nq; r++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < S; j++) {
+                double a = 0;
+                for (int d = 0; d < hd; d++) {
+                    size_t o = (size_t)j * ld + h * hd + d;
+                    a += (double)(q[(size_t)r * ld + h * hd + d] * scale) *
+                         (bf ? dm_bf16_to_f32(Kb[o]) : K[o]);
+                }
+                e[j] = a;
+                mx = fmax(mx, a);
+            }
+            for (int j = 0; j < S; j++)
+                sum += e[j] = exp(e[j] - mx);
+            for (int j = 0; j < S; j++)
+                dp = fmax(dp, fabs(e[j] / sum - sc[(size_t)r * S + j]));
+            for (int d = 0; d < hd; d++) {
+                double c = 0;
+                for (int j = 0; j < S; j++) {
+                    size_t o = (size_t)j * ld + h * hd + d;
+                    c += e[j] / sum * (bf ? dm_bf16_to_f32(Vb[o]) : V[o]);
+                }
+                dc = fmax(dc, fabs(c - ctx[(size_t)r * ld + h * hd + d]));
+            }
+        }
+        CU_ASSERT(dp <= 1e-6);
+        CU_ASSERT(dc <= 1e-5);
+    }
+    free(q);
+    free(K);
+    free(V);
+    free(Kb);
+    free(Vb);
+    free(sc);
+    free(ctx);
+    free(e);
+}
+
 void tests_kernels(void)
 {
     TU_SUITE("kernels", {"linear: small-M and BLAS paths vs plain", test_linear_paths},
              {"streaming attention vs plain", test_attend_one},
-             {"linear with bf16 weights: vdpbf16ps and widened sgemm vs plain", test_linear_bf16});
+             {"linear with bf16 weights: vdpbf16ps and widened sgemm vs plain", test_linear_bf16},
+             {"team forms of the step: linear, one attention head vs plain", test_team});
 }

@@ -72,6 +72,24 @@ void kern_attend_scores(const float *q, int nq, int ldq, const float *K, int S, 
 void kern_attend_values(const float *probs, int nq, const float *V, int S, int H, int hd, int ld,
                         float *ctx, int ldc);
 
+/* Team forms for a decoding step run as one parallel region: every thread
+ * of the team calls them.  kern_linear_team splits the N outputs of the
+ * small-M linear among the team: row m of the result goes to y[m] (M row
+ * pointers), from x (float32 W) or from xb (x rounded to bfloat16, for Wb;
+ * W NULL), each element the same dot product kern_linear_small /
+ * kern_linear_small_bf16 computes; flags: KERN_ACC adds to y instead of
+ * storing, KERN_GELU applies the exact GELU first, KERN_NOWAIT skips the
+ * closing barrier.  kern_attend_head is one head of attention for nq query
+ * rows against S shared keys/values (K, V at the head's offset, row stride
+ * ld, float32 or bfloat16 when bf16): the query scaled by `scale`, its
+ * softmax scores in scores [nq, S], the context in ctx rows (stride ldc);
+ * one thread does a head, hd <= 256. */
+enum { KERN_ACC = 1, KERN_GELU = 2, KERN_NOWAIT = 4 };
+void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int N, float *const *y, int flags);
+void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
+                      int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc);
+
 /* Number of threads the GEMM library uses; set once at start-up. */
 void kern_set_threads(int n);
 int kern_get_threads(void);

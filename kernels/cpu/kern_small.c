@@ -233,3 +233,93 @@ void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, con
         }
     free(xb);
 }
+
+/* ------------------------------------------------------- team kernels
+ * Work-sharing forms of the kernels above for a decoding step that runs
+ * as one parallel region: every thread of the team calls them (orphaned
+ * `omp for`), and only the barriers the data needs are paid. */
+
+static inline float s_gelu1(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
+
+void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int N, float *const *y, int flags)
+{
+    int nb = N / 4, tail = N - 4 * nb;
+#pragma omp for schedule(static) nowait
+    for (int jb = 0; jb < nb + tail; jb++) {
+        /* blocks of 4 rows, then the last N % 4 rows one by one (a 4-row
+         * call whose extra rows repeat the row, as kern_linear_small) */
+        int j = jb < nb ? 4 * jb : 4 * nb + (jb - nb), nr = jb < nb ? 4 : 1;
+        size_t ldw = jb < nb ? (size_t)K : 0;
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            if (Wb)
+                s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o);
+            else
+                s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o);
+            for (int r = 0; r < nr; r++) {
+                float v = o[r] + (bias ? bias[j + r] : 0.0f);
+                if (flags & KERN_GELU)
+                    v = s_gelu1(v);
+                if (flags & KERN_ACC)
+                    y[m][j + r] += v;
+                else
+                    y[m][j + r] = v;
+            }
+        }
+    }
+    if (!(flags & KERN_NOWAIT)) {
+#pragma omp barrier
+    }
+}
+
+/* Dot products of a float32 query slice with a bfloat16 key slice. */
+static inline float s_dot_bf16f(const float *restrict a, const uint16_t *restrict b, int K)
+{
+    enum { L = 16 };
+    float acc[L];
+    memset(acc, 0, sizeof acc);
+    int k = 0;
+    for (; k + L <= K; k += L)
+        for (int i = 0; i < L; i++)
+            acc[i] += a[k + i] * dm_bf16_to_f32(b[k + i]);
+    float s = 0.0f;
+    for (int i = 0; i < L; i++)
+        s += acc[i];
+    for (; k < K; k++)
+        s += a[k] * dm_bf16_to_f32(b[k]);
+    return s;
+}
+
+void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
+                      int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc)
+{
+    float qs[256];
+    for (int r = 0; r < nq; r++) {
+        const float *qr = q + (size_t)r * ldq;
+        float *sr = scores + (size_t)r * S;
+        for (int d = 0; d < hd; d++)
+            qs[d] = qr[d] * scale;
+        if (bf16)
+            for (int s = 0; s < S; s++)
+                sr[s] = s_dot_bf16f(qs, (const uint16_t *)K + (size_t)s * ld, hd);
+        else
+            for (int s = 0; s < S; s++)
+                sr[s] = s_dot(qs, (const float *)K + (size_t)s * ld, hd);
+        kern_softmax_rows(sr, 1, S);
+        float *c = ctx + (size_t)r * ldc;
+        memset(c, 0, (size_t)hd * sizeof *c);
+        if (bf16)
+            for (int s = 0; s < S; s++) {
+                const uint16_t *v = (const uint16_t *)V + (size_t)s * ld;
+                for (int d = 0; d < hd; d++)
+                    c[d] += sr[s] * dm_bf16_to_f32(v[d]);
+            }
+        else
+            for (int s = 0; s < S; s++) {
+                const float *v = (const float *)V + (size_t)s * ld;
+                for (int d = 0; d < hd; d++)
+                    c[d] += sr[s] * v[d];
+            }
+    }
+}
