@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "kern.h"
 #include <omp.h>
@@ -29,6 +30,23 @@ static int s_kv_alloc(float **k, float **v, size_t n)
     return -1;
 }
 
+/* A page's cross keys or values: on 2 MiB pages where the kernel allows
+ * (transparent huge pages on madvise), since a decoding step reads one
+ * head's 256-byte slice of every 4 KiB row: with 4 KiB pages that is a
+ * TLB miss per row. */
+static void *s_alloc_page_kv(size_t bytes)
+{
+    size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (bytes < huge)
+        return malloc(bytes);
+    bytes = (bytes + huge - 1) & ~(huge - 1);
+    if (posix_memalign(&p, huge, bytes))
+        return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
 int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err)
 {
     memset(p, 0, sizeof *p);
@@ -44,15 +62,17 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
             continue;
         size_t n = (size_t)n_enc * a->k.out;
         if (!bf16) {
-            if (s_kv_alloc(&p->ck[l], &p->cv[l], n))
+            p->ck[l] = s_alloc_page_kv(n * sizeof(float));
+            p->cv[l] = s_alloc_page_kv(n * sizeof(float));
+            if (!p->ck[l] || !p->cv[l])
                 goto oom;
             donut_linear(&a->k, enc, n_enc, p->ck[l]);
             donut_linear(&a->v, enc, n_enc, p->cv[l]);
             continue;
         }
         /* bf16: project in float32, keep the rounded keys and values */
-        p->ckb[l] = malloc(n * sizeof(uint16_t));
-        p->cvb[l] = malloc(n * sizeof(uint16_t));
+        p->ckb[l] = s_alloc_page_kv(n * sizeof(uint16_t));
+        p->cvb[l] = s_alloc_page_kv(n * sizeof(uint16_t));
         if (!tmp)
             tmp = malloc(n * sizeof(float));
         if (!p->ckb[l] || !p->cvb[l] || !tmp)
@@ -145,8 +165,8 @@ static int s_cross_kv(const DecPage *p, int layer, int inner, Scratch *sc, const
     if (!sc->kw && (!(sc->kw = malloc(n * sizeof(float))) || !(sc->vw = malloc(n * sizeof(float)))))
         return dm_err(err, "out of memory for cross-attention keys");
     for (size_t i = 0; i < n; i++) {
-        sc->kw[i] = dm_bf16_to_f32(p->ckb[layer][i]);
-        sc->vw[i] = dm_bf16_to_f32(p->cvb[layer][i]);
+        sc->kw[i] = kern_bf16_f32(p->ckb[layer][i]);
+        sc->vw[i] = kern_bf16_f32(p->cvb[layer][i]);
     }
     *K = sc->kw;
     *V = sc->vw;
@@ -285,7 +305,7 @@ static void s_embed_token(const MBartWeights *w, int id, int D, float *out)
 {
     if (w->embed_tokens_bf16)
         for (int d = 0; d < D; d++)
-            out[d] = dm_bf16_to_f32(w->embed_tokens_bf16[(size_t)id * D + d]);
+            out[d] = kern_bf16_f32(w->embed_tokens_bf16[(size_t)id * D + d]);
     else
         memcpy(out, w->embed_tokens + (size_t)id * D, (size_t)D * sizeof(float));
 }
@@ -329,7 +349,7 @@ static const uint16_t *s_round_rows(const DmLinear *l, const float *x, int M, ui
     if (!l->wbf)
         return NULL;
     for (size_t i = 0; i < (size_t)M * l->in; i++)
-        xb[i] = dm_f32_to_bf16(x[i]);
+        xb[i] = kern_f32_bf16(x[i]);
     return xb;
 }
 
@@ -420,7 +440,7 @@ static void s_step_run(StepCtx *st)
     const uint16_t *hr = NULL;
     if (w->lm_head_bf16) {
         for (size_t i = 0; i < (size_t)B * D; i++)
-            hb[i] = dm_f32_to_bf16(h[i]);
+            hb[i] = kern_f32_bf16(h[i]);
         hr = hb;
     }
     kern_linear_team(h, hr, B, D, w->lm_head, w->lm_head_bf16, NULL, c->vocab, rows, 0);

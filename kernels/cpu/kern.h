@@ -62,6 +62,22 @@ void kern_linear_bf16_ref(const float *x, int M, int K, const uint16_t *W, const
  * threaded. */
 void kern_to_bf16(const float *src, uint16_t *dst, size_t n);
 
+/* The conversions of one element, inline for the kernels' inner loops
+ * (dm_bf16_to_f32 / dm_f32_to_bf16 of tensorfile.h are the definitions;
+ * the kernel tests check these against them). */
+static inline float kern_bf16_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+static inline uint16_t kern_f32_bf16(float f)
+{
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) /* NaN stays NaN */
+        return (uint16_t)((v.u >> 16) | 0x40);
+    return (uint16_t)((v.u + 0x7fff + ((v.u >> 16) & 1)) >> 16);
+}
+
 /* nq query rows (stride ldq) against the same S cached key/value rows,
  * all H heads at once (K and V rows of stride ld), each cache streamed
  * once for all rows: scores gives probs [nq, H, S] (softmax of q.k),
@@ -83,7 +99,8 @@ void kern_attend_values(const float *probs, int nq, const float *V, int S, int H
  * rows against S shared keys/values (K, V at the head's offset, row stride
  * ld, float32 or bfloat16 when bf16): the query scaled by `scale`, its
  * softmax scores in scores [nq, S], the context in ctx rows (stride ldc);
- * one thread does a head, hd <= 256. */
+ * one thread does a head; nq <= 16, hd <= 256.  Each key and value row
+ * is read once for all nq rows. */
 enum { KERN_ACC = 1, KERN_GELU = 2, KERN_NOWAIT = 4 };
 void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
                       const uint16_t *Wb, const float *bias, int N, float *const *y, int flags);

@@ -18,7 +18,7 @@ void kern_to_bf16(const float *src, uint16_t *dst, size_t n)
 {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
-        dst[i] = dm_f32_to_bf16(src[i]);
+        dst[i] = kern_f32_bf16(src[i]);
 }
 
 void kern_linear_bf16_ref(const float *x, int M, int K, const uint16_t *W, const float *bias,
@@ -52,7 +52,7 @@ void kern_linear_bf16(const float *x, int M, int K, const uint16_t *W, const flo
         const uint16_t *src = W + (size_t)j0 * K;
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)nr * K; i++)
-            wf[i] = dm_bf16_to_f32(src[i]);
+            wf[i] = kern_bf16_f32(src[i]);
         if (bias)
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < nr; j++)

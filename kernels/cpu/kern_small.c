@@ -17,7 +17,6 @@
 #endif
 
 #include "kern.h"
-#include "tensorfile.h"
 
 #define SMALL_MAX 16
 
@@ -189,7 +188,7 @@ static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restr
     out[3] = _mm512_reduce_add_ps(a3);
     for (; k < K; k++)
         for (int r = 0; r < 4; r++)
-            out[r] += dm_bf16_to_f32(x[k]) * dm_bf16_to_f32(w[r * ldw + k]);
+            out[r] += kern_bf16_f32(x[k]) * kern_bf16_f32(w[r * ldw + k]);
 }
 #else
 static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
@@ -198,7 +197,7 @@ static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restr
     for (int r = 0; r < 4; r++) {
         float s = 0.0f;
         for (int k = 0; k < K; k++)
-            s += dm_bf16_to_f32(x[k]) * dm_bf16_to_f32(w[r * ldw + k]);
+            s += kern_bf16_f32(x[k]) * kern_bf16_f32(w[r * ldw + k]);
         out[r] = s;
     }
 }
@@ -213,7 +212,7 @@ void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, con
         return;
     }
     for (size_t i = 0; i < (size_t)M * K; i++)
-        xb[i] = dm_f32_to_bf16(x[i]);
+        xb[i] = kern_f32_bf16(x[i]);
     int nb = N / 4;
 #pragma omp parallel for schedule(static)
     for (int jb = 0; jb < nb; jb++) {
@@ -273,7 +272,7 @@ void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const fl
     }
 }
 
-/* Dot products of a float32 query slice with a bfloat16 key slice. */
+/* Dot product of a float32 query slice with a bfloat16 key slice. */
 static inline float s_dot_bf16f(const float *restrict a, const uint16_t *restrict b, int K)
 {
     enum { L = 16 };
@@ -282,44 +281,90 @@ static inline float s_dot_bf16f(const float *restrict a, const uint16_t *restric
     int k = 0;
     for (; k + L <= K; k += L)
         for (int i = 0; i < L; i++)
-            acc[i] += a[k + i] * dm_bf16_to_f32(b[k + i]);
+            acc[i] += a[k + i] * kern_bf16_f32(b[k + i]);
     float s = 0.0f;
     for (int i = 0; i < L; i++)
         s += acc[i];
     for (; k < K; k++)
-        s += a[k] * dm_bf16_to_f32(b[k]);
+        s += a[k] * kern_bf16_f32(b[k]);
     return s;
+}
+
+#if defined(__AVX512F__)
+/* Row s of a head's keys as four vectors of 16 (head size 64). */
+static inline void s_key64(const void *K, int bf16, size_t off, __m512 k[4])
+{
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)K + off;
+        for (int i = 0; i < 4; i++)
+            k[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 16 * i))), 16));
+    } else {
+        const float *p = (const float *)K + off;
+        for (int i = 0; i < 4; i++)
+            k[i] = _mm512_loadu_ps(p + 16 * i);
+    }
+}
+#endif
+
+/* scores[r][s] = qs[r] . K[s] for every key row, each row read once for
+ * all nq queries. */
+static void s_head_scores(const float *qs, int nq, const void *K, int bf16, int S, int hd, int ld,
+                          float *scores)
+{
+#if defined(__AVX512F__)
+    if (hd == 64) {
+        for (int s = 0; s < S; s++) {
+            __m512 k[4];
+            s_key64(K, bf16, (size_t)s * ld, k);
+            for (int r = 0; r < nq; r++) {
+                const float *q = qs + (size_t)r * hd;
+                __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), k[0]);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16), k[1], a);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 32), k[2], a);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 48), k[3], a);
+                scores[(size_t)r * S + s] = _mm512_reduce_add_ps(a);
+            }
+        }
+        return;
+    }
+#endif
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < nq; r++)
+            scores[(size_t)r * S + s] =
+                bf16 ? s_dot_bf16f(qs + (size_t)r * hd, (const uint16_t *)K + (size_t)s * ld, hd)
+                     : s_dot(qs + (size_t)r * hd, (const float *)K + (size_t)s * ld, hd);
 }
 
 void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc)
 {
-    float qs[256];
-    for (int r = 0; r < nq; r++) {
-        const float *qr = q + (size_t)r * ldq;
-        float *sr = scores + (size_t)r * S;
+    float qs[16 * 256], acc[16 * 256];
+    for (int r = 0; r < nq; r++)
         for (int d = 0; d < hd; d++)
-            qs[d] = qr[d] * scale;
-        if (bf16)
-            for (int s = 0; s < S; s++)
-                sr[s] = s_dot_bf16f(qs, (const uint16_t *)K + (size_t)s * ld, hd);
-        else
-            for (int s = 0; s < S; s++)
-                sr[s] = s_dot(qs, (const float *)K + (size_t)s * ld, hd);
-        kern_softmax_rows(sr, 1, S);
-        float *c = ctx + (size_t)r * ldc;
-        memset(c, 0, (size_t)hd * sizeof *c);
-        if (bf16)
-            for (int s = 0; s < S; s++) {
-                const uint16_t *v = (const uint16_t *)V + (size_t)s * ld;
+            qs[r * hd + d] = q[(size_t)r * ldq + d] * scale;
+    s_head_scores(qs, nq, K, bf16, S, hd, ld, scores);
+    for (int r = 0; r < nq; r++)
+        kern_softmax_rows(scores + (size_t)r * S, 1, S);
+    /* context: each value row read once for all nq queries */
+    memset(acc, 0, (size_t)nq * hd * sizeof *acc);
+    for (int s = 0; s < S; s++) {
+        if (bf16) {
+            const uint16_t *v = (const uint16_t *)V + (size_t)s * ld;
+            for (int r = 0; r < nq; r++) {
+                float p = scores[(size_t)r * S + s];
                 for (int d = 0; d < hd; d++)
-                    c[d] += sr[s] * dm_bf16_to_f32(v[d]);
+                    acc[r * hd + d] += p * kern_bf16_f32(v[d]);
             }
-        else
-            for (int s = 0; s < S; s++) {
-                const float *v = (const float *)V + (size_t)s * ld;
+        } else {
+            const float *v = (const float *)V + (size_t)s * ld;
+            for (int r = 0; r < nq; r++) {
+                float p = scores[(size_t)r * S + s];
                 for (int d = 0; d < hd; d++)
-                    c[d] += sr[s] * v[d];
+                    acc[r * hd + d] += p * v[d];
             }
+        }
     }
+    for (int r = 0; r < nq; r++)
+        memcpy(ctx + (size_t)r * ldc, acc + (size_t)r * hd, (size_t)hd * sizeof *acc);
 }
