@@ -45,8 +45,8 @@ static void s_usage(FILE *f)
             "  --prompt N      prompt length in tokens (default %d)\n"
             "  --repeat N      timed runs of every measurement, after one warm-up; the best\n"
             "                  is reported (default %d)\n"
-            "  --threads N     BLAS and worker threads (default: the BLAS default, i.e.\n"
-            "                  OPENBLAS_NUM_THREADS or all cores)\n"
+            "  --threads N     compute threads, OpenBLAS and OpenMP alike (default: the CPUs\n"
+            "                  this process may use)\n"
             "  --bw-mib N      buffer of the memory-bandwidth measurement in MiB (default %d)\n"
             "  --precision P   fp32, bf16 or both (default both: the decoder measured in fp32,\n"
             "                  then the same weights converted to bf16 and measured again)\n"
@@ -474,8 +474,7 @@ int cmd_bench(int argc, char **argv)
     }
     double load0 = -1.0, load1 = -1.0;
     getloadavg(&load0, 1);
-    if (threads)
-        kern_set_threads(threads);
+    kern_set_threads(threads ? threads : kern_cpu_count());
     int nth = kern_get_threads();
 
     DmErr err = {{0}};

@@ -107,8 +107,13 @@ void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const fl
 void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc);
 
-/* Number of threads the GEMM library uses; set once at start-up. */
+/* Number of threads the GEMM library uses; set once at start-up.  It is
+ * the one count: OpenBLAS and OpenMP (the decoding step's parallel
+ * region, the small-M kernels) are both told it. */
 void kern_set_threads(int n);
 int kern_get_threads(void);
+/* The CPUs this process may run on (its affinity mask: what mpirun's or
+ * Slurm's binding left it), the default thread count of the commands. */
+int kern_cpu_count(void);
 
 #endif
