@@ -346,7 +346,7 @@ static void s_step_vs_general(const DonutModel *m)
     }
     float *a = malloc((size_t)3 * V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
     DmProbe probe = {s_noop_emit, NULL};
-    double worst = 0;
+    double worst = 0, range = 0;
     for (int step = 0; step < 6; step++) {
         int32_t tok[3] = {5 + step, 17 + 3 * step, 40 + step};
         const int32_t *tp[3] = {&tok[0], &tok[1], &tok[2]};
@@ -359,10 +359,16 @@ static void s_step_vs_general(const DonutModel *m)
                                   0);
             CU_ASSERT_EQUAL(fast[k].len, slow[k].len);
             worst = fmax(worst, tu_maxdiff(a + (size_t)k * V, b, (size_t)V));
+            for (int v = 0; v < V; v++)
+                range = fmax(range, fabs(b[v]));
         }
     }
-    printf(" [%s: max diff %.2g]", donut_precision_name(m->precision), worst);
-    CU_ASSERT(worst <= 1e-4);
+    /* float32: the same operations up to the order of the attention sums.
+     * bf16: a last-bit difference there can move an activation's bfloat16
+     * rounding by one step, so the bound is bf16-sized (1% of the range). */
+    double tol = m->precision == DM_PREC_BF16 ? 1e-2 * range : 1e-4;
+    printf(" [%s: max diff %.2g of %.3g]", donut_precision_name(m->precision), worst, range);
+    CU_ASSERT(worst <= tol);
     for (int k = 0; k < 3; k++) {
         dec_seq_free(&fast[k]);
         dec_seq_free(&slow[k]);

@@ -407,8 +407,15 @@ static int s_mat_bf16(Binder *b, const char *name, int rows, int cols, const flo
     const DmTensor *t = s_find(b, name, 2, sh);
     if (!t)
         return -1;
-    if (t->dtype != DM_BF16 || ((uintptr_t)t->data & 1))
-        return s_get(b, name, 2, sh, w);
+    if (t->dtype != DM_BF16 || ((uintptr_t)t->data & 1)) {
+        /* converted later; until then its pages need not stay resident
+         * (the hash just read them all), which keeps the peak of a bf16
+         * load at the float32 encoder plus the bfloat16 decoder */
+        if (s_get(b, name, 2, sh, w))
+            return -1;
+        donut_drop_pages(b->m->weights, *w, (size_t)rows * cols * sizeof(float));
+        return 0;
+    }
     *w = NULL;
     *bf = t->data;
     s_hash_name(b, name);

@@ -189,6 +189,11 @@ void donut_free(DonutModel **m);
  * The fingerprint does not change.  Training code needs DM_PREC_F32. */
 int donut_set_precision(DonutModel *m, DmPrecision prec, DmErr *err);
 
+/* Hand the whole pages of the mapped weight file that [p, p + bytes)
+ * covers back to the kernel (madvise); nothing when p is not in the map.
+ * Reading them again faults them back in from the file. */
+void donut_drop_pages(const TensorFile *tf, const void *p, size_t bytes);
+
 /* "fp32" / "bf16" to DmPrecision (0, or -1 for anything else) and back. */
 int donut_precision_parse(const char *s, DmPrecision *out);
 const char *donut_precision_name(DmPrecision p);

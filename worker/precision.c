@@ -38,6 +38,18 @@ void donut_linear(const DmLinear *l, const float *x, int M, float *y)
         kern_linear(x, M, l->in, l->w, l->b, l->out, y);
 }
 
+void donut_drop_pages(const TensorFile *tf, const void *p, size_t bytes)
+{
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    uintptr_t mlo = (uintptr_t)tf->map, mhi = mlo + tf->map_len;
+    if (!tf->map || lo < mlo || hi > mhi)
+        return; /* inside a reader's own block (a packed pytorch view): kept */
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (lo + pg - 1) & ~(pg - 1), b = hi & ~(pg - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /* A float32 matrix the model no longer reads: free it when the model owns
  * it, else hand the whole pages it covers in the mapped file back. */
 static void s_release(DonutModel *m, const float *p, size_t n)
@@ -48,15 +60,7 @@ static void s_release(DonutModel *m, const float *p, size_t n)
             m->owned[i] = m->owned[--m->nowned];
             return;
         }
-    const TensorFile *tf = m->weights;
-    uintptr_t lo = (uintptr_t)p, hi = lo + n * sizeof(float);
-    uintptr_t mlo = (uintptr_t)tf->map, mhi = mlo + tf->map_len;
-    if (!tf->map || lo < mlo || hi > mhi)
-        return; /* inside a reader's own block (a packed pytorch view): kept */
-    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (lo + pg - 1) & ~(pg - 1), b = hi & ~(pg - 1);
-    if (b > a)
-        madvise((void *)a, b - a, MADV_DONTNEED);
+    donut_drop_pages(m->weights, p, n * sizeof(float));
 }
 
 /* The matrices to convert: each with its float32 source and bf16 slot. */
