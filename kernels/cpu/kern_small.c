@@ -336,6 +336,62 @@ static void s_head_scores(const float *qs, int nq, const void *K, int bf16, int 
                      : s_dot(qs + (size_t)r * hd, (const float *)K + (size_t)s * ld, hd);
 }
 
+#if defined(__AVX512F__)
+/* e^x for 16 lanes, x clamped to [-87.3, 88.7]: x = n ln2 + r with
+ * |r| <= ln2/2, e^r by Cephes' degree-6 polynomial (about 1 ulp), times
+ * 2^n by scalef. */
+static inline __m512 s_exp16(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+/* Softmax of one row of finite scores (the plain form is
+ * kern_softmax_rows; the AVX-512 form differs from it by the rounding of
+ * its exponential, within 2e-7 relative). */
+static void s_softmax_row(float *x, int n)
+{
+#if defined(__AVX512F__)
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+    float mx = _mm512_reduce_max_ps(mv);
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    __m512 m = _mm512_set1_ps(mx), sv = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = s_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+        _mm512_storeu_ps(x + i, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    float sum = _mm512_reduce_add_ps(sv);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / sum);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    for (; i < n; i++)
+        x[i] *= 1.0f / sum;
+#else
+    kern_softmax_rows(x, 1, n);
+#endif
+}
+
 void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc)
 {
@@ -345,7 +401,7 @@ void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *
             qs[r * hd + d] = q[(size_t)r * ldq + d] * scale;
     s_head_scores(qs, nq, K, bf16, S, hd, ld, scores);
     for (int r = 0; r < nq; r++)
-        kern_softmax_rows(scores + (size_t)r * S, 1, S);
+        s_softmax_row(scores + (size_t)r * S, S);
     /* context: each value row read once for all nq queries */
     memset(acc, 0, (size_t)nq * hd * sizeof *acc);
     for (int s = 0; s < S; s++) {
