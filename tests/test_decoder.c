@@ -341,8 +341,10 @@ static void s_step_vs_general(const DonutModel *m)
         CU_ASSERT_EQUAL_FATAL(dec_seq_init(&slow[k], m, 64, &err), 0);
         DecSeq *f = &fast[k], *sl = &slow[k];
         const int32_t *pp = prompts[k];
-        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &f, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err), 0);
-        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &f, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err),
+                              0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err),
+                              0);
     }
     float *a = malloc((size_t)3 * V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
     DmProbe probe = {s_noop_emit, NULL};
@@ -557,7 +559,8 @@ static void test_bf16_file(void)
     CU_ASSERT_STRING_EQUAL(mb->fingerprint, mf->fingerprint);
     const char *lo = mb->weights->map, *hi = lo + mb->weights->map_len;
     const DecLayer *L = &mb->dec.layers[1];
-    const void *in_file[] = {L->self.q.wbf, L->cross.v.wbf, L->ffn.fc1.wbf, mb->dec.embed_tokens_bf16};
+    const void *in_file[] = {L->self.q.wbf, L->cross.v.wbf, L->ffn.fc1.wbf,
+                             mb->dec.embed_tokens_bf16};
     for (int i = 0; i < 4; i++)
         CU_ASSERT((const char *)in_file[i] >= lo && (const char *)in_file[i] < hi);
     CU_ASSERT_PTR_NULL(mb->bf16); /* nothing was converted */
