@@ -172,7 +172,8 @@ static void test_linear_bf16(void)
  * and one attention head against a double-precision twin. */
 static void test_team(void)
 {
-    static const int shapes[][3] = {{1, 1024, 1027}, {4, 256, 64}, {3, 77, 131}, {2, 40, 3}};
+    static const int shapes[][3] = {{1, 1024, 1027}, {4, 256, 64}, {3, 77, 131}, {2, 40, 3},
+                                    {5, 77, 9}};
     unsigned seed = 23;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
@@ -208,6 +209,14 @@ static void test_team(void)
             if (!(d <= 1e-5 * sqrt((double)K)))
                 printf("\n  team linear %dx%dx%d mode %d: max diff %.3g", M, K, N, mode, d);
             CU_ASSERT(d <= 1e-5 * sqrt((double)K));
+            /* a row's result does not depend on the rows sharing the call
+             * (row 0 of 4 or more goes through the 4x4 blocked product) */
+            float *rows1[1] = {r};
+            memcpy(r, y0, (size_t)N * sizeof *r);
+#pragma omp parallel num_threads(2)
+            kern_linear_team(x, bf ? xb : NULL, 1, K, bf ? NULL : W, bf ? Wb : NULL, bias, N,
+                             rows1, flags);
+            CU_ASSERT(memcmp(r, y, (size_t)N * sizeof *r) == 0);
         }
         free(x);
         free(W);

@@ -240,6 +240,56 @@ void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, con
 
 static inline float s_gelu1(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+/* Four weight rows against four input rows: each weight vector loaded once
+ * for the four inputs (half the loads per multiply of s_dot4 called four
+ * times), every output accumulated in exactly s_dot4's (s_dot4_bf16's)
+ * order, so the results are the same bits. */
+static void s_dot4x4(const float *x, const uint16_t *xb, size_t ldx, const float *w,
+                     const uint16_t *wb, size_t ldw, int K, float out[4][4])
+{
+    __m512 a[4][4];
+    for (int m = 0; m < 4; m++)
+        for (int r = 0; r < 4; r++)
+            a[m][r] = _mm512_setzero_ps();
+    int k = 0;
+    if (wb) {
+        for (; k + 32 <= K; k += 32) {
+            __m512bh wv[4];
+            for (int r = 0; r < 4; r++)
+                wv[r] = (__m512bh)_mm512_loadu_si512(wb + r * ldw + k);
+            for (int m = 0; m < 4; m++) {
+                __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + m * ldx + k);
+                for (int r = 0; r < 4; r++)
+                    a[m][r] = _mm512_dpbf16_ps(a[m][r], xv, wv[r]);
+            }
+        }
+    } else {
+        for (; k + 16 <= K; k += 16) {
+            __m512 wv[4];
+            for (int r = 0; r < 4; r++)
+                wv[r] = _mm512_loadu_ps(w + r * ldw + k);
+            for (int m = 0; m < 4; m++) {
+                __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
+                for (int r = 0; r < 4; r++)
+                    a[m][r] = _mm512_fmadd_ps(xv, wv[r], a[m][r]);
+            }
+        }
+    }
+    for (int m = 0; m < 4; m++)
+        for (int r = 0; r < 4; r++) {
+            float o = _mm512_reduce_add_ps(a[m][r]);
+            for (int kk = k; kk < K; kk++)
+                o += wb ? kern_bf16_f32(xb[m * ldx + kk]) * kern_bf16_f32(wb[r * ldw + kk])
+                        : x[m * ldx + kk] * w[r * ldw + kk];
+            out[m][r] = o;
+        }
+}
+#define S_HAVE_DOT4X4 1
+#else
+#define S_HAVE_DOT4X4 0
+#endif
+
 void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
                       const uint16_t *Wb, const float *bias, int N, float *const *y, int flags)
 {
@@ -250,21 +300,28 @@ void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const fl
          * call whose extra rows repeat the row, as kern_linear_small) */
         int j = jb < nb ? 4 * jb : 4 * nb + (jb - nb), nr = jb < nb ? 4 : 1;
         size_t ldw = jb < nb ? (size_t)K : 0;
-        for (int m = 0; m < M; m++) {
-            float o[4];
-            if (Wb)
-                s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o);
-            else
-                s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o);
-            for (int r = 0; r < nr; r++) {
-                float v = o[r] + (bias ? bias[j + r] : 0.0f);
-                if (flags & KERN_GELU)
-                    v = s_gelu1(v);
-                if (flags & KERN_ACC)
-                    y[m][j + r] += v;
-                else
-                    y[m][j + r] = v;
-            }
+        for (int m = 0; m < M;) {
+            float o[4][4];
+            int nm = S_HAVE_DOT4X4 && M - m >= 4 ? 4 : 1;
+#if S_HAVE_DOT4X4
+            if (nm == 4)
+                s_dot4x4(x ? x + (size_t)m * K : NULL, xb ? xb + (size_t)m * K : NULL, (size_t)K,
+                         W ? W + (size_t)j * K : NULL, Wb ? Wb + (size_t)j * K : NULL, ldw, K, o);
+#endif
+            if (nm == 1 && Wb)
+                s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o[0]);
+            else if (nm == 1)
+                s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o[0]);
+            for (int i = 0; i < nm; i++, m++)
+                for (int r = 0; r < nr; r++) {
+                    float v = o[i][r] + (bias ? bias[j + r] : 0.0f);
+                    if (flags & KERN_GELU)
+                        v = s_gelu1(v);
+                    if (flags & KERN_ACC)
+                        y[m][j + r] += v;
+                    else
+                        y[m][j + r] = v;
+                }
         }
     }
     if (!(flags & KERN_NOWAIT)) {
