@@ -58,8 +58,7 @@ void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, con
                             int N, float *y);
 void kern_linear_bf16_ref(const float *x, int M, int K, const uint16_t *W, const float *bias,
                           int N, float *y);
-/* dst[i] = bfloat16 of src[i], round to nearest even (dm_f32_to_bf16),
- * threaded. */
+/* dst[i] = bfloat16 of src[i], round to nearest even (dm_f32_to_bf16). */
 void kern_to_bf16(const float *src, uint16_t *dst, size_t n);
 
 /* The conversions of one element, inline for the kernels' inner loops

@@ -5,7 +5,11 @@
  * Many rows (the cross-attention keys and values of a page, teacher-forced
  * sequences) are compute-bound: there the weights are widened to float32
  * a block of rows at a time and multiplied by sgemm, so they run at the
- * BLAS rate while only the bfloat16 copy stays resident. */
+ * BLAS rate while only the bfloat16 copy stays resident.  The widening and
+ * rounding loops run on the calling thread: an OpenMP region between two
+ * sgemm calls would wait for the BLAS threads, which keep spinning for a
+ * while after each call, to give the cores back (a scheduler time slice on
+ * a busy machine), and widening is cheap next to the product. */
 #include <stdlib.h>
 
 #include "kern.h"
@@ -16,7 +20,6 @@
 
 void kern_to_bf16(const float *src, uint16_t *dst, size_t n)
 {
-#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         dst[i] = kern_f32_bf16(src[i]);
 }
@@ -50,7 +53,6 @@ void kern_linear_bf16(const float *x, int M, int K, const uint16_t *W, const flo
     for (int j0 = 0; j0 < N; j0 += rows) {
         int nr = N - j0 < rows ? N - j0 : rows;
         const uint16_t *src = W + (size_t)j0 * K;
-#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)nr * K; i++)
             wf[i] = kern_bf16_f32(src[i]);
         if (bias)
