@@ -15,7 +15,11 @@ static void s_usage(FILE *f)
                "  prints one answer per question, in order\n"
                "  --page N      page of a multi-page TIFF or PDF, from 0 (default 0)\n"
                "  --dpi D       PDF rendering resolution (default %d)\n"
-               "  --threads N   compute threads (default: all cores)\n"
+               "  --threads N   compute threads (default: the CPUs this process may use)\n"
+               "  --precision P fp32 (default) or bf16: bfloat16 weights with float32\n"
+               "                accumulation (half the weight memory, faster decoding)\n"
+               "  --max-length N  generation limit in tokens, counting the prompt (default:\n"
+               "                the model's max_position_embeddings)\n"
                "  --verbose     also print timings and token log-probabilities on stderr\n",
             IMAGE_PDF_DPI_DEFAULT);
 }
@@ -38,6 +42,8 @@ int cmd_ask(int argc, char **argv)
     const char *dir = NULL, *image = NULL;
     const char **questions = calloc((size_t)argc, sizeof *questions);
     int nq = 0, page = 0, dpi = IMAGE_PDF_DPI_DEFAULT, threads = 0, verbose = 0;
+    DmPrecision prec = DM_PREC_F32;
+    int max_length = 0;
     if (!questions)
         return 1;
     for (int i = 1; i < argc; i++) {
@@ -53,6 +59,14 @@ int cmd_ask(int argc, char **argv)
                 goto usage;
         } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             if (s_posint("--threads", argv[++i], 1, &threads))
+                goto usage;
+        } else if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+            if (donut_precision_parse(argv[++i], &prec)) {
+                fprintf(stderr, "docmint ask: --precision %s: expected fp32 or bf16\n", argv[i]);
+                goto usage;
+            }
+        } else if (!strcmp(argv[i], "--max-length") && i + 1 < argc) {
+            if (s_posint("--max-length", argv[++i], 2, &max_length))
                 goto usage;
         } else if (!strcmp(argv[i], "--verbose")) {
             verbose = 1;
@@ -71,8 +85,7 @@ int cmd_ask(int argc, char **argv)
         fprintf(stderr, "docmint ask: needs MODEL_DIR, IMAGE and at least one question (see --help)\n");
         goto usage;
     }
-    if (threads)
-        kern_set_threads(threads);
+    kern_set_threads(threads ? threads : kern_cpu_count());
 
     DmErr err = {{0}};
     QaModel qa;
@@ -83,9 +96,16 @@ int cmd_ask(int argc, char **argv)
     int rc = 1, opened = 0, answered = 0;
     char path[4096];
     double t0 = dm_now();
-    if (!answers || qa_open(dir, &qa, &err))
+    if (!answers || qa_open_as(dir, prec, &qa, &err))
         goto done;
     opened = 1;
+    if (max_length > qa.model->cfg.dec.max_pos) {
+        dm_err(&err, "--max-length %d exceeds the model's %d positions (%s)", max_length,
+               qa.model->cfg.dec.max_pos, dir);
+        goto done;
+    }
+    if (max_length)
+        qa.gen.max_length = max_length;
     /* Check every question before the page is loaded and encoded. */
     for (int i = 0; i < nq; i++) {
         int32_t *ids;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "kern.h"
 #include "worker_loop.h"
 
 #define PREFIX "docmint worker"
@@ -35,7 +36,8 @@ static void s_usage(FILE *f)
                "  --keys FILE         the job's OUTPUT/worker.keys (required)\n"
                "  --connect ENDPOINT  coordinator address, e.g. tcp://host:port\n"
                "                      (default: the endpoint in the keys file)\n"
-               "  --threads N         compute threads (default: the job's \"threads\", else all cores)\n"
+               "  --threads N         compute threads (default: the job's \"threads\", else the CPUs\n"
+               "                      this process may use)\n"
                "  --give-up S         exit after S seconds without word from the coordinator\n"
                "                      (default 60)\n"
                "  --name NAME         how the coordinator's messages call this worker\n"
@@ -113,7 +115,7 @@ int cmd_worker(int argc, char **argv)
     o.endpoint = endpoint;
     o.name = name ? name : host;
     o.log_prefix = PREFIX;
-    o.threads = threads > 0 ? (int)threads : join.threads;
+    o.threads = threads > 0 ? (int)threads : join.threads > 0 ? join.threads : kern_cpu_count();
     o.give_up_seconds = give_up;
     o.verbose = verbose;
     o.should_stop = s_should_stop;

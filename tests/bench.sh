@@ -2,7 +2,10 @@
 # The benchmark (`make bench`): encoder seconds per page and decoder
 # milliseconds per token of a full-size random-weight Donut (donut-base
 # config) and of the tiny config, next to the sgemm rate, memory bandwidth
-# and FMA peak of this machine measured in the same runs.
+# and FMA peak of this machine measured in the same runs; the decoder in fp32
+# and in bf16 (the same weights converted) with the step's memory bound; a
+# page end to end through `docmint ask` in both precisions with the peak RSS
+# (/usr/bin/time -v); fp32 against bf16 answers on a synthetic corpus.
 #
 # The checkpoints are written once (build/bench-model-full, ~800 MB, and
 # build/bench-model-tiny) and reused.  When OPENBLAS_CORETYPE is set in the
@@ -97,18 +100,44 @@ function str(k,   s) {
     return "-"
 }
 BEGIN {
-    printf "%-32s %-10s %6s %5s %6s %7s %6s %6s %6s %7s %7s %6s %5s\n", "run", "BLAS core",
-        "sgemm", "GB/s", "FMA512", "enc s", "GF/s", "/sgemm", "/FMA", "ms/tok1", "ms/tokN", "N", "RSS"
+    printf "%-32s %-10s %6s %5s %6s %7s %6s %6s %6s %7s %7s %6s %7s %7s %5s\n", "run", "BLAS core",
+        "sgemm", "GB/s", "FMA512", "enc s", "GF/s", "/sgemm", "/FMA", "ms/tok1", "ms/tokN", "N",
+        "bf16/1", "bf16/N", "RSS"
 }
 {
-    printf "%-32s %-10s %6.1f %5.1f %6.1f %7.3f %6.1f %6.2f %6.2f %7.3f %7.3f %6d %5.0f\n", str("label"),
-        str("corename"), num("bounds", "sgemm_gflops"), num("bounds", "read_gbps"),
+    printf "%-32s %-10s %6.1f %5.1f %6.1f %7.3f %6.1f %6.2f %6.2f %7.3f %7.3f %6d %7.3f %7.3f %5.0f\n",
+        str("label"), str("corename"), num("bounds", "sgemm_gflops"), num("bounds", "read_gbps"),
         num("bounds", "fma_avx512_gflops"), num("encoder", "seconds"), num("encoder", "gflops"),
         num("encoder", "frac_sgemm"), num("encoder", "frac_fma_peak"), num("decoder", "token_ms_b1"),
-        num("decoder", "token_ms_bn"), num("decoder", "questions"), num("", "peak_rss_mib")
+        num("decoder", "token_ms_bn"), num("decoder", "questions"), num("decoder_bf16", "token_ms_b1"),
+        num("decoder_bf16", "token_ms_bn"), num("", "peak_rss_mib")
 }' "$RESULTS"
 echo "(sgemm GFLOP/s best shape; GB/s memory read; enc s per page; ms/tok1 and ms/tokN: decoder ms"
-echo " per token at batch 1 and batch N; RSS: peak MiB of the model runs.  JSON: $RESULTS)"
+echo " per token at batch 1 and batch N in fp32, bf16/1 and bf16/N the same in bf16; RSS: peak MiB"
+echo " of the model runs.  JSON: $RESULTS)"
+
+# A page end to end with the full-size model, as `docmint ask` runs it: load,
+# preprocessing, one encoder pass, 4 questions decoded together (up to 42
+# tokens each, prompt included), in fp32 and in bf16, with the peak RSS.
+echo
+echo "==== a page end to end: docmint ask, 4 questions (full-size random weights) ===="
+for p in fp32 bf16; do
+    /usr/bin/time -v "$DOCMINT" ask "$FULL" "$ROOT/jobs/demo/page.png" "What is the invoice number?" \
+        "What is the date?" "Who is the sender?" "What is the total?" --precision "$p" \
+        --max-length 42 --verbose >/dev/null 2>"$LOG" || {
+        echo "bench.sh: docmint ask --precision $p failed" >&2
+        cat "$LOG" >&2
+        exit 1
+    }
+    printf "%s: %s  wall %s  peak RSS %s KiB\n" "$p" "$(grep '^load ' "$LOG")" \
+        "$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$LOG")" \
+        "$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$LOG")"
+done
+
+# fp32 against bf16 answers on a synthetic corpus (tests/precision.sh).
+echo
+echo "==== fp32 vs bf16 on a synthetic corpus ===="
+sh "$ROOT/tests/precision.sh" "$DOCMINT"
 
 # The batch system: the coordinator's own overhead with no-op workers
 # (docmint bench-dispatch) and infer throughput with 1 and 2 worker ranks

@@ -1,9 +1,12 @@
 /* kern.c - CPU kernels: BLAS GEMM wrappers and plain vectorisable loops. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "kern.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <sched.h>
+#include <unistd.h>
 
 void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
@@ -112,6 +115,15 @@ void kern_set_threads(int n)
     s_threads = n;
     openblas_set_num_threads(n);
     omp_set_num_threads(n);
+}
+
+int kern_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
 }
 
 int kern_get_threads(void) { return s_threads ? s_threads : openblas_get_num_threads(); }

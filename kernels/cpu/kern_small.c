@@ -12,6 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "kern.h"
 
 #define SMALL_MAX 16
@@ -39,7 +43,6 @@ static inline float s_dot(const float *restrict a, const float *restrict b, int 
 int kern_small_m(int M) { return M >= 1 && M <= SMALL_MAX; }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 /* Four weight rows against one input row: the input vector is loaded once
  * for the four rows, and the four horizontal sums come at the end. */
 static inline void s_dot4(const float *restrict x, const float *restrict w, size_t ldw, int K,
@@ -159,4 +162,322 @@ void kern_attend_values(const float *probs, int nq, const float *V, int S, int H
             kern_add(c, part + ((size_t)t * nq + r) * inner, (size_t)inner);
     }
     free(part);
+}
+
+/* ------------------------------------------------------ bfloat16 weights
+ * The same streaming in bf16: half the bytes per weight.  The activation
+ * rows are rounded to bfloat16 once per call; vdpbf16ps multiplies pairs
+ * of bfloat16 and adds both products to a float32 lane. */
+
+#if defined(__AVX512BF16__)
+static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
+                               int K, float out[4])
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+        a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_loadu_si512(w + k));
+        a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_loadu_si512(w + ldw + k));
+        a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_loadu_si512(w + 2 * ldw + k));
+        a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_loadu_si512(w + 3 * ldw + k));
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++)
+            out[r] += kern_bf16_f32(x[k]) * kern_bf16_f32(w[r * ldw + k]);
+}
+#else
+static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
+                               int K, float out[4])
+{
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (int k = 0; k < K; k++)
+            s += kern_bf16_f32(x[k]) * kern_bf16_f32(w[r * ldw + k]);
+        out[r] = s;
+    }
+}
+#endif
+
+void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                            int N, float *y)
+{
+    uint16_t *xb = malloc((size_t)M * K * sizeof *xb);
+    if (!xb) { /* no room for the rounded rows: the plain twin needs none */
+        kern_linear_bf16_ref(x, M, K, W, bias, N, y);
+        return;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        xb[i] = kern_f32_bf16(x[i]);
+    int nb = N / 4;
+#pragma omp parallel for schedule(static)
+    for (int jb = 0; jb < nb; jb++) {
+        int j = 4 * jb;
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            s_dot4_bf16(xb + (size_t)m * K, W + (size_t)j * K, (size_t)K, K, o);
+            for (int r = 0; r < 4; r++)
+                y[(size_t)m * N + j + r] = o[r] + (bias ? bias[j + r] : 0.0f);
+        }
+    }
+    for (int j = 4 * nb; j < N; j++) /* the last N % 4 rows, as in kern_linear_small */
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            s_dot4_bf16(xb + (size_t)m * K, W + (size_t)j * K, 0, K, o);
+            y[(size_t)m * N + j] = o[0] + (bias ? bias[j] : 0.0f);
+        }
+    free(xb);
+}
+
+/* ------------------------------------------------------- team kernels
+ * Work-sharing forms of the kernels above for a decoding step that runs
+ * as one parallel region: every thread of the team calls them (orphaned
+ * `omp for`), and only the barriers the data needs are paid. */
+
+static inline float s_gelu1(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+/* Four weight rows against four input rows: each weight vector loaded once
+ * for the four inputs (half the loads per multiply of s_dot4 called four
+ * times), every output accumulated in exactly s_dot4's (s_dot4_bf16's)
+ * order, so the results are the same bits. */
+static void s_dot4x4(const float *x, const uint16_t *xb, size_t ldx, const float *w,
+                     const uint16_t *wb, size_t ldw, int K, float out[4][4])
+{
+    __m512 a[4][4];
+    for (int m = 0; m < 4; m++)
+        for (int r = 0; r < 4; r++)
+            a[m][r] = _mm512_setzero_ps();
+    int k = 0;
+    if (wb) {
+        for (; k + 32 <= K; k += 32) {
+            __m512bh wv[4];
+            for (int r = 0; r < 4; r++)
+                wv[r] = (__m512bh)_mm512_loadu_si512(wb + r * ldw + k);
+            for (int m = 0; m < 4; m++) {
+                __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + m * ldx + k);
+                for (int r = 0; r < 4; r++)
+                    a[m][r] = _mm512_dpbf16_ps(a[m][r], xv, wv[r]);
+            }
+        }
+    } else {
+        for (; k + 16 <= K; k += 16) {
+            __m512 wv[4];
+            for (int r = 0; r < 4; r++)
+                wv[r] = _mm512_loadu_ps(w + r * ldw + k);
+            for (int m = 0; m < 4; m++) {
+                __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
+                for (int r = 0; r < 4; r++)
+                    a[m][r] = _mm512_fmadd_ps(xv, wv[r], a[m][r]);
+            }
+        }
+    }
+    for (int m = 0; m < 4; m++)
+        for (int r = 0; r < 4; r++) {
+            float o = _mm512_reduce_add_ps(a[m][r]);
+            for (int kk = k; kk < K; kk++)
+                o += wb ? kern_bf16_f32(xb[m * ldx + kk]) * kern_bf16_f32(wb[r * ldw + kk])
+                        : x[m * ldx + kk] * w[r * ldw + kk];
+            out[m][r] = o;
+        }
+}
+#define S_HAVE_DOT4X4 1
+#else
+#define S_HAVE_DOT4X4 0
+#endif
+
+void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int N, float *const *y, int flags)
+{
+    int nb = N / 4, tail = N - 4 * nb;
+#pragma omp for schedule(static) nowait
+    for (int jb = 0; jb < nb + tail; jb++) {
+        /* blocks of 4 rows, then the last N % 4 rows one by one (a 4-row
+         * call whose extra rows repeat the row, as kern_linear_small) */
+        int j = jb < nb ? 4 * jb : 4 * nb + (jb - nb), nr = jb < nb ? 4 : 1;
+        size_t ldw = jb < nb ? (size_t)K : 0;
+        for (int m = 0; m < M;) {
+            float o[4][4];
+            int nm = S_HAVE_DOT4X4 && M - m >= 4 ? 4 : 1;
+#if S_HAVE_DOT4X4
+            if (nm == 4)
+                s_dot4x4(x ? x + (size_t)m * K : NULL, xb ? xb + (size_t)m * K : NULL, (size_t)K,
+                         W ? W + (size_t)j * K : NULL, Wb ? Wb + (size_t)j * K : NULL, ldw, K, o);
+#endif
+            if (nm == 1 && Wb)
+                s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o[0]);
+            else if (nm == 1)
+                s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o[0]);
+            for (int i = 0; i < nm; i++, m++)
+                for (int r = 0; r < nr; r++) {
+                    float v = o[i][r] + (bias ? bias[j + r] : 0.0f);
+                    if (flags & KERN_GELU)
+                        v = s_gelu1(v);
+                    if (flags & KERN_ACC)
+                        y[m][j + r] += v;
+                    else
+                        y[m][j + r] = v;
+                }
+        }
+    }
+    if (!(flags & KERN_NOWAIT)) {
+#pragma omp barrier
+    }
+}
+
+/* Dot product of a float32 query slice with a bfloat16 key slice. */
+static inline float s_dot_bf16f(const float *restrict a, const uint16_t *restrict b, int K)
+{
+    enum { L = 16 };
+    float acc[L];
+    memset(acc, 0, sizeof acc);
+    int k = 0;
+    for (; k + L <= K; k += L)
+        for (int i = 0; i < L; i++)
+            acc[i] += a[k + i] * kern_bf16_f32(b[k + i]);
+    float s = 0.0f;
+    for (int i = 0; i < L; i++)
+        s += acc[i];
+    for (; k < K; k++)
+        s += a[k] * kern_bf16_f32(b[k]);
+    return s;
+}
+
+#if defined(__AVX512F__)
+/* Row s of a head's keys as four vectors of 16 (head size 64). */
+static inline void s_key64(const void *K, int bf16, size_t off, __m512 k[4])
+{
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)K + off;
+        for (int i = 0; i < 4; i++)
+            k[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 16 * i))), 16));
+    } else {
+        const float *p = (const float *)K + off;
+        for (int i = 0; i < 4; i++)
+            k[i] = _mm512_loadu_ps(p + 16 * i);
+    }
+}
+#endif
+
+/* scores[r][s] = qs[r] . K[s] for every key row, each row read once for
+ * all nq queries. */
+static void s_head_scores(const float *qs, int nq, const void *K, int bf16, int S, int hd, int ld,
+                          float *scores)
+{
+#if defined(__AVX512F__)
+    if (hd == 64) {
+        for (int s = 0; s < S; s++) {
+            __m512 k[4];
+            s_key64(K, bf16, (size_t)s * ld, k);
+            for (int r = 0; r < nq; r++) {
+                const float *q = qs + (size_t)r * hd;
+                __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), k[0]);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16), k[1], a);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 32), k[2], a);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 48), k[3], a);
+                scores[(size_t)r * S + s] = _mm512_reduce_add_ps(a);
+            }
+        }
+        return;
+    }
+#endif
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < nq; r++)
+            scores[(size_t)r * S + s] =
+                bf16 ? s_dot_bf16f(qs + (size_t)r * hd, (const uint16_t *)K + (size_t)s * ld, hd)
+                     : s_dot(qs + (size_t)r * hd, (const float *)K + (size_t)s * ld, hd);
+}
+
+#if defined(__AVX512F__)
+/* e^x for 16 lanes, x clamped to [-87.3, 88.7]: x = n ln2 + r with
+ * |r| <= ln2/2, e^r by Cephes' degree-6 polynomial (about 1 ulp), times
+ * 2^n by scalef. */
+static inline __m512 s_exp16(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+/* Softmax of one row of finite scores (the plain form is
+ * kern_softmax_rows; the AVX-512 form differs from it by the rounding of
+ * its exponential, within 2e-7 relative). */
+static void s_softmax_row(float *x, int n)
+{
+#if defined(__AVX512F__)
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+    float mx = _mm512_reduce_max_ps(mv);
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    __m512 m = _mm512_set1_ps(mx), sv = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = s_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+        _mm512_storeu_ps(x + i, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    float sum = _mm512_reduce_add_ps(sv);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / sum);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    for (; i < n; i++)
+        x[i] *= 1.0f / sum;
+#else
+    kern_softmax_rows(x, 1, n);
+#endif
+}
+
+void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
+                      int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc)
+{
+    float qs[16 * 256], acc[16 * 256];
+    for (int r = 0; r < nq; r++)
+        for (int d = 0; d < hd; d++)
+            qs[r * hd + d] = q[(size_t)r * ldq + d] * scale;
+    s_head_scores(qs, nq, K, bf16, S, hd, ld, scores);
+    for (int r = 0; r < nq; r++)
+        s_softmax_row(scores + (size_t)r * S, S);
+    /* context: each value row read once for all nq queries */
+    memset(acc, 0, (size_t)nq * hd * sizeof *acc);
+    for (int s = 0; s < S; s++) {
+        if (bf16) {
+            const uint16_t *v = (const uint16_t *)V + (size_t)s * ld;
+            for (int r = 0; r < nq; r++) {
+                float p = scores[(size_t)r * S + s];
+                for (int d = 0; d < hd; d++)
+                    acc[r * hd + d] += p * kern_bf16_f32(v[d]);
+            }
+        } else {
+            const float *v = (const float *)V + (size_t)s * ld;
+            for (int r = 0; r < nq; r++) {
+                float p = scores[(size_t)r * S + s];
+                for (int d = 0; d < hd; d++)
+                    acc[r * hd + d] += p * v[d];
+            }
+        }
+    }
+    for (int r = 0; r < nq; r++)
+        memcpy(ctx + (size_t)r * ldc, acc + (size_t)r * hd, (size_t)hd * sizeof *acc);
 }
