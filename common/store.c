@@ -594,19 +594,31 @@ int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err
 
 static int s_add_bytes(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
 {
-    uint64_t *acc = ctx;
-    acc[0]++;
-    acc[1] += klen + vlen;
+    StoreDbSize *z = ctx;
+    z->entries++;
+    z->bytes += klen + vlen;
     return 0;
 }
 
-int store_db_bytes(Store *s, const char *db, uint64_t *n, uint64_t *bytes, DmErr *err)
+int store_db_size(Store *s, const char *db, StoreDbSize *out, DmErr *err)
 {
-    uint64_t acc[2] = {0, 0};
-    int rc = store_foreach(s, db, s_add_bytes, acc, err);
-    *n = acc[0];
-    *bytes = acc[1];
-    return rc;
+    memset(out, 0, sizeof *out);
+    int d = s_db_arg(s, db, err);
+    if (d < 0 || store_foreach(s, db, s_add_bytes, out, err) < 0)
+        return -1;
+    if (!s->have[d])
+        return 0;
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_stat st;
+    int rc = mdb_stat(txn, s->dbi[d], &st);
+    mdb_txn_abort(txn);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot read the database sizes");
+    out->page_bytes = (uint64_t)st.ms_psize *
+                      (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
+    return 0;
 }
 
 int store_count(Store *s, const char *db, uint64_t *n, DmErr *err)

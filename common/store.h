@@ -63,8 +63,12 @@ int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err
 /* Number of entries in db. */
 int store_count(Store *s, const char *db, uint64_t *n, DmErr *err);
 
-/* Entries of db and the bytes of their keys and values (for stat). */
-int store_db_bytes(Store *s, const char *db, uint64_t *n, uint64_t *bytes, DmErr *err);
+/* Size of one database (for stat): entries, bytes of their keys and
+ * values, and bytes of the store pages it occupies. */
+typedef struct StoreDbSize {
+    uint64_t entries, bytes, page_bytes;
+} StoreDbSize;
+int store_db_size(Store *s, const char *db, StoreDbSize *out, DmErr *err);
 
 /* meta helpers: UTF-8 strings.  store_meta_get returns a malloc'ed string
  * or NULL when absent. */
