@@ -191,7 +191,7 @@ def st_write(path, tensors):
     h = json.dumps(head).encode()
     open(path, "wb").write(struct.pack("<Q", len(h)) + h + blob)
 
-# One thread, as the job's workers (\"threads\": 1): the same
+# One thread, as the job's workers ("threads": 1): the same
 # float32 sums, so only the float16 rounding stays.
 one = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
 n = over = 0
