@@ -463,6 +463,56 @@ static void test_refusals(void)
     s_rmtree(dir);
 }
 
+/* A store written before the features database existed: readers see it
+ * empty, a writer adds it. */
+static void test_optional_features(void)
+{
+    char *dir = s_tmpdir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    mdb_env_create(&env);
+    mdb_env_set_maxdbs(env, 8);
+    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, dir, 0, 0664), 0);
+    mdb_txn_begin(env, NULL, 0, &txn);
+    static const char *const dbs[] = {"records", "errors", "meta"};
+    for (int i = 0; i < 3; i++)
+        mdb_dbi_open(txn, dbs[i], MDB_CREATE, &dbi);
+    MDB_val k = {14, "schema_version"}, v = {1, "1"};
+    CU_ASSERT_EQUAL(mdb_put(txn, dbi, &k, &v, 0), 0);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    DmErr err = {{0}};
+    Store *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_READ, &s, &err), 0);
+    uint64_t n = 1;
+    void *val = NULL;
+    size_t vlen = 0;
+    StoreDbSize z = {1, 1, 1};
+    CU_ASSERT_EQUAL(store_count(s, STORE_FEATURES, &n, &err), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(store_has(s, STORE_FEATURES, "p", 1, &err), 0);
+    CU_ASSERT_EQUAL(store_get(s, STORE_FEATURES, "p", 1, &val, &vlen, &err), 0);
+    CU_ASSERT_EQUAL(store_db_size(s, STORE_FEATURES, &z, &err), 0);
+    CU_ASSERT(z.entries == 0 && z.bytes == 0 && z.page_bytes == 0);
+    CU_ASSERT_EQUAL(store_has(s, "nosuch", "p", 1, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "unknown database 'nosuch'"));
+    store_close(&s);
+
+    CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_WRITE, &s, &err), 0);
+    StoreItem it = {STORE_FEATURES, "page", 4, "value", 5};
+    CU_ASSERT_EQUAL(store_put_batch(s, &it, 1, &err), 0);
+    store_close(&s);
+    CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_READ, &s, &err), 0);
+    CU_ASSERT_EQUAL(store_has(s, STORE_FEATURES, "page", 4, &err), 1);
+    CU_ASSERT_EQUAL(store_db_size(s, STORE_FEATURES, &z, &err), 0);
+    CU_ASSERT(z.entries == 1 && z.bytes == 9 && z.page_bytes >= 4096);
+    store_close(&s);
+    s_rmtree(dir);
+}
+
 /* ---- records -------------------------------------------------------- */
 
 static void test_records_roundtrip(void)
@@ -627,6 +677,7 @@ void tests_store(void)
              {"idempotent rewrites", test_idempotent}, {"map grows from 1 MiB to hold 20 MiB", test_map_growth},
              {"disk full keeps committed batches", test_disk_full},
              {"missing, foreign, other-version stores; one writer", test_refusals},
+             {"features database: optional for readers, created by writers", test_optional_features},
              {"records: pack/unpack/JSON round trip", test_records_roundtrip},
              {"records: float formatting", test_float_format}, {"records_put", test_records_put});
 }
