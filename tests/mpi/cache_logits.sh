@@ -221,6 +221,12 @@ then
 else
     bad "features vs the live encoder: $(tail -3 "$T/fcheck.out") $(tail -2 "$T/pymake.log")"
 fi
+if "$DOCMINT" cache-check "$T/model" "$T/feat" --limit 1000 >"$T/fcc.out" 2>"$T/fcc.err" &&
+    grep -q "^features: $(pages_of "$C") pages, .* 0 beyond float16 rounding" "$T/fcc.out"; then
+    ok "cache-check checks the features too: $(grep '^features:' "$T/fcc.out")"
+else
+    bad "cache-check of the features: $(cat "$T/fcc.err") $(tail -2 "$T/fcc.out")"
+fi
 write_job "$T/nofeat-job.json" "$T/model" "$C" "$T/feat" '"stage": "cache-logits", "top_k": 8'
 if ! "$DOCMINT" run "$T/nofeat-job.json" >/dev/null 2>"$T/nofeat.err" &&
     grep -q "keep_features true" "$T/nofeat.err"; then
