@@ -392,6 +392,26 @@ static void test_disk_full(void)
 
 /* ---- refusals ------------------------------------------------------- */
 
+/* An LMDB environment at path (an existing folder) with the named
+ * databases, and key = val in the last of them. */
+static void s_raw_lmdb(const char *path, const char *const *dbs, int n, const char *key,
+                       const char *val)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    mdb_env_create(&env);
+    mdb_env_set_maxdbs(env, 8);
+    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, path, 0, 0664), 0);
+    mdb_txn_begin(env, NULL, 0, &txn);
+    for (int i = 0; i < n; i++)
+        mdb_dbi_open(txn, dbs[i], MDB_CREATE, &dbi);
+    MDB_val k = {strlen(key), (void *)key}, v = {strlen(val), (void *)val};
+    CU_ASSERT_EQUAL(mdb_put(txn, dbi, &k, &v, 0), 0);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
 static void test_refusals(void)
 {
     char *dir = s_tmpdir();
@@ -423,18 +443,8 @@ static void test_refusals(void)
     /* an LMDB environment that is not a docmint store */
     snprintf(p, sizeof p, "%s/foreign", dir);
     mkdir(p, 0777);
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    mdb_env_create(&env);
-    mdb_env_set_maxdbs(env, 4);
-    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, p, 0, 0664), 0);
-    mdb_txn_begin(env, NULL, 0, &txn);
-    mdb_dbi_open(txn, "other", MDB_CREATE, &dbi);
-    MDB_val k = {3, "key"}, v = {3, "val"};
-    mdb_put(txn, dbi, &k, &v, 0);
-    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    static const char *const other[] = {"other"};
+    s_raw_lmdb(p, other, 1, "key", "val");
     CU_ASSERT_EQUAL(store_open(p, STORE_READ, &s, &err), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "not a docmint store"));
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, p));
@@ -469,20 +479,8 @@ static void test_optional_features(void)
 {
     char *dir = s_tmpdir();
     CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    mdb_env_create(&env);
-    mdb_env_set_maxdbs(env, 8);
-    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, dir, 0, 0664), 0);
-    mdb_txn_begin(env, NULL, 0, &txn);
     static const char *const dbs[] = {"records", "errors", "meta"};
-    for (int i = 0; i < 3; i++)
-        mdb_dbi_open(txn, dbs[i], MDB_CREATE, &dbi);
-    MDB_val k = {14, "schema_version"}, v = {1, "1"};
-    CU_ASSERT_EQUAL(mdb_put(txn, dbi, &k, &v, 0), 0);
-    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    s_raw_lmdb(dir, dbs, 3, "schema_version", "1");
 
     DmErr err = {{0}};
     Store *s = NULL;
