@@ -302,6 +302,7 @@ static void test_block_twin(void)
     }
     CU_ASSERT(worst <= 1e-4);
     printf("\n    %d sequences in one block vs alone: max diff %.2e", NS, worst);
+    free(block);
     /* A sequence whose answer start leaves no cached row is refused. */
     int bad_a = n[0] - 1;
     int32_t one[2] = {0, 2};
@@ -309,7 +310,6 @@ static void test_block_twin(void)
     int two = 2;
     CU_ASSERT_EQUAL(cache_forward_page(s_model, &page, 1, &op, &two, &bad_a, &block, &err), -1);
     CU_ASSERT_PTR_NULL(block);
-    free(block);
     dec_page_free(&page);
 }
 
