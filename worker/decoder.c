@@ -228,6 +228,31 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
         kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
         return 0;
     }
+    /* Self-attention of several fresh sequences (prompts, teacher-forced
+     * sequences): their keys are the block's own rows, so one GEMM per head
+     * over the whole block, with a mask that is causal inside each sequence
+     * and closed between them. */
+    int fresh = is_self && B > 1 && !all_one;
+    for (int b = 0; fresh && b < B; b++)
+        fresh = seqs[b]->len == 0;
+    if (fresh) {
+        if (s_probs_reserve(sc, (size_t)H * R * R, err))
+            return -1;
+        for (int h = 0; h < H; h++) {
+            float *P = sc->probs + (size_t)h * R * R;
+            kern_gemm_nt(R, R, hd, 1.0f, sc->q + h * hd, inner, sc->k + h * hd, inner, 0.0f, P, R);
+            for (int b = 0, r0 = 0; b < B; r0 += counts[b], b++)
+                for (int i = r0; i < r0 + counts[b]; i++)
+                    for (int j = 0; j < R; j++)
+                        if (j < r0 || j > i)
+                            P[(size_t)i * R + j] = -INFINITY;
+            kern_softmax_rows(P, R, R);
+            kern_gemm_nn(R, hd, R, 1.0f, P, R, sc->v + h * hd, inner, 0.0f, sc->ctx + h * hd,
+                         inner);
+        }
+        kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+        return 0;
+    }
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
         int T = counts[b];
         int pos0 = seqs[b]->len;
