@@ -149,9 +149,17 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
             j->temps[j->n_temps++] = T;
     }
     j->first_answer_only = json_is_true(json_object_get(doc, "first_answer_only"));
-    if (json_is_true(json_object_get(doc, "keep_features")))
-        return dm_err(err, "keep_features: the feature store (encoder output per page) is not "
-                           "implemented yet; set it to false");
+    j->keep_features = json_is_true(json_object_get(doc, "keep_features"));
+    if (j->keep_features && strcmp(j->stage, "cache-logits") != 0)
+        return dm_err(err, "keep_features: only for stage \"cache-logits\" (the feature store "
+                           "lives in a teacher-logit store)");
+    /* A shard's result is one message of at most WIRE_MAX_MSG (64 MiB); a
+     * full-size page's features take 9.4 MiB. */
+    if (j->keep_features && j->pages_per_shard > 4)
+        return dm_err(err, "pages_per_shard %d: with keep_features at most 4 (a shard's result, "
+                           "about 9.4 MiB of features a page at full size, must fit a 64 MiB "
+                           "message)",
+                      j->pages_per_shard);
     /* Rules across keys, which the schema does not express. */
     if (j->precision && strcmp(j->stage, "infer") != 0)
         return dm_err(err, "precision: \"bf16\" is for the infer stage; stage \"%s\" keeps "

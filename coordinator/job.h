@@ -31,6 +31,7 @@ typedef struct Job {
     int n_temps;           /* temps[0] is 1 (added when the job omits it) */
     double temps[16];
     int first_answer_only;
+    int keep_features;     /* also store each page's encoder output (features database) */
     char *endpoint;        /* coordinator bind address (default: every interface, port 0 = any free port) */
     json_t *doc;           /* the validated document with defaults filled in and paths resolved
                               (absolute), so job_parse reads it back anywhere */

@@ -24,6 +24,7 @@ typedef struct ResultsCounts {
     uint64_t records0, errors0;   /* in the store when the run began */
     int64_t answers, errors;      /* committed this run */
     int64_t acc_answers, acc_errors; /* accepted this run (committed or queued) */
+    int64_t features;             /* feature records committed this run */
 } ResultsCounts;
 
 /* Read the store's counts and the questionIds it holds (answers and
@@ -39,6 +40,11 @@ void results_set_kind(Results *r, const char *kind, const char *stage, const cha
 
 /* Queue a teacher-logit record (key: questionId + answer index). */
 int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmErr *err);
+
+/* Queue a page's encoder output (features database, key: page id).  A
+ * record that cannot be stored as it is becomes an error record with item
+ * "features of page ID". */
+int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now, DmErr *err);
 
 /* Whether the store held qid when results_open ran. */
 int results_held(const Results *r, int64_t qid);
@@ -68,12 +74,12 @@ int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
  * "QID/INDEX"); an empty item becomes the questionId. */
 int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double now, DmErr *err);
 
-/* Whether a flush is due. */
+/* Whether a flush is due (commit_every records, 64 MiB, or a second). */
 int results_due(const Results *r, double now);
 
 /* Commit what is queued with the counts in meta (computed_this_run,
- * count_records, count_errors, dispatched_this_run, dropped_this_run, and
- * finished_at when given).  Works with nothing queued (meta only). */
+ * count_records, count_errors, dispatched_this_run, dropped_this_run,
+ * features_this_run, and finished_at when given).  Works with nothing queued (meta only). */
 int results_flush(Results *r, int64_t dispatched, int64_t dropped, const char *finished_at,
                   DmErr *err);
 
