@@ -573,6 +573,9 @@ static void synth_check(int H, int W, int embed, int nst, const int *depths, con
     free(out);
     for (int i = 0; i < al.n; i++)
         free(al.p[i]);
+    for (int i = 0; i < m.nowned; i++) /* the encoder's packed weights */
+        free(m.owned[i]);
+    free(m.owned);
 }
 
 static void t_synth(void)

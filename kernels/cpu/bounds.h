@@ -5,7 +5,8 @@
  *  - memory read bandwidth (a read-only sum over a buffer much larger than
  *    the caches, on n threads);
  *  - the fp32 FMA peak of the vector units (register-only FMA chains on n
- *    threads), for AVX-512 and AVX2 where the CPU has them.
+ *    threads), for AVX-512 and AVX2 where the CPU has them, and the bf16
+ *    dot-product peak (vdpbf16ps chains) where it has AVX512-BF16.
  *
  * GFLOP/s and GB/s are 1e9 per second.  Each measurement warms up once and
  * returns the best of `reps` timed runs. */
@@ -23,7 +24,9 @@ int bound_sgemm(int M, int N, int K, int reps, double *gflops, DmErr *err);
  * (the caller's thread is one of them). */
 int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmErr *err);
 
-/* FMA peak in GFLOP/s (an FMA counts 2 flops).  isa: "avx512f" or "avx2".
+/* FMA peak in GFLOP/s (an FMA counts 2 flops).  isa: "avx512f" or "avx2",
+ * or "avx512bf16" for the bfloat16 dot-product peak (vdpbf16ps: 32
+ * products summed into 16 float32 lanes, 64 flops).
  * Returns 0 and sets *gflops = 0 when the CPU lacks the ISA. */
 int bound_fma_peak(const char *isa, int nthreads, int reps, double *gflops, DmErr *err);
 
