@@ -147,14 +147,18 @@ test: $(BUILD)/test_docmint $(BUILD)/docmint
 demo: $(BUILD)/docmint
 	sh jobs/demo.sh $(BUILD)/docmint
 
-bench: $(BUILD)/docmint $(BUILD)/gemm_bench
-	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench
+bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
+	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
 
 # GEMM libraries compared on the encoder's shapes (tests/bench/gemm_bench.c):
 # libxsmm linked (static), BLIS loaded at run time.
 XSMM_LIBS := $(shell pkg-config --libs libxsmmnoblas 2>/dev/null)
 $(BUILD)/gemm_bench: $(BUILD)/tests/bench/gemm_bench.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(XSMM_LIBS) $(LDLIBS) -ldl
+
+# The encoder alone, float32 and bf16, against its bounds.
+$(BUILD)/enc_bench: $(BUILD)/tests/bench/enc_bench.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 deps:
 	sh deploy/install-deps.sh

@@ -13,15 +13,16 @@
  *  MLP: rows of x R at a time: layernorm_after, fc1 GEMM, bias+GELU, fc2 GEMM
  *    accumulated into x (beta = 1; fc2's bias is pre-added to x).
  *
- * The big linear layers are GEMMs over many tokens (OpenBLAS threads them).
- * Everything else (gathers, LayerNorm, window attention, GELU) runs on a small
- * per-call thread pool sized like the GEMM library (kern_get_threads()).
+ * The linear layers are GEMMs over many tokens (kern_gemm: oneDNN matmul on
+ * weights packed once per model, bias and GELU in its epilogue, fc2 summed
+ * into x by it).  Everything else (gathers, LayerNorm, window attention)
+ * runs on the same OpenMP threads (kern_get_threads() of them).
  * Nothing is global: concurrent calls on one model are safe.  Attention
  * probabilities are computed into a buffer only when a probe is given.
  * -DSWIN_PROF prints a per-phase time split (not thread-safe; for benches). */
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,101 +147,19 @@ static void ln_row(const float *x, int n, const float *g, const float *b, float 
 
 /* ------------------------------------------------------------ thread pool */
 
+/* The non-GEMM phases run on the OpenMP threads that also run oneDNN's
+ * GEMMs: one set of threads, so no thread spins waiting for work while
+ * another needs its core.  Items are handed out one at a time (windows and
+ * row groups cost about the same, but a shared machine stalls threads). */
 #define POOL_MAX 64
 
 typedef void (*PoolFn)(void *arg, int item, int tid);
 
 typedef struct Pool {
-    int n; /* threads including the caller */
-    int nstarted;
-    pthread_t th[POOL_MAX];
-    pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    unsigned gen;
-    int active, quit;
-    PoolFn fn;
-    void *arg;
-    int total;
-    atomic_int next;
+    int n; /* threads */
 } Pool;
 
-static void pool_run(Pool *p, int tid)
-{
-    for (;;) {
-        int i = atomic_fetch_add(&p->next, 1);
-        if (i >= p->total)
-            break;
-        p->fn(p->arg, i, tid);
-    }
-}
-
-typedef struct WorkerStart {
-    Pool *p;
-    int tid;
-} WorkerStart;
-
-static void *pool_worker(void *v)
-{
-    WorkerStart *ws = v;
-    Pool *p = ws->p;
-    int tid = ws->tid;
-    free(ws);
-    unsigned seen = 0;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (!p->quit && p->gen == seen)
-            pthread_cond_wait(&p->go, &p->mu);
-        if (p->quit)
-            break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        pool_run(p, tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->active == 0)
-            pthread_cond_signal(&p->done);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-static void pool_init(Pool *p, int n)
-{
-    memset(p, 0, sizeof *p);
-    if (n < 1)
-        n = 1;
-    if (n > POOL_MAX)
-        n = POOL_MAX;
-    p->n = 1;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
-    for (int t = 1; t < n; t++) {
-        WorkerStart *ws = malloc(sizeof *ws);
-        if (!ws)
-            break;
-        ws->p = p;
-        ws->tid = t;
-        if (pthread_create(&p->th[t], NULL, pool_worker, ws) != 0) {
-            free(ws);
-            break;
-        }
-        p->n = t + 1;
-    }
-    p->nstarted = p->n;
-}
-
-static void pool_free(Pool *p)
-{
-    pthread_mutex_lock(&p->mu);
-    p->quit = 1;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    for (int t = 1; t < p->nstarted; t++)
-        pthread_join(p->th[t], NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->go);
-    pthread_cond_destroy(&p->done);
-}
+static void pool_init(Pool *p, int n) { p->n = n < 1 ? 1 : n > POOL_MAX ? POOL_MAX : n; }
 
 /* Run fn(arg, i, tid) for i in [0, total) on all threads. */
 static void pool_for(Pool *p, int total, PoolFn fn, void *arg)
@@ -252,20 +171,14 @@ static void pool_for(Pool *p, int total, PoolFn fn, void *arg)
             fn(arg, i, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->arg = arg;
-    p->total = total;
-    atomic_store(&p->next, 0);
-    p->active = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    pool_run(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->active > 0)
-        pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    int nt = p->n < total ? p->n : total;
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < total; i++)
+            fn(arg, i, tid);
+    }
 }
 
 /* ------------------------------------------------------------------ grid */
@@ -660,8 +573,6 @@ static void patch_norm(void *arg, int task, int tid)
     const SwinWeights *w = &r->m->enc;
     int E = r->m->cfg.enc.embed_dim;
     float *y = r->dst + (size_t)task * E;
-    for (int k = 0; k < E; k++)
-        y[k] += w->patch_b[k];
     ln_row(y, E, w->patch_norm.g, w->patch_norm.b, r->eps, y);
 }
 
@@ -1011,21 +922,26 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     pool_init(&e.pool, nth);
     int rc = 0;
 
-    /* ---- patch embedding: unfold + GEMM + bias + LayerNorm */
-    {
+    /* ---- patch embedding: unfold + GEMM (+ bias) + LayerNorm; its small
+     * [embed, channels*patch^2] weight is packed per call, in float32 */
+    void *patch_pk = NULL;
+    rc = kern_gemm_pack(m->enc.patch_w, NULL, c->embed_dim, K0, 0, &patch_pk, err);
+    if (rc == 0) {
         int E = c->embed_dim, T0 = gh[0] * gw[0];
         int rp = (int)(e.arena_n / K0);
-        for (int r0 = 0; r0 < T0; r0 += rp) {
+        for (int r0 = 0; r0 < T0 && rc == 0; r0 += rp) {
             int rows = T0 - r0 < rp ? T0 - r0 : rp;
             Rows ra = {.m = m, .src = pixels, .dst = e.arena, .r0 = r0, .rows = rows, .H = H,
                        .W = W, .ow = gw[0], .C = c->channels, .patch = c->patch, .eps = c->ln_eps};
             pool_for(&e.pool, rows, patch_unfold, &ra);
             float *y = xa + (size_t)r0 * E;
-            kern_gemm_nt(rows, E, K0, 1.0f, e.arena, K0, m->enc.patch_w, K0, 0.0f, y, E);
+            rc = kern_gemm_run(patch_pk, e.arena, rows, K0, m->enc.patch_b, 0, y, E, NULL, err);
             ra.dst = y;
-            pool_for(&e.pool, rows, patch_norm, &ra);
+            if (rc == 0)
+                pool_for(&e.pool, rows, patch_norm, &ra);
         }
-        if (probe)
+        free(patch_pk);
+        if (rc == 0 && probe)
             emit3(probe, "encoder.hidden_states.0", T0, E, xa);
     }
 
@@ -1161,7 +1077,6 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     for (int k = 0; k < PR_N; k++)
         fprintf(stderr, "swin %-9s %8.3f s\n", s_prof_name[k], s_prof[k]);
 #endif
-    pool_free(&e.pool);
     free(xa);
     free(xb);
     free(e.arena);
