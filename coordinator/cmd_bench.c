@@ -29,6 +29,8 @@
 #define DEF_PROMPT 10
 #define DEF_REPEAT 3
 #define DEF_BW_MIB 512
+/* rows per call of the encoder GEMM bound (the encoder's chunks are ~4k) */
+#define ENC_GEMM_ROWS 4096
 /* The teacher-logit cache measurement: CACHE_Q sequences of --prompt +
  * CACHE_ANSWER + 2 tokens (</s_answer></s>), top-k CACHE_TOPK at T = 1. */
 #define CACHE_Q 4
@@ -513,9 +515,17 @@ int cmd_bench(int argc, char **argv)
     /* Bounds are best-of: at least 5 runs of the cheap ones and 3 of each
      * GEMM, so a busy moment of a shared machine does not set them. */
     int breps = reps > 5 ? reps : 5, greps = reps > 3 ? reps : 3;
-    double fma512 = 0.0, fma256 = 0.0, bw = 0.0, gemm[NSHAPES], gemm_best = 0.0;
+    double fma512 = 0.0, fma256 = 0.0, dpbf16 = 0.0, bw = 0.0, gemm[NSHAPES], gemm_best = 0.0;
+    /* the encoder's GEMM backend on its own shapes, in the model's precision */
+    int enc_bf16 = m->precision == DM_PREC_BF16, enc_dims[DM_MAX_STAGES];
+    for (int s = 0; s < ec->nstages; s++)
+        enc_dims[s] = m->enc.stages[s].dim;
+    double enc_gemm = 0.0;
     if (bound_fma_peak("avx512f", nth, breps, &fma512, &err) ||
         bound_fma_peak("avx2", nth, breps, &fma256, &err) ||
+        bound_fma_peak("avx512bf16", nth, breps, &dpbf16, &err) ||
+        bound_encoder_gemm(enc_dims, ec->nstages, ENC_GEMM_ROWS, enc_bf16, greps, &enc_gemm,
+                           &err) ||
         bound_read_bandwidth((size_t)bw_mib << 20, nth, breps, &bw, &err))
         goto fail;
     for (int i = 0; i < NSHAPES; i++) {
@@ -542,6 +552,9 @@ int cmd_bench(int argc, char **argv)
 #endif
     double fma_peak = fma512 > 0 ? fma512 : fma256;
     double enc_gflops = enc_flops / enc_best * 1e-9;
+    /* the encoder's time if its linear layers ran at the GEMM backend's rate
+     * and everything else (window attention, LayerNorm, gathers) were free */
+    double enc_bound = (enc_flops - attn_flops) / (enc_gemm * 1e9);
     double wbytes = s_dec_weight_bytes(m);
     double mid_len = P + tokens / 2.0; /* mean self-cache length over the timed steps */
     double kv1 = s_dec_kv_bytes(m, n_enc, mid_len);
@@ -576,6 +589,10 @@ int cmd_bench(int argc, char **argv)
         printf("  %-34s %8s\n", "fp32 FMA peak, AVX-512", "n/a");
     if (fma256 > 0)
         printf("  %-34s %8.1f GFLOP/s\n", "fp32 FMA peak, AVX2", fma256);
+    if (dpbf16 > 0)
+        printf("  %-34s %8.1f GFLOP/s\n", "bf16 dot-product peak (vdpbf16ps)", dpbf16);
+    printf("  %-34s %8.1f GFLOP/s   (kern_gemm, %d rows, %s, packed weights)\n",
+           "encoder GEMM, its shapes", enc_gemm, ENC_GEMM_ROWS, enc_bf16 ? "bf16" : "fp32");
     printf("model  image %dx%d -> %d encoder tokens (%dx%d), decoder %d layers d=%d vocab %d\n", H,
            W, n_enc, oh, ow, dc->layers, dc->d_model, dc->vocab);
     printf("  %-34s %8.2f s\n", "load", load_s);
@@ -590,6 +607,9 @@ int cmd_bench(int argc, char **argv)
     if (fma256 > 0)
         printf(", %.2f of AVX2 peak", enc_gflops / fma256);
     printf("\n");
+    printf("  %-34s %8.3f s        seconds per page at %.2fx of it\n",
+           "bound (linears at encoder GEMM)", enc_bound, enc_best / enc_bound);
+    printf("  %-34s %s\n", "precision", enc_bf16 ? "bf16 weights, fp32 accumulation" : "fp32");
     printf("decoder  (prompt %d tokens, %d new tokens forced per question)\n", P, tokens);
     printf("  %-34s %8.2f ms\n", "dec_page_init (cross K/V)", init_best * 1e3);
     printf("  %-34s %8.2f ms\n", "first step (prompt pass), batch 1", g1.prompt_s * 1e3);
@@ -651,15 +671,16 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < NSHAPES; i++)
         printf("%s{\"m\":%d,\"k\":%d,\"n\":%d,\"gflops\":%.2f}", i ? "," : "", s_shapes[i].M,
                s_shapes[i].K, s_shapes[i].N, gemm[i]);
-    printf("],\"read_gbps\":%.2f,\"bw_mib\":%d,\"fma_avx512_gflops\":%.2f,\"fma_avx2_gflops\":%.2f}",
-           bw, bw_mib, fma512, fma256);
+    printf("],\"read_gbps\":%.2f,\"bw_mib\":%d,\"fma_avx512_gflops\":%.2f,\"fma_avx2_gflops\":%.2f,"
+           "\"dpbf16_gflops\":%.2f,\"encoder_gemm_gflops\":%.2f}",
+           bw, bw_mib, fma512, fma256, dpbf16, enc_gemm);
     printf(",\"load_s\":%.3f", load_s);
     printf(",\"encoder\":{\"image\":[%d,%d],\"tokens\":%d,\"seconds\":%.4f,\"seconds_mean\":%.4f,"
            "\"gflop\":%.2f,\"attn_gflop\":%.2f,\"gflops\":%.2f,\"frac_sgemm\":%.4f,"
-           "\"frac_fma_peak\":%.4f,\"frac_avx2_peak\":%.4f}",
+           "\"frac_fma_peak\":%.4f,\"frac_avx2_peak\":%.4f,\"bf16\":%d,\"bound_s\":%.4f}",
            H, W, n_enc, enc_best, enc_mean, enc_flops * 1e-9, attn_flops * 1e-9, enc_gflops,
            enc_gflops / gemm_best, fma_peak > 0 ? enc_gflops / fma_peak : 0.0,
-           fma256 > 0 ? enc_gflops / fma256 : 0.0);
+           fma256 > 0 ? enc_gflops / fma256 : 0.0, enc_bf16, enc_bound);
     printf(",\"decoder\":{\"prompt\":%d,\"tokens\":%d,\"questions\":%d,\"page_init_ms\":%.3f,"
            "\"prompt_ms_b1\":%.3f,\"prompt_ms_bn\":%.3f,\"step_ms_b1\":%.3f,\"step_ms_b1_mean\":%.3f,"
            "\"token_ms_b1\":%.3f,\"step_ms_bn\":%.3f,\"step_ms_bn_mean\":%.3f,\"token_ms_bn\":%.3f,"

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kern.h"
+#include "kern_gemm.h"
 
 /* ----------------------------------------------------------------- sgemm */
 
@@ -54,6 +55,50 @@ int bound_sgemm(int M, int N, int K, int reps, double *gflops, DmErr *err)
     free(B);
     free(C);
     return 0;
+}
+
+int bound_encoder_gemm(const int *dims, int ndims, int M, int bf16, int reps, double *gflops,
+                       DmErr *err)
+{
+    *gflops = 0.0;
+    double flops = 0.0, secs = 0.0;
+    int rc = 0;
+    for (int d = 0; d < ndims && rc == 0; d++) {
+        int C = dims[d];
+        int sh[5][2] = {{3 * C, C}, {C, C}, {4 * C, C}, {C, 4 * C}, {2 * C, 4 * C}};
+        for (int i = 0; i < 5 && rc == 0; i++) {
+            int N = sh[i][0], K = sh[i][1];
+            float *x = malloc((size_t)M * K * sizeof *x), *w = malloc((size_t)N * K * sizeof *w);
+            float *y = malloc((size_t)M * N * sizeof *y);
+            uint16_t *xb = malloc((size_t)M * K * sizeof *xb);
+            void *pk = NULL;
+            if (!x || !w || !y || !xb) {
+                rc = dm_err(err, "encoder GEMM bound %dx%dx%d: out of memory", M, N, K);
+            } else {
+                s_fill(x, (size_t)M * K, 3);
+                s_fill(w, (size_t)N * K, 4);
+                rc = kern_gemm_pack(w, NULL, N, K, bf16, &pk, err);
+            }
+            double best = 1e30;
+            for (int r = 0; r <= (reps < 1 ? 1 : reps) && rc == 0; r++) { /* r 0: warm-up */
+                double t0 = dm_now();
+                rc = kern_gemm_run(pk, x, M, K, NULL, 0, y, N, xb, err);
+                double t = dm_now() - t0;
+                if (r > 0 && t < best)
+                    best = t;
+            }
+            flops += 2.0 * M * N * (double)K;
+            secs += best;
+            free(x);
+            free(w);
+            free(y);
+            free(xb);
+            free(pk);
+        }
+    }
+    if (rc == 0)
+        *gflops = flops / secs * 1e-9;
+    return rc;
 }
 
 /* ------------------------------------------------------------ thread team */

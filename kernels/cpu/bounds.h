@@ -20,6 +20,13 @@
 /* C[M,N] = A[M,K] * B[N,K]^T on random data: best GFLOP/s (2*M*N*K flops). */
 int bound_sgemm(int M, int N, int K, int reps, double *gflops, DmErr *err);
 
+/* The encoder's GEMM backend (kern_gemm, packed weights; bf16 or float32)
+ * on the five linears of a Swin stage of each dim C in dims (q|k|v [3C, C],
+ * proj [C, C], fc1 [4C, C], fc2 [C, 4C], merge [2C, 4C]), M rows each:
+ * total flops over the sum of each shape's best time. */
+int bound_encoder_gemm(const int *dims, int ndims, int M, int bf16, int reps, double *gflops,
+                       DmErr *err);
+
 /* Read bandwidth over `bytes` (rounded down to 4 KiB) with nthreads threads
  * (the caller's thread is one of them). */
 int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmErr *err);

@@ -99,47 +99,14 @@ static double time_enc(const DonutModel *m, const float *pix, int H, int W, floa
     return best;
 }
 
-/* best rate of kern_gemm over the encoder's five linears at dim C */
+/* best rate of kern_gemm over the encoder's linears, 4096 rows */
 static double gemm_rate(const DonutModel *m, int bf16, DmErr *err)
 {
-    int M = 4096;
-    double fl = 0, t = 0;
-    for (int s = 0; s < m->cfg.enc.nstages; s++) {
-        int C = m->enc.stages[s].dim;
-        int sh[5][2] = {{3 * C, C}, {C, C}, {4 * C, C}, {C, 4 * C}, {2 * C, 4 * C}};
-        for (int i = 0; i < 5; i++) {
-            int N = sh[i][0], K = sh[i][1];
-            float *x = malloc((size_t)M * K * sizeof *x), *w = malloc((size_t)N * K * sizeof *w);
-            float *y = malloc((size_t)M * N * sizeof *y);
-            uint16_t *xb = malloc((size_t)M * K * sizeof *xb);
-            void *pk = NULL;
-            if (!x || !w || !y || !xb)
-                return dm_err(err, "out of memory"), -1;
-            for (size_t j = 0; j < (size_t)M * K; j++)
-                x[j] = (float)(j % 17) * 0.1f - 0.8f;
-            for (size_t j = 0; j < (size_t)N * K; j++)
-                w[j] = (float)(j % 13) * 0.01f - 0.06f;
-            if (kern_gemm_pack(w, NULL, N, K, bf16, &pk, err))
-                return -1;
-            double best = 1e30;
-            for (int r = 0; r < 4; r++) {
-                double t0 = dm_now();
-                if (kern_gemm_run(pk, x, M, K, NULL, 0, y, N, xb, err))
-                    return -1;
-                t0 = dm_now() - t0;
-                if (r > 0 && t0 < best)
-                    best = t0;
-            }
-            fl += 2.0 * M * N * K;
-            t += best;
-            free(x);
-            free(w);
-            free(y);
-            free(xb);
-            free(pk);
-        }
-    }
-    return fl / t * 1e-9;
+    int dims[DM_MAX_STAGES];
+    for (int s = 0; s < m->cfg.enc.nstages; s++)
+        dims[s] = m->enc.stages[s].dim;
+    double g;
+    return bound_encoder_gemm(dims, m->cfg.enc.nstages, 4096, bf16, 3, &g, err) ? -1.0 : g;
 }
 
 int main(int argc, char **argv)
