@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bounds.h"
 #include "donut.h"
@@ -83,18 +84,31 @@ static double enc_gemm_flops(const DonutModel *m, int H, int W)
     return f;
 }
 
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Best wall time of reps runs after a warm-up; *cpu gets the process CPU
+ * seconds of that run (on a machine shared with other work, CPU seconds of
+ * a one-thread run are close to its wall time on an idle core). */
 static double time_enc(const DonutModel *m, const float *pix, int H, int W, float *out, int reps,
-                       DmErr *err)
+                       double *cpu, DmErr *err)
 {
     double best = 1e30;
     for (int r = 0; r <= reps; r++) {
-        double t = dm_now();
+        double t = dm_now(), c = cpu_now();
         if (swin_encode(m, pix, H, W, out, NULL, err))
             return -1;
         t = dm_now() - t;
-        fprintf(stderr, "enc_bench: %s %.2f s\n", r ? "run" : "warm-up", t);
-        if (r > 0 && t < best)
+        c = cpu_now() - c;
+        fprintf(stderr, "enc_bench: %s %.2f s (cpu %.2f s)\n", r ? "run" : "warm-up", t, c);
+        if (r > 0 && t < best) {
             best = t;
+            *cpu = c;
+        }
     }
     return best;
 }
@@ -152,8 +166,9 @@ int main(int argc, char **argv)
         x ^= x << 17;
         pix[i] = (float)((x >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
     }
-    double t32 = time_enc(m, pix, H, W, o32, reps, &err);
-    double t16 = t32 < 0 || enc_to_bf16(m, &err) ? -1 : time_enc(m, pix, H, W, o16, reps, &err);
+    double c32 = 0, c16 = 0, t32 = time_enc(m, pix, H, W, o32, reps, &c32, &err);
+    double t16 = t32 < 0 || enc_to_bf16(m, &err) ? -1
+                                                : time_enc(m, pix, H, W, o16, reps, &c16, &err);
     double p32 = 0, p16 = 0, g32 = 0, g16 = 0;
     if (t16 < 0 || bound_fma_peak("avx512f", nth, 3, &p32, &err) ||
         bound_fma_peak("avx512bf16", nth, 3, &p16, &err) || (g32 = gemm_rate(m, 0, &err)) < 0 ||
@@ -173,6 +188,10 @@ int main(int argc, char **argv)
     printf("peaks: fp32 FMA %.1f GFLOP/s, bf16 dot %.1f GFLOP/s; kern_gemm on the encoder's "
            "shapes: fp32 %.1f, bf16 %.1f GFLOP/s\n", p32, p16, g32, g16);
     printf("linear-layer GFLOP per page: %.1f\n", fl * 1e-9);
+    double load = 0;
+    getloadavg(&load, 1);
+    printf("load average at the end %.2f; CPU seconds of the best runs: fp32 %.2f, bf16 %.2f\n",
+           load, c32, c16);
     printf("fp32: %.2f s  (GEMM bound %.2f s: %.0f%% of bound; %.0f%% of FMA peak)\n", t32,
            fl / g32 * 1e-9, 100 * fl / g32 * 1e-9 / t32, 100 * fl / t32 * 1e-9 / p32);
     printf("bf16: %.2f s  (GEMM bound %.2f s: %.0f%% of bound; %.0f%% of bf16 peak); "
