@@ -49,6 +49,8 @@ int wire_join_to_json(const WireJoin *j, char **text, DmErr *err)
         json_decref(temps);
     if (o)
         json_object_set_new(o, "first_answer_only", json_boolean(j->first_answer_only));
+    if (o)
+        json_object_set_new(o, "precision", json_string(j->precision ? "bf16" : "fp32"));
     if (!o)
         return dm_err(err, "join document: cannot build JSON (bad UTF-8 in a path?)");
     *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -139,6 +141,13 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         }
     }
     j->first_answer_only = json_is_true(json_object_get(o, "first_answer_only"));
+    json_t *pr = json_object_get(o, "precision"); /* optional: absent = fp32 */
+    const char *prs = json_is_string(pr) ? json_string_value(pr) : NULL;
+    if (pr && (!prs || (strcmp(prs, "fp32") && strcmp(prs, "bf16")))) {
+        dm_err(err, "%s: \"precision\" must be \"fp32\" or \"bf16\"", what);
+        goto done;
+    }
+    j->precision = prs && !strcmp(prs, "bf16");
     if (!wire_key_valid(j->server_public) || !wire_key_valid(j->client_public) ||
         !wire_key_valid(j->client_secret)) {
         dm_err(err, "%s: a key is not 40 characters of Z85", what);

@@ -11,7 +11,7 @@
  *   {"endpoint": "tcp://host:port", "server_public": Z85, "client_public": Z85,
  *    "client_secret": Z85, "job": "/abs/job.json", "model": "/abs/model",
  *    "model_fingerprint": "hex", "stage": "infer", "max_length": 0,
- *    "pdf_dpi": 200, "threads": 0, "heartbeat_seconds": 1,
+ *    "pdf_dpi": 200, "threads": 0, "precision": "fp32", "heartbeat_seconds": 1,
  *    "heartbeat_liveness": 5, "credit": 2,
  *    "top_k": 64, "temperatures": [1.0], "first_answer_only": false}
  * The client secret lets any holder join the job: the file is as secret as
@@ -39,6 +39,8 @@ typedef struct WireJoin {
     int max_length;   /* 0: the model's max_position_embeddings */
     int pdf_dpi;
     int threads;      /* 0: automatic */
+    int precision;    /* DmPrecision of the model: 0 fp32, 1 bf16 ("precision":
+                       * "fp32" / "bf16"; absent = fp32) */
     double heartbeat_seconds;
     int heartbeat_liveness;
     int credit;

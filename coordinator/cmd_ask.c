@@ -16,6 +16,8 @@ static void s_usage(FILE *f)
                "  --page N      page of a multi-page TIFF or PDF, from 0 (default 0)\n"
                "  --dpi D       PDF rendering resolution (default %d)\n"
                "  --threads N   compute threads (default: all cores)\n"
+               "  --precision P fp32 (default) or bf16: bfloat16 weights with float32\n"
+               "                accumulation (half the weight memory, faster decoding)\n"
                "  --verbose     also print timings and token log-probabilities on stderr\n",
             IMAGE_PDF_DPI_DEFAULT);
 }
@@ -38,6 +40,7 @@ int cmd_ask(int argc, char **argv)
     const char *dir = NULL, *image = NULL;
     const char **questions = calloc((size_t)argc, sizeof *questions);
     int nq = 0, page = 0, dpi = IMAGE_PDF_DPI_DEFAULT, threads = 0, verbose = 0;
+    DmPrecision prec = DM_PREC_F32;
     if (!questions)
         return 1;
     for (int i = 1; i < argc; i++) {
@@ -54,6 +57,11 @@ int cmd_ask(int argc, char **argv)
         } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             if (s_posint("--threads", argv[++i], 1, &threads))
                 goto usage;
+        } else if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+            if (donut_precision_parse(argv[++i], &prec)) {
+                fprintf(stderr, "docmint ask: --precision %s: expected fp32 or bf16\n", argv[i]);
+                goto usage;
+            }
         } else if (!strcmp(argv[i], "--verbose")) {
             verbose = 1;
         } else if (argv[i][0] == '-' && argv[i][1] == '-') {
@@ -83,7 +91,7 @@ int cmd_ask(int argc, char **argv)
     int rc = 1, opened = 0, answered = 0;
     char path[4096];
     double t0 = dm_now();
-    if (!answers || qa_open(dir, &qa, &err))
+    if (!answers || qa_open_as(dir, prec, &qa, &err))
         goto done;
     opened = 1;
     /* Check every question before the page is loaded and encoded. */

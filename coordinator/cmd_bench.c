@@ -11,6 +11,7 @@
  * the peak RSS of the model runs is read before the bound buffers (a
  * 512 MiB bandwidth buffer, GEMM operands) raise the high-water mark.
  * Output: aligned text on stdout, then one JSON line for scripts. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,7 @@ static void s_usage(FILE *f)
 {
     fprintf(f,
             "usage: docmint bench MODEL_DIR [--questions N] [--tokens N] [--prompt N] [--repeat N]\n"
-            "                     [--threads N] [--bw-mib N]\n"
+            "                     [--threads N] [--bw-mib N] [--precision P] [--decoder-only]\n"
             "  --questions N   questions decoded together in the batched run (default %d)\n"
             "  --tokens N      new tokens forced per question, >= 2 (default %d)\n"
             "  --prompt N      prompt length in tokens (default %d)\n"
@@ -50,6 +51,9 @@ static void s_usage(FILE *f)
             "  --threads N     BLAS and worker threads (default: the BLAS default, i.e.\n"
             "                  OPENBLAS_NUM_THREADS or all cores)\n"
             "  --bw-mib N      buffer of the memory-bandwidth measurement in MiB (default %d)\n"
+            "  --precision P   fp32, bf16 or both (default both: the decoder measured in fp32,\n"
+            "                  then the same weights converted to bf16 and measured again)\n"
+            "  --decoder-only  skip the encoder (the decoder reads a random stand-in output)\n"
             "Prints aligned text, then one JSON line.  The model's weights may be random\n"
             "(docmint init); the image is random normalised pixels of the config's size.\n",
             DEF_QUESTIONS, DEF_TOKENS, DEF_PROMPT, DEF_REPEAT, DEF_BW_MIB);
@@ -124,7 +128,12 @@ static double s_swin_flops(const DonutModel *m, int H, int W, double *attn_flops
 
 /* ---------------------------------------------------- decoder step bytes */
 
-static double s_lin_bytes(const DmLinear *l) { return 4.0 * ((double)l->out * l->in + (l->b ? l->out : 0)); }
+/* Bytes of a linear's weights as the model holds them (bfloat16 or
+ * float32) and of its float32 bias. */
+static double s_lin_bytes(const DmLinear *l)
+{
+    return (l->wbf ? 2.0 : 4.0) * l->out * l->in + (l->b ? 4.0 * l->out : 0);
+}
 static double s_norm_bytes(const DmNorm *n) { return 4.0 * 2.0 * n->n; }
 
 /* Weights one decoder step reads, whatever the batch: per present
@@ -135,7 +144,8 @@ static double s_dec_weight_bytes(const DonutModel *m)
 {
     const MBartConfig *c = &m->cfg.dec;
     const MBartWeights *w = &m->dec;
-    double b = s_norm_bytes(&w->ln_emb) + s_norm_bytes(&w->ln_final) + 4.0 * c->vocab * c->d_model;
+    double b = s_norm_bytes(&w->ln_emb) + s_norm_bytes(&w->ln_final) +
+               (w->lm_head_bf16 ? 2.0 : 4.0) * c->vocab * c->d_model;
     for (int l = 0; l < c->layers; l++) {
         const DecLayer *L = &w->layers[l];
         if (L->self.present)
@@ -149,20 +159,22 @@ static double s_dec_weight_bytes(const DonutModel *m)
     return b;
 }
 
-/* Key/value bytes one sequence's step reads: every cross K/V of the page
- * and the self-attention cache at length len. */
-static double s_dec_kv_bytes(const DonutModel *m, int n_enc, double len)
+/* Key/value bytes of a step: the page's cross K/V (read once per step for
+ * all questions: bfloat16 when the model runs in bf16) and one sequence's
+ * self-attention cache at length len (float32). */
+static void s_dec_kv_bytes(const DonutModel *m, int n_enc, double len, double *cross,
+                           double *self)
 {
     const MBartConfig *c = &m->cfg.dec;
-    double b = 0.0;
+    double es = m->precision == DM_PREC_BF16 ? 2.0 : 4.0;
+    *cross = *self = 0.0;
     for (int l = 0; l < c->layers; l++) {
         const DecLayer *L = &m->dec.layers[l];
         if (L->cross.present)
-            b += 2.0 * 4.0 * n_enc * L->cross.k.out;
+            *cross += 2.0 * es * n_enc * L->cross.k.out;
         if (L->self.present)
-            b += 2.0 * 4.0 * len * L->self.k.out;
+            *self += 2.0 * 4.0 * len * L->self.k.out;
     }
-    return b;
 }
 
 /* -------------------------------------------------------- decoder timing */
@@ -234,6 +246,134 @@ static int s_time_gen(const DecPage *page, int32_t **prompts, int P, int B, int 
     return rc;
 }
 
+/* One precision's decoder figures. */
+typedef struct DecBench {
+    DmPrecision prec;
+    double init_s;        /* dec_page_init: the cross K/V projections */
+    GenTiming g1, gB;     /* batch 1 and batch B */
+    double lm_ms[2];      /* the LM head alone at M = 1 and M = B */
+    double wbytes, kv_cross, kv_self; /* bytes per step (kv_self per question) */
+} DecBench;
+
+/* Page init (kept in *page), generation at batch 1 and B, the LM head. */
+static int s_bench_decoder(const DonutModel *m, const float *enc, int n_enc, int32_t **prompts,
+                           int P, int B, int tokens, int reps, DecPage *page, DecBench *db,
+                           DmErr *err)
+{
+    const MBartConfig *dc = &m->cfg.dec;
+    db->prec = m->precision;
+    db->init_s = 1e30;
+    for (int r = 0; r <= reps; r++) {
+        double t = dm_now();
+        if (dec_page_init(page, m, enc, n_enc, err))
+            return -1;
+        double dt = dm_now() - t;
+        if (r > 0 && dt < db->init_s)
+            db->init_s = dt;
+        if (r < reps)
+            dec_page_free(page);
+    }
+    if (s_time_gen(page, prompts, P, 1, tokens, reps, &db->g1, err) ||
+        s_time_gen(page, prompts, P, B, tokens, reps, &db->gB, err))
+        return -1;
+    /* The LM head alone, [M, d] x [vocab, d]^T at M = 1 and M = B, as
+     * kern_linear / kern_linear_bf16 run it outside a step. */
+    float *x = malloc((size_t)B * dc->d_model * sizeof(float));
+    float *y = malloc((size_t)B * dc->vocab * sizeof(float));
+    if (!x || !y) {
+        free(x);
+        free(y);
+        return dm_err(err, "out of memory");
+    }
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < (size_t)B * dc->d_model; i++)
+        x[i] = (float)((s_rng(&rng) >> 40) * (1.0 / (1 << 24))) - 0.5f;
+    int Ms[2] = {1, B};
+    for (int k = 0; k < 2; k++) {
+        double best = 1e30;
+        for (int r = 0; r <= (reps > 5 ? reps : 5); r++) {
+            double t = dm_now();
+            if (m->dec.lm_head_bf16)
+                kern_linear_bf16(x, Ms[k], dc->d_model, m->dec.lm_head_bf16, NULL, dc->vocab, y);
+            else
+                kern_linear(x, Ms[k], dc->d_model, m->dec.lm_head, NULL, dc->vocab, y);
+            double dt = dm_now() - t;
+            if (r > 0 && dt < best)
+                best = dt;
+        }
+        db->lm_ms[k] = best * 1e3;
+    }
+    free(x);
+    free(y);
+    db->wbytes = s_dec_weight_bytes(m);
+    s_dec_kv_bytes(m, n_enc, P + tokens / 2.0, &db->kv_cross, &db->kv_self);
+    return 0;
+}
+
+/* The decoder block of the text report. */
+static void s_print_decoder(const DecBench *d, const MBartConfig *dc, int B, int P, int tokens,
+                            int n_enc, double bw)
+{
+    const char *pn = donut_precision_name(d->prec);
+    double bound_w = d->wbytes / (bw * 1e9);
+    double bound_1 = (d->wbytes + d->kv_cross + d->kv_self) / (bw * 1e9);
+    double bound_B = (d->wbytes + d->kv_cross + B * d->kv_self) / (bw * 1e9);
+    char lab[64];
+    printf("decoder %s  (prompt %d tokens, %d new tokens forced per question)\n", pn, P, tokens);
+    printf("  %-34s %8.2f ms\n", "dec_page_init (cross K/V)", d->init_s * 1e3);
+    printf("  %-34s %8.2f ms\n", "first step (prompt pass), batch 1", d->g1.prompt_s * 1e3);
+    snprintf(lab, sizeof lab, "prompt passes, batch %d", B);
+    printf("  %-34s %8.2f ms     (%.2f ms per question)\n", lab, d->gB.prompt_s * 1e3,
+           d->gB.prompt_s * 1e3 / B);
+    printf("  %-34s %8.2f ms/step = %.2f ms/token  (mean %.2f ms/step)\n", "step, batch 1",
+           d->g1.step_s * 1e3, d->g1.step_s * 1e3, d->g1.step_mean_s * 1e3);
+    snprintf(lab, sizeof lab, "step, batch %d", B);
+    printf("  %-34s %8.2f ms/step = %.2f ms/token  (mean %.2f ms/step)\n", lab, d->gB.step_s * 1e3,
+           d->gB.step_s * 1e3 / B, d->gB.step_mean_s * 1e3);
+    printf("  %-34s %8.1f MiB\n", "weights read per step", d->wbytes / 1048576.0);
+    printf("  %-34s %8.2f ms       batch 1 at %.2fx, batch %d at %.2fx\n",
+           "memory bound per step (weights)", bound_w * 1e3, d->g1.step_s / bound_w, B,
+           d->gB.step_s / bound_w);
+    printf("  %-34s %8.1f MiB      (cross K/V %d tokens, once for all questions)\n",
+           "cross K/V read per step", d->kv_cross / 1048576.0, n_enc);
+    printf("  %-34s %8.1f MiB      (self cache ~%.0f tokens)\n", "self K/V per step per question",
+           d->kv_self / 1048576.0, P + tokens / 2.0);
+    printf("  %-34s %8.2f ms       batch 1 at %.2fx\n", "bound (weights + K/V), batch 1",
+           bound_1 * 1e3, d->g1.step_s / bound_1);
+    snprintf(lab, sizeof lab, "bound (weights + K/V), batch %d", B);
+    printf("  %-34s %8.2f ms       batch %d at %.2fx\n", lab, bound_B * 1e3, B,
+           d->gB.step_s / bound_B);
+    double lm_bytes = (d->prec == DM_PREC_BF16 ? 2.0 : 4.0) * dc->vocab * dc->d_model;
+    printf("  %-34s %8.2f ms       (%.1f GB/s of its %.1f MiB)\n", "LM head linear alone, M=1",
+           d->lm_ms[0], lm_bytes / (d->lm_ms[0] * 1e-3) * 1e-9, lm_bytes / 1048576.0);
+    snprintf(lab, sizeof lab, "LM head linear alone, M=%d", B);
+    printf("  %-34s %8.2f ms       (%.1f GB/s)\n", lab, d->lm_ms[1],
+           lm_bytes / (d->lm_ms[1] * 1e-3) * 1e-9);
+}
+
+/* The decoder object of the JSON line. */
+static void s_json_decoder(const DecBench *d, int B, int P, int tokens, double bw)
+{
+    double bound_w = d->wbytes / (bw * 1e9);
+    double bound_1 = (d->wbytes + d->kv_cross + d->kv_self) / (bw * 1e9);
+    double bound_B = (d->wbytes + d->kv_cross + B * d->kv_self) / (bw * 1e9);
+    printf("{\"precision\":\"%s\",\"prompt\":%d,\"tokens\":%d,\"questions\":%d,"
+           "\"page_init_ms\":%.3f,\"prompt_ms_b1\":%.3f,\"prompt_ms_bn\":%.3f,"
+           "\"step_ms_b1\":%.3f,\"step_ms_b1_mean\":%.3f,\"token_ms_b1\":%.3f,"
+           "\"step_ms_bn\":%.3f,\"step_ms_bn_mean\":%.3f,\"token_ms_bn\":%.3f,"
+           "\"weight_mib_per_step\":%.2f,\"cross_kv_mib_per_step\":%.2f,"
+           "\"self_kv_mib_per_step_per_question\":%.2f,\"bound_ms_weights\":%.3f,"
+           "\"ratio_b1\":%.3f,\"ratio_bn\":%.3f,\"bound_ms_kv_b1\":%.3f,\"ratio_kv_b1\":%.3f,"
+           "\"bound_ms_kv_bn\":%.3f,\"ratio_kv_bn\":%.3f,\"lm_head_ms_b1\":%.3f,"
+           "\"lm_head_ms_bn\":%.3f}",
+           donut_precision_name(d->prec), P, tokens, B, d->init_s * 1e3, d->g1.prompt_s * 1e3,
+           d->gB.prompt_s * 1e3, d->g1.step_s * 1e3, d->g1.step_mean_s * 1e3, d->g1.step_s * 1e3,
+           d->gB.step_s * 1e3, d->gB.step_mean_s * 1e3, d->gB.step_s * 1e3 / B,
+           d->wbytes / 1048576.0, d->kv_cross / 1048576.0, d->kv_self / 1048576.0, bound_w * 1e3,
+           d->g1.step_s / bound_w, d->gB.step_s / bound_w, bound_1 * 1e3, d->g1.step_s / bound_1,
+           bound_B * 1e3, d->gB.step_s / bound_B, d->lm_ms[0], d->lm_ms[1]);
+}
+
 /* ---------------------------------------------------------------- output */
 
 static void s_json_str(FILE *f, const char *s)
@@ -273,11 +413,33 @@ static const Shape s_shapes[] = {
 };
 #define NSHAPES (int)(sizeof s_shapes / sizeof *s_shapes)
 
+/* One untimed and reps timed encoder runs: best and mean seconds. */
+static int s_time_encoder(const DonutModel *m, const float *pix, int H, int W, float *out, int reps,
+                          double *best, double *mean, DmErr *err)
+{
+    *best = 1e30;
+    *mean = 0.0;
+    for (int r = 0; r <= reps; r++) {
+        fprintf(stderr, "bench: encoder %s %s %d/%d\n", donut_precision_name(m->precision),
+                r ? "run" : "warm-up", r, reps);
+        double t = dm_now();
+        if (swin_encode(m, pix, H, W, out, NULL, err))
+            return -1;
+        double dt = dm_now() - t;
+        if (r == 0)
+            continue;
+        *best = dt < *best ? dt : *best;
+        *mean += dt / reps;
+    }
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     const char *dir = NULL;
     int questions = DEF_QUESTIONS, tokens = DEF_TOKENS, P = DEF_PROMPT, reps = DEF_REPEAT;
-    int threads = 0, bw_mib = DEF_BW_MIB;
+    int threads = 0, bw_mib = DEF_BW_MIB, both = 1, dec_only = 0;
+    DmPrecision prec = DM_PREC_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -302,6 +464,15 @@ int cmd_bench(int argc, char **argv)
         } else if (!strcmp(a, "--threads") && i + 1 < argc) {
             if (s_parse_int(a, argv[++i], 1, &threads))
                 return 2;
+        } else if (!strcmp(a, "--precision") && i + 1 < argc) {
+            both = !strcmp(argv[++i], "both");
+            if (!both && donut_precision_parse(argv[i], &prec)) {
+                fprintf(stderr, "docmint bench: --precision %s: expected fp32, bf16 or both\n",
+                        argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--decoder-only")) {
+            dec_only = 1;
         } else if (!strcmp(a, "--bw-mib") && i + 1 < argc) {
             if (s_parse_int(a, argv[++i], 16, &bw_mib))
                 return 2;
@@ -333,14 +504,14 @@ int cmd_bench(int argc, char **argv)
 
     DmErr err = {{0}};
     DonutModel *m = NULL;
-    float *pix = NULL, *enc = NULL;
+    float *pix = NULL, *enc = NULL, *enc16 = NULL;
     int32_t *prompts[64] = {0};
     DecPage page;
     int page_ok = 0, rc = 1;
 
     /* ------------------------------------------------------------ load */
     double t = dm_now();
-    if (donut_load(dir, &m, &err))
+    if (donut_load_as(dir, prec, &m, &err))
         goto fail;
     double load_s = dm_now() - t;
     const SwinConfig *ec = &m->cfg.enc;
@@ -372,33 +543,19 @@ int cmd_bench(int argc, char **argv)
     for (size_t i = 0; i < npix; i++) /* normalised pixels: (x - 0.5) / 0.5 in [-1, 1] */
         pix[i] = (float)((s_rng(&rng) >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
     double enc_best = 1e30, enc_mean = 0.0;
-    for (int r = 0; r <= reps; r++) {
-        fprintf(stderr, "bench: encoder %s %d/%d\n", r ? "run" : "warm-up", r, reps);
-        t = dm_now();
-        if (swin_encode(m, pix, H, W, enc, NULL, &err))
-            goto fail;
-        double dt = dm_now() - t;
-        if (r == 0)
-            continue;
-        enc_best = dt < enc_best ? dt : enc_best;
-        enc_mean += dt / reps;
-    }
+    if (dec_only) /* a stand-in encoder output: LayerNorm-sized values */
+        for (size_t i = 0; i < (size_t)n_enc * ec->hidden_size; i++)
+            enc[i] = (float)((s_rng(&rng) >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
+    /* the encoder in the precision the model was loaded in; with --precision
+     * both, again in bf16 after the conversion below */
+    DmPrecision enc_prec = m->precision;
+    double enc16_best = 0.0, enc16_mean = 0.0, enc16_diff = 0.0;
+    if (!dec_only && s_time_encoder(m, pix, H, W, enc, reps, &enc_best, &enc_mean, &err))
+        goto fail;
     double attn_flops, enc_flops = s_swin_flops(m, H, W, &attn_flops);
 
     /* --------------------------------------------------------- decoder */
-    fprintf(stderr, "bench: decoder\n");
-    double init_best = 1e30;
-    for (int r = 0; r <= reps; r++) {
-        t = dm_now();
-        if (dec_page_init(&page, m, enc, n_enc, &err))
-            goto fail;
-        double dt = dm_now() - t;
-        if (r > 0 && dt < init_best)
-            init_best = dt;
-        if (r < reps)
-            dec_page_free(&page);
-    }
-    page_ok = 1;
+    fprintf(stderr, "bench: decoder %s\n", donut_precision_name(m->precision));
     for (int b = 0; b < questions; b++) {
         prompts[b] = malloc((size_t)P * sizeof(int32_t));
         if (!prompts[b]) {
@@ -415,40 +572,11 @@ int cmd_bench(int argc, char **argv)
             prompts[b][i] = id;
         }
     }
-    GenTiming g1 = {0}, gB = {0};
-    if (s_time_gen(&page, prompts, P, 1, tokens, reps, &g1, &err) ||
-        s_time_gen(&page, prompts, P, questions, tokens, reps, &gB, &err))
+    DecBench dbs[2];
+    int ndb = 1;
+    if (s_bench_decoder(m, enc, n_enc, prompts, P, questions, tokens, reps, &page, &dbs[0], &err))
         goto fail;
-    /* The LM head alone, [M, d] x [vocab, d]^T, at M = 1 and M = questions:
-     * the largest weight of a step, through kern_linear as the decoder
-     * calls it (sgemv at M = 1, sgemm above). */
-    double lm_ms[2] = {0, 0};
-    {
-        int Ms[2] = {1, questions};
-        float *x = malloc((size_t)questions * dc->d_model * sizeof(float));
-        float *y = malloc((size_t)questions * dc->vocab * sizeof(float));
-        if (!x || !y) {
-            free(x);
-            free(y);
-            dm_err(&err, "out of memory");
-            goto fail;
-        }
-        for (size_t i = 0; i < (size_t)questions * dc->d_model; i++)
-            x[i] = (float)((s_rng(&rng) >> 40) * (1.0 / (1 << 24))) - 0.5f;
-        for (int k = 0; k < 2; k++) {
-            double best = 1e30;
-            for (int r = 0; r <= (reps > 5 ? reps : 5); r++) {
-                t = dm_now();
-                kern_linear(x, Ms[k], dc->d_model, m->dec.lm_head, NULL, dc->vocab, y);
-                double dt = dm_now() - t;
-                if (r > 0 && dt < best)
-                    best = dt;
-            }
-            lm_ms[k] = best * 1e3;
-        }
-        free(x);
-        free(y);
-    }
+    page_ok = 1;
     /* ---------------------------------------------- teacher-logit cache
      * What the cache-logits stage does per answer on this page: one
      * teacher-forced dec_forward with all logits, then the top-k selection
@@ -507,7 +635,33 @@ int cmd_bench(int argc, char **argv)
         if (crc)
             goto fail;
     }
-    double cache_pps = cache_pos / cache_best, gen_tps = questions / gB.step_s;
+    double cache_pps = cache_pos / cache_best, gen_tps = questions / dbs[0].gB.step_s;
+    /* both: the same weights again in bf16, decoded on a page of their own */
+    if (both) {
+        fprintf(stderr, "bench: decoder bf16\n");
+        dec_page_free(&page);
+        page_ok = 0;
+        if (donut_set_precision(m, DM_PREC_BF16, &err) ||
+            s_bench_decoder(m, enc, n_enc, prompts, P, questions, tokens, reps, &page, &dbs[1],
+                            &err))
+            goto fail;
+        if (!dec_only) {
+            size_t ne = (size_t)n_enc * ec->hidden_size;
+            enc16 = malloc(ne * sizeof *enc16);
+            if (!enc16) {
+                dm_err(&err, "out of memory for a second encoder output");
+                goto fail;
+            }
+            if (s_time_encoder(m, pix, H, W, enc16, reps, &enc16_best, &enc16_mean, &err))
+                goto fail;
+            for (size_t i = 0; i < ne; i++) {
+                double d = fabs((double)enc16[i] - enc[i]);
+                enc16_diff = d > enc16_diff ? d : enc16_diff;
+            }
+        }
+        page_ok = 1;
+        ndb = 2;
+    }
     double rss_model = s_rss_mib();
 
     /* -------------------------------------------------- machine bounds */
@@ -516,16 +670,17 @@ int cmd_bench(int argc, char **argv)
      * GEMM, so a busy moment of a shared machine does not set them. */
     int breps = reps > 5 ? reps : 5, greps = reps > 3 ? reps : 3;
     double fma512 = 0.0, fma256 = 0.0, dpbf16 = 0.0, bw = 0.0, gemm[NSHAPES], gemm_best = 0.0;
-    /* the encoder's GEMM backend on its own shapes, in the model's precision */
-    int enc_bf16 = m->precision == DM_PREC_BF16, enc_dims[DM_MAX_STAGES];
+    /* the encoder's GEMM backend on the encoder's own shapes, fp32 and bf16 */
+    int enc_dims[DM_MAX_STAGES];
     for (int s = 0; s < ec->nstages; s++)
         enc_dims[s] = m->enc.stages[s].dim;
-    double enc_gemm = 0.0;
+    double enc_gemm[2] = {0.0, 0.0};
     if (bound_fma_peak("avx512f", nth, breps, &fma512, &err) ||
         bound_fma_peak("avx2", nth, breps, &fma256, &err) ||
         bound_fma_peak("avx512bf16", nth, breps, &dpbf16, &err) ||
-        bound_encoder_gemm(enc_dims, ec->nstages, ENC_GEMM_ROWS, enc_bf16, greps, &enc_gemm,
-                           &err) ||
+        bound_encoder_gemm(enc_dims, ec->nstages, ENC_GEMM_ROWS, 0, greps, &enc_gemm[0], &err) ||
+        (dpbf16 > 0 && bound_encoder_gemm(enc_dims, ec->nstages, ENC_GEMM_ROWS, 1, greps,
+                                          &enc_gemm[1], &err)) ||
         bound_read_bandwidth((size_t)bw_mib << 20, nth, breps, &bw, &err))
         goto fail;
     for (int i = 0; i < NSHAPES; i++) {
@@ -554,13 +709,10 @@ int cmd_bench(int argc, char **argv)
     double enc_gflops = enc_flops / enc_best * 1e-9;
     /* the encoder's time if its linear layers ran at the GEMM backend's rate
      * and everything else (window attention, LayerNorm, gathers) were free */
-    double enc_bound = (enc_flops - attn_flops) / (enc_gemm * 1e9);
-    double wbytes = s_dec_weight_bytes(m);
-    double mid_len = P + tokens / 2.0; /* mean self-cache length over the timed steps */
-    double kv1 = s_dec_kv_bytes(m, n_enc, mid_len);
-    double bound_w = wbytes / (bw * 1e9);
-    double bound_1 = (wbytes + kv1) / (bw * 1e9);
-    double bound_B = (wbytes + questions * kv1) / (bw * 1e9);
+    double lin_flops = enc_flops - attn_flops;
+    int e16 = enc_prec == DM_PREC_BF16;
+    double enc_bound = enc_gemm[e16] > 0 ? lin_flops / (enc_gemm[e16] * 1e9) : 0.0;
+    double enc16_bound = enc_gemm[1] > 0 ? lin_flops / (enc_gemm[1] * 1e9) : 0.0;
     int Bq = questions;
 
     printf("docmint bench %s  (best of %d timed runs after one warm-up; %d threads)\n", dir, reps,
@@ -591,54 +743,47 @@ int cmd_bench(int argc, char **argv)
         printf("  %-34s %8.1f GFLOP/s\n", "fp32 FMA peak, AVX2", fma256);
     if (dpbf16 > 0)
         printf("  %-34s %8.1f GFLOP/s\n", "bf16 dot-product peak (vdpbf16ps)", dpbf16);
-    printf("  %-34s %8.1f GFLOP/s   (kern_gemm, %d rows, %s, packed weights)\n",
-           "encoder GEMM, its shapes", enc_gemm, ENC_GEMM_ROWS, enc_bf16 ? "bf16" : "fp32");
+    printf("  %-34s %8.1f GFLOP/s   (kern_gemm: oneDNN, packed weights, %d rows)\n",
+           "encoder GEMM fp32, its shapes", enc_gemm[0], ENC_GEMM_ROWS);
+    if (enc_gemm[1] > 0)
+        printf("  %-34s %8.1f GFLOP/s   (bf16 x bf16 -> fp32)\n", "encoder GEMM bf16, its shapes",
+               enc_gemm[1]);
     printf("model  image %dx%d -> %d encoder tokens (%dx%d), decoder %d layers d=%d vocab %d\n", H,
            W, n_enc, oh, ow, dc->layers, dc->d_model, dc->vocab);
     printf("  %-34s %8.2f s\n", "load", load_s);
-    printf("encoder\n");
-    printf("  %-34s %8.3f s        (mean %.3f s)\n", "seconds per page", enc_best, enc_mean);
-    printf("  %-34s %8.1f GFLOP    (window attention %.1f)\n", "analytic FLOPs", enc_flops * 1e-9,
-           attn_flops * 1e-9);
-    printf("  %-34s %8.1f GFLOP/s  = %.2f of sgemm best", "rate", enc_gflops,
-           enc_gflops / gemm_best);
-    if (fma512 > 0)
-        printf(", %.2f of AVX-512 peak", enc_gflops / fma512);
-    if (fma256 > 0)
-        printf(", %.2f of AVX2 peak", enc_gflops / fma256);
-    printf("\n");
-    printf("  %-34s %8.3f s        seconds per page at %.2fx of it\n",
-           "bound (linears at encoder GEMM)", enc_bound, enc_best / enc_bound);
-    printf("  %-34s %s\n", "precision", enc_bf16 ? "bf16 weights, fp32 accumulation" : "fp32");
-    printf("decoder  (prompt %d tokens, %d new tokens forced per question)\n", P, tokens);
-    printf("  %-34s %8.2f ms\n", "dec_page_init (cross K/V)", init_best * 1e3);
-    printf("  %-34s %8.2f ms\n", "first step (prompt pass), batch 1", g1.prompt_s * 1e3);
+    if (dec_only) {
+        printf("encoder  not run (--decoder-only: a random stand-in output)\n");
+    } else {
+        printf("encoder\n");
+        printf("  %-34s %8.3f s        (mean %.3f s)\n", "seconds per page", enc_best, enc_mean);
+        printf("  %-34s %8.1f GFLOP    (window attention %.1f)\n", "analytic FLOPs", enc_flops * 1e-9,
+               attn_flops * 1e-9);
+        printf("  %-34s %8.1f GFLOP/s  = %.2f of sgemm best", "rate", enc_gflops,
+               enc_gflops / gemm_best);
+        if (fma512 > 0)
+            printf(", %.2f of AVX-512 peak", enc_gflops / fma512);
+        if (fma256 > 0)
+            printf(", %.2f of AVX2 peak", enc_gflops / fma256);
+        printf("\n");
+        printf("  %-34s %s\n", "precision", donut_precision_name(enc_prec));
+        printf("  %-34s %8.3f s        seconds per page at %.2fx of it\n",
+               "bound (linears at encoder GEMM)", enc_bound, enc_best / enc_bound);
+        if (enc16_best > 0) {
+            printf("  %-34s %8.3f s        (mean %.3f s) = %.2fx faster than fp32\n",
+                   "seconds per page, bf16", enc16_best, enc16_mean, enc_best / enc16_best);
+            printf("  %-34s %8.3f s        bf16 seconds per page at %.2fx of it\n",
+                   "bound bf16 (linears at bf16 GEMM)", enc16_bound, enc16_best / enc16_bound);
+            printf("  %-34s %8.2e\n", "bf16 vs fp32 output, max|diff|", enc16_diff);
+        }
+    }
+    for (int i = 0; i < ndb; i++)
+        s_print_decoder(&dbs[i], dc, Bq, P, tokens, n_enc, bw);
+    if (ndb == 2)
+        printf("  %-34s %8.2fx      batch %d %.2fx, first step %.2fx, page init %.2fx\n",
+               "bf16 step speed-up, batch 1", dbs[0].g1.step_s / dbs[1].g1.step_s, Bq,
+               dbs[0].gB.step_s / dbs[1].gB.step_s, dbs[0].g1.prompt_s / dbs[1].g1.prompt_s,
+               dbs[0].init_s / dbs[1].init_s);
     char lab[64];
-    snprintf(lab, sizeof lab, "prompt passes, batch %d", Bq);
-    printf("  %-34s %8.2f ms     (%.2f ms per question)\n", lab, gB.prompt_s * 1e3,
-           gB.prompt_s * 1e3 / Bq);
-    printf("  %-34s %8.2f ms/step = %.2f ms/token  (mean %.2f ms/step)\n", "step, batch 1",
-           g1.step_s * 1e3, g1.step_s * 1e3, g1.step_mean_s * 1e3);
-    snprintf(lab, sizeof lab, "step, batch %d", Bq);
-    printf("  %-34s %8.2f ms/step = %.2f ms/token  (mean %.2f ms/step)\n", lab, gB.step_s * 1e3,
-           gB.step_s * 1e3 / Bq, gB.step_mean_s * 1e3);
-    printf("  %-34s %8.1f MiB\n", "weights read per step", wbytes / 1048576.0);
-    printf("  %-34s %8.2f ms       batch 1 at %.2fx, batch %d at %.2fx\n",
-           "memory bound per step (weights)", bound_w * 1e3, g1.step_s / bound_w, Bq,
-           gB.step_s / bound_w);
-    printf("  %-34s %8.1f MiB      (cross K/V %d tokens + self cache ~%.0f)\n",
-           "K/V read per step per question", kv1 / 1048576.0, n_enc, mid_len);
-    printf("  %-34s %8.2f ms       batch 1 at %.2fx\n", "bound (weights + K/V), batch 1",
-           bound_1 * 1e3, g1.step_s / bound_1);
-    snprintf(lab, sizeof lab, "bound (weights + K/V), batch %d", Bq);
-    printf("  %-34s %8.2f ms       batch %d at %.2fx\n", lab, bound_B * 1e3, Bq,
-           gB.step_s / bound_B);
-    double lm_mib = 4.0 * dc->vocab * dc->d_model / 1048576.0;
-    printf("  %-34s %8.2f ms       (%.1f GB/s of its %.1f MiB)\n", "LM head linear alone, M=1",
-           lm_ms[0], lm_mib * 1048576.0 / (lm_ms[0] * 1e-3) * 1e-9, lm_mib);
-    snprintf(lab, sizeof lab, "LM head linear alone, M=%d", Bq);
-    printf("  %-34s %8.2f ms       (%.1f GB/s)\n", lab, lm_ms[1],
-           lm_mib * 1048576.0 / (lm_ms[1] * 1e-3) * 1e-9);
     printf("teacher-logit cache  (%d sequences of %d tokens, %d positions each, top-%d, T = 1)\n",
            CACHE_Q, cache_n, CACHE_ANSWER + 2, CACHE_TOPK);
     printf("  %-34s %8.2f ms       (forward all logits + top-k + log-sum-exp)\n",
@@ -672,27 +817,27 @@ int cmd_bench(int argc, char **argv)
         printf("%s{\"m\":%d,\"k\":%d,\"n\":%d,\"gflops\":%.2f}", i ? "," : "", s_shapes[i].M,
                s_shapes[i].K, s_shapes[i].N, gemm[i]);
     printf("],\"read_gbps\":%.2f,\"bw_mib\":%d,\"fma_avx512_gflops\":%.2f,\"fma_avx2_gflops\":%.2f,"
-           "\"dpbf16_gflops\":%.2f,\"encoder_gemm_gflops\":%.2f}",
-           bw, bw_mib, fma512, fma256, dpbf16, enc_gemm);
+           "\"dpbf16_gflops\":%.2f,\"encoder_gemm_gflops\":%.2f,\"encoder_gemm_bf16_gflops\":%.2f}",
+           bw, bw_mib, fma512, fma256, dpbf16, enc_gemm[0], enc_gemm[1]);
     printf(",\"load_s\":%.3f", load_s);
-    printf(",\"encoder\":{\"image\":[%d,%d],\"tokens\":%d,\"seconds\":%.4f,\"seconds_mean\":%.4f,"
-           "\"gflop\":%.2f,\"attn_gflop\":%.2f,\"gflops\":%.2f,\"frac_sgemm\":%.4f,"
-           "\"frac_fma_peak\":%.4f,\"frac_avx2_peak\":%.4f,\"bf16\":%d,\"bound_s\":%.4f}",
-           H, W, n_enc, enc_best, enc_mean, enc_flops * 1e-9, attn_flops * 1e-9, enc_gflops,
-           enc_gflops / gemm_best, fma_peak > 0 ? enc_gflops / fma_peak : 0.0,
-           fma256 > 0 ? enc_gflops / fma256 : 0.0, enc_bf16, enc_bound);
-    printf(",\"decoder\":{\"prompt\":%d,\"tokens\":%d,\"questions\":%d,\"page_init_ms\":%.3f,"
-           "\"prompt_ms_b1\":%.3f,\"prompt_ms_bn\":%.3f,\"step_ms_b1\":%.3f,\"step_ms_b1_mean\":%.3f,"
-           "\"token_ms_b1\":%.3f,\"step_ms_bn\":%.3f,\"step_ms_bn_mean\":%.3f,\"token_ms_bn\":%.3f,"
-           "\"weight_mib_per_step\":%.2f,\"kv_mib_per_step_per_question\":%.2f,"
-           "\"bound_ms_weights\":%.3f,\"ratio_b1\":%.3f,\"ratio_bn\":%.3f,"
-           "\"bound_ms_kv_b1\":%.3f,\"ratio_kv_b1\":%.3f,\"bound_ms_kv_bn\":%.3f,\"ratio_kv_bn\":%.3f,"
-           "\"lm_head_ms_b1\":%.3f,\"lm_head_ms_bn\":%.3f}",
-           P, tokens, Bq, init_best * 1e3, g1.prompt_s * 1e3, gB.prompt_s * 1e3, g1.step_s * 1e3,
-           g1.step_mean_s * 1e3, g1.step_s * 1e3, gB.step_s * 1e3, gB.step_mean_s * 1e3,
-           gB.step_s * 1e3 / Bq, wbytes / 1048576.0, kv1 / 1048576.0, bound_w * 1e3,
-           g1.step_s / bound_w, gB.step_s / bound_w, bound_1 * 1e3, g1.step_s / bound_1,
-           bound_B * 1e3, gB.step_s / bound_B, lm_ms[0], lm_ms[1]);
+    if (dec_only)
+        printf(",\"encoder\":null");
+    else
+        printf(",\"encoder\":{\"image\":[%d,%d],\"tokens\":%d,\"seconds\":%.4f,\"seconds_mean\":%.4f,"
+               "\"gflop\":%.2f,\"attn_gflop\":%.2f,\"gflops\":%.2f,\"frac_sgemm\":%.4f,"
+               "\"frac_fma_peak\":%.4f,\"frac_avx2_peak\":%.4f,\"precision\":\"%s\","
+               "\"bound_s\":%.4f,\"bf16_seconds\":%.4f,\"bf16_bound_s\":%.4f,"
+               "\"bf16_maxdiff\":%.3e}",
+               H, W, n_enc, enc_best, enc_mean, enc_flops * 1e-9, attn_flops * 1e-9, enc_gflops,
+               enc_gflops / gemm_best, fma_peak > 0 ? enc_gflops / fma_peak : 0.0,
+               fma256 > 0 ? enc_gflops / fma256 : 0.0, donut_precision_name(enc_prec), enc_bound,
+               enc16_best, enc16_bound, enc16_diff);
+    printf(",\"decoder\":");
+    s_json_decoder(&dbs[0], Bq, P, tokens, bw);
+    if (ndb == 2) {
+        printf(",\"decoder_bf16\":");
+        s_json_decoder(&dbs[1], Bq, P, tokens, bw);
+    }
     printf(",\"cache\":{\"sequences\":%d,\"tokens\":%d,\"positions\":%d,\"top_k\":%d,"
            "\"page_ms\":%.3f,\"positions_per_s\":%.2f,\"gen_tokens_per_s_bn\":%.2f,"
            "\"ratio\":%.4f}",
@@ -712,6 +857,7 @@ out:
         free(prompts[b]);
     free(pix);
     free(enc);
+    free(enc16);
     donut_free(&m);
     return rc;
 }

@@ -14,11 +14,13 @@ static void s_usage(FILE *f)
 {
     fprintf(f,
             "usage: docmint forward MODEL_DIR --in IN.safetensors --out OUT.safetensors "
-            "[--generate MAX_LENGTH]\n"
+            "[--generate MAX_LENGTH] [--precision fp32|bf16]\n"
             "  --in FILE         pixel_values (f32 [1,3,H,W]) and decoder_input_ids (int64/int32 [1,L])\n"
             "  --out FILE        every encoder/decoder tensor, named as in the reference files\n"
             "  --generate N      also greedy-decode from decoder_input_ids up to N tokens in all\n"
-            "                    (writes generate.ids, generate.scores, generate.step_logits); default: off\n");
+            "                    (writes generate.ids, generate.scores, generate.step_logits); default: off\n"
+            "  --precision P     fp32 (default) or bf16: bfloat16 weights of the decoder and LM\n"
+            "                    head with float32 accumulation\n");
 }
 
 static void s_emit(void *ctx, const char *name, int ndim, const int64_t *shape, const float *data)
@@ -47,6 +49,7 @@ int cmd_forward(int argc, char **argv)
 {
     const char *dir = NULL, *in = NULL, *out = NULL;
     int gen_len = 0;
+    DmPrecision prec = DM_PREC_F32;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             s_usage(stdout);
@@ -61,6 +64,11 @@ int cmd_forward(int argc, char **argv)
             if (*end || gen_len < 1) {
                 fprintf(stderr, "docmint forward: --generate %s: expected a positive integer\n",
                         argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+            if (donut_precision_parse(argv[++i], &prec)) {
+                fprintf(stderr, "docmint forward: --precision %s: expected fp32 or bf16\n", argv[i]);
                 return 2;
             }
         } else if (argv[i][0] == '-') {
@@ -89,7 +97,7 @@ int cmd_forward(int argc, char **argv)
     Steps steps = {0};
     GenResult gr = {0};
     int rc = 1, have_gen = 0;
-    if (donut_load(dir, &m, &err) || tensorfile_open(in, &tin, &err))
+    if (donut_load_as(dir, prec, &m, &err) || tensorfile_open(in, &tin, &err))
         goto done;
     const DmTensor *tp = tensorfile_find(tin, "pixel_values");
     const DmTensor *ti = tensorfile_find(tin, "decoder_input_ids");

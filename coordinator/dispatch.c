@@ -153,7 +153,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
         goto fail;
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
-    if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, &stage, err))
+    if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
         goto fail;
     char fp[17], tok_fp[17];
     snprintf(fp, sizeof fp, "%s", infer_fingerprint(stage));
@@ -200,6 +200,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     j->max_length = job->max_length;
     j->pdf_dpi = job->corpus.pdf_dpi;
     j->threads = job->threads;
+    j->precision = job->precision;
     j->heartbeat_seconds = d->hb;
     j->heartbeat_liveness = d->liveness;
     j->credit = job->credit > 0 ? job->credit : 1;

@@ -131,6 +131,7 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     j->commit_every = s_int(doc, "commit_every");
     j->max_length = s_int(doc, "max_length");
     j->threads = s_int(doc, "threads");
+    j->precision = !strcmp(json_string_value(json_object_get(doc, "precision")), "bf16");
     j->quiet = json_is_true(json_object_get(doc, "quiet"));
     json_t *tk = json_object_get(doc, "top_k");
     j->top_k = json_is_integer(tk) ? (int)json_integer_value(tk) : 0;
@@ -152,6 +153,10 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
         return dm_err(err, "keep_features: the feature store (encoder output per page) is not "
                            "implemented yet; set it to false");
     /* Rules across keys, which the schema does not express. */
+    if (j->precision && strcmp(j->stage, "infer") != 0)
+        return dm_err(err, "precision: \"bf16\" is for the infer stage; stage \"%s\" keeps "
+                           "the teacher in fp32 (its logits are the reference students learn)",
+                      j->stage);
     if (j->corpus.format == CORPUS_ARCHIVE && !j->corpus.questions)
         return dm_err(err, "corpus.questions: required when corpus.format is \"archive\" (a file "
                            "of questions asked of every page)");

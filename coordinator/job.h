@@ -24,6 +24,7 @@ typedef struct Job {
     int commit_every;      /* records per store transaction (default 256) */
     int max_length;        /* generation max_length; 0 = the model's max_position_embeddings */
     int threads;           /* compute threads per worker; 0 = cores / workers on the node */
+    int precision;         /* DmPrecision of the workers' model: 0 "fp32" (default), 1 "bf16" */
     int quiet;             /* no progress lines */
     /* cache-logits */
     int top_k;             /* kept logits per position; 0 = "full" (default 64) */

@@ -48,16 +48,18 @@ static int32_t *s_ids(const char *name, int *n)
     return ids;
 }
 
-static void s_page(int k, DecPage *page)
+/* The page of case k (its reference encoder output) for model m. */
+static void s_page_for(const DonutModel *m, int k, DecPage *page)
 {
     char name[128];
     snprintf(name, sizeof name, "case%d.encoder.last_hidden_state", k);
     const DmTensor *enc = tensorfile_find(s_gold, name);
     CU_ASSERT_PTR_NOT_NULL_FATAL(enc);
     DmErr err;
-    CU_ASSERT_EQUAL_FATAL(
-        dec_page_init(page, s_model, enc->data, (int)enc->shape[1], &err), 0);
+    CU_ASSERT_EQUAL_FATAL(dec_page_init(page, m, enc->data, (int)enc->shape[1], &err), 0);
 }
+
+static void s_page(int k, DecPage *page) { s_page_for(s_model, k, page); }
 
 static void s_teacher_forcing_case(int k)
 {
@@ -315,6 +317,262 @@ static void test_plan_hooks(void)
     tensorfile_close(&train);
 }
 
+/* The decoding step (one parallel region for all sequences) against the
+ * operation-per-call path, which a probe selects: three sequences of
+ * different lengths on one page, 6 steps, fp32 and bf16. */
+static void s_noop_emit(void *ctx, const char *name, int ndim, const int64_t *shape,
+                        const float *data)
+{
+}
+
+static void s_step_vs_general(const DonutModel *m)
+{
+    DecPage page;
+    s_page_for(m, 1, &page);
+    int V = m->cfg.dec.vocab, lens[3];
+    int32_t *prompts[3];
+    DecSeq fast[3], slow[3];
+    DmErr err;
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+        prompts[k] = s_ids(name, &lens[k]);
+        CU_ASSERT_EQUAL_FATAL(dec_seq_init(&fast[k], m, 64, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_seq_init(&slow[k], m, 64, &err), 0);
+        DecSeq *f = &fast[k], *sl = &slow[k];
+        const int32_t *pp = prompts[k];
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &f, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err), 0);
+    }
+    float *a = malloc((size_t)3 * V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
+    DmProbe probe = {s_noop_emit, NULL};
+    double worst = 0;
+    for (int step = 0; step < 6; step++) {
+        int32_t tok[3] = {5 + step, 17 + 3 * step, 40 + step};
+        const int32_t *tp[3] = {&tok[0], &tok[1], &tok[2]};
+        int one[3] = {1, 1, 1};
+        DecSeq *fs[3] = {&fast[0], &fast[1], &fast[2]};
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, fs, tp, one, 3, a, 0, NULL, NULL, &err), 0);
+        for (int k = 0; k < 3; k++) {
+            DecSeq *sl = &slow[k];
+            CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &tp[k], one, 1, b, 0, NULL, &probe, &err),
+                                  0);
+            CU_ASSERT_EQUAL(fast[k].len, slow[k].len);
+            worst = fmax(worst, tu_maxdiff(a + (size_t)k * V, b, (size_t)V));
+        }
+    }
+    printf(" [%s: max diff %.2g]", donut_precision_name(m->precision), worst);
+    CU_ASSERT(worst <= 1e-4);
+    for (int k = 0; k < 3; k++) {
+        dec_seq_free(&fast[k]);
+        dec_seq_free(&slow[k]);
+        free(prompts[k]);
+    }
+    free(a);
+    free(b);
+    dec_page_free(&page);
+}
+
+static void test_step_vs_general(void)
+{
+    s_step_vs_general(s_model);
+    DonutModel *mb = NULL;
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(donut_load_as(TU_TINY, DM_PREC_BF16, &mb, &err), 0);
+    s_step_vs_general(mb);
+    donut_free(&mb);
+}
+
+/* ------------------------------------------------------------- bf16 */
+
+static TuTmp s_tmp = {"/tmp/dm_dec_XXXXXX"};
+
+static void s_tmp_clean(void)
+{
+    if (!s_tmp.dir[0])
+        return;
+    unlink(tu_tmp(&s_tmp, "model.safetensors", NULL));
+    unlink(tu_tmp(&s_tmp, "config.json", NULL));
+    tu_tmp_done(&s_tmp);
+}
+
+/* All teacher-forced logits of case k: [T, vocab] (malloc'ed). */
+static float *s_forced_logits(const DonutModel *m, int k, int *T)
+{
+    DecPage page;
+    s_page_for(m, k, &page);
+    char name[64];
+    snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+    int32_t *ids = s_ids(name, T);
+    DecSeq seq, *sp = &seq;
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(dec_seq_init(&seq, m, *T, &err), 0);
+    float *logits = malloc((size_t)*T * m->cfg.dec.vocab * sizeof(float));
+    const int32_t *idp = ids;
+    CU_ASSERT_EQUAL(dec_forward(&page, &sp, &idp, T, 1, logits, 1, NULL, NULL, &err), 0);
+    free(ids);
+    dec_seq_free(&seq);
+    dec_page_free(&page);
+    return logits;
+}
+
+/* The model in bf16 against the float32 reference: every decoder matrix and
+ * the tied LM head in bfloat16 with their float32 let go, the encoder kept
+ * (it has no bf16 path yet), the same fingerprint; teacher-forced logits
+ * within 2% of the largest reference logit (bfloat16 rounds weights and
+ * activations to 2^-9 relative; through two layers and the LM head that
+ * measures 0.6-1.1% here); greedy ids equal to the reference at every step
+ * the reference decides: where its margin between the best two scores
+ * exceeds twice that step's largest logit error (an undecided step may
+ * flip, and a flip ends the comparison). */
+static void test_bf16_golden(void)
+{
+    DonutModel *mb = NULL;
+    DmErr err;
+    CU_ASSERT_EQUAL_FATAL(donut_load_as(TU_TINY, DM_PREC_BF16, &mb, &err), 0);
+    CU_ASSERT_EQUAL(mb->precision, DM_PREC_BF16);
+    CU_ASSERT_STRING_EQUAL(mb->fingerprint, s_model->fingerprint);
+    const DecLayer *L = &mb->dec.layers[0];
+    CU_ASSERT(!L->self.q.w && L->self.q.wbf && !L->cross.o.w && L->cross.o.wbf && !L->ffn.fc2.w &&
+              L->ffn.fc2.wbf && L->self.q.b && L->ffn.ln.g);
+    CU_ASSERT(!mb->dec.embed_tokens && mb->dec.embed_tokens_bf16 &&
+              mb->dec.lm_head_bf16 == mb->dec.embed_tokens_bf16 && mb->dec.embed_positions);
+    CU_ASSERT(mb->enc.stages[0].blocks[0].q.w && !mb->enc.stages[0].blocks[0].q.wbf);
+    CU_ASSERT_EQUAL(L->self.q.wbf[5], dm_f32_to_bf16(s_model->dec.layers[0].self.q.w[5]));
+    int V = mb->cfg.dec.vocab;
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "case%d.decoder.logits", k);
+        const DmTensor *gl = tensorfile_find(s_gold, name);
+        int T;
+        float *lg = s_forced_logits(mb, k, &T);
+        CU_ASSERT_FATAL(gl && dm_tensor_numel(gl) == (int64_t)T * V);
+        double d = tu_maxdiff(lg, gl->data, (size_t)T * V), scale = 0;
+        for (size_t i = 0; i < (size_t)T * V; i++)
+            scale = fmax(scale, fabs(((const float *)gl->data)[i]));
+        CU_ASSERT(d > 0 && d <= 2e-2 * scale);
+        free(lg);
+        /* generation */
+        DecPage page;
+        s_page_for(mb, k, &page);
+        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+        int32_t *prompt = s_ids(name, &T);
+        snprintf(name, sizeof name, "case%d.generate.ids", k);
+        int G;
+        int32_t *want = s_ids(name, &G);
+        snprintf(name, sizeof name, "case%d.generate.scores", k);
+        const DmTensor *sc = tensorfile_find(s_gold, name);
+        snprintf(name, sizeof name, "case%d.generate.step_logits", k);
+        const DmTensor *sl = tensorfile_find(s_gold, name);
+        CU_ASSERT_FATAL(sc && sl);
+        GenConfig g;
+        gen_config_default(mb, &g);
+        GenResult r;
+        StepLog log = {0};
+        const int32_t *pp = prompt;
+        CU_ASSERT_EQUAL_FATAL(gen_greedy(&page, &pp, &T, 1, &g, &r, s_on_step, &log, &err), 0);
+        /* step s: the reference decides it when its margin exceeds twice
+         * this step's largest logit error; the first undecided step whose
+         * id differs ends the comparison (a legitimate flip) */
+        int agree = 0, steps = (int)sc->shape[0], checked = 0;
+        for (int s = 0; s < steps && s < log.n && T + s < r.len && T + s < G; s++) {
+            const float *ref = (const float *)sc->data + (size_t)s * V;
+            double eps = tu_maxdiff(log.raw + (size_t)s * V,
+                                    (const float *)sl->data + (size_t)s * V, (size_t)V);
+            float b1 = -INFINITY, b2 = -INFINITY;
+            for (int v = 0; v < V; v++)
+                if (ref[v] > b1) {
+                    b2 = b1;
+                    b1 = ref[v];
+                } else if (ref[v] > b2) {
+                    b2 = ref[v];
+                }
+            int same = r.ids[T + s] == want[T + s];
+            if (b1 - b2 <= 2 * eps) {
+                if (!same)
+                    break;
+                continue;
+            }
+            checked++;
+            agree += same;
+        }
+        CU_ASSERT(checked > 0);
+        CU_ASSERT_EQUAL(agree, checked);
+        int all = r.len == G && !memcmp(r.ids, want, (size_t)G * sizeof *want);
+        printf(" [case%d: logits %.2g of %.3g, ids %d/%d decided steps equal, %s]", k, d, scale,
+               agree, checked, all ? "all equal" : "an undecided step flipped");
+        free(log.raw);
+        gen_result_free(&r);
+        free(prompt);
+        free(want);
+        dec_page_free(&page);
+    }
+    donut_free(&mb);
+}
+
+/* A checkpoint whose weight matrices are stored in BF16 runs in bf16
+ * without a float32 copy: the decoder's bfloat16 pointers lie in the
+ * mapped file, nothing is converted for them, the fingerprint is the one
+ * its float32 load gives, and the logits are those of the float32 model
+ * converted to bf16 (the same bfloat16 numbers). */
+static void test_bf16_file(void)
+{
+    DmErr err;
+    TensorFile *src;
+    CU_ASSERT_EQUAL_FATAL(tensorfile_open(TU_TINY "/model.safetensors", &src, &err), 0);
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < src->n; i++) {
+        const DmTensor *t = &src->t[i];
+        size_t n = (size_t)dm_tensor_numel(t);
+        int mat = t->ndim == 2 && strstr(t->name, ".weight") && !strstr(t->name, "position");
+        if (!mat) {
+            st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+            continue;
+        }
+        uint16_t *h = malloc(n * sizeof *h);
+        for (size_t j = 0; j < n; j++)
+            h[j] = dm_f32_to_bf16(((const float *)t->data)[j]);
+        st_writer_add(w, t->name, DM_BF16, t->ndim, t->shape, h);
+        free(h);
+    }
+    tensorfile_close(&src);
+    CU_ASSERT_EQUAL_FATAL(st_writer_save(w, tu_tmp(&s_tmp, "model.safetensors", s_tmp_clean), &err),
+                          0);
+    st_writer_free(&w);
+    size_t n;
+    unsigned char *cfg = tu_slurp(TU_TINY "/config.json", &n);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    tu_write(tu_tmp(&s_tmp, "config.json", NULL), cfg, n);
+    free(cfg);
+
+    DonutModel *mb = NULL, *mf = NULL, *conv = NULL;
+    CU_ASSERT_EQUAL_FATAL(donut_load_as(s_tmp.dir, DM_PREC_BF16, &mb, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(donut_load(s_tmp.dir, &mf, &err), 0);
+    CU_ASSERT_STRING_EQUAL(mb->fingerprint, mf->fingerprint);
+    const char *lo = mb->weights->map, *hi = lo + mb->weights->map_len;
+    const DecLayer *L = &mb->dec.layers[1];
+    const void *in_file[] = {L->self.q.wbf, L->cross.v.wbf, L->ffn.fc1.wbf, mb->dec.embed_tokens_bf16};
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT((const char *)in_file[i] >= lo && (const char *)in_file[i] < hi);
+    CU_ASSERT_PTR_NULL(mb->bf16); /* nothing was converted */
+    CU_ASSERT_PTR_NULL(L->self.q.w);
+
+    CU_ASSERT_EQUAL_FATAL(donut_load_as(TU_TINY, DM_PREC_BF16, &conv, &err), 0);
+    int T, T2;
+    float *a = s_forced_logits(mb, 1, &T), *b = s_forced_logits(conv, 1, &T2);
+    CU_ASSERT(T == T2 && !memcmp(a, b, (size_t)T * mb->cfg.dec.vocab * sizeof(float)));
+    free(a);
+    free(b);
+    /* converting again is a no-op; going back is refused */
+    CU_ASSERT_EQUAL(donut_set_precision(conv, DM_PREC_BF16, &err), 0);
+    CU_ASSERT_EQUAL(donut_set_precision(conv, DM_PREC_F32, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "fp32"));
+    donut_free(&mb);
+    donut_free(&mf);
+    donut_free(&conv);
+    s_tmp_clean();
+}
+
 void tests_decoder(void)
 {
     CU_pSuite s = CU_add_suite("decoder (tiny-a reference)", s_setup, s_teardown);
@@ -322,4 +580,8 @@ void tests_decoder(void)
     CU_add_test(s, "greedy generation: ids, step logits, scores", test_generate);
     CU_add_test(s, "batched questions equal single questions", test_generate_batch);
     CU_add_test(s, "pruning plans through hooks match pruned students", test_plan_hooks);
+    CU_add_test(s, "decoding step in one parallel region vs the per-operation path",
+                test_step_vs_general);
+    CU_add_test(s, "bf16: logits and greedy ids against the reference", test_bf16_golden);
+    CU_add_test(s, "bf16: a BF16 checkpoint runs in place, no float32 copy", test_bf16_file);
 }

@@ -229,7 +229,20 @@ static void test_join_roundtrip(void)
     CU_ASSERT_EQUAL_FATAL(wire_join_to_json(&j, &text, &err), 0);
     CU_ASSERT_EQUAL(wire_join_parse(text, "t", &k, &err), 0);
     CU_ASSERT(k.top_k == 8 && k.n_temps == 2 && k.temps[1] == 2.5 && k.first_answer_only == 1);
+    CU_ASSERT_EQUAL(k.precision, 0);
     free(text);
+    /* and the precision of the workers' model */
+    j.precision = 1;
+    CU_ASSERT_EQUAL_FATAL(wire_join_to_json(&j, &text, &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\"bf16\""));
+    CU_ASSERT_EQUAL(wire_join_parse(text, "t", &k, &err), 0);
+    CU_ASSERT_EQUAL(k.precision, 1);
+    char *at = strstr(text, "\"bf16\"");
+    memcpy(at, "\"fp16\"", 6);
+    CU_ASSERT_EQUAL(wire_join_parse(text, "t", &k, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "precision"));
+    free(text);
+    j.precision = 0;
 
     char path[] = "/tmp/docmint-join-XXXXXX";
     int fd = mkstemp(path);

@@ -57,6 +57,8 @@ static void t_defaults(void)
     CU_ASSERT_EQUAL(j->commit_every, 256);
     CU_ASSERT_EQUAL(j->max_length, 0);
     CU_ASSERT_EQUAL(j->threads, 0);
+    CU_ASSERT_EQUAL(j->precision, 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j->doc, "precision")), "fp32");
     CU_ASSERT_EQUAL(j->quiet, 0);
     CU_ASSERT_STRING_EQUAL(j->endpoint, "tcp://*:0");
     /* the document carries the filled defaults too */
@@ -153,6 +155,19 @@ static void t_bad_value(void)
     s_expect_error("{\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c\", \"pdf_dpi\": 5000}}",
                    "job.json: corpus.pdf_dpi: must be at most 2400, got integer 5000");
     s_expect_error("{\"model\": \"\", \"output\": \"o\", \"corpus\": {\"path\": \"c\"}}", "job.json: model: must not be empty");
+    s_expect_error("{" S_MIN ", \"precision\": \"fp16\"}",
+                   "job.json: precision: expected one of \"fp32\", \"bf16\", got string \"fp16\"");
+    s_expect_error("{" S_MIN ", \"stage\": \"cache-logits\", \"precision\": \"bf16\"}",
+                   "job.json: precision: \"bf16\" is for the infer stage");
+}
+
+static void t_precision(void)
+{
+    Job *j = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(job_parse("{" S_MIN ", \"precision\": \"bf16\"}", "job.json", &j, &err), 0);
+    CU_ASSERT_EQUAL(j->precision, 1);
+    job_free(&j);
 }
 
 static void t_bad_json(void)
@@ -351,7 +366,7 @@ void tests_job(void)
     TU_SUITE("job", {"defaults filled", t_defaults}, {"every key read", t_values},
              {"unknown key names its path", t_unknown_key}, {"missing key names its path", t_missing_key},
              {"wrong type names path and expected type", t_wrong_type},
-             {"bad enum and bounds", t_bad_value}, {"syntax errors and missing file", t_bad_json},
+             {"bad enum and bounds", t_bad_value}, {"precision", t_precision}, {"syntax errors and missing file", t_bad_json},
              {"relative paths resolve against the job folder", t_load_relative},
              {"schema documents every key", t_schema_documented}, {"validator keywords", t_validator});
 }

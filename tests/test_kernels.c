@@ -108,6 +108,170 @@ static void test_attend_one(void)
     }
 }
 
+/* Bfloat16 weights: the vdpbf16ps small-M path against its plain twin (the
+ * same rounding of the activations, double accumulation), and the
+ * many-row path (float32 activations, widened weights through sgemm)
+ * against a double product of the unrounded activations. */
+static void test_linear_bf16(void)
+{
+    static const int shapes[][3] = {{1, 1024, 1024}, {4, 1024, 4096}, {3, 77, 131}, {16, 64, 33},
+                                    {1, 5, 3},       {17, 128, 96},   {300, 96, 517}};
+    unsigned seed = 19;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *x = s_rand((size_t)M * K, &seed), *Wf = s_rand((size_t)N * K, &seed),
+              *b = s_rand((size_t)N, &seed);
+        uint16_t *W = malloc((size_t)N * K * sizeof *W);
+        kern_to_bf16(Wf, W, (size_t)N * K);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)N * K; i++) /* the rounding is dm_f32_to_bf16's */
+            bad += W[i] != dm_f32_to_bf16(Wf[i]);
+        CU_ASSERT_EQUAL(bad, 0);
+        float *y = malloc((size_t)M * N * sizeof *y), *r = malloc((size_t)M * N * sizeof *r);
+        kern_linear_bf16(x, M, K, W, b, N, y);
+        double d;
+        if (kern_small_m(M)) {
+            kern_linear_bf16_ref(x, M, K, W, b, N, r);
+            d = tu_maxdiff(y, r, (size_t)M * N);
+        } else {
+            d = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double acc = b[j];
+                    for (int k = 0; k < K; k++)
+                        acc += (double)x[(size_t)i * K + k] * dm_bf16_to_f32(W[(size_t)j * K + k]);
+                    d = fmax(d, fabs(acc - y[(size_t)i * N + j]));
+                }
+        }
+        if (!(d <= 1e-5 * sqrt((double)K)))
+            printf("\n  bf16 linear %dx%dx%d: max diff %.3g", M, K, N, d);
+        CU_ASSERT(d <= 1e-5 * sqrt((double)K));
+        /* the rounding of the activations is what the plain twin does: the
+         * result differs from float32 weights by a bf16-sized amount */
+        if (M == 4) {
+            kern_linear_ref(x, M, K, Wf, b, N, r);
+            double rel = tu_maxdiff(y, r, (size_t)M * N);
+            CU_ASSERT(rel > 1e-4 && rel < 4.0 / 256 * sqrt((double)K));
+        }
+        if (M > 1 && kern_small_m(M)) {
+            float *y1 = malloc((size_t)N * sizeof *y1);
+            kern_linear_bf16(x + (size_t)(M - 1) * K, 1, K, W, b, N, y1);
+            CU_ASSERT(memcmp(y1, y + (size_t)(M - 1) * N, (size_t)N * sizeof *y1) == 0);
+            free(y1);
+        }
+        free(x);
+        free(Wf);
+        free(W);
+        free(b);
+        free(y);
+        free(r);
+    }
+}
+
+/* The team forms inside a parallel region against the plain twins:
+ * outputs through row pointers, bias, GELU, accumulation, bf16 weights;
+ * and one attention head against a double-precision twin. */
+static void test_team(void)
+{
+    static const int shapes[][3] = {{1, 1024, 1027}, {4, 256, 64}, {3, 77, 131}, {2, 40, 3}};
+    unsigned seed = 23;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *x = s_rand((size_t)M * K, &seed), *W = s_rand((size_t)N * K, &seed),
+              *b = s_rand((size_t)N, &seed), *y0 = s_rand((size_t)M * N, &seed);
+        uint16_t *Wb = malloc((size_t)N * K * sizeof *Wb), *xb = malloc((size_t)M * K * sizeof *xb);
+        kern_to_bf16(W, Wb, (size_t)N * K);
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            xb[i] = dm_f32_to_bf16(x[i]);
+        float *y = malloc((size_t)M * N * sizeof *y), *r = malloc((size_t)M * N * sizeof *r);
+        float *rows[16];
+        for (int m = 0; m < M; m++)
+            rows[m] = y + (size_t)m * N;
+        for (int mode = 0; mode < 3; mode++) {
+            /* 0: float32, GELU; 1: bf16, accumulate into y0; 2: float32, no bias */
+            int bf = mode == 1, flags = mode == 0 ? KERN_GELU : mode == 1 ? KERN_ACC : 0;
+            const float *bias = mode == 2 ? NULL : b;
+            memcpy(y, y0, (size_t)M * N * sizeof *y);
+#pragma omp parallel num_threads(2)
+            kern_linear_team(x, bf ? xb : NULL, M, K, bf ? NULL : W, bf ? Wb : NULL, bias, N, rows,
+                             flags);
+            if (bf)
+                kern_linear_bf16_ref(x, M, K, Wb, bias, N, r);
+            else
+                kern_linear_ref(x, M, K, W, bias, N, r);
+            for (size_t i = 0; i < (size_t)M * N; i++) {
+                if (mode == 0)
+                    r[i] = (float)(0.5 * r[i] * (1.0 + erf(r[i] / sqrt(2.0))));
+                if (mode == 1)
+                    r[i] += y0[i];
+            }
+            double d = tu_maxdiff(y, r, (size_t)M * N);
+            if (!(d <= 1e-5 * sqrt((double)K)))
+                printf("\n  team linear %dx%dx%d mode %d: max diff %.3g", M, K, N, mode, d);
+            CU_ASSERT(d <= 1e-5 * sqrt((double)K));
+        }
+        free(x);
+        free(W);
+        free(b);
+        free(y0);
+        free(Wb);
+        free(xb);
+        free(y);
+        free(r);
+    }
+    /* one head, 3 query rows, float32 and bfloat16 keys/values */
+    int S = 517, H = 4, hd = 64, ld = H * hd, nq = 3, h = 2;
+    float *q = s_rand((size_t)nq * ld, &seed), *K = s_rand((size_t)S * ld, &seed),
+          *V = s_rand((size_t)S * ld, &seed);
+    uint16_t *Kb = malloc((size_t)S * ld * sizeof *Kb), *Vb = malloc((size_t)S * ld * sizeof *Vb);
+    kern_to_bf16(K, Kb, (size_t)S * ld);
+    kern_to_bf16(V, Vb, (size_t)S * ld);
+    float *sc = malloc((size_t)nq * S * sizeof *sc), *ctx = malloc((size_t)nq * ld * sizeof *ctx);
+    double *e = malloc((size_t)S * sizeof *e);
+    for (int bf = 0; bf < 2; bf++) {
+        float scale = 0.125f;
+        kern_attend_head(q + h * hd, nq, ld, scale, bf ? (const void *)(Kb + h * hd) : K + h * hd,
+                         bf ? (const void *)(Vb + h * hd) : V + h * hd, bf, S, hd, ld, sc,
+                         ctx + h * hd, ld);
+        double dp = 0, dc = 0;
+        for (int r = 0; r < nq; r++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < S; j++) {
+                double a = 0;
+                for (int d = 0; d < hd; d++) {
+                    size_t o = (size_t)j * ld + h * hd + d;
+                    a += (double)(q[(size_t)r * ld + h * hd + d] * scale) *
+                         (bf ? dm_bf16_to_f32(Kb[o]) : K[o]);
+                }
+                e[j] = a;
+                mx = fmax(mx, a);
+            }
+            for (int j = 0; j < S; j++)
+                sum += e[j] = exp(e[j] - mx);
+            for (int j = 0; j < S; j++)
+                dp = fmax(dp, fabs(e[j] / sum - sc[(size_t)r * S + j]));
+            for (int d = 0; d < hd; d++) {
+                double c = 0;
+                for (int j = 0; j < S; j++) {
+                    size_t o = (size_t)j * ld + h * hd + d;
+                    c += e[j] / sum * (bf ? dm_bf16_to_f32(Vb[o]) : V[o]);
+                }
+                dc = fmax(dc, fabs(c - ctx[(size_t)r * ld + h * hd + d]));
+            }
+        }
+        CU_ASSERT(dp <= 1e-6);
+        CU_ASSERT(dc <= 1e-5);
+    }
+    free(q);
+    free(K);
+    free(V);
+    free(Kb);
+    free(Vb);
+    free(sc);
+    free(ctx);
+    free(e);
+}
+
 /* The encoder's GEMM backend (oneDNN, packed weights) against its plain
  * twin: float32 and bf16, strided rows, every epilogue, row counts other
  * than the one the layout was packed for. */
@@ -193,6 +357,8 @@ void tests_kernels(void)
 {
     TU_SUITE("kernels", {"linear: small-M and BLAS paths vs plain", test_linear_paths},
              {"streaming attention vs plain", test_attend_one},
+             {"linear with bf16 weights: vdpbf16ps and widened sgemm vs plain", test_linear_bf16},
+             {"team forms of the step: linear, one attention head vs plain", test_team},
              {"encoder GEMM (packed, f32 and bf16, epilogues) vs plain", test_gemm_packed},
              {"bf16 conversion: vector vs scalar", test_bf16_convert});
 }

@@ -243,17 +243,25 @@ typedef struct Binder {
     StWriter *create; /* non-NULL: make random tensors instead of reading */
     uint64_t rng;
     uint64_t hash;    /* fingerprint over the bound float32 weights */
+    int bf16;         /* bind weight matrices stored as BF16 in place, without
+                       * a float32 copy (a model loaded to run in bf16) */
 } Binder;
 
-/* Fold n floats into the fingerprint, 8 bytes at a time (a multiply-xor
- * hash: fast enough to run over a full model at load). */
-static void s_hash(Binder *b, const char *name, const float *p, size_t n)
+/* Fold a name, then the bytes of its float32 values, into the
+ * fingerprint, 8 bytes at a time (a multiply-xor hash: fast enough to run
+ * over a full model at load).  s_hash_bytes may be called in chunks whose
+ * sizes are multiples of 8 bytes, the last one excepted. */
+static void s_hash_name(Binder *b, const char *name)
+{
+    for (const char *c = name; *c; c++)
+        b->hash = (b->hash ^ (unsigned char)*c) * 0x100000001b3ull;
+}
+
+static void s_hash_bytes(Binder *b, const void *p, size_t bytes)
 {
     uint64_t h = b->hash;
-    for (const char *c = name; *c; c++)
-        h = (h ^ (unsigned char)*c) * 0x100000001b3ull;
-    const unsigned char *q = (const unsigned char *)p;
-    size_t bytes = n * sizeof(float), i = 0;
+    const unsigned char *q = p;
+    size_t i = 0;
     for (; i + 8 <= bytes; i += 8) {
         uint64_t w;
         memcpy(&w, q + i, 8);
@@ -263,6 +271,12 @@ static void s_hash(Binder *b, const char *name, const float *p, size_t n)
     for (; i < bytes; i++)
         h = (h ^ q[i]) * 0x100000001b3ull;
     b->hash = h;
+}
+
+static void s_hash(Binder *b, const char *name, const float *p, size_t n)
+{
+    s_hash_name(b, name);
+    s_hash_bytes(b, p, n * sizeof(float));
 }
 
 static float *s_own(DonutModel *m, size_t n)
@@ -330,15 +344,14 @@ static const float *s_make(Binder *b, const char *name, int ndim, const int64_t 
     return p;
 }
 
-static int s_get(Binder *b, const char *name, int ndim, const int64_t *shape, const float **out)
+/* The file's tensor `name`, checked against the shape the config implies. */
+static const DmTensor *s_find(Binder *b, const char *name, int ndim, const int64_t *shape)
 {
-    if (b->create) {
-        *out = s_make(b, name, ndim, shape);
-        return 0;
-    }
     const DmTensor *t = tensorfile_find(b->m->weights, name);
-    if (!t)
-        return dm_err(b->err, "%s: tensor %s is missing", b->file, name);
+    if (!t) {
+        dm_err(b->err, "%s: tensor %s is missing", b->file, name);
+        return NULL;
+    }
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++)
         ok = t->shape[i] == shape[i];
@@ -346,9 +359,22 @@ static int s_get(Binder *b, const char *name, int ndim, const int64_t *shape, co
         char want[128], got[128];
         s_shape_str(want, sizeof want, ndim, shape);
         s_shape_str(got, sizeof got, t->ndim, t->shape);
-        return dm_err(b->err, "%s: tensor %s has shape %s, the config implies %s", b->file, name,
-                      got, want);
+        dm_err(b->err, "%s: tensor %s has shape %s, the config implies %s", b->file, name, got,
+               want);
+        return NULL;
     }
+    return t;
+}
+
+static int s_get(Binder *b, const char *name, int ndim, const int64_t *shape, const float **out)
+{
+    if (b->create) {
+        *out = s_make(b, name, ndim, shape);
+        return 0;
+    }
+    const DmTensor *t = s_find(b, name, ndim, shape);
+    if (!t)
+        return -1;
     if (t->dtype == DM_F32 && ((uintptr_t)t->data & 3) == 0) {
         *out = t->data;
         s_hash(b, name, *out, (size_t)dm_tensor_numel(t));
@@ -364,6 +390,36 @@ static int s_get(Binder *b, const char *name, int ndim, const int64_t *shape, co
         return -1;
     *out = p;
     s_hash(b, name, p, (size_t)dm_tensor_numel(t));
+    return 0;
+}
+
+/* A weight matrix for a model that runs in bf16: a BF16 tensor of the file
+ * is used where it lies (*bf set, *w NULL), hashed as the float32 values it
+ * stands for so the fingerprint does not depend on the precision; any
+ * other dtype goes through s_get (donut_set_precision converts it later). */
+static int s_mat_bf16(Binder *b, const char *name, int rows, int cols, const float **w,
+                      const uint16_t **bf)
+{
+    int64_t sh[2] = {rows, cols};
+    *bf = NULL;
+    if (!b->bf16 || b->create)
+        return s_get(b, name, 2, sh, w);
+    const DmTensor *t = s_find(b, name, 2, sh);
+    if (!t)
+        return -1;
+    if (t->dtype != DM_BF16 || ((uintptr_t)t->data & 1))
+        return s_get(b, name, 2, sh, w);
+    *w = NULL;
+    *bf = t->data;
+    s_hash_name(b, name);
+    float chunk[4096];
+    size_t n = (size_t)rows * cols;
+    for (size_t i = 0; i < n; i += 4096) {
+        size_t k = n - i < 4096 ? n - i : 4096;
+        for (size_t j = 0; j < k; j++)
+            chunk[j] = dm_bf16_to_f32((*bf)[i + j]);
+        s_hash_bytes(b, chunk, k * sizeof(float));
+    }
     return 0;
 }
 
@@ -397,7 +453,7 @@ static int s_linear(Binder *b, const char *prefix, int out, int in, int bias, Dm
     l->in = in;
     l->b = NULL;
     snprintf(nm, sizeof nm, "%s.weight", prefix);
-    if (s_mat(b, nm, out, in, &l->w))
+    if (s_mat_bf16(b, nm, out, in, &l->w, &l->wbf))
         return -1;
     if (!bias)
         return 0;
@@ -558,12 +614,14 @@ static int s_bind_decoder(Binder *b)
     /* Tied head: HF ties lm_head to embed_tokens, so whichever name the file
      * holds serves both (both, only the embedding, or only the head). */
     const char *tok = b->create || tensorfile_find(m->weights, emb) ? emb : head;
-    if (s_mat(b, tok, d->vocab, D, &w->embed_tokens))
+    if (s_mat_bf16(b, tok, d->vocab, D, &w->embed_tokens, &w->embed_tokens_bf16))
         return -1;
-    if (d->tie_word_embeddings)
+    if (d->tie_word_embeddings) {
         w->lm_head = w->embed_tokens;
-    else if (s_mat(b, head, d->vocab, D, &w->lm_head))
+        w->lm_head_bf16 = w->embed_tokens_bf16;
+    } else if (s_mat_bf16(b, head, d->vocab, D, &w->lm_head, &w->lm_head_bf16)) {
         return -1;
+    }
     if (s_mat(b, "decoder.model.decoder.embed_positions.weight", d->max_pos + 2, D,
               &w->embed_positions) ||
         s_norm(b, "decoder.model.decoder.layernorm_embedding", D, &w->ln_emb) ||
@@ -626,7 +684,7 @@ static char *s_read_text(const char *path, DmErr *err)
     return buf;
 }
 
-int donut_load(const char *dir, DonutModel **out, DmErr *err)
+int donut_load_as(const char *dir, DmPrecision prec, DonutModel **out, DmErr *err)
 {
     *out = NULL;
     char path[4096];
@@ -654,15 +712,27 @@ int donut_load(const char *dir, DonutModel **out, DmErr *err)
     }
     if (tensorfile_open(path, &m->weights, err))
         goto fail;
-    Binder b = {m, path, err, NULL, 0, 0xcbf29ce484222325ull};
-    if (s_bind_encoder(&b) || s_bind_decoder(&b))
+    /* In bf16, BF16 matrices of the file are bound in place; the encoder's
+     * only once it has a bf16 path (DM_SWIN_BF16). */
+    Binder b = {m, path, err, NULL, 0, 0xcbf29ce484222325ull, prec == DM_PREC_BF16 && DM_SWIN_BF16};
+    if (s_bind_encoder(&b))
+        goto fail;
+    b.bf16 = prec == DM_PREC_BF16;
+    if (s_bind_decoder(&b))
         goto fail;
     snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)b.hash);
+    if (donut_set_precision(m, prec, err))
+        goto fail;
     *out = m;
     return 0;
 fail:
     donut_free(&m);
     return -1;
+}
+
+int donut_load(const char *dir, DonutModel **out, DmErr *err)
+{
+    return donut_load_as(dir, DM_PREC_F32, out, err);
 }
 
 void donut_free(DonutModel **pm)
@@ -675,6 +745,7 @@ void donut_free(DonutModel **pm)
     for (int i = 0; i < m->nowned; i++)
         free(m->owned[i]);
     free(m->owned);
+    free(m->bf16);
     tensorfile_close(&m->weights);
     free(m->dir);
     free(m);

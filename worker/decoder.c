@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kern.h"
+#include <omp.h>
 
 /* Key and value buffers of n floats each; 0, or -1 with both freed. */
 static int s_kv_alloc(float **k, float **v, size_t n)
@@ -35,19 +36,38 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
     p->n_enc = n_enc;
     p->enc = enc;
     const MBartConfig *c = &m->cfg.dec;
+    int bf16 = m->precision == DM_PREC_BF16;
+    float *tmp = NULL;
     for (int l = 0; l < c->layers; l++) {
         const DecAttn *a = &m->dec.layers[l].cross;
         if (!a->present)
             continue;
         size_t n = (size_t)n_enc * a->k.out;
-        if (s_kv_alloc(&p->ck[l], &p->cv[l], n)) {
-            dec_page_free(p);
-            return dm_err(err, "out of memory for cross-attention keys (%zu floats)", 2 * n);
+        if (!bf16) {
+            if (s_kv_alloc(&p->ck[l], &p->cv[l], n))
+                goto oom;
+            donut_linear(&a->k, enc, n_enc, p->ck[l]);
+            donut_linear(&a->v, enc, n_enc, p->cv[l]);
+            continue;
         }
-        kern_linear(enc, n_enc, c->d_model, a->k.w, a->k.b, a->k.out, p->ck[l]);
-        kern_linear(enc, n_enc, c->d_model, a->v.w, a->v.b, a->v.out, p->cv[l]);
+        /* bf16: project in float32, keep the rounded keys and values */
+        p->ckb[l] = malloc(n * sizeof(uint16_t));
+        p->cvb[l] = malloc(n * sizeof(uint16_t));
+        if (!tmp)
+            tmp = malloc(n * sizeof(float));
+        if (!p->ckb[l] || !p->cvb[l] || !tmp)
+            goto oom;
+        donut_linear(&a->k, enc, n_enc, tmp);
+        kern_to_bf16(tmp, p->ckb[l], n);
+        donut_linear(&a->v, enc, n_enc, tmp);
+        kern_to_bf16(tmp, p->cvb[l], n);
     }
+    free(tmp);
     return 0;
+oom:
+    free(tmp);
+    dec_page_free(p);
+    return dm_err(err, "out of memory for the cross-attention keys and values of %d tokens", n_enc);
 }
 
 void dec_page_free(DecPage *p)
@@ -55,7 +75,10 @@ void dec_page_free(DecPage *p)
     for (int l = 0; l < DM_MAX_LAYERS; l++) {
         free(p->ck[l]);
         free(p->cv[l]);
+        free(p->ckb[l]);
+        free(p->cvb[l]);
         p->ck[l] = p->cv[l] = NULL;
+        p->ckb[l] = p->cvb[l] = NULL;
     }
 }
 
@@ -91,6 +114,7 @@ void dec_seq_free(DecSeq *s)
 typedef struct Scratch {
     float *x, *h, *q, *k, *v, *ctx, *out, *ff, *probs;
     size_t probs_cap;
+    float *kw, *vw; /* cross keys and values widened from bfloat16 */
 } Scratch;
 
 static void s_scratch_free(Scratch *s)
@@ -104,6 +128,29 @@ static void s_scratch_free(Scratch *s)
     free(s->out);
     free(s->ff);
     free(s->probs);
+    free(s->kw);
+    free(s->vw);
+}
+
+/* The cross keys and values of a layer as float32: the page's own, or its
+ * bfloat16 ones widened into the scratch. */
+static int s_cross_kv(const DecPage *p, int layer, int inner, Scratch *sc, const float **K,
+                      const float **V, DmErr *err)
+{
+    *K = p->ck[layer];
+    *V = p->cv[layer];
+    if (!p->ckb[layer])
+        return 0;
+    size_t n = (size_t)p->n_enc * inner;
+    if (!sc->kw && (!(sc->kw = malloc(n * sizeof(float))) || !(sc->vw = malloc(n * sizeof(float)))))
+        return dm_err(err, "out of memory for cross-attention keys");
+    for (size_t i = 0; i < n; i++) {
+        sc->kw[i] = dm_bf16_to_f32(p->ckb[layer][i]);
+        sc->vw[i] = dm_bf16_to_f32(p->cvb[layer][i]);
+    }
+    *K = sc->kw;
+    *V = sc->vw;
+    return 0;
 }
 
 static int s_hook(const DecHooks *hooks, int layer, int kind, DecHookPoint pt, float *data,
@@ -138,12 +185,12 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
     float scale = 1.0f / sqrtf((float)hd);
 
     kern_layernorm(sc->x, R, D, a->ln.g, a->ln.b, c->ln_eps, sc->h);
-    kern_linear(sc->h, R, D, a->q.w, a->q.b, inner, sc->q);
+    donut_linear(&a->q, sc->h, R, sc->q);
     for (size_t i = 0; i < (size_t)R * inner; i++)
         sc->q[i] *= scale;
     if (is_self) {
-        kern_linear(sc->h, R, D, a->k.w, a->k.b, inner, sc->k);
-        kern_linear(sc->h, R, D, a->v.w, a->v.b, inner, sc->v);
+        donut_linear(&a->k, sc->h, R, sc->k);
+        donut_linear(&a->v, sc->h, R, sc->v);
         for (int b = 0, r = 0; b < B; r += counts[b], b++) {
             DecSeq *s = seqs[b];
             memcpy(s->sk[layer] + (size_t)s->len * inner, sc->k + (size_t)r * inner,
@@ -152,6 +199,9 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                    (size_t)counts[b] * inner * sizeof(float));
         }
     }
+    const float *cK = NULL, *cV = NULL;
+    if (!is_self && s_cross_kv(p, layer, inner, sc, &cK, &cV, err))
+        return -1;
     /* Cross-attention of a decoding step: every question of the page
      * attends to the same keys and values, so stream them once for all. */
     int all_one = 1;
@@ -166,17 +216,17 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             if (!sc->probs)
                 return dm_err(err, "out of memory for attention scores");
         }
-        kern_attend_scores(sc->q, B, inner, p->ck[layer], p->n_enc, H, hd, inner, sc->probs);
-        kern_attend_values(sc->probs, B, p->cv[layer], p->n_enc, H, hd, inner, sc->ctx, inner);
-        kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+        kern_attend_scores(sc->q, B, inner, cK, p->n_enc, H, hd, inner, sc->probs);
+        kern_attend_values(sc->probs, B, cV, p->n_enc, H, hd, inner, sc->ctx, inner);
+        donut_linear(&a->o, sc->ctx, R, sc->out);
         return 0;
     }
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
         int T = counts[b];
         int pos0 = seqs[b]->len;
         int S = is_self ? pos0 + T : p->n_enc;
-        const float *K = is_self ? seqs[b]->sk[layer] : p->ck[layer];
-        const float *V = is_self ? seqs[b]->sv[layer] : p->cv[layer];
+        const float *K = is_self ? seqs[b]->sk[layer] : cK;
+        const float *V = is_self ? seqs[b]->sv[layer] : cV;
         size_t need = (size_t)H * T * S;
         if (need > sc->probs_cap) {
             free(sc->probs);
@@ -215,7 +265,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             kern_gemm_nn(T, hd, S, 1.0f, sc->probs + (size_t)h * T * S, S, V + h * hd, inner,
                          0.0f, sc->ctx + (size_t)r * inner + h * hd, inner);
     }
-    kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+    donut_linear(&a->o, sc->ctx, R, sc->out);
     return 0;
 }
 
@@ -224,10 +274,206 @@ static int s_ffn(const DonutModel *m, int layer, Scratch *sc, int R)
     const MBartConfig *c = &m->cfg.dec;
     const DecFfn *f = &m->dec.layers[layer].ffn;
     kern_layernorm(sc->x, R, c->d_model, f->ln.g, f->ln.b, c->ln_eps, sc->h);
-    kern_linear(sc->h, R, c->d_model, f->fc1.w, f->fc1.b, c->ffn, sc->ff);
+    donut_linear(&f->fc1, sc->h, R, sc->ff);
     kern_gelu(sc->ff, (size_t)R * c->ffn);
-    kern_linear(sc->ff, R, c->ffn, f->fc2.w, f->fc2.b, c->d_model, sc->out);
+    donut_linear(&f->fc2, sc->ff, R, sc->out);
     return 0;
+}
+
+/* Row `id` of the token embedding, as float32. */
+static void s_embed_token(const MBartWeights *w, int id, int D, float *out)
+{
+    if (w->embed_tokens_bf16)
+        for (int d = 0; d < D; d++)
+            out[d] = dm_bf16_to_f32(w->embed_tokens_bf16[(size_t)id * D + d]);
+    else
+        memcpy(out, w->embed_tokens + (size_t)id * D, (size_t)D * sizeof(float));
+}
+
+static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V, float *y)
+{
+    if (w->lm_head_bf16)
+        kern_linear_bf16(x, R, D, w->lm_head_bf16, NULL, V, y);
+    else
+        kern_linear(x, R, D, w->lm_head, NULL, V, y);
+}
+
+/* ------------------------------------------------------ decoding step
+ * One new token for each of B sequences, as one parallel region: a step
+ * is ~60 small operations, and a fork and join (or a barrier) per
+ * operation costs the most when the cores are shared.  Here only the data
+ * dependencies synchronise: per attention sub-layer the projections, the
+ * heads and the output projection (3 barriers), per feed-forward fc1 and
+ * fc2 (2), where the operation-per-call path pays ~14 per layer.  The
+ * residual stream x is shared; each thread normalises it into its own copy
+ * (a LayerNorm of B rows is cheaper than a barrier), output projections add
+ * straight into x, fc1 applies GELU as it goes, self-attention keys and
+ * values land in the caches directly, and a head's scores, softmax and
+ * context are one thread's work.  Every element is computed in the order
+ * the operation-per-call path uses, except the attention context (one pass
+ * per head instead of per-thread partials), so both agree to rounding. */
+
+typedef struct StepCtx {
+    const DecPage *p;
+    DecSeq **seqs;
+    int B, nth;
+    float *x, *q, *ctx, *ff, *logits;
+    float *priv;      /* per thread: LayerNorm rows [B, D], then scores [B, S_max] */
+    uint16_t *privb;  /* per thread: rows rounded to bfloat16 [B, max(D, inner, ffn)] */
+    size_t priv_n, privb_n;
+} StepCtx;
+
+/* Rows rounded to bfloat16 for a linear that has bfloat16 weights. */
+static const uint16_t *s_round_rows(const DmLinear *l, const float *x, int M, uint16_t *xb)
+{
+    if (!l->wbf)
+        return NULL;
+    for (size_t i = 0; i < (size_t)M * l->in; i++)
+        xb[i] = dm_f32_to_bf16(x[i]);
+    return xb;
+}
+
+static void s_team_linear(const DmLinear *l, const float *x, int M, uint16_t *xb, float *const *y,
+                          int flags)
+{
+    kern_linear_team(x, s_round_rows(l, x, M, xb), M, l->in, l->w, l->wbf, l->b, l->out, y, flags);
+}
+
+static void s_step_attn(StepCtx *st, const DecAttn *a, int layer, int is_self, float *h,
+                        uint16_t *hb, float *scores, float **rows)
+{
+    const DecPage *p = st->p;
+    const MBartConfig *c = &p->m->cfg.dec;
+    int B = st->B, D = c->d_model, hd = p->m->dec.head_dim, H = a->nheads, inner = H * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    kern_layernorm(st->x, B, D, a->ln.g, a->ln.b, c->ln_eps, h);
+    for (int b = 0; b < B; b++)
+        rows[b] = st->q + (size_t)b * inner;
+    const uint16_t *hr = s_round_rows(&a->q, h, B, hb);
+    kern_linear_team(h, hr, B, D, a->q.w, a->q.wbf, a->q.b, inner, rows,
+                     is_self ? KERN_NOWAIT : 0);
+    if (is_self) {
+        for (int b = 0; b < B; b++)
+            rows[b] = st->seqs[b]->sk[layer] + (size_t)st->seqs[b]->len * inner;
+        kern_linear_team(h, hr, B, D, a->k.w, a->k.wbf, a->k.b, inner, rows, KERN_NOWAIT);
+        for (int b = 0; b < B; b++)
+            rows[b] = st->seqs[b]->sv[layer] + (size_t)st->seqs[b]->len * inner;
+        kern_linear_team(h, hr, B, D, a->v.w, a->v.wbf, a->v.b, inner, rows, 0);
+#pragma omp for schedule(static)
+        for (int i = 0; i < B * H; i++) {
+            int b = i / H, hh = i % H;
+            const DecSeq *s = st->seqs[b];
+            kern_attend_head(st->q + (size_t)b * inner + hh * hd, 1, inner, scale,
+                             s->sk[layer] + hh * hd, s->sv[layer] + hh * hd, 0, s->len + 1, hd,
+                             inner, scores, st->ctx + (size_t)b * inner + hh * hd, inner);
+        }
+    } else {
+        /* the page's keys and values, streamed once per head for all B */
+        int bf = p->ckb[layer] != NULL;
+        const void *K = bf ? (const void *)p->ckb[layer] : p->ck[layer];
+        const void *V = bf ? (const void *)p->cvb[layer] : p->cv[layer];
+        size_t es = bf ? sizeof(uint16_t) : sizeof(float);
+#pragma omp for schedule(static)
+        for (int hh = 0; hh < H; hh++)
+            kern_attend_head(st->q + hh * hd, B, inner, scale, (const char *)K + hh * hd * es,
+                             (const char *)V + hh * hd * es, bf, p->n_enc, hd, inner, scores,
+                             st->ctx + hh * hd, inner);
+    }
+    for (int b = 0; b < B; b++)
+        rows[b] = st->x + (size_t)b * D;
+    s_team_linear(&a->o, st->ctx, B, hb, rows, KERN_ACC);
+}
+
+static void s_step_run(StepCtx *st)
+{
+    const DonutModel *m = st->p->m;
+    const MBartConfig *c = &m->cfg.dec;
+    const MBartWeights *w = &m->dec;
+    int B = st->B, D = c->d_model;
+    int t = omp_get_thread_num();
+    float *h = st->priv + (size_t)t * st->priv_n;
+    float *scores = h + (size_t)B * D;
+    uint16_t *hb = st->privb + (size_t)t * st->privb_n;
+    float *rows[64];
+    for (int l = 0; l < c->layers; l++) {
+        const DecLayer *L = &w->layers[l];
+        if (L->self.present)
+            s_step_attn(st, &L->self, l, 1, h, hb, scores, rows);
+        if (L->cross.present)
+            s_step_attn(st, &L->cross, l, 0, h, hb, scores, rows);
+        if (L->ffn.present) {
+            const DecFfn *f = &L->ffn;
+            kern_layernorm(st->x, B, D, f->ln.g, f->ln.b, c->ln_eps, h);
+            for (int b = 0; b < B; b++)
+                rows[b] = st->ff + (size_t)b * c->ffn;
+            s_team_linear(&f->fc1, h, B, hb, rows, KERN_GELU);
+            for (int b = 0; b < B; b++)
+                rows[b] = st->x + (size_t)b * D;
+            s_team_linear(&f->fc2, st->ff, B, hb, rows, KERN_ACC);
+        }
+    }
+    if (!st->logits)
+        return;
+    kern_layernorm(st->x, B, D, w->ln_final.g, w->ln_final.b, c->ln_eps, h);
+    for (int b = 0; b < B; b++)
+        rows[b] = st->logits + (size_t)b * c->vocab;
+    const uint16_t *hr = NULL;
+    if (w->lm_head_bf16) {
+        for (size_t i = 0; i < (size_t)B * D; i++)
+            hb[i] = dm_f32_to_bf16(h[i]);
+        hr = hb;
+    }
+    kern_linear_team(h, hr, B, D, w->lm_head, w->lm_head_bf16, NULL, c->vocab, rows, 0);
+}
+
+static int s_step(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, int B,
+                  float *logits, DmErr *err)
+{
+    const DonutModel *m = p->m;
+    const MBartConfig *c = &m->cfg.dec;
+    const MBartWeights *w = &m->dec;
+    int D = c->d_model, inner = c->heads * w->head_dim;
+    int smax = p->n_enc;
+    for (int b = 0; b < B; b++)
+        smax = seqs[b]->len + 1 > smax ? seqs[b]->len + 1 : smax;
+    int widest = D > inner ? D : inner;
+    widest = c->ffn > widest ? c->ffn : widest;
+    StepCtx st = {p, seqs, B, omp_get_max_threads()};
+    st.priv_n = (size_t)B * D + (size_t)B * smax;
+    st.privb_n = (size_t)B * widest;
+    st.x = malloc((size_t)B * D * sizeof(float));
+    st.q = malloc((size_t)B * inner * sizeof(float));
+    st.ctx = malloc((size_t)B * inner * sizeof(float));
+    st.ff = malloc((size_t)B * c->ffn * sizeof(float));
+    st.priv = malloc(st.nth * st.priv_n * sizeof(float));
+    st.privb = malloc(st.nth * st.privb_n * sizeof(uint16_t));
+    st.logits = logits;
+    int rc = 0;
+    if (!st.x || !st.q || !st.ctx || !st.ff || !st.priv || !st.privb) {
+        rc = dm_err(err, "decoder: out of memory for a step of %d sequences", B);
+        goto done;
+    }
+    float escale = c->scale_embedding ? (float)sqrt((double)D) : 1.0f;
+    for (int b = 0; b < B; b++) {
+        const float *pe = w->embed_positions + (size_t)(seqs[b]->len + 2) * D;
+        float *xr = st.x + (size_t)b * D;
+        s_embed_token(w, ids[b][0], D, xr);
+        for (int d = 0; d < D; d++)
+            xr[d] = xr[d] * escale + pe[d];
+    }
+    kern_layernorm(st.x, B, D, w->ln_emb.g, w->ln_emb.b, c->ln_eps, st.x);
+#pragma omp parallel num_threads(st.nth)
+    s_step_run(&st);
+    for (int b = 0; b < B; b++)
+        seqs[b]->len++;
+done:
+    free(st.x);
+    free(st.q);
+    free(st.ctx);
+    free(st.ff);
+    free(st.priv);
+    free(st.privb);
+    return rc;
 }
 
 int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
@@ -257,6 +503,11 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
         hooks = NULL;
         probe = NULL;
     }
+    int step = B <= 64 && (!hooks || !hooks->fn) && (!probe || !probe->emit);
+    for (int b = 0; b < B; b++)
+        step &= counts[b] == 1;
+    if (step)
+        return s_step(p, seqs, ids, B, logits, err);
     int inner_max = c->heads * w->head_dim;
     Scratch sc = {0};
     sc.x = malloc((size_t)R * D * sizeof(float));
@@ -277,11 +528,11 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
     float escale = c->scale_embedding ? (float)sqrt((double)D) : 1.0f;
     for (int b = 0, r = 0; b < B; r += counts[b], b++)
         for (int i = 0; i < counts[b]; i++) {
-            const float *te = w->embed_tokens + (size_t)ids[b][i] * D;
             const float *pe = w->embed_positions + (size_t)(seqs[b]->len + i + 2) * D;
             float *xr = sc.x + (size_t)(r + i) * D;
+            s_embed_token(w, ids[b][i], D, xr);
             for (int d = 0; d < D; d++)
-                xr[d] = te[d] * escale + pe[d];
+                xr[d] = xr[d] * escale + pe[d];
         }
     kern_layernorm(sc.x, R, D, w->ln_emb.g, w->ln_emb.b, c->ln_eps, sc.x);
     int64_t hshape[3] = {1, R, D};
@@ -324,7 +575,7 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
         seqs[b]->len += counts[b];
     if (logits) {
         if (all_logits) {
-            kern_linear(sc.x, R, D, w->lm_head, NULL, c->vocab, logits);
+            s_lm_head(w, sc.x, R, D, c->vocab, logits);
             int64_t lshape[3] = {1, R, c->vocab};
             s_emit(probe, "decoder.logits", 3, lshape, logits);
         } else {
@@ -333,7 +584,7 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
                 r += counts[b];
                 memmove(sc.h + (size_t)b * D, sc.x + (size_t)(r - 1) * D, (size_t)D * sizeof(float));
             }
-            kern_linear(sc.h, B, D, w->lm_head, NULL, c->vocab, logits);
+            s_lm_head(w, sc.h, B, D, c->vocab, logits);
         }
     }
     rc = 0;

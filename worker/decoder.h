@@ -17,6 +17,10 @@ typedef struct DecPage {
     const float *enc;           /* [n_enc, d_model], borrowed */
     float *ck[DM_MAX_LAYERS];   /* cross keys [n_enc, nheads*hd] (NULL if C<l> removed) */
     float *cv[DM_MAX_LAYERS];
+    /* A model in bf16 keeps its cross keys and values in bfloat16 instead
+     * (ck, cv NULL): half the bytes a decoding step streams per layer. */
+    uint16_t *ckb[DM_MAX_LAYERS];
+    uint16_t *cvb[DM_MAX_LAYERS];
 } DecPage;
 
 typedef struct DecSeq {

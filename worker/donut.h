@@ -53,7 +53,8 @@ typedef struct DonutConfig {
 } DonutConfig;
 
 typedef struct DmLinear {
-    const float *w;       /* [out, in] */
+    const float *w;       /* [out, in]; NULL once the model runs in bf16 and
+                           * its float32 weights were let go */
     const float *b;       /* [out] or NULL */
     int out, in;
     const uint16_t *wbf;  /* [out, in] bfloat16 copy when the model runs in
@@ -64,6 +65,13 @@ typedef struct DmLinear {
 /* Arithmetic of the weights: float32 everywhere, or bfloat16 weights with
  * float32 accumulation. */
 typedef enum { DM_PREC_F32 = 0, DM_PREC_BF16 = 1 } DmPrecision;
+
+/* 1 when the encoder's GEMMs read DmLinear.wbf.  While it is 0, a model in
+ * bf16 keeps its encoder in float32 (w set, wbf NULL) and only the decoder
+ * and the LM head run in bf16; the encoder's bf16 path sets it to 1, and
+ * then donut_set_precision converts and lets go of the encoder's float32
+ * weights too. */
+#define DM_SWIN_BF16 1
 
 typedef struct DmNorm {
     const float *g, *b;
@@ -124,6 +132,9 @@ typedef struct MBartWeights {
     DecLayer layers[DM_MAX_LAYERS];
     DmNorm ln_final;              /* layer_norm */
     const float *lm_head;         /* [vocab, d]; = embed_tokens when tied */
+    /* bfloat16 [vocab, d] of the two above when the model runs in bf16
+     * (their float32 pointers are then NULL), else NULL */
+    const uint16_t *embed_tokens_bf16, *lm_head_bf16;
     int head_dim;
 } MBartWeights;
 
@@ -136,6 +147,8 @@ typedef struct DonutModel {
     float **owned;        /* float32 copies made at load (dtype conversion, cuts) */
     int nowned, capowned;
     DmPrecision precision;
+    uint16_t *bf16;       /* the bfloat16 weights made from float32 ones (one
+                           * block); BF16 tensors of the file are used in place */
     char fingerprint[17]; /* 64-bit hash (hex) over every weight as loaded, in
                            * binding order: the same weights give the same
                            * fingerprint from safetensors or pytorch_model.bin */
@@ -156,9 +169,33 @@ typedef struct DmProbe {
 int donut_config_parse(const char *json_text, const char *what, DonutConfig *cfg, DmErr *err);
 
 /* Load a checkpoint folder: config.json, then model.safetensors or
- * pytorch_model.bin, and a pruning record if the folder has one. */
+ * pytorch_model.bin, and a pruning record if the folder has one.
+ * donut_load_as runs it in the given precision (donut_set_precision); in
+ * bf16 the BF16 weight matrices of a safetensors file are used where they
+ * lie, without a float32 copy. */
 int donut_load(const char *dir, DonutModel **out, DmErr *err);
+int donut_load_as(const char *dir, DmPrecision prec, DonutModel **out, DmErr *err);
 void donut_free(DonutModel **m);
+
+/* ---------------------------------------------------------- precision */
+
+/* Switch a loaded float32 model to bf16 (DM_PREC_F32 leaves it as it is;
+ * bf16 to float32 is refused): every decoder linear and the token
+ * embedding / LM head get bfloat16 weights (round to nearest even), the
+ * encoder's too when DM_SWIN_BF16, and the float32 matrices they replace
+ * are let go: owned copies freed, pages of the mapped file returned to the
+ * kernel (madvise), their pointers set to NULL.  Biases, LayerNorms,
+ * position embeddings and everything kept float32 stay as they are.
+ * The fingerprint does not change.  Training code needs DM_PREC_F32. */
+int donut_set_precision(DonutModel *m, DmPrecision prec, DmErr *err);
+
+/* "fp32" / "bf16" to DmPrecision (0, or -1 for anything else) and back. */
+int donut_precision_parse(const char *s, DmPrecision *out);
+const char *donut_precision_name(DmPrecision p);
+
+/* y[M, out] = x[M, in] W^T + b with whichever weights l holds (bfloat16
+ * when wbf is set, else float32). */
+void donut_linear(const DmLinear *l, const float *x, int M, float *y);
 
 /* Write config.json (a copy of config_path, validated) and a
  * model.safetensors of random weights for that config into dir. */

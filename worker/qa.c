@@ -10,8 +10,13 @@
 
 int qa_open(const char *dir, QaModel *qa, DmErr *err)
 {
+    return qa_open_as(dir, DM_PREC_F32, qa, err);
+}
+
+int qa_open_as(const char *dir, DmPrecision prec, QaModel *qa, DmErr *err)
+{
     memset(qa, 0, sizeof *qa);
-    if (donut_load(dir, &qa->model, err))
+    if (donut_load_as(dir, prec, &qa->model, err))
         return -1;
     if (tokenizer_load(dir, &qa->tok, err)) {
         donut_free(&qa->model);

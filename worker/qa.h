@@ -23,6 +23,8 @@ typedef struct QaAnswer {
 } QaAnswer;
 
 int qa_open(const char *dir, QaModel *qa, DmErr *err);
+/* The same with the model in the given precision (donut_load_as). */
+int qa_open_as(const char *dir, DmPrecision prec, QaModel *qa, DmErr *err);
 void qa_close(QaModel *qa);
 
 /* Token ids of the DocVQA prompt for a question (no <s>). */

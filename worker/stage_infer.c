@@ -17,13 +17,14 @@ struct InferStage {
     int pdf_dpi;
 };
 
-int infer_open(const char *model_dir, int max_length, int pdf_dpi, InferStage **out, DmErr *err)
+int infer_open(const char *model_dir, int max_length, int pdf_dpi, DmPrecision prec,
+               InferStage **out, DmErr *err)
 {
     *out = NULL;
     InferStage *st = calloc(1, sizeof *st);
     if (!st)
         return dm_err(err, "out of memory");
-    if (qa_open(model_dir, &st->qa, err)) {
+    if (qa_open_as(model_dir, prec, &st->qa, err)) {
         free(st);
         return -1;
     }

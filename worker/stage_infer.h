@@ -12,13 +12,16 @@
 #include <stdatomic.h>
 
 #include "dm_error.h"
+#include "donut.h"
 #include "records.pb-c.h"
 
 typedef struct InferStage InferStage;
 
-/* Load the model once: checkpoint, tokenizer, preprocessor_config.json.
- * max_length 0 keeps the model's max_position_embeddings. */
-int infer_open(const char *model_dir, int max_length, int pdf_dpi, InferStage **out, DmErr *err);
+/* Load the model once, in precision prec: checkpoint, tokenizer,
+ * preprocessor_config.json.  max_length 0 keeps the model's
+ * max_position_embeddings. */
+int infer_open(const char *model_dir, int max_length, int pdf_dpi, DmPrecision prec,
+               InferStage **out, DmErr *err);
 void infer_close(InferStage **st);
 
 /* Hex fingerprints of the loaded weights and tokenizer. */

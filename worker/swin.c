@@ -612,6 +612,9 @@ static void emit3(const DmProbe *pr, const char *name, int T, int C, const float
 
 /* --------------------------------------------------------------- checks */
 
+/* float32 weights, or bf16 ones once a bf16 model let the float32 go */
+static int has_w(const DmLinear *l) { return l->w || l->wbf; }
+
 static int check_model(const DonutModel *m, DmErr *err)
 {
     const SwinConfig *c = &m->cfg.enc;
@@ -634,13 +637,14 @@ static int check_model(const DonutModel *m, DmErr *err)
             if (bl->q.out != C || bl->q.in != C || bl->k.out != C || bl->k.in != C ||
                 bl->v.out != C || bl->v.in != C || bl->proj.out != C || bl->proj.in != C ||
                 bl->fc1.in != C || bl->fc2.out != C || bl->fc2.in != bl->fc1.out ||
-                bl->fc1.out < 1 || !bl->rel_bias || !bl->q.w || !bl->k.w || !bl->v.w ||
-                !bl->proj.w || !bl->fc1.w || !bl->fc2.w || !bl->ln_before.g || !bl->ln_after.g)
+                bl->fc1.out < 1 || !bl->rel_bias || !has_w(&bl->q) || !has_w(&bl->k) ||
+                !has_w(&bl->v) || !has_w(&bl->proj) || !has_w(&bl->fc1) || !has_w(&bl->fc2) ||
+                !bl->ln_before.g || !bl->ln_after.g)
                 return dm_err(err, "swin: stage %d block %d: weight shapes inconsistent with dim %d",
                               s, b, C);
         }
         if (s + 1 < c->nstages &&
-            (!st->has_merge || st->merge.in != 4 * C || st->merge.out != 2 * C || !st->merge.w ||
+            (!st->has_merge || st->merge.in != 4 * C || st->merge.out != 2 * C || !has_w(&st->merge) ||
              !st->merge_norm.g))
             return dm_err(err, "swin: stage %d: patch merging weights missing or mis-shaped", s);
     }
@@ -680,9 +684,22 @@ static int packed_as(const DmLinear *l, int bf16)
     return b == bf16;
 }
 
+/* Drop a block packed for the other precision. */
+static void unpack(DonutModel *m, DmLinear *l)
+{
+    for (int i = 0; l->packed && i < m->nowned; i++)
+        if (m->owned[i] == l->packed) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->nowned];
+            break;
+        }
+    l->packed = NULL;
+}
+
 static int pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err)
 {
     void *p;
+    unpack(m, l);
     if (kern_gemm_pack(l->w, l->wbf, l->out, l->in, bf16, &p, err))
         return -1;
     if (own(m, p, err)) {
@@ -693,25 +710,28 @@ static int pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err)
     return 0;
 }
 
-/* q|k|v stacked ([3C, C]): float32 always, bf16 too when all three have it. */
+/* q|k|v stacked ([3C, C]): from their bf16 copies when all three have one
+ * and the model runs in bf16, else from the float32 weights. */
 static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
 {
     size_t cc = (size_t)bl->q.out * bl->q.in;
-    int with_bf = bf16 && bl->q.wbf && bl->k.wbf && bl->v.wbf;
-    float *w = malloc(3 * cc * sizeof *w);
-    uint16_t *wb = with_bf ? malloc(3 * cc * sizeof *wb) : NULL;
-    if (!w || (with_bf && !wb)) {
-        free(w);
-        free(wb);
-        return dm_err(err, "swin: out of memory packing q|k|v (%zu floats)", 3 * cc);
-    }
+    int from_bf = bf16 && bl->q.wbf && bl->k.wbf && bl->v.wbf;
     const DmLinear *src[3] = {&bl->q, &bl->k, &bl->v};
+    for (int i = 0; i < 3; i++)
+        if (!from_bf && !src[i]->w)
+            return dm_err(err, "swin: q/k/v without float32 or complete bf16 weights");
+    float *w = from_bf ? NULL : malloc(3 * cc * sizeof *w);
+    uint16_t *wb = from_bf ? malloc(3 * cc * sizeof *wb) : NULL;
+    if (!w && !wb)
+        return dm_err(err, "swin: out of memory packing q|k|v (%zu weights)", 3 * cc);
     for (int i = 0; i < 3; i++) {
-        memcpy(w + i * cc, src[i]->w, cc * sizeof *w);
         if (wb)
             memcpy(wb + i * cc, src[i]->wbf, cc * sizeof *wb);
+        else
+            memcpy(w + i * cc, src[i]->w, cc * sizeof *w);
     }
     DmLinear fused = {.w = w, .wbf = wb, .out = 3 * bl->q.out, .in = bl->q.in};
+    unpack(m, &bl->q);
     int rc = pack_linear(m, &fused, bf16, err);
     bl->q.packed = fused.packed;
     free(w);

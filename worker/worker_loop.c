@@ -383,7 +383,7 @@ int worker_run(const WorkerOpts *o, DmErr *err)
             return -1;
         fp = cache_fingerprint(c.cache);
     } else {
-        if (infer_open(j->model, j->max_length, j->pdf_dpi, &c.stage, err))
+        if (infer_open(j->model, j->max_length, j->pdf_dpi, j->precision, &c.stage, err))
             return -1;
         fp = infer_fingerprint(c.stage);
     }

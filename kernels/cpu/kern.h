@@ -7,6 +7,7 @@
 #define DM_KERN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* y[M,N] = x[M,K] * W[N,K]^T (+ bias[N] if non-NULL).  W is a PyTorch
  * Linear weight ([out, in]).  Uses BLAS sgemm. */
@@ -43,6 +44,24 @@ int kern_small_m(int M);
 void kern_linear_small(const float *x, int M, int K, const float *W, const float *bias, int N,
                        float *y);
 
+/* bfloat16 weights (W [N, K], round-to-nearest-even of float32) with
+ * float32 activations, bias and output, float32 accumulation.
+ * kern_linear_bf16 takes the small-M path (AVX512-BF16 vdpbf16ps: the
+ * activations are rounded to bfloat16 on the fly, two products per lane
+ * accumulated in float32) for M <= 16, else converts blocks of weight rows
+ * to float32 and runs sgemm on them (the activations stay float32).
+ * kern_linear_bf16_ref is the plain twin of the small-M path: activations
+ * rounded to bfloat16, products accumulated in double. */
+void kern_linear_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias, int N,
+                      float *y);
+void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                            int N, float *y);
+void kern_linear_bf16_ref(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                          int N, float *y);
+/* dst[i] = bfloat16 of src[i], round to nearest even (dm_f32_to_bf16),
+ * threaded. */
+void kern_to_bf16(const float *src, uint16_t *dst, size_t n);
+
 /* nq query rows (stride ldq) against the same S cached key/value rows,
  * all H heads at once (K and V rows of stride ld), each cache streamed
  * once for all rows: scores gives probs [nq, H, S] (softmax of q.k),
@@ -52,6 +71,24 @@ void kern_attend_scores(const float *q, int nq, int ldq, const float *K, int S, 
                         int ld, float *probs);
 void kern_attend_values(const float *probs, int nq, const float *V, int S, int H, int hd, int ld,
                         float *ctx, int ldc);
+
+/* Team forms for a decoding step run as one parallel region: every thread
+ * of the team calls them.  kern_linear_team splits the N outputs of the
+ * small-M linear among the team: row m of the result goes to y[m] (M row
+ * pointers), from x (float32 W) or from xb (x rounded to bfloat16, for Wb;
+ * W NULL), each element the same dot product kern_linear_small /
+ * kern_linear_small_bf16 computes; flags: KERN_ACC adds to y instead of
+ * storing, KERN_GELU applies the exact GELU first, KERN_NOWAIT skips the
+ * closing barrier.  kern_attend_head is one head of attention for nq query
+ * rows against S shared keys/values (K, V at the head's offset, row stride
+ * ld, float32 or bfloat16 when bf16): the query scaled by `scale`, its
+ * softmax scores in scores [nq, S], the context in ctx rows (stride ldc);
+ * one thread does a head, hd <= 256. */
+enum { KERN_ACC = 1, KERN_GELU = 2, KERN_NOWAIT = 4 };
+void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int N, float *const *y, int flags);
+void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
+                      int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc);
 
 /* Number of threads the GEMM library uses; set once at start-up. */
 void kern_set_threads(int n);

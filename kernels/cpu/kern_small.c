@@ -12,7 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "kern.h"
+#include "tensorfile.h"
 
 #define SMALL_MAX 16
 
@@ -39,7 +44,6 @@ static inline float s_dot(const float *restrict a, const float *restrict b, int 
 int kern_small_m(int M) { return M >= 1 && M <= SMALL_MAX; }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 /* Four weight rows against one input row: the input vector is loaded once
  * for the four rows, and the four horizontal sums come at the end. */
 static inline void s_dot4(const float *restrict x, const float *restrict w, size_t ldw, int K,
@@ -159,4 +163,163 @@ void kern_attend_values(const float *probs, int nq, const float *V, int S, int H
             kern_add(c, part + ((size_t)t * nq + r) * inner, (size_t)inner);
     }
     free(part);
+}
+
+/* ------------------------------------------------------ bfloat16 weights
+ * The same streaming in bf16: half the bytes per weight.  The activation
+ * rows are rounded to bfloat16 once per call; vdpbf16ps multiplies pairs
+ * of bfloat16 and adds both products to a float32 lane. */
+
+#if defined(__AVX512BF16__)
+static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
+                               int K, float out[4])
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+        a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_loadu_si512(w + k));
+        a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_loadu_si512(w + ldw + k));
+        a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_loadu_si512(w + 2 * ldw + k));
+        a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_loadu_si512(w + 3 * ldw + k));
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++)
+            out[r] += dm_bf16_to_f32(x[k]) * dm_bf16_to_f32(w[r * ldw + k]);
+}
+#else
+static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restrict w, size_t ldw,
+                               int K, float out[4])
+{
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (int k = 0; k < K; k++)
+            s += dm_bf16_to_f32(x[k]) * dm_bf16_to_f32(w[r * ldw + k]);
+        out[r] = s;
+    }
+}
+#endif
+
+void kern_linear_small_bf16(const float *x, int M, int K, const uint16_t *W, const float *bias,
+                            int N, float *y)
+{
+    uint16_t *xb = malloc((size_t)M * K * sizeof *xb);
+    if (!xb) { /* no room for the rounded rows: the plain twin needs none */
+        kern_linear_bf16_ref(x, M, K, W, bias, N, y);
+        return;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        xb[i] = dm_f32_to_bf16(x[i]);
+    int nb = N / 4;
+#pragma omp parallel for schedule(static)
+    for (int jb = 0; jb < nb; jb++) {
+        int j = 4 * jb;
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            s_dot4_bf16(xb + (size_t)m * K, W + (size_t)j * K, (size_t)K, K, o);
+            for (int r = 0; r < 4; r++)
+                y[(size_t)m * N + j + r] = o[r] + (bias ? bias[j + r] : 0.0f);
+        }
+    }
+    for (int j = 4 * nb; j < N; j++) /* the last N % 4 rows, as in kern_linear_small */
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            s_dot4_bf16(xb + (size_t)m * K, W + (size_t)j * K, 0, K, o);
+            y[(size_t)m * N + j] = o[0] + (bias ? bias[j] : 0.0f);
+        }
+    free(xb);
+}
+
+/* ------------------------------------------------------- team kernels
+ * Work-sharing forms of the kernels above for a decoding step that runs
+ * as one parallel region: every thread of the team calls them (orphaned
+ * `omp for`), and only the barriers the data needs are paid. */
+
+static inline float s_gelu1(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
+
+void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int N, float *const *y, int flags)
+{
+    int nb = N / 4, tail = N - 4 * nb;
+#pragma omp for schedule(static) nowait
+    for (int jb = 0; jb < nb + tail; jb++) {
+        /* blocks of 4 rows, then the last N % 4 rows one by one (a 4-row
+         * call whose extra rows repeat the row, as kern_linear_small) */
+        int j = jb < nb ? 4 * jb : 4 * nb + (jb - nb), nr = jb < nb ? 4 : 1;
+        size_t ldw = jb < nb ? (size_t)K : 0;
+        for (int m = 0; m < M; m++) {
+            float o[4];
+            if (Wb)
+                s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o);
+            else
+                s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o);
+            for (int r = 0; r < nr; r++) {
+                float v = o[r] + (bias ? bias[j + r] : 0.0f);
+                if (flags & KERN_GELU)
+                    v = s_gelu1(v);
+                if (flags & KERN_ACC)
+                    y[m][j + r] += v;
+                else
+                    y[m][j + r] = v;
+            }
+        }
+    }
+    if (!(flags & KERN_NOWAIT)) {
+#pragma omp barrier
+    }
+}
+
+/* Dot products of a float32 query slice with a bfloat16 key slice. */
+static inline float s_dot_bf16f(const float *restrict a, const uint16_t *restrict b, int K)
+{
+    enum { L = 16 };
+    float acc[L];
+    memset(acc, 0, sizeof acc);
+    int k = 0;
+    for (; k + L <= K; k += L)
+        for (int i = 0; i < L; i++)
+            acc[i] += a[k + i] * dm_bf16_to_f32(b[k + i]);
+    float s = 0.0f;
+    for (int i = 0; i < L; i++)
+        s += acc[i];
+    for (; k < K; k++)
+        s += a[k] * dm_bf16_to_f32(b[k]);
+    return s;
+}
+
+void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
+                      int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc)
+{
+    float qs[256];
+    for (int r = 0; r < nq; r++) {
+        const float *qr = q + (size_t)r * ldq;
+        float *sr = scores + (size_t)r * S;
+        for (int d = 0; d < hd; d++)
+            qs[d] = qr[d] * scale;
+        if (bf16)
+            for (int s = 0; s < S; s++)
+                sr[s] = s_dot_bf16f(qs, (const uint16_t *)K + (size_t)s * ld, hd);
+        else
+            for (int s = 0; s < S; s++)
+                sr[s] = s_dot(qs, (const float *)K + (size_t)s * ld, hd);
+        kern_softmax_rows(sr, 1, S);
+        float *c = ctx + (size_t)r * ldc;
+        memset(c, 0, (size_t)hd * sizeof *c);
+        if (bf16)
+            for (int s = 0; s < S; s++) {
+                const uint16_t *v = (const uint16_t *)V + (size_t)s * ld;
+                for (int d = 0; d < hd; d++)
+                    c[d] += sr[s] * dm_bf16_to_f32(v[d]);
+            }
+        else
+            for (int s = 0; s < S; s++) {
+                const float *v = (const float *)V + (size_t)s * ld;
+                for (int d = 0; d < hd; d++)
+                    c[d] += sr[s] * v[d];
+            }
+    }
 }

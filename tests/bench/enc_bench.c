@@ -2,9 +2,8 @@
  * then bfloat16, against the machine's bounds measured in the same run
  * (`make bench` runs it; build/enc_bench MODEL_DIR [--reps N] [--threads N]).
  *
- * bf16: every encoder linear gets a bfloat16 copy of its weights (.wbf,
- * round to nearest even) and the model's precision is set to DM_PREC_BF16;
- * the output is compared with the float32 one (max |diff| and the largest
+ * bf16: the model is converted by donut_set_precision (encoder linears
+ * too, DM_SWIN_BF16); the output is compared with the float32 one (max |diff| and the largest
  * |value|).  The bound of a precision is the encoder's GEMM flops at the
  * GEMM library's best rate on the encoder's shapes (kern_gemm, 4096 rows)
  * plus nothing for the rest: time / bound says how far from GEMM-bound. */
@@ -21,47 +20,6 @@
 #include "kern.h"
 #include "kern_gemm.h"
 #include "tensorfile.h"
-
-/* bf16 weights for every encoder linear, kept with the model's buffers. */
-static int to_bf16(DonutModel *m, DmLinear *l, DmErr *err)
-{
-    size_t n = (size_t)l->out * l->in;
-    uint16_t *b = malloc(n * sizeof *b);
-    if (!b)
-        return dm_err(err, "out of memory (bf16 weights)");
-    kern_f32_to_bf16_n(l->w, n, b);
-    if (m->nowned == m->capowned) {
-        int cap = m->capowned ? 2 * m->capowned : 64;
-        float **o = realloc(m->owned, (size_t)cap * sizeof *o);
-        if (!o) {
-            free(b);
-            return dm_err(err, "out of memory (owned)");
-        }
-        m->owned = o;
-        m->capowned = cap;
-    }
-    m->owned[m->nowned++] = (float *)b;
-    l->wbf = b;
-    return 0;
-}
-
-static int enc_to_bf16(DonutModel *m, DmErr *err)
-{
-    for (int s = 0; s < m->cfg.enc.nstages; s++) {
-        SwinStage *st = &m->enc.stages[s];
-        for (int b = 0; b < st->depth; b++) {
-            SwinBlock *bl = &st->blocks[b];
-            DmLinear *ls[6] = {&bl->q, &bl->k, &bl->v, &bl->proj, &bl->fc1, &bl->fc2};
-            for (int i = 0; i < 6; i++)
-                if (to_bf16(m, ls[i], err))
-                    return -1;
-        }
-        if (s + 1 < m->cfg.enc.nstages && to_bf16(m, &st->merge, err))
-            return -1;
-    }
-    m->precision = DM_PREC_BF16;
-    return 0;
-}
 
 /* GEMM flops of one page and the GEMM time at the best measured rates. */
 static double enc_gemm_flops(const DonutModel *m, int H, int W)
@@ -167,7 +125,7 @@ int main(int argc, char **argv)
         pix[i] = (float)((x >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
     }
     double c32 = 0, c16 = 0, t32 = time_enc(m, pix, H, W, o32, reps, &c32, &err);
-    double t16 = t32 < 0 || enc_to_bf16(m, &err) ? -1
+    double t16 = t32 < 0 || donut_set_precision(m, DM_PREC_BF16, &err) ? -1
                                                 : time_enc(m, pix, H, W, o16, reps, &c16, &err);
     double p32 = 0, p16 = 0, g32 = 0, g16 = 0;
     if (t16 < 0 || bound_fma_peak("avx512f", nth, 3, &p32, &err) ||
