@@ -286,8 +286,11 @@ int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmE
 /* Independent FMA chains in registers: acc = acc * m + c.  m < 1 and c > 0
  * keep the values bounded and normal.  The loop count is opaque to the
  * compiler (volatile), so nothing folds. */
-#define FMA_ITERS_512 20000000L
-#define FMA_ITERS_256 20000000L
+/* Short runs (a few ms) and many of them: on a machine shared with other
+ * work the best of many short runs is one that had its cores to itself. */
+#define FMA_ITERS_512 1000000L
+#define FMA_ITERS_256 1000000L
+#define FMA_REPS_PER_REP 20
 
 __attribute__((target("avx512f"))) static float s_fma512(long iters)
 {
@@ -357,7 +360,7 @@ __attribute__((target("avx2,fma"))) static float s_fma256(long iters)
 
 /* bf16 dot products: each vdpbf16ps adds the 32 products of bf16 pairs into
  * 16 float32 lanes (64 flops).  a*b is tiny, so the sums stay small. */
-#define DPBF16_ITERS 20000000L
+#define DPBF16_ITERS 1000000L
 
 __attribute__((target("avx512f,avx512bf16"))) static float s_dpbf16(long iters)
 {
@@ -440,7 +443,7 @@ int bound_fma_peak(const char *isa, int nthreads, int reps, double *gflops, DmEr
     int rc = s_team_run(nthreads, 1, s_fma_fn, c, &t, err);
     if (!rc) {
         c->iters = wide == 2 ? DPBF16_ITERS : wide ? FMA_ITERS_512 : FMA_ITERS_256;
-        rc = s_team_run(nthreads, reps < 1 ? 1 : reps, s_fma_fn, c, &t, err);
+        rc = s_team_run(nthreads, (reps < 1 ? 1 : reps) * FMA_REPS_PER_REP, s_fma_fn, c, &t, err);
     }
     if (!rc) {
         double flops_per_iter = wide == 2 ? 16.0 * 32 * 2 : wide ? 16.0 * 16 * 2 : 12.0 * 8 * 2;
