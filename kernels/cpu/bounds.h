@@ -34,6 +34,8 @@ int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmE
 /* FMA peak in GFLOP/s (an FMA counts 2 flops).  isa: "avx512f" or "avx2",
  * or "avx512bf16" for the bfloat16 dot-product peak (vdpbf16ps: 32
  * products summed into 16 float32 lanes, 64 flops).
+ * Runs are short (a few ms) and there are 20 * reps of them, so that on a
+ * shared machine the best one had its cores to itself.
  * Returns 0 and sets *gflops = 0 when the CPU lacks the ISA. */
 int bound_fma_peak(const char *isa, int nthreads, int reps, double *gflops, DmErr *err);
 

@@ -10,13 +10,12 @@
 #include "kern_gemm.h"
 
 #include <dnnl.h>
-#include <math.h>
 #include <dnnl_debug.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kern.h"
 #include "tensorfile.h"
 
 #if defined(__AVX512BF16__)
