@@ -31,6 +31,12 @@ ifeq ($(MPI_LIBS),)
 $(error mpicc not found; run deploy/install-deps.sh (Debian packages libopenmpi-dev openmpi-bin))
 endif
 
+# oneDNN (the encoder's GEMMs) has no pkg-config module: probe its header.
+DNNL_LIBS := -ldnnl
+ifneq ($(shell echo '\#include <oneapi/dnnl/dnnl.h>' | $(CC) -E -x c - >/dev/null 2>&1 && echo y),y)
+$(error oneDNN headers not found; run deploy/install-deps.sh (Debian package libdnnl-dev))
+endif
+
 MISSING := $(strip $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),,$(p))))
 ifneq ($(MISSING),)
 $(error missing pkg-config modules: $(MISSING); run deploy/install-deps.sh (Debian packages: $(PKG_DEBS)))
@@ -41,7 +47,7 @@ INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator -I$(GEN)
 OPT  := -O3 -march=native
 CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers \
           -fno-strict-aliasing -pthread -fopenmp $(INCS) $(shell pkg-config --cflags $(PKGS)) $(MPI_CFLAGS)
-LDLIBS += $(shell pkg-config --libs $(PKGS)) $(MPI_LIBS) -fopenmp -lm -pthread
+LDLIBS += $(shell pkg-config --libs $(PKGS)) $(DNNL_LIBS) $(MPI_LIBS) -fopenmp -lm -pthread
 
 ifeq ($(SAN),1)
 OPT := -O1 -march=native
@@ -141,8 +147,18 @@ test: $(BUILD)/test_docmint $(BUILD)/docmint
 demo: $(BUILD)/docmint
 	sh jobs/demo.sh $(BUILD)/docmint
 
-bench: $(BUILD)/docmint
-	sh tests/bench.sh $(BUILD)/docmint
+bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
+	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
+
+# GEMM libraries compared on the encoder's shapes (tests/bench/gemm_bench.c):
+# libxsmm linked (static), BLIS loaded at run time.
+XSMM_LIBS := $(shell pkg-config --libs libxsmmnoblas 2>/dev/null)
+$(BUILD)/gemm_bench: $(BUILD)/tests/bench/gemm_bench.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(XSMM_LIBS) $(LDLIBS) -ldl
+
+# The encoder alone, float32 and bf16, against its bounds.
+$(BUILD)/enc_bench: $(BUILD)/tests/bench/enc_bench.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 deps:
 	sh deploy/install-deps.sh

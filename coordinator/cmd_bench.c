@@ -11,6 +11,7 @@
  * the peak RSS of the model runs is read before the bound buffers (a
  * 512 MiB bandwidth buffer, GEMM operands) raise the high-water mark.
  * Output: aligned text on stdout, then one JSON line for scripts. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,8 @@
 #define DEF_PROMPT 10
 #define DEF_REPEAT 3
 #define DEF_BW_MIB 512
+/* rows per call of the encoder GEMM bound (the encoder's chunks are ~4k) */
+#define ENC_GEMM_ROWS 4096
 /* The teacher-logit cache measurement: CACHE_Q sequences of --prompt +
  * CACHE_ANSWER + 2 tokens (</s_answer></s>), top-k CACHE_TOPK at T = 1. */
 #define CACHE_Q 4
@@ -410,6 +413,27 @@ static const Shape s_shapes[] = {
 };
 #define NSHAPES (int)(sizeof s_shapes / sizeof *s_shapes)
 
+/* One untimed and reps timed encoder runs: best and mean seconds. */
+static int s_time_encoder(const DonutModel *m, const float *pix, int H, int W, float *out, int reps,
+                          double *best, double *mean, DmErr *err)
+{
+    *best = 1e30;
+    *mean = 0.0;
+    for (int r = 0; r <= reps; r++) {
+        fprintf(stderr, "bench: encoder %s %s %d/%d\n", donut_precision_name(m->precision),
+                r ? "run" : "warm-up", r, reps);
+        double t = dm_now();
+        if (swin_encode(m, pix, H, W, out, NULL, err))
+            return -1;
+        double dt = dm_now() - t;
+        if (r == 0)
+            continue;
+        *best = dt < *best ? dt : *best;
+        *mean += dt / reps;
+    }
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     const char *dir = NULL;
@@ -479,7 +503,7 @@ int cmd_bench(int argc, char **argv)
 
     DmErr err = {{0}};
     DonutModel *m = NULL;
-    float *pix = NULL, *enc = NULL;
+    float *pix = NULL, *enc = NULL, *enc16 = NULL;
     int32_t *prompts[64] = {0};
     DecPage page;
     int page_ok = 0, rc = 1;
@@ -521,17 +545,12 @@ int cmd_bench(int argc, char **argv)
     if (dec_only) /* a stand-in encoder output: LayerNorm-sized values */
         for (size_t i = 0; i < (size_t)n_enc * ec->hidden_size; i++)
             enc[i] = (float)((s_rng(&rng) >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
-    for (int r = 0; r <= reps && !dec_only; r++) {
-        fprintf(stderr, "bench: encoder %s %d/%d\n", r ? "run" : "warm-up", r, reps);
-        t = dm_now();
-        if (swin_encode(m, pix, H, W, enc, NULL, &err))
-            goto fail;
-        double dt = dm_now() - t;
-        if (r == 0)
-            continue;
-        enc_best = dt < enc_best ? dt : enc_best;
-        enc_mean += dt / reps;
-    }
+    /* the encoder in the precision the model was loaded in; with --precision
+     * both, again in bf16 after the conversion below */
+    DmPrecision enc_prec = m->precision;
+    double enc16_best = 0.0, enc16_mean = 0.0, enc16_diff = 0.0;
+    if (!dec_only && s_time_encoder(m, pix, H, W, enc, reps, &enc_best, &enc_mean, &err))
+        goto fail;
     double attn_flops, enc_flops = s_swin_flops(m, H, W, &attn_flops);
 
     /* --------------------------------------------------------- decoder */
@@ -633,6 +652,20 @@ int cmd_bench(int argc, char **argv)
             s_bench_decoder(m, enc, n_enc, prompts, P, questions, tokens, reps, &page, &dbs[1],
                             &err))
             goto fail;
+        if (!dec_only) {
+            size_t ne = (size_t)n_enc * ec->hidden_size;
+            enc16 = malloc(ne * sizeof *enc16);
+            if (!enc16) {
+                dm_err(&err, "out of memory for a second encoder output");
+                goto fail;
+            }
+            if (s_time_encoder(m, pix, H, W, enc16, reps, &enc16_best, &enc16_mean, &err))
+                goto fail;
+            for (size_t i = 0; i < ne; i++) {
+                double d = fabs((double)enc16[i] - enc[i]);
+                enc16_diff = d > enc16_diff ? d : enc16_diff;
+            }
+        }
         page_ok = 1;
         ndb = 2;
     }
@@ -643,9 +676,18 @@ int cmd_bench(int argc, char **argv)
     /* Bounds are best-of: at least 5 runs of the cheap ones and 3 of each
      * GEMM, so a busy moment of a shared machine does not set them. */
     int breps = reps > 5 ? reps : 5, greps = reps > 3 ? reps : 3;
-    double fma512 = 0.0, fma256 = 0.0, bw = 0.0, gemm[NSHAPES], gemm_best = 0.0;
+    double fma512 = 0.0, fma256 = 0.0, dpbf16 = 0.0, bw = 0.0, gemm[NSHAPES], gemm_best = 0.0;
+    /* the encoder's GEMM backend on the encoder's own shapes, fp32 and bf16 */
+    int enc_dims[DM_MAX_STAGES];
+    for (int s = 0; s < ec->nstages; s++)
+        enc_dims[s] = m->enc.stages[s].dim;
+    double enc_gemm[2] = {0.0, 0.0};
     if (bound_fma_peak("avx512f", nth, breps, &fma512, &err) ||
         bound_fma_peak("avx2", nth, breps, &fma256, &err) ||
+        bound_fma_peak("avx512bf16", nth, breps, &dpbf16, &err) ||
+        bound_encoder_gemm(enc_dims, ec->nstages, ENC_GEMM_ROWS, 0, greps, &enc_gemm[0], &err) ||
+        (dpbf16 > 0 && bound_encoder_gemm(enc_dims, ec->nstages, ENC_GEMM_ROWS, 1, greps,
+                                          &enc_gemm[1], &err)) ||
         bound_read_bandwidth((size_t)bw_mib << 20, nth, breps, &bw, &err))
         goto fail;
     for (int i = 0; i < NSHAPES; i++) {
@@ -672,6 +714,12 @@ int cmd_bench(int argc, char **argv)
 #endif
     double fma_peak = fma512 > 0 ? fma512 : fma256;
     double enc_gflops = enc_flops / enc_best * 1e-9;
+    /* the encoder's time if its linear layers ran at the GEMM backend's rate
+     * and everything else (window attention, LayerNorm, gathers) were free */
+    double lin_flops = enc_flops - attn_flops;
+    int e16 = enc_prec == DM_PREC_BF16;
+    double enc_bound = enc_gemm[e16] > 0 ? lin_flops / (enc_gemm[e16] * 1e9) : 0.0;
+    double enc16_bound = enc_gemm[1] > 0 ? lin_flops / (enc_gemm[1] * 1e9) : 0.0;
     int Bq = questions;
 
     printf("docmint bench %s  (best of %d timed runs after one warm-up; %d threads)\n", dir, reps,
@@ -700,6 +748,13 @@ int cmd_bench(int argc, char **argv)
         printf("  %-34s %8s\n", "fp32 FMA peak, AVX-512", "n/a");
     if (fma256 > 0)
         printf("  %-34s %8.1f GFLOP/s\n", "fp32 FMA peak, AVX2", fma256);
+    if (dpbf16 > 0)
+        printf("  %-34s %8.1f GFLOP/s\n", "bf16 dot-product peak (vdpbf16ps)", dpbf16);
+    printf("  %-34s %8.1f GFLOP/s   (kern_gemm: oneDNN, packed weights, %d rows)\n",
+           "encoder GEMM fp32, its shapes", enc_gemm[0], ENC_GEMM_ROWS);
+    if (enc_gemm[1] > 0)
+        printf("  %-34s %8.1f GFLOP/s   (bf16 x bf16 -> fp32)\n", "encoder GEMM bf16, its shapes",
+               enc_gemm[1]);
     printf("model  image %dx%d -> %d encoder tokens (%dx%d), decoder %d layers d=%d vocab %d\n", H,
            W, n_enc, oh, ow, dc->layers, dc->d_model, dc->vocab);
     printf("  %-34s %8.2f s\n", "load", load_s);
@@ -717,6 +772,16 @@ int cmd_bench(int argc, char **argv)
         if (fma256 > 0)
             printf(", %.2f of AVX2 peak", enc_gflops / fma256);
         printf("\n");
+        printf("  %-34s %s\n", "precision", donut_precision_name(enc_prec));
+        printf("  %-34s %8.3f s        seconds per page at %.2fx of it\n",
+               "bound (linears at encoder GEMM)", enc_bound, enc_best / enc_bound);
+        if (enc16_best > 0) {
+            printf("  %-34s %8.3f s        (mean %.3f s) = %.2fx faster than fp32\n",
+                   "seconds per page, bf16", enc16_best, enc16_mean, enc_best / enc16_best);
+            printf("  %-34s %8.3f s        bf16 seconds per page at %.2fx of it\n",
+                   "bound bf16 (linears at bf16 GEMM)", enc16_bound, enc16_best / enc16_bound);
+            printf("  %-34s %8.2e\n", "bf16 vs fp32 output, max|diff|", enc16_diff);
+        }
     }
     for (int i = 0; i < ndb; i++)
         s_print_decoder(&dbs[i], dc, Bq, P, tokens, n_enc, bw);
@@ -758,18 +823,22 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < NSHAPES; i++)
         printf("%s{\"m\":%d,\"k\":%d,\"n\":%d,\"gflops\":%.2f}", i ? "," : "", s_shapes[i].M,
                s_shapes[i].K, s_shapes[i].N, gemm[i]);
-    printf("],\"read_gbps\":%.2f,\"bw_mib\":%d,\"fma_avx512_gflops\":%.2f,\"fma_avx2_gflops\":%.2f}",
-           bw, bw_mib, fma512, fma256);
+    printf("],\"read_gbps\":%.2f,\"bw_mib\":%d,\"fma_avx512_gflops\":%.2f,\"fma_avx2_gflops\":%.2f,"
+           "\"dpbf16_gflops\":%.2f,\"encoder_gemm_gflops\":%.2f,\"encoder_gemm_bf16_gflops\":%.2f}",
+           bw, bw_mib, fma512, fma256, dpbf16, enc_gemm[0], enc_gemm[1]);
     printf(",\"load_s\":%.3f", load_s);
     if (dec_only)
         printf(",\"encoder\":null");
     else
         printf(",\"encoder\":{\"image\":[%d,%d],\"tokens\":%d,\"seconds\":%.4f,\"seconds_mean\":%.4f,"
                "\"gflop\":%.2f,\"attn_gflop\":%.2f,\"gflops\":%.2f,\"frac_sgemm\":%.4f,"
-               "\"frac_fma_peak\":%.4f,\"frac_avx2_peak\":%.4f}",
+               "\"frac_fma_peak\":%.4f,\"frac_avx2_peak\":%.4f,\"precision\":\"%s\","
+               "\"bound_s\":%.4f,\"bf16_seconds\":%.4f,\"bf16_bound_s\":%.4f,"
+               "\"bf16_maxdiff\":%.3e}",
                H, W, n_enc, enc_best, enc_mean, enc_flops * 1e-9, attn_flops * 1e-9, enc_gflops,
                enc_gflops / gemm_best, fma_peak > 0 ? enc_gflops / fma_peak : 0.0,
-               fma256 > 0 ? enc_gflops / fma256 : 0.0);
+               fma256 > 0 ? enc_gflops / fma256 : 0.0, donut_precision_name(enc_prec), enc_bound,
+               enc16_best, enc16_bound, enc16_diff);
     printf(",\"decoder\":");
     s_json_decoder(&dbs[0], Bq, P, tokens, bw);
     if (ndb == 2) {
@@ -795,6 +864,7 @@ out:
         free(prompts[b]);
     free(pix);
     free(enc);
+    free(enc16);
     donut_free(&m);
     return rc;
 }

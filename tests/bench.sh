@@ -1,5 +1,6 @@
 #!/bin/sh
-# The benchmark (`make bench`): encoder seconds per page and decoder
+# The benchmark (`make bench`; sh tests/bench.sh DOCMINT [GEMM_BENCH ENC_BENCH]):
+# encoder seconds per page and decoder
 # milliseconds per token of a full-size random-weight Donut (donut-base
 # config) and of the tiny config, next to the sgemm rate, memory bandwidth
 # and FMA peak of this machine measured in the same runs; the decoder in fp32
@@ -18,6 +19,8 @@
 # "--threads 1").  About 6 minutes on 2 cores.
 set -eu
 DOCMINT=${1:-build/docmint}
+GEMM_BENCH=${2:-}
+ENC_BENCH=${3:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/build
 FULL=$OUT/bench-model-full
@@ -138,6 +141,23 @@ done
 echo
 echo "==== fp32 vs bf16 on a synthetic corpus ===="
 sh "$ROOT/tests/precision.sh" "$DOCMINT"
+
+# GEMM libraries on the encoder's shapes (tests/bench/gemm_bench.c), and the
+# encoder alone in float32 and bf16 against its bounds (tests/bench/enc_bench.c).
+if [ -n "$GEMM_BENCH" ]; then
+    echo
+    echo "==== GEMM libraries on the encoder's shapes ===="
+    "$GEMM_BENCH"
+    if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
+        echo "(again with OPENBLAS_CORETYPE unset)"
+        env -u OPENBLAS_CORETYPE "$GEMM_BENCH" --dims 128,512
+    fi
+fi
+if [ -n "$ENC_BENCH" ]; then
+    echo
+    echo "==== encoder alone, float32 and bf16 ===="
+    "$ENC_BENCH" "$FULL" --reps "$REP_FULL"
+fi
 
 # The batch system: the coordinator's own overhead with no-op workers
 # (docmint bench-dispatch) and infer throughput with 1 and 2 worker ranks

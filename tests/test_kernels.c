@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kern.h"
+#include "kern_gemm.h"
 #include "tensorfile.h"
 #include "tutil.h"
 
@@ -280,10 +281,93 @@ static void test_team(void)
     free(e);
 }
 
+/* The encoder's GEMM backend (oneDNN, packed weights) against its plain
+ * twin: float32 and bf16, strided rows, every epilogue, row counts other
+ * than the one the layout was packed for. */
+static void test_gemm_packed(void)
+{
+    static const int shapes[][3] = {{1030, 128, 384}, {37, 96, 24}, {1, 512, 128},
+                                    {300, 200, 72},   {64, 48, 128}};
+    unsigned seed = 11;
+    DmErr err = {{0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        int ldx = K + 3, ldy = N + 5;
+        float *x = s_rand((size_t)M * ldx, &seed), *W = s_rand((size_t)N * K, &seed),
+              *b = s_rand((size_t)N, &seed), *y0 = s_rand((size_t)M * ldy, &seed);
+        uint16_t *wbf = malloc((size_t)N * K * sizeof *wbf);
+        kern_f32_to_bf16_n(W, (size_t)N * K, wbf);
+        float *y = malloc((size_t)M * ldy * sizeof *y), *r = malloc((size_t)M * ldy * sizeof *r);
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            void *pk = NULL;
+            /* bf16 packs from the bf16 copy; float32 from W */
+            int rc = kern_gemm_pack(W, bf16 ? wbf : NULL, N, K, bf16, &pk, &err);
+            if (rc)
+                printf("\n  pack: %s", err.msg);
+            CU_ASSERT_EQUAL_FATAL(rc, 0);
+            int pn, pkk, pb;
+            kern_gemm_packed_shape(pk, &pn, &pkk, &pb);
+            CU_ASSERT(pn == N && pkk == K && pb == bf16);
+            static const int flags[4] = {0, 0, KG_GELU, KG_ACC};
+            for (int f = 0; f < 4; f++) {
+                const float *bias = f == 0 ? NULL : b;
+                memcpy(y, y0, (size_t)M * ldy * sizeof *y);
+                memcpy(r, y0, (size_t)M * ldy * sizeof *r);
+                rc = kern_gemm_run(pk, x, M, ldx, bias, flags[f], y, ldy, NULL, &err);
+                if (rc)
+                    printf("\n  run: %s", err.msg);
+                CU_ASSERT_EQUAL_FATAL(rc, 0);
+                kern_gemm_ref(W, bf16 ? wbf : NULL, N, K, bf16, x, M, ldx, bias, flags[f], r,
+                              ldy);
+                /* both sides see the same (rounded) operands: only the
+                 * float32 accumulation order differs */
+                double d = tu_maxdiff(y, r, (size_t)M * ldy);
+                double tol = 2e-6 * sqrt((double)K) * 4;
+                if (!(d <= tol))
+                    printf("\n  gemm %dx%dx%d bf16 %d flags %d: max diff %.3g", M, N, K, bf16,
+                           flags[f], d);
+                CU_ASSERT(d <= tol);
+            }
+            free(pk);
+        }
+        /* a non-block pointer is refused */
+        CU_ASSERT_EQUAL(kern_gemm_run(x, x, M, ldx, NULL, 0, y, ldy, NULL, &err), -1);
+        free(x);
+        free(W);
+        free(b);
+        free(y0);
+        free(wbf);
+        free(y);
+        free(r);
+    }
+}
+
+/* The vector bf16 conversion against the scalar one, ties and NaN included. */
+static void test_bf16_convert(void)
+{
+    unsigned seed = 3;
+    size_t n = 1000;
+    float *x = s_rand(n, &seed);
+    uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7fc00001u, 0xff800000u, 0x00000001u,
+                          0x7f7fffffu, 0x80000000u};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+        memcpy(&x[100 + i], &special[i], 4);
+    uint16_t *y = malloc(n * sizeof *y);
+    kern_f32_to_bf16_n(x, n, y);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += y[i] != dm_f32_to_bf16(x[i]);
+    CU_ASSERT_EQUAL(bad, 0);
+    free(x);
+    free(y);
+}
+
 void tests_kernels(void)
 {
     TU_SUITE("kernels", {"linear: small-M and BLAS paths vs plain", test_linear_paths},
              {"streaming attention vs plain", test_attend_one},
              {"linear with bf16 weights: vdpbf16ps and widened sgemm vs plain", test_linear_bf16},
-             {"team forms of the step: linear, one attention head vs plain", test_team});
+             {"team forms of the step: linear, one attention head vs plain", test_team},
+             {"encoder GEMM (packed, f32 and bf16, epilogues) vs plain", test_gemm_packed},
+             {"bf16 conversion: vector vs scalar", test_bf16_convert});
 }

@@ -192,6 +192,57 @@ static void t_case0(void) { run_case("case0", 1); }
 static void t_case1(void) { run_case("case1", 0); }
 static void t_case2(void) { run_case("case2", 0); }
 
+/* The encoder in bf16 (weights rounded by donut_set_precision, activations
+ * rounded on the way into each GEMM, float32 accumulation) against the HF
+ * float32 goldens: the difference is the rounding's, about 2^-9 relative
+ * per operand; bounded here at 3e-2 of the output's largest value. */
+static void t_bf16(void)
+{
+    if (load_all() != 0) {
+        CU_FAIL("cannot load tiny-a");
+        return;
+    }
+    DonutModel *m = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(donut_load(TU_TINY, &m, &err), 0);
+    int rc = donut_set_precision(m, DM_PREC_BF16, &err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_PTR_NULL(m->enc.stages[0].blocks[0].fc1.w); /* the float32 copy went */
+    static const char *cases[] = {"case0", "case1", "case2"};
+    for (int k = 0; k < 3; k++) {
+        char nm[160];
+        snprintf(nm, sizeof nm, "%s.pixel_values", cases[k]);
+        const DmTensor *pv = tensorfile_find(s_exp, nm);
+        snprintf(nm, sizeof nm, "%s.encoder.last_hidden_state", cases[k]);
+        const DmTensor *g = tensorfile_find(s_exp, nm);
+        CU_ASSERT_FATAL(pv && g);
+        int H = (int)pv->shape[2], W = (int)pv->shape[3];
+        size_t n = (size_t)dm_tensor_numel(g);
+        float *pix = malloc(sizeof(float) * (size_t)dm_tensor_numel(pv));
+        float *gf = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * n),
+              *o32 = malloc(sizeof(float) * n);
+        CU_ASSERT_FATAL(dm_tensor_to_f32(pv, pix, &err) == 0 && dm_tensor_to_f32(g, gf, &err) == 0);
+        rc = swin_encode(m, pix, H, W, out, NULL, &err);
+        if (rc)
+            printf("\n    swin_encode bf16: %s", err.msg);
+        CU_ASSERT_EQUAL_FATAL(rc, 0);
+        CU_ASSERT_EQUAL_FATAL(swin_encode(s_model, pix, H, W, o32, NULL, &err), 0);
+        double amax = 0;
+        for (size_t i = 0; i < n; i++)
+            amax = fabs(gf[i]) > amax ? fabs(gf[i]) : amax;
+        double d = tu_maxdiff(out, gf, n), d32 = tu_maxdiff(out, o32, n);
+        printf("\n    %s bf16 last_hidden_state: max|diff| %.3e vs HF, %.3e vs fp32 (absmax %.2f)",
+               cases[k], d, d32, amax);
+        CU_ASSERT(d <= 3e-2 * (amax > 1.0 ? amax : 1.0));
+        CU_ASSERT(d > 0.0); /* it did run in bf16 */
+        free(pix);
+        free(gf);
+        free(out);
+        free(o32);
+    }
+    donut_free(&m);
+}
+
 /* --------------------------------------------------------------- grid math */
 
 static void t_grid(void)
@@ -573,6 +624,9 @@ static void synth_check(int H, int W, int embed, int nst, const int *depths, con
     free(out);
     for (int i = 0; i < al.n; i++)
         free(al.p[i]);
+    for (int i = 0; i < m.nowned; i++) /* the encoder's packed weights */
+        free(m.owned[i]);
+    free(m.owned);
 }
 
 static void t_synth(void)
@@ -595,7 +649,7 @@ void tests_swin(void)
 {
     TU_SUITE("swin", {"grid math (tiny and full size)", t_grid},
              {"case0 vs HF (states + attentions)", t_case0}, {"case1 vs HF", t_case1},
-             {"case2 vs HF", t_case2}, {"errors", t_errors}, {"odd sizes, window == min(H,W)", t_small_odd},
+             {"case2 vs HF", t_case2}, {"bf16 encoder vs HF (fp32 goldens)", t_bf16}, {"errors", t_errors}, {"odd sizes, window == min(H,W)", t_small_odd},
              {"synthetic window-10 / head-dim-32 model vs naive HF", t_synth},
              {"cleanup", t_cleanup});
 }

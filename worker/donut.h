@@ -71,7 +71,7 @@ typedef enum { DM_PREC_F32 = 0, DM_PREC_BF16 = 1 } DmPrecision;
  * and the LM head run in bf16; the encoder's bf16 path sets it to 1, and
  * then donut_set_precision converts and lets go of the encoder's float32
  * weights too. */
-#define DM_SWIN_BF16 0
+#define DM_SWIN_BF16 1
 
 typedef struct DmNorm {
     const float *g, *b;

@@ -13,15 +13,16 @@
  *  MLP: rows of x R at a time: layernorm_after, fc1 GEMM, bias+GELU, fc2 GEMM
  *    accumulated into x (beta = 1; fc2's bias is pre-added to x).
  *
- * The big linear layers are GEMMs over many tokens (OpenBLAS threads them).
- * Everything else (gathers, LayerNorm, window attention, GELU) runs on a small
- * per-call thread pool sized like the GEMM library (kern_get_threads()).
+ * The linear layers are GEMMs over many tokens (kern_gemm: oneDNN matmul on
+ * weights packed once per model, bias and GELU in its epilogue, fc2 summed
+ * into x by it).  Everything else (gathers, LayerNorm, window attention)
+ * runs on the same OpenMP threads (kern_get_threads() of them).
  * Nothing is global: concurrent calls on one model are safe.  Attention
  * probabilities are computed into a buffer only when a probe is given.
  * -DSWIN_PROF prints a per-phase time split (not thread-safe; for benches). */
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 
 #include "donut.h"
 #include "kern.h"
+#include "kern_gemm.h"
 
 /* ------------------------------------------------------------ vector math */
 
@@ -113,46 +115,6 @@ static inline float sexp(float x)
     return vexp(v)[0];
 }
 
-/* GELU (erf form).  erf by Abramowitz-Stegun 7.1.26 (|error| <= 1.5e-7), as
- * PyTorch's vectorised CPU erf. */
-static inline vf vgelu(vf x)
-{
-    vf z = x * 0.70710678118654752f;
-    const vi signbit = (vi){0} + INT32_MIN;
-    vi sgn = (vi)z & signbit;
-    vf a = (vf)((vi)z & ~signbit);
-    vf t = 1.0f / (1.0f + 0.3275911f * a);
-    vf p = vset1(1.061405429f);
-    p = p * t - 1.453152027f;
-    p = p * t + 1.421413741f;
-    p = p * t - 0.284496736f;
-    p = p * t + 0.254829592f;
-    p = p * t;
-    vf erfa = 1.0f - p * vexp(-a * a);
-    vf erfz = (vf)((vi)erfa | sgn);
-    return 0.5f * x * (1.0f + erfz);
-}
-
-static void gelu_bias(float *x, int n, const float *b)
-{
-    int i = 0;
-    if (b) {
-        for (; i + VW <= n; i += VW)
-            vstore(x + i, vgelu(vload(x + i) + vload(b + i)));
-    } else {
-        for (; i + VW <= n; i += VW)
-            vstore(x + i, vgelu(vload(x + i)));
-    }
-    if (i < n) {
-        float tmp[VW] = {0};
-        for (int k = i; k < n; k++)
-            tmp[k - i] = x[k] + (b ? b[k] : 0.0f);
-        vf r = vgelu(vload(tmp));
-        for (int k = i; k < n; k++)
-            x[k] = r[k - i];
-    }
-}
-
 /* LayerNorm of one row (torch semantics, biased variance); y may alias x. */
 static void ln_row(const float *x, int n, const float *g, const float *b, float eps, float *y)
 {
@@ -185,101 +147,19 @@ static void ln_row(const float *x, int n, const float *g, const float *b, float 
 
 /* ------------------------------------------------------------ thread pool */
 
+/* The non-GEMM phases run on the OpenMP threads that also run oneDNN's
+ * GEMMs: one set of threads, so no thread spins waiting for work while
+ * another needs its core.  Items are handed out one at a time (windows and
+ * row groups cost about the same, but a shared machine stalls threads). */
 #define POOL_MAX 64
 
 typedef void (*PoolFn)(void *arg, int item, int tid);
 
 typedef struct Pool {
-    int n; /* threads including the caller */
-    int nstarted;
-    pthread_t th[POOL_MAX];
-    pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    unsigned gen;
-    int active, quit;
-    PoolFn fn;
-    void *arg;
-    int total;
-    atomic_int next;
+    int n; /* threads */
 } Pool;
 
-static void pool_run(Pool *p, int tid)
-{
-    for (;;) {
-        int i = atomic_fetch_add(&p->next, 1);
-        if (i >= p->total)
-            break;
-        p->fn(p->arg, i, tid);
-    }
-}
-
-typedef struct WorkerStart {
-    Pool *p;
-    int tid;
-} WorkerStart;
-
-static void *pool_worker(void *v)
-{
-    WorkerStart *ws = v;
-    Pool *p = ws->p;
-    int tid = ws->tid;
-    free(ws);
-    unsigned seen = 0;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (!p->quit && p->gen == seen)
-            pthread_cond_wait(&p->go, &p->mu);
-        if (p->quit)
-            break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        pool_run(p, tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->active == 0)
-            pthread_cond_signal(&p->done);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-static void pool_init(Pool *p, int n)
-{
-    memset(p, 0, sizeof *p);
-    if (n < 1)
-        n = 1;
-    if (n > POOL_MAX)
-        n = POOL_MAX;
-    p->n = 1;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
-    for (int t = 1; t < n; t++) {
-        WorkerStart *ws = malloc(sizeof *ws);
-        if (!ws)
-            break;
-        ws->p = p;
-        ws->tid = t;
-        if (pthread_create(&p->th[t], NULL, pool_worker, ws) != 0) {
-            free(ws);
-            break;
-        }
-        p->n = t + 1;
-    }
-    p->nstarted = p->n;
-}
-
-static void pool_free(Pool *p)
-{
-    pthread_mutex_lock(&p->mu);
-    p->quit = 1;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    for (int t = 1; t < p->nstarted; t++)
-        pthread_join(p->th[t], NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->go);
-    pthread_cond_destroy(&p->done);
-}
+static void pool_init(Pool *p, int n) { p->n = n < 1 ? 1 : n > POOL_MAX ? POOL_MAX : n; }
 
 /* Run fn(arg, i, tid) for i in [0, total) on all threads. */
 static void pool_for(Pool *p, int total, PoolFn fn, void *arg)
@@ -291,20 +171,14 @@ static void pool_for(Pool *p, int total, PoolFn fn, void *arg)
             fn(arg, i, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->arg = arg;
-    p->total = total;
-    atomic_store(&p->next, 0);
-    p->active = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    pool_run(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->active > 0)
-        pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    int nt = p->n < total ? p->n : total;
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < total; i++)
+            fn(arg, i, tid);
+    }
 }
 
 /* ------------------------------------------------------------------ grid */
@@ -328,11 +202,11 @@ void swin_output_grid(const SwinConfig *c, int H, int W, int *oh, int *ow)
 
 /* Build with -DSWIN_PROF to print a time split of the phases to stderr. */
 #ifdef SWIN_PROF
-enum { PR_PATCH, PR_GATHER, PR_QKV, PR_ATT, PR_PROJ, PR_SCAT, PR_LN, PR_FC1, PR_GELU, PR_FC2,
-       PR_MERGE, PR_N };
+enum { PR_PATCH, PR_GATHER, PR_QKV, PR_ATT, PR_PROJ, PR_SCAT, PR_LN, PR_FC1, PR_FC2, PR_MERGE,
+       PR_N };
 static double s_prof[PR_N];
 static const char *s_prof_name[PR_N] = {"patch", "gather", "qkv", "attn", "proj", "scatter",
-                                        "ln_after", "fc1", "gelu", "fc2", "merge"};
+                                        "ln_after", "fc1", "fc2", "merge"};
 #define PROF(k, stmt)                                                                  \
     do {                                                                               \
         double t_ = dm_now();                                                          \
@@ -351,7 +225,7 @@ typedef struct Enc {
     size_t arena_n;
     float *tscr; /* per-thread attention scratch */
     size_t tscr_n;
-    float *wqkv;  /* packed [3C, C] */
+    uint16_t *xbf; /* bf16 activations of a GEMM (arena_n values), bf16 only */
     float *bias;  /* expanded relative position bias [heads, Nr, Np] */
     float *masks; /* 4 x [Nr, Np] */
     float *probs; /* attention probabilities for the probe, or NULL */
@@ -408,7 +282,6 @@ static void att_scatter(void *arg, int lw, int tid)
 {
     const Att *a = arg;
     int wi = a->w0 + lw;
-    const float *pb = a->bl->proj.b;
     int C = a->C;
     for (int i = 0; i < a->N; i++) {
         int src = att_src(a, wi, i);
@@ -416,13 +289,8 @@ static void att_scatter(void *arg, int lw, int tid)
             continue;
         float *d = a->xo + (size_t)src * C;
         const float *y = a->xw + ((size_t)lw * a->N + i) * C;
-        if (pb) {
-            for (int k = 0; k < C; k++)
-                d[k] += y[k] + pb[k];
-        } else {
-            for (int k = 0; k < C; k++)
-                d[k] += y[k];
-        }
+        for (int k = 0; k < C; k++)
+            d[k] += y[k];
     }
 }
 
@@ -667,16 +535,6 @@ static void mlp_ln(void *arg, int task, int tid)
     }
 }
 
-static void mlp_gelu(void *arg, int task, int tid)
-{
-    const Mlp *p = arg;
-    int r0 = task * MLP_ROWS_PER_TASK, r1 = r0 + MLP_ROWS_PER_TASK;
-    if (r1 > p->rows)
-        r1 = p->rows;
-    for (int r = r0; r < r1; r++)
-        gelu_bias(p->hid + (size_t)r * p->F, p->F, p->bl->fc1.b);
-}
-
 /* ------------------------------------------------------ patch embed/merge */
 
 typedef struct Rows {
@@ -715,8 +573,6 @@ static void patch_norm(void *arg, int task, int tid)
     const SwinWeights *w = &r->m->enc;
     int E = r->m->cfg.enc.embed_dim;
     float *y = r->dst + (size_t)task * E;
-    for (int k = 0; k < E; k++)
-        y[k] += w->patch_b[k];
     ln_row(y, E, w->patch_norm.g, w->patch_norm.b, r->eps, y);
 }
 
@@ -756,6 +612,9 @@ static void emit3(const DmProbe *pr, const char *name, int T, int C, const float
 
 /* --------------------------------------------------------------- checks */
 
+/* float32 weights, or bf16 ones once a bf16 model let the float32 go */
+static int has_w(const DmLinear *l) { return l->w || l->wbf; }
+
 static int check_model(const DonutModel *m, DmErr *err)
 {
     const SwinConfig *c = &m->cfg.enc;
@@ -778,17 +637,129 @@ static int check_model(const DonutModel *m, DmErr *err)
             if (bl->q.out != C || bl->q.in != C || bl->k.out != C || bl->k.in != C ||
                 bl->v.out != C || bl->v.in != C || bl->proj.out != C || bl->proj.in != C ||
                 bl->fc1.in != C || bl->fc2.out != C || bl->fc2.in != bl->fc1.out ||
-                bl->fc1.out < 1 || !bl->rel_bias || !bl->q.w || !bl->k.w || !bl->v.w ||
-                !bl->proj.w || !bl->fc1.w || !bl->fc2.w || !bl->ln_before.g || !bl->ln_after.g)
+                bl->fc1.out < 1 || !bl->rel_bias || !has_w(&bl->q) || !has_w(&bl->k) ||
+                !has_w(&bl->v) || !has_w(&bl->proj) || !has_w(&bl->fc1) || !has_w(&bl->fc2) ||
+                !bl->ln_before.g || !bl->ln_after.g)
                 return dm_err(err, "swin: stage %d block %d: weight shapes inconsistent with dim %d",
                               s, b, C);
         }
         if (s + 1 < c->nstages &&
-            (!st->has_merge || st->merge.in != 4 * C || st->merge.out != 2 * C || !st->merge.w ||
+            (!st->has_merge || st->merge.in != 4 * C || st->merge.out != 2 * C || !has_w(&st->merge) ||
              !st->merge_norm.g))
             return dm_err(err, "swin: stage %d: patch merging weights missing or mis-shaped", s);
     }
     return 0;
+}
+
+/* ------------------------------------------------------- packed weights */
+
+/* The encoder's linears run on kern_gemm with weights packed once per model
+ * (and again if the model's precision changes): q, k and v fused into one
+ * [3C, C] block kept in q.packed (k.packed and v.packed stay NULL), every
+ * other linear in its own .packed.  The blocks join the model's owned
+ * buffers (donut_free releases them).  Packing happens on the first encode;
+ * a process-wide lock makes concurrent first calls pack once. */
+static pthread_mutex_t s_pack_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int own(DonutModel *m, void *p, DmErr *err)
+{
+    if (m->nowned == m->capowned) {
+        int cap = m->capowned ? 2 * m->capowned : 64;
+        float **o = realloc(m->owned, (size_t)cap * sizeof *o);
+        if (!o)
+            return dm_err(err, "swin: out of memory (owned buffers)");
+        m->owned = o;
+        m->capowned = cap;
+    }
+    m->owned[m->nowned++] = p;
+    return 0;
+}
+
+static int packed_as(const DmLinear *l, int bf16)
+{
+    int n, k, b;
+    if (!l->packed)
+        return 0;
+    kern_gemm_packed_shape(l->packed, &n, &k, &b);
+    return b == bf16;
+}
+
+/* Drop a block packed for the other precision. */
+static void unpack(DonutModel *m, DmLinear *l)
+{
+    for (int i = 0; l->packed && i < m->nowned; i++)
+        if (m->owned[i] == l->packed) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->nowned];
+            break;
+        }
+    l->packed = NULL;
+}
+
+static int pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err)
+{
+    void *p;
+    unpack(m, l);
+    if (kern_gemm_pack(l->w, l->wbf, l->out, l->in, bf16, &p, err))
+        return -1;
+    if (own(m, p, err)) {
+        free(p);
+        return -1;
+    }
+    l->packed = p;
+    return 0;
+}
+
+/* q|k|v stacked ([3C, C]): from their bf16 copies when all three have one
+ * and the model runs in bf16, else from the float32 weights. */
+static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
+{
+    size_t cc = (size_t)bl->q.out * bl->q.in;
+    int from_bf = bf16 && bl->q.wbf && bl->k.wbf && bl->v.wbf;
+    const DmLinear *src[3] = {&bl->q, &bl->k, &bl->v};
+    for (int i = 0; i < 3; i++)
+        if (!from_bf && !src[i]->w)
+            return dm_err(err, "swin: q/k/v without float32 or complete bf16 weights");
+    float *w = from_bf ? NULL : malloc(3 * cc * sizeof *w);
+    uint16_t *wb = from_bf ? malloc(3 * cc * sizeof *wb) : NULL;
+    if (!w && !wb)
+        return dm_err(err, "swin: out of memory packing q|k|v (%zu weights)", 3 * cc);
+    for (int i = 0; i < 3; i++) {
+        if (wb)
+            memcpy(wb + i * cc, src[i]->wbf, cc * sizeof *wb);
+        else
+            memcpy(w + i * cc, src[i]->w, cc * sizeof *w);
+    }
+    DmLinear fused = {.w = w, .wbf = wb, .out = 3 * bl->q.out, .in = bl->q.in};
+    unpack(m, &bl->q);
+    int rc = pack_linear(m, &fused, bf16, err);
+    bl->q.packed = fused.packed;
+    free(w);
+    free(wb);
+    return rc;
+}
+
+static int pack_encoder(const DonutModel *cm, DmErr *err)
+{
+    DonutModel *m = (DonutModel *)cm; /* only the .packed slots change */
+    int bf16 = m->precision == DM_PREC_BF16, rc = 0;
+    pthread_mutex_lock(&s_pack_mu);
+    for (int s = 0; s < m->cfg.enc.nstages && rc == 0; s++) {
+        SwinStage *st = &m->enc.stages[s];
+        for (int b = 0; b < st->depth && rc == 0; b++) {
+            SwinBlock *bl = &st->blocks[b];
+            if (!packed_as(&bl->q, bf16))
+                rc = pack_qkv(m, bl, bf16, err);
+            DmLinear *ls[3] = {&bl->proj, &bl->fc1, &bl->fc2};
+            for (int i = 0; i < 3 && rc == 0; i++)
+                if (!packed_as(ls[i], bf16))
+                    rc = pack_linear(m, ls[i], bf16, err);
+        }
+        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !packed_as(&st->merge, bf16))
+            rc = pack_linear(m, &st->merge, bf16, err);
+    }
+    pthread_mutex_unlock(&s_pack_mu);
+    return rc;
 }
 
 /* ----------------------------------------------------------------- encode */
@@ -858,7 +829,7 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     const SwinConfig *c = &m->cfg.enc;
     if (H < 1 || W < 1)
         return dm_err(err, "swin_encode: bad image size %dx%d", H, W);
-    if (check_model(m, err))
+    if (check_model(m, err) || pack_encoder(m, err))
         return -1;
     if (probe && !probe->emit)
         probe = NULL;
@@ -932,12 +903,6 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
         if (bn > biasn)
             biasn = bn;
     }
-    size_t wq = 0;
-    for (int s = 0; s < c->nstages; s++) {
-        size_t C = m->enc.stages[s].dim;
-        if (3 * C * C > wq)
-            wq = 3 * C * C;
-    }
     size_t masks_n = 0;
     for (int s = 0; s < c->nstages; s++) {
         int N = ws[s] * ws[s];
@@ -957,17 +922,18 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     e.arena_n = arena;
     e.tscr_n = tscr;
     e.tscr = xalloc_f(tscr * (size_t)(nth < 1 ? 1 : nth > POOL_MAX ? POOL_MAX : nth));
-    e.wqkv = xalloc_f(wq);
+    if (m->precision == DM_PREC_BF16)
+        e.xbf = malloc(arena * sizeof *e.xbf);
     e.bias = xalloc_f(biasn);
     e.masks = xalloc_f(masks_n);
     e.zero = calloc((size_t)c->embed_dim << (c->nstages - 1), sizeof(float));
-    if (!xa || !xb || !e.arena || !e.tscr || !e.wqkv || !e.bias || !e.masks || !e.zero) {
+    if (!xa || !xb || !e.arena || !e.tscr || (m->precision == DM_PREC_BF16 && !e.xbf) || !e.bias || !e.masks || !e.zero) {
         free(e.zero);
         free(xa);
         free(xb);
         free(e.arena);
         free(e.tscr);
-        free(e.wqkv);
+        free(e.xbf);
         free(e.bias);
         free(e.masks);
         return dm_err(err, "swin_encode: out of memory (%zu floats of feature maps)",
@@ -976,21 +942,26 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     pool_init(&e.pool, nth);
     int rc = 0;
 
-    /* ---- patch embedding: unfold + GEMM + bias + LayerNorm */
-    {
+    /* ---- patch embedding: unfold + GEMM (+ bias) + LayerNorm; its small
+     * [embed, channels*patch^2] weight is packed per call, in float32 */
+    void *patch_pk = NULL;
+    rc = kern_gemm_pack(m->enc.patch_w, NULL, c->embed_dim, K0, 0, &patch_pk, err);
+    if (rc == 0) {
         int E = c->embed_dim, T0 = gh[0] * gw[0];
         int rp = (int)(e.arena_n / K0);
-        for (int r0 = 0; r0 < T0; r0 += rp) {
+        for (int r0 = 0; r0 < T0 && rc == 0; r0 += rp) {
             int rows = T0 - r0 < rp ? T0 - r0 : rp;
             Rows ra = {.m = m, .src = pixels, .dst = e.arena, .r0 = r0, .rows = rows, .H = H,
                        .W = W, .ow = gw[0], .C = c->channels, .patch = c->patch, .eps = c->ln_eps};
             pool_for(&e.pool, rows, patch_unfold, &ra);
             float *y = xa + (size_t)r0 * E;
-            kern_gemm_nt(rows, E, K0, 1.0f, e.arena, K0, m->enc.patch_w, K0, 0.0f, y, E);
+            rc = kern_gemm_run(patch_pk, e.arena, rows, K0, m->enc.patch_b, 0, y, E, NULL, err);
             ra.dst = y;
-            pool_for(&e.pool, rows, patch_norm, &ra);
+            if (rc == 0)
+                pool_for(&e.pool, rows, patch_norm, &ra);
         }
-        if (probe)
+        free(patch_pk);
+        if (rc == 0 && probe)
             emit3(probe, "encoder.hidden_states.0", T0, E, xa);
     }
 
@@ -1014,7 +985,7 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
         if (sh_odd > 0)
             build_masks(win, sh_odd, Nr, Np, e.masks);
 
-        for (int b = 0; b < st->depth; b++) {
+        for (int b = 0; b < st->depth && rc == 0; b++) {
             const SwinBlock *bl = &st->blocks[b];
             int shift = (b % 2 == 1) ? sh_odd : 0;
             use_shift = shift > 0;
@@ -1032,9 +1003,6 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
             /* the relative position index is built for the configured window;
              * ws[s] differs from it only when min(H, W) == window, i.e.
              * never smaller (rejected above) */
-            memcpy(e.wqkv, bl->q.w, sizeof(float) * C * C);
-            memcpy(e.wqkv + (size_t)C * C, bl->k.w, sizeof(float) * C * C);
-            memcpy(e.wqkv + (size_t)2 * C * C, bl->v.w, sizeof(float) * C * C);
 
             Att a = {.e = &e, .bl = bl, .x = x, .xo = x, .H = Hs, .W = Wsz, .C = C,
                      .heads = heads, .hd = hd, .win = win, .shift = shift, .Hp = Hp, .Wp = Wp,
@@ -1048,9 +1016,15 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
                 int rows = g * N;
                 a.w0 = w0;
                 PROF(PR_GATHER, pool_for(&e.pool, g, att_gather, &a));
-                PROF(PR_QKV, kern_gemm_nt(rows, 3 * C, C, 1.0f, a.xw, C, e.wqkv, C, 0.0f, a.qkv, 3 * C));
+                PROF(PR_QKV, rc = kern_gemm_run(bl->q.packed, a.xw, rows, C, NULL, 0, a.qkv,
+                                                3 * C, e.xbf, err));
+                if (rc)
+                    break;
                 PROF(PR_ATT, pool_for(&e.pool, g, att_window, &a));
-                PROF(PR_PROJ, kern_gemm_nt(rows, C, C, 1.0f, a.ctx, C, bl->proj.w, C, 0.0f, a.xw, C));
+                PROF(PR_PROJ, rc = kern_gemm_run(bl->proj.packed, a.ctx, rows, C, bl->proj.b, 0,
+                                                 a.xw, C, e.xbf, err));
+                if (rc)
+                    break;
                 PROF(PR_SCAT, pool_for(&e.pool, g, att_scatter, &a));
             }
 
@@ -1059,16 +1033,18 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
             int R = (int)(ROWS_FLOATS / C) + 1;
             if (R > T)
                 R = T;
-            for (int r0 = 0; r0 < T; r0 += R) {
+            for (int r0 = 0; r0 < T && rc == 0; r0 += R) {
                 int rows = T - r0 < R ? T - r0 : R;
                 Mlp p = {.bl = bl, .x = x + (size_t)r0 * C, .t = e.arena,
                          .hid = e.arena + (size_t)R * C, .C = C, .F = F, .rows = rows,
                          .eps = c->ln_eps};
                 int tasks = (rows + MLP_ROWS_PER_TASK - 1) / MLP_ROWS_PER_TASK;
                 PROF(PR_LN, pool_for(&e.pool, tasks, mlp_ln, &p));
-                PROF(PR_FC1, kern_gemm_nt(rows, F, C, 1.0f, p.t, C, bl->fc1.w, C, 0.0f, p.hid, F));
-                PROF(PR_GELU, pool_for(&e.pool, tasks, mlp_gelu, &p));
-                PROF(PR_FC2, kern_gemm_nt(rows, C, F, 1.0f, p.hid, F, bl->fc2.w, F, 1.0f, p.x, C));
+                PROF(PR_FC1, rc = kern_gemm_run(bl->fc1.packed, p.t, rows, C, bl->fc1.b, KG_GELU,
+                                                p.hid, F, e.xbf, err));
+                if (rc == 0)
+                    PROF(PR_FC2, rc = kern_gemm_run(bl->fc2.packed, p.hid, rows, F, NULL, KG_ACC,
+                                                    p.x, C, e.xbf, err));
             }
 
             if (want_probs) {
@@ -1090,14 +1066,16 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
         if (s + 1 < c->nstages) {
             int H2 = gh[s + 1], W2 = gw[s + 1], T2 = H2 * W2, K = 4 * C;
             int R2 = (int)(e.arena_n / K);
-            for (int r0 = 0; r0 < T2; r0 += R2) {
+            for (int r0 = 0; r0 < T2 && rc == 0; r0 += R2) {
                 int rows = T2 - r0 < R2 ? T2 - r0 : R2;
                 MergeArg ma = {.ln = &st->merge_norm, .x = x, .dst = e.arena, .H = Hs, .W = Wsz,
                                .C = C, .ow = W2, .r0 = r0, .eps = c->ln_eps};
                 pool_for(&e.pool, rows, merge_gather, &ma);
-                kern_gemm_nt(rows, 2 * C, K, 1.0f, e.arena, K, st->merge.w, K, 0.0f,
-                             xn + (size_t)r0 * 2 * C, 2 * C);
+                rc = kern_gemm_run(st->merge.packed, e.arena, rows, K, NULL, 0,
+                                   xn + (size_t)r0 * 2 * C, 2 * C, e.xbf, err);
             }
+            if (rc)
+                break;
             float *tmp = x;
             x = xn;
             xn = tmp;
@@ -1119,12 +1097,11 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     for (int k = 0; k < PR_N; k++)
         fprintf(stderr, "swin %-9s %8.3f s\n", s_prof_name[k], s_prof[k]);
 #endif
-    pool_free(&e.pool);
     free(xa);
     free(xb);
     free(e.arena);
     free(e.tscr);
-    free(e.wqkv);
+    free(e.xbf);
     free(e.bias);
     free(e.masks);
     free(e.zero);

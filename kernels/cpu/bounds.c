@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kern.h"
+#include "kern_gemm.h"
 
 /* ----------------------------------------------------------------- sgemm */
 
@@ -54,6 +55,50 @@ int bound_sgemm(int M, int N, int K, int reps, double *gflops, DmErr *err)
     free(B);
     free(C);
     return 0;
+}
+
+int bound_encoder_gemm(const int *dims, int ndims, int M, int bf16, int reps, double *gflops,
+                       DmErr *err)
+{
+    *gflops = 0.0;
+    double flops = 0.0, secs = 0.0;
+    int rc = 0;
+    for (int d = 0; d < ndims && rc == 0; d++) {
+        int C = dims[d];
+        int sh[5][2] = {{3 * C, C}, {C, C}, {4 * C, C}, {C, 4 * C}, {2 * C, 4 * C}};
+        for (int i = 0; i < 5 && rc == 0; i++) {
+            int N = sh[i][0], K = sh[i][1];
+            float *x = malloc((size_t)M * K * sizeof *x), *w = malloc((size_t)N * K * sizeof *w);
+            float *y = malloc((size_t)M * N * sizeof *y);
+            uint16_t *xb = malloc((size_t)M * K * sizeof *xb);
+            void *pk = NULL;
+            if (!x || !w || !y || !xb) {
+                rc = dm_err(err, "encoder GEMM bound %dx%dx%d: out of memory", M, N, K);
+            } else {
+                s_fill(x, (size_t)M * K, 3);
+                s_fill(w, (size_t)N * K, 4);
+                rc = kern_gemm_pack(w, NULL, N, K, bf16, &pk, err);
+            }
+            double best = 1e30;
+            for (int r = 0; r <= (reps < 1 ? 1 : reps) && rc == 0; r++) { /* r 0: warm-up */
+                double t0 = dm_now();
+                rc = kern_gemm_run(pk, x, M, K, NULL, 0, y, N, xb, err);
+                double t = dm_now() - t0;
+                if (r > 0 && t < best)
+                    best = t;
+            }
+            flops += 2.0 * M * N * (double)K;
+            secs += best;
+            free(x);
+            free(w);
+            free(y);
+            free(xb);
+            free(pk);
+        }
+    }
+    if (rc == 0)
+        *gflops = flops / secs * 1e-9;
+    return rc;
 }
 
 /* ------------------------------------------------------------ thread team */
@@ -241,8 +286,11 @@ int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmE
 /* Independent FMA chains in registers: acc = acc * m + c.  m < 1 and c > 0
  * keep the values bounded and normal.  The loop count is opaque to the
  * compiler (volatile), so nothing folds. */
-#define FMA_ITERS_512 20000000L
-#define FMA_ITERS_256 20000000L
+/* Short runs (a few ms) and many of them: on a machine shared with other
+ * work the best of many short runs is one that had its cores to itself. */
+#define FMA_ITERS_512 1000000L
+#define FMA_ITERS_256 1000000L
+#define FMA_REPS_PER_REP 20
 
 __attribute__((target("avx512f"))) static float s_fma512(long iters)
 {
@@ -310,8 +358,48 @@ __attribute__((target("avx2,fma"))) static float s_fma256(long iters)
     return f[0] + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7];
 }
 
+/* bf16 dot products: each vdpbf16ps adds the 32 products of bf16 pairs into
+ * 16 float32 lanes (64 flops).  a*b is tiny, so the sums stay small. */
+#define DPBF16_ITERS 1000000L
+
+__attribute__((target("avx512f,avx512bf16"))) static float s_dpbf16(long iters)
+{
+    __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-5f), _mm512_set1_ps(2e-5f));
+    __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(3e-6f), _mm512_set1_ps(1e-6f));
+    __m512 a0 = _mm512_set1_ps(1.00f), a1 = _mm512_set1_ps(1.01f), a2 = _mm512_set1_ps(1.02f),
+           a3 = _mm512_set1_ps(1.03f), a4 = _mm512_set1_ps(1.04f), a5 = _mm512_set1_ps(1.05f),
+           a6 = _mm512_set1_ps(1.06f), a7 = _mm512_set1_ps(1.07f), a8 = _mm512_set1_ps(1.08f),
+           a9 = _mm512_set1_ps(1.09f), a10 = _mm512_set1_ps(1.10f), a11 = _mm512_set1_ps(1.11f),
+           a12 = _mm512_set1_ps(1.12f), a13 = _mm512_set1_ps(1.13f), a14 = _mm512_set1_ps(1.14f),
+           a15 = _mm512_set1_ps(1.15f);
+    for (long i = 0; i < iters; i++) {
+        a0 = _mm512_dpbf16_ps(a0, a, b);
+        a1 = _mm512_dpbf16_ps(a1, a, b);
+        a2 = _mm512_dpbf16_ps(a2, a, b);
+        a3 = _mm512_dpbf16_ps(a3, a, b);
+        a4 = _mm512_dpbf16_ps(a4, a, b);
+        a5 = _mm512_dpbf16_ps(a5, a, b);
+        a6 = _mm512_dpbf16_ps(a6, a, b);
+        a7 = _mm512_dpbf16_ps(a7, a, b);
+        a8 = _mm512_dpbf16_ps(a8, a, b);
+        a9 = _mm512_dpbf16_ps(a9, a, b);
+        a10 = _mm512_dpbf16_ps(a10, a, b);
+        a11 = _mm512_dpbf16_ps(a11, a, b);
+        a12 = _mm512_dpbf16_ps(a12, a, b);
+        a13 = _mm512_dpbf16_ps(a13, a, b);
+        a14 = _mm512_dpbf16_ps(a14, a, b);
+        a15 = _mm512_dpbf16_ps(a15, a, b);
+    }
+    __m512 s = _mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                      _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)),
+                      _mm512_add_ps(_mm512_add_ps(a12, a13), _mm512_add_ps(a14, a15))));
+    return _mm512_reduce_add_ps(s);
+}
+
 typedef struct FmaCtx {
-    int wide; /* 1: AVX-512 */
+    int wide; /* 2: AVX512-BF16 dot products, 1: AVX-512, 0: AVX2 */
     volatile long iters;
     volatile float sink[256];
 } FmaCtx;
@@ -319,7 +407,9 @@ typedef struct FmaCtx {
 static void s_fma_fn(void *p, int tid)
 {
     FmaCtx *c = p;
-    c->sink[tid & 255] = c->wide ? s_fma512(c->iters) : s_fma256(c->iters);
+    c->sink[tid & 255] = c->wide == 2   ? s_dpbf16(c->iters)
+                         : c->wide == 1 ? s_fma512(c->iters)
+                                        : s_fma256(c->iters);
 }
 
 int bound_fma_peak(const char *isa, int nthreads, int reps, double *gflops, DmErr *err)
@@ -331,12 +421,16 @@ int bound_fma_peak(const char *isa, int nthreads, int reps, double *gflops, DmEr
         wide = 1;
         if (!__builtin_cpu_supports("avx512f"))
             return 0;
+    } else if (!strcmp(isa, "avx512bf16")) {
+        wide = 2;
+        if (!__builtin_cpu_supports("avx512bf16"))
+            return 0;
     } else if (!strcmp(isa, "avx2")) {
         wide = 0;
         if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
             return 0;
     } else {
-        return dm_err(err, "FMA peak: unknown ISA %s (avx512f, avx2)", isa);
+        return dm_err(err, "FMA peak: unknown ISA %s (avx512bf16, avx512f, avx2)", isa);
     }
     if (nthreads < 1)
         nthreads = 1;
@@ -348,11 +442,11 @@ int bound_fma_peak(const char *isa, int nthreads, int reps, double *gflops, DmEr
     double t;
     int rc = s_team_run(nthreads, 1, s_fma_fn, c, &t, err);
     if (!rc) {
-        c->iters = wide ? FMA_ITERS_512 : FMA_ITERS_256;
-        rc = s_team_run(nthreads, reps < 1 ? 1 : reps, s_fma_fn, c, &t, err);
+        c->iters = wide == 2 ? DPBF16_ITERS : wide ? FMA_ITERS_512 : FMA_ITERS_256;
+        rc = s_team_run(nthreads, (reps < 1 ? 1 : reps) * FMA_REPS_PER_REP, s_fma_fn, c, &t, err);
     }
     if (!rc) {
-        double flops_per_iter = wide ? 16.0 * 16 * 2 : 12.0 * 8 * 2;
+        double flops_per_iter = wide == 2 ? 16.0 * 32 * 2 : wide ? 16.0 * 16 * 2 : 12.0 * 8 * 2;
         *gflops = (double)c->iters * flops_per_iter * nthreads / t * 1e-9;
     }
     free(c);
