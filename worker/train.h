@@ -74,10 +74,17 @@ typedef struct LossParts {
     int positions;
 } LossParts;
 
+/* One loss position: student logits s [V], label, teacher t (NULL: no
+ * distillation).  Gives ce = -log softmax(s)[label], kl = the KL above at
+ * tau (the formula of kd_kl_topk, without the tau^2), and
+ * g [V] = d(ce + alpha * tau^2 * kl) / ds in double. */
+int train_loss_row(const float *s, int V, int label, const KdTarget *t, const LossCfg *cfg,
+                   double *ce, double *kl, double *g, DmErr *err);
+
 /* Forward and backward of one item with the current weights: adds
  * scale * d total / d w into tp->grad and, when enc_grad is not NULL,
- * scale * d total / d enc into enc_grad [n_enc, d_model] (for checks; the
- * encoder is frozen).  Thread-safe for distinct tp->grad buffers only. */
+ * adds scale * d total / d enc into enc_grad [n_enc, d_model] (for checks;
+ * the encoder is frozen).  m must be the model whose decoder tp repoints.  Thread-safe for distinct tp->grad buffers only. */
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                     const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
                     DmErr *err);

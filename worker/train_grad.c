@@ -1,0 +1,409 @@
+/* train_grad.c - teacher-forced forward of one sequence that keeps what the
+ * backward needs, the loss, and the backward into the trainable weights
+ * (train.h).
+ *
+ * The forward repeats worker/decoder.c operation by operation (same
+ * kernels, same float32 order), so the loss is that of the ordinary
+ * forward.  Gradients are linear in the logits' gradient, so `scale` is
+ * applied there once and every later product accumulates into tp->grad.
+ * Weight gradients dW += dY^T X are sgemm calls; the frozen tied LM head
+ * only passes the gradient back to the final hidden states. */
+#include "train.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kern.h"
+
+/* Every buffer of one call, freed together. */
+typedef struct Arena {
+    float **p;
+    int n, cap;
+    int failed;
+} Arena;
+
+static float *s_alloc(Arena *a, size_t n)
+{
+    if (a->failed)
+        return NULL;
+    if (a->n == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 64;
+        float **np = realloc(a->p, (size_t)cap * sizeof *np);
+        if (!np) {
+            a->failed = 1;
+            return NULL;
+        }
+        a->p = np;
+        a->cap = cap;
+    }
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p)
+        a->failed = 1;
+    else
+        a->p[a->n++] = p;
+    return p;
+}
+
+static void s_arena_free(Arena *a)
+{
+    for (int i = 0; i < a->n; i++)
+        free(a->p[i]);
+    free(a->p);
+}
+
+/* A LayerNorm's input normalised ((x - mean) * rstd, as kern_layernorm
+ * computes it) and rstd per row. */
+typedef struct LnSave {
+    float *xhat, *rstd;
+} LnSave;
+
+/* What one sub-layer keeps from the forward. */
+typedef struct SubSave {
+    LnSave ln;
+    float *h;                     /* LayerNorm output [T, D] */
+    float *q, *k, *v, *probs, *ctx; /* attention: scaled q [T, inner], k/v [S, inner], [H, T, S], [T, inner] */
+    float *a1, *g1;               /* FFN: fc1 output before and after GELU [T, F] */
+} SubSave;
+
+/* kern_layernorm with its intermediate kept: y = xhat * g + b. */
+static void s_ln_fwd(const float *x, int rows, int n, const DmNorm *nm, float eps, LnSave *s,
+                     float *y)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *xh = s->xhat + (size_t)r * n, *yr = y + (size_t)r * n;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < n; i++)
+            mean += xr[i];
+        mean /= n;
+        for (int i = 0; i < n; i++)
+            var += (xr[i] - mean) * (xr[i] - mean);
+        var /= n;
+        float inv = (float)(1.0 / sqrt(var + eps)), fm = (float)mean;
+        s->rstd[r] = inv;
+        for (int i = 0; i < n; i++) {
+            xh[i] = (xr[i] - fm) * inv;
+            yr[i] = xh[i] * nm->g[i] + nm->b[i];
+        }
+    }
+}
+
+/* Gradient pointer of a trainable tensor: same offset in tp->grad. */
+static float *s_g(const TrainParams *tp, const float *w)
+{
+    return tp->grad + (w - tp->data);
+}
+
+/* dx += LayerNorm backward of dy; dg, db accumulate. */
+static void s_ln_bwd(const float *dy, int rows, int n, const DmNorm *nm, const LnSave *s,
+                     const TrainParams *tp, float *dx)
+{
+    float *dg = s_g(tp, nm->g), *db = s_g(tp, nm->b);
+    for (int r = 0; r < rows; r++) {
+        const float *d = dy + (size_t)r * n, *xh = s->xhat + (size_t)r * n;
+        double m1 = 0.0, m2 = 0.0;
+        for (int i = 0; i < n; i++) {
+            double dxh = (double)d[i] * nm->g[i];
+            m1 += dxh;
+            m2 += dxh * xh[i];
+            dg[i] += d[i] * xh[i];
+            db[i] += d[i];
+        }
+        m1 /= n;
+        m2 /= n;
+        float *o = dx + (size_t)r * n;
+        for (int i = 0; i < n; i++)
+            o[i] += (float)(s->rstd[r] * ((double)d[i] * nm->g[i] - m1 - xh[i] * m2));
+    }
+}
+
+/* C[M,N] += A[K,M]^T B[K,N] (row-major, leading dims given). */
+static void s_gemm_tn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                      float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, beta, C,
+                ldc);
+}
+
+/* Backward of y = x W^T + b over R rows: dW += dy^T x, db += colsum dy, and
+ * dx (when not NULL) = or += dy W. */
+static void s_linear_bwd(const DmLinear *l, const float *x, const float *dy, int R,
+                         const TrainParams *tp, float *dx, float beta)
+{
+    s_gemm_tn(l->out, l->in, R, dy, l->out, x, l->in, 1.0f, s_g(tp, l->w), l->in);
+    float *db = s_g(tp, l->b);
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < l->out; j++)
+            db[j] += dy[(size_t)r * l->out + j];
+    if (dx)
+        kern_gemm_nn(R, l->in, l->out, 1.0f, dy, l->out, l->w, l->in, beta, dx, l->in);
+}
+
+typedef struct Pass {
+    const DonutModel *m;
+    const TrainParams *tp;
+    const float *enc;
+    int T, n_enc, D, hd;
+    SubSave sv[DM_MAX_LAYERS][3];
+    LnSave ln_emb, ln_final;
+} Pass;
+
+static const DecAttn *s_attn_of(const DonutModel *m, int l, int kind)
+{
+    return kind == DM_SUB_S ? &m->dec.layers[l].self : &m->dec.layers[l].cross;
+}
+
+/* Attention sub-layer forward on x [T, D] into out [T, D] (decoder.c's
+ * s_attention for one whole sequence). */
+static void s_attn_fwd(Pass *ps, int l, int kind, const float *x, SubSave *s, float *out)
+{
+    const MBartConfig *c = &ps->m->cfg.dec;
+    const DecAttn *a = s_attn_of(ps->m, l, kind);
+    int T = ps->T, D = ps->D, hd = ps->hd, H = a->nheads, inner = H * hd;
+    int S = kind == DM_SUB_S ? T : ps->n_enc;
+    const float *kv_in = kind == DM_SUB_S ? s->h : ps->enc;
+    float scale = 1.0f / sqrtf((float)hd);
+    s_ln_fwd(x, T, D, &a->ln, c->ln_eps, &s->ln, s->h);
+    kern_linear(s->h, T, D, a->q.w, a->q.b, inner, s->q);
+    for (size_t i = 0; i < (size_t)T * inner; i++)
+        s->q[i] *= scale;
+    kern_linear(kv_in, S, D, a->k.w, a->k.b, inner, s->k);
+    kern_linear(kv_in, S, D, a->v.w, a->v.b, inner, s->v);
+    for (int h = 0; h < H; h++) {
+        float *P = s->probs + (size_t)h * T * S;
+        kern_gemm_nt(T, S, hd, 1.0f, s->q + h * hd, inner, s->k + h * hd, inner, 0.0f, P, S);
+        if (kind == DM_SUB_S)
+            for (int i = 0; i < T; i++)
+                for (int j = i + 1; j < S; j++)
+                    P[(size_t)i * S + j] = -INFINITY;
+        kern_softmax_rows(P, T, S);
+        kern_gemm_nn(T, hd, S, 1.0f, P, S, s->v + h * hd, inner, 0.0f, s->ctx + h * hd, inner);
+    }
+    kern_linear(s->ctx, T, inner, a->o.w, a->o.b, D, out);
+}
+
+/* Backward of an attention sub-layer: dout [T, D] -> dh [T, D] (the
+ * LayerNorm output's gradient), weight gradients, and for cross-attention
+ * d enc (when enc_grad). wk: scratch dctx, dq [T, inner], dk, dv [S, inner], dP [T, S]. */
+static void s_attn_bwd(Pass *ps, int l, int kind, const SubSave *s, const float *dout, float *dh,
+                       float *enc_grad, float **wk)
+{
+    const DecAttn *a = s_attn_of(ps->m, l, kind);
+    const TrainParams *tp = ps->tp;
+    int T = ps->T, hd = ps->hd, H = a->nheads, inner = H * hd;
+    int S = kind == DM_SUB_S ? T : ps->n_enc;
+    float *dctx = wk[0], *dq = wk[1], *dk = wk[2], *dv = wk[3], *dP = wk[4];
+    float scale = 1.0f / sqrtf((float)hd);
+    s_linear_bwd(&a->o, s->ctx, dout, T, tp, dctx, 0.0f);
+    for (int h = 0; h < H; h++) {
+        const float *P = s->probs + (size_t)h * T * S;
+        /* dP = dctx_h v_h^T; dv_h = P^T dctx_h */
+        kern_gemm_nt(T, S, hd, 1.0f, dctx + h * hd, inner, s->v + h * hd, inner, 0.0f, dP, S);
+        s_gemm_tn(S, hd, T, P, S, dctx + h * hd, inner, 0.0f, dv + h * hd, inner);
+        /* softmax backward in place: dS = P (dP - rowsum(P dP)) */
+        for (int i = 0; i < T; i++) {
+            float *d = dP + (size_t)i * S;
+            const float *p = P + (size_t)i * S;
+            double dot = 0.0;
+            for (int j = 0; j < S; j++)
+                dot += (double)p[j] * d[j];
+            for (int j = 0; j < S; j++)
+                d[j] = p[j] * (d[j] - (float)dot);
+        }
+        /* scores = q~ k^T: dq~ = dS k, dk = dS^T q~ */
+        kern_gemm_nn(T, hd, S, 1.0f, dP, S, s->k + h * hd, inner, 0.0f, dq + h * hd, inner);
+        s_gemm_tn(S, hd, T, dP, S, s->q + h * hd, inner, 0.0f, dk + h * hd, inner);
+    }
+    for (size_t i = 0; i < (size_t)T * inner; i++)
+        dq[i] *= scale;
+    s_linear_bwd(&a->q, s->h, dq, T, tp, dh, 0.0f);
+    if (kind == DM_SUB_S) {
+        s_linear_bwd(&a->k, s->h, dk, T, tp, dh, 1.0f);
+        s_linear_bwd(&a->v, s->h, dv, T, tp, dh, 1.0f);
+    } else {
+        s_linear_bwd(&a->k, ps->enc, dk, S, tp, enc_grad, 1.0f);
+        s_linear_bwd(&a->v, ps->enc, dv, S, tp, enc_grad, 1.0f);
+    }
+}
+
+static void s_ffn_fwd(Pass *ps, int l, const float *x, SubSave *s, float *out)
+{
+    const MBartConfig *c = &ps->m->cfg.dec;
+    const DecFfn *f = &ps->m->dec.layers[l].ffn;
+    size_t n = (size_t)ps->T * c->ffn;
+    s_ln_fwd(x, ps->T, ps->D, &f->ln, c->ln_eps, &s->ln, s->h);
+    kern_linear(s->h, ps->T, ps->D, f->fc1.w, f->fc1.b, c->ffn, s->a1);
+    memcpy(s->g1, s->a1, n * sizeof(float));
+    kern_gelu(s->g1, n);
+    kern_linear(s->g1, ps->T, c->ffn, f->fc2.w, f->fc2.b, ps->D, out);
+}
+
+/* wk[0]: [T, F] scratch. */
+static void s_ffn_bwd(Pass *ps, int l, const SubSave *s, const float *dout, float *dh, float **wk)
+{
+    const DecFfn *f = &ps->m->dec.layers[l].ffn;
+    int F = ps->m->cfg.dec.ffn;
+    float *dg = wk[0];
+    s_linear_bwd(&f->fc2, s->g1, dout, ps->T, ps->tp, dg, 0.0f);
+    /* exact GELU: d/dx [x Phi(x)] = Phi(x) + x phi(x) */
+    for (size_t i = 0; i < (size_t)ps->T * F; i++) {
+        double x = s->a1[i];
+        double d = 0.5 * (1.0 + erf(x * M_SQRT1_2)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+        dg[i] = (float)(dg[i] * d);
+    }
+    s_linear_bwd(&f->fc1, s->h, dg, ps->T, ps->tp, dh, 0.0f);
+}
+
+static int s_present(const DecLayer *L, int kind)
+{
+    return kind == DM_SUB_S ? L->self.present : kind == DM_SUB_C ? L->cross.present
+                                                                 : L->ffn.present;
+}
+
+static int s_check(const DonutModel *m, const TrainParams *tp, const TrainItem *it, DmErr *err)
+{
+    const MBartConfig *c = &m->cfg.dec;
+    if (!tp->n || m->dec.ln_final.g < tp->data || m->dec.ln_final.g >= tp->data + tp->total)
+        return dm_err(err, "train: the model's decoder does not point into these parameters");
+    if (it->T < 2 || it->T > c->max_pos)
+        return dm_err(err, "train: sequence of %d tokens (needs 2..%d)", it->T, c->max_pos);
+    if (it->answer_start < 0 || it->answer_start > it->T - 2)
+        return dm_err(err, "train: answer start %d leaves no loss position in %d tokens",
+                      it->answer_start, it->T);
+    if (it->n_enc < 1 || !it->enc)
+        return dm_err(err, "train: no encoder output");
+    for (int i = 0; i < it->T; i++)
+        if (it->ids[i] < 0 || it->ids[i] >= c->vocab)
+            return dm_err(err, "train: token id %d at %d is outside the vocabulary (%d)",
+                          it->ids[i], i, c->vocab);
+    return 0;
+}
+
+int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
+                    const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
+                    DmErr *err)
+{
+    if (s_check(m, tp, it, err))
+        return -1;
+    const MBartConfig *c = &m->cfg.dec;
+    const MBartWeights *w = &m->dec;
+    int T = it->T, D = c->d_model, V = c->vocab, F = c->ffn, a0 = it->answer_start;
+    int n = T - 1 - a0, hd = w->head_dim, inner_max = c->heads * hd;
+    int Smax = T > it->n_enc ? T : it->n_enc;
+    Pass ps = {.m = m, .tp = tp, .enc = it->enc, .T = T, .n_enc = it->n_enc, .D = D, .hd = hd};
+    Arena ar = {0};
+    size_t TD = (size_t)T * D;
+    float *x = s_alloc(&ar, TD), *out_buf = s_alloc(&ar, TD), *hf = s_alloc(&ar, TD);
+    float *logits = s_alloc(&ar, (size_t)n * V);
+    double *gd = malloc((size_t)V * sizeof *gd);
+    ps.ln_emb = (LnSave){s_alloc(&ar, TD), s_alloc(&ar, T)};
+    ps.ln_final = (LnSave){s_alloc(&ar, TD), s_alloc(&ar, T)};
+    for (int l = 0; l < c->layers; l++)
+        for (int kind = DM_SUB_S; kind <= DM_SUB_M; kind++) {
+            SubSave *s = &ps.sv[l][kind];
+            if (!s_present(&w->layers[l], kind))
+                continue;
+            s->ln = (LnSave){s_alloc(&ar, TD), s_alloc(&ar, T)};
+            s->h = s_alloc(&ar, TD);
+            if (kind == DM_SUB_M) {
+                s->a1 = s_alloc(&ar, (size_t)T * F);
+                s->g1 = s_alloc(&ar, (size_t)T * F);
+                continue;
+            }
+            const DecAttn *a = s_attn_of(m, l, kind);
+            size_t inner = (size_t)a->nheads * hd, S = kind == DM_SUB_S ? T : it->n_enc;
+            s->q = s_alloc(&ar, T * inner);
+            s->k = s_alloc(&ar, S * inner);
+            s->v = s_alloc(&ar, S * inner);
+            s->probs = s_alloc(&ar, a->nheads * T * S);
+            s->ctx = s_alloc(&ar, T * inner);
+        }
+    /* backward scratch */
+    float *dx = s_alloc(&ar, TD), *dh = s_alloc(&ar, TD);
+    size_t wk_big = (size_t)Smax * inner_max;
+    float *wk[5] = {s_alloc(&ar, (size_t)T * (inner_max > F ? inner_max : F)), s_alloc(&ar, (size_t)T * inner_max),
+                    s_alloc(&ar, wk_big), s_alloc(&ar, wk_big),
+                    s_alloc(&ar, (size_t)T * Smax)};
+    int rc = -1;
+    if (ar.failed || !gd) {
+        dm_err(err, "train: out of memory for a sequence of %d tokens", T);
+        goto done;
+    }
+
+    /* ---- forward ---- */
+    float escale = c->scale_embedding ? (float)sqrt((double)D) : 1.0f;
+    for (int i = 0; i < T; i++) {
+        const float *te = w->embed_tokens + (size_t)it->ids[i] * D;
+        const float *pe = w->embed_positions + (size_t)(i + 2) * D;
+        for (int d = 0; d < D; d++)
+            x[(size_t)i * D + d] = te[d] * escale + pe[d];
+    }
+    s_ln_fwd(x, T, D, &w->ln_emb, c->ln_eps, &ps.ln_emb, x);
+    for (int l = 0; l < c->layers; l++)
+        for (int kind = DM_SUB_S; kind <= DM_SUB_M; kind++) {
+            if (!s_present(&w->layers[l], kind))
+                continue;
+            if (kind == DM_SUB_M)
+                s_ffn_fwd(&ps, l, x, &ps.sv[l][kind], out_buf);
+            else
+                s_attn_fwd(&ps, l, kind, x, &ps.sv[l][kind], out_buf);
+            kern_add(x, out_buf, TD);
+        }
+    s_ln_fwd(x, T, D, &w->ln_final, c->ln_eps, &ps.ln_final, hf);
+    kern_linear(hf + (size_t)a0 * D, n, D, w->lm_head, NULL, V, logits);
+
+    /* ---- loss and its gradient on the logits ---- */
+    double ce = 0.0, kd = 0.0, tau2 = cfg->tau * cfg->tau;
+    for (int j = 0; j < n; j++) {
+        double ce_t, kl_t;
+        const KdTarget *t = it->teacher ? &it->teacher[j] : NULL;
+        float *row = logits + (size_t)j * V;
+        if (train_loss_row(row, V, it->ids[a0 + j + 1], t, cfg, &ce_t, &kl_t, gd, err)) {
+            dm_err_prefix(err, "position %d", a0 + j);
+            goto done;
+        }
+        ce += ce_t;
+        kd += kl_t;
+        for (int v = 0; v < V; v++)
+            row[v] = (float)(gd[v] * scale / n);
+    }
+    out->positions = n;
+    out->ce = ce / n;
+    out->kd = tau2 * kd / n;
+    out->total = out->ce + cfg->alpha * out->kd;
+
+    /* ---- backward ---- */
+    memset(dh, 0, TD * sizeof(float));
+    kern_gemm_nn(n, D, V, 1.0f, logits, V, w->lm_head, D, 0.0f, dh + (size_t)a0 * D, D);
+    memset(dx, 0, TD * sizeof(float));
+    s_ln_bwd(dh, T, D, &w->ln_final, &ps.ln_final, tp, dx);
+    for (int l = c->layers - 1; l >= 0; l--)
+        for (int kind = DM_SUB_M; kind >= DM_SUB_S; kind--) {
+            const SubSave *s = &ps.sv[l][kind];
+            if (!s_present(&w->layers[l], kind))
+                continue;
+            const DmNorm *ln;
+            if (kind == DM_SUB_M) {
+                s_ffn_bwd(&ps, l, s, dx, dh, wk);
+                ln = &w->layers[l].ffn.ln;
+            } else {
+                s_attn_bwd(&ps, l, kind, s, dx, dh, enc_grad, wk);
+                ln = &s_attn_of(m, l, kind)->ln;
+            }
+            s_ln_bwd(dh, T, D, ln, &s->ln, tp, dx);
+        }
+    /* layernorm_embedding, then the learned positions (the token
+     * embeddings are frozen) */
+    memset(dh, 0, TD * sizeof(float));
+    s_ln_bwd(dx, T, D, &w->ln_emb, &ps.ln_emb, tp, dh);
+    float *dpos = s_g(tp, w->embed_positions);
+    for (int i = 0; i < T; i++)
+        kern_add(dpos + (size_t)(i + 2) * D, dh + (size_t)i * D, D);
+    rc = 0;
+done:
+    free(gd);
+    s_arena_free(&ar);
+    return rc;
+}
