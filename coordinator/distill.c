@@ -549,10 +549,20 @@ static void s_progress(Run *r, double loss, double ce, double kd, double now, in
     fflush(stderr);
 }
 
+/* Fault-injection hook for tests (as the workers'):
+ * DOCMINT_TEST_STALL_SECONDS=X makes rank 0 sleep X seconds after each
+ * step, so a test can kill the job between two checkpoints. */
+static double s_test_stall(void)
+{
+    const char *v = getenv("DOCMINT_TEST_STALL_SECONDS");
+    return v && *v ? atof(v) : 0;
+}
+
 static int s_train(Run *r)
 {
     DmErr err = {{0}};
     const DistillSpec *d = r->d;
+    double stall = r->rank == 0 ? s_test_stall() : 0;
     double lr = distill_lr(d, r->step, r->total);
     r->t_start = r->last_line = dm_now();
     while (r->step < r->total) {
@@ -609,6 +619,8 @@ static int s_train(Run *r)
                 return -1;
         }
         s_progress(r, loss, ce, kd, dm_now(), last);
+        if (stall > 0)
+            usleep((useconds_t)(stall * 1e6));
     }
     return 0;
 fail:

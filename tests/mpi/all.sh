@@ -9,7 +9,7 @@ set -u
 total_pass=0
 total_fail=0
 status=0
-for t in run_basic bad_images kill_resume lease_expiry wrong_keys coordinator_pause cache_logits; do
+for t in run_basic bad_images kill_resume lease_expiry wrong_keys coordinator_pause cache_logits distill distill_e2e; do
     out=$(sh "tests/mpi/$t.sh" 2>&1)
     rc=$?
     printf '%s\n' "$out" | grep -v ' passed, .* failed$'
