@@ -31,12 +31,23 @@ typedef struct TrainParam {
     int64_t shape[2];
 } TrainParam;
 
+/* How train_item_grad computes cross-attention.  With keys K = E Wk^T + bk
+ * of the n_enc encoder rows E, the scores of head h are (q_h Wk_h) E^T up
+ * to a per-row constant and its context is (P_h E) Wv_h^T + bv_h, so the
+ * keys and values need not be formed: that costs ~heads * T * n_enc * d
+ * per product instead of n_enc * d * heads * head_dim, less for sequences
+ * shorter than head_dim (the full model's 4800 encoder rows make the K/V
+ * products most of the work).  AUTO picks the cheaper; the others force
+ * one (both are tested against the reference). */
+typedef enum { TRAIN_CROSS_AUTO = 0, TRAIN_CROSS_KV, TRAIN_CROSS_FACTORED } TrainCross;
+
 typedef struct TrainParams {
     int n;
     TrainParam *p;     /* binding order of the checkpoint loader */
     size_t total;      /* floats */
     float *data;       /* the weights; the model's decoder pointers point here */
     float *grad;       /* same layout; train_item_grad adds into it */
+    TrainCross cross;  /* AUTO after train_params_init */
 } TrainParams;
 
 /* Copy the trainable decoder weights of m into one buffer and repoint m's

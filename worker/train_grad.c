@@ -4,7 +4,8 @@
  *
  * The forward repeats worker/decoder.c operation by operation (same
  * kernels, same float32 order), so the loss is that of the ordinary
- * forward.  Gradients are linear in the logits' gradient, so `scale` is
+ * forward; only the factored cross-attention (TrainCross in train.h)
+ * associates its products differently.  Gradients are linear in the logits' gradient, so `scale` is
  * applied there once and every later product accumulates into tp->grad.
  * Weight gradients dW += dY^T X are sgemm calls; the frozen tied LM head
  * only passes the gradient back to the final hidden states. */
@@ -65,6 +66,7 @@ typedef struct SubSave {
     float *h;                     /* LayerNorm output [T, D] */
     float *q, *k, *v, *probs, *ctx; /* attention: scaled q [T, inner], k/v [S, inner], [H, T, S], [T, inner] */
     float *a1, *g1;               /* FFN: fc1 output before and after GELU [T, F] */
+    float *A, *B;                 /* factored cross-attention: q_h Wk_h and P_h E [H, T, D] */
 } SubSave;
 
 /* kern_layernorm with its intermediate kept: y = xhat * g + b. */
@@ -146,6 +148,7 @@ typedef struct Pass {
     const TrainParams *tp;
     const float *enc;
     int T, n_enc, D, hd;
+    int factored;                 /* cross-attention without keys and values */
     SubSave sv[DM_MAX_LAYERS][3];
     LnSave ln_emb, ln_final;
 } Pass;
@@ -153,6 +156,28 @@ typedef struct Pass {
 static const DecAttn *s_attn_of(const DonutModel *m, int l, int kind)
 {
     return kind == DM_SUB_S ? &m->dec.layers[l].self : &m->dec.layers[l].cross;
+}
+
+/* Cross-attention from the scaled queries without keys and values (see
+ * TrainCross in train.h): A_h = q_h Wk_h, P_h = softmax(A_h E^T) (the key
+ * bias adds q_h . bk_h to a whole row, which softmax ignores), ctx_h =
+ * (P_h E) Wv_h^T + bv_h since each row of P_h sums to 1. */
+static void s_cross_factored_fwd(Pass *ps, const DecAttn *a, SubSave *s)
+{
+    int T = ps->T, D = ps->D, hd = ps->hd, S = ps->n_enc, inner = a->nheads * hd;
+    for (int h = 0; h < a->nheads; h++) {
+        float *A = s->A + (size_t)h * T * D, *B = s->B + (size_t)h * T * D;
+        float *P = s->probs + (size_t)h * T * S;
+        kern_gemm_nn(T, D, hd, 1.0f, s->q + h * hd, inner, a->k.w + (size_t)h * hd * D, D, 0.0f,
+                     A, D);
+        kern_gemm_nt(T, S, D, 1.0f, A, D, ps->enc, D, 0.0f, P, S);
+        kern_softmax_rows(P, T, S);
+        kern_gemm_nn(T, D, S, 1.0f, P, S, ps->enc, D, 0.0f, B, D);
+        kern_gemm_nt(T, hd, D, 1.0f, B, D, a->v.w + (size_t)h * hd * D, D, 0.0f,
+                     s->ctx + h * hd, inner);
+        for (int i = 0; i < T; i++)
+            kern_add(s->ctx + (size_t)i * inner + h * hd, a->v.b + h * hd, hd);
+    }
 }
 
 /* Attention sub-layer forward on x [T, D] into out [T, D] (decoder.c's
@@ -169,6 +194,11 @@ static void s_attn_fwd(Pass *ps, int l, int kind, const float *x, SubSave *s, fl
     kern_linear(s->h, T, D, a->q.w, a->q.b, inner, s->q);
     for (size_t i = 0; i < (size_t)T * inner; i++)
         s->q[i] *= scale;
+    if (kind == DM_SUB_C && ps->factored) {
+        s_cross_factored_fwd(ps, a, s);
+        kern_linear(s->ctx, T, inner, a->o.w, a->o.b, D, out);
+        return;
+    }
     kern_linear(kv_in, S, D, a->k.w, a->k.b, inner, s->k);
     kern_linear(kv_in, S, D, a->v.w, a->v.b, inner, s->v);
     for (int h = 0; h < H; h++) {
@@ -184,9 +214,54 @@ static void s_attn_fwd(Pass *ps, int l, int kind, const float *x, SubSave *s, fl
     kern_linear(s->ctx, T, inner, a->o.w, a->o.b, D, out);
 }
 
+/* Softmax backward in place: dS = P (dP - rowsum(P dP)). */
+static void s_softmax_bwd(const float *P, float *dP, int T, int S)
+{
+    for (int i = 0; i < T; i++) {
+        float *d = dP + (size_t)i * S;
+        const float *p = P + (size_t)i * S;
+        double dot = 0.0;
+        for (int j = 0; j < S; j++)
+            dot += (double)p[j] * d[j];
+        for (int j = 0; j < S; j++)
+            d[j] = p[j] * (d[j] - (float)dot);
+    }
+}
+
+/* Backward of the factored cross-attention from dctx: weight gradients of
+ * k and v (the key bias gets none), dq (scaled queries) and d enc. */
+static void s_cross_factored_bwd(Pass *ps, const DecAttn *a, const SubSave *s, const float *dctx,
+                                 float *dq, float *enc_grad, float *dP, float *dA, float *dB)
+{
+    const TrainParams *tp = ps->tp;
+    int T = ps->T, D = ps->D, hd = ps->hd, S = ps->n_enc, inner = a->nheads * hd;
+    float *gk = s_g(tp, a->k.w), *gv = s_g(tp, a->v.w), *gvb = s_g(tp, a->v.b);
+    for (int h = 0; h < a->nheads; h++) {
+        const float *A = s->A + (size_t)h * T * D, *B = s->B + (size_t)h * T * D;
+        const float *P = s->probs + (size_t)h * T * S, *dc = dctx + h * hd;
+        const float *wk = a->k.w + (size_t)h * hd * D, *wv = a->v.w + (size_t)h * hd * D;
+        /* ctx_h = B Wv_h^T + bv_h */
+        kern_gemm_nn(T, D, hd, 1.0f, dc, inner, wv, D, 0.0f, dB, D);
+        s_gemm_tn(hd, D, T, dc, inner, B, D, 1.0f, gv + (size_t)h * hd * D, D);
+        for (int i = 0; i < T; i++)
+            kern_add(gvb + h * hd, dc + (size_t)i * inner, hd);
+        /* B = P E; P = softmax(A E^T); A = q_h Wk_h */
+        kern_gemm_nt(T, S, D, 1.0f, dB, D, ps->enc, D, 0.0f, dP, S);
+        s_softmax_bwd(P, dP, T, S);
+        kern_gemm_nn(T, D, S, 1.0f, dP, S, ps->enc, D, 0.0f, dA, D);
+        s_gemm_tn(hd, D, T, s->q + h * hd, inner, dA, D, 1.0f, gk + (size_t)h * hd * D, D);
+        kern_gemm_nt(T, hd, D, 1.0f, dA, D, wk, D, 0.0f, dq + h * hd, inner);
+        if (enc_grad) {
+            s_gemm_tn(S, D, T, dP, S, A, D, 1.0f, enc_grad, D);
+            s_gemm_tn(S, D, T, P, S, dB, D, 1.0f, enc_grad, D);
+        }
+    }
+}
+
 /* Backward of an attention sub-layer: dout [T, D] -> dh [T, D] (the
  * LayerNorm output's gradient), weight gradients, and for cross-attention
- * d enc (when enc_grad). wk: scratch dctx, dq [T, inner], dk, dv [S, inner], dP [T, S]. */
+ * d enc (when enc_grad). wk: scratch dctx, dq [T, inner], dk, dv [S, inner], dP [T, S],
+ * and two [T, D]. */
 static void s_attn_bwd(Pass *ps, int l, int kind, const SubSave *s, const float *dout, float *dh,
                        float *enc_grad, float **wk)
 {
@@ -197,21 +272,19 @@ static void s_attn_bwd(Pass *ps, int l, int kind, const SubSave *s, const float 
     float *dctx = wk[0], *dq = wk[1], *dk = wk[2], *dv = wk[3], *dP = wk[4];
     float scale = 1.0f / sqrtf((float)hd);
     s_linear_bwd(&a->o, s->ctx, dout, T, tp, dctx, 0.0f);
+    if (kind == DM_SUB_C && ps->factored) {
+        s_cross_factored_bwd(ps, a, s, dctx, dq, enc_grad, dP, wk[5], wk[6]);
+        for (size_t i = 0; i < (size_t)T * inner; i++)
+            dq[i] *= scale;
+        s_linear_bwd(&a->q, s->h, dq, T, tp, dh, 0.0f);
+        return;
+    }
     for (int h = 0; h < H; h++) {
         const float *P = s->probs + (size_t)h * T * S;
         /* dP = dctx_h v_h^T; dv_h = P^T dctx_h */
         kern_gemm_nt(T, S, hd, 1.0f, dctx + h * hd, inner, s->v + h * hd, inner, 0.0f, dP, S);
         s_gemm_tn(S, hd, T, P, S, dctx + h * hd, inner, 0.0f, dv + h * hd, inner);
-        /* softmax backward in place: dS = P (dP - rowsum(P dP)) */
-        for (int i = 0; i < T; i++) {
-            float *d = dP + (size_t)i * S;
-            const float *p = P + (size_t)i * S;
-            double dot = 0.0;
-            for (int j = 0; j < S; j++)
-                dot += (double)p[j] * d[j];
-            for (int j = 0; j < S; j++)
-                d[j] = p[j] * (d[j] - (float)dot);
-        }
+        s_softmax_bwd(P, dP, T, S);
         /* scores = q~ k^T: dq~ = dS k, dk = dS^T q~ */
         kern_gemm_nn(T, hd, S, 1.0f, dP, S, s->k + h * hd, inner, 0.0f, dq + h * hd, inner);
         s_gemm_tn(S, hd, T, dP, S, s->q + h * hd, inner, 0.0f, dk + h * hd, inner);
@@ -256,6 +329,18 @@ static void s_ffn_bwd(Pass *ps, int l, const SubSave *s, const float *dout, floa
     s_linear_bwd(&f->fc1, s->h, dg, ps->T, ps->tp, dh, 0.0f);
 }
 
+/* Cost of one cross-attention (multiply-adds over n_enc * d) either way:
+ * K, V and their weight gradients with the per-head products, against the
+ * four heads x T x n_enc x d products of the factored form. */
+static int s_factored(TrainCross how, int T, int H, int hd, int D, int S)
+{
+    if (how != TRAIN_CROSS_AUTO)
+        return how == TRAIN_CROSS_FACTORED;
+    double inner = (double)H * hd;
+    double kv = 4.0 * inner + 6.0 * T * inner / D, fact = 4.0 * H * T + 4.0 * T * inner / S;
+    return fact < kv;
+}
+
 static int s_present(const DecLayer *L, int kind)
 {
     return kind == DM_SUB_S ? L->self.present : kind == DM_SUB_C ? L->cross.present
@@ -293,6 +378,7 @@ int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
     int n = T - 1 - a0, hd = w->head_dim, inner_max = c->heads * hd;
     int Smax = T > it->n_enc ? T : it->n_enc;
     Pass ps = {.m = m, .tp = tp, .enc = it->enc, .T = T, .n_enc = it->n_enc, .D = D, .hd = hd};
+    ps.factored = s_factored(tp->cross, T, c->heads, hd, D, it->n_enc);
     Arena ar = {0};
     size_t TD = (size_t)T * D;
     float *x = s_alloc(&ar, TD), *out_buf = s_alloc(&ar, TD), *hf = s_alloc(&ar, TD);
@@ -315,17 +401,23 @@ int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
             const DecAttn *a = s_attn_of(m, l, kind);
             size_t inner = (size_t)a->nheads * hd, S = kind == DM_SUB_S ? T : it->n_enc;
             s->q = s_alloc(&ar, T * inner);
-            s->k = s_alloc(&ar, S * inner);
-            s->v = s_alloc(&ar, S * inner);
+            if (kind == DM_SUB_C && ps.factored) {
+                s->A = s_alloc(&ar, a->nheads * TD);
+                s->B = s_alloc(&ar, a->nheads * TD);
+            } else {
+                s->k = s_alloc(&ar, S * inner);
+                s->v = s_alloc(&ar, S * inner);
+            }
             s->probs = s_alloc(&ar, a->nheads * T * S);
             s->ctx = s_alloc(&ar, T * inner);
         }
     /* backward scratch */
     float *dx = s_alloc(&ar, TD), *dh = s_alloc(&ar, TD);
     size_t wk_big = (size_t)Smax * inner_max;
-    float *wk[5] = {s_alloc(&ar, (size_t)T * (inner_max > F ? inner_max : F)), s_alloc(&ar, (size_t)T * inner_max),
-                    s_alloc(&ar, wk_big), s_alloc(&ar, wk_big),
-                    s_alloc(&ar, (size_t)T * Smax)};
+    float *wk[7] = {s_alloc(&ar, (size_t)T * (inner_max > F ? inner_max : F)),
+                    s_alloc(&ar, (size_t)T * inner_max), s_alloc(&ar, wk_big),
+                    s_alloc(&ar, wk_big), s_alloc(&ar, (size_t)T * Smax), s_alloc(&ar, TD),
+                    s_alloc(&ar, TD)};
     int rc = -1;
     if (ar.failed || !gd) {
         dm_err(err, "train: out of memory for a sequence of %d tokens", T);
