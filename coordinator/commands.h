@@ -19,5 +19,7 @@ int cmd_export(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_cache_check(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
+int cmd_params(int argc, char **argv);
 
 #endif

@@ -27,6 +27,8 @@ typedef struct Command {
 #pragma weak cmd_eval
 #pragma weak cmd_store
 #pragma weak cmd_cache_check
+#pragma weak cmd_prune
+#pragma weak cmd_params
 
 static const Command s_commands[] = {
     {"ask", cmd_ask, "MODEL_DIR IMAGE QUESTION...   answer questions about one page"},
@@ -44,6 +46,8 @@ static const Command s_commands[] = {
     {"bench", cmd_bench, "MODEL_DIR   encoder/decoder timings against measured machine bounds"},
     {"bench-dispatch", cmd_bench_dispatch, "[--questions N] [--workers W]   coordinator overhead with no-op workers"},
     {"cache-check", cmd_cache_check, "TEACHER_DIR STORE [--student DIR] [--T X]   a logit store against the live teacher"},
+    {"prune", cmd_prune, "MODEL_DIR --plan PLAN.json -o OUT_DIR   write a pruned student checkpoint"},
+    {"params", cmd_params, "MODEL_DIR [--json]   parameters per module, as shares of the teacher's decoder"},
     {"store", cmd_store, "stat|get|dump|import STORE [KEY]   look inside an output store"},
 };
 #define NCOMMANDS (int)(sizeof s_commands / sizeof *s_commands)

@@ -130,6 +130,96 @@ else
     bad "store import"
 fi
 
+echo "cli: prune and params"
+# plan1 as the reference file (object spelling), plan2 written as lists
+printf '%s\n' '{"keep": ["M0", "S1", "C1"], "heads": ["C1.H1", "C1.H3"]}' >"$T/plan2_list.json"
+if "$DOCMINT" prune $DATA/tiny-a --plan $DATA/tiny-a/plan1.json -o "$T/student1" >/dev/null &&
+    "$DOCMINT" prune $DATA/tiny-a --plan "$T/plan2_list.json" -o "$T/student2/" >/dev/null; then
+    ok "prune plan1 (object spelling) and plan2 (list spelling)"
+else
+    bad "prune"
+fi
+for pl in 1 2; do
+    for k in 0 1 2; do
+        python3 tests/tools/st.py extract $DATA/tiny-a/expected.safetensors "$T/pin$k.st" "case$k." \
+            pixel_values decoder_input_ids
+        python3 tests/tools/st.py extract $DATA/tiny-a/train.safetensors "$T/pref$k.st" "plan$pl.case$k." \
+            decoder.logits generate.ids
+        if "$DOCMINT" forward "$T/student$pl" --in "$T/pin$k.st" --out "$T/pout$k.st" --generate 64 &&
+            python3 tests/tools/st.py compare "$T/pout$k.st" "$T/pref$k.st" "" >"$T/cmp"; then
+            ok "student plan$pl case$k: logits and generated ids: $(tail -1 "$T/cmp")"
+        else
+            bad "student plan$pl case$k: $(tail -5 "$T/cmp" 2>/dev/null)"
+        fi
+    done
+done
+# params --json against counts summed here from the safetensors header
+for dir in $DATA/tiny-a "$T/student1" "$T/student2"; do
+    if "$DOCMINT" params "$dir" --json >"$T/params.json" &&
+        python3 - "$dir/model.safetensors" "$T/params.json" >"$T/pcmp" <<'PY'
+import json, re, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+got = json.load(open(sys.argv[2]))
+want = {}
+for name, ent in header.items():
+    if name == "__metadata__" or ent["dtype"] != "F32":
+        continue
+    size = 1
+    for s in ent["shape"]:
+        size *= s
+    m = re.match(r"decoder\.model\.decoder\.layers\.(\d+)\.(self_attn|encoder_attn|fc|final)", name)
+    if name.startswith("encoder."):
+        key = "encoder"
+    elif "embed_tokens" in name:
+        key = "tokens"
+    elif "embed_positions" in name:
+        key = "positions"
+    elif "lm_head" in name:
+        continue  # tied in tiny-a
+    elif m:
+        key = {"self_attn": "S", "encoder_attn": "C"}.get(m.group(2), "M") + m.group(1)
+    else:
+        key = "norms"
+    want[key] = want.get(key, 0) + size
+rows = {r["name"]: r["params"] for r in got["modules"]}
+bad = [k for k in set(rows) | set(want) if rows.get(k, 0) != want.get(k, 0)]
+dec = sum(v for k, v in want.items() if k != "encoder")
+ok = not bad and got["decoder"] == dec and got["total"] == dec + want["encoder"]
+print(f"decoder {dec}, share {got['decoder_share']:.4f}, mismatches {bad}")
+sys.exit(0 if ok else 1)
+PY
+    then ok "params $(basename "$dir"): every module as the header counts ($(cat "$T/pcmp"))"
+    else bad "params $dir: $(cat "$T/pcmp")"; fi
+done
+if "$DOCMINT" params "$T/student1" >"$T/params.txt" && grep -q "^S1 .*heads 1,2 of 4" "$T/params.txt" &&
+    grep -q "^M1 .*removed" "$T/params.txt" && grep -q "tied" "$T/params.txt"; then
+    ok "params table: kept heads, removed sub-layers, tied head"
+else
+    bad "params table: $(cat "$T/params.txt")"
+fi
+printf '%s\n' '{"keep": ["S0", "C0", "M0"], "heads": ["C1.H0"]}' >"$T/plan_rm.json"
+printf '%s\n' '{"keep": {"S1": true}, "heads": {"C1": [0, 7]}}' >"$T/plan_idx.json"
+printf '%s\n' '{"keep": {"S0": true}}' >"$T/plan_back.json"
+mkdir -p "$T/full" && : >"$T/full/x"
+expect_error "prune: heads of a removed sub-layer" "$T/plan_rm.json: heads[0]: heads listed for C1, which the plan removes" \
+    "$DOCMINT" prune $DATA/tiny-a --plan "$T/plan_rm.json" -o "$T/s_rm"
+expect_error "prune: head index out of range" "heads.C1[1]: head 7 of C1 is out of range" \
+    "$DOCMINT" prune $DATA/tiny-a --plan "$T/plan_idx.json" -o "$T/s_idx"
+expect_error "prune: a student cannot get back a sub-layer" "S0 was removed by an earlier pruning" \
+    "$DOCMINT" prune "$T/student1" --plan "$T/plan_back.json" -o "$T/s_back"
+expect_error "prune: missing model" "/nonexistent" \
+    "$DOCMINT" prune /nonexistent --plan $DATA/tiny-a/plan1.json -o "$T/s_none"
+expect_error "prune: non-empty output folder" "$T/full: exists and is not empty" \
+    "$DOCMINT" prune $DATA/tiny-a --plan $DATA/tiny-a/plan1.json -o "$T/full"
+expect_error "params: missing model" "/nonexistent" "$DOCMINT" params /nonexistent
+if [ ! -e "$T/s_rm" ] && [ -z "$(ls -A "$T" | grep '\.tmp-')" ]; then
+    ok "a failed prune leaves no folder behind"
+else
+    bad "a failed prune left files: $(ls -a "$T")"
+fi
+
 echo "cli: bad input"
 printf 'not an image' >"$T/corrupt.png"
 : >"$T/empty.png"
@@ -151,7 +241,7 @@ expect_error "forward without inputs" "pixel_values" "$DOCMINT" forward $DATA/ti
 expect_error "unknown command" "unknown command" "$DOCMINT" frobnicate
 expect_error "unknown option" "--bogus" "$DOCMINT" ask "$T/model" jobs/demo/page.png --bogus "q?"
 
-for c in ask forward tokenize detokenize init preprocess bench; do
+for c in ask forward tokenize detokenize init preprocess bench prune params; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "donut.h"
+#include "plan.h"
 
 /* ------------------------------------------------------------------ config */
 
@@ -455,81 +456,20 @@ static int s_bind_encoder(Binder *b)
     return 0;
 }
 
-/* The teacher's structure: every sub-layer, every head. */
-static void s_set_full(DonutModel *m)
-{
-    const MBartConfig *d = &m->cfg.dec;
-    for (int l = 0; l < d->layers; l++) {
-        DecLayer *L = &m->dec.layers[l];
-        L->self.present = L->cross.present = L->ffn.present = 1;
-        L->self.nheads = L->cross.nheads = d->heads;
-        for (int h = 0; h < d->heads; h++)
-            L->self.head_ids[h] = L->cross.head_ids[h] = h;
-    }
-}
-
-/* Pruning record of a student: which sub-layers remain and which heads. */
+/* The structure of the model: every sub-layer and head of the config, or
+ * what a student's pruning record (plan.h) says remains. */
 static int s_read_pruning(DonutModel *m, const char *path, DmErr *err)
 {
-    const MBartConfig *d = &m->cfg.dec;
-    s_set_full(m);
-    if (access(path, F_OK) != 0)
+    DmPlan full, p;
+    plan_full(&m->cfg.dec, &full);
+    if (access(path, F_OK) != 0) {
+        plan_apply(&full, m);
         return 0;
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    if (!root)
-        return dm_err(err, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
-    int rc = -1;
-    json_t *keep = json_object_get(root, "keep"), *heads = json_object_get(root, "heads");
-    if (!json_is_object(keep) || (heads && !json_is_object(heads))) {
-        dm_err(err, "%s: needs an object \"keep\" and optionally an object \"heads\"", path);
-        goto done;
     }
-    const char *key;
-    json_t *v;
-    json_object_foreach(keep, key, v)
-    {
-        char kind;
-        int l, n = 0;
-        if (sscanf(key, "%c%d%n", &kind, &l, &n) != 2 || key[n] || l < 0 || l >= d->layers ||
-            !strchr("SCM", kind) || !json_is_boolean(v)) {
-            dm_err(err, "%s: keep.%s: expected S<l>, C<l> or M<l> (l < %d) with a boolean", path,
-                   key, d->layers);
-            goto done;
-        }
-        DecLayer *L = &m->dec.layers[l];
-        int *present = kind == 'S' ? &L->self.present : kind == 'C' ? &L->cross.present
-                                                                    : &L->ffn.present;
-        *present = json_is_true(v);
-    }
-    json_object_foreach(heads, key, v)
-    {
-        char kind;
-        int l, n = 0;
-        if (sscanf(key, "%c%d%n", &kind, &l, &n) != 2 || key[n] || l < 0 || l >= d->layers ||
-            !strchr("SC", kind) || !json_is_array(v) || json_array_size(v) == 0 ||
-            json_array_size(v) > (size_t)d->heads) {
-            dm_err(err, "%s: heads.%s: expected S<l> or C<l> with a list of 1..%d head indices",
-                   path, key, d->heads);
-            goto done;
-        }
-        DecAttn *a = kind == 'S' ? &m->dec.layers[l].self : &m->dec.layers[l].cross;
-        a->nheads = (int)json_array_size(v);
-        for (int i = 0; i < a->nheads; i++) {
-            json_t *h = json_array_get(v, (size_t)i);
-            int hv = json_is_integer(h) ? (int)json_integer_value(h) : -1;
-            if (hv < 0 || hv >= d->heads || (i > 0 && hv <= a->head_ids[i - 1])) {
-                dm_err(err, "%s: heads.%s[%d]: head indices must be ascending in 0..%d", path,
-                       key, i, d->heads - 1);
-                goto done;
-            }
-            a->head_ids[i] = hv;
-        }
-    }
-    rc = 0;
-done:
-    json_decref(root);
-    return rc;
+    if (plan_load(path, &full, &p, err))
+        return -1;
+    plan_apply(&p, m);
+    return 0;
 }
 
 static int s_bind_attn(Binder *b, const char *p, int d, int hd, DecAttn *a, const char *lnname)
@@ -692,7 +632,9 @@ int donut_write_random(const char *config_path, const char *dir, uint64_t seed, 
         char path[4096];
         StWriter *w = st_writer_new();
         Binder b = {m, dir, err, w, seed ^ 0x5eedull, 0};
-        s_set_full(m);
+        DmPlan full;
+        plan_full(&m->cfg.dec, &full);
+        plan_apply(&full, m);
         rc = s_bind_encoder(&b) || s_bind_decoder(&b) ? -1 : 0;
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
         if (rc == 0)
