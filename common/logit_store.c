@@ -145,3 +145,135 @@ int logit_record_temp_index(const Docmint__LogitRecord *r, double T)
             return (int)i;
     return -1;
 }
+
+/* ---- features ------------------------------------------------------- */
+
+Docmint__FeatureRecord *feature_record_make(const char *page_id, const float *enc, int tokens,
+                                            int dim, DmErr *err)
+{
+    Docmint__FeatureRecord *r = calloc(1, sizeof *r);
+    size_t n = (size_t)tokens * (size_t)dim;
+    if (r) {
+        docmint__feature_record__init(r);
+        r->page_id = strdup(page_id ? page_id : "");
+        r->values.data = malloc(n ? 2 * n : 1);
+    }
+    if (!r || !r->page_id || !r->values.data) {
+        if (r) {
+            free(r->page_id);
+            free(r->values.data);
+        }
+        free(r);
+        dm_err(err, "page %s: out of memory for its %d x %d features", page_id, tokens, dim);
+        return NULL;
+    }
+    r->tokens = (uint32_t)tokens;
+    r->dim = (uint32_t)dim;
+    r->values.len = 2 * n;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = dm_f32_to_f16(enc[i]);
+        r->values.data[2 * i] = (uint8_t)h;
+        r->values.data[2 * i + 1] = (uint8_t)(h >> 8);
+    }
+    return r;
+}
+
+void feature_record_free(Docmint__FeatureRecord **pr)
+{
+    Docmint__FeatureRecord *r = *pr;
+    if (!r)
+        return;
+    /* Built by feature_record_make: the strings are ours, or protobuf-c's
+     * shared empty string. */
+    if (r->page_id != protobuf_c_empty_string)
+        free(r->page_id);
+    if (r->image_path != protobuf_c_empty_string)
+        free(r->image_path);
+    free(r->values.data);
+    free(r);
+    *pr = NULL;
+}
+
+int feature_record_validate(const Docmint__FeatureRecord *r, DmErr *err)
+{
+    const char *page = r->page_id ? r->page_id : "";
+    if (r->tokens < 1 || r->dim < 1)
+        return dm_err(err, "features of page %s: %u tokens x %u dims", page, r->tokens, r->dim);
+    if (r->values.len != (size_t)r->tokens * r->dim * 2)
+        return dm_err(err, "features of page %s: values hold %zu bytes, want %u x %u x 2 = %zu",
+                      page, r->values.len, r->tokens, r->dim, (size_t)r->tokens * r->dim * 2);
+    return 0;
+}
+
+int feature_record_pack(const Docmint__FeatureRecord *r, uint8_t **buf, size_t *len, DmErr *err)
+{
+    *buf = NULL;
+    *len = 0;
+    if (!r->page_id || !records_utf8_valid(r->page_id, strlen(r->page_id)))
+        return dm_err(err, "features: page_id is not valid UTF-8");
+    if (r->image_path && !records_utf8_valid(r->image_path, strlen(r->image_path)))
+        return dm_err(err, "features of page %s: image_path is not valid UTF-8", r->page_id);
+    if (feature_record_validate(r, err))
+        return -1;
+    size_t n = docmint__feature_record__get_packed_size(r);
+    *buf = malloc(n ? n : 1);
+    if (!*buf)
+        return dm_err(err, "features of page %s: out of memory packing %zu bytes", r->page_id, n);
+    *len = docmint__feature_record__pack(r, *buf);
+    return 0;
+}
+
+Docmint__FeatureRecord *feature_record_unpack(const void *buf, size_t len, DmErr *err)
+{
+    Docmint__FeatureRecord *r = docmint__feature_record__unpack(NULL, len, buf);
+    if (!r) {
+        dm_err(err, "not a FeatureRecord (%zu bytes)", len);
+        return NULL;
+    }
+    if (feature_record_validate(r, err)) {
+        docmint__feature_record__free_unpacked(r, NULL);
+        return NULL;
+    }
+    return r;
+}
+
+int feature_record_values(const Docmint__FeatureRecord *r, float **out, DmErr *err)
+{
+    size_t n = (size_t)r->tokens * r->dim;
+    *out = malloc(n * sizeof **out);
+    if (!*out)
+        return dm_err(err, "features of page %s: out of memory for %zu floats", r->page_id, n);
+    const uint8_t *b = r->values.data;
+    for (size_t i = 0; i < n; i++)
+        (*out)[i] = dm_f16_to_f32((uint16_t)(b[2 * i] | (b[2 * i + 1] << 8)));
+    return 0;
+}
+
+int logit_store_features(Store *s, const char *page_id, float **out, int *tokens, int *dim,
+                         DmErr *err)
+{
+    *out = NULL;
+    *tokens = *dim = 0;
+    void *val = NULL;
+    size_t vlen = 0;
+    int found = store_get(s, STORE_FEATURES, page_id, strlen(page_id), &val, &vlen, err);
+    if (found <= 0)
+        return found;
+    Docmint__FeatureRecord *r = feature_record_unpack(val, vlen, err);
+    free(val);
+    int rc = -1;
+    if (!r)
+        dm_err_prefix(err, "%s: features of page %s", store_path(s), page_id);
+    else if (strcmp(r->page_id, page_id) != 0)
+        dm_err(err, "%s: the features stored under page %s are of page %s", store_path(s),
+               page_id, r->page_id);
+    else if (feature_record_values(r, out, err) == 0)
+        rc = 1;
+    if (rc == 1) {
+        *tokens = (int)r->tokens;
+        *dim = (int)r->dim;
+    }
+    if (r)
+        docmint__feature_record__free_unpacked(r, NULL);
+    return rc;
+}

@@ -45,4 +45,30 @@ uint32_t logit_record_id(const Docmint__LogitRecord *r, int p, int i);
  * rounding), or -1. */
 int logit_record_temp_index(const Docmint__LogitRecord *r, double T);
 
+/* ---- the feature store: per-page encoder outputs (FeatureRecord in the
+ * "features" database, key = page id as UTF-8), kept by a cache-logits
+ * job with keep_features so a student can be trained without running the
+ * encoder again. */
+
+/* A FeatureRecord of a [tokens, dim] float32 encoder output, rounded to
+ * float16 (free with feature_record_free).  On failure err says why. */
+Docmint__FeatureRecord *feature_record_make(const char *page_id, const float *enc, int tokens,
+                                            int dim, DmErr *err);
+void feature_record_free(Docmint__FeatureRecord **r);
+
+/* Serialise / parse and check (values hold tokens x dim x 2 bytes; the
+ * message names the page). */
+int feature_record_pack(const Docmint__FeatureRecord *r, uint8_t **buf, size_t *len, DmErr *err);
+Docmint__FeatureRecord *feature_record_unpack(const void *buf, size_t len, DmErr *err);
+int feature_record_validate(const Docmint__FeatureRecord *r, DmErr *err);
+
+/* The values of a record as float32: *out (malloc'ed) = [tokens, dim]. */
+int feature_record_values(const Docmint__FeatureRecord *r, float **out, DmErr *err);
+
+/* The encoder output of page_id: 1 and *out (malloc'ed float32 [*tokens,
+ * *dim]) when the store holds it, 0 when it does not, -1 on error (a
+ * record that is not a well-formed FeatureRecord of that page is one). */
+int logit_store_features(Store *s, const char *page_id, float **out, int *tokens, int *dim,
+                         DmErr *err);
+
 #endif

@@ -1,7 +1,7 @@
 /* store.c - docmint's LMDB stores (see store.h).
  *
  * A store is a folder holding an LMDB environment (data.mdb, lock.mdb)
- * with three named databases, plus writer.lock: the writer holds an
+ * with four named databases, plus writer.lock: the writer holds an
  * exclusive flock on it, so a second job (or a second open in the same
  * process, which LMDB forbids) cannot write the store at the same time.
  *
@@ -27,8 +27,12 @@
 
 #include "records.h" /* records_utf8_valid */
 
-enum { DB_RECORDS, DB_ERRORS, DB_META, NDB };
-static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_META};
+enum { DB_RECORDS, DB_ERRORS, DB_META, DB_FEATURES, NDB };
+static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_META,
+                                            STORE_FEATURES};
+/* Databases added after schema version 1 came out: a writer creates them,
+ * a reader of an older store finds them missing and sees them empty. */
+static const int s_db_optional[NDB] = {0, 0, 0, 1};
 
 #define STORE_DEFAULT_MAP_MB 64
 #define STORE_MAX_MAP ((size_t)1 << 40) /* 1 TiB: growth stops there */
@@ -36,6 +40,7 @@ static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_M
 struct Store {
     MDB_env *env;
     MDB_dbi dbi[NDB];
+    int have[NDB]; /* 0: an optional database this (read-only) store lacks */
     int mode;
     int lock_fd;
     unsigned grows;
@@ -95,6 +100,16 @@ static int s_db_index(const char *db)
         if (!strcmp(db, s_db_names[i]))
             return i;
     return -1;
+}
+
+/* The index of a database named by a caller, or -1 with the error. */
+static int s_db_arg(const Store *s, const char *db, DmErr *err)
+{
+    int d = s_db_index(db);
+    if (d < 0)
+        dm_err(err, "%s: unknown database '%s' (records, errors, meta or features)", s->path,
+               db ? db : "(null)");
+    return d;
 }
 
 /* A printable form of a key for messages: a questionId for 8-byte record
@@ -215,6 +230,7 @@ static int s_open_dbs(Store *s, DmErr *err)
         return -1;
     int rc = mdb_dbi_open(txn, STORE_META, 0, &s->dbi[DB_META]);
     int fresh = 0;
+    s->have[DB_META] = 1;
     if (rc == MDB_NOTFOUND && write) {
         MDB_dbi main;
         MDB_stat st;
@@ -245,6 +261,8 @@ static int s_open_dbs(Store *s, DmErr *err)
         if (i == DB_META)
             continue;
         rc = mdb_dbi_open(txn, s_db_names[i], write ? MDB_CREATE : 0, &s->dbi[i]);
+        if (rc == MDB_NOTFOUND && s_db_optional[i])
+            continue;
         if (rc != 0) {
             mdb_txn_abort(txn);
             if (rc == MDB_NOTFOUND)
@@ -253,6 +271,7 @@ static int s_open_dbs(Store *s, DmErr *err)
             snprintf(what, sizeof what, "cannot open the %s database", s_db_names[i]);
             return s_lmdb_err(s->path, rc, err, what);
         }
+        s->have[i] = 1;
     }
     if (fresh) {
         MDB_val k = {strlen("schema_version"), (void *)"schema_version"};
@@ -405,10 +424,9 @@ int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
         return 0;
     int maxkey = mdb_env_get_maxkeysize(s->env);
     for (int i = 0; i < n; i++) {
-        int db = s_db_index(items[i].db);
+        int db = s_db_arg(s, items[i].db, err);
         if (db < 0)
-            return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path,
-                          items[i].db ? items[i].db : "(null)");
+            return -1;
         if (items[i].klen == 0 || items[i].klen > (size_t)maxkey) {
             char kt[128];
             s_key_text(db, items[i].key, items[i].klen, kt, sizeof kt);
@@ -472,10 +490,10 @@ int store_get(Store *s, const char *db, const void *key, size_t klen, void **val
 {
     *val = NULL;
     *vlen = 0;
-    int d = s_db_index(db);
+    int d = s_db_arg(s, db, err);
     if (d < 0)
-        return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path, db ? db : "(null)");
-    if (klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
+        return -1;
+    if (!s->have[d] || klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
         return 0; /* no such key can be stored */
     MDB_txn *txn;
     if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
@@ -525,9 +543,11 @@ char *store_meta_get(Store *s, const char *key, DmErr *err)
 
 int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err)
 {
-    int d = s_db_index(db);
+    int d = s_db_arg(s, db, err);
     if (d < 0)
-        return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path, db ? db : "(null)");
+        return -1;
+    if (!s->have[d])
+        return 0;
     MDB_txn *txn;
     if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
         return -1;
@@ -551,12 +571,64 @@ int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err
     return 0;
 }
 
+int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err)
+{
+    int d = s_db_arg(s, db, err);
+    if (d < 0)
+        return -1;
+    if (!s->have[d] || klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
+        return 0;
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_val k = {klen, (void *)key}, v;
+    int rc = mdb_get(txn, s->dbi[d], &k, &v);
+    mdb_txn_abort(txn);
+    if (rc == 0 || rc == MDB_NOTFOUND)
+        return rc == 0;
+    char kt[128], what[192];
+    s_key_text(d, key, klen, kt, sizeof kt);
+    snprintf(what, sizeof what, "cannot look up %s %s", db, kt);
+    return s_lmdb_err(s->path, rc, err, what);
+}
+
+static int s_add_bytes(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    StoreDbSize *z = ctx;
+    z->entries++;
+    z->bytes += klen + vlen;
+    return 0;
+}
+
+int store_db_size(Store *s, const char *db, StoreDbSize *out, DmErr *err)
+{
+    memset(out, 0, sizeof *out);
+    int d = s_db_arg(s, db, err);
+    if (d < 0 || store_foreach(s, db, s_add_bytes, out, err) < 0)
+        return -1;
+    if (!s->have[d])
+        return 0;
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_stat st;
+    int rc = mdb_stat(txn, s->dbi[d], &st);
+    mdb_txn_abort(txn);
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot read the database sizes");
+    out->page_bytes = (uint64_t)st.ms_psize *
+                      (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
+    return 0;
+}
+
 int store_count(Store *s, const char *db, uint64_t *n, DmErr *err)
 {
     *n = 0;
-    int d = s_db_index(db);
+    int d = s_db_arg(s, db, err);
     if (d < 0)
-        return dm_err(err, "%s: unknown database '%s' (records, errors or meta)", s->path, db ? db : "(null)");
+        return -1;
+    if (!s->have[d])
+        return 0;
     MDB_txn *txn;
     if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
         return -1;

@@ -1,5 +1,7 @@
 /* store.h - docmint's LMDB stores: one environment per output with named
- * databases "records", "errors" and "meta" (record layouts: schemas/).
+ * databases "records", "errors", "meta" and "features" (record layouts:
+ * schemas/).  "features" (per-page encoder outputs of a logit store) came
+ * later: a reader of an older store sees it empty.
  *
  * One writer per store (the coordinator); readers open read-only.  Writes
  * go in batches, one transaction each; when the map is full it grows and
@@ -18,6 +20,7 @@ typedef struct Store Store;
 #define STORE_RECORDS "records"
 #define STORE_ERRORS "errors"
 #define STORE_META "meta"
+#define STORE_FEATURES "features"
 #define STORE_SCHEMA_VERSION "1"
 
 enum { STORE_READ = 0, STORE_WRITE = 1 };
@@ -54,8 +57,18 @@ int store_get(Store *s, const char *db, const void *key, size_t klen, void **val
 typedef int (*StoreVisit)(void *ctx, const void *key, size_t klen, const void *val, size_t vlen);
 int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err);
 
+/* Whether db holds key: 1 yes, 0 no, -1 error (no copy of the value). */
+int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err);
+
 /* Number of entries in db. */
 int store_count(Store *s, const char *db, uint64_t *n, DmErr *err);
+
+/* Size of one database (for stat): entries, bytes of their keys and
+ * values, and bytes of the store pages it occupies. */
+typedef struct StoreDbSize {
+    uint64_t entries, bytes, page_bytes;
+} StoreDbSize;
+int store_db_size(Store *s, const char *db, StoreDbSize *out, DmErr *err);
 
 /* meta helpers: UTF-8 strings.  store_meta_get returns a malloc'ed string
  * or NULL when absent. */

@@ -19,15 +19,21 @@ static void s_help(FILE *f)
             "usage: docmint store stat STORE [--json]\n"
             "       docmint store get STORE QUESTION_ID\n"
             "       docmint store get STORE ITEM --errors\n"
-            "       docmint store dump STORE [--errors]\n"
+            "       docmint store get STORE PAGE_ID --features\n"
+            "       docmint store dump STORE [--errors | --features]\n"
             "       docmint store import STORE [--errors] [--batch N] < IN.jsonl\n"
             "  stat        meta entries (schema version, kind, model fingerprint, counts, start/end),\n"
-            "              record and error counts, map size, bytes used, bytes per record\n"
+            "              record and error counts, map size, bytes used, bytes per record; a logit\n"
+            "              store adds positions and bytes per position, and its features (count,\n"
+            "              bytes, bytes per page)\n"
             "  get         one record as a JSON line: an answer by questionId, or with --errors an\n"
             "              error record by its item (questionId or page id)\n"
             "  dump        every record as JSON lines in key order (answers by questionId):\n"
             "              {\"questionId\",\"answer\",\"token_ids\",\"mean_logprob\",\"seconds\",\"page_id\",\"question\"};\n"
-            "              with --errors {\"item\",\"stage\",\"reason\",\"questionId\"}.\n"
+            "              with --errors {\"item\",\"stage\",\"reason\",\"questionId\"}; with --features\n"
+            "              {\"page_id\",\"tokens\",\"dim\",\"image_path\",\"page_no\",\"value_bytes\",\"max_abs\"}\n"
+            "              per page (the float16 values themselves: logit_store_features in C,\n"
+            "              dmstore.py features() in Python).\n"
             "              schemas/python/dmstore.py prints the same lines from Python\n"
             "  import      repair/testing tool: JSON lines in the form dump prints -> records (created\n"
             "              when STORE is missing); an existing key is replaced; a bad line stops\n"
@@ -35,6 +41,7 @@ static void s_help(FILE *f)
             "              count_records/count_errors are set to the store's counts\n"
             "  --json      stat: one JSON object instead of text (default: text)\n"
             "  --errors    get/dump/import the errors database (default: the answer records)\n"
+            "  --features  get/dump the features database of a logit store (encoder output per page)\n"
             "  --batch N   import: records per transaction (default 1000)\n"
             "  -h, --help  this help\n"
             "environment: DOCMINT_STORE_MAP_MB  initial map size in MiB of a store opened for writing\n"
@@ -43,7 +50,7 @@ static void s_help(FILE *f)
 
 typedef struct Args {
     const char *sub, *store, *key;
-    int json, errors;
+    int json, errors, features;
     long batch;
 } Args;
 
@@ -61,6 +68,8 @@ static int s_parse(int argc, char **argv, Args *a)
             a->json = 1;
         } else if (!strcmp(s, "--errors")) {
             a->errors = 1;
+        } else if (!strcmp(s, "--features")) {
+            a->features = 1;
         } else if (!strcmp(s, "--batch")) {
             char *end;
             if (i + 1 >= argc) {
@@ -105,7 +114,8 @@ static int s_parse(int argc, char **argv, Args *a)
     }
     int wants_key = !strcmp(a->sub, "get");
     if (wants_key && !a->key) {
-        fprintf(stderr, "docmint store get: missing %s\n", a->errors ? "ITEM" : "QUESTION_ID");
+        fprintf(stderr, "docmint store get: missing %s\n",
+                a->errors ? "ITEM" : a->features ? "PAGE_ID" : "QUESTION_ID");
         return 2;
     }
     if (!wants_key && a->key) {
@@ -118,6 +128,10 @@ static int s_parse(int argc, char **argv, Args *a)
     }
     if (a->errors && !strcmp(a->sub, "stat")) {
         fprintf(stderr, "docmint store stat: --errors is a get/dump/import flag\n");
+        return 2;
+    }
+    if (a->features && (a->errors || !strcmp(a->sub, "stat") || !strcmp(a->sub, "import"))) {
+        fprintf(stderr, "docmint store %s: --features is a get/dump flag, without --errors\n", a->sub);
         return 2;
     }
     return -1;
@@ -201,8 +215,15 @@ static int s_stat(Store *s, int as_json, DmErr *err)
         json_decref(m.obj);
         return dm_err_prefix(err, "%s", store_path(s));
     }
+    StoreDbSize f = {0};
+    if (logits && store_db_size(s, STORE_FEATURES, &f, err) < 0) {
+        json_decref(m.obj);
+        return -1;
+    }
+    /* Per position: the logit records' pages, not the features'. */
     double rec_pp = z.positions ? (double)z.value_bytes / (double)z.positions : 0.0;
-    double used_pp = z.positions ? (double)used / (double)z.positions : 0.0;
+    double used_pp = z.positions ? (double)(used - f.page_bytes) / (double)z.positions : 0.0;
+    double feat_pp = f.entries ? (double)f.bytes / (double)f.entries : 0.0;
     if (as_json) {
         json_t *o = json_pack("{s:s s:O s:I s:I s:I s:I s:f}", "path", store_path(s), "meta", m.obj,
                               "records", (json_int_t)nrec, "errors", (json_int_t)nerr, "map_bytes",
@@ -212,6 +233,10 @@ static int s_stat(Store *s, int as_json, DmErr *err)
             json_object_set_new(o, "positions", json_integer((json_int_t)z.positions));
             json_object_set_new(o, "bytes_per_position", json_real(round(rec_pp * 10) / 10));
             json_object_set_new(o, "used_bytes_per_position", json_real(round(used_pp * 10) / 10));
+            json_object_set_new(o, "features", json_integer((json_int_t)f.entries));
+            json_object_set_new(o, "feature_bytes", json_integer((json_int_t)f.bytes));
+            json_object_set_new(o, "feature_used_bytes", json_integer((json_int_t)f.page_bytes));
+            json_object_set_new(o, "bytes_per_feature_page", json_real(round(feat_pp)));
         }
         char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         rc = s_out(line);
@@ -250,7 +275,16 @@ static int s_stat(Store *s, int as_json, DmErr *err)
             s_human(hr, sizeof hr, (double)z.value_bytes);
             printf("positions: %" PRIu64 " (cached answer positions)\n", z.positions);
             printf("bytes_per_position: %.1f (keys + record values: %s in total)\n", rec_pp, hr);
-            printf("used_bytes_per_position: %.1f (store pages in use: %s in total)\n", used_pp, hu);
+            printf("used_bytes_per_position: %.1f (store pages of the records)\n", used_pp);
+        }
+        if (logits) {
+            char hf[32], hp[32];
+            s_human(hf, sizeof hf, (double)f.bytes);
+            s_human(hp, sizeof hp, (double)f.page_bytes);
+            printf("features: %" PRIu64 " pages (encoder outputs), %s (%s of store pages)\n",
+                   f.entries, hf, hp);
+            if (f.entries)
+                printf("bytes_per_feature_page: %.0f\n", feat_pp);
         }
     }
     json_decref(m.obj);
@@ -263,7 +297,7 @@ static int s_stat(Store *s, int as_json, DmErr *err)
 
 typedef struct Dump {
     const char *path;
-    int errors;
+    int errors, features;
     int logits; /* a logit store (meta kind "logits") */
     int failed;
     DmErr err;
@@ -315,14 +349,44 @@ static char *s_logit_json(const void *val, size_t vlen, DmErr *err)
     return line;
 }
 
+/* A feature record as one JSON line: its page and shape, and the largest
+ * |value| as a glance at the numbers. */
+static char *s_feature_json(const void *val, size_t vlen, DmErr *err)
+{
+    Docmint__FeatureRecord *r = feature_record_unpack(val, vlen, err);
+    if (!r)
+        return NULL;
+    float *x = NULL, amax = 0;
+    char *line = NULL;
+    if (feature_record_values(r, &x, err) == 0) {
+        for (size_t i = 0; i < (size_t)r->tokens * r->dim; i++)
+            amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        json_t *o = json_pack("{s:s s:i s:i s:s s:i s:I s:f}", "page_id", r->page_id, "tokens",
+                              (int)r->tokens, "dim", (int)r->dim, "image_path", r->image_path,
+                              "page_no", (int)r->page_no, "value_bytes",
+                              (json_int_t)r->values.len, "max_abs", (double)amax);
+        line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(o);
+        if (!line)
+            dm_err(err, "out of memory");
+    }
+    free(x);
+    docmint__feature_record__free_unpacked(r, NULL);
+    return line;
+}
+
 static int s_dump_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
 {
     Dump *d = ctx;
     dm_err_clear(&d->err);
-    char *line = d->logits && !d->errors ? s_logit_json(val, vlen, &d->err)
-                                         : s_json_of(val, vlen, d->errors, &d->err);
+    char *line = d->features              ? s_feature_json(val, vlen, &d->err)
+                 : d->logits && !d->errors ? s_logit_json(val, vlen, &d->err)
+                                           : s_json_of(val, vlen, d->errors, &d->err);
     if (!line) {
-        if (!d->errors && (klen == 8 || klen == LOGIT_KEY_LEN))
+        if (d->features)
+            dm_err_prefix(&d->err, "%s: features of page '%.*s'", d->path,
+                          (int)(klen < 200 ? klen : 200), (const char *)key);
+        else if (!d->errors && (klen == 8 || klen == LOGIT_KEY_LEN))
             dm_err_prefix(&d->err, "%s: questionId %" PRIu64, d->path, store_key_to_u64(key));
         else
             dm_err_prefix(&d->err, "%s: errors item '%.*s'", d->path, (int)(klen < 80 ? klen : 80),
@@ -340,19 +404,38 @@ static int s_dump_visit(void *ctx, const void *key, size_t klen, const void *val
     return 0;
 }
 
-static int s_dump(Store *s, int errors, DmErr *err)
+static int s_dump(Store *s, int errors, int features, DmErr *err)
 {
-    Dump d = {store_path(s), errors, 0, 0, {{0}}};
+    Dump d = {store_path(s), errors, features, 0, 0, {{0}}};
     char *kind = store_meta_get(s, "kind", err);
     d.logits = kind && !strcmp(kind, "logits");
     free(kind);
-    if (store_foreach(s, errors ? STORE_ERRORS : STORE_RECORDS, s_dump_visit, &d, err) < 0)
+    const char *db = features ? STORE_FEATURES : errors ? STORE_ERRORS : STORE_RECORDS;
+    if (store_foreach(s, db, s_dump_visit, &d, err) < 0)
         return -1;
     if (d.failed) {
         *err = d.err;
         return -1;
     }
     return 0;
+}
+
+static int s_get_feature(Store *s, const char *page, DmErr *err)
+{
+    void *val;
+    size_t vlen;
+    int found = store_get(s, STORE_FEATURES, page, strlen(page), &val, &vlen, err);
+    if (found < 0)
+        return -1;
+    if (!found)
+        return dm_err(err, "%s: no features for page '%s'", store_path(s), page);
+    char *line = s_feature_json(val, vlen, err);
+    free(val);
+    if (!line)
+        return dm_err_prefix(err, "%s: features of page '%s'", store_path(s), page);
+    int rc = s_out(line);
+    free(line);
+    return rc < 0 ? dm_err(err, "cannot write stdout") : 0;
 }
 
 static int s_get(Store *s, const char *key, int errors, DmErr *err)
@@ -624,9 +707,9 @@ int cmd_store(int argc, char **argv)
     if (!strcmp(a.sub, "stat"))
         rc = s_stat(s, a.json, &err);
     else if (!strcmp(a.sub, "get"))
-        rc = s_get(s, a.key, a.errors, &err);
+        rc = a.features ? s_get_feature(s, a.key, &err) : s_get(s, a.key, a.errors, &err);
     else if (!strcmp(a.sub, "dump"))
-        rc = s_dump(s, a.errors, &err);
+        rc = s_dump(s, a.errors, a.features, &err);
     else
         rc = s_import(s, a.errors, a.batch, &err);
     store_close(&s);

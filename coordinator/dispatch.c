@@ -58,7 +58,7 @@ struct Dispatch {
     void *failed_ctx;
     /* cache-logits: records per (question, answer), and the store's extra meta */
     int cache;
-    char m_fp[17], m_topk[16], m_temps[400], m_foa[8];
+    char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
     const char *extra[16];
 };
 
@@ -79,9 +79,10 @@ static void s_cache_meta(Dispatch *d, const char *fp)
     if (n < sizeof d->m_temps)
         snprintf(d->m_temps + n, sizeof d->m_temps - n, "]");
     snprintf(d->m_foa, sizeof d->m_foa, "%s", j->first_answer_only ? "true" : "false");
+    snprintf(d->m_kf, sizeof d->m_kf, "%s", j->keep_features ? "true" : "false");
     const char *const kv[] = {"teacher_fingerprint", d->m_fp, "top_k", d->m_topk,
                               "temperatures", d->m_temps, "first_answer_only", d->m_foa,
-                              "corpus", j->corpus.path, NULL};
+                              "keep_features", d->m_kf, "corpus", j->corpus.path, NULL};
     memcpy(d->extra, kv, sizeof kv);
 }
 
@@ -341,6 +342,13 @@ static int s_send_shard(Dispatch *d, int i, int k)
             pages[p].image_path = cp->image_path;
         }
         pages[p].page_no = cp->page_no;
+        /* A page whose features a committed batch holds is not asked for
+         * them again (a failed look-up asks: the write is idempotent). */
+        if (d->job->keep_features) {
+            DmErr herr;
+            pages[p].features = store_has(d->store, STORE_FEATURES, cp->page_id,
+                                          strlen(cp->page_id), &herr) != 1;
+        }
         pages[p].questions = qp + nq;
         pages[p].n_questions = (size_t)plp->nq;
         for (int q = 0; q < plp->nq; q++) {
@@ -455,6 +463,19 @@ static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, Dm
                      * so one bad answer does not hide the question's others */
                     : d->cache ? results_add_error_item(d->res, er, now, err)
                                : results_add_error(d->res, key.qid, er, NULL, now, err))
+            goto done;
+    }
+    /* Features: only of the shard's pages, and only when the job keeps them. */
+    for (size_t f = 0; f < r->n_features; f++) {
+        const Docmint__FeatureRecord *fr = r->features[f];
+        int ours = 0;
+        for (int p = 0; d->job->keep_features && p < ls->npages && !ours; p++) {
+            const char *id = d->corpus->pages[d->plan->pages[ls->first + p].page].page_id;
+            ours = fr->page_id && !strcmp(fr->page_id, id);
+        }
+        if (!ours)
+            d->st.dropped++;
+        else if (results_add_feature(d->res, fr, now, err))
             goto done;
     }
     /* Every question of the shard gets a record, even if the worker

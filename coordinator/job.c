@@ -200,9 +200,10 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
             j->temps[j->n_temps++] = T;
     }
     j->first_answer_only = json_is_true(json_object_get(doc, "first_answer_only"));
-    if (json_is_true(json_object_get(doc, "keep_features")))
-        return dm_err(err, "keep_features: the feature store (encoder output per page) is not "
-                           "implemented yet; set it to false");
+    j->keep_features = json_is_true(json_object_get(doc, "keep_features"));
+    if (j->keep_features && strcmp(j->stage, "cache-logits") != 0)
+        return dm_err(err, "keep_features: only for stage \"cache-logits\" (the feature store "
+                           "lives in a teacher-logit store)");
     if (s_fill_distill(j, doc, dir, err))
         return -1;
     /* Rules across keys, which the schema does not express. */

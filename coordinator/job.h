@@ -58,6 +58,7 @@ typedef struct Job {
     int n_temps;           /* temps[0] is 1 (added when the job omits it) */
     double temps[16];
     int first_answer_only;
+    int keep_features;     /* also store each page's encoder output (features database) */
     DistillSpec distill;   /* stage "distill" */
     char *endpoint;        /* coordinator bind address (default: every interface, port 0 = any free port) */
     json_t *doc;           /* the validated document with defaults filled in and paths resolved

@@ -12,6 +12,7 @@
 #include "records.h"
 
 #define FLUSH_SECONDS 1.0 /* a queued record waits at most this long */
+#define FLUSH_BYTES ((size_t)64 << 20) /* queued bytes that are due (features are large) */
 
 struct Results {
     Store *store;
@@ -21,6 +22,7 @@ struct Results {
     unsigned char **bufs;
     int n, cap;
     int nrec, nerr;  /* answers and errors in the batch */
+    size_t bytes;    /* keys and values in the batch */
     double first_at; /* when the batch's first item came */
     int64_t *held;   /* sorted questionIds the store held */
     size_t nheld, capheld;
@@ -156,6 +158,7 @@ static int s_add(Results *r, const char *db, const void *key, size_t klen, const
         memcpy(buf + klen, val, vlen);
     r->bufs[r->n] = buf;
     r->items[r->n] = (StoreItem){db, buf, klen, buf + klen, vlen};
+    r->bytes += klen + vlen;
     if (r->n == 0)
         r->first_at = now;
     r->n++;
@@ -179,6 +182,7 @@ static void s_clear(Results *r)
     for (int i = 0; i < r->n; i++)
         free(r->bufs[i]);
     r->n = r->nrec = r->nerr = 0;
+    r->bytes = 0;
 }
 
 int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
@@ -269,9 +273,35 @@ int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmE
     return 0;
 }
 
+int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now, DmErr *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    DmErr perr = {{0}};
+    size_t klen = f->page_id ? strlen(f->page_id) : 0;
+    if (klen == 0 || klen > 511)
+        dm_err(&perr, "features: a page id of %zu bytes is not a store key (1 to 511)", klen);
+    if (perr.msg[0] || feature_record_pack(f, &buf, &len, &perr) != 0) {
+        /* A page the worker described wrongly: an error record, not a
+         * stopped job. */
+        char item[300];
+        snprintf(item, sizeof item, "features of page %.200s", f->page_id ? f->page_id : "");
+        Docmint__ErrorRecord e;
+        docmint__error_record__init(&e);
+        e.item = item;
+        e.stage = (char *)r->stage;
+        e.reason = perr.msg;
+        return results_add_error_item(r, &e, now, err);
+    }
+    int bad = s_add(r, STORE_FEATURES, f->page_id, klen, buf, len, now);
+    free(buf);
+    return bad ? dm_err(err, "out of memory queueing the features of page %s", f->page_id) : 0;
+}
+
 int results_due(const Results *r, double now)
 {
-    return r->nrec + r->nerr >= r->commit_every || (r->n > 0 && now - r->first_at >= FLUSH_SECONDS);
+    return r->nrec + r->nerr >= r->commit_every || r->bytes >= FLUSH_BYTES ||
+           (r->n > 0 && now - r->first_at >= FLUSH_SECONDS);
 }
 
 int results_flush(Results *r, int64_t dispatched, int64_t dropped, const char *finished_at,

@@ -40,6 +40,11 @@ void results_set_kind(Results *r, const char *kind, const char *stage, const cha
 /* Queue a teacher-logit record (key: questionId + answer index). */
 int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmErr *err);
 
+/* Queue a page's encoder output (features database, key: page id).  A
+ * record that cannot be stored as it is becomes an error record with item
+ * "features of page ID". */
+int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now, DmErr *err);
+
 /* Whether the store held qid when results_open ran. */
 int results_held(const Results *r, int64_t qid);
 /* Drop the held set once planning is over. */
@@ -68,7 +73,7 @@ int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
  * "QID/INDEX"); an empty item becomes the questionId. */
 int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double now, DmErr *err);
 
-/* Whether a flush is due. */
+/* Whether a flush is due (commit_every records, 64 MiB, or a second). */
 int results_due(const Results *r, double now);
 
 /* Commit what is queued with the counts in meta (computed_this_run,

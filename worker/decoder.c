@@ -124,6 +124,32 @@ static void s_emit(const DmProbe *probe, const char *name, int ndim, const int64
         probe->emit(probe->ctx, name, ndim, shape, data);
 }
 
+/* Room for n attention scores in sc->probs. */
+static int s_probs_reserve(Scratch *sc, size_t n, DmErr *err)
+{
+    if (n <= sc->probs_cap)
+        return 0;
+    free(sc->probs);
+    sc->probs = malloc(n * sizeof(float));
+    sc->probs_cap = sc->probs ? n : 0;
+    return sc->probs ? 0 : dm_err(err, "out of memory for attention scores");
+}
+
+/* The attention probabilities [H, T, S] of a single sequence to the hook
+ * and the probe. */
+static int s_attn_report(const DecHooks *hooks, const DmProbe *probe, int layer, int is_self,
+                         float *probs, int H, int T, int S, int pos0, DmErr *err)
+{
+    if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_ATTN, probs, 3, H, T, S, pos0,
+               err))
+        return -1;
+    char name[64];
+    snprintf(name, sizeof name, "decoder.%s_attentions.%d", is_self ? "self" : "cross", layer);
+    int64_t shape[4] = {1, H, T, S};
+    s_emit(probe, name, 4, shape, probs);
+    return 0;
+}
+
 /* One attention sub-layer over all rows.  For self-attention the new keys
  * and values are appended to each sequence's cache first; causal masking
  * lets row i of sequence b see cache positions <= len_b + i. */
@@ -171,6 +197,27 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
         kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
         return 0;
     }
+    /* Cross-attention over blocks of rows (a prompt, teacher-forced
+     * sequences): no mask, and every row of every sequence attends to the
+     * same keys and values, so one GEMM per head covers them all. */
+    if (!is_self && !all_one) {
+        int S = p->n_enc;
+        if (s_probs_reserve(sc, (size_t)H * R * S, err))
+            return -1;
+        for (int h = 0; h < H; h++) {
+            float *P = sc->probs + (size_t)h * R * S;
+            kern_gemm_nt(R, S, hd, 1.0f, sc->q + h * hd, inner, p->ck[layer] + h * hd, inner,
+                         0.0f, P, S);
+            kern_softmax_rows(P, R, S);
+        }
+        if (B == 1 && s_attn_report(hooks, probe, layer, 0, sc->probs, H, R, S, seqs[0]->len, err))
+            return -1;
+        for (int h = 0; h < H; h++)
+            kern_gemm_nn(R, hd, S, 1.0f, sc->probs + (size_t)h * R * S, S, p->cv[layer] + h * hd,
+                         inner, 0.0f, sc->ctx + h * hd, inner);
+        kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+        return 0;
+    }
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
         int T = counts[b];
         int pos0 = seqs[b]->len;
@@ -199,16 +246,8 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                         P[(size_t)i * S + j] = -INFINITY;
             kern_softmax_rows(P, T, S);
         }
-        if (B == 1) {
-            if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_ATTN, sc->probs, 3,
-                       H, T, S, pos0, err))
-                return -1;
-            char name[64];
-            snprintf(name, sizeof name, "decoder.%s_attentions.%d", is_self ? "self" : "cross",
-                     layer);
-            int64_t shape[4] = {1, H, T, S};
-            s_emit(probe, name, 4, shape, sc->probs);
-        }
+        if (B == 1 && s_attn_report(hooks, probe, layer, is_self, sc->probs, H, T, S, pos0, err))
+            return -1;
         if (T == 1)
             kern_attend_values(sc->probs, 1, V, S, H, hd, inner, sc->ctx + (size_t)r * inner, inner);
         for (int h = 0; T > 1 && h < H; h++)
@@ -230,9 +269,12 @@ static int s_ffn(const DonutModel *m, int layer, Scratch *sc, int R)
     return 0;
 }
 
-int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
-                int B, float *logits, int all_logits, const DecHooks *hooks,
-                const DmProbe *probe, DmErr *err)
+/* The pass behind dec_forward and dec_forward_rows: logits of the last row
+ * of each sequence, of every row (all_logits), or of rows from[b].. of
+ * sequence b (from non-NULL). */
+static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
+                     int B, float *logits, int all_logits, const int *from,
+                     const DecHooks *hooks, const DmProbe *probe, DmErr *err)
 {
     const DonutModel *m = p->m;
     const MBartConfig *c = &m->cfg.dec;
@@ -322,7 +364,14 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
     }
     for (int b = 0; b < B; b++)
         seqs[b]->len += counts[b];
-    if (logits) {
+    if (logits && from) {
+        /* The wanted rows of each sequence, gathered: one GEMM. */
+        int n = 0;
+        for (int b = 0, r = 0; b < B; r += counts[b], b++)
+            for (int i = from[b]; i < counts[b]; i++, n++)
+                memmove(sc.h + (size_t)n * D, sc.x + (size_t)(r + i) * D, (size_t)D * sizeof(float));
+        kern_linear(sc.h, n, D, w->lm_head, NULL, c->vocab, logits);
+    } else if (logits) {
         if (all_logits) {
             kern_linear(sc.x, R, D, w->lm_head, NULL, c->vocab, logits);
             int64_t lshape[3] = {1, R, c->vocab};
@@ -340,4 +389,21 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
 done:
     s_scratch_free(&sc);
     return rc;
+}
+
+int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
+                int B, float *logits, int all_logits, const DecHooks *hooks,
+                const DmProbe *probe, DmErr *err)
+{
+    return s_forward(p, seqs, ids, counts, B, logits, all_logits, NULL, hooks, probe, err);
+}
+
+int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
+                     const int *counts, const int *from, int B, float *logits, DmErr *err)
+{
+    for (int b = 0; b < B; b++)
+        if (from[b] < 0 || from[b] > counts[b])
+            return dm_err(err, "decoder: sequence %d: logits from row %d of %d", b, from[b],
+                          counts[b]);
+    return s_forward(p, seqs, ids, counts, B, logits, 0, from, NULL, NULL, err);
 }

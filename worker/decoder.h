@@ -63,4 +63,11 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
                 int B, float *logits, int all_logits, const DecHooks *hooks,
                 const DmProbe *probe, DmErr *err);
 
+/* dec_forward computing the LM head only where it is wanted: logits
+ * receives, for each sequence b in order, the rows from[b] .. counts[b]-1
+ * of its appended tokens ([sum (counts[b] - from[b]), vocab]).  The
+ * teacher-logit cache needs the answer positions only. */
+int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
+                     const int *counts, const int *from, int B, float *logits, DmErr *err);
+
 #endif

@@ -10,9 +10,15 @@
 
 #include "image.h"
 #include "kd_loss.h"
+#include "logit_store.h" /* feature_record_make */
 #include "page_encode.h"
 #include "preprocess.h"
 #include "tensorfile.h" /* dm_f32_to_f16 */
+
+/* Rows of one teacher-forced block: bounds the attention scores (heads x
+ * rows x encoder tokens floats) and the logits of a page with many
+ * questions. */
+#define CACHE_BLOCK_ROWS 256
 
 struct CacheStage {
     QaModel qa;
@@ -135,6 +141,52 @@ int cache_forward(const DonutModel *m, const DecPage *page, const int32_t *ids, 
     return 0;
 }
 
+int cache_forward_page(const DonutModel *m, const DecPage *page, int ns,
+                       const int32_t *const *ids, const int *n, const int *a0, float **logits,
+                       DmErr *err)
+{
+    *logits = NULL;
+    DecSeq *seqs = calloc((size_t)ns, sizeof *seqs);
+    DecSeq **sp = malloc((size_t)ns * sizeof *sp);
+    int *counts = malloc((size_t)ns * sizeof *counts);
+    size_t rows = 0;
+    int rc = -1;
+    if (!seqs || !sp || !counts) {
+        dm_err(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < ns; i++) {
+        if (a0[i] < 0 || a0[i] > n[i] - 2) {
+            dm_err(err, "sequence %d: answer start %d outside its %d tokens", i, a0[i], n[i]);
+            goto done;
+        }
+        /* The last token's own row is never cached and nothing earlier
+         * attends to it: the pass stops before it. */
+        counts[i] = n[i] - 1;
+        rows += (size_t)(n[i] - 1 - a0[i]);
+        sp[i] = &seqs[i];
+        if (dec_seq_init(&seqs[i], m, counts[i], err))
+            goto done;
+    }
+    *logits = malloc(rows * m->cfg.dec.vocab * sizeof(float));
+    if (!*logits) {
+        dm_err(err, "out of memory for %zu rows of logits", rows);
+        goto done;
+    }
+    rc = dec_forward_rows(page, sp, ids, counts, a0, ns, *logits, err);
+done:
+    for (int i = 0; seqs && i < ns; i++)
+        dec_seq_free(&seqs[i]);
+    free(seqs);
+    free(sp);
+    free(counts);
+    if (rc) {
+        free(*logits);
+        *logits = NULL;
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------- records */
 
 static void s_put16(uint8_t *b, uint16_t v)
@@ -181,7 +233,7 @@ int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, 
     r->top_logits.len = (size_t)P * k * 2;
     r->top_ids.len = full ? 0 : (size_t)P * k * idb;
     for (int p = 0; p < P; p++) {
-        const float *row = logits + (size_t)(answer_start + p) * vocab;
+        const float *row = logits + (size_t)p * vocab;
         r->targets[p] = ids[answer_start + p + 1];
         for (int i = 0; i < o->n_temps; i++)
             r->lse[(size_t)p * o->n_temps + i] = (float)kd_lse(row, vocab, o->temps[i]);
@@ -263,8 +315,11 @@ void cache_result_clear(Docmint__Result *res)
         s_free_str(e->reason);
         free(e);
     }
+    for (size_t i = 0; i < res->n_features; i++)
+        feature_record_free(&res->features[i]);
     free(res->logits);
     free(res->errors);
+    free(res->features);
     docmint__result__init(res);
 }
 
@@ -300,6 +355,27 @@ typedef struct Seq {
     int32_t *ids;
     int n, a0;
 } Seq;
+
+/* The page's encoder output as a FeatureRecord of the result. */
+static int s_add_features(const CacheStage *st, const Docmint__Page *pg, const float *enc,
+                          int n_enc, Docmint__Result *res, DmErr *err)
+{
+    Docmint__FeatureRecord *f = feature_record_make(pg->page_id, enc, n_enc,
+                                                    st->qa.model->cfg.enc.hidden_size, err);
+    if (!f)
+        return -1;
+    f->page_no = pg->page_no;
+    Docmint__FeatureRecord **v = realloc(res->features, (res->n_features + 1) * sizeof *v);
+    if (!v || (pg->image_path && !(f->image_path = strdup(pg->image_path)))) {
+        if (v)
+            res->features = v;
+        feature_record_free(&f);
+        return dm_err(err, "out of memory building the features of page %s", pg->page_id);
+    }
+    res->features = v;
+    res->features[res->n_features++] = f;
+    return 0;
+}
 
 static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
 {
@@ -342,7 +418,7 @@ static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res,
             ns++;
         }
     }
-    if (ns == 0) {
+    if (ns == 0 && !pg->features) {
         rc = 0;
         goto done;
     }
@@ -362,28 +438,46 @@ static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res,
         rc = 0;
         goto done;
     }
+    if (pg->features && s_add_features(st, pg, enc, n_enc, res, err))
+        goto done;
     int vocab = st->qa.model->cfg.dec.vocab;
-    for (int i = 0; i < ns; i++) {
-        Seq *s = &seqs[i];
-        if (cache_forward(st->qa.model, &page, s->ids, s->n, &logits, err))
+    /* Blocks of whole sequences of at most CACHE_BLOCK_ROWS rows (one
+     * sequence longer than that is a block of its own). */
+    for (int i0 = 0, i1; i0 < ns; i0 = i1) {
+        int rows = seqs[i0].n - 1;
+        for (i1 = i0 + 1; i1 < ns && rows + seqs[i1].n - 1 <= CACHE_BLOCK_ROWS; i1++)
+            rows += seqs[i1].n - 1;
+        const int32_t *ids[CACHE_BLOCK_ROWS];
+        int n[CACHE_BLOCK_ROWS], a0[CACHE_BLOCK_ROWS];
+        for (int i = i0; i < i1; i++) {
+            ids[i - i0] = seqs[i].ids;
+            n[i - i0] = seqs[i].n;
+            a0[i - i0] = seqs[i].a0;
+        }
+        if (cache_forward_page(st->qa.model, &page, i1 - i0, ids, n, a0, &logits, err))
             goto done;
-        Docmint__LogitRecord **v = realloc(res->logits, (res->n_logits + 1) * sizeof *v);
-        if (!v)
-            goto oom;
-        res->logits = v;
-        Docmint__LogitRecord *r = malloc(sizeof *r);
-        if (!r)
-            goto oom;
-        docmint__logit_record__init(r);
-        res->logits[res->n_logits++] = r;
-        r->question_id = s->q->question_id;
-        r->answer_index = (uint32_t)s->answer;
-        r->answer = strdup(s->q->answers[s->answer]);
-        r->page_id = strdup(pg->page_id ? pg->page_id : "");
-        if (!r->answer || !r->page_id)
-            goto oom;
-        if (cache_fill_record(&st->o, vocab, s->ids, s->n, s->a0, logits, r, err))
-            goto done;
+        const float *row = logits;
+        for (int i = i0; i < i1; i++) {
+            Seq *s = &seqs[i];
+            Docmint__LogitRecord **v = realloc(res->logits, (res->n_logits + 1) * sizeof *v);
+            if (!v)
+                goto oom;
+            res->logits = v;
+            Docmint__LogitRecord *r = malloc(sizeof *r);
+            if (!r)
+                goto oom;
+            docmint__logit_record__init(r);
+            res->logits[res->n_logits++] = r;
+            r->question_id = s->q->question_id;
+            r->answer_index = (uint32_t)s->answer;
+            r->answer = strdup(s->q->answers[s->answer]);
+            r->page_id = strdup(pg->page_id ? pg->page_id : "");
+            if (!r->answer || !r->page_id)
+                goto oom;
+            if (cache_fill_record(&st->o, vocab, s->ids, s->n, s->a0, row, r, err))
+                goto done;
+            row += (size_t)(s->n - 1 - s->a0) * vocab;
+        }
         free(logits);
         logits = NULL;
     }

@@ -1,7 +1,7 @@
 /* stage_cache.h - the `cache-logits` stage on one shard: for each page,
  * one encoder pass and one DecPage (cross-attention K/V), then for each
  * question and gold answer one teacher-forced pass over the Donut training
- * sequence
+ * sequence (the page's sequences forwarded together)
  *   <s_docvqa><s_question>{q}</s_question><s_answer>{a}</s_answer></s>
  * (answers exactly "yes"/"no" written <yes/>/<no/>, as the Donut recipe
  * does; tokenized without special tokens), keeping per answer position the
@@ -12,7 +12,10 @@
  * question; a question without gold answers gives one; an answer whose
  * sequence does not fit the model gives one with item "QID/INDEX" (the
  * question's other answers are kept).  Only running out of memory fails
- * the shard. */
+ * the shard.
+ *
+ * A page sent with `features` also gives its encoder output as a
+ * FeatureRecord (float16; logit_store.h reads it back). */
 #ifndef DM_STAGE_CACHE_H
 #define DM_STAGE_CACHE_H
 
@@ -56,8 +59,18 @@ int cache_sequence(const QaModel *qa, const char *question, const char *answer, 
 int cache_forward(const DonutModel *m, const DecPage *page, const int32_t *ids, int n,
                   float **logits, DmErr *err);
 
+/* The same passes for ns sequences of one page at once (the page's
+ * teacher-forced block: each weight is read once for all their rows), with
+ * the LM head only at the cached positions: *logits (malloc'ed) holds, for
+ * each sequence in order, rows a0[i] .. n[i]-2 ([sum (n[i]-1-a0[i]),
+ * vocab]).  cache_forward is its plain twin. */
+int cache_forward_page(const DonutModel *m, const DecPage *page, int ns,
+                       const int32_t *const *ids, const int *n, const int *a0, float **logits,
+                       DmErr *err);
+
 /* Fill r (initialised by the caller; its buffers malloc'ed, freed by
- * cache_record_clear) from the logits of a sequence. */
+ * cache_record_clear) from the logits of a sequence at its cached
+ * positions: row p of logits is position answer_start + p. */
 int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, int answer_start,
                       const float *logits, Docmint__LogitRecord *r, DmErr *err);
 void cache_record_clear(Docmint__LogitRecord *r);

@@ -3,8 +3,10 @@
 
 A store is a folder holding an LMDB environment with the named databases
 "records" (key: questionId as 8-byte big-endian, value: AnswerRecord),
-"errors" (key: item id, value: ErrorRecord) and "meta" (UTF-8 name ->
-UTF-8 text).  The records are protobuf messages of schemas/records.proto.
+"errors" (key: item id, value: ErrorRecord), "meta" (UTF-8 name ->
+UTF-8 text) and, in a teacher-logit store, "features" (key: page id,
+value: FeatureRecord, the page's encoder output in float16).  The records
+are protobuf messages of schemas/records.proto.
 
 Command line: prints the same JSON lines as `docmint store dump`:
 
@@ -20,6 +22,8 @@ As a module:
         rec = st.get(49153)           # one AnswerRecord or None
         for err in st.errors():       # ErrorRecord messages
             ...
+    with dmstore.open_store("out/logits") as st:
+        x = st.get_features("doc1.png")   # float32 numpy [tokens, dim] or None
 
 Needs python3-lmdb and python3-protobuf (Debian packages) and the module
 generated from schemas/records.proto by `make python-schemas`
@@ -91,6 +95,10 @@ class Store:
                                  % (path, v.decode("utf-8", "replace"), SCHEMA_VERSION))
             self._records = self.env.open_db(b"records", create=False)
             self._errors = self.env.open_db(b"errors", create=False)
+            # "features" came after schema version 1: older stores lack it.
+            with self.env.begin() as txn:
+                has_features = txn.get(b"features") is not None
+            self._features = self.env.open_db(b"features", create=False) if has_features else None
         except lmdb.Error as e:
             self.env.close()
             raise StoreError("%s: %s" % (path, e))
@@ -162,6 +170,34 @@ class Store:
             k = str(item).encode("utf-8")
             v = txn.get(k)
         return None if v is None else self._parse(records_pb2.ErrorRecord, k, v)
+
+    def features(self):
+        """FeatureRecords (per-page encoder outputs) in page id order; none
+        when the store was made without keep_features."""
+        if self._features is None:
+            return
+        for _, rec in self._iter(self._features, records_pb2.FeatureRecord):
+            yield rec
+
+    def get_features(self, page_id):
+        """The encoder output of page_id as a float32 numpy array [tokens,
+        dim] (needs numpy), or None when the store does not hold it."""
+        if self._features is None:
+            return None
+        k = page_id.encode("utf-8")
+        with self.env.begin(db=self._features) as txn:
+            v = txn.get(k)
+        if v is None:
+            return None
+        r = self._parse(records_pb2.FeatureRecord, k, v)
+        if r.page_id != page_id:
+            raise StoreError("%s: the features stored under page %s are of page %s"
+                             % (self.path, page_id, r.page_id))
+        if r.tokens < 1 or r.dim < 1 or len(r.values) != r.tokens * r.dim * 2:
+            raise StoreError("%s: features of page %s: values hold %d bytes, want %d x %d x 2"
+                             % (self.path, page_id, len(r.values), r.tokens, r.dim))
+        import numpy
+        return numpy.frombuffer(r.values, dtype="<f2").astype(numpy.float32).reshape(r.tokens, r.dim)
 
     def counts(self):
         """(records, errors)."""

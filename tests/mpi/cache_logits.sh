@@ -7,7 +7,11 @@
 # full: every log-probability within float16 rounding); a store made by
 # another teacher (another seed) is refused by the job and by cache-check
 # with a message naming the teacher; `store stat` reports bytes per
-# cached position.
+# cached position.  With keep_features: the encoder output of every page
+# is stored once (a partial run resumed, a rerun adds nothing), equals the
+# live encoder (docmint preprocess + forward of the same image) within
+# float16 rounding when read back from Python, and a job with another
+# keep_features is refused.
 . tests/mpi/lib.sh
 echo "mpi: cache-logits with 3 ranks, resume, cache-check against the live teacher"
 make_model "$T/model"
@@ -130,5 +134,98 @@ sys.exit(0 if d["positions"] > 0 and d["bytes_per_position"] > 2 * 1024 else 1)'
     ok "store stat: $("$DOCMINT" store stat "$T/logits" | grep '^bytes_per_position')"
 else
     bad "store stat: $("$DOCMINT" store stat "$T/logits" 2>&1 | tail -4)"
+fi
+# The feature store: keep_features over half the corpus, then all of it.
+FEAT='"stage": "cache-logits", "top_k": 8, "keep_features": true, "commit_every": 3, "threads": 1'
+write_job "$T/fhalf-job.json" "$T/model" "$T/corpus/half.json" "$T/feat" "$FEAT"
+write_job "$T/feat-job.json" "$T/model" "$C" "$T/feat" "$FEAT"
+pages_of() {
+    python3 -c 'import json,sys; print(len({q["image"] for q in json.load(open(sys.argv[1]))["data"]}))' "$1"
+}
+features() {
+    "$DOCMINT" store stat "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["features"])'
+}
+if $MPIRUN -n 3 "$DOCMINT" run "$T/fhalf-job.json" >"$T/fhalf.log" 2>&1 &&
+    [ "$(features "$T/feat")" = "$(pages_of "$T/corpus/half.json")" ]; then
+    ok "keep_features over half the corpus: $(features "$T/feat") pages of features"
+else
+    bad "keep_features, partial run: $(features "$T/feat") features: $(tail -3 "$T/fhalf.log")"
+fi
+msg=""
+if $MPIRUN -n 3 "$DOCMINT" run "$T/feat-job.json" >"$T/feat.log" 2>&1 &&
+    [ "$(features "$T/feat")" = "$(pages_of "$C")" ] && msg=$(check_pairs "$T/feat" "$C") &&
+    $MPIRUN -n 3 "$DOCMINT" run "$T/feat-job.json" --quiet >"$T/frerun.log" 2>&1 &&
+    [ "$(meta "$T/feat" computed_this_run)" = 0 ] && [ "$(features "$T/feat")" = "$(pages_of "$C")" ]; then
+    ok "resumed: one feature record per page ($(features "$T/feat")), $msg; a rerun adds nothing"
+else
+    bad "keep_features, resume: $(features "$T/feat") features for $(pages_of "$C") pages: $(tail -3 "$T/feat.log") $msg"
+fi
+# Every page against the live encoder, read from Python.
+if make -s python-schemas PY_GEN="$T/py" >"$T/pymake.log" 2>&1 &&
+    DOCMINT_PYGEN="$T/py" /usr/bin/python3 - "$T/feat" "$T" "$DOCMINT" "$T/model" >"$T/fcheck.out" 2>&1 <<'PY'
+import json, os, struct, subprocess, sys
+import numpy as np
+sys.path.insert(0, "schemas/python")
+import dmstore
+store, tmp, docmint, model = sys.argv[1:5]
+
+def st_read(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + n])
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        dt = {"F32": "<f4", "I64": "<i8", "I32": "<i4"}[v["dtype"]]
+        out[k] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dt).reshape(v["shape"])
+    return out
+
+def st_write(path, tensors):
+    head, blob = {}, b""
+    for k, (dt, a) in tensors.items():
+        b = a.tobytes()
+        head[k] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [len(blob), len(blob) + len(b)]}
+        blob += b
+    h = json.dumps(head).encode()
+    open(path, "wb").write(struct.pack("<Q", len(h)) + h + blob)
+
+# One thread, as the job's workers ("threads": 1): the same
+# float32 sums, so only the float16 rounding stays.
+one = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+n = over = 0
+worst = 0.0
+with dmstore.open_store(store) as st:
+    for rec in st.features():
+        got = st.get_features(rec.page_id)
+        px = tmp + "/px.safetensors"
+        subprocess.run([docmint, "preprocess", model, rec.image_path, "-o", px], check=True,
+                       stdout=subprocess.DEVNULL)
+        st_write(tmp + "/in.safetensors", {"pixel_values": ("F32", st_read(px)["pixel_values"]),
+                                           "decoder_input_ids": ("I64", np.array([[0]], "<i8"))})
+        subprocess.run([docmint, "forward", model, "--in", tmp + "/in.safetensors", "--out",
+                        tmp + "/out.safetensors"], check=True, stdout=subprocess.DEVNULL, env=one)
+        live = st_read(tmp + "/out.safetensors")["encoder.last_hidden_state"][0].astype(np.float64)
+        if got.shape != live.shape:
+            sys.exit("page %s: features %s, live encoder %s" % (rec.page_id, got.shape, live.shape))
+        err = np.abs(got - live)
+        over += int((err > np.abs(live) * 2.0 ** -11 + 2.0 ** -25).sum())
+        worst = max(worst, float(err.max()))
+        n += 1
+print("%d pages, max |f16 - live| %.2e, %d values beyond float16 rounding" % (n, worst, over))
+sys.exit(0 if n > 0 and over == 0 else 1)
+PY
+then
+    ok "features read from Python equal the live encoder: $(cat "$T/fcheck.out")"
+else
+    bad "features vs the live encoder: $(tail -3 "$T/fcheck.out") $(tail -2 "$T/pymake.log")"
+fi
+write_job "$T/nofeat-job.json" "$T/model" "$C" "$T/feat" '"stage": "cache-logits", "top_k": 8'
+if ! "$DOCMINT" run "$T/nofeat-job.json" >/dev/null 2>"$T/nofeat.err" &&
+    grep -q "keep_features true" "$T/nofeat.err"; then
+    ok "a feature store resumed without keep_features is refused"
+else
+    bad "keep_features mismatch: $(cat "$T/nofeat.err")"
 fi
 finish
