@@ -144,11 +144,12 @@ static void s_abort(Run *r, const DmErr *err)
 
 /* --------------------------------------------------------------- set-up */
 
-/* The teacher fingerprint a student folder records (distill.json of an
- * earlier distill, or pruning.json of `docmint prune`); "" when none. */
+/* The teacher fingerprint a student folder records: pruning.json's (the
+ * unpruned model `docmint prune` cut it from), else distill.json's (the
+ * teacher of the store an earlier distill learnt from); "" when none. */
 static int s_teacher_record(const char *dir, char *fp, size_t n, DmErr *err)
 {
-    static const char *files[] = {"distill.json", "pruning.json"};
+    static const char *files[] = {"pruning.json", "distill.json"};
     fp[0] = '\0';
     for (int i = 0; i < 2; i++) {
         char path[4200];
@@ -671,11 +672,11 @@ int distill_run(const Job *job, Coll *coll, int threads, int quiet)
     if (s_agree(r, bad, &err))
         goto done;
     if (r->rank == 0 && !r->quiet) {
-        long enc, hits;
-        distill_data_cache_stats(r->data, &enc, &hits);
-        fprintf(stderr, "%s: done: %ld steps, alpha %.6g, student in %s (rank 0 encoded %ld "
-                        "pages, %ld cache hits)\n",
-                PREFIX, r->total, r->alpha, dir, enc, hits);
+        long enc, stored, hits;
+        distill_data_cache_stats(r->data, &enc, &stored, &hits);
+        fprintf(stderr, "%s: done: %ld steps, alpha %.6g, student in %s (rank 0: %ld pages "
+                        "encoded, %ld from the feature store, %ld cache hits)\n",
+                PREFIX, r->total, r->alpha, dir, enc, stored, hits);
     }
     rc = 0;
 done:

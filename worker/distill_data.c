@@ -29,7 +29,7 @@ struct DistillData {
     uint64_t *used;  /* clock of the last use, 0 = not cached */
     uint64_t clock;
     size_t bytes, budget;
-    long encoded, hits;
+    long encoded, stored, hits;
     /* scan state */
     PageRef *refs;
     DmErr *scan_err;
@@ -170,9 +170,10 @@ void distill_data_close(DistillData **pd)
 int distill_data_count(const DistillData *d) { return d->n; }
 const DistillItem *distill_data_item(const DistillData *d, int i) { return &d->items[i]; }
 
-void distill_data_cache_stats(const DistillData *d, long *encoded, long *hits)
+void distill_data_cache_stats(const DistillData *d, long *encoded, long *stored, long *hits)
 {
     *encoded = d->encoded;
+    *stored = d->stored;
     *hits = d->hits;
 }
 
@@ -194,12 +195,27 @@ static void s_evict(DistillData *d, size_t need, int keep)
     }
 }
 
-/* The encoder output of a page not cached: (the feature store's copy
- * when there is one, once cache-logits keeps features,) else the frozen
+/* The encoder output of a page not cached: the feature store's copy when
+ * cache-logits kept one (keep_features; float16, and the student's
+ * encoder is the teacher's when it was pruned from it), else the frozen
  * encoder on the image. */
 static int s_features(DistillData *d, int p, float **enc, int *n_enc, DmErr *err)
 {
     const CorpusPage *pg = &d->corpus->pages[p];
+    int dim = 0, hidden = d->model->cfg.enc.hidden_size;
+    int got = logit_store_features(d->store, pg->page_id, enc, n_enc, &dim, err);
+    if (got < 0)
+        return -1;
+    if (got == 1 && dim != hidden) {
+        free(*enc);
+        *enc = NULL;
+        return dm_err(err, "%s: the features of page %s have %d channels, the student's encoder "
+                           "%d", store_path(d->store), pg->page_id, dim, hidden);
+    }
+    if (got == 1) {
+        d->stored++;
+        return 0;
+    }
     d->encoded++;
     return page_encode(d->model, d->pc, pg->image_path, pg->page_no, d->pdf_dpi, enc, n_enc, err);
 }

@@ -7,8 +7,8 @@
  * from the store when an item is trained (a rank holds only keys and
  * sizes).  The encoder is frozen, so a page's output is computed once and
  * kept while it fits the cache budget (least recently used pages leave
- * first); the feature store of cache-logits, once it exists, is looked up
- * before the encoder runs (s_features in distill_data.c). */
+ * first); the feature store of cache-logits (keep_features) is looked up
+ * before the encoder runs. */
 #ifndef DM_DISTILL_DATA_H
 #define DM_DISTILL_DATA_H
 
@@ -41,8 +41,9 @@ void distill_data_close(DistillData **d);
 
 int distill_data_count(const DistillData *d);
 const DistillItem *distill_data_item(const DistillData *d, int i);
-/* Pages encoded so far and cache hits (for the log). */
-void distill_data_cache_stats(const DistillData *d, long *encoded, long *hits);
+/* Pages encoded so far, read from the feature store, and cache hits (for
+ * the log). */
+void distill_data_cache_stats(const DistillData *d, long *encoded, long *stored, long *hits);
 
 /* One item made ready for train_item_grad: it.teacher points into the
  * buffers here and it.enc into the page cache (valid until the next

@@ -3,9 +3,9 @@
 #   1. a teacher that answers: the tiny random Donut trained on the gold
 #      answers by docmint's own distill with alpha 0 (the CE term alone;
 #      the logit store it needs comes from the random model itself);
-#   2. cache-logits with that teacher (top-32, T = 1 and 2);
-#   3. prune: the teacher without S1 and M1 (pruning.json naming the
-#      teacher's fingerprint);
+#   2. cache-logits with that teacher (top-32, T = 1 and 2, the encoder
+#      outputs kept in the feature store, which distill reads);
+#   3. docmint prune: the teacher without S1 and M1;
 #   4. distill the pruned student (alpha auto, T = 2) on 2 ranks;
 #   5. infer with the teacher, the untrained and the distilled student, and
 #      compare each student's answers with the teacher's: exact match and
@@ -66,16 +66,18 @@ json.dump(d, open(sys.argv[3], "w"))
 PY
 
 # 2. Its logits.
-write_job "$T/cache.json" "$T/teach/student" "$C" "$T/logits" '"stage": "cache-logits", "top_k": 32, "temperatures": [2.0]'
+write_job "$T/cache.json" "$T/teach/student" "$C" "$T/logits" '"stage": "cache-logits", "top_k": 32, "temperatures": [2.0], "keep_features": true'
 "$DOCMINT" run "$T/cache.json" --quiet >"$T/cache.log" 2>&1 || bad "cache-logits: $(tail -2 "$T/cache.log")"
 fp=$(meta "$T/logits" teacher_fingerprint)
 
 # 3. The pruned student: S1 and M1 removed.
-mkdir "$T/pruned"
-for f in "$T/teach/student/"*; do
-    case "$(basename "$f")" in distill.json | state.json | optimizer.safetensors) ;; *) cp "$f" "$T/pruned/" ;; esac
-done
-echo "{\"keep\": {\"S1\": false, \"M1\": false}, \"teacher_fingerprint\": \"$fp\"}" >"$T/pruned/pruning.json"
+echo '{"keep": {"S1": false, "M1": false}}' >"$T/plan.json"
+if "$DOCMINT" prune "$T/teach/student" --plan "$T/plan.json" -o "$T/pruned" >"$T/prune.log" 2>&1 &&
+    grep -q "\"teacher_fingerprint\": \"$fp\"" "$T/pruned/pruning.json"; then
+    ok "docmint prune: S1 and M1 removed, pruning.json names the teacher $fp"
+else
+    bad "prune: $(cat "$T/prune.log") $(cat "$T/pruned/pruning.json")"
+fi
 infer "$T/pruned" pruned || bad "infer with the pruned student: $(tail -2 "$T/infer-pruned.log")"
 before=$(agreement pruned)
 
@@ -83,7 +85,7 @@ before=$(agreement pruned)
 distill_job "$T/distill.json" "$T/pruned" "$T/logits" "$T/out" \
     '"alpha": "auto", "temperature": 2.0, "steps": 100, "batch_size": 8, "lr": 0.002, "warmup_steps": 5, "checkpoint_every": 50'
 if $MPIRUN -n 2 "$DOCMINT" run "$T/distill.json" >"$T/distill.log" 2>&1; then
-    ok "distill on 2 ranks: $(grep -o 'alpha auto:.*' "$T/distill.log")"
+    ok "distill on 2 ranks: $(grep -o 'alpha auto:.*' "$T/distill.log"); $(grep -o '[0-9]* pages encoded, [0-9]* from the feature store' "$T/distill.log")"
 else
     bad "distill: $(tail -3 "$T/distill.log")"
 fi
