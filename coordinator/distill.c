@@ -476,9 +476,15 @@ static int s_auto_alpha(Run *r, DmErr *err)
     if (coll_allreduce_sum_f64(r->coll, tot, 4, err))
         return -1;
     r->alpha = tot[1] > 0 ? tot[0] / tot[1] : 1.0;
-    if (r->rank == 0 && !r->quiet)
+    if (r->rank == 0 && !r->quiet) {
         fprintf(stderr, "%s: alpha auto: ce %.5g, kd %.5g over %ld batch%s: alpha = %.6g\n",
                 PREFIX, tot[0] / tot[2], tot[1] / tot[2], nb, nb == 1 ? "" : "es", r->alpha);
+        if (r->alpha > 1e4)
+            fprintf(stderr, "%s: alpha auto: the student already matches the teacher almost "
+                            "exactly (a random-weight teacher?); the huge alpha magnifies a "
+                            "tiny term: consider a fixed distill.alpha\n",
+                    PREFIX);
+    }
     return 0;
 }
 
