@@ -10,7 +10,7 @@
     X(tests_safetensors) X(tests_torchbin) X(tests_checkpoint) X(tests_tokenizer) \
     X(tests_image) X(tests_kernels) X(tests_swin) X(tests_decoder) X(tests_generate) \
     X(tests_cuda) X(tests_anls) X(tests_store) X(tests_job) X(tests_corpus) X(tests_synth) \
-    X(tests_dispatch) X(tests_cache) X(tests_train) X(tests_prune)
+    X(tests_dispatch) X(tests_cache) X(tests_train) X(tests_prune) X(tests_distill)
 
 #define DECLARE(fn) void fn(void) __attribute__((weak));
 SUITES(DECLARE)
