@@ -105,6 +105,8 @@ static int s_int(const json_t *obj, const char *key)
 static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
 {
     json_t *o = json_object_get(doc, "distill");
+    if (json_is_null(o))
+        o = NULL;
     int is_distill = !strcmp(j->stage, "distill");
     if (!o && is_distill)
         return dm_err(err, "distill: missing (required object for stage \"distill\": at least "
