@@ -172,6 +172,14 @@ int coll_allgather_u64(Coll *c, uint64_t v, uint64_t *all, DmErr *err)
     return rc == MPI_SUCCESS ? 0 : s_mpi_err(err, rc, "coll_allgather_u64: MPI_Allgather");
 }
 
+int coll_barrier(Coll *c, DmErr *err)
+{
+    if (c->kind == S_SINGLE)
+        return 0;
+    int rc = MPI_Barrier(c->comm);
+    return rc == MPI_SUCCESS ? 0 : s_mpi_err(err, rc, "coll_barrier: MPI_Barrier");
+}
+
 int coll_bcast(Coll *c, void *buf, size_t bytes, DmErr *err)
 {
     if (c->kind == S_SINGLE || bytes == 0)

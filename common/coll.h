@@ -45,6 +45,9 @@ int coll_allreduce_sum(Coll *c, float *buf, size_t n, DmErr *err);
 int coll_allreduce_sum_f64(Coll *c, double *buf, int n, DmErr *err);
 /* Gather one 64-bit value from every rank into all[size]. */
 int coll_allgather_u64(Coll *c, uint64_t v, uint64_t *all, DmErr *err);
+/* Wait until every rank is here (timing: separates waiting for the
+ * slowest rank from the transfer of the all-reduce that follows). */
+int coll_barrier(Coll *c, DmErr *err);
 /* Broadcast bytes from rank 0. */
 int coll_bcast(Coll *c, void *buf, size_t bytes, DmErr *err);
 

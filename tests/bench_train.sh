@@ -9,8 +9,9 @@
 #
 # usage: sh tests/bench_train.sh DOCMINT FULL_MODEL_DIR TINY_MODEL_DIR
 # Environment: BENCH_TRAIN_STEPS_TINY (default 30), BENCH_TRAIN_STEPS_FULL
-# (default 6).  JSON lines in build/bench-train.jsonl.  About 4 minutes on
-# 2 cores (most of it the full-size encoder in cache-logits).
+# (default 6).  JSON lines in build/bench-train.jsonl.  The first run takes
+# about 4 more minutes on 2 cores (the full-size encoder in cache-logits);
+# later runs reuse build/bench-train/*/ (logits, features, students).
 set -eu
 DOCMINT=$1
 FULL=$2
@@ -21,13 +22,18 @@ RESULTS=$ROOT/build/bench-train.jsonl
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader OMPI_MCA_oob_tcp_if_include=lo
 export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none
-rm -rf "$OUT"
 mkdir -p "$OUT"
 : >"$RESULTS"
 
-# setup NAME MODEL DOCS PLAN: corpus, logits + features, pruned student.
+# setup NAME MODEL DOCS PLAN: corpus, logits + features, pruned student
+# (kept for the next run: the student is written last).
 setup() {
     d=$OUT/$1
+    if [ -f "$d/student/pruning.json" ]; then
+        echo "bench_train: reusing $d"
+        return 0
+    fi
+    rm -rf "$d"
     mkdir -p "$d"
     "$DOCMINT" synth "$d/corpus" --docs "$3" --seed 2 --quiet
     cat >"$d/cache.json" <<JOB
@@ -43,6 +49,7 @@ JOB
 # measure NAME RANKS STEPS BATCH
 measure() {
     d=$OUT/$1
+    rm -rf "$d/out-$2"
     cat >"$d/distill-$2.json" <<JOB
 {"stage": "distill", "model": "$d/student", "output": "$d/out-$2", "corpus": {"path": "$d/corpus/train_v1.0_withQT.json"},
  "threads": 1, "quiet": true,
@@ -56,7 +63,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])][1:]
 med = lambda k: statistics.median(r[k] for r in rows)
 print(json.dumps({"model": sys.argv[2], "ranks": int(sys.argv[3]), "batch": int(sys.argv[4]),
                   "steps": len(rows), "tokens_per_s": med("tokens_per_s"), "step_s": med("step_s"),
-                  "allreduce_s": med("allreduce_s"),
+                  "allreduce_s": med("allreduce_s"), "sync_wait_s": med("sync_wait_s"),
                   "allreduce_share": med("allreduce_s") / med("step_s")}))
 PY
 }
@@ -65,21 +72,23 @@ setup tiny "$TINY" 8 '{"keep": {"S1": false, "C1": false, "M1": false}}'
 measure tiny 1 "${BENCH_TRAIN_STEPS_TINY:-30}" 8
 measure tiny 2 "${BENCH_TRAIN_STEPS_TINY:-30}" 8
 setup full "$FULL" 1 '{"keep": {"S1": false, "S3": false, "C1": false, "C3": false, "M1": false, "M3": false}}'
-measure full 1 "${BENCH_TRAIN_STEPS_FULL:-6}" 4
-measure full 2 "${BENCH_TRAIN_STEPS_FULL:-6}" 4
+measure full 1 "${BENCH_TRAIN_STEPS_FULL:-6}" 2
+measure full 2 "${BENCH_TRAIN_STEPS_FULL:-6}" 2
 
 echo
 echo "==== distill: training tokens per second (medians over the steps after the first) ===="
 /usr/bin/python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("%-6s %5s %5s %10s %9s %12s %10s %9s" % ("model", "ranks", "batch", "tokens/s", "step s",
-      "allreduce s", "share", "speedup"))
+print("%-6s %5s %5s %10s %9s %12s %8s %11s %9s" % ("model", "ranks", "batch", "tokens/s", "step s",
+      "allreduce s", "share", "sync wait s", "speedup"))
 one = {r["model"]: r["tokens_per_s"] for r in rows if r["ranks"] == 1}
 for r in rows:
-    print("%-6s %5d %5d %10.1f %9.3f %12.5f %9.1f%% %9.2f" % (r["model"], r["ranks"], r["batch"],
+    print("%-6s %5d %5d %10.1f %9.3f %12.5f %7.1f%% %11.4f %9.2f" % (r["model"], r["ranks"], r["batch"],
           r["tokens_per_s"], r["step_s"], r["allreduce_s"], 100 * r["allreduce_share"],
-          r["tokens_per_s"] / one[r["model"]]))
-print("(1 compute thread per rank; speedup: tokens/s over 1 rank's, ideal = ranks while ranks <= cores;")
-print(" tokens: whole training sequences, prompt included.  JSON: %s)" % sys.argv[1])
+          r["sync_wait_s"], r["tokens_per_s"] / one[r["model"]]))
+print("(1 compute thread per rank; share: the all-reduce's transfer time over the step; sync wait:")
+print(" time waiting for the slowest rank before it; speedup: tokens/s over 1 rank's, ideal = ranks")
+print(" while ranks <= free cores; load average now: %s)" % open("/proc/loadavg").read().split()[0])
+print("(tokens: whole training sequences, prompt included.  JSON: %s)" % sys.argv[1])
 PY

@@ -71,7 +71,7 @@ fi
 n=$(wc -l <"$T/two/train.jsonl")
 if [ "$n" = 8 ] && $PY - "$T/two/train.jsonl" <<'PY'
 import json, sys
-keys = {"step", "loss", "ce", "kd", "lr", "alpha", "grad_norm", "tokens_per_s", "allreduce_s", "step_s"}
+keys = {"step", "loss", "ce", "kd", "lr", "alpha", "grad_norm", "tokens_per_s", "allreduce_s", "sync_wait_s", "step_s"}
 rows = [json.loads(l) for l in open(sys.argv[1])]
 sys.exit(0 if all(keys <= set(r) for r in rows) and [r["step"] for r in rows] == list(range(1, 9)) else 1)
 PY
