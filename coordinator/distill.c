@@ -556,20 +556,23 @@ static void s_progress(Run *r, double loss, double ce, double kd, double now, in
     fflush(stderr);
 }
 
-/* Fault-injection hook for tests (as the workers'):
+/* Fault-injection hooks for tests (as the workers'):
  * DOCMINT_TEST_STALL_SECONDS=X makes rank 0 sleep X seconds after each
- * step, so a test can kill the job between two checkpoints. */
-static double s_test_stall(void)
+ * step, so a test can kill the job between two checkpoints;
+ * DOCMINT_TEST_DESYNC_RANK=R makes rank R change one weight by one ulp
+ * after the first step, which the hash check must catch. */
+static double s_test_env(const char *name, double none)
 {
-    const char *v = getenv("DOCMINT_TEST_STALL_SECONDS");
-    return v && *v ? atof(v) : 0;
+    const char *v = getenv(name);
+    return v && *v ? atof(v) : none;
 }
 
 static int s_train(Run *r)
 {
     DmErr err = {{0}};
     const DistillSpec *d = r->d;
-    double stall = r->rank == 0 ? s_test_stall() : 0;
+    double stall = r->rank == 0 ? s_test_env("DOCMINT_TEST_STALL_SECONDS", 0) : 0;
+    int desync = (int)s_test_env("DOCMINT_TEST_DESYNC_RANK", -1) == r->rank;
     double lr = distill_lr(d, r->step, r->total);
     r->t_start = r->last_line = dm_now();
     while (r->step < r->total) {
@@ -601,6 +604,8 @@ static int s_train(Run *r)
         lr = distill_lr(d, r->step, r->total);
         adamw_step(&r->opt, r->tp.data, r->tp.grad, lr);
         r->step++;
+        if (desync && r->step == 1)
+            r->tp.data[0] = nextafterf(r->tp.data[0], INFINITY);
         double t3 = dm_now();
         double ce = bs.v[0] / bs.v[2], kd = bs.v[1] / bs.v[2], loss = ce + r->alpha * kd;
         r->tokens_done += bs.v[3];

@@ -136,6 +136,15 @@ else
     bad "changed job resumed: $(cat "$T/changed.err")"
 fi
 
+# A rank whose weights drift is caught by the hash check.
+distill_job "$T/desync.json" "$T/desync" ', "steps": 4, "batch_size": 4, "hash_check_every": 2'
+if ! DOCMINT_TEST_DESYNC_RANK=1 $MPIRUN -n 2 -x DOCMINT_TEST_DESYNC_RANK "$DOCMINT" run "$T/desync.json" >"$T/desync.log" 2>&1 &&
+    grep -q "after step 2 the parameters differ across ranks" "$T/desync.log" && [ ! -d "$T/desync/student" ]; then
+    ok "one weight changed by one ulp on rank 1: $(grep -o 'after step 2 the parameters differ.*' "$T/desync.log" | head -1)"
+else
+    bad "desync not caught: $(tail -3 "$T/desync.log")"
+fi
+
 # 3. Refusals.
 expect_fail() { # label pattern job
     if ! "$DOCMINT" run "$3" >"$T/f.out" 2>"$T/f.err" && grep -q "$2" "$T/f.err"; then
