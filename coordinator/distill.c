@@ -378,7 +378,8 @@ static int s_resume(Run *r)
     long step = 0;
     int found = 0, rc = 0;
     if (r->rank == 0) {
-        found = distill_ckpt_newest(r->job->output, dir, sizeof dir, &step, &err);
+        found = distill_ckpt_clean(r->job->output, &err) ? -1
+                : distill_ckpt_newest(r->job->output, dir, sizeof dir, &step, &err);
         rc = found < 0;
         if (!rc && found)
             rc = s_resume_read(r, dir, step, &err);

@@ -184,6 +184,40 @@ int distill_ckpt_write(const char *dir, const DonutModel *m, const TrainParams *
     return 0;
 }
 
+/* Leftovers of a killed writer in folder dir. */
+static int s_clean_dir(const char *dir, const char *output, DmErr *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : dm_err_errno(err, "%s: cannot list", dir);
+    struct dirent *e;
+    int rc = 0;
+    char p[4200], student[4200];
+    snprintf(student, sizeof student, "%s/student", output);
+    while (!rc && (e = readdir(d))) {
+        int tmp = strstr(e->d_name, ".tmp-") != NULL;
+        int old = !strncmp(e->d_name, "student.old-", 12);
+        if (!tmp && !old)
+            continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (old && access(student, F_OK) != 0) {
+            if (rename(p, student) != 0)
+                rc = dm_err_errno(err, "%s: cannot rename to %s", p, student);
+        } else if (distill_rm_tree(p)) {
+            rc = dm_err_errno(err, "%s: cannot delete", p);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int distill_ckpt_clean(const char *output, DmErr *err)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/checkpoints", output);
+    return s_clean_dir(dir, output, err) || s_clean_dir(output, output, err) ? -1 : 0;
+}
+
 /* step-N folders with a state.json, in the checkpoints folder. */
 static int s_list(const char *output, long **steps, int *n, DmErr *err)
 {

@@ -38,6 +38,12 @@ int distill_ckpt_read(const char *dir, TrainParams *tp, AdamW *opt, json_t **sta
 /* Delete all but the newest `keep` step-N folders (keep 0: none deleted). */
 int distill_ckpt_prune(const char *output, int keep, DmErr *err);
 
+/* Remove what a killed writer left in output: checkpoints/step-N.tmp-PID
+ * and student.tmp-PID folders; a student.old-PID goes back to student when
+ * the kill came between the two renames, else it is deleted.  Call before
+ * writing (one writer per output folder). */
+int distill_ckpt_clean(const char *output, DmErr *err);
+
 /* Remove a folder tree (checkpoint clean-up). */
 int distill_rm_tree(const char *path);
 

@@ -99,6 +99,8 @@ if wait_for 120 test -d "$T/kill/checkpoints/step-4"; then
     newest=$(ls "$T/kill/checkpoints" | grep -v tmp | sort -t- -k2 -n | tail -1)
     why=""
     [ -d "$T/kill/student" ] && why="the job finished before the kill"
+    # as if the kill had come while a checkpoint was being written
+    mkdir -p "$T/kill/checkpoints/step-99.tmp-1" && touch "$T/kill/checkpoints/step-99.tmp-1/model.safetensors"
     [ -z "$why" ] && ! $MPIRUN -n 2 "$DOCMINT" run "$T/kill.json" >"$T/kill2.log" 2>&1 && why="rerun failed: $(tail -2 "$T/kill2.log")"
     [ -z "$why" ] && ! grep -q "resuming from .*$newest " "$T/kill2.log" && why="did not resume from $newest: $(head -3 "$T/kill2.log")"
     [ -z "$why" ] && ! cmp -s "$T/full/student/model.safetensors" "$T/kill/student/model.safetensors" && why="weights differ: $(maxdiff "$T/full/student/model.safetensors" "$T/kill/student/model.safetensors")"
@@ -118,7 +120,7 @@ else
     bad "no checkpoint step-4 appeared: $(tail -3 "$T/kill1.log")"
 fi
 if [ "$(ls "$T/kill/checkpoints" | sort | tr '\n' ' ')" = "step-12 step-16 " ]; then
-    ok "keep_checkpoints 2: $(ls "$T/kill/checkpoints" | tr '\n' ' ')"
+    ok "keep_checkpoints 2 (and no half-written folder left by the kill): $(ls "$T/kill/checkpoints" | tr '\n' ' ')"
 else
     bad "checkpoints kept: $(ls "$T/kill/checkpoints" | tr '\n' ' ')"
 fi
