@@ -227,7 +227,7 @@ static int s_setup(Run *r, DmErr *err)
         snprintf(r->teacher_fp, sizeof r->teacher_fp, "%s", fp ? fp : "");
         free(fp);
         if (r->rank == 0 && !r->quiet)
-            fprintf(stderr, "%s: %s records no teacher (distill.json or pruning.json "
+            fprintf(stderr, "%s: %s records no teacher (pruning.json or distill.json "
                             "\"teacher_fingerprint\"): the store's teacher %s is taken on trust, "
                             "the tokenizer matches\n",
                     PREFIX, j->model, r->teacher_fp);

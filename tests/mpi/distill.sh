@@ -147,6 +147,22 @@ else
     bad "desync not caught: $(tail -3 "$T/desync.log")"
 fi
 
+# A CUDA build picks NCCL when every rank has a GPU, else says why and uses MPI.
+CUDA_BIN=${DOCMINT_CUDA:-build-cuda/docmint}
+if [ -x "$CUDA_BIN" ]; then
+    distill_job "$T/cuda.json" "$T/cuda" ', "steps": 2, "batch_size": 4'
+    if $MPIRUN -n 2 "$CUDA_BIN" run "$T/cuda.json" >"$T/cuda.log" 2>&1 &&
+        { grep -q "all-reduce over nccl" "$T/cuda.log" ||
+            { grep -q "built with CUDA but .*: using MPI for the all-reduce" "$T/cuda.log" &&
+                grep -q "all-reduce over mpi" "$T/cuda.log"; }; }; then
+        ok "CUDA build: $(grep -o 'all-reduce over [a-z]*' "$T/cuda.log" | head -1) ($(grep -o 'built with CUDA but [^:]*' "$T/cuda.log" | head -1))"
+    else
+        bad "CUDA build: $(head -3 "$T/cuda.log")"
+    fi
+else
+    echo "  skip  no CUDA build ($CUDA_BIN; make CUDA=1): the NCCL choice is not tried"
+fi
+
 # 3. Refusals.
 expect_fail() { # label pattern job
     if ! "$DOCMINT" run "$3" >"$T/f.out" 2>"$T/f.err" && grep -q "$2" "$T/f.err"; then
