@@ -16,6 +16,11 @@ struct Coll {
     int rank, size;
     S_Kind kind;
     char note[256];
+    /* all ranks on one node: float sums through a shared-memory window */
+    int one_node;
+    MPI_Win win;
+    float *seg0;       /* rank 0's segment; segment r at seg0 + r * seg_cap */
+    size_t seg_cap;    /* floats per segment, 0: no window */
 #ifdef DM_CUDA
     DmNcclComm *nccl;
     float *d_buf;      /* device staging buffer of the all-reduce */
@@ -81,6 +86,16 @@ int coll_open(MPI_Comm comm, CollWant want, Coll **out, DmErr *err)
     MPI_Comm_rank(comm, &c->rank);
     MPI_Comm_size(comm, &c->size);
     c->kind = c->size == 1 ? S_SINGLE : S_MPI;
+    if (c->size > 1) {
+        MPI_Comm local;
+        int lsize = 0, all = 0;
+        MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &local);
+        MPI_Comm_size(local, &lsize);
+        MPI_Comm_free(&local);
+        int mine = lsize == c->size && !(getenv("DOCMINT_COLL") && !strcmp(getenv("DOCMINT_COLL"), "mpi"));
+        MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, comm);
+        c->one_node = all;
+    }
 #ifdef DM_CUDA
     if (c->size > 1 && want == COLL_AUTO) {
         int rc = s_try_nccl(c, err);
@@ -101,6 +116,10 @@ void coll_close(Coll **pc)
     Coll *c = *pc;
     if (!c)
         return;
+    if (c->seg_cap) {
+        MPI_Win_unlock_all(c->win);
+        MPI_Win_free(&c->win);
+    }
 #ifdef DM_CUDA
     cuda_free(c->d_buf);
     cuda_nccl_destroy(c->nccl);
@@ -115,7 +134,7 @@ const char *coll_note(const Coll *c) { return c->note; }
 
 const char *coll_backend(const Coll *c)
 {
-    return c->kind == S_SINGLE ? "single" : c->kind == S_MPI ? "mpi" : "nccl";
+    return c->kind == S_SINGLE ? "single" : c->kind == S_NCCL ? "nccl" : c->one_node ? "mpi-shm" : "mpi";
 }
 
 #ifdef DM_CUDA
@@ -137,6 +156,72 @@ static int s_nccl_sum(Coll *c, float *buf, size_t n, DmErr *err)
 }
 #endif
 
+/* The window of n floats per rank (collective; every rank asks for the
+ * same n, since the callers all-reduce the same buffer). */
+static int s_window(Coll *c, size_t n, DmErr *err)
+{
+    if (n <= c->seg_cap)
+        return 0;
+    if (c->seg_cap) {
+        MPI_Win_unlock_all(c->win);
+        MPI_Win_free(&c->win);
+        c->seg_cap = 0;
+    }
+    float *mine = NULL;
+    int rc = MPI_Win_allocate_shared((MPI_Aint)(n * sizeof(float)), sizeof(float), MPI_INFO_NULL,
+                                     c->comm, &mine, &c->win);
+    if (rc != MPI_SUCCESS)
+        return s_mpi_err(err, rc, "coll_allreduce_sum: MPI_Win_allocate_shared");
+    MPI_Aint sz;
+    int du;
+    MPI_Win_shared_query(c->win, 0, &sz, &du, &c->seg0);
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win);
+    c->seg_cap = n;
+    /* Segments are contiguous unless the implementation says otherwise:
+     * check instead of assuming. */
+    for (int r = 1; r < c->size; r++) {
+        float *p;
+        MPI_Win_shared_query(c->win, r, &sz, &du, &p);
+        if (p != c->seg0 + (size_t)r * n)
+            return dm_err(err, "coll_allreduce_sum: shared window segments are not contiguous");
+    }
+    return 0;
+}
+
+static int s_sync(Coll *c, DmErr *err)
+{
+    MPI_Win_sync(c->win);
+    int rc = MPI_Barrier(c->comm);
+    MPI_Win_sync(c->win);
+    return rc == MPI_SUCCESS ? 0 : s_mpi_err(err, rc, "coll_allreduce_sum: MPI_Barrier");
+}
+
+/* One node: every rank copies its buffer into its segment, sums its slice
+ * of all segments in rank order into rank 0's segment, and copies the
+ * result back.  Three barriers instead of the thousands of small hand-offs
+ * of a message-passing all-reduce through shared memory (each of which
+ * waits for the peer to be scheduled on a busy node); every rank reads the
+ * same bits. */
+static int s_shm_sum(Coll *c, float *buf, size_t n, DmErr *err)
+{
+    if (s_window(c, n, err))
+        return -1;
+    size_t cap = c->seg_cap;
+    memcpy(c->seg0 + (size_t)c->rank * cap, buf, n * sizeof(float));
+    if (s_sync(c, err))
+        return -1;
+    size_t lo = n * (size_t)c->rank / (size_t)c->size, hi = n * (size_t)(c->rank + 1) / (size_t)c->size;
+    for (int r = 1; r < c->size; r++) {
+        const float *src = c->seg0 + (size_t)r * cap;
+        for (size_t i = lo; i < hi; i++)
+            c->seg0[i] += src[i];
+    }
+    if (s_sync(c, err))
+        return -1;
+    memcpy(buf, c->seg0, n * sizeof(float));
+    return s_sync(c, err); /* rank 0's segment is rewritten by the next call */
+}
+
 int coll_allreduce_sum(Coll *c, float *buf, size_t n, DmErr *err)
 {
     if (c->kind == S_SINGLE || n == 0)
@@ -145,6 +230,8 @@ int coll_allreduce_sum(Coll *c, float *buf, size_t n, DmErr *err)
     if (c->kind == S_NCCL)
         return s_nccl_sum(c, buf, n, err);
 #endif
+    if (c->one_node)
+        return s_shm_sum(c, buf, n, err);
     for (size_t off = 0; off < n; off += S_CHUNK) {
         int cnt = (int)(n - off < S_CHUNK ? n - off : S_CHUNK);
         int rc = MPI_Allreduce(MPI_IN_PLACE, buf + off, cnt, MPI_FLOAT, MPI_SUM, c->comm);

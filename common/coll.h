@@ -2,6 +2,10 @@
  * interface, with three implementations chosen at open:
  *   - single: one process, every operation is the identity;
  *   - mpi:    MPI_Allreduce / MPI_Allgather over the given communicator;
+ *             when every rank is on one node the float sum goes through an
+ *             MPI shared-memory window instead ("mpi-shm": each rank sums
+ *             its slice of all ranks' buffers, three barriers a call);
+ *             DOCMINT_COLL=mpi in the environment keeps MPI_Allreduce;
  *   - nccl:   (CUDA=1 builds with a GPU on every rank) ncclAllReduce of
  *             the float buffer on the rank's GPU (rank's local index
  *             modulo the node's devices), the communicator bootstrapped
@@ -34,7 +38,7 @@ void coll_close(Coll **c);
 
 int coll_rank(const Coll *c);
 int coll_size(const Coll *c);
-/* "single", "mpi" or "nccl". */
+/* "single", "mpi", "mpi-shm" or "nccl". */
 const char *coll_backend(const Coll *c);
 /* Why a CUDA build did not use NCCL ("" otherwise). */
 const char *coll_note(const Coll *c);

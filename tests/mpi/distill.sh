@@ -63,10 +63,20 @@ if "$DOCMINT" run "$T/one.json" >"$T/one.log" 2>&1 &&
 else
     bad "1 vs 2 ranks: ${r:-} $(tail -2 "$T/one.log") $(tail -2 "$T/two.log")"
 fi
-if grep -q "all-reduce over mpi" "$T/two.log" && grep -q "2 per rank on 2 ranks" "$T/two.log"; then
-    ok "2 ranks: $(grep -o 'batch 4 ([^)]*)' "$T/two.log"), all-reduce over mpi"
+if grep -q "all-reduce over mpi-shm" "$T/two.log" && grep -q "2 per rank on 2 ranks" "$T/two.log"; then
+    ok "2 ranks: $(grep -o 'batch 4 ([^)]*)' "$T/two.log"), all-reduce over mpi-shm"
 else
     bad "2-rank log: $(head -3 "$T/two.log")"
+fi
+# The shared-memory sum against MPI_Allreduce (its plain twin): with 2
+# ranks a + b is the same float either way, so the weights are the same bits.
+distill_job "$T/twin.json" "$T/twin" ', "steps": 8, "batch_size": 4, "micro_batch": 2'
+if DOCMINT_COLL=mpi $MPIRUN -n 2 -x DOCMINT_COLL "$DOCMINT" run "$T/twin.json" >"$T/twin.log" 2>&1 &&
+    grep -q "all-reduce over mpi," "$T/twin.log" &&
+    cmp -s "$T/twin/student/model.safetensors" "$T/two/student/model.safetensors"; then
+    ok "DOCMINT_COLL=mpi (MPI_Allreduce) gives the same weights as the shared-memory sum, bit for bit"
+else
+    bad "shared-memory sum vs MPI_Allreduce: $(grep -o 'all-reduce over [a-z-]*' "$T/twin.log") $(tail -2 "$T/twin.log")"
 fi
 n=$(wc -l <"$T/two/train.jsonl")
 if [ "$n" = 8 ] && $PY - "$T/two/train.jsonl" <<'PY'
