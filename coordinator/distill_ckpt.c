@@ -1,29 +1,16 @@
 /* distill_ckpt.c - checkpoint folders of the distill stage
  * (distill_ckpt.h). */
-#define _GNU_SOURCE /* nftw */
 #include "distill_ckpt.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int s_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path) != 0 && errno != ENOENT;
-}
-
-int distill_rm_tree(const char *path)
-{
-    if (access(path, F_OK) != 0)
-        return 0;
-    return nftw(path, s_rm, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
-}
+#include "dm_fs.h"
 
 /* Files of the student folder that a checkpoint writes itself. */
 static int s_own_file(const char *name)
@@ -34,28 +21,6 @@ static int s_own_file(const char *name)
         if (!strcmp(name, own[i]))
             return 1;
     return name[0] == '.';
-}
-
-static int s_copy_file(const char *from, const char *to, DmErr *err)
-{
-    FILE *in = fopen(from, "rb");
-    if (!in)
-        return dm_err_errno(err, "%s: cannot open", from);
-    FILE *out = fopen(to, "wb");
-    if (!out) {
-        fclose(in);
-        return dm_err_errno(err, "%s: cannot create", to);
-    }
-    char buf[1 << 16];
-    size_t n;
-    int bad = 0;
-    while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        bad = fwrite(buf, 1, n, out) != n;
-    bad |= ferror(in);
-    fclose(in);
-    if (fclose(out) != 0)
-        bad = 1;
-    return bad ? dm_err_errno(err, "%s: cannot copy to %s", from, to) : 0;
 }
 
 /* Copy the student folder's other files (config, tokenizer, processor,
@@ -76,7 +41,7 @@ static int s_copy_side_files(const char *src, const char *dst, DmErr *err)
         if (stat(a, &st) != 0 || !S_ISREG(st.st_mode))
             continue;
         snprintf(b, sizeof b, "%s/%s", dst, e->d_name);
-        rc = s_copy_file(a, b, err);
+        rc = dm_copy_file(a, b, err);
     }
     closedir(d);
     return rc;
@@ -150,7 +115,7 @@ int distill_ckpt_write(const char *dir, const DonutModel *m, const TrainParams *
 {
     char tmp[4200], path[4300], old[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp-%d", dir, (int)getpid());
-    distill_rm_tree(tmp);
+    dm_rm_tree(tmp);
     if (mkdir(tmp, 0755) != 0)
         return dm_err_errno(err, "%s: cannot create", tmp);
     int rc = s_copy_side_files(m->dir, tmp, err);
@@ -163,7 +128,7 @@ int distill_ckpt_write(const char *dir, const DonutModel *m, const TrainParams *
     snprintf(path, sizeof path, "%s/distill.json", tmp);
     rc = rc ? rc : s_write_json(path, record, err);
     if (rc) {
-        distill_rm_tree(tmp);
+        dm_rm_tree(tmp);
         return -1;
     }
     /* An older folder of the same name (the final student of an earlier
@@ -171,16 +136,16 @@ int distill_ckpt_write(const char *dir, const DonutModel *m, const TrainParams *
     snprintf(old, sizeof old, "%s.old-%d", dir, (int)getpid());
     int had = access(dir, F_OK) == 0;
     if (had && rename(dir, old) != 0) {
-        distill_rm_tree(tmp);
+        dm_rm_tree(tmp);
         return dm_err_errno(err, "%s: cannot move aside", dir);
     }
     if (rename(tmp, dir) != 0) {
         dm_err_errno(err, "%s: cannot rename to %s", tmp, dir);
-        distill_rm_tree(tmp);
+        dm_rm_tree(tmp);
         return -1;
     }
     if (had)
-        distill_rm_tree(old);
+        dm_rm_tree(old);
     return 0;
 }
 
@@ -203,7 +168,7 @@ static int s_clean_dir(const char *dir, const char *output, DmErr *err)
         if (old && access(student, F_OK) != 0) {
             if (rename(p, student) != 0)
                 rc = dm_err_errno(err, "%s: cannot rename to %s", p, student);
-        } else if (distill_rm_tree(p)) {
+        } else if (dm_rm_tree(p)) {
             rc = dm_err_errno(err, "%s: cannot delete", p);
         }
     }
@@ -289,7 +254,7 @@ int distill_ckpt_prune(const char *output, int keep, DmErr *err)
             continue;
         char p[4200];
         snprintf(p, sizeof p, "%s/checkpoints/step-%ld", output, steps[i]);
-        if (distill_rm_tree(p))
+        if (dm_rm_tree(p))
             rc = dm_err_errno(err, "%s: cannot delete", p);
     }
     free(steps);

@@ -44,7 +44,4 @@ int distill_ckpt_prune(const char *output, int keep, DmErr *err);
  * writing (one writer per output folder). */
 int distill_ckpt_clean(const char *output, DmErr *err);
 
-/* Remove a folder tree (checkpoint clean-up). */
-int distill_rm_tree(const char *path);
-
 #endif
