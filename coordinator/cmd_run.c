@@ -53,7 +53,8 @@ static void s_usage(FILE *f)
 {
     fprintf(f, "usage: docmint run JOB.json [--quiet]\n"
                "  runs a job: mpirun -n N docmint run JOB.json (rank 0 coordinates, the\n"
-               "  others compute), or docmint run JOB.json alone (one worker in-process)\n"
+               "  others compute), or docmint run JOB.json alone (one worker in-process);\n"
+               "  stage distill: every rank trains its slice of each batch (data parallel)\n"
                "  --quiet   no progress lines and no summary (job key \"quiet\" too)\n"
                "  workers started by hand join with: docmint worker --keys OUTPUT/worker.keys\n");
 }
