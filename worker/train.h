@@ -51,7 +51,9 @@ typedef struct TrainParams {
 } TrainParams;
 
 /* Copy the trainable decoder weights of m into one buffer and repoint m's
- * decoder (a model loaded for training, not shared) at it. */
+ * decoder (a model loaded for training, not shared) at it; tp must outlive
+ * every later use of m's decoder.  Refuses an untied LM head and bfloat16
+ * or pre-packed weights (their second copy would not follow training). */
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
 void train_params_free(TrainParams *tp);
 const TrainParam *train_param_find(const TrainParams *tp, const char *name);
@@ -95,7 +97,9 @@ int train_loss_row(const float *s, int V, int label, const KdTarget *t, const Lo
 /* Forward and backward of one item with the current weights: adds
  * scale * d total / d w into tp->grad and, when enc_grad is not NULL,
  * adds scale * d total / d enc into enc_grad [n_enc, d_model] (for checks;
- * the encoder is frozen).  m must be the model whose decoder tp repoints.  Thread-safe for distinct tp->grad buffers only. */
+ * the encoder is frozen).  m must be the model whose decoder tp repoints;
+ * the gradient of a weight is found at its offset from tp->data, so
+ * threads may share data with their own grad buffers. */
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                     const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
                     DmErr *err);
