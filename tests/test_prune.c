@@ -337,7 +337,7 @@ static void test_bad_input(void)
     s_expect_prune_error(T, "{\"keep\": [\"S0\", 3]}", "e1", 1, "keep[1]", "expected string");
     s_expect_prune_error(T, "{\"keep\": {\"S0\": \"no\"}}", "e1", 1, "keep.S0", "boolean");
     s_expect_prune_error(T, "{\"keep\": {}, \"heads\": {\"C1\": []}}", "e1", 1, "heads.C1",
-                         "at least 1");
+                         "no heads; remove the sub-layer");
     s_expect_prune_error(T, "{\"keep\": [\"S0\"", "e1", 1, "not valid JSON", NULL);
     /* names and indices against the model */
     s_expect_prune_error(T, "{\"keep\": [\"S0\", \"X1\"]}", "e1", 1, "keep[1]", "\"X1\"");

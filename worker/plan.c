@@ -221,6 +221,11 @@ static int s_read_heads(json_t *heads, const char *what, const DmPlan *base, DmP
                               "%s: %s: \"%s\" is not an attention sub-layer of this model (S<l> "
                               "or C<l> with l in 0..%d)",
                               what, where, name, base->layers - 1);
+            if (json_array_size(list) == 0)
+                return dm_err(err,
+                              "%s: %s: an empty list would leave %s no heads; remove the "
+                              "sub-layer through \"keep\" instead",
+                              what, where, name);
             size_t i;
             json_t *h;
             json_array_foreach(list, i, h)
@@ -252,10 +257,6 @@ int plan_from_json(json_t *doc, const char *what, const DmPlan *base, DmPlan *ou
             any |= out->keep[l][k];
             if (k < 2 && !out->keep[l][k])
                 out->nheads[l][k] = 0;
-            /* only a base read from an older, unchecked file could get here */
-            if (k < 2 && out->keep[l][k] && out->nheads[l][k] == 0)
-                return dm_err(err, "%s: %c%d keeps no heads; remove the sub-layer instead", what,
-                              s_kinds[k], l);
         }
     if (!any)
         return dm_err(err, "%s: the plan removes every decoder sub-layer", what);
