@@ -600,22 +600,28 @@ static int s_add_bytes(void *ctx, const void *key, size_t klen, const void *val,
     return 0;
 }
 
+/* mdb_stat of database d, or -1 with err naming what failed. */
+static int s_db_stat(Store *s, int d, MDB_stat *st, const char *what, DmErr *err)
+{
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    int rc = mdb_stat(txn, s->dbi[d], st);
+    mdb_txn_abort(txn);
+    return rc ? s_lmdb_err(s->path, rc, err, what) : 0;
+}
+
 int store_db_size(Store *s, const char *db, StoreDbSize *out, DmErr *err)
 {
     memset(out, 0, sizeof *out);
     int d = s_db_arg(s, db, err);
     if (d < 0 || store_foreach(s, db, s_add_bytes, out, err) < 0)
         return -1;
+    MDB_stat st;
     if (!s->have[d])
         return 0;
-    MDB_txn *txn;
-    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+    if (s_db_stat(s, d, &st, "cannot read the database sizes", err) < 0)
         return -1;
-    MDB_stat st;
-    int rc = mdb_stat(txn, s->dbi[d], &st);
-    mdb_txn_abort(txn);
-    if (rc != 0)
-        return s_lmdb_err(s->path, rc, err, "cannot read the database sizes");
     out->page_bytes = (uint64_t)st.ms_psize *
                       (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
     return 0;
@@ -627,16 +633,11 @@ int store_count(Store *s, const char *db, uint64_t *n, DmErr *err)
     int d = s_db_arg(s, db, err);
     if (d < 0)
         return -1;
+    MDB_stat st;
     if (!s->have[d])
         return 0;
-    MDB_txn *txn;
-    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+    if (s_db_stat(s, d, &st, "cannot count entries", err) < 0)
         return -1;
-    MDB_stat st;
-    int rc = mdb_stat(txn, s->dbi[d], &st);
-    mdb_txn_abort(txn);
-    if (rc != 0)
-        return s_lmdb_err(s->path, rc, err, "cannot count entries");
     *n = st.ms_entries;
     return 0;
 }

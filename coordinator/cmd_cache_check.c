@@ -6,7 +6,8 @@
  * exact, the rest in one "other" bucket) and from the live teacher's full
  * logits.  It also compares every cached log-probability with the live
  * one: they must agree within float16 rounding of the logits, else the
- * command fails. */
+ * command fails.  A store with features (keep_features) has the encoder
+ * output of each page checked too, against the live encoder. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -104,6 +105,41 @@ static int s_side_page(Side *s, const Corpus *c, int page, int dpi, DmErr *err)
         return -1;
     s->page = page;
     return 0;
+}
+
+typedef struct FeatSums {
+    long pages, values, over;
+    double max_diff;
+} FeatSums;
+
+/* The store's features of the page the teacher just encoded against its
+ * live encoder output: float16 rounding (half an ulp, |x| 2^-11, or 2^-25
+ * below float16's normal range) plus 1e-5 (1 + |x|) for float32 sums taken
+ * in another order (another thread count).  A page without features is
+ * skipped; a malformed record is an error. */
+static int s_check_features(Store *store, const char *page_id, const DecPage *dp, FeatSums *f,
+                            DmErr *err)
+{
+    float *got = NULL;
+    int tokens = 0, dim = 0;
+    int found = logit_store_features(store, page_id, &got, &tokens, &dim, err);
+    if (found <= 0)
+        return found;
+    int rc = 0;
+    if (tokens != dp->n_enc || dim != dp->m->cfg.enc.hidden_size) {
+        rc = dm_err(err, "%s: features of page %s are %d x %d, the live encoder gives %d x %d",
+                    store_path(store), page_id, tokens, dim, dp->n_enc, dp->m->cfg.enc.hidden_size);
+    } else {
+        for (size_t i = 0; i < (size_t)tokens * dim; i++) {
+            double x = dp->enc[i], d = fabs(got[i] - x);
+            f->over += d > fabs(x) * 0x1p-11 + 0x1p-25 + 1e-5 * (1 + fabs(x));
+            f->max_diff = d > f->max_diff ? d : f->max_diff;
+        }
+        f->pages++;
+        f->values += (long)tokens * dim;
+    }
+    free(got);
+    return rc;
 }
 
 typedef struct Sums {
@@ -277,6 +313,7 @@ int cmd_cache_check(int argc, char **argv)
     }
     int V = te.qa.model->cfg.dec.vocab;
     Sums z = {0};
+    FeatSums fz = {0};
     int ti = -1;
     for (int i = 0; i < col.n; i++) {
         Docmint__LogitRecord *r = logit_record_unpack(col.v[i].val, col.v[i].len, &err);
@@ -301,7 +338,10 @@ int cmd_cache_check(int argc, char **argv)
                      memcmp(ids, r->token_ids, (size_t)n * sizeof *ids)))
             bad = dm_err(&err, "question %" PRId64 " answer %u: the stored sequence differs from "
                                "the one built now", r->question_id, r->answer_index);
+        int fresh = te.page != page;
         if (!bad && (s_side_page(&te, corpus, page, job->corpus.pdf_dpi, &err) ||
+                     (fresh && s_check_features(store, corpus->pages[page].page_id, &te.dp, &fz,
+                                                &err) < 0) ||
                      cache_forward(te.qa.model, &te.dp, ids, n, &tl, &err)))
             bad = -1;
         if (!bad && stu != &te &&
@@ -333,9 +373,17 @@ int cmd_cache_check(int argc, char **argv)
     }
     printf("max |log p(cache) - log p(live)|: %.3e over kept tokens; %ld beyond float16 rounding\n",
            z.max_dlp, z.over);
+    if (fz.pages)
+        printf("features: %ld pages, %ld values, max |f16 - live| %.3e; %ld beyond float16 "
+               "rounding\n", fz.pages, fz.values, fz.max_diff, fz.over);
     if (z.over) {
         dm_err(&err, "%s: %ld cached log-probabilities differ from the live teacher's beyond float16 "
                      "rounding (worst by %.3e)", spath, z.over, z.worst_excess);
+        goto out;
+    }
+    if (fz.over) {
+        dm_err(&err, "%s: %ld feature values differ from the live encoder's beyond float16 rounding",
+               spath, fz.over);
         goto out;
     }
     rc = 0;

@@ -206,6 +206,13 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     if (j->keep_features && strcmp(j->stage, "cache-logits") != 0)
         return dm_err(err, "keep_features: only for stage \"cache-logits\" (the feature store "
                            "lives in a teacher-logit store)");
+    /* A shard's result is one message of at most WIRE_MAX_MSG (64 MiB); a
+     * full-size page's features take 9.4 MiB. */
+    if (j->keep_features && j->pages_per_shard > 4)
+        return dm_err(err, "pages_per_shard %d: with keep_features at most 4 (a shard's result, "
+                           "about 9.4 MiB of features a page at full size, must fit a 64 MiB "
+                           "message)",
+                      j->pages_per_shard);
     if (s_fill_distill(j, doc, dir, err))
         return -1;
     /* Rules across keys, which the schema does not express. */

@@ -22,6 +22,7 @@ struct Results {
     unsigned char **bufs;
     int n, cap;
     int nrec, nerr;  /* answers and errors in the batch */
+    int nfeat;       /* feature records in the batch */
     size_t bytes;    /* keys and values in the batch */
     double first_at; /* when the batch's first item came */
     int64_t *held;   /* sorted questionIds the store held */
@@ -181,7 +182,7 @@ static void s_clear(Results *r)
 {
     for (int i = 0; i < r->n; i++)
         free(r->bufs[i]);
-    r->n = r->nrec = r->nerr = 0;
+    r->n = r->nrec = r->nerr = r->nfeat = 0;
     r->bytes = 0;
 }
 
@@ -295,7 +296,10 @@ int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now,
     }
     int bad = s_add(r, STORE_FEATURES, f->page_id, klen, buf, len, now);
     free(buf);
-    return bad ? dm_err(err, "out of memory queueing the features of page %s", f->page_id) : 0;
+    if (bad)
+        return dm_err(err, "out of memory queueing the features of page %s", f->page_id);
+    r->nfeat++;
+    return 0;
 }
 
 int results_due(const Results *r, double now)
@@ -308,11 +312,13 @@ int results_flush(Results *r, int64_t dispatched, int64_t dropped, const char *f
                   DmErr *err)
 {
     int64_t answers = r->c.answers + r->nrec, errors = r->c.errors + r->nerr;
+    int64_t features = r->c.features + r->nfeat;
     if (s_meta_i64(r, "count_records", (int64_t)r->c.records0 + answers) ||
         s_meta_i64(r, "count_errors", (int64_t)r->c.errors0 + errors) ||
         s_meta_i64(r, "computed_this_run", answers + errors) ||
         s_meta_i64(r, "dispatched_this_run", dispatched) ||
         s_meta_i64(r, "dropped_this_run", dropped) ||
+        (!strcmp(r->kind, "logits") && s_meta_i64(r, "features_this_run", features)) ||
         (finished_at && s_meta(r, "finished_at", finished_at))) {
         s_clear(r);
         return dm_err(err, "out of memory preparing a store batch");
@@ -323,6 +329,7 @@ int results_flush(Results *r, int64_t dispatched, int64_t dropped, const char *f
         return dm_err_prefix(err, "writing %s", store_path(r->store));
     r->c.answers = answers;
     r->c.errors = errors;
+    r->c.features = features;
     return 0;
 }
 

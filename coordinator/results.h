@@ -24,6 +24,7 @@ typedef struct ResultsCounts {
     uint64_t records0, errors0;   /* in the store when the run began */
     int64_t answers, errors;      /* committed this run */
     int64_t acc_answers, acc_errors; /* accepted this run (committed or queued) */
+    int64_t features;             /* feature records committed this run */
 } ResultsCounts;
 
 /* Read the store's counts and the questionIds it holds (answers and
@@ -77,8 +78,8 @@ int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double no
 int results_due(const Results *r, double now);
 
 /* Commit what is queued with the counts in meta (computed_this_run,
- * count_records, count_errors, dispatched_this_run, dropped_this_run, and
- * finished_at when given).  Works with nothing queued (meta only). */
+ * count_records, count_errors, dispatched_this_run, dropped_this_run,
+ * features_this_run, and finished_at when given).  Works with nothing queued (meta only). */
 int results_flush(Results *r, int64_t dispatched, int64_t dropped, const char *finished_at,
                   DmErr *err);
 

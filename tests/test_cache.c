@@ -270,19 +270,22 @@ static void test_block_twin(void)
     DecPage page;
     DmErr err = {{0}};
     CU_ASSERT_EQUAL_FATAL(dec_page_init(&page, s_model, enc->data, (int)enc->shape[1], &err), 0);
-    enum { NS = 4 };
+    /* 169 rows: more than one cross-attention chunk (128 rows) */
+    enum { NS = 12 };
     int32_t *ids[NS];
     int n[NS], a0[NS];
     for (int k = 0; k < 3; k++) {
         ids[k] = s_case_ids(k, &n[k]);
         a0[k] = k == 0 ? 0 : n[k] - 2 - k; /* from every row to one row */
     }
-    n[3] = 17; /* a longer one with ids spread over the vocabulary */
-    a0[3] = 5;
-    ids[3] = malloc(17 * sizeof(int32_t));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(ids[3]);
-    for (int i = 0; i < 17; i++)
-        ids[3][i] = (int32_t)((i * 7919 + 13) % V);
+    for (int k = 3; k < NS; k++) { /* longer ones, ids spread over the vocabulary */
+        n[k] = 17;
+        a0[k] = k % 9;
+        ids[k] = malloc(17 * sizeof(int32_t));
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ids[k]);
+        for (int i = 0; i < 17; i++)
+            ids[k][i] = (int32_t)((i * 7919 + k * 131 + 13) % V);
+    }
     float *block = NULL;
     CU_ASSERT_EQUAL_FATAL(cache_forward_page(s_model, &page, NS, (const int32_t *const *)ids, n,
                                              a0, &block, &err), 0);
@@ -299,6 +302,7 @@ static void test_block_twin(void)
     }
     CU_ASSERT(worst <= 1e-4);
     printf("\n    %d sequences in one block vs alone: max diff %.2e", NS, worst);
+    free(block);
     /* A sequence whose answer start leaves no cached row is refused. */
     int bad_a = n[0] - 1;
     int32_t one[2] = {0, 2};
@@ -306,7 +310,6 @@ static void test_block_twin(void)
     int two = 2;
     CU_ASSERT_EQUAL(cache_forward_page(s_model, &page, 1, &op, &two, &bad_a, &block, &err), -1);
     CU_ASSERT_PTR_NULL(block);
-    free(block);
     dec_page_free(&page);
 }
 

@@ -346,6 +346,22 @@ static void t_validator(void)
     CU_ASSERT(strlen(msg) < 100);
 }
 
+/* keep_features: read for cache-logits, refused elsewhere and with shards
+ * whose features could not travel in one message. */
+static void t_keep_features(void)
+{
+    Job *j = NULL;
+    DmErr err = {{0}};
+    int rc = job_parse("{" S_MIN ", \"stage\": \"cache-logits\", \"keep_features\": true, "
+                       "\"pages_per_shard\": 4}", "job.json", &j, &err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL(j->keep_features, 1);
+    job_free(&j);
+    s_expect_error("{" S_MIN ", \"keep_features\": true}", "only for stage \"cache-logits\"");
+    s_expect_error("{" S_MIN ", \"stage\": \"cache-logits\", \"keep_features\": true, "
+                   "\"pages_per_shard\": 5}", "pages_per_shard 5: with keep_features at most 4");
+}
+
 void tests_job(void)
 {
     TU_SUITE("job", {"defaults filled", t_defaults}, {"every key read", t_values},
@@ -353,5 +369,6 @@ void tests_job(void)
              {"wrong type names path and expected type", t_wrong_type},
              {"bad enum and bounds", t_bad_value}, {"syntax errors and missing file", t_bad_json},
              {"relative paths resolve against the job folder", t_load_relative},
-             {"schema documents every key", t_schema_documented}, {"validator keywords", t_validator});
+             {"schema documents every key", t_schema_documented}, {"validator keywords", t_validator},
+             {"keep_features", t_keep_features});
 }

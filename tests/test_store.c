@@ -392,6 +392,26 @@ static void test_disk_full(void)
 
 /* ---- refusals ------------------------------------------------------- */
 
+/* An LMDB environment at path (an existing folder) with the named
+ * databases, and key = val in the last of them. */
+static void s_raw_lmdb(const char *path, const char *const *dbs, int n, const char *key,
+                       const char *val)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    mdb_env_create(&env);
+    mdb_env_set_maxdbs(env, 8);
+    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, path, 0, 0664), 0);
+    mdb_txn_begin(env, NULL, 0, &txn);
+    for (int i = 0; i < n; i++)
+        mdb_dbi_open(txn, dbs[i], MDB_CREATE, &dbi);
+    MDB_val k = {strlen(key), (void *)key}, v = {strlen(val), (void *)val};
+    CU_ASSERT_EQUAL(mdb_put(txn, dbi, &k, &v, 0), 0);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
 static void test_refusals(void)
 {
     char *dir = s_tmpdir();
@@ -423,18 +443,8 @@ static void test_refusals(void)
     /* an LMDB environment that is not a docmint store */
     snprintf(p, sizeof p, "%s/foreign", dir);
     mkdir(p, 0777);
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    mdb_env_create(&env);
-    mdb_env_set_maxdbs(env, 4);
-    CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, p, 0, 0664), 0);
-    mdb_txn_begin(env, NULL, 0, &txn);
-    mdb_dbi_open(txn, "other", MDB_CREATE, &dbi);
-    MDB_val k = {3, "key"}, v = {3, "val"};
-    mdb_put(txn, dbi, &k, &v, 0);
-    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    static const char *const other[] = {"other"};
+    s_raw_lmdb(p, other, 1, "key", "val");
     CU_ASSERT_EQUAL(store_open(p, STORE_READ, &s, &err), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "not a docmint store"));
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, p));
@@ -460,6 +470,44 @@ static void test_refusals(void)
     store_close(&w);
     CU_ASSERT_EQUAL(store_open(p, STORE_WRITE, &w2, &err), 0);
     store_close(&w2);
+    s_rmtree(dir);
+}
+
+/* A store written before the features database existed: readers see it
+ * empty, a writer adds it. */
+static void test_optional_features(void)
+{
+    char *dir = s_tmpdir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    static const char *const dbs[] = {"records", "errors", "meta"};
+    s_raw_lmdb(dir, dbs, 3, "schema_version", "1");
+
+    DmErr err = {{0}};
+    Store *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_READ, &s, &err), 0);
+    uint64_t n = 1;
+    void *val = NULL;
+    size_t vlen = 0;
+    StoreDbSize z = {1, 1, 1};
+    CU_ASSERT_EQUAL(store_count(s, STORE_FEATURES, &n, &err), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(store_has(s, STORE_FEATURES, "p", 1, &err), 0);
+    CU_ASSERT_EQUAL(store_get(s, STORE_FEATURES, "p", 1, &val, &vlen, &err), 0);
+    CU_ASSERT_EQUAL(store_db_size(s, STORE_FEATURES, &z, &err), 0);
+    CU_ASSERT(z.entries == 0 && z.bytes == 0 && z.page_bytes == 0);
+    CU_ASSERT_EQUAL(store_has(s, "nosuch", "p", 1, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "unknown database 'nosuch'"));
+    store_close(&s);
+
+    CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_WRITE, &s, &err), 0);
+    StoreItem it = {STORE_FEATURES, "page", 4, "value", 5};
+    CU_ASSERT_EQUAL(store_put_batch(s, &it, 1, &err), 0);
+    store_close(&s);
+    CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_READ, &s, &err), 0);
+    CU_ASSERT_EQUAL(store_has(s, STORE_FEATURES, "page", 4, &err), 1);
+    CU_ASSERT_EQUAL(store_db_size(s, STORE_FEATURES, &z, &err), 0);
+    CU_ASSERT(z.entries == 1 && z.bytes == 9 && z.page_bytes >= 4096);
+    store_close(&s);
     s_rmtree(dir);
 }
 
@@ -627,6 +675,7 @@ void tests_store(void)
              {"idempotent rewrites", test_idempotent}, {"map grows from 1 MiB to hold 20 MiB", test_map_growth},
              {"disk full keeps committed batches", test_disk_full},
              {"missing, foreign, other-version stores; one writer", test_refusals},
+             {"features database: optional for readers, created by writers", test_optional_features},
              {"records: pack/unpack/JSON round trip", test_records_roundtrip},
              {"records: float formatting", test_float_format}, {"records_put", test_records_put});
 }

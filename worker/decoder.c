@@ -124,6 +124,9 @@ static void s_emit(const DmProbe *probe, const char *name, int ndim, const int64
         probe->emit(probe->ctx, name, ndim, shape, data);
 }
 
+/* Rows of one cross-attention GEMM over several sequences. */
+#define DEC_CROSS_CHUNK 128
+
 /* Room for n attention scores in sc->probs. */
 static int s_probs_reserve(Scratch *sc, size_t n, DmErr *err)
 {
@@ -199,22 +202,54 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
     }
     /* Cross-attention over blocks of rows (a prompt, teacher-forced
      * sequences): no mask, and every row of every sequence attends to the
-     * same keys and values, so one GEMM per head covers them all. */
+     * same keys and values, so one GEMM per head covers all the rows of a
+     * chunk (DEC_CROSS_CHUNK rows bound the scores; one sequence is one
+     * chunk, as its hook sees all its rows). */
     if (!is_self && !all_one) {
-        int S = p->n_enc;
-        if (s_probs_reserve(sc, (size_t)H * R * S, err))
+        int S = p->n_enc, chunk = B == 1 || R < DEC_CROSS_CHUNK ? R : DEC_CROSS_CHUNK;
+        if (s_probs_reserve(sc, (size_t)H * chunk * S, err))
+            return -1;
+        for (int r0 = 0; r0 < R; r0 += chunk) {
+            int n = R - r0 < chunk ? R - r0 : chunk;
+            for (int h = 0; h < H; h++) {
+                float *P = sc->probs + (size_t)h * n * S;
+                kern_gemm_nt(n, S, hd, 1.0f, sc->q + (size_t)r0 * inner + h * hd, inner,
+                             p->ck[layer] + h * hd, inner, 0.0f, P, S);
+                kern_softmax_rows(P, n, S);
+            }
+            if (B == 1 &&
+                s_attn_report(hooks, probe, layer, 0, sc->probs, H, n, S, seqs[0]->len, err))
+                return -1;
+            for (int h = 0; h < H; h++)
+                kern_gemm_nn(n, hd, S, 1.0f, sc->probs + (size_t)h * n * S, S,
+                             p->cv[layer] + h * hd, inner, 0.0f,
+                             sc->ctx + (size_t)r0 * inner + h * hd, inner);
+        }
+        kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
+        return 0;
+    }
+    /* Self-attention of several fresh sequences (prompts, teacher-forced
+     * sequences): their keys are the block's own rows, so one GEMM per head
+     * over the whole block, with a mask that is causal inside each sequence
+     * and closed between them. */
+    int fresh = is_self && B > 1 && !all_one;
+    for (int b = 0; fresh && b < B; b++)
+        fresh = seqs[b]->len == 0;
+    if (fresh) {
+        if (s_probs_reserve(sc, (size_t)H * R * R, err))
             return -1;
         for (int h = 0; h < H; h++) {
-            float *P = sc->probs + (size_t)h * R * S;
-            kern_gemm_nt(R, S, hd, 1.0f, sc->q + h * hd, inner, p->ck[layer] + h * hd, inner,
-                         0.0f, P, S);
-            kern_softmax_rows(P, R, S);
+            float *P = sc->probs + (size_t)h * R * R;
+            kern_gemm_nt(R, R, hd, 1.0f, sc->q + h * hd, inner, sc->k + h * hd, inner, 0.0f, P, R);
+            for (int b = 0, r0 = 0; b < B; r0 += counts[b], b++)
+                for (int i = r0; i < r0 + counts[b]; i++)
+                    for (int j = 0; j < R; j++)
+                        if (j < r0 || j > i)
+                            P[(size_t)i * R + j] = -INFINITY;
+            kern_softmax_rows(P, R, R);
+            kern_gemm_nn(R, hd, R, 1.0f, P, R, sc->v + h * hd, inner, 0.0f, sc->ctx + h * hd,
+                         inner);
         }
-        if (B == 1 && s_attn_report(hooks, probe, layer, 0, sc->probs, H, R, S, seqs[0]->len, err))
-            return -1;
-        for (int h = 0; h < H; h++)
-            kern_gemm_nn(R, hd, S, 1.0f, sc->probs + (size_t)h * R * S, S, p->cv[layer] + h * hd,
-                         inner, 0.0f, sc->ctx + h * hd, inner);
         kern_linear(sc->ctx, R, inner, a->o.w, a->o.b, D, sc->out);
         return 0;
     }

@@ -235,29 +235,36 @@ int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, 
     for (int p = 0; p < P; p++) {
         const float *row = logits + (size_t)p * vocab;
         r->targets[p] = ids[answer_start + p + 1];
-        for (int i = 0; i < o->n_temps; i++)
-            r->lse[(size_t)p * o->n_temps + i] = (float)kd_lse(row, vocab, o->temps[i]);
         uint8_t *vals = r->top_logits.data + (size_t)p * k * 2;
         float m = row[0];
         for (int v = 1; v < vocab; v++)
             m = row[v] > m ? row[v] : m;
         r->shift[p] = m;
+        if (!full) {
+            kd_topk(row, vocab, k, idx);
+            for (int i = 0; i < k; i++)
+                kept[idx[i]] = 1;
+        }
+        /* log-sum-exp of every token and of the tokens left out, at each T,
+         * from one pass of exponentials (max first, so no overflow; -inf
+         * when nothing is left out).  The rest is summed on its own, never
+         * as all minus kept, which would cancel. */
+        for (int ti = 0; ti < o->n_temps; ti++) {
+            double T = o->temps[ti], all = 0.0, rest = 0.0;
+            for (int v = 0; v < vocab; v++) {
+                double e = exp((row[v] - m) / T);
+                all += e;
+                rest += full || kept[v] ? 0.0 : e;
+            }
+            size_t at = (size_t)p * o->n_temps + ti;
+            r->lse[at] = (float)(m / T + log(all));
+            if (!full)
+                r->lse_rest[at] = rest > 0 ? (float)(m / T + log(rest)) : -INFINITY;
+        }
         if (full) {
             for (int v = 0; v < vocab; v++)
                 s_put16(vals + 2 * v, dm_f32_to_f16(row[v] - m));
             continue;
-        }
-        kd_topk(row, vocab, k, idx);
-        for (int i = 0; i < k; i++)
-            kept[idx[i]] = 1;
-        /* log-sum-exp of the tokens left out, at each T (max first, so no
-         * overflow; -inf when nothing is left out). */
-        for (int ti = 0; ti < o->n_temps; ti++) {
-            double T = o->temps[ti], sum = 0.0;
-            for (int v = 0; v < vocab; v++)
-                if (!kept[v])
-                    sum += exp((row[v] - m) / T);
-            r->lse_rest[(size_t)p * o->n_temps + ti] = sum > 0 ? (float)(m / T + log(sum)) : -INFINITY;
         }
         for (int i = 0; i < k; i++)
             kept[idx[i]] = 0;

@@ -135,9 +135,17 @@ sys.exit(0 if d["positions"] > 0 and d["bytes_per_position"] > 2 * 1024 else 1)'
 else
     bad "store stat: $("$DOCMINT" store stat "$T/logits" 2>&1 | tail -4)"
 fi
-# The feature store: keep_features over half the corpus, then all of it.
+# The feature store: keep_features over every other question, then all of
+# them: the second run revisits the pages of the first (their other
+# questions) without asking for their features again.
+python3 - "$C" "$T/corpus/odd.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["data"] = d["data"][::2]
+json.dump(d, open(sys.argv[2], "w"))
+PY
 FEAT='"stage": "cache-logits", "top_k": 8, "keep_features": true, "commit_every": 3, "threads": 1'
-write_job "$T/fhalf-job.json" "$T/model" "$T/corpus/half.json" "$T/feat" "$FEAT"
+write_job "$T/fhalf-job.json" "$T/model" "$T/corpus/odd.json" "$T/feat" "$FEAT"
 write_job "$T/feat-job.json" "$T/model" "$C" "$T/feat" "$FEAT"
 pages_of() {
     python3 -c 'import json,sys; print(len({q["image"] for q in json.load(open(sys.argv[1]))["data"]}))' "$1"
@@ -146,19 +154,20 @@ features() {
     "$DOCMINT" store stat "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["features"])'
 }
 if $MPIRUN -n 3 "$DOCMINT" run "$T/fhalf-job.json" >"$T/fhalf.log" 2>&1 &&
-    [ "$(features "$T/feat")" = "$(pages_of "$T/corpus/half.json")" ]; then
-    ok "keep_features over half the corpus: $(features "$T/feat") pages of features"
+    [ "$(features "$T/feat")" = "$(pages_of "$T/corpus/odd.json")" ]; then
+    ok "keep_features over every other question: $(features "$T/feat") pages of features"
 else
     bad "keep_features, partial run: $(features "$T/feat") features: $(tail -3 "$T/fhalf.log")"
 fi
 msg=""
 if $MPIRUN -n 3 "$DOCMINT" run "$T/feat-job.json" >"$T/feat.log" 2>&1 &&
     [ "$(features "$T/feat")" = "$(pages_of "$C")" ] && msg=$(check_pairs "$T/feat" "$C") &&
+    [ "$(meta "$T/feat" features_this_run)" = $(($(pages_of "$C") - $(pages_of "$T/corpus/odd.json"))) ] &&
     $MPIRUN -n 3 "$DOCMINT" run "$T/feat-job.json" --quiet >"$T/frerun.log" 2>&1 &&
     [ "$(meta "$T/feat" computed_this_run)" = 0 ] && [ "$(features "$T/feat")" = "$(pages_of "$C")" ]; then
-    ok "resumed: one feature record per page ($(features "$T/feat")), $msg; a rerun adds nothing"
+    ok "resumed: one feature record per page ($(features "$T/feat")), the revisited pages' not sent again, $msg; a rerun adds nothing"
 else
-    bad "keep_features, resume: $(features "$T/feat") features for $(pages_of "$C") pages: $(tail -3 "$T/feat.log") $msg"
+    bad "keep_features, resume: $(features "$T/feat") features for $(pages_of "$C") pages, $(meta "$T/feat" features_this_run) sent by the last run: $(tail -3 "$T/feat.log") $msg"
 fi
 # Every page against the live encoder, read from Python.
 if make -s python-schemas PY_GEN="$T/py" >"$T/pymake.log" 2>&1 &&
@@ -220,6 +229,12 @@ then
     ok "features read from Python equal the live encoder: $(cat "$T/fcheck.out")"
 else
     bad "features vs the live encoder: $(tail -3 "$T/fcheck.out") $(tail -2 "$T/pymake.log")"
+fi
+if "$DOCMINT" cache-check "$T/model" "$T/feat" --limit 1000 >"$T/fcc.out" 2>"$T/fcc.err" &&
+    grep -q "^features: $(pages_of "$C") pages, .* 0 beyond float16 rounding" "$T/fcc.out"; then
+    ok "cache-check checks the features too: $(grep '^features:' "$T/fcc.out")"
+else
+    bad "cache-check of the features: $(cat "$T/fcc.err") $(tail -2 "$T/fcc.out")"
 fi
 write_job "$T/nofeat-job.json" "$T/model" "$C" "$T/feat" '"stage": "cache-logits", "top_k": 8'
 if ! "$DOCMINT" run "$T/nofeat-job.json" >/dev/null 2>"$T/nofeat.err" &&
