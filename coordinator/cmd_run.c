@@ -12,7 +12,10 @@
  * Threads per worker: job.threads, else the node's cores divided by the
  * worker ranks on that node (MPI_COMM_TYPE_SHARED), at most the cores this
  * rank may run on.  A worker rank that cannot start (its model does not
- * load) aborts the job: a dead rank ends an MPI job, and a rerun resumes. */
+ * load) aborts the job: a dead rank ends an MPI job, and a rerun resumes.
+ *
+ * Stage "distill" is SPMD instead (distill.h): rank 0 reads the job and
+ * broadcasts it (paths resolved), and every rank trains. */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <errno.h>
 #include <mpi.h>
@@ -27,8 +30,11 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "coll.h"
 #include "commands.h"
 #include "dispatch.h"
+#include "distill.h"
+#include "job.h"
 #include "worker_loop.h"
 
 #define PREFIX "docmint run"
@@ -47,7 +53,8 @@ static void s_usage(FILE *f)
 {
     fprintf(f, "usage: docmint run JOB.json [--quiet]\n"
                "  runs a job: mpirun -n N docmint run JOB.json (rank 0 coordinates, the\n"
-               "  others compute), or docmint run JOB.json alone (one worker in-process)\n"
+               "  others compute), or docmint run JOB.json alone (one worker in-process);\n"
+               "  stage distill: every rank trains its slice of each batch (data parallel)\n"
                "  --quiet   no progress lines and no summary (job key \"quiet\" too)\n"
                "  workers started by hand join with: docmint worker --keys OUTPUT/worker.keys\n");
 }
@@ -127,6 +134,44 @@ static int s_local_failed(void *ctx, DmErr *err)
         return 0;
     dm_err(err, "in-process worker: %s", lw->err.msg);
     return 1;
+}
+
+/* ---------------------------------------------------------- SPMD stages */
+
+/* Rank 0: the job document when the job is a distill job, else NULL (a
+ * job that does not load goes the batch way, which reports why). */
+static char *s_spmd_job(const char *path)
+{
+    Job *j = NULL;
+    DmErr err;
+    char *text = NULL;
+    if (job_load(path, &j, &err) == 0 && !strcmp(j->stage, "distill"))
+        text = json_dumps(j->doc, JSON_COMPACT);
+    job_free(&j);
+    return text;
+}
+
+static int s_distill(char *text, int rank, int local_ranks, int quiet)
+{
+    int len = text ? (int)strlen(text) + 1 : 0;
+    s_bcast(&len, 1, MPI_INT);
+    if (rank != 0 && !(text = malloc((size_t)len)))
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    s_bcast(text, len, MPI_CHAR);
+    Job *job = NULL;
+    Coll *coll = NULL;
+    DmErr err = {{0}};
+    int rc = 1;
+    if (job_parse(text, "the job broadcast", &job, &err) == 0 &&
+        coll_open(MPI_COMM_WORLD, COLL_AUTO, &coll, &err) == 0)
+        rc = distill_run(job, coll, job->threads > 0 ? job->threads : s_auto_threads(local_ranks),
+                         quiet);
+    else
+        fprintf(stderr, "%s: rank %d: %s\n", PREFIX, rank, err.msg);
+    coll_close(&coll);
+    job_free(&job);
+    free(text);
+    return rc;
 }
 
 /* --------------------------------------------------------------- rank 0 */
@@ -321,10 +366,19 @@ int cmd_run(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     /* Worker ranks on this node share its cores. */
     MPI_Comm local;
-    int is_worker = rank != 0 || size == 1, local_workers = 1;
+    int is_worker = rank != 0 || size == 1, local_workers = 1, one = 1, local_ranks = 1;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
     MPI_Allreduce(&is_worker, &local_workers, 1, MPI_INT, MPI_SUM, local);
+    MPI_Allreduce(&one, &local_ranks, 1, MPI_INT, MPI_SUM, local);
     MPI_Comm_free(&local);
+    char *spmd = rank == 0 ? s_spmd_job(job) : NULL;
+    int is_spmd = spmd != NULL;
+    s_bcast(&is_spmd, 1, MPI_INT);
+    if (is_spmd) {
+        int rc = s_distill(spmd, rank, local_ranks, quiet);
+        MPI_Finalize();
+        return rc;
+    }
     int interrupted = 0;
     int rc = rank == 0 ? s_coordinator(job, quiet, size, local_workers, &interrupted)
                        : s_worker_rank(rank, local_workers);

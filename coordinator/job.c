@@ -101,6 +101,60 @@ static int s_int(const json_t *obj, const char *key)
     return (int)json_number_value(json_object_get(obj, key));
 }
 
+/* The "distill" block: present exactly when the stage is distill. */
+static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
+{
+    json_t *o = json_object_get(doc, "distill");
+    if (json_is_null(o))
+        o = NULL;
+    int is_distill = !strcmp(j->stage, "distill");
+    if (!o && is_distill)
+        return dm_err(err, "distill: missing (required object for stage \"distill\": at least "
+                           "{\"logits\": STORE})");
+    if (o && !is_distill)
+        return dm_err(err, "distill: only for stage \"distill\" (this job's stage is \"%s\")",
+                      j->stage);
+    if (!o)
+        return 0;
+    DistillSpec *d = &j->distill;
+    if (s_path_key(o, "logits", dir, &d->logits, err))
+        return dm_err_prefix(err, "distill");
+    d->steps = (long)json_number_value(json_object_get(o, "steps"));
+    d->epochs = s_int(o, "epochs");
+    d->batch_size = s_int(o, "batch_size");
+    d->micro_batch = s_int(o, "micro_batch");
+    d->lr = json_number_value(json_object_get(o, "lr"));
+    d->warmup_steps = (long)json_number_value(json_object_get(o, "warmup_steps"));
+    const char *decay = json_string_value(json_object_get(o, "decay"));
+    d->decay = !strcmp(decay, "cosine") ? DISTILL_DECAY_COSINE
+               : !strcmp(decay, "constant") ? DISTILL_DECAY_CONSTANT
+                                            : DISTILL_DECAY_LINEAR;
+    d->weight_decay = json_number_value(json_object_get(o, "weight_decay"));
+    json_t *betas = json_object_get(o, "adam_betas");
+    d->beta1 = json_number_value(json_array_get(betas, 0));
+    d->beta2 = json_number_value(json_array_get(betas, 1));
+    d->eps = json_number_value(json_object_get(o, "adam_eps"));
+    d->clip_norm = json_number_value(json_object_get(o, "clip_norm"));
+    json_t *alpha = json_object_get(o, "alpha");
+    d->alpha_auto = json_is_string(alpha);
+    d->alpha = d->alpha_auto ? 0 : json_number_value(alpha);
+    d->alpha_batches = s_int(o, "alpha_batches");
+    d->temperature = json_number_value(json_object_get(o, "temperature"));
+    d->seed = (uint64_t)json_number_value(json_object_get(o, "seed"));
+    d->checkpoint_every = (long)json_number_value(json_object_get(o, "checkpoint_every"));
+    d->keep_checkpoints = s_int(o, "keep_checkpoints");
+    d->hash_check_every = (long)json_number_value(json_object_get(o, "hash_check_every"));
+    d->feature_cache_mb = (long)json_number_value(json_object_get(o, "feature_cache_mb"));
+    d->plot = json_is_true(json_object_get(o, "plot"));
+    if (d->micro_batch > d->batch_size)
+        return dm_err(err, "distill.micro_batch: %d is more than batch_size %d", d->micro_batch,
+                      d->batch_size);
+    if (d->steps > 0 && d->warmup_steps > d->steps)
+        return dm_err(err, "distill.warmup_steps: %ld is more than steps %ld", d->warmup_steps,
+                      d->steps);
+    return 0;
+}
+
 /* Fill the Job from a validated document (which it takes over). */
 static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
 {
@@ -160,6 +214,8 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
                            "about 9.4 MiB of features a page at full size, must fit a 64 MiB "
                            "message)",
                       j->pages_per_shard);
+    if (s_fill_distill(j, doc, dir, err))
+        return -1;
     /* Rules across keys, which the schema does not express. */
     if (j->precision && strcmp(j->stage, "infer") != 0)
         return dm_err(err, "precision: \"bf16\" is for the infer stage; stage \"%s\" keeps "
@@ -268,6 +324,7 @@ void job_free(Job **job)
     free((char *)j->corpus.image_root);
     free((char *)j->corpus.questions);
     free(j->endpoint);
+    free(j->distill.logits);
     json_decref(j->doc);
     free(j);
     *job = NULL;

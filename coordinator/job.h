@@ -6,13 +6,41 @@
 #define DM_JOB_H
 
 #include <jansson.h>
+#include <stdint.h>
 
 #include "corpus.h"
 #include "dm_error.h"
 
+/* The "distill" block (stage distill only; schema descriptions say more). */
+typedef enum { DISTILL_DECAY_LINEAR, DISTILL_DECAY_COSINE, DISTILL_DECAY_CONSTANT } DistillDecay;
+
+typedef struct DistillSpec {
+    char *logits;          /* teacher-logit store (path resolved like model) */
+    long steps;            /* 0: epochs * floor(items / batch_size) */
+    int epochs;
+    int batch_size;        /* items per optimizer step, all ranks together */
+    int micro_batch;       /* items per pass on a rank; 0 = its whole share */
+    double lr;
+    long warmup_steps;
+    DistillDecay decay;
+    double weight_decay;
+    double beta1, beta2, eps;
+    double clip_norm;      /* 0: no clipping */
+    int alpha_auto;        /* alpha "auto" */
+    double alpha;          /* when not auto */
+    int alpha_batches;
+    double temperature;
+    uint64_t seed;
+    long checkpoint_every; /* 0: only at the end */
+    int keep_checkpoints;  /* 0: all */
+    long hash_check_every; /* 0: only at the end */
+    long feature_cache_mb;
+    int plot;
+} DistillSpec;
+
 typedef struct Job {
     char *path;            /* the job file */
-    char *stage;           /* "infer" or "cache-logits" ("distill", "analyze" later) */
+    char *stage;           /* "infer", "cache-logits" or "distill" ("analyze" later) */
     char *model;           /* checkpoint folder (relative paths resolve against the job file's folder) */
     char *output;          /* output store folder */
     CorpusSpec corpus;     /* strings owned by the job */
@@ -32,6 +60,7 @@ typedef struct Job {
     double temps[16];
     int first_answer_only;
     int keep_features;     /* also store each page's encoder output (features database) */
+    DistillSpec distill;   /* stage "distill" */
     char *endpoint;        /* coordinator bind address (default: every interface, port 0 = any free port) */
     json_t *doc;           /* the validated document with defaults filled in and paths resolved
                               (absolute), so job_parse reads it back anywhere */

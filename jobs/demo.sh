@@ -5,8 +5,14 @@
 #      else a random-weight Donut of a tiny config (`docmint init`);
 #   3. `mpirun -n 3 docmint run jobs/demo-infer.json`: rank 0 coordinates,
 #      two workers answer every question, answers land in an LMDB store;
-#   4. an evaluation-server submission and its ANLS.
-# A rerun resumes: questions already in the store are not computed again.
+#   4. an evaluation-server submission and its ANLS;
+#   5. distillation: the model's logits on the gold answers cached
+#      (jobs/demo-cache.json), a student pruned from it (jobs/demo-plan.json:
+#      S1 and M1 removed), 20 distill steps on 2 ranks
+#      (jobs/demo-distill.json; loss curve build/demo/distill/losses.png),
+#      and the student's answers evaluated like the model's.
+# A rerun resumes: questions already in a store are not computed again,
+# and distill continues from its newest checkpoint.
 set -eu
 DOCMINT=${1:-build/docmint}
 OUT=build/demo
@@ -38,3 +44,16 @@ mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-infer.json
 "$DOCMINT" eval --predictions "$OUT/submission.json" \
     --annotations "$OUT/corpus/train_v1.0_withQT.json" --report "$OUT/report.json"
 echo "demo: answers in $OUT/answers, submission $OUT/submission.json, report $OUT/report.json"
+
+mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-cache.json
+if [ ! -f "$OUT/student/pruning.json" ]; then
+    rm -rf "$OUT/student"
+    "$DOCMINT" prune "$OUT/model" --plan jobs/demo-plan.json -o "$OUT/student"
+fi
+mpirun -n 2 --oversubscribe "$DOCMINT" run jobs/demo-distill.json
+mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-student.json
+"$DOCMINT" export "$OUT/student-answers" --annotations "$OUT/corpus/train_v1.0_withQT.json" \
+    -o "$OUT/student-submission.json"
+"$DOCMINT" eval --predictions "$OUT/student-submission.json" \
+    --annotations "$OUT/corpus/train_v1.0_withQT.json" --report "$OUT/student-report.json"
+echo "demo: distilled student in $OUT/distill/student (log $OUT/distill/train.jsonl, plot $OUT/distill/losses.png), its report $OUT/student-report.json"

@@ -16,7 +16,7 @@
 #
 # Environment: BENCH_REPEAT_FULL (default 2) and BENCH_REPEAT_TINY (default 3)
 # timed runs per measurement; BENCH_ARGS extra `docmint bench` flags (e.g.
-# "--threads 1").  About 6 minutes on 2 cores.
+# "--threads 1").  About 8 minutes on 2 cores (with the training part).
 set -eu
 DOCMINT=${1:-build/docmint}
 GEMM_BENCH=${2:-}
@@ -163,3 +163,8 @@ fi
 # (docmint bench-dispatch) and infer throughput with 1 and 2 worker ranks
 # (tests/bench_batch.sh; about 30 s more).
 sh "$ROOT/tests/bench_batch.sh" "$DOCMINT"
+
+# Training: distill tokens per second with 1 and 2 ranks on the tiny
+# config and on a full-size pruned student, with the all-reduce's share of
+# the step (tests/bench_train.sh; about 1 minute, 5 the first time).
+sh "$ROOT/tests/bench_train.sh" "$DOCMINT" "$FULL" "$TINY"

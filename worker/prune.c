@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dm_fs.h"
 #include "plan.h"
 
 /* The files of a Hugging Face Donut folder that a student shares with its
@@ -22,28 +23,6 @@ static const char *const s_copied[] = {
     "sentencepiece.bpe.model", "added_tokens.json",     "special_tokens_map.json",
     "tokenizer_config.json", "generation_config.json",
 };
-
-static int s_copy_file(const char *src, const char *dst, DmErr *err)
-{
-    FILE *in = fopen(src, "rb");
-    if (!in)
-        return dm_err_errno(err, "%s: cannot open", src);
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
-        fclose(in);
-        return dm_err_errno(err, "%s: cannot create", dst);
-    }
-    char buf[1 << 16];
-    size_t n;
-    int bad = 0;
-    while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        bad = fwrite(buf, 1, n, out) != n;
-    bad |= ferror(in);
-    fclose(in);
-    if (fclose(out) != 0)
-        bad = 1;
-    return bad ? dm_err_errno(err, "%s: copy to %s failed", src, dst) : 0;
-}
 
 /* Remove a folder holding only plain files (the temporary student). */
 static void s_remove_tree(const char *dir)
@@ -248,7 +227,7 @@ int prune_checkpoint(const char *model_dir, const char *plan_path, const char *o
     for (size_t i = 0; i < sizeof s_copied / sizeof *s_copied; i++) {
         snprintf(src, sizeof src, "%s/%s", model_dir, s_copied[i]);
         snprintf(path, sizeof path, "%s/%s", tmp, s_copied[i]);
-        if (access(src, F_OK) == 0 && s_copy_file(src, path, err))
+        if (access(src, F_OK) == 0 && dm_copy_file(src, path, err))
             goto done;
     }
     if (donut_load(tmp, &check, err)) {

@@ -3,13 +3,13 @@
 # processes (mpirun, docmint run, docmint worker).  Run from the
 # repository root: DOCMINT=build/docmint sh tests/mpi/all.sh
 # Each script prints ok/FAIL lines and "N passed, N failed"; this prints
-# the sum and exits non-zero when any script failed.  About 2 minutes on
-# 2 cores.
+# the sum and exits non-zero when any script failed.  About 6 minutes on
+# 2 cores (the distill tests take 3 to 4 of them).
 set -u
 total_pass=0
 total_fail=0
 status=0
-for t in run_basic bad_images kill_resume lease_expiry wrong_keys coordinator_pause cache_logits; do
+for t in run_basic bad_images kill_resume lease_expiry wrong_keys coordinator_pause cache_logits distill distill_e2e; do
     out=$(sh "tests/mpi/$t.sh" 2>&1)
     rc=$?
     printf '%s\n' "$out" | grep -v ' passed, .* failed$'

@@ -1,0 +1,44 @@
+/* dm_fs.c - file copies and tree removal (dm_fs.h). */
+#define _GNU_SOURCE /* nftw */
+#include "dm_fs.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int dm_copy_file(const char *src, const char *dst, DmErr *err)
+{
+    FILE *in = fopen(src, "rb");
+    if (!in)
+        return dm_err_errno(err, "%s: cannot open", src);
+    FILE *out = fopen(dst, "wb");
+    if (!out) {
+        fclose(in);
+        return dm_err_errno(err, "%s: cannot create", dst);
+    }
+    char buf[1 << 16];
+    size_t n;
+    int bad = 0;
+    while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        bad = fwrite(buf, 1, n, out) != n;
+    bad |= ferror(in);
+    fclose(in);
+    if (fclose(out) != 0)
+        bad = 1;
+    return bad ? dm_err_errno(err, "%s: copy to %s failed", src, dst) : 0;
+}
+
+static int s_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path) != 0 && errno != ENOENT;
+}
+
+int dm_rm_tree(const char *path)
+{
+    if (access(path, F_OK) != 0)
+        return 0;
+    return nftw(path, s_rm, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
+}

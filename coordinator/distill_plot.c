@@ -1,0 +1,152 @@
+/* distill_plot.c - losses.png of the distill stage (distill_plot.h). */
+#include "distill_plot.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vips/vips.h>
+
+#include "image.h" /* image_vips_init */
+
+#define W 960
+#define H 540
+#define LEFT 90
+#define RIGHT 30
+#define TOP 50
+#define BOTTOM 60
+
+void distill_curve_add(DistillCurve *c, long step, double loss, double ce, double kd)
+{
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 256;
+        c->step = dm_xrealloc(c->step, (size_t)c->cap * sizeof *c->step);
+        c->loss = dm_xrealloc(c->loss, (size_t)c->cap * sizeof *c->loss);
+        c->ce = dm_xrealloc(c->ce, (size_t)c->cap * sizeof *c->ce);
+        c->kd = dm_xrealloc(c->kd, (size_t)c->cap * sizeof *c->kd);
+    }
+    c->step[c->n] = step;
+    c->loss[c->n] = loss;
+    c->ce[c->n] = ce;
+    c->kd[c->n] = kd;
+    c->n++;
+}
+
+void distill_curve_free(DistillCurve *c)
+{
+    free(c->step);
+    free(c->loss);
+    free(c->ce);
+    free(c->kd);
+    memset(c, 0, sizeof *c);
+}
+
+static int s_fail(DmErr *err, const char *what)
+{
+    dm_err(err, "%s: libvips: %s", what, vips_error_buffer());
+    vips_error_clear();
+    return -1;
+}
+
+/* A tick spacing of 1, 2 or 5 times a power of ten giving about n ticks. */
+static double s_nice(double span, int n)
+{
+    double raw = span / n, p = pow(10, floor(log10(raw))), f = raw / p;
+    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
+}
+
+static int s_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
+                  DmErr *err)
+{
+    VipsImage *t = NULL;
+    if (vips_text(&t, s, "font", "DejaVu Sans 11", "dpi", 96, NULL))
+        return s_fail(err, "losses.png: text");
+    int w = vips_image_get_width(t), h = vips_image_get_height(t);
+    int rc = vips_draw_mask(img, (double *)ink, 3, t, right_align ? x - w : x, y - h / 2, NULL);
+    g_object_unref(t);
+    return rc ? s_fail(err, "losses.png: text") : 0;
+}
+
+int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *err)
+{
+    if (image_vips_init(err))
+        return -1;
+    if (c->n == 0)
+        return 0;
+    double ymax = 0;
+    for (int i = 0; i < c->n; i++) {
+        double v[3] = {c->loss[i], c->ce[i], alpha * c->kd[i]};
+        for (int k = 0; k < 3; k++)
+            if (isfinite(v[k]) && v[k] > ymax)
+                ymax = v[k];
+    }
+    if (ymax <= 0)
+        ymax = 1;
+    double ytick = s_nice(ymax, 5);
+    ymax = ceil(ymax / ytick) * ytick;
+    long x0 = c->step[0], x1 = c->step[c->n - 1] > x0 ? c->step[c->n - 1] : x0 + 1;
+    double xtick = s_nice((double)(x1 - x0), 8);
+    if (xtick < 1)
+        xtick = 1;
+    int pw = W - LEFT - RIGHT, ph = H - TOP - BOTTOM;
+    unsigned char *buf = malloc((size_t)W * H * 3);
+    if (!buf)
+        return dm_err(err, "%s: out of memory", png);
+    memset(buf, 255, (size_t)W * H * 3);
+    VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
+    if (!img) {
+        free(buf);
+        return s_fail(err, png);
+    }
+    static const double black[3] = {0, 0, 0}, grey[3] = {225, 225, 225};
+    static const double colour[3][3] = {{20, 20, 20}, {31, 119, 180}, {214, 39, 40}};
+    static const char *name[3] = {"loss", "ce", "alpha * kd"};
+    int rc = 0;
+    char label[64];
+#define PX(s) (LEFT + (int)lround((double)((s) - x0) / (double)(x1 - x0) * pw))
+#define PY(v) (TOP + ph - (int)lround((v) / ymax * ph))
+    for (double y = 0; !rc && y <= ymax * 1.0000001; y += ytick) {
+        rc |= vips_draw_line(img, (double *)grey, 3, LEFT, PY(y), LEFT + pw, PY(y), NULL);
+        rc |= vips_draw_line(img, (double *)black, 3, LEFT - 5, PY(y), LEFT, PY(y), NULL);
+        snprintf(label, sizeof label, "%g", y);
+        rc = rc ? s_fail(err, png) : s_text(img, label, LEFT - 8, PY(y), 1, black, err);
+    }
+    for (double s = ceil(x0 / xtick) * xtick; !rc && s <= x1; s += xtick) {
+        rc |= vips_draw_line(img, (double *)black, 3, PX(s), TOP + ph, PX(s), TOP + ph + 5, NULL);
+        snprintf(label, sizeof label, "%ld", (long)s);
+        rc = rc ? s_fail(err, png) : s_text(img, label, PX(s) - 4 * (int)strlen(label), TOP + ph + 16, 0, black, err);
+    }
+    if (!rc && (vips_draw_line(img, (double *)black, 3, LEFT, TOP, LEFT, TOP + ph, NULL) ||
+                vips_draw_line(img, (double *)black, 3, LEFT, TOP + ph, LEFT + pw, TOP + ph, NULL)))
+        rc = s_fail(err, png);
+    for (int k = 0; !rc && k < 3; k++) {
+        const double *ser = k == 0 ? c->loss : k == 1 ? c->ce : c->kd;
+        double mul = k == 2 ? alpha : 1;
+        for (int i = 1; !rc && i < c->n; i++) {
+            double a = ser[i - 1] * mul, b = ser[i] * mul;
+            if (isfinite(a) && isfinite(b) &&
+                vips_draw_line(img, (double *)colour[k], 3, PX(c->step[i - 1]), PY(a),
+                               PX(c->step[i]), PY(b), NULL))
+                rc = s_fail(err, png);
+        }
+        if (!rc && vips_draw_rect(img, (double *)colour[k], 3, LEFT + pw - 170, TOP + 12 + 20 * k,
+                                  24, 3, "fill", TRUE, NULL))
+            rc = s_fail(err, png);
+        rc = rc ? rc : s_text(img, name[k], LEFT + pw - 140, TOP + 13 + 20 * k, 0, colour[k], err);
+    }
+#undef PX
+#undef PY
+    snprintf(label, sizeof label, "alpha = %.4g", alpha);
+    rc = rc ? rc : s_text(img, "distill: training loss per step", LEFT, TOP / 2, 0, black, err);
+    rc = rc ? rc : s_text(img, label, LEFT + pw - 170, TOP + 13 + 60, 0, black, err);
+    rc = rc ? rc : s_text(img, "step", LEFT + pw / 2, H - 18, 0, black, err);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.png", png);
+    if (!rc && vips_pngsave(img, tmp, NULL))
+        rc = s_fail(err, png);
+    if (!rc && rename(tmp, png) != 0)
+        rc = dm_err_errno(err, "%s: cannot rename", tmp);
+    g_object_unref(img);
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,323 @@
+/* distill_data.c - items and page features of the distill stage
+ * (distill_data.h). */
+#include "distill_data.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "page_encode.h"
+
+typedef struct PageRef {
+    const char *id;
+    int page;
+} PageRef;
+
+struct DistillData {
+    Store *store;
+    const Corpus *corpus;
+    const DonutModel *model;
+    const PreprocConfig *pc;
+    int pdf_dpi;
+    double tau;
+    DistillItem *items;
+    int n, cap;
+    /* page cache: one slot per corpus page */
+    float **enc;
+    int *n_enc;
+    uint64_t *used;  /* clock of the last use, 0 = not cached */
+    uint64_t clock;
+    size_t bytes, budget;
+    long encoded, stored, hits;
+    /* scan state */
+    PageRef *refs;
+    DmErr *scan_err;
+    int scan_failed;
+};
+
+static int s_ref_cmp(const void *a, const void *b)
+{
+    return strcmp(((const PageRef *)a)->id, ((const PageRef *)b)->id);
+}
+
+/* Checks a record against the student, and names it when it fails. */
+static int s_check_record(const DistillData *d, const Docmint__LogitRecord *r, DmErr *err)
+{
+    const MBartConfig *mc = &d->model->cfg.dec;
+    const char *path = store_path(d->store);
+    long long q = (long long)r->question_id;
+    if ((int)r->vocab != mc->vocab)
+        return dm_err(err, "%s: record %lld/%u has vocabulary %u, the student %d", path, q,
+                      r->answer_index, r->vocab, mc->vocab);
+    if (logit_record_temp_index(r, d->tau) < 0)
+        return dm_err(err, "%s: record %lld/%u has no temperature %g (distill.temperature must "
+                           "be one the store keeps)",
+                      path, q, r->answer_index, d->tau);
+    if ((int)r->n_token_ids > mc->max_pos)
+        return dm_err(err, "%s: record %lld/%u has %zu tokens, the student's positions end at %d",
+                      path, q, r->answer_index, r->n_token_ids, mc->max_pos);
+    for (size_t i = 0; i < r->n_token_ids; i++)
+        if (r->token_ids[i] < 0 || r->token_ids[i] >= mc->vocab)
+            return dm_err(err, "%s: record %lld/%u: token id %d outside the vocabulary", path, q,
+                          r->answer_index, r->token_ids[i]);
+    return 0;
+}
+
+static int s_scan(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    DistillData *d = ctx;
+    DmErr *err = d->scan_err;
+    if (klen != LOGIT_KEY_LEN) {
+        d->scan_failed = dm_err(err, "%s: a record key of %zu bytes (want %d)",
+                                store_path(d->store), klen, LOGIT_KEY_LEN);
+        return 1;
+    }
+    Docmint__LogitRecord *r = logit_record_unpack(val, vlen, err);
+    if (!r) {
+        d->scan_failed = dm_err_prefix(err, "%s", store_path(d->store));
+        return 1;
+    }
+    int rc = s_check_record(d, r, err);
+    PageRef want = {r->page_id, 0}, *hit = NULL;
+    if (!rc) {
+        hit = bsearch(&want, d->refs, (size_t)d->corpus->npages, sizeof *d->refs, s_ref_cmp);
+        if (!hit)
+            rc = dm_err(err, "%s: record %" PRId64 "/%u is about page \"%s\", which the corpus "
+                             "does not have (distill needs the corpus cache-logits ran over)",
+                        store_path(d->store), r->question_id, r->answer_index, r->page_id);
+    }
+    if (!rc && d->n == d->cap) {
+        d->cap = d->cap ? 2 * d->cap : 1024;
+        DistillItem *ni = realloc(d->items, (size_t)d->cap * sizeof *ni);
+        if (!ni)
+            rc = dm_err(err, "out of memory listing the items");
+        else
+            d->items = ni;
+    }
+    if (!rc) {
+        DistillItem *it = &d->items[d->n++];
+        memcpy(it->key, key, LOGIT_KEY_LEN);
+        it->page = hit->page;
+        it->tokens = (int)r->n_token_ids;
+        it->positions = logit_record_positions(r);
+    }
+    logit_record_free(&r);
+    if (rc)
+        d->scan_failed = -1;
+    return rc ? 1 : 0;
+}
+
+int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const PreprocConfig *pc,
+                      int pdf_dpi, double tau, size_t cache_bytes, DistillData **out, DmErr *err)
+{
+    *out = NULL;
+    DistillData *d = calloc(1, sizeof *d);
+    if (!d)
+        return dm_err(err, "out of memory");
+    d->store = s;
+    d->corpus = c;
+    d->model = m;
+    d->pc = pc;
+    d->pdf_dpi = pdf_dpi;
+    d->tau = tau;
+    d->budget = cache_bytes;
+    int np = c->npages;
+    d->refs = calloc((size_t)(np ? np : 1), sizeof *d->refs);
+    d->enc = calloc((size_t)(np ? np : 1), sizeof *d->enc);
+    d->n_enc = calloc((size_t)(np ? np : 1), sizeof *d->n_enc);
+    d->used = calloc((size_t)(np ? np : 1), sizeof *d->used);
+    if (!d->refs || !d->enc || !d->n_enc || !d->used) {
+        distill_data_close(&d);
+        return dm_err(err, "out of memory");
+    }
+    for (int p = 0; p < np; p++)
+        d->refs[p] = (PageRef){c->pages[p].page_id, p};
+    qsort(d->refs, (size_t)np, sizeof *d->refs, s_ref_cmp);
+    d->scan_err = err;
+    if (store_foreach(s, STORE_RECORDS, s_scan, d, err) < 0 || d->scan_failed) {
+        distill_data_close(&d);
+        return -1;
+    }
+    free(d->refs);
+    d->refs = NULL;
+    if (d->n == 0) {
+        dm_err(err, "%s: no records to train on", store_path(s));
+        distill_data_close(&d);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+void distill_data_close(DistillData **pd)
+{
+    DistillData *d = *pd;
+    if (!d)
+        return;
+    if (d->enc)
+        for (int p = 0; p < d->corpus->npages; p++)
+            free(d->enc[p]);
+    free(d->enc);
+    free(d->n_enc);
+    free(d->used);
+    free(d->refs);
+    free(d->items);
+    free(d);
+    *pd = NULL;
+}
+
+int distill_data_count(const DistillData *d) { return d->n; }
+const DistillItem *distill_data_item(const DistillData *d, int i) { return &d->items[i]; }
+
+void distill_data_cache_stats(const DistillData *d, long *encoded, long *stored, long *hits)
+{
+    *encoded = d->encoded;
+    *stored = d->stored;
+    *hits = d->hits;
+}
+
+/* Drop least recently used pages (never `keep`) until `need` more bytes
+ * fit the budget. */
+static void s_evict(DistillData *d, size_t need, int keep)
+{
+    while (d->bytes + need > d->budget) {
+        int victim = -1;
+        for (int p = 0; p < d->corpus->npages; p++)
+            if (d->used[p] && p != keep && (victim < 0 || d->used[p] < d->used[victim]))
+                victim = p;
+        if (victim < 0)
+            return;
+        d->bytes -= (size_t)d->n_enc[victim] * d->model->cfg.enc.hidden_size * sizeof(float);
+        free(d->enc[victim]);
+        d->enc[victim] = NULL;
+        d->used[victim] = 0;
+    }
+}
+
+/* The encoder output of a page not cached: the feature store's copy when
+ * cache-logits kept one (keep_features; float16, and the student's
+ * encoder is the teacher's when it was pruned from it), else the frozen
+ * encoder on the image. */
+static int s_features(DistillData *d, int p, float **enc, int *n_enc, DmErr *err)
+{
+    const CorpusPage *pg = &d->corpus->pages[p];
+    int dim = 0, hidden = d->model->cfg.enc.hidden_size;
+    int got = logit_store_features(d->store, pg->page_id, enc, n_enc, &dim, err);
+    if (got < 0)
+        return -1;
+    if (got == 1 && dim != hidden) {
+        free(*enc);
+        *enc = NULL;
+        return dm_err(err, "%s: the features of page %s have %d channels, the student's encoder "
+                           "%d", store_path(d->store), pg->page_id, dim, hidden);
+    }
+    if (got == 1) {
+        d->stored++;
+        return 0;
+    }
+    d->encoded++;
+    return page_encode(d->model, d->pc, pg->image_path, pg->page_no, d->pdf_dpi, enc, n_enc, err);
+}
+
+int distill_page_features(DistillData *d, int p, const float **enc, int *n_enc, DmErr *err)
+{
+    d->clock++;
+    if (d->used[p]) {
+        d->used[p] = d->clock;
+        d->hits++;
+        *enc = d->enc[p];
+        *n_enc = d->n_enc[p];
+        return 0;
+    }
+    /* Without room for it, the previous uncached page is dropped now. */
+    for (int q = 0; q < d->corpus->npages; q++)
+        if (!d->used[q] && d->enc[q]) {
+            free(d->enc[q]);
+            d->enc[q] = NULL;
+        }
+    float *e = NULL;
+    int n = 0;
+    if (s_features(d, p, &e, &n, err))
+        return -1;
+    size_t bytes = (size_t)n * d->model->cfg.enc.hidden_size * sizeof(float);
+    s_evict(d, bytes, p);
+    d->enc[p] = e;
+    d->n_enc[p] = n;
+    if (d->bytes + bytes <= d->budget) {
+        d->used[p] = d->clock;
+        d->bytes += bytes;
+    }
+    *enc = e;
+    *n_enc = n;
+    return 0;
+}
+
+void distill_item_clear(DistillLoaded *l)
+{
+    logit_record_free(&l->rec);
+    free(l->ids);
+    free(l->kt);
+    free(l->kid);
+    free(l->klogits);
+    memset(l, 0, sizeof *l);
+}
+
+int distill_item_load(DistillData *d, int i, DistillLoaded *l, DmErr *err)
+{
+    memset(l, 0, sizeof *l);
+    const DistillItem *item = &d->items[i];
+    void *val = NULL;
+    size_t vlen = 0;
+    int64_t qid;
+    unsigned ai;
+    logit_key_parse(item->key, &qid, &ai);
+    int got = store_get(d->store, STORE_RECORDS, item->key, LOGIT_KEY_LEN, &val, &vlen, err);
+    if (got <= 0)
+        return got < 0 ? -1 : dm_err(err, "%s: record %" PRId64 "/%u disappeared",
+                                     store_path(d->store), qid, ai);
+    l->rec = logit_record_unpack(val, vlen, err);
+    free(val);
+    if (!l->rec)
+        return dm_err_prefix(err, "%s", store_path(d->store));
+    const Docmint__LogitRecord *r = l->rec;
+    int P = logit_record_positions(r), K = (int)r->k, nT = (int)r->n_temperatures;
+    int ti = logit_record_temp_index(r, d->tau);
+    l->ids = malloc(r->n_token_ids * sizeof *l->ids);
+    l->kt = calloc((size_t)P, sizeof *l->kt);
+    l->klogits = malloc((size_t)P * K * sizeof *l->klogits);
+    l->kid = r->full ? NULL : malloc((size_t)P * K * sizeof *l->kid);
+    if (!l->ids || !l->kt || !l->klogits || (!r->full && !l->kid)) {
+        distill_item_clear(l);
+        return dm_err(err, "out of memory loading record %" PRId64 "/%u", qid, ai);
+    }
+    for (size_t t = 0; t < r->n_token_ids; t++)
+        l->ids[t] = r->token_ids[t];
+    for (int p = 0; p < P; p++) {
+        KdTarget *kt = &l->kt[p];
+        float *lg = l->klogits + (size_t)p * K;
+        for (int j = 0; j < K; j++)
+            lg[j] = (float)logit_record_value(r, p, j);
+        if (!r->full) {
+            uint32_t *id = l->kid + (size_t)p * K;
+            for (int j = 0; j < K; j++)
+                id[j] = logit_record_id(r, p, j);
+            kt->ids = id;
+        }
+        kt->k = K;
+        kt->logits = lg;
+        kt->lse = r->lse[(size_t)p * nT + ti];
+        kt->lse_rest = r->full ? -INFINITY
+                       : r->n_lse_rest == (size_t)P * nT ? r->lse_rest[(size_t)p * nT + ti]
+                                                         : NAN;
+    }
+    if (distill_page_features(d, item->page, &l->it.enc, &l->it.n_enc, err)) {
+        distill_item_clear(l);
+        return -1;
+    }
+    l->it.ids = l->ids;
+    l->it.T = (int)r->n_token_ids;
+    l->it.answer_start = (int)r->answer_start;
+    l->it.teacher = l->kt;
+    return 0;
+}
