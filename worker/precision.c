@@ -40,6 +40,8 @@ void donut_linear(const DmLinear *l, const float *x, int M, float *y)
 
 void donut_drop_pages(const TensorFile *tf, const void *p, size_t bytes)
 {
+    if (!tf)
+        return; /* a model built in memory: nothing is mapped */
     uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
     uintptr_t mlo = (uintptr_t)tf->map, mhi = mlo + tf->map_len;
     if (!tf->map || lo < mlo || hi > mhi)

@@ -707,6 +707,11 @@ static int pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err)
         return -1;
     }
     l->packed = p;
+    /* The packed block is what the encoder reads from now on: the float32
+     * pages of the mapped file go back to the kernel (clean file pages,
+     * read again from the file should anything touch them). */
+    if (l->w)
+        donut_drop_pages(m->weights, l->w, (size_t)l->out * l->in * sizeof(float));
     return 0;
 }
 
@@ -734,6 +739,9 @@ static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
     unpack(m, &bl->q);
     int rc = pack_linear(m, &fused, bf16, err);
     bl->q.packed = fused.packed;
+    for (int i = 0; rc == 0 && i < 3; i++)
+        if (src[i]->w)
+            donut_drop_pages(m->weights, src[i]->w, cc * sizeof(float));
     free(w);
     free(wb);
     return rc;
