@@ -66,12 +66,13 @@ typedef struct DmLinear {
  * float32 accumulation. */
 typedef enum { DM_PREC_F32 = 0, DM_PREC_BF16 = 1 } DmPrecision;
 
-/* 1 when the encoder's GEMMs read DmLinear.wbf.  While it is 0, a model in
- * bf16 keeps its encoder in float32 (w set, wbf NULL) and only the decoder
- * and the LM head run in bf16; the encoder's bf16 path sets it to 1, and
- * then donut_set_precision converts and lets go of the encoder's float32
- * weights too. */
-#define DM_SWIN_BF16 1
+/* 1 when donut_set_precision also gives the encoder's linears a bf16 copy
+ * (DmLinear.wbf) and lets their float32 weights go.  At 0 (the choice
+ * made: one copy less, 0.15 GB at full size) the encoder keeps its float32
+ * weights, its GEMM backend rounds them into its own packed bf16 blocks on
+ * the first page, and the float32 pages of the mapped file are handed back
+ * then, so the encoder's weights are resident once, as packed bf16. */
+#define DM_SWIN_BF16 0
 
 typedef struct DmNorm {
     const float *g, *b;
