@@ -42,3 +42,21 @@ int dm_rm_tree(const char *path)
         return 0;
     return nftw(path, s_rm, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
 }
+
+int dm_mkdirs(const char *path, DmErr *err)
+{
+    char buf[4200];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return dm_err(err, "%.80s...: path too long", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return dm_err_errno(err, "%s: cannot create", buf);
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return dm_err_errno(err, "%s: cannot create", buf);
+    return 0;
+}

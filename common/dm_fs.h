@@ -12,4 +12,8 @@ int dm_copy_file(const char *src, const char *dst, DmErr *err);
  * is fine.  0 or -1 (errno set). */
 int dm_rm_tree(const char *path);
 
+/* Create path and any missing parent folders (mode 0755); existing ones
+ * are fine. */
+int dm_mkdirs(const char *path, DmErr *err);
+
 #endif

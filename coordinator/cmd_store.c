@@ -26,7 +26,8 @@ static void s_help(FILE *f)
             "              record and error counts, map size, bytes used, bytes per record; a logit\n"
             "              store adds positions and bytes per position, and its features (count,\n"
             "              bytes, bytes per page)\n"
-            "  get         one record as a JSON line: an answer by questionId, or with --errors an\n"
+            "  get         one record as a JSON line: an answer by questionId (in a logit store,\n"
+            "              every answer record of the question), or with --errors an\n"
             "              error record by its item (questionId or page id)\n"
             "  dump        every record as JSON lines in key order (answers by questionId):\n"
             "              {\"questionId\",\"answer\",\"token_ids\",\"mean_logprob\",\"seconds\",\"page_id\",\"question\"};\n"
@@ -438,6 +439,45 @@ static int s_get_feature(Store *s, const char *page, DmErr *err)
     return rc < 0 ? dm_err(err, "cannot write stdout") : 0;
 }
 
+/* A logit store keys a record by (questionId, answer index): print every
+ * answer record of the question, in answer order. */
+typedef struct LogitGet {
+    uint64_t qid;
+    int found, failed;
+    DmErr err;
+} LogitGet;
+
+static int s_logit_get_visit(void *ctx, const void *key, size_t klen, const void *val,
+                             size_t vlen)
+{
+    LogitGet *g = ctx;
+    if (klen != LOGIT_KEY_LEN || store_key_to_u64(key) != g->qid)
+        return 0;
+    char *line = s_logit_json(val, vlen, &g->err);
+    if (!line || s_out(line) < 0) {
+        if (line)
+            dm_err(&g->err, "cannot write stdout");
+        free(line);
+        g->failed = 1;
+        return 1;
+    }
+    free(line);
+    g->found++;
+    return 0;
+}
+
+static int s_get_logits(Store *s, uint64_t qid, const char *key, DmErr *err)
+{
+    LogitGet g = {qid, 0, 0, {{0}}};
+    if (store_foreach(s, STORE_RECORDS, s_logit_get_visit, &g, err) < 0)
+        return -1;
+    if (g.failed) {
+        *err = g.err;
+        return dm_err_prefix(err, "%s: questionId %s", store_path(s), key);
+    }
+    return g.found ? 0 : dm_err(err, "%s: no logit record for questionId %s", store_path(s), key);
+}
+
 static int s_get(Store *s, const char *key, int errors, DmErr *err)
 {
     unsigned char k8[8];
@@ -449,6 +489,11 @@ static int s_get(Store *s, const char *key, int errors, DmErr *err)
         long long id = strtoll(key, &end, 10);
         if (errno || !*key || *end)
             return dm_err(err, "QUESTION_ID '%s': expected an integer (error records: --errors ITEM)", key);
+        char *kind = store_meta_get(s, "kind", err);
+        int logits = kind && !strcmp(kind, "logits");
+        free(kind);
+        if (logits)
+            return s_get_logits(s, (uint64_t)id, key, err);
         store_key_u64((uint64_t)id, k8);
         k = k8;
         klen = 8;

@@ -15,6 +15,7 @@
 #include "distill_ckpt.h"
 #include "distill_data.h"
 #include "distill_plot.h"
+#include "dm_fs.h"
 #include "kern.h"
 #include "progress.h"
 #include "tokenizer.h"
@@ -184,23 +185,6 @@ static json_t *s_trajectory(const Run *r)
     return t;
 }
 
-static int s_mkdirs(const char *path, DmErr *err)
-{
-    char buf[4200];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return dm_err_errno(err, "%s: cannot create", buf);
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return dm_err_errno(err, "%s: cannot create", buf);
-    return 0;
-}
-
 static int s_setup(Run *r, DmErr *err)
 {
     const Job *j = r->job;
@@ -283,7 +267,7 @@ static int s_setup(Run *r, DmErr *err)
         return dm_err(err, "out of memory");
     if (r->rank == 0) {
         snprintf(path, sizeof path, "%s/checkpoints", j->output);
-        if (s_mkdirs(path, err))
+        if (dm_mkdirs(path, err))
             return -1;
     }
     return 0;

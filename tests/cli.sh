@@ -213,6 +213,13 @@ expect_error "prune: missing model" "/nonexistent" \
     "$DOCMINT" prune /nonexistent --plan $DATA/tiny-a/plan1.json -o "$T/s_none"
 expect_error "prune: non-empty output folder" "$T/full: exists and is not empty" \
     "$DOCMINT" prune $DATA/tiny-a --plan $DATA/tiny-a/plan1.json -o "$T/full"
+if "$DOCMINT" prune $DATA/tiny-a --plan $DATA/tiny-a/plan1.json -o "$T/nested/a/s1" >/dev/null 2>&1 &&
+    "$DOCMINT" params "$T/nested/a/s1" >/dev/null 2>&1; then
+    ok "prune creates the output's missing parent folders"
+else
+    bad "prune into a folder whose parents do not exist"
+fi
+rm -rf "$T/nested"
 expect_error "params: missing model" "/nonexistent" "$DOCMINT" params /nonexistent
 if [ ! -e "$T/s_rm" ] && [ -z "$(ls -A "$T" | grep '\.tmp-')" ]; then
     ok "a failed prune leaves no folder behind"

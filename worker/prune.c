@@ -203,6 +203,11 @@ int prune_checkpoint(const char *model_dir, const char *plan_path, const char *o
      * file system. */
     const char *slash = memrchr(out_dir, '/', olen);
     int plen = slash ? (int)(slash - out_dir) + 1 : 0;
+    if (plen > 1) { /* the parent folder, created if missing */
+        snprintf(tmp, sizeof tmp, "%.*s", plen - 1, out_dir);
+        if (dm_mkdirs(tmp, err))
+            goto done;
+    }
     snprintf(tmp, sizeof tmp, "%.*s.%.*s.tmp-XXXXXX", plen, out_dir, (int)(olen - plen),
              out_dir + plen);
     if (!mkdtemp(tmp)) {

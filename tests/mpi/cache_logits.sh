@@ -62,6 +62,25 @@ else
     bad "resume: held $(meta "$T/logits" held_at_start): $(tail -3 "$T/run.log")"
 fi
 if msg=$(check_pairs "$T/logits" "$C"); then ok "every (question, answer) exactly once: $msg"; else bad "store: $msg"; fi
+
+# store get in a logit store: every answer record of one question (the one
+# with the most gold answers), against the corpus.
+qid=$(python3 -c 'import json,sys; print(max(json.load(open(sys.argv[1]))["data"], key=lambda q: len(q["answers"]))["questionId"])' "$C")
+if "$DOCMINT" store get "$T/logits" "$qid" >"$T/get.out" 2>"$T/get.err" &&
+    msg=$(python3 - "$C" "$qid" "$T/get.out" <<'PY'
+import json, sys
+q = next(q for q in json.load(open(sys.argv[1]))["data"] if q["questionId"] == int(sys.argv[2]))
+got = [json.loads(l) for l in open(sys.argv[3])]
+ok = [(r["questionId"], r["answer_index"], r["answer"]) for r in got] == \
+     [(q["questionId"], i, a) for i, a in enumerate(q["answers"])]
+print("%d answer records of questionId %s" % (len(got), sys.argv[2]))
+sys.exit(0 if ok else 1)
+PY
+); then
+    ok "store get of a logit store: $msg"
+else
+    bad "store get of a logit store: $(cat "$T/get.err") $(head -c 300 "$T/get.out")"
+fi
 fp=$(meta "$T/logits" model_fingerprint)
 [ "$(meta "$T/logits" kind)" = logits ] && [ -n "$fp" ] &&
     [ "$(meta "$T/logits" teacher_fingerprint)" = "$fp" ] &&
