@@ -166,6 +166,25 @@ static int s_add(Results *r, const char *db, const void *key, size_t klen, const
     return 0;
 }
 
+/* Queue a packed record and count it, as an error record or as a record;
+ * buf is freed here. */
+static int s_queue(Results *r, const char *db, const void *key, size_t klen, uint8_t *buf,
+                   size_t len, double now, DmErr *err)
+{
+    int bad = s_add(r, db, key, klen, buf, len, now);
+    free(buf);
+    if (bad)
+        return dm_err(err, "out of memory queueing a record");
+    if (!strcmp(db, STORE_ERRORS)) {
+        r->nerr++;
+        r->c.acc_errors++;
+    } else {
+        r->nrec++;
+        r->c.acc_answers++;
+    }
+    return 0;
+}
+
 static int s_meta(Results *r, const char *key, const char *val)
 {
     return s_add(r, STORE_META, key, strlen(key), val, strlen(val), dm_now());
@@ -210,13 +229,7 @@ int results_add_error(Results *r, int64_t qid, const Docmint__ErrorRecord *er,
         if (record_error_pack(&e, &buf, &len, err) != 0)
             return -1;
     }
-    int bad = s_add(r, STORE_ERRORS, item, strlen(item), buf, len, now);
-    free(buf);
-    if (bad)
-        return dm_err(err, "out of memory queueing a record");
-    r->nerr++;
-    r->c.acc_errors++;
-    return 0;
+    return s_queue(r, STORE_ERRORS, item, strlen(item), buf, len, now, err);
 }
 
 int results_add_answer(Results *r, const Docmint__AnswerRecord *a, double now, DmErr *err)
@@ -228,13 +241,7 @@ int results_add_answer(Results *r, const Docmint__AnswerRecord *a, double now, D
         return results_add_error(r, a->question_id, NULL, perr.msg, now, err);
     unsigned char key[8];
     store_key_u64((uint64_t)a->question_id, key);
-    int bad = s_add(r, STORE_RECORDS, key, 8, buf, len, now);
-    free(buf);
-    if (bad)
-        return dm_err(err, "out of memory queueing a record");
-    r->nrec++;
-    r->c.acc_answers++;
-    return 0;
+    return s_queue(r, STORE_RECORDS, key, 8, buf, len, now, err);
 }
 
 int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double now, DmErr *err)
@@ -247,13 +254,7 @@ int results_add_error_item(Results *r, const Docmint__ErrorRecord *er, double no
     size_t len = 0;
     if (record_error_pack(er, &buf, &len, err) != 0)
         return results_add_error(r, er->question_id, er, NULL, now, err);
-    int bad = s_add(r, STORE_ERRORS, key, (size_t)klen, buf, len, now);
-    free(buf);
-    if (bad)
-        return dm_err(err, "out of memory queueing a record");
-    r->nerr++;
-    r->c.acc_errors++;
-    return 0;
+    return s_queue(r, STORE_ERRORS, key, (size_t)klen, buf, len, now, err);
 }
 
 int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmErr *err)
@@ -265,13 +266,7 @@ int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmE
         return results_add_error(r, l->question_id, NULL, perr.msg, now, err);
     unsigned char key[LOGIT_KEY_LEN];
     logit_key(l->question_id, l->answer_index, key);
-    int bad = s_add(r, STORE_RECORDS, key, sizeof key, buf, len, now);
-    free(buf);
-    if (bad)
-        return dm_err(err, "out of memory queueing a record");
-    r->nrec++;
-    r->c.acc_answers++;
-    return 0;
+    return s_queue(r, STORE_RECORDS, key, sizeof key, buf, len, now, err);
 }
 
 int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now, DmErr *err)
