@@ -13,6 +13,7 @@
 #include "logit_store.h" /* feature_record_make */
 #include "page_encode.h"
 #include "preprocess.h"
+#include "stage_result.h"
 #include "tensorfile.h" /* dm_f32_to_f16 */
 
 /* Rows of one teacher-forced block: bounds the attention scores (heads x
@@ -284,16 +285,11 @@ int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, 
     return 0;
 }
 
-static void s_free_str(char *s)
-{
-    if (s && s != protobuf_c_empty_string)
-        free(s);
-}
 
 void cache_record_clear(Docmint__LogitRecord *r)
 {
-    s_free_str(r->answer);
-    s_free_str(r->page_id);
+    stage_free_str(r->answer);
+    stage_free_str(r->page_id);
     free(r->token_ids);
     free(r->targets);
     free(r->temperatures);
@@ -313,46 +309,14 @@ void cache_result_clear(Docmint__Result *res)
         cache_record_clear(res->logits[i]);
         free(res->logits[i]);
     }
-    for (size_t i = 0; i < res->n_errors; i++) {
-        Docmint__ErrorRecord *e = res->errors[i];
-        if (!e)
-            continue;
-        s_free_str(e->item);
-        s_free_str(e->stage);
-        s_free_str(e->reason);
-        free(e);
-    }
+    stage_free_errors(res);
     for (size_t i = 0; i < res->n_features; i++)
         feature_record_free(&res->features[i]);
     free(res->logits);
-    free(res->errors);
     free(res->features);
     docmint__result__init(res);
 }
 
-/* item: "QID" for a whole question, "QID/INDEX" for one answer. */
-static int s_add_error(Docmint__Result *res, int64_t qid, int answer, const char *reason)
-{
-    Docmint__ErrorRecord **v = realloc(res->errors, (res->n_errors + 1) * sizeof *v);
-    if (!v)
-        return -1;
-    res->errors = v;
-    Docmint__ErrorRecord *e = malloc(sizeof *e);
-    if (!e)
-        return -1;
-    docmint__error_record__init(e);
-    res->errors[res->n_errors++] = e;
-    char item[48];
-    if (answer < 0)
-        snprintf(item, sizeof item, "%" PRId64, qid);
-    else
-        snprintf(item, sizeof item, "%" PRId64 "/%d", qid, answer);
-    e->item = strdup(item);
-    e->stage = strdup("cache-logits");
-    e->reason = strdup(reason);
-    e->question_id = qid;
-    return e->item && e->stage && e->reason ? 0 : -1;
-}
 
 /* ------------------------------------------------------------------- a page */
 
@@ -384,8 +348,9 @@ static int s_add_features(const CacheStage *st, const Docmint__Page *pg, const f
     return 0;
 }
 
-static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
+static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
 {
+    CacheStage *st = stage;
     size_t cap = 0;
     for (size_t i = 0; i < pg->n_questions; i++)
         cap += st->o.first_answer_only && pg->questions[i]->n_answers ? 1 : pg->questions[i]->n_answers;
@@ -400,7 +365,7 @@ static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res,
     for (size_t i = 0; i < pg->n_questions; i++) {
         const Docmint__Question *q = pg->questions[i];
         if (q->n_answers == 0) {
-            if (s_add_error(res, q->question_id, -1, "no gold answer to cache"))
+            if (stage_add_error(res, "cache-logits", q->question_id, -1, "no gold answer to cache"))
                 goto oom;
             continue;
         }
@@ -416,7 +381,7 @@ static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res,
                 }
                 snprintf(reason, sizeof reason, "question %" PRId64 " answer %zu: %s",
                          q->question_id, a, se.msg);
-                if (s_add_error(res, q->question_id, (int)a, reason))
+                if (stage_add_error(res, "cache-logits", q->question_id, (int)a, reason))
                     goto oom;
                 continue;
             }
@@ -440,7 +405,7 @@ static int s_page(CacheStage *st, const Docmint__Page *pg, Docmint__Result *res,
         /* One error per question of the page (not per answer). */
         for (int i = 0; i < ns; i++)
             if ((i == 0 || seqs[i].q != seqs[i - 1].q) &&
-                s_add_error(res, seqs[i].q->question_id, -1, pe.msg))
+                stage_add_error(res, "cache-logits", seqs[i].q->question_id, -1, pe.msg))
                 goto oom;
         rc = 0;
         goto done;
@@ -505,13 +470,5 @@ done:
 int cache_shard(CacheStage *st, const Docmint__Shard *shard, Docmint__Result *res,
                 const atomic_int *cancel, DmErr *err)
 {
-    res->shard_id = shard->shard_id;
-    res->lease_id = shard->lease_id;
-    for (size_t p = 0; p < shard->n_pages; p++) {
-        if (cancel && atomic_load(cancel))
-            return dm_err(err, "cancelled");
-        if (s_page(st, shard->pages[p], res, err))
-            return -1;
-    }
-    return 0;
+    return stage_shard(st, s_page, shard, res, cancel, err);
 }

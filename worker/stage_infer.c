@@ -10,6 +10,7 @@
 #include "page_encode.h"
 #include "preprocess.h"
 #include "qa.h"
+#include "stage_result.h"
 
 struct InferStage {
     QaModel qa;
@@ -67,27 +68,6 @@ const char *infer_tokenizer_fingerprint(const InferStage *st)
 
 /* ----------------------------------------------------------- result building */
 
-static int s_add_error(Docmint__Result *res, int64_t qid, const char *reason)
-{
-    Docmint__ErrorRecord **v = realloc(res->errors, (res->n_errors + 1) * sizeof *v);
-    if (!v)
-        return -1;
-    res->errors = v;
-    Docmint__ErrorRecord *e = malloc(sizeof *e);
-    char item[32];
-    snprintf(item, sizeof item, "%" PRId64, qid);
-    if (!e)
-        return -1;
-    docmint__error_record__init(e);
-    e->item = strdup(item);
-    e->stage = strdup("infer");
-    e->reason = strdup(reason);
-    e->question_id = qid;
-    res->errors[res->n_errors++] = e;
-    if (!e->item || !e->stage || !e->reason)
-        return -1;
-    return 0;
-}
 
 static int s_add_answer(Docmint__Result *res, const Docmint__Page *pg, const Docmint__Question *q,
                         QaAnswer *a, double seconds)
@@ -116,11 +96,6 @@ static int s_add_answer(Docmint__Result *res, const Docmint__Page *pg, const Doc
     return 0;
 }
 
-static void s_free_str(char *s)
-{
-    if (s && s != protobuf_c_empty_string)
-        free(s);
-}
 
 void infer_result_clear(Docmint__Result *res)
 {
@@ -128,30 +103,22 @@ void infer_result_clear(Docmint__Result *res)
         Docmint__AnswerRecord *r = res->answers[i];
         if (!r)
             continue;
-        s_free_str(r->answer);
-        s_free_str(r->page_id);
-        s_free_str(r->question);
+        stage_free_str(r->answer);
+        stage_free_str(r->page_id);
+        stage_free_str(r->question);
         free(r->token_ids);
         free(r);
     }
-    for (size_t i = 0; i < res->n_errors; i++) {
-        Docmint__ErrorRecord *e = res->errors[i];
-        if (!e)
-            continue;
-        s_free_str(e->item);
-        s_free_str(e->stage);
-        s_free_str(e->reason);
-        free(e);
-    }
+    stage_free_errors(res);
     free(res->answers);
-    free(res->errors);
     docmint__result__init(res);
 }
 
 /* ------------------------------------------------------------------- a page */
 
-static int s_page(InferStage *st, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
+static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
 {
+    InferStage *st = stage;
     size_t nq = pg->n_questions;
     if (nq == 0)
         return 0;
@@ -172,7 +139,7 @@ static int s_page(InferStage *st, const Docmint__Page *pg, Docmint__Result *res,
         if (qa_prompt(&st->qa, q->text ? q->text : "", &ids, &n, &qe)) {
             char reason[1200];
             snprintf(reason, sizeof reason, "question %" PRId64 ": %s", q->question_id, qe.msg);
-            if (s_add_error(res, q->question_id, reason))
+            if (stage_add_error(res, "infer", q->question_id, -1, reason))
                 goto oom;
             continue;
         }
@@ -193,7 +160,7 @@ static int s_page(InferStage *st, const Docmint__Page *pg, Docmint__Result *res,
             goto done;
         }
         for (int i = 0; i < nok; i++)
-            if (s_add_error(res, qs[i]->question_id, pe.msg))
+            if (stage_add_error(res, "infer", qs[i]->question_id, -1, pe.msg))
                 goto oom;
         rc = 0;
         goto done;
@@ -219,13 +186,5 @@ done:
 int infer_shard(InferStage *st, const Docmint__Shard *shard, Docmint__Result *res,
                 const atomic_int *cancel, DmErr *err)
 {
-    res->shard_id = shard->shard_id;
-    res->lease_id = shard->lease_id;
-    for (size_t p = 0; p < shard->n_pages; p++) {
-        if (cancel && atomic_load(cancel))
-            return dm_err(err, "cancelled");
-        if (s_page(st, shard->pages[p], res, err))
-            return -1;
-    }
-    return 0;
+    return stage_shard(st, s_page, shard, res, cancel, err);
 }
