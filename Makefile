@@ -147,7 +147,7 @@ test: $(BUILD)/test_docmint $(BUILD)/docmint
 demo: $(BUILD)/docmint
 	sh jobs/demo.sh $(BUILD)/docmint
 
-bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
+bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench $(BUILD)/dec_bench
 	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
 
 # GEMM libraries compared on the encoder's shapes (tests/bench/gemm_bench.c):
@@ -158,6 +158,10 @@ $(BUILD)/gemm_bench: $(BUILD)/tests/bench/gemm_bench.o $(LIB_OBJ)
 
 # The encoder alone, float32 and bf16, against its bounds.
 $(BUILD)/enc_bench: $(BUILD)/tests/bench/enc_bench.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The decoder alone, one measurement per run (for profilers).
+$(BUILD)/dec_bench: $(BUILD)/tests/bench/dec_bench.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 deps:

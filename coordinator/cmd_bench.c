@@ -583,6 +583,8 @@ int cmd_bench(int argc, char **argv)
      * (cache_forward_page + cache_fill_record).  Positions cached per sequence: the answer, its
      * </s_answer> and </s> (the prompt ends with <s_answer>). */
     fprintf(stderr, "bench: teacher-logit cache\n");
+    if (dec_pack(m, &err)) /* as the cache stage runs it */
+        goto fail;
     int cache_n = P + CACHE_ANSWER + 2, cache_pos = CACHE_Q * (CACHE_ANSWER + 2);
     double cache_best = 1e30;
     if (cache_n > dc->max_pos) {

@@ -260,20 +260,12 @@ static void test_block_golden(void)
     }
 }
 
-/* Several sequences of one page in one block (the stage's fast path)
- * against one full pass per sequence (cache_forward, the plain twin). */
-static void test_block_twin(void)
+/* The twelve sequences of the block tests: 169 rows, more than one
+ * cross-attention chunk (128 rows). */
+enum { NS = 12 };
+
+static void s_block_seqs(int32_t **ids, int *n, int *a0, int V)
 {
-    s_open_tiny();
-    int V = s_model->cfg.dec.vocab;
-    const DmTensor *enc = s_find("case%d.encoder.last_hidden_state", 1);
-    DecPage page;
-    DmErr err = {{0}};
-    CU_ASSERT_EQUAL_FATAL(dec_page_init(&page, s_model, enc->data, (int)enc->shape[1], &err), 0);
-    /* 169 rows: more than one cross-attention chunk (128 rows) */
-    enum { NS = 12 };
-    int32_t *ids[NS];
-    int n[NS], a0[NS];
     for (int k = 0; k < 3; k++) {
         ids[k] = s_case_ids(k, &n[k]);
         a0[k] = k == 0 ? 0 : n[k] - 2 - k; /* from every row to one row */
@@ -286,6 +278,21 @@ static void test_block_twin(void)
         for (int i = 0; i < 17; i++)
             ids[k][i] = (int32_t)((i * 7919 + k * 131 + 13) % V);
     }
+}
+
+/* Several sequences of one page in one block (the stage's fast path)
+ * against one full pass per sequence (cache_forward, the plain twin). */
+static void test_block_twin(void)
+{
+    s_open_tiny();
+    int V = s_model->cfg.dec.vocab;
+    const DmTensor *enc = s_find("case%d.encoder.last_hidden_state", 1);
+    DecPage page;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(dec_page_init(&page, s_model, enc->data, (int)enc->shape[1], &err), 0);
+    int32_t *ids[NS];
+    int n[NS], a0[NS];
+    s_block_seqs(ids, n, a0, V);
     float *block = NULL;
     CU_ASSERT_EQUAL_FATAL(cache_forward_page(s_model, &page, NS, (const int32_t *const *)ids, n,
                                              a0, &block, &err), 0);
@@ -311,6 +318,67 @@ static void test_block_twin(void)
     CU_ASSERT_EQUAL(cache_forward_page(s_model, &page, 1, &op, &two, &bad_a, &block, &err), -1);
     CU_ASSERT_PTR_NULL(block);
     dec_page_free(&page);
+}
+
+/* The block on a model packed for the GEMM backend (dec_pack, as the
+ * cache stage runs it) against the same block on the plain model, each
+ * golden case against HF, and a decoding step afterwards, which streams
+ * the plain weights whose mapped pages dec_pack handed back. */
+static void test_block_packed(void)
+{
+    s_open_tiny();
+    DonutModel *pm = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(donut_load(TU_TINY, &pm, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(dec_pack(pm, &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(pm->dec.head.packed);
+    CU_ASSERT_PTR_NOT_NULL(pm->dec.layers[0].self.q.packed);
+    CU_ASSERT_PTR_NOT_NULL(pm->dec.layers[0].ffn.fc1.packed);
+    int V = s_model->cfg.dec.vocab;
+    const DmTensor *enc = s_find("case%d.encoder.last_hidden_state", 1);
+    DecPage pp, page;
+    CU_ASSERT_EQUAL_FATAL(dec_page_init(&pp, pm, enc->data, (int)enc->shape[1], &err), 0);
+    CU_ASSERT_EQUAL_FATAL(dec_page_init(&page, s_model, enc->data, (int)enc->shape[1], &err), 0);
+    int32_t *ids[NS];
+    int n[NS], a0[NS];
+    s_block_seqs(ids, n, a0, V);
+    float *packed = NULL, *plain = NULL;
+    const int32_t *const *ip = (const int32_t *const *)ids;
+    CU_ASSERT_EQUAL_FATAL(cache_forward_page(pm, &pp, NS, ip, n, a0, &packed, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(cache_forward_page(s_model, &page, NS, ip, n, a0, &plain, &err), 0);
+    size_t rows = 0;
+    for (int k = 0; k < NS; k++)
+        rows += (size_t)(n[k] - 1 - a0[k]);
+    double d = tu_maxdiff(packed, plain, rows * V);
+    CU_ASSERT(d <= 1e-4);
+    printf("\n    packed vs plain block, %zu rows: max diff %.2e", rows, d);
+    /* one step of each sequence's last token on the packed model */
+    float *lp = malloc((size_t)V * sizeof *lp), *lq = malloc((size_t)V * sizeof *lq);
+    CU_ASSERT_FATAL(lp && lq);
+    for (int b = 0; b < 2; b++) {
+        DonutModel *mm = b ? s_model : pm;
+        DecSeq seq, *sp = &seq;
+        int T = n[3] - 1, one = 1;
+        const int32_t *idp = ids[3], *last = ids[3] + T;
+        CU_ASSERT_EQUAL_FATAL(dec_seq_init(&seq, mm, n[3], &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(b ? &page : &pp, &sp, &idp, &T, 1, NULL, 0, NULL, NULL,
+                                          &err), 0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(b ? &page : &pp, &sp, &last, &one, 1, b ? lq : lp, 0,
+                                          NULL, NULL, &err), 0);
+        dec_seq_free(&seq);
+    }
+    d = tu_maxdiff(lp, lq, (size_t)V);
+    CU_ASSERT(d <= 1e-4);
+    printf("; a step after it: %.2e", d);
+    free(lp);
+    free(lq);
+    free(packed);
+    free(plain);
+    for (int k = 0; k < NS; k++)
+        free(ids[k]);
+    dec_page_free(&pp);
+    dec_page_free(&page);
+    donut_free(&pm);
 }
 
 /* ---- the feature store ---------------------------------------------- */
@@ -475,5 +543,6 @@ void tests_cache(void)
     CU_pSuite s = CU_add_suite("cache (tiny-a model)", NULL, s_cache_teardown);
     CU_add_test(s, "page block: cached rows vs HF logits", test_block_golden);
     CU_add_test(s, "page block vs one pass per sequence", test_block_twin);
+    CU_add_test(s, "page block on a packed decoder vs the plain one", test_block_packed);
     CU_add_test(s, "feature store vs live encoder, bad records", test_features);
 }

@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include "kern.h"
+#include "kern_gemm.h"
 #include <omp.h>
 
 /* Key and value buffers of n floats each; 0, or -1 with both freed. */
@@ -47,8 +48,57 @@ static void *s_alloc_page_kv(size_t bytes)
     return p;
 }
 
+/* Pack l in the model's precision unless it already is. */
+static int s_pack(DonutModel *m, DmLinear *l, DmErr *err)
+{
+    int bf16 = m->precision == DM_PREC_BF16;
+    if (m->training || donut_packed_as(l, bf16))
+        return 0;
+    return donut_pack_linear(m, l, bf16, err);
+}
+
+/* The cross keys' and values' projections packed: they run on all the
+ * encoder's tokens of every page. */
+static int s_pack_cross_kv(const DonutModel *cm, DmErr *err)
+{
+    DonutModel *m = (DonutModel *)cm; /* only .packed slots change */
+    int rc = 0;
+    donut_pack_lock();
+    for (int l = 0; l < m->cfg.dec.layers && rc == 0; l++) {
+        DecAttn *a = &m->dec.layers[l].cross;
+        if (a->present && !(rc = s_pack(m, &a->k, err)))
+            rc = s_pack(m, &a->v, err);
+    }
+    donut_pack_unlock();
+    return rc;
+}
+
+int dec_pack(const DonutModel *cm, DmErr *err)
+{
+    DonutModel *m = (DonutModel *)cm;
+    MBartWeights *w = &m->dec;
+    int rc = 0, bf16 = m->precision == DM_PREC_BF16;
+    DmLinear *lin[DM_DEC_LINEARS_MAX];
+    donut_pack_lock();
+    int n = donut_dec_linears(m, lin);
+    for (int i = 0; i < n && rc == 0; i++)
+        rc = s_pack(m, lin[i], err);
+    if (rc == 0 && !m->training && !donut_packed_as(&w->head, bf16)) {
+        w->head.w = bf16 ? NULL : w->lm_head;
+        w->head.wbf = bf16 ? w->lm_head_bf16 : NULL;
+        w->head.b = NULL;
+        w->head.out = m->cfg.dec.vocab;
+        w->head.in = m->cfg.dec.d_model;
+        rc = donut_pack_linear(m, &w->head, bf16, err);
+    }
+    donut_pack_unlock();
+    return rc;
+}
+
 int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err)
 {
+    if (s_pack_cross_kv(m, err))
+        return -1;
     memset(p, 0, sizeof *p);
     p->m = m;
     p->n_enc = n_enc;
@@ -279,17 +329,21 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
         int S = p->n_enc, chunk = B == 1 || R < DEC_CROSS_CHUNK ? R : DEC_CROSS_CHUNK;
         if (s_probs_reserve(sc, (size_t)H * chunk * S, err))
             return -1;
+        /* Heads are independent: each thread takes whole heads, and the
+         * GEMMs it calls inside the region run on that thread alone. */
         for (int r0 = 0; r0 < R; r0 += chunk) {
             int n = R - r0 < chunk ? R - r0 : chunk;
+#pragma omp parallel for schedule(static)
             for (int h = 0; h < H; h++) {
                 float *P = sc->probs + (size_t)h * n * S;
                 kern_gemm_nt(n, S, hd, 1.0f, sc->q + (size_t)r0 * inner + h * hd, inner,
                              cK + h * hd, inner, 0.0f, P, S);
-                kern_softmax_rows(P, n, S);
+                kern_softmax_rows_finite(P, n, S);
             }
             if (B == 1 &&
                 s_attn_report(hooks, probe, layer, 0, sc->probs, H, n, S, seqs[0]->len, err))
                 return -1;
+#pragma omp parallel for schedule(static)
             for (int h = 0; h < H; h++)
                 kern_gemm_nn(n, hd, S, 1.0f, sc->probs + (size_t)h * n * S, S,
                              cV + h * hd, inner, 0.0f,
@@ -308,6 +362,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
     if (fresh) {
         if (s_probs_reserve(sc, (size_t)H * R * R, err))
             return -1;
+#pragma omp parallel for schedule(static)
         for (int h = 0; h < H; h++) {
             float *P = sc->probs + (size_t)h * R * R;
             kern_gemm_nt(R, R, hd, 1.0f, sc->q + h * hd, inner, sc->k + h * hd, inner, 0.0f, P, R);
@@ -368,8 +423,7 @@ static int s_ffn(const DonutModel *m, int layer, Scratch *sc, int R)
     const MBartConfig *c = &m->cfg.dec;
     const DecFfn *f = &m->dec.layers[layer].ffn;
     kern_layernorm(sc->x, R, c->d_model, f->ln.g, f->ln.b, c->ln_eps, sc->h);
-    donut_linear(&f->fc1, sc->h, R, sc->ff);
-    kern_gelu(sc->ff, (size_t)R * c->ffn);
+    donut_linear_gelu(&f->fc1, sc->h, R, sc->ff);
     donut_linear(&f->fc2, sc->ff, R, sc->out);
     return 0;
 }
@@ -386,6 +440,10 @@ static void s_embed_token(const MBartWeights *w, int id, int D, float *out)
 
 static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V, float *y)
 {
+    DmErr e;
+    if (!kern_small_m(R) && donut_packed_as(&w->head, w->lm_head_bf16 != NULL) &&
+        !kern_gemm_run(w->head.packed, x, R, D, NULL, 0, y, V, NULL, &e))
+        return;
     if (w->lm_head_bf16)
         kern_linear_bf16(x, R, D, w->lm_head_bf16, NULL, V, y);
     else

@@ -52,6 +52,15 @@ typedef struct DecHooks {
     void *ctx;
 } DecHooks;
 
+/* Pack every decoder linear and the LM head for the GEMM backend, in the
+ * model's precision (again after a precision change): passes over many rows
+ * (teacher forcing, prompts) then run at GEMM speed.  The float32 pages of
+ * the mapped file are handed back, so the resident set grows little; the
+ * decoding steps, which stream the plain weights, fault them back in.  For
+ * processes that mostly teacher-force (the teacher-logit cache).  The cross
+ * keys' and values' projections are packed by dec_page_init regardless. */
+int dec_pack(const DonutModel *m, DmErr *err);
+
 int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err);
 void dec_page_free(DecPage *p);
 

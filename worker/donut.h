@@ -136,6 +136,10 @@ typedef struct MBartWeights {
     /* bfloat16 [vocab, d] of the two above when the model runs in bf16
      * (their float32 pointers are then NULL), else NULL */
     const uint16_t *embed_tokens_bf16, *lm_head_bf16;
+    /* the LM head's packed form (dec_pack) in .packed, with the shape in
+     * .out/.in; .w/.wbf are the weights it was packed from, valid only
+     * while the model's precision is the one it was packed in */
+    DmLinear head;
     int head_dim;
 } MBartWeights;
 
@@ -150,6 +154,8 @@ typedef struct DonutModel {
     DmPrecision precision;
     uint16_t *bf16;       /* the bfloat16 weights made from float32 ones (one
                            * block); BF16 tensors of the file are used in place */
+    int training;         /* weights are being trained in place: no packed
+                           * forms are made (they would go stale) */
     char fingerprint[17]; /* 64-bit hash (hex) over every weight as loaded, in
                            * binding order: the same weights give the same
                            * fingerprint from safetensors or pytorch_model.bin */
@@ -195,13 +201,43 @@ int donut_set_precision(DonutModel *m, DmPrecision prec, DmErr *err);
  * Reading them again faults them back in from the file. */
 void donut_drop_pages(const TensorFile *tf, const void *p, size_t bytes);
 
+/* ------------------------------------------------------- packed weights
+ * A linear may carry a pre-packed form for the GEMM backend (kern_gemm.h):
+ * the encoder packs all of its linears on its first page, the decoder its
+ * cross keys and values on its first page (dec_page_init) and everything
+ * else on request (dec_pack).  Blocks join the model's owned buffers.
+ * Packing and the owned list are guarded by one process-wide lock. */
+void donut_pack_lock(void);
+void donut_pack_unlock(void);
+/* Add p to the model's owned buffers (freed by donut_free). */
+int donut_own(DonutModel *m, void *p, DmErr *err);
+/* 1 when l has a packed form in that precision. */
+int donut_packed_as(const DmLinear *l, int bf16);
+/* Free l's packed form, if any. */
+void donut_unpack_linear(DonutModel *m, DmLinear *l);
+/* (Re)pack l from its float32 weights, or its bfloat16 ones when it has
+ * them, in the given precision; the mapped float32 pages it came from are
+ * handed back to the kernel. */
+int donut_pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err);
+
+/* The present linears of the decoder's layers (self and cross q, k, v, o,
+ * fc1, fc2), at most DM_DEC_LINEARS_MAX; returns how many. */
+#define DM_DEC_LINEARS_MAX (10 * DM_MAX_LAYERS)
+int donut_dec_linears(DonutModel *m, DmLinear **out);
+/* Free the packed forms of the decoder's linears and LM head. */
+void donut_unpack_decoder(DonutModel *m);
+
 /* "fp32" / "bf16" to DmPrecision (0, or -1 for anything else) and back. */
 int donut_precision_parse(const char *s, DmPrecision *out);
 const char *donut_precision_name(DmPrecision p);
 
 /* y[M, out] = x[M, in] W^T + b with whichever weights l holds (bfloat16
- * when wbf is set, else float32). */
+ * when wbf is set, else float32): for more rows than the streaming kernels
+ * take (kern_small_m), from l's packed form when it has one in that
+ * precision. */
 void donut_linear(const DmLinear *l, const float *x, int M, float *y);
+/* The same followed by the exact GELU (fused into the GEMM when packed). */
+void donut_linear_gelu(const DmLinear *l, const float *x, int M, float *y);
 
 /* Write config.json (a copy of config_path, validated) and a
  * model.safetensors of random weights for that config into dir. */

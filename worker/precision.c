@@ -9,6 +9,7 @@
  * the resident set shrinks: copies made at load are freed, pages of the
  * mapped file are handed back with madvise (they are clean file pages:
  * touching them again would just read the file). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -16,6 +17,7 @@
 
 #include "donut.h"
 #include "kern.h"
+#include "kern_gemm.h"
 
 int donut_precision_parse(const char *s, DmPrecision *out)
 {
@@ -30,12 +32,36 @@ int donut_precision_parse(const char *s, DmPrecision *out)
 
 const char *donut_precision_name(DmPrecision p) { return p == DM_PREC_BF16 ? "bf16" : "fp32"; }
 
+/* The packed form of l when it was packed in the precision l computes in
+ * (bf16 exactly when l has bfloat16 weights), else NULL. */
+static const void *s_packed(const DmLinear *l)
+{
+    return donut_packed_as(l, l->wbf != NULL) ? l->packed : NULL;
+}
+
+/* Rows from which a linear with a packed form runs on the GEMM backend:
+ * below it the streaming kernels read each weight once for all rows. */
+static int s_use_packed(const DmLinear *l, int M) { return !kern_small_m(M) && s_packed(l); }
+
 void donut_linear(const DmLinear *l, const float *x, int M, float *y)
 {
+    DmErr e;
+    if (s_use_packed(l, M) && !kern_gemm_run(l->packed, x, M, l->in, l->b, 0, y, l->out, NULL, &e))
+        return;
     if (l->wbf)
         kern_linear_bf16(x, M, l->in, l->wbf, l->b, l->out, y);
     else
         kern_linear(x, M, l->in, l->w, l->b, l->out, y);
+}
+
+void donut_linear_gelu(const DmLinear *l, const float *x, int M, float *y)
+{
+    DmErr e;
+    if (s_use_packed(l, M) &&
+        !kern_gemm_run(l->packed, x, M, l->in, l->b, KG_GELU, y, l->out, NULL, &e))
+        return;
+    donut_linear(l, x, M, y);
+    kern_gelu(y, (size_t)M * l->out);
 }
 
 void donut_drop_pages(const TensorFile *tf, const void *p, size_t bytes)
@@ -154,5 +180,98 @@ int donut_set_precision(DonutModel *m, DmPrecision prec, DmErr *err)
     m->bf16 = block;
     m->precision = DM_PREC_BF16;
     free(list);
+    donut_unpack_decoder(m); /* float32 blocks: packed again in bf16 on demand */
     return 0;
+}
+
+/* ------------------------------------------------------- packed weights */
+
+static pthread_mutex_t s_pack_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void donut_pack_lock(void) { pthread_mutex_lock(&s_pack_mu); }
+void donut_pack_unlock(void) { pthread_mutex_unlock(&s_pack_mu); }
+
+int donut_own(DonutModel *m, void *p, DmErr *err)
+{
+    if (m->nowned == m->capowned) {
+        int cap = m->capowned ? 2 * m->capowned : 64;
+        float **o = realloc(m->owned, (size_t)cap * sizeof *o);
+        if (!o)
+            return dm_err(err, "%s: out of memory (owned buffers)", m->dir);
+        m->owned = o;
+        m->capowned = cap;
+    }
+    m->owned[m->nowned++] = p;
+    return 0;
+}
+
+int donut_packed_as(const DmLinear *l, int bf16)
+{
+    int n, k, b;
+    if (!l->packed)
+        return 0;
+    kern_gemm_packed_shape(l->packed, &n, &k, &b);
+    return b == bf16;
+}
+
+void donut_unpack_linear(DonutModel *m, DmLinear *l)
+{
+    for (int i = 0; l->packed && i < m->nowned; i++)
+        if (m->owned[i] == l->packed) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->nowned];
+            break;
+        }
+    l->packed = NULL;
+}
+
+int donut_pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err)
+{
+    void *p;
+    donut_unpack_linear(m, l);
+    if (kern_gemm_pack(l->w, l->wbf, l->out, l->in, bf16, &p, err))
+        return -1;
+    if (donut_own(m, p, err)) {
+        free(p);
+        return -1;
+    }
+    l->packed = p;
+    /* The packed block serves the passes over many rows from now on: the
+     * float32 pages of the mapped file go back to the kernel (clean file
+     * pages, read again from the file if a decoding step touches them). */
+    if (l->w)
+        donut_drop_pages(m->weights, l->w, (size_t)l->out * l->in * sizeof(float));
+    return 0;
+}
+
+int donut_dec_linears(DonutModel *m, DmLinear **out)
+{
+    int n = 0;
+    for (int l = 0; l < m->cfg.dec.layers; l++) {
+        DecLayer *L = &m->dec.layers[l];
+        DecAttn *at[2] = {&L->self, &L->cross};
+        for (int i = 0; i < 2; i++)
+            if (at[i]->present) {
+                out[n++] = &at[i]->q;
+                out[n++] = &at[i]->k;
+                out[n++] = &at[i]->v;
+                out[n++] = &at[i]->o;
+            }
+        if (L->ffn.present) {
+            out[n++] = &L->ffn.fc1;
+            out[n++] = &L->ffn.fc2;
+        }
+    }
+    return n;
+}
+
+void donut_unpack_decoder(DonutModel *m)
+{
+    DmLinear *lin[DM_DEC_LINEARS_MAX];
+    donut_pack_lock();
+    int n = donut_dec_linears(m, lin);
+    for (int i = 0; i < n; i++)
+        donut_unpack_linear(m, lin[i]);
+    donut_unpack_linear(m, &m->dec.head);
+    donut_pack_unlock();
 }

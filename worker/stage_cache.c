@@ -39,7 +39,14 @@ int cache_open(const char *model_dir, const CacheOpts *o, CacheStage **out, DmEr
     st->o = *o;
     if (st->o.pdf_dpi <= 0)
         st->o.pdf_dpi = IMAGE_PDF_DPI_DEFAULT;
+    /* Teacher forcing is the stage's work: the decoder's linears and LM
+     * head run packed for the GEMM backend. */
     if (qa_open(model_dir, &st->qa, err)) {
+        free(st);
+        return -1;
+    }
+    if (dec_pack(st->qa.model, err)) {
+        qa_close(&st->qa);
         free(st);
         return -1;
     }

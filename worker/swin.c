@@ -658,63 +658,7 @@ static int check_model(const DonutModel *m, DmErr *err)
  * [3C, C] block kept in q.packed (k.packed and v.packed stay NULL), every
  * other linear in its own .packed.  The blocks join the model's owned
  * buffers (donut_free releases them).  Packing happens on the first encode;
- * a process-wide lock makes concurrent first calls pack once. */
-static pthread_mutex_t s_pack_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static int own(DonutModel *m, void *p, DmErr *err)
-{
-    if (m->nowned == m->capowned) {
-        int cap = m->capowned ? 2 * m->capowned : 64;
-        float **o = realloc(m->owned, (size_t)cap * sizeof *o);
-        if (!o)
-            return dm_err(err, "swin: out of memory (owned buffers)");
-        m->owned = o;
-        m->capowned = cap;
-    }
-    m->owned[m->nowned++] = p;
-    return 0;
-}
-
-static int packed_as(const DmLinear *l, int bf16)
-{
-    int n, k, b;
-    if (!l->packed)
-        return 0;
-    kern_gemm_packed_shape(l->packed, &n, &k, &b);
-    return b == bf16;
-}
-
-/* Drop a block packed for the other precision. */
-static void unpack(DonutModel *m, DmLinear *l)
-{
-    for (int i = 0; l->packed && i < m->nowned; i++)
-        if (m->owned[i] == l->packed) {
-            free(m->owned[i]);
-            m->owned[i] = m->owned[--m->nowned];
-            break;
-        }
-    l->packed = NULL;
-}
-
-static int pack_linear(DonutModel *m, DmLinear *l, int bf16, DmErr *err)
-{
-    void *p;
-    unpack(m, l);
-    if (kern_gemm_pack(l->w, l->wbf, l->out, l->in, bf16, &p, err))
-        return -1;
-    if (own(m, p, err)) {
-        free(p);
-        return -1;
-    }
-    l->packed = p;
-    /* The packed block is what the encoder reads from now on: the float32
-     * pages of the mapped file go back to the kernel (clean file pages,
-     * read again from the file should anything touch them). */
-    if (l->w)
-        donut_drop_pages(m->weights, l->w, (size_t)l->out * l->in * sizeof(float));
-    return 0;
-}
-
+ * the process-wide packing lock makes concurrent first calls pack once. */
 /* q|k|v stacked ([3C, C]): from their bf16 copies when all three have one
  * and the model runs in bf16, else from the float32 weights. */
 static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
@@ -736,8 +680,8 @@ static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
             memcpy(w + i * cc, src[i]->w, cc * sizeof *w);
     }
     DmLinear fused = {.w = w, .wbf = wb, .out = 3 * bl->q.out, .in = bl->q.in};
-    unpack(m, &bl->q);
-    int rc = pack_linear(m, &fused, bf16, err);
+    donut_unpack_linear(m, &bl->q);
+    int rc = donut_pack_linear(m, &fused, bf16, err);
     bl->q.packed = fused.packed;
     for (int i = 0; rc == 0 && i < 3; i++)
         if (src[i]->w)
@@ -751,22 +695,22 @@ static int pack_encoder(const DonutModel *cm, DmErr *err)
 {
     DonutModel *m = (DonutModel *)cm; /* only the .packed slots change */
     int bf16 = m->precision == DM_PREC_BF16, rc = 0;
-    pthread_mutex_lock(&s_pack_mu);
+    donut_pack_lock();
     for (int s = 0; s < m->cfg.enc.nstages && rc == 0; s++) {
         SwinStage *st = &m->enc.stages[s];
         for (int b = 0; b < st->depth && rc == 0; b++) {
             SwinBlock *bl = &st->blocks[b];
-            if (!packed_as(&bl->q, bf16))
+            if (!donut_packed_as(&bl->q, bf16))
                 rc = pack_qkv(m, bl, bf16, err);
             DmLinear *ls[3] = {&bl->proj, &bl->fc1, &bl->fc2};
             for (int i = 0; i < 3 && rc == 0; i++)
-                if (!packed_as(ls[i], bf16))
-                    rc = pack_linear(m, ls[i], bf16, err);
+                if (!donut_packed_as(ls[i], bf16))
+                    rc = donut_pack_linear(m, ls[i], bf16, err);
         }
-        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !packed_as(&st->merge, bf16))
-            rc = pack_linear(m, &st->merge, bf16, err);
+        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !donut_packed_as(&st->merge, bf16))
+            rc = donut_pack_linear(m, &st->merge, bf16, err);
     }
-    pthread_mutex_unlock(&s_pack_mu);
+    donut_pack_unlock();
     return rc;
 }
 

@@ -101,20 +101,19 @@ static void s_walk(DonutModel *m, Walk *w)
     }
 }
 
-/* A weight stored in a second form (bfloat16 copy, pre-packed GEMM
- * operand) would keep serving the old values after repointing. */
-static const char *s_second_form(const DonutModel *m)
+/* A weight stored in a second form would keep serving the old values
+ * after repointing: a bfloat16 copy is refused (1), a pre-packed GEMM
+ * operand is dropped (the decoder packs for passes over many rows) and,
+ * with m->training set, not made again. */
+static int s_second_form(DonutModel *m)
 {
-    for (int l = 0; l < m->cfg.dec.layers; l++) {
-        const DecLayer *L = &m->dec.layers[l];
-        const DmLinear *lin[10] = {&L->self.q,  &L->self.k,  &L->self.v,  &L->self.o,
-                                   &L->cross.q, &L->cross.k, &L->cross.v, &L->cross.o,
-                                   &L->ffn.fc1, &L->ffn.fc2};
-        for (int i = 0; i < 10; i++)
-            if (lin[i]->wbf || lin[i]->packed)
-                return lin[i]->wbf ? "bfloat16" : "pre-packed";
-    }
-    return NULL;
+    DmLinear *lin[DM_DEC_LINEARS_MAX];
+    int bf = 0, n = donut_dec_linears(m, lin);
+    for (int i = 0; i < n; i++)
+        bf |= lin[i]->wbf != NULL;
+    donut_unpack_decoder(m);
+    m->training = 1;
+    return bf;
 }
 
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
@@ -122,10 +121,9 @@ int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
     memset(tp, 0, sizeof *tp);
     if (!m->cfg.dec.tie_word_embeddings)
         return dm_err(err, "%s: training needs the LM head tied to the token embeddings", m->dir);
-    const char *form = s_second_form(m);
-    if (m->precision != DM_PREC_F32 || form)
-        return dm_err(err, "%s: the model is loaded with %s weights; training needs plain float32",
-                      m->dir, form ? form : "bfloat16");
+    if (m->precision != DM_PREC_F32 || s_second_form(m))
+        return dm_err(err, "%s: the model is loaded with bfloat16 weights; training needs plain "
+                      "float32", m->dir);
     Walk w = {0};
     s_walk(m, &w);
     size_t total = 0;

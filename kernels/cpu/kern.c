@@ -3,6 +3,7 @@
 #include "kern.h"
 
 #include <cblas.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <math.h>
 #include <omp.h>
 #include <sched.h>
@@ -11,6 +12,8 @@
 void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {
+    if (dnnl_sgemm('N', 'T', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
+        return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
                 ldc);
 }
@@ -18,6 +21,8 @@ void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, con
 void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {
+    if (dnnl_sgemm('N', 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
+        return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta,
                 C, ldc);
 }

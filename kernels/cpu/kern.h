@@ -34,6 +34,9 @@ void kern_gelu(float *x, size_t n);
 
 /* Row softmax in place over n columns (max-subtracted, as torch). */
 void kern_softmax_rows(float *x, int rows, int n);
+/* The same for rows of finite scores (no -inf masks), with a vectorised
+ * exponential: within 2e-7 relative of kern_softmax_rows. */
+void kern_softmax_rows_finite(float *x, int rows, int n);
 
 /* y += x */
 void kern_add(float *y, const float *x, size_t n);

@@ -449,6 +449,12 @@ static void s_softmax_row(float *x, int n)
 #endif
 }
 
+void kern_softmax_rows_finite(float *x, int rows, int n)
+{
+    for (int r = 0; r < rows; r++)
+        s_softmax_row(x + (size_t)r * n, n);
+}
+
 void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc)
 {
