@@ -281,6 +281,104 @@ static void test_team(void)
     free(e);
 }
 
+/* A cross-attention head over transposed keys (kern_cross_head) against
+ * attention computed in double from the key rows, and against
+ * kern_attend_head on the rows: float32 and bfloat16, 1 to 16 query rows
+ * (groups of 4 and their remainders), head size 64 (vector path) and 40
+ * (plain path), a key count that leaves a partial block of 64 and of 16.
+ * The transposed keys come from kern_transpose, checked element by
+ * element (float32, and bfloat16 as kern_f32_bf16 rounds). */
+static void test_cross_head(void)
+{
+    unsigned seed = 23;
+    int S = 517, H = 3, h = 1;
+    static const int nqs[] = {1, 3, 4, 6, 16};
+    for (int hv = 0; hv < 2; hv++) {
+        int hd = hv ? 40 : 64, ld = H * hd;
+        float *K = s_rand((size_t)S * ld, &seed), *V = s_rand((size_t)S * ld, &seed);
+        float *q = s_rand((size_t)16 * ld, &seed);
+        float *Kt = malloc((size_t)S * ld * sizeof *Kt);
+        uint16_t *Ktb = malloc((size_t)S * ld * sizeof *Ktb), *Vb = malloc((size_t)S * ld * 2),
+                 *Kb = malloc((size_t)S * ld * 2);
+        CU_ASSERT_FATAL(Kt && Ktb && Vb && Kb);
+        kern_transpose(K, S, ld, Kt, NULL);
+        kern_transpose(K, S, ld, NULL, Ktb);
+        kern_to_bf16(V, Vb, (size_t)S * ld);
+        kern_to_bf16(K, Kb, (size_t)S * ld);
+        int tbad = 0;
+        for (int j = 0; j < S; j++)
+            for (int c = 0; c < ld; c++)
+                tbad += Kt[(size_t)c * S + j] != K[(size_t)j * ld + c] ||
+                        Ktb[(size_t)c * S + j] != kern_f32_bf16(K[(size_t)j * ld + c]);
+        CU_ASSERT_EQUAL(tbad, 0);
+        float *sc = malloc((size_t)16 * S * sizeof *sc), *sc2 = malloc((size_t)16 * S * sizeof *sc2);
+        float *ctx = malloc((size_t)16 * ld * sizeof *ctx), *ctx2 = malloc((size_t)16 * ld * 4);
+        double *e = malloc((size_t)S * sizeof *e);
+        for (int bf = 0; bf < 2; bf++)
+            for (size_t t = 0; t < sizeof nqs / sizeof *nqs; t++) {
+                int nq = nqs[t];
+                float scale = 0.125f;
+                const void *kt = bf ? (const void *)(Ktb + (size_t)h * hd * S)
+                                    : (const void *)(Kt + (size_t)h * hd * S);
+                const void *vv = bf ? (const void *)(Vb + h * hd) : (const void *)(V + h * hd);
+                kern_cross_head(q + h * hd, nq, ld, scale, kt, S, vv, ld, bf, S, hd, sc,
+                                ctx + h * hd, ld);
+                double dp = 0, dc = 0, d2 = 0;
+                for (int r = 0; r < nq; r++) {
+                    double mx = -INFINITY, sum = 0;
+                    for (int j = 0; j < S; j++) {
+                        double a = 0;
+                        for (int d = 0; d < hd; d++) {
+                            size_t o = (size_t)j * ld + h * hd + d;
+                            a += (double)(q[(size_t)r * ld + h * hd + d] * scale) *
+                                 (bf ? dm_bf16_to_f32(kern_f32_bf16(K[o])) : K[o]);
+                        }
+                        e[j] = a;
+                        mx = fmax(mx, a);
+                    }
+                    for (int j = 0; j < S; j++)
+                        sum += e[j] = exp(e[j] - mx);
+                    for (int j = 0; j < S; j++)
+                        dp = fmax(dp, fabs(e[j] / sum - sc[(size_t)r * S + j]));
+                    for (int d = 0; d < hd; d++) {
+                        double c = 0;
+                        for (int j = 0; j < S; j++) {
+                            size_t o = (size_t)j * ld + h * hd + d;
+                            c += e[j] / sum * (bf ? dm_bf16_to_f32(Vb[o]) : V[o]);
+                        }
+                        dc = fmax(dc, fabs(c - ctx[(size_t)r * ld + h * hd + d]));
+                    }
+                }
+                /* the same head from the key rows */
+                kern_attend_head(q + h * hd, nq, ld, scale,
+                                 bf ? (const void *)(Kb + h * hd) : (const void *)(K + h * hd), vv,
+                                 bf, S, hd, ld, sc2, ctx2 + h * hd, ld);
+                for (int r = 0; r < nq; r++)
+                    for (int d = 0; d < hd; d++)
+                        d2 = fmax(d2, fabs(ctx2[(size_t)r * ld + h * hd + d] -
+                                           ctx[(size_t)r * ld + h * hd + d]));
+                CU_ASSERT(dp <= 1e-6);
+                CU_ASSERT(dc <= 1e-5);
+                CU_ASSERT(d2 <= 1e-5);
+                if (dp > 1e-6 || dc > 1e-5 || d2 > 1e-5)
+                    printf("\n    hd %d bf16 %d nq %d: probs %.2e ctx %.2e vs rows %.2e", hd, bf,
+                           nq, dp, dc, d2);
+            }
+        free(K);
+        free(V);
+        free(q);
+        free(Kt);
+        free(Ktb);
+        free(Vb);
+        free(Kb);
+        free(sc);
+        free(sc2);
+        free(ctx);
+        free(ctx2);
+        free(e);
+    }
+}
+
 /* The encoder's GEMM backend (oneDNN, packed weights) against its plain
  * twin: float32 and bf16, strided rows, every epilogue, row counts other
  * than the one the layout was packed for. */
@@ -368,6 +466,8 @@ void tests_kernels(void)
              {"streaming attention vs plain", test_attend_one},
              {"linear with bf16 weights: vdpbf16ps and widened sgemm vs plain", test_linear_bf16},
              {"team forms of the step: linear, one attention head vs plain", test_team},
+             {"cross-attention head over transposed keys vs double and vs key rows",
+              test_cross_head},
              {"encoder GEMM (packed, f32 and bf16, epilogues) vs plain", test_gemm_packed},
              {"bf16 conversion: vector vs scalar", test_bf16_convert});
 }

@@ -111,24 +111,26 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
         if (!a->present)
             continue;
         size_t n = (size_t)n_enc * a->k.out;
+        if (!tmp && !(tmp = malloc(n * sizeof(float))))
+            goto oom;
+        /* projected in float32 rows; keys transposed, and in bf16 both
+         * rounded */
         if (!bf16) {
             p->ck[l] = s_alloc_page_kv(n * sizeof(float));
             p->cv[l] = s_alloc_page_kv(n * sizeof(float));
             if (!p->ck[l] || !p->cv[l])
                 goto oom;
-            donut_linear(&a->k, enc, n_enc, p->ck[l]);
+            donut_linear(&a->k, enc, n_enc, tmp);
+            kern_transpose(tmp, n_enc, a->k.out, p->ck[l], NULL);
             donut_linear(&a->v, enc, n_enc, p->cv[l]);
             continue;
         }
-        /* bf16: project in float32, keep the rounded keys and values */
         p->ckb[l] = s_alloc_page_kv(n * sizeof(uint16_t));
         p->cvb[l] = s_alloc_page_kv(n * sizeof(uint16_t));
-        if (!tmp)
-            tmp = malloc(n * sizeof(float));
-        if (!p->ckb[l] || !p->cvb[l] || !tmp)
+        if (!p->ckb[l] || !p->cvb[l])
             goto oom;
         donut_linear(&a->k, enc, n_enc, tmp);
-        kern_to_bf16(tmp, p->ckb[l], n);
+        kern_transpose(tmp, n_enc, a->k.out, NULL, p->ckb[l]);
         donut_linear(&a->v, enc, n_enc, tmp);
         kern_to_bf16(tmp, p->cvb[l], n);
     }
@@ -301,31 +303,15 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
     const float *cK = NULL, *cV = NULL;
     if (!is_self && s_cross_kv(p, layer, inner, sc, &cK, &cV, err))
         return -1;
-    /* Cross-attention of a decoding step: every question of the page
-     * attends to the same keys and values, so stream them once for all. */
     int all_one = 1;
     for (int b = 0; b < B; b++)
         all_one &= counts[b] == 1;
-    if (!is_self && all_one && B > 1) {
-        size_t need = (size_t)B * H * p->n_enc;
-        if (need > sc->probs_cap) {
-            free(sc->probs);
-            sc->probs = malloc(need * sizeof(float));
-            sc->probs_cap = sc->probs ? need : 0;
-            if (!sc->probs)
-                return dm_err(err, "out of memory for attention scores");
-        }
-        kern_attend_scores(sc->q, B, inner, cK, p->n_enc, H, hd, inner, sc->probs);
-        kern_attend_values(sc->probs, B, cV, p->n_enc, H, hd, inner, sc->ctx, inner);
-        donut_linear(&a->o, sc->ctx, R, sc->out);
-        return 0;
-    }
-    /* Cross-attention over blocks of rows (a prompt, teacher-forced
-     * sequences): no mask, and every row of every sequence attends to the
-     * same keys and values, so one GEMM per head covers all the rows of a
-     * chunk (DEC_CROSS_CHUNK rows bound the scores; one sequence is one
-     * chunk, as its hook sees all its rows). */
-    if (!is_self && !all_one) {
+    /* Cross-attention (outside the decoding step): no mask, and every row
+     * of every sequence attends to the same keys and values, so one GEMM
+     * per head covers all the rows of a chunk (DEC_CROSS_CHUNK rows bound
+     * the scores; one sequence is one chunk, as its hook sees all its
+     * rows). */
+    if (!is_self) {
         int S = p->n_enc, chunk = B == 1 || R < DEC_CROSS_CHUNK ? R : DEC_CROSS_CHUNK;
         if (s_probs_reserve(sc, (size_t)H * chunk * S, err))
             return -1;
@@ -336,8 +322,8 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
 #pragma omp parallel for schedule(static)
             for (int h = 0; h < H; h++) {
                 float *P = sc->probs + (size_t)h * n * S;
-                kern_gemm_nt(n, S, hd, 1.0f, sc->q + (size_t)r0 * inner + h * hd, inner,
-                             cK + h * hd, inner, 0.0f, P, S);
+                kern_gemm_nn(n, S, hd, 1.0f, sc->q + (size_t)r0 * inner + h * hd, inner,
+                             cK + (size_t)h * hd * S, S, 0.0f, P, S);
                 kern_softmax_rows_finite(P, n, S);
             }
             if (B == 1 &&
@@ -378,12 +364,13 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
         donut_linear(&a->o, sc->ctx, R, sc->out);
         return 0;
     }
+    /* Self-attention of each sequence against its own cache. */
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
         int T = counts[b];
         int pos0 = seqs[b]->len;
-        int S = is_self ? pos0 + T : p->n_enc;
-        const float *K = is_self ? seqs[b]->sk[layer] : cK;
-        const float *V = is_self ? seqs[b]->sv[layer] : cV;
+        int S = pos0 + T;
+        const float *K = seqs[b]->sk[layer];
+        const float *V = seqs[b]->sv[layer];
         size_t need = (size_t)H * T * S;
         if (need > sc->probs_cap) {
             free(sc->probs);
@@ -400,13 +387,12 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             float *P = sc->probs + (size_t)h * T * S;
             kern_gemm_nt(T, S, hd, 1.0f, sc->q + (size_t)r * inner + h * hd, inner, K + h * hd,
                          inner, 0.0f, P, S);
-            if (is_self)
-                for (int i = 0; i < T; i++)
-                    for (int j = pos0 + i + 1; j < S; j++)
-                        P[(size_t)i * S + j] = -INFINITY;
+            for (int i = 0; i < T; i++)
+                for (int j = pos0 + i + 1; j < S; j++)
+                    P[(size_t)i * S + j] = -INFINITY;
             kern_softmax_rows(P, T, S);
         }
-        if (B == 1 && s_attn_report(hooks, probe, layer, is_self, sc->probs, H, T, S, pos0, err))
+        if (B == 1 && s_attn_report(hooks, probe, layer, 1, sc->probs, H, T, S, pos0, err))
             return -1;
         if (T == 1)
             kern_attend_values(sc->probs, 1, V, S, H, hd, inner, sc->ctx + (size_t)r * inner, inner);
@@ -521,15 +507,16 @@ static void s_step_attn(StepCtx *st, const DecAttn *a, int layer, int is_self, f
         }
     } else {
         /* the page's keys and values, streamed once per head for all B */
-        int bf = p->ckb[layer] != NULL;
+        int bf = p->ckb[layer] != NULL, S = p->n_enc;
         const void *K = bf ? (const void *)p->ckb[layer] : p->ck[layer];
         const void *V = bf ? (const void *)p->cvb[layer] : p->cv[layer];
         size_t es = bf ? sizeof(uint16_t) : sizeof(float);
 #pragma omp for schedule(static)
         for (int hh = 0; hh < H; hh++)
-            kern_attend_head(st->q + hh * hd, B, inner, scale, (const char *)K + hh * hd * es,
-                             (const char *)V + hh * hd * es, bf, p->n_enc, hd, inner, scores,
-                             st->ctx + hh * hd, inner);
+            kern_cross_head(st->q + hh * hd, B, inner, scale,
+                            (const char *)K + (size_t)hh * hd * S * es, S,
+                            (const char *)V + hh * hd * es, inner, bf, S, hd, scores,
+                            st->ctx + hh * hd, inner);
     }
     for (int b = 0; b < B; b++)
         rows[b] = st->x + (size_t)b * D;

@@ -15,7 +15,10 @@ typedef struct DecPage {
     const DonutModel *m;
     int n_enc;                  /* encoder tokens */
     const float *enc;           /* [n_enc, d_model], borrowed */
-    float *ck[DM_MAX_LAYERS];   /* cross keys [n_enc, nheads*hd] (NULL if C<l> removed) */
+    /* cross keys transposed, [nheads*hd, n_enc] (head h's [hd, n_enc] at
+     * row h*hd: a decoding step's scores need no horizontal sums), and
+     * values as rows [n_enc, nheads*hd]; NULL if C<l> was removed */
+    float *ck[DM_MAX_LAYERS];
     float *cv[DM_MAX_LAYERS];
     /* A model in bf16 keeps its cross keys and values in bfloat16 instead
      * (ck, cv NULL): half the bytes a decoding step streams per layer. */

@@ -132,3 +132,21 @@ int kern_cpu_count(void)
 }
 
 int kern_get_threads(void) { return s_threads ? s_threads : openblas_get_num_threads(); }
+
+void kern_transpose(const float *x, int rows, int cols, float *y, uint16_t *yb)
+{
+    enum { T = 32 }; /* tiles: both sides' lines stay in cache */
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < cols; c0 += T)
+        for (int r0 = 0; r0 < rows; r0 += T) {
+            int c1 = c0 + T < cols ? c0 + T : cols, r1 = r0 + T < rows ? r0 + T : rows;
+            for (int c = c0; c < c1; c++)
+                for (int r = r0; r < r1; r++) {
+                    float v = x[(size_t)r * cols + c];
+                    if (y)
+                        y[(size_t)c * rows + r] = v;
+                    else
+                        yb[(size_t)c * rows + r] = kern_f32_bf16(v);
+                }
+        }
+}

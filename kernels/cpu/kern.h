@@ -108,6 +108,15 @@ void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const fl
                       const uint16_t *Wb, const float *bias, int N, float *const *y, int flags);
 void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc);
+/* kern_attend_head for a page's cross-attention, whose keys are kept
+ * transposed: Kt is the head's [hd, S] (row stride ldk), V its value rows
+ * (row stride ldv); float32 or bfloat16 (bf16) both.  nq <= 16, hd <= 256. */
+void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
+                     const void *V, int ldv, int bf16, int S, int hd, float *scores, float *ctx,
+                     int ldc);
+/* y (cols x rows, row stride rows) = x^T (x rows x cols, row stride cols),
+ * into float32 y, or rounded to bfloat16 into yb when y is NULL. */
+void kern_transpose(const float *x, int rows, int cols, float *y, uint16_t *yb);
 
 /* Number of threads the GEMM library uses; set once at start-up.  It is
  * the one count: OpenBLAS and OpenMP (the decoding step's parallel

@@ -487,3 +487,158 @@ void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *
     for (int r = 0; r < nq; r++)
         memcpy(ctx + (size_t)r * ldc, acc + (size_t)r * hd, (size_t)hd * sizeof *acc);
 }
+
+/* ------------------------------------------------- cross-attention head
+ * A page's cross keys are kept transposed, [hd, S] per head: scores of 64
+ * keys for up to 4 query rows are then 16 vector accumulators, each
+ * key dimension one broadcast and 4 fused multiply-adds per query row, no
+ * horizontal sums; the values stay rows [S, hd], each row read once for
+ * up to 4 query rows summed into registers.  A score is the dot product
+ * over d in order; a context element the sum over s in order. */
+
+#if defined(__AVX512F__)
+/* 16 keys or values from float32 or bfloat16 (widened), masked or not. */
+static inline __attribute__((always_inline)) __m512 s_ld16(const void *p, int bf16, size_t off,
+                                                           __mmask16 m)
+{
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off)), 16));
+    return _mm512_maskz_loadu_ps(m, (const float *)p + off);
+}
+
+/* scores [nr, S] (row stride S) of nr <= 4 scaled query rows qs [nr, 64]
+ * against Kt [64, S] (row stride ldk). */
+static inline __attribute__((always_inline)) void s_cross_scores(const float *qs, int nr,
+                                                                 const void *Kt, int ldk, int bf16,
+                                                                 int S, float *scores)
+{
+    int s = 0;
+    for (; s + 64 <= S; s += 64) {
+        __m512 a[4][4];
+        for (int r = 0; r < nr; r++)
+            for (int i = 0; i < 4; i++)
+                a[r][i] = _mm512_setzero_ps();
+        for (int d = 0; d < 64; d++) {
+            size_t o = (size_t)d * ldk + s;
+            __m512 k[4];
+            for (int i = 0; i < 4; i++)
+                k[i] = s_ld16(Kt, bf16, o + 16 * i, 0xffff);
+            for (int r = 0; r < nr; r++) {
+                __m512 qb = _mm512_set1_ps(qs[r * 64 + d]);
+                for (int i = 0; i < 4; i++)
+                    a[r][i] = _mm512_fmadd_ps(qb, k[i], a[r][i]);
+            }
+        }
+        for (int r = 0; r < nr; r++)
+            for (int i = 0; i < 4; i++)
+                _mm512_storeu_ps(scores + (size_t)r * S + s + 16 * i, a[r][i]);
+    }
+    for (; s < S; s += 16) {
+        __mmask16 m = S - s >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (S - s)) - 1);
+        __m512 a[4];
+        for (int r = 0; r < nr; r++)
+            a[r] = _mm512_setzero_ps();
+        for (int d = 0; d < 64; d++) {
+            __m512 k = s_ld16(Kt, bf16, (size_t)d * ldk + s, m);
+            for (int r = 0; r < nr; r++)
+                a[r] = _mm512_fmadd_ps(_mm512_set1_ps(qs[r * 64 + d]), k, a[r]);
+        }
+        for (int r = 0; r < nr; r++)
+            _mm512_mask_storeu_ps(scores + (size_t)r * S + s, m, a[r]);
+    }
+}
+
+/* ctx rows [nr, 64] (stride ldc) = probs [nr, S] (stride S) . V [S, 64]
+ * (row stride ldv). */
+static inline __attribute__((always_inline)) void s_cross_ctx(const float *P, int nr,
+                                                              const void *V, int ldv, int bf16,
+                                                              int S, float *ctx, int ldc)
+{
+    __m512 a[4][4];
+    for (int r = 0; r < nr; r++)
+        for (int i = 0; i < 4; i++)
+            a[r][i] = _mm512_setzero_ps();
+    for (int s = 0; s < S; s++) {
+        __m512 v[4];
+        for (int i = 0; i < 4; i++)
+            v[i] = s_ld16(V, bf16, (size_t)s * ldv + 16 * i, 0xffff);
+        for (int r = 0; r < nr; r++) {
+            __m512 p = _mm512_set1_ps(P[(size_t)r * S + s]);
+            for (int i = 0; i < 4; i++)
+                a[r][i] = _mm512_fmadd_ps(p, v[i], a[r][i]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int i = 0; i < 4; i++)
+            _mm512_storeu_ps(ctx + (size_t)r * ldc + 16 * i, a[r][i]);
+}
+
+/* The two above for nr and bf16 known at compile time. */
+#define S_CROSS_CASES(CALL)                                                                        \
+    switch (nr * 2 + bf16) {                                                                       \
+    case 2: CALL(1, 0); break;                                                                     \
+    case 3: CALL(1, 1); break;                                                                     \
+    case 4: CALL(2, 0); break;                                                                     \
+    case 5: CALL(2, 1); break;                                                                     \
+    case 6: CALL(3, 0); break;                                                                     \
+    case 7: CALL(3, 1); break;                                                                     \
+    case 8: CALL(4, 0); break;                                                                     \
+    default: CALL(4, 1); break;                                                                    \
+    }
+#endif
+
+void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
+                     const void *V, int ldv, int bf16, int S, int hd, float *scores, float *ctx,
+                     int ldc)
+{
+    float qs[16 * 256];
+    for (int r = 0; r < nq; r++)
+        for (int d = 0; d < hd; d++)
+            qs[r * hd + d] = q[(size_t)r * ldq + d] * scale;
+#if defined(__AVX512F__)
+    if (hd == 64) {
+        for (int r0 = 0; r0 < nq; r0 += 4) {
+            int nr = nq - r0 < 4 ? nq - r0 : 4;
+            const float *qr = qs + r0 * 64;
+            float *sr = scores + (size_t)r0 * S;
+#define S_SCORES(NR, BF) s_cross_scores(qr, NR, Kt, ldk, BF, S, sr)
+            S_CROSS_CASES(S_SCORES)
+#undef S_SCORES
+        }
+        for (int r = 0; r < nq; r++)
+            s_softmax_row(scores + (size_t)r * S, S);
+        for (int r0 = 0; r0 < nq; r0 += 4) {
+            int nr = nq - r0 < 4 ? nq - r0 : 4;
+            const float *pr = scores + (size_t)r0 * S;
+            float *cr = ctx + (size_t)r0 * ldc;
+#define S_CTX(NR, BF) s_cross_ctx(pr, NR, V, ldv, BF, S, cr, ldc)
+            S_CROSS_CASES(S_CTX)
+#undef S_CTX
+        }
+        return;
+    }
+#endif
+    for (int r = 0; r < nq; r++) {
+        float *sr = scores + (size_t)r * S;
+        for (int s = 0; s < S; s++) {
+            float a = 0.0f;
+            for (int d = 0; d < hd; d++) {
+                size_t o = (size_t)d * ldk + s;
+                a += qs[r * hd + d] *
+                     (bf16 ? kern_bf16_f32(((const uint16_t *)Kt)[o]) : ((const float *)Kt)[o]);
+            }
+            sr[s] = a;
+        }
+        s_softmax_row(sr, S);
+        for (int d = 0; d < hd; d++) {
+            float a = 0.0f;
+            for (int s = 0; s < S; s++) {
+                size_t o = (size_t)s * ldv + d;
+                a += sr[s] *
+                     (bf16 ? kern_bf16_f32(((const uint16_t *)V)[o]) : ((const float *)V)[o]);
+            }
+            ctx[(size_t)r * ldc + d] = a;
+        }
+    }
+}
