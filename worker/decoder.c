@@ -113,8 +113,8 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
         size_t n = (size_t)n_enc * a->k.out;
         if (!tmp && !(tmp = malloc(n * sizeof(float))))
             goto oom;
-        /* projected in float32 rows; keys transposed, and in bf16 both
-         * rounded */
+        /* projected in float32 rows; keys transposed, values head by
+         * head, and in bf16 both rounded */
         if (!bf16) {
             p->ck[l] = s_alloc_page_kv(n * sizeof(float));
             p->cv[l] = s_alloc_page_kv(n * sizeof(float));
@@ -122,7 +122,8 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
                 goto oom;
             donut_linear(&a->k, enc, n_enc, tmp);
             kern_transpose(tmp, n_enc, a->k.out, p->ck[l], NULL);
-            donut_linear(&a->v, enc, n_enc, p->cv[l]);
+            donut_linear(&a->v, enc, n_enc, tmp);
+            kern_heads_major(tmp, n_enc, a->nheads, m->dec.head_dim, p->cv[l], NULL);
             continue;
         }
         p->ckb[l] = s_alloc_page_kv(n * sizeof(uint16_t));
@@ -132,7 +133,7 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
         donut_linear(&a->k, enc, n_enc, tmp);
         kern_transpose(tmp, n_enc, a->k.out, NULL, p->ckb[l]);
         donut_linear(&a->v, enc, n_enc, tmp);
-        kern_to_bf16(tmp, p->cvb[l], n);
+        kern_heads_major(tmp, n_enc, a->nheads, m->dec.head_dim, NULL, p->cvb[l]);
     }
     free(tmp);
     return 0;
@@ -332,7 +333,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
 #pragma omp parallel for schedule(static)
             for (int h = 0; h < H; h++)
                 kern_gemm_nn(n, hd, S, 1.0f, sc->probs + (size_t)h * n * S, S,
-                             cV + h * hd, inner, 0.0f,
+                             cV + (size_t)h * S * hd, hd, 0.0f,
                              sc->ctx + (size_t)r0 * inner + h * hd, inner);
         }
         donut_linear(&a->o, sc->ctx, R, sc->out);
@@ -515,7 +516,7 @@ static void s_step_attn(StepCtx *st, const DecAttn *a, int layer, int is_self, f
         for (int hh = 0; hh < H; hh++)
             kern_cross_head(st->q + hh * hd, B, inner, scale,
                             (const char *)K + (size_t)hh * hd * S * es, S,
-                            (const char *)V + hh * hd * es, inner, bf, S, hd, scores,
+                            (const char *)V + (size_t)hh * S * hd * es, hd, bf, S, hd, scores,
                             st->ctx + hh * hd, inner);
     }
     for (int b = 0; b < B; b++)

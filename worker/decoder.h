@@ -17,7 +17,8 @@ typedef struct DecPage {
     const float *enc;           /* [n_enc, d_model], borrowed */
     /* cross keys transposed, [nheads*hd, n_enc] (head h's [hd, n_enc] at
      * row h*hd: a decoding step's scores need no horizontal sums), and
-     * values as rows [n_enc, nheads*hd]; NULL if C<l> was removed */
+     * values head by head, [nheads, n_enc, hd] (a head's values one
+     * contiguous block); NULL if C<l> was removed */
     float *ck[DM_MAX_LAYERS];
     float *cv[DM_MAX_LAYERS];
     /* A model in bf16 keeps its cross keys and values in bfloat16 instead

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <omp.h>
 #include <sched.h>
+#include <string.h>
 #include <unistd.h>
 
 void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
@@ -148,5 +149,20 @@ void kern_transpose(const float *x, int rows, int cols, float *y, uint16_t *yb)
                     else
                         yb[(size_t)c * rows + r] = kern_f32_bf16(v);
                 }
+        }
+}
+
+void kern_heads_major(const float *x, int S, int H, int hd, float *y, uint16_t *yb)
+{
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++)
+        for (int s = 0; s < S; s++) {
+            const float *src = x + (size_t)s * H * hd + (size_t)h * hd;
+            size_t o = ((size_t)h * S + s) * hd;
+            if (y)
+                memcpy(y + o, src, (size_t)hd * sizeof *y);
+            else
+                for (int d = 0; d < hd; d++)
+                    yb[o + d] = kern_f32_bf16(src[d]);
         }
 }

@@ -117,6 +117,9 @@ void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *K
 /* y (cols x rows, row stride rows) = x^T (x rows x cols, row stride cols),
  * into float32 y, or rounded to bfloat16 into yb when y is NULL. */
 void kern_transpose(const float *x, int rows, int cols, float *y, uint16_t *yb);
+/* Rows x [S, H*hd] regrouped head by head, y [H, S, hd] (float32, or
+ * rounded to bfloat16 into yb when y is NULL). */
+void kern_heads_major(const float *x, int S, int H, int hd, float *y, uint16_t *yb);
 
 /* Number of threads the GEMM library uses; set once at start-up.  It is
  * the one count: OpenBLAS and OpenMP (the decoding step's parallel
