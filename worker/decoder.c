@@ -301,12 +301,38 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                    (size_t)counts[b] * inner * sizeof(float));
         }
     }
-    const float *cK = NULL, *cV = NULL;
-    if (!is_self && s_cross_kv(p, layer, inner, sc, &cK, &cV, err))
-        return -1;
     int all_one = 1;
     for (int b = 0; b < B; b++)
         all_one &= counts[b] == 1;
+    /* Cross-attention of a few rows (a prompt), or of bf16 keys and values,
+     * when nothing watches the probabilities: the decoding step's head
+     * kernel, 16 rows at a time, straight from the page's keys and values
+     * in their own precision (no widened float32 copy per pass).  The
+     * queries are scaled already. */
+    int watched = (hooks && hooks->fn) || (probe && probe->emit);
+    if (!is_self && !watched && (kern_small_m(R) || p->ckb[layer])) {
+        int S = p->n_enc, bf = p->ckb[layer] != NULL;
+        const void *K = bf ? (const void *)p->ckb[layer] : p->ck[layer];
+        const void *V = bf ? (const void *)p->cvb[layer] : p->cv[layer];
+        size_t es = bf ? sizeof(uint16_t) : sizeof(float);
+        if (s_probs_reserve(sc, (size_t)H * 16 * S, err))
+            return -1;
+        for (int r0 = 0; r0 < R; r0 += 16) {
+            int n = R - r0 < 16 ? R - r0 : 16;
+#pragma omp parallel for schedule(static)
+            for (int h = 0; h < H; h++)
+                kern_cross_head(sc->q + (size_t)r0 * inner + h * hd, n, inner, 1.0f,
+                                (const char *)K + (size_t)h * hd * S * es, S,
+                                (const char *)V + (size_t)h * S * hd * es, hd, bf, S, hd,
+                                sc->probs + (size_t)h * 16 * S,
+                                sc->ctx + (size_t)r0 * inner + h * hd, inner);
+        }
+        donut_linear(&a->o, sc->ctx, R, sc->out);
+        return 0;
+    }
+    const float *cK = NULL, *cV = NULL;
+    if (!is_self && s_cross_kv(p, layer, inner, sc, &cK, &cV, err))
+        return -1;
     /* Cross-attention (outside the decoding step): no mask, and every row
      * of every sequence attends to the same keys and values, so one GEMM
      * per head covers all the rows of a chunk (DEC_CROSS_CHUNK rows bound
