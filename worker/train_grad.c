@@ -11,7 +11,6 @@
  * only passes the gradient back to the final hidden states. */
 #include "train.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,8 +124,7 @@ static void s_ln_bwd(const float *dy, int rows, int n, const DmNorm *nm, const L
 static void s_gemm_tn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                       float beta, float *C, int ldc)
 {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, beta, C,
-                ldc);
+    kern_gemm_tn(M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* Backward of y = x W^T + b over R rows: dW += dy^T x, db += colsum dy, and

@@ -19,6 +19,15 @@ void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, con
                 ldc);
 }
 
+void kern_gemm_tn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc)
+{
+    if (dnnl_sgemm('T', 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                ldc);
+}
+
 void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {

@@ -10,17 +10,24 @@
 #include <stdint.h>
 
 /* y[M,N] = x[M,K] * W[N,K]^T (+ bias[N] if non-NULL).  W is a PyTorch
- * Linear weight ([out, in]).  Uses BLAS sgemm. */
+ * Linear weight ([out, in]).  The streaming small-M kernel for a few rows,
+ * kern_gemm_nt for more. */
 void kern_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y);
 /* Reference twin of kern_linear: triple loop, double accumulation. */
 void kern_linear_ref(const float *x, int M, int K, const float *W, const float *bias, int N,
                      float *y);
 
-/* C[M,N] = alpha * A[M,K] * B^T (B is [N,K]) + beta * C, leading dims given. */
+/* Row-major GEMMs on oneDNN's sgemm (its threads are the OpenMP team;
+ * called inside a parallel region it runs on the calling thread), BLAS
+ * sgemm should oneDNN refuse.
+ * C[M,N] = alpha * A[M,K] * B^T (B is [N,K]) + beta * C, leading dims given. */
 void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc);
 /* C[M,N] = alpha * A[M,K] * B[K,N] + beta * C. */
 void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
+/* C[M,N] = alpha * A^T * B + beta * C (A is [K,M], B [K,N]). */
+void kern_gemm_tn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc);
 
 /* LayerNorm over the last dim (n) of each of `rows` rows, biased variance,
