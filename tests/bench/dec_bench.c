@@ -9,7 +9,7 @@
  *           10 prompt + 8 answer + 2 tokens, LM head at the answer rows,
  *           with the decoder packed for it (dec_pack) as the stage does
  *   lm4     the LM head linear alone at four rows (kern_linear_team, as in
- *           a decoding step)
+ *           a decoding step); lm1 at one row
  * The encoder output is a random stand-in of the config's size; the cross
  * keys and values are projected once before the timed part.  Prints the
  * best and mean time per unit (step, block or call), and the best process
@@ -104,10 +104,11 @@ int main(int argc, char **argv)
                : !strcmp(what, "step4") ? 1
                : !strcmp(what, "cache") ? 2
                : !strcmp(what, "lm4")   ? 3
+               : !strcmp(what, "lm1")   ? 4
                                         : -1;
     int bf16 = !strcmp(prec, "bf16");
     if (!dir || kind < 0 || reps < 1 || (!bf16 && strcmp(prec, "fp32"))) {
-        fprintf(stderr, "usage: dec_bench MODEL_DIR step1|step4|cache|lm4 [--reps N] "
+        fprintf(stderr, "usage: dec_bench MODEL_DIR step1|step4|cache|lm4|lm1 [--reps N] "
                         "[--precision fp32|bf16] [--threads N]\n");
         return 2;
     }
@@ -171,7 +172,7 @@ int main(int argc, char **argv)
             for (int i = 0; bf16 && i < NQ * D; i++)
                 xb[i] = kern_f32_bf16(x[i]);
 #pragma omp parallel
-            kern_linear_team(x, bf16 ? xb : NULL, NQ, D, m->dec.lm_head, m->dec.lm_head_bf16, NULL,
+            kern_linear_team(x, bf16 ? xb : NULL, kind == 4 ? 1 : NQ, D, m->dec.lm_head, m->dec.lm_head_bf16, NULL,
                              dc->vocab, rows, 0);
             t = dm_now() - t;
         }
