@@ -253,6 +253,7 @@ typedef struct DecBench {
     GenTiming g1, gB;     /* batch 1 and batch B */
     double lm_ms[2];      /* the LM head alone at M = 1 and M = B */
     double wbytes, kv_cross, kv_self; /* bytes per step (kv_self per question) */
+    int cross_present[DM_MAX_LAYERS], cross_inner[DM_MAX_LAYERS];
 } DecBench;
 
 /* Page init (kept in *page), generation at batch 1 and B, the LM head. */
@@ -276,8 +277,8 @@ static int s_bench_decoder(const DonutModel *m, const float *enc, int n_enc, int
     if (s_time_gen(page, prompts, P, 1, tokens, reps, &db->g1, err) ||
         s_time_gen(page, prompts, P, B, tokens, reps, &db->gB, err))
         return -1;
-    /* The LM head alone, [M, d] x [vocab, d]^T at M = 1 and M = B, as
-     * kern_linear / kern_linear_bf16 run it outside a step. */
+    /* The LM head alone, [M, d] x [vocab, d]^T at M = 1 and M = B, as a
+     * decoding step runs it (the team kernel in one parallel region). */
     float *x = malloc((size_t)B * dc->d_model * sizeof(float));
     float *y = malloc((size_t)B * dc->vocab * sizeof(float));
     if (!x || !y) {
@@ -289,14 +290,24 @@ static int s_bench_decoder(const DonutModel *m, const float *enc, int n_enc, int
     for (size_t i = 0; i < (size_t)B * dc->d_model; i++)
         x[i] = (float)((s_rng(&rng) >> 40) * (1.0 / (1 << 24))) - 0.5f;
     int Ms[2] = {1, B};
+    uint16_t *xb = malloc((size_t)B * dc->d_model * sizeof *xb);
+    float *rows[64];
+    if (!xb) {
+        free(x);
+        free(y);
+        return dm_err(err, "out of memory");
+    }
+    for (int b = 0; b < B; b++)
+        rows[b] = y + (size_t)b * dc->vocab;
     for (int k = 0; k < 2; k++) {
         double best = 1e30;
         for (int r = 0; r <= (reps > 5 ? reps : 5); r++) {
             double t = dm_now();
-            if (m->dec.lm_head_bf16)
-                kern_linear_bf16(x, Ms[k], dc->d_model, m->dec.lm_head_bf16, NULL, dc->vocab, y);
-            else
-                kern_linear(x, Ms[k], dc->d_model, m->dec.lm_head, NULL, dc->vocab, y);
+            for (int i = 0; m->dec.lm_head_bf16 && i < Ms[k] * dc->d_model; i++)
+                xb[i] = kern_f32_bf16(x[i]);
+#pragma omp parallel
+            kern_linear_team(x, m->dec.lm_head_bf16 ? xb : NULL, Ms[k], dc->d_model,
+                             m->dec.lm_head, m->dec.lm_head_bf16, NULL, dc->vocab, rows, 0);
             double dt = dm_now() - t;
             if (r > 0 && dt < best)
                 best = dt;
@@ -304,7 +315,12 @@ static int s_bench_decoder(const DonutModel *m, const float *enc, int n_enc, int
         db->lm_ms[k] = best * 1e3;
     }
     free(x);
+    free(xb);
     free(y);
+    for (int l = 0; l < dc->layers; l++) {
+        db->cross_present[l] = m->dec.layers[l].cross.present;
+        db->cross_inner[l] = m->dec.layers[l].cross.k.out;
+    }
     db->wbytes = s_dec_weight_bytes(m);
     s_dec_kv_bytes(m, n_enc, P + tokens / 2.0, &db->kv_cross, &db->kv_self);
     return 0;
@@ -312,7 +328,7 @@ static int s_bench_decoder(const DonutModel *m, const float *enc, int n_enc, int
 
 /* The decoder block of the text report. */
 static void s_print_decoder(const DecBench *d, const MBartConfig *dc, int B, int P, int tokens,
-                            int n_enc, double bw)
+                            int n_enc, double bw, double gemm_gflops)
 {
     const char *pn = donut_precision_name(d->prec);
     double bound_w = d->wbytes / (bw * 1e9);
@@ -320,7 +336,14 @@ static void s_print_decoder(const DecBench *d, const MBartConfig *dc, int B, int
     double bound_B = (d->wbytes + d->kv_cross + B * d->kv_self) / (bw * 1e9);
     char lab[64];
     printf("decoder %s  (prompt %d tokens, %d new tokens forced per question)\n", pn, P, tokens);
-    printf("  %-34s %8.2f ms\n", "dec_page_init (cross K/V)", d->init_s * 1e3);
+    /* k and v of every layer with cross-attention: 2 GEMMs [n_enc, d] x [d, d] */
+    double init_flops = 0.0;
+    for (int l = 0; l < dc->layers; l++)
+        init_flops += d->cross_present[l] ? 2.0 * 2.0 * n_enc * dc->d_model * d->cross_inner[l] : 0;
+    double init_gf = init_flops / d->init_s * 1e-9;
+    printf("  %-34s %8.2f ms       (%.1f GFLOP/s; %.2f of the encoder GEMM's %s rate)\n",
+           "dec_page_init (cross K/V)", d->init_s * 1e3, init_gf,
+           gemm_gflops > 0 ? init_gf / gemm_gflops : 0.0, pn);
     printf("  %-34s %8.2f ms\n", "first step (prompt pass), batch 1", d->g1.prompt_s * 1e3);
     snprintf(lab, sizeof lab, "prompt passes, batch %d", B);
     printf("  %-34s %8.2f ms     (%.2f ms per question)\n", lab, d->gB.prompt_s * 1e3,
@@ -786,7 +809,8 @@ int cmd_bench(int argc, char **argv)
         }
     }
     for (int i = 0; i < ndb; i++)
-        s_print_decoder(&dbs[i], dc, Bq, P, tokens, n_enc, bw);
+        s_print_decoder(&dbs[i], dc, Bq, P, tokens, n_enc, bw,
+                        enc_gemm[dbs[i].prec == DM_PREC_BF16]);
     if (ndb == 2)
         printf("  %-34s %8.2fx      batch %d %.2fx, first step %.2fx, page init %.2fx\n",
                "bf16 step speed-up, batch 1", dbs[0].g1.step_s / dbs[1].g1.step_s, Bq,
