@@ -11,8 +11,9 @@
  * --pages N (float32, instead of the rest) encodes pages 2..N twice each, in
  * turn: once after swin_free_workspace (a fresh block per page, as every
  * page was before the model kept it; the free is timed with the page) and
- * once on the kept block, and prints the minor page faults (getrusage) and
- * wall time of each, so the two are compared under the same load. */
+ * once on the kept block, and prints the minor page faults, wall time and
+ * user / system CPU time (getrusage) of each, so the two are compared under
+ * the same load. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -78,53 +79,61 @@ static double time_enc(const DonutModel *m, const float *pix, int H, int W, floa
     return best;
 }
 
-static long minflt(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_minflt;
-}
+/* What one page cost: minor faults, wall, user and system CPU seconds. */
+typedef struct PageCost {
+    double flt, wall, user, sys;
+} PageCost;
 
-/* One page: minor faults and seconds, after giving the kept block back
- * first when fresh. */
+static double tv_s(struct timeval tv) { return tv.tv_sec + tv.tv_usec * 1e-6; }
+
+/* One page, after giving the kept block back first when fresh. */
 static int fault_page(const DonutModel *m, const float *pix, int H, int W, float *out, int fresh,
-                      long *flt, double *sec, DmErr *err)
+                      PageCost *pc, DmErr *err)
 {
-    long f = minflt();
+    struct rusage a, b;
+    getrusage(RUSAGE_SELF, &a);
     double t = dm_now();
     if (fresh)
         swin_free_workspace(m);
     if (swin_encode(m, pix, H, W, out, NULL, err))
         return -1;
-    *sec = dm_now() - t;
-    *flt = minflt() - f;
+    pc->wall = dm_now() - t;
+    getrusage(RUSAGE_SELF, &b);
+    pc->flt = (double)(b.ru_minflt - a.ru_minflt);
+    pc->user = tv_s(b.ru_utime) - tv_s(a.ru_utime);
+    pc->sys = tv_s(b.ru_stime) - tv_s(a.ru_stime);
     return 0;
+}
+
+static void cost_print(const char *what, const PageCost *c)
+{
+    printf("%s %.0f minor faults, %.2f s (cpu user %.2f s, sys %.3f s)", what, c->flt, c->wall,
+           c->user, c->sys);
 }
 
 static int fault_pages(const DonutModel *m, const float *pix, int H, int W, float *out, int pages,
                        DmErr *err)
 {
-    long f1, ff, fk, sff = 0, sfk = 0;
-    double t1, tf, tk, stf = 0, stk = 0;
-    if (fault_page(m, pix, H, W, out, 1, &f1, &t1, err))
+    PageCost c, f, k, sf = {0}, sk = {0};
+    if (fault_page(m, pix, H, W, out, 1, &c, err))
         return -1;
-    printf("page 1 (allocates the block): %ld minor faults (%.0f MB), %.2f s\n", f1,
-           f1 * 4096.0 / 1e6, t1);
+    cost_print("page 1 (allocates the block):", &c);
+    printf("\n");
     for (int p = 2; p <= pages; p++) {
-        if (fault_page(m, pix, H, W, out, 1, &ff, &tf, err) ||
-            fault_page(m, pix, H, W, out, 0, &fk, &tk, err))
+        if (fault_page(m, pix, H, W, out, 1, &f, err) || fault_page(m, pix, H, W, out, 0, &k, err))
             return -1;
-        printf("page %d: fresh block %ld minor faults, %.2f s; kept block %ld, %.2f s\n", p, ff,
-               tf, fk, tk);
-        sff += ff;
-        sfk += fk;
-        stf += tf;
-        stk += tk;
+        printf("page %d:", p);
+        cost_print(" fresh block", &f);
+        cost_print("; kept block", &k);
+        printf("\n");
+        fflush(stdout);
+        sf = (PageCost){sf.flt + f.flt, sf.wall + f.wall, sf.user + f.user, sf.sys + f.sys};
+        sk = (PageCost){sk.flt + k.flt, sk.wall + k.wall, sk.user + k.user, sk.sys + k.sys};
     }
     if (pages >= 2)
-        printf("pages 2..%d: minor faults kept/fresh %.4f (%.0f vs %.0f per page), time "
-               "kept/fresh %.3f\n", pages, (double)sfk / sff, (double)sfk / (pages - 1),
-               (double)sff / (pages - 1), stk / stf);
+        printf("pages 2..%d, kept/fresh: minor faults %.4f (%.0f vs %.0f per page), wall %.3f, "
+               "cpu user %.3f, sys %.3f\n", pages, sk.flt / sf.flt, sk.flt / (pages - 1),
+               sf.flt / (pages - 1), sk.wall / sf.wall, sk.user / sf.user, sk.sys / sf.sys);
     return 0;
 }
 
