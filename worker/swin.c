@@ -22,6 +22,7 @@
  * call at a time (see "workspace" below).  Attention probabilities are
  * computed into a buffer only when a probe is given.
  * -DSWIN_PROF prints a per-phase time split (not thread-safe; for benches). */
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
@@ -697,23 +698,34 @@ static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
 static int pack_encoder(const DonutModel *cm, DmErr *err)
 {
     DonutModel *m = (DonutModel *)cm; /* only the .packed slots change */
-    int bf16 = m->precision == DM_PREC_BF16, rc = 0;
+    int bf16 = m->precision == DM_PREC_BF16, rc = 0, packed = 0;
     donut_pack_lock();
     for (int s = 0; s < m->cfg.enc.nstages && rc == 0; s++) {
         SwinStage *st = &m->enc.stages[s];
         for (int b = 0; b < st->depth && rc == 0; b++) {
             SwinBlock *bl = &st->blocks[b];
-            if (!donut_packed_as(&bl->q, bf16))
+            if (!donut_packed_as(&bl->q, bf16)) {
                 rc = pack_qkv(m, bl, bf16, err);
+                packed = 1;
+            }
             DmLinear *ls[3] = {&bl->proj, &bl->fc1, &bl->fc2};
             for (int i = 0; i < 3 && rc == 0; i++)
-                if (!donut_packed_as(ls[i], bf16))
+                if (!donut_packed_as(ls[i], bf16)) {
                     rc = donut_pack_linear(m, ls[i], bf16, err);
+                    packed = 1;
+                }
         }
-        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !donut_packed_as(&st->merge, bf16))
+        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !donut_packed_as(&st->merge, bf16)) {
             rc = donut_pack_linear(m, &st->merge, bf16, err);
+            packed = 1;
+        }
     }
     donut_pack_unlock();
+    /* the packing's temporaries (the stacked q|k|v, up to 12 MB at full
+     * size) went back to the heap, where they stay resident under the
+     * encoder's working memory: hand them to the kernel */
+    if (packed)
+        malloc_trim(0);
     return rc;
 }
 
