@@ -259,7 +259,9 @@ void swin_output_grid(const SwinConfig *c, int H, int W, int *oh, int *ow);
  * out receives [oh*ow, hidden_size].  probe may be NULL; it receives
  * encoder.hidden_states.N, encoder.stage_outputs_before_downsampling.N,
  * encoder.attentions.N (last block of each stage) and
- * encoder.last_hidden_state. */
+ * encoder.last_hidden_state.  Its working memory is kept with the model for
+ * the next page; threads may call it on one model at once (one of them
+ * uses the kept memory, the others private memory of their own). */
 int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *out,
                 const DmProbe *probe, DmErr *err);
 
