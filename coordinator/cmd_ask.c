@@ -137,6 +137,9 @@ int cmd_ask(int argc, char **argv)
     double t2 = dm_now();
     if (swin_encode(qa.model, pix, geo.out_h, geo.out_w, enc, NULL, &err))
         goto done;
+    /* one page: the encoder's working memory would only add to the
+     * decoder's peak */
+    swin_free_workspace(qa.model);
     double t3 = dm_now();
     if (qa_answer_page(&qa, enc, oh * ow, questions, nq, answers, &err))
         goto done;

@@ -1,4 +1,5 @@
 /* test_swin.c - the Swin encoder against the HF goldens of data/tiny-a. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -332,6 +333,119 @@ static void t_small_odd(void)
     free(b);
 }
 
+/* --------------------------------------------------- reused working memory */
+
+/* Pages of different sizes and contents through one model's kept working
+ * memory (small, larger, the small one again, another small one) each give
+ * bit for bit what a freshly loaded model gives: nothing a page leaves in
+ * the block reaches the next.  A call that finds the block taken by another
+ * works in a private block and leaves the model's alone; two threads
+ * encoding with one model at once both get the fresh results. */
+typedef struct WsPage {
+    int H, W;
+    unsigned seed;
+    float *px, *fresh;
+    size_t n;
+} WsPage;
+
+static void ws_page_init(WsPage *pg, const SwinConfig *c)
+{
+    size_t np = (size_t)3 * pg->H * pg->W;
+    pg->px = malloc(sizeof(float) * np);
+    uint32_t x = pg->seed;
+    for (size_t i = 0; i < np; i++) {
+        x = x * 1664525u + 1013904223u;
+        pg->px[i] = (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+    }
+    int oh, ow;
+    swin_output_grid(c, pg->H, pg->W, &oh, &ow);
+    pg->n = (size_t)oh * ow * c->hidden_size;
+    /* the reference: a model loaded for this page alone */
+    DonutModel *m = NULL;
+    DmErr err = {{0}};
+    pg->fresh = malloc(sizeof(float) * pg->n);
+    CU_ASSERT_EQUAL_FATAL(donut_load(TU_TINY, &m, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(swin_encode(m, pg->px, pg->H, pg->W, pg->fresh, NULL, &err), 0);
+    donut_free(&m);
+}
+
+static int ws_page_same(const DonutModel *m, const WsPage *pg)
+{
+    float *out = malloc(sizeof(float) * pg->n);
+    memset(out, 0xff, sizeof(float) * pg->n);
+    DmErr err = {{0}};
+    int rc = swin_encode(m, pg->px, pg->H, pg->W, out, NULL, &err);
+    if (rc)
+        printf("\n    swin_encode %dx%d: %s", pg->H, pg->W, err.msg);
+    int same = rc == 0 && memcmp(out, pg->fresh, sizeof(float) * pg->n) == 0;
+    free(out);
+    return same;
+}
+
+typedef struct WsThread {
+    const DonutModel *m;
+    const WsPage *pg;
+    int same;
+} WsThread;
+
+static void *ws_thread(void *arg)
+{
+    WsThread *t = arg;
+    t->same = ws_page_same(t->m, t->pg) && ws_page_same(t->m, t->pg);
+    return NULL;
+}
+
+static void t_workspace(void)
+{
+    DonutModel *m = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(donut_load(TU_TINY, &m, &err), 0);
+    const SwinConfig *c = &m->cfg.enc;
+    /* 163x157 -> 6x5 out; 292x256 -> 10x8 out; 201x233 -> 7x8 out */
+    WsPage pg[3] = {{.H = 163, .W = 157, .seed = 1}, {.H = 292, .W = 256, .seed = 2},
+                    {.H = 201, .W = 233, .seed = 3}};
+    for (int i = 0; i < 3; i++)
+        ws_page_init(&pg[i], c);
+
+    CU_ASSERT(ws_page_same(m, &pg[0]));
+    size_t n_small = m->enc_ws_n;
+    CU_ASSERT(n_small > 0);
+    CU_ASSERT(ws_page_same(m, &pg[1]));
+    const float *big = m->enc_ws;
+    size_t n_big = m->enc_ws_n;
+    CU_ASSERT(n_big > n_small); /* grown for the larger page */
+    CU_ASSERT(ws_page_same(m, &pg[0]));
+    CU_ASSERT(ws_page_same(m, &pg[2]));
+    CU_ASSERT(m->enc_ws == big && m->enc_ws_n == n_big); /* kept, not reallocated */
+
+    /* taken by another call: a private block, the model's untouched */
+    atomic_store(&m->enc_ws_busy, 1);
+    CU_ASSERT(ws_page_same(m, &pg[1]));
+    swin_free_workspace(m); /* refused while taken */
+    CU_ASSERT(m->enc_ws == big && m->enc_ws_n == n_big);
+    atomic_store(&m->enc_ws_busy, 0);
+
+    WsThread th[2] = {{m, &pg[1], 0}, {m, &pg[2], 0}};
+    pthread_t id[2];
+    int started[2];
+    for (int i = 0; i < 2; i++)
+        started[i] = pthread_create(&id[i], NULL, ws_thread, &th[i]) == 0;
+    for (int i = 0; i < 2; i++)
+        if (started[i])
+            pthread_join(id[i], NULL);
+    CU_ASSERT(started[0] && started[1] && th[0].same && th[1].same);
+    CU_ASSERT_EQUAL(atomic_load(&m->enc_ws_busy), 0);
+
+    swin_free_workspace(m);
+    CU_ASSERT(m->enc_ws == NULL && m->enc_ws_n == 0);
+    CU_ASSERT(ws_page_same(m, &pg[2])); /* allocated again */
+    donut_free(&m);
+    for (int i = 0; i < 3; i++) {
+        free(pg[i].px);
+        free(pg[i].fresh);
+    }
+}
+
 /* ------------------------------------------- synthetic model vs naive HF */
 
 /* A small random model whose attention takes the kernels of the real
@@ -634,6 +748,7 @@ static void synth_check(int H, int W, int embed, int nst, const int *depths, con
     for (int i = 0; i < m.nowned; i++) /* the encoder's packed weights */
         free(m.owned[i]);
     free(m.owned);
+    swin_free_workspace(&m);
 }
 
 static void t_synth(void)
@@ -658,5 +773,6 @@ void tests_swin(void)
              {"case0 vs HF (states + attentions)", t_case0}, {"case1 vs HF", t_case1},
              {"case2 vs HF", t_case2}, {"bf16 encoder vs HF (fp32 goldens)", t_bf16}, {"errors", t_errors}, {"odd sizes, window == min(H,W)", t_small_odd},
              {"synthetic window-10 / head-dim-32 model vs naive HF", t_synth},
+             {"pages through the kept working memory = fresh model, bit for bit", t_workspace},
              {"cleanup", t_cleanup});
 }

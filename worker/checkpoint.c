@@ -687,6 +687,7 @@ void donut_free(DonutModel **pm)
     DonutModel *m = *pm;
     if (!m)
         return;
+    swin_free_workspace(m);
     for (int s = 0; s < DM_MAX_STAGES; s++)
         free(m->enc.stages[s].blocks);
     for (int i = 0; i < m->nowned; i++)

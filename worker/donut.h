@@ -8,6 +8,8 @@
 #ifndef DM_DONUT_H
 #define DM_DONUT_H
 
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "dm_error.h"
@@ -159,6 +161,11 @@ typedef struct DonutModel {
     char fingerprint[17]; /* 64-bit hash (hex) over every weight as loaded, in
                            * binding order: the same weights give the same
                            * fingerprint from safetensors or pytorch_model.bin */
+    /* the encoder's working memory (feature maps and scratch), kept from
+     * page to page by swin_encode; enc_ws_busy is 1 while a call uses it */
+    float *enc_ws;
+    size_t enc_ws_n;      /* floats */
+    atomic_int enc_ws_busy;
 } DonutModel;
 
 /* A probe receives named intermediate tensors during a forward pass (the
@@ -252,8 +259,16 @@ void swin_output_grid(const SwinConfig *c, int H, int W, int *oh, int *ow);
  * out receives [oh*ow, hidden_size].  probe may be NULL; it receives
  * encoder.hidden_states.N, encoder.stage_outputs_before_downsampling.N,
  * encoder.attentions.N (last block of each stage) and
- * encoder.last_hidden_state. */
+ * encoder.last_hidden_state.  Its working memory is kept with the model for
+ * the next page; threads may call it on one model at once (one of them
+ * uses the kept memory, the others private memory of their own). */
 int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *out,
                 const DmProbe *probe, DmErr *err);
+
+/* Give back the encoder's working memory that swin_encode keeps with the
+ * model (about 260 MB at the full-size config on a 2560x1920 page), for a
+ * caller that encodes no more pages for a while; the next encode allocates
+ * it again.  Nothing happens while an encode holds it.  donut_free calls it. */
+void swin_free_workspace(const DonutModel *m);
 
 #endif

@@ -17,12 +17,16 @@
  * weights packed once per model, bias and GELU in its epilogue, fc2 summed
  * into x by it).  Everything else (gathers, LayerNorm, window attention)
  * runs on the same OpenMP threads (kern_get_threads() of them).
- * Nothing is global: concurrent calls on one model are safe.  Attention
- * probabilities are computed into a buffer only when a probe is given.
+ * Nothing is global: concurrent calls on one model are safe.  The working
+ * memory is one block kept with the model from page to page, lent to one
+ * call at a time (see "workspace" below).  Attention probabilities are
+ * computed into a buffer only when a probe is given.
  * -DSWIN_PROF prints a per-phase time split (not thread-safe; for benches). */
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -694,23 +698,34 @@ static int pack_qkv(DonutModel *m, SwinBlock *bl, int bf16, DmErr *err)
 static int pack_encoder(const DonutModel *cm, DmErr *err)
 {
     DonutModel *m = (DonutModel *)cm; /* only the .packed slots change */
-    int bf16 = m->precision == DM_PREC_BF16, rc = 0;
+    int bf16 = m->precision == DM_PREC_BF16, rc = 0, packed = 0;
     donut_pack_lock();
     for (int s = 0; s < m->cfg.enc.nstages && rc == 0; s++) {
         SwinStage *st = &m->enc.stages[s];
         for (int b = 0; b < st->depth && rc == 0; b++) {
             SwinBlock *bl = &st->blocks[b];
-            if (!donut_packed_as(&bl->q, bf16))
+            if (!donut_packed_as(&bl->q, bf16)) {
                 rc = pack_qkv(m, bl, bf16, err);
+                packed = 1;
+            }
             DmLinear *ls[3] = {&bl->proj, &bl->fc1, &bl->fc2};
             for (int i = 0; i < 3 && rc == 0; i++)
-                if (!donut_packed_as(ls[i], bf16))
+                if (!donut_packed_as(ls[i], bf16)) {
                     rc = donut_pack_linear(m, ls[i], bf16, err);
+                    packed = 1;
+                }
         }
-        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !donut_packed_as(&st->merge, bf16))
+        if (rc == 0 && s + 1 < m->cfg.enc.nstages && !donut_packed_as(&st->merge, bf16)) {
             rc = donut_pack_linear(m, &st->merge, bf16, err);
+            packed = 1;
+        }
     }
     donut_pack_unlock();
+    /* the packing's temporaries (the stacked q|k|v, up to 12 MB at full
+     * size) went back to the heap, where they stay resident under the
+     * encoder's working memory: hand them to the kernel */
+    if (packed)
+        malloc_trim(0);
     return rc;
 }
 
@@ -727,6 +742,63 @@ static float *xalloc_f(size_t n)
 }
 
 static int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+/* ------------------------------------------------------------- workspace */
+
+/* The working memory of one encode (feature maps, chunk arena, per-thread
+ * attention scratch, bias and masks: ~260 MB at the full-size config on a
+ * 2560x1920 page, nearly all of it the two feature maps) is one block.
+ * Allocated per call, a block that size is a fresh mapping whose every page
+ * faults on first touch, page after page; so the model keeps it
+ * (DonutModel.enc_ws), grown when a larger page needs more and freed by
+ * swin_free_workspace / donut_free.
+ *
+ * Several threads may encode with one model (swin_encode takes a const
+ * model and keeps no other state in it).  The block goes to one call at a
+ * time, taken with a compare-and-swap on enc_ws_busy; a call that finds it
+ * taken works in a private block freed on return (the old per-call cost)
+ * rather than wait, so concurrent encodes still run side by side and never
+ * share a buffer.  Every part of the block is written before it is read in
+ * each call (the zero vector and the attention scratch are cleared), so
+ * what a page leaves behind cannot reach the next. */
+enum { WS_NPARTS = 8 };
+
+/* floats of a part, rounded up to 64 bytes */
+static size_t ws_part(size_t n) { return (n + 15) / 16 * 16; }
+
+/* 1 when the calling thread took the model's block. */
+static int ws_lock(DonutModel *m)
+{
+    int idle = 0;
+    return atomic_compare_exchange_strong_explicit(&m->enc_ws_busy, &idle, 1,
+                                                   memory_order_acquire, memory_order_relaxed);
+}
+
+/* A block of n floats: the model's (grown to n if smaller; *own = 0) when
+ * no other call holds it, else a private one (*own = 1).  NULL when out of
+ * memory. */
+static float *ws_take(DonutModel *m, size_t n, int *own)
+{
+    *own = !ws_lock(m);
+    if (*own)
+        return xalloc_f(n);
+    if (m->enc_ws_n < n) {
+        free(m->enc_ws);
+        m->enc_ws = xalloc_f(n);
+        m->enc_ws_n = m->enc_ws ? n : 0;
+    }
+    if (!m->enc_ws)
+        atomic_store_explicit(&m->enc_ws_busy, 0, memory_order_release);
+    return m->enc_ws;
+}
+
+static void ws_give(DonutModel *m, float *ws, int own)
+{
+    if (own)
+        free(ws);
+    else
+        atomic_store_explicit(&m->enc_ws_busy, 0, memory_order_release);
+}
 
 /* Expand the relative position bias table of one block into [heads, Nr, Np]
  * (padded columns -1e30 so that softmax gives them 0; padded rows 0). */
@@ -868,29 +940,36 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     e.m = m;
     e.c = c;
     int nth = kern_get_threads();
+    nth = nth < 1 ? 1 : nth > POOL_MAX ? POOL_MAX : nth;
     tscr = round_up((int)tscr, 16);
-    float *xa = xalloc_f(xmax[0]), *xb = xalloc_f(xmax[1]);
-    e.arena = xalloc_f(arena);
-    e.arena_n = arena;
-    e.tscr_n = tscr;
-    e.tscr = xalloc_f(tscr * (size_t)(nth < 1 ? 1 : nth > POOL_MAX ? POOL_MAX : nth));
-    if (m->precision == DM_PREC_BF16)
-        e.xbf = malloc(arena * sizeof *e.xbf);
-    e.bias = xalloc_f(biasn);
-    e.masks = xalloc_f(masks_n);
-    e.zero = calloc((size_t)c->embed_dim << (c->nstages - 1), sizeof(float));
-    if (!xa || !xb || !e.arena || !e.tscr || (m->precision == DM_PREC_BF16 && !e.xbf) || !e.bias || !e.masks || !e.zero) {
-        free(e.zero);
-        free(xa);
-        free(xb);
-        free(e.arena);
-        free(e.tscr);
-        free(e.xbf);
-        free(e.bias);
-        free(e.masks);
-        return dm_err(err, "swin_encode: out of memory (%zu floats of feature maps)",
-                      xmax[0] + xmax[1]);
+    /* one block, carved in 64-byte aligned parts: [xa | xb | arena | tscr
+     * per thread | bias | masks | zero | xbf (bf16 only)] */
+    size_t zero_n = (size_t)c->embed_dim << (c->nstages - 1);
+    size_t part[WS_NPARTS] = {xmax[0], xmax[1], arena, tscr * (size_t)nth, biasn, masks_n, zero_n,
+                              m->precision == DM_PREC_BF16 ? (arena + 1) / 2 : 0};
+    size_t total = 0;
+    for (int i = 0; i < WS_NPARTS; i++)
+        total += ws_part(part[i]);
+    int own = 0;
+    float *blk = ws_take((DonutModel *)m, total, &own);
+    if (!blk)
+        return dm_err(err, "swin_encode: out of memory (%zu MB of feature maps and scratch)",
+                      total * sizeof(float) >> 20);
+    float *p[WS_NPARTS], *at = blk;
+    for (int i = 0; i < WS_NPARTS; i++) {
+        p[i] = at;
+        at += ws_part(part[i]);
     }
+    float *xa = p[0], *xb = p[1];
+    e.arena = p[2];
+    e.arena_n = arena;
+    e.tscr = p[3];
+    e.tscr_n = tscr;
+    e.bias = p[4];
+    e.masks = p[5];
+    e.zero = p[6];
+    memset(e.zero, 0, zero_n * sizeof(float));
+    e.xbf = m->precision == DM_PREC_BF16 ? (uint16_t *)p[7] : NULL;
     pool_init(&e.pool, nth);
     int rc = 0;
 
@@ -1049,13 +1128,17 @@ int swin_encode(const DonutModel *m, const float *pixels, int H, int W, float *o
     for (int k = 0; k < PR_N; k++)
         fprintf(stderr, "swin %-9s %8.3f s\n", s_prof_name[k], s_prof[k]);
 #endif
-    free(xa);
-    free(xb);
-    free(e.arena);
-    free(e.tscr);
-    free(e.xbf);
-    free(e.bias);
-    free(e.masks);
-    free(e.zero);
+    ws_give((DonutModel *)m, blk, own);
     return rc;
+}
+
+void swin_free_workspace(const DonutModel *cm)
+{
+    DonutModel *m = (DonutModel *)cm; /* only the workspace slots change */
+    if (!m || !ws_lock(m)) /* an encode holds it: it stays */
+        return;
+    free(m->enc_ws);
+    m->enc_ws = NULL;
+    m->enc_ws_n = 0;
+    atomic_store_explicit(&m->enc_ws_busy, 0, memory_order_release);
 }

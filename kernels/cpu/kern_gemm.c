@@ -39,8 +39,18 @@ typedef struct PackHdr {
 static pthread_once_t s_once = PTHREAD_ONCE_INIT;
 static dnnl_engine_t s_engine;
 static dnnl_status_t s_engine_st;
+/* destroys a thread's stream when the thread ends (threads that encode
+ * come and go: the in-process worker, concurrent callers) */
+static pthread_key_t s_stream_key;
 
-static void s_engine_init(void) { s_engine_st = dnnl_engine_create(&s_engine, dnnl_cpu, 0); }
+static void s_stream_end(void *stream) { dnnl_stream_destroy(stream); }
+
+static void s_engine_init(void)
+{
+    s_engine_st = dnnl_engine_create(&s_engine, dnnl_cpu, 0);
+    if (s_engine_st == dnnl_success && pthread_key_create(&s_stream_key, s_stream_end) != 0)
+        s_engine_st = dnnl_out_of_memory;
+}
 
 static _Thread_local dnnl_stream_t t_stream;
 
@@ -58,6 +68,7 @@ static int s_ready(DmErr *err)
         dnnl_status_t st = dnnl_stream_create(&t_stream, s_engine, dnnl_stream_default_flags);
         if (st != dnnl_success)
             return s_fail(err, "stream", st);
+        pthread_setspecific(s_stream_key, t_stream);
     }
     return 0;
 }

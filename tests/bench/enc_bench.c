@@ -6,12 +6,20 @@
  * too, DM_SWIN_BF16); the output is compared with the float32 one (max |diff| and the largest
  * |value|).  The bound of a precision is the encoder's GEMM flops at the
  * GEMM library's best rate on the encoder's shapes (kern_gemm, 4096 rows)
- * plus nothing for the rest: time / bound says how far from GEMM-bound. */
+ * plus nothing for the rest: time / bound says how far from GEMM-bound.
+ *
+ * --pages N (float32, instead of the rest) encodes pages 2..N twice each, in
+ * turn: once after swin_free_workspace (a fresh block per page, as every
+ * page was before the model kept it; the free is timed with the page) and
+ * once on the kept block, and prints the minor page faults, wall time and
+ * user / system CPU time (getrusage) of each, so the two are compared under
+ * the same load. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "bounds.h"
@@ -71,6 +79,64 @@ static double time_enc(const DonutModel *m, const float *pix, int H, int W, floa
     return best;
 }
 
+/* What one page cost: minor faults, wall, user and system CPU seconds. */
+typedef struct PageCost {
+    double flt, wall, user, sys;
+} PageCost;
+
+static double tv_s(struct timeval tv) { return tv.tv_sec + tv.tv_usec * 1e-6; }
+
+/* One page, after giving the kept block back first when fresh. */
+static int fault_page(const DonutModel *m, const float *pix, int H, int W, float *out, int fresh,
+                      PageCost *pc, DmErr *err)
+{
+    struct rusage a, b;
+    getrusage(RUSAGE_SELF, &a);
+    double t = dm_now();
+    if (fresh)
+        swin_free_workspace(m);
+    if (swin_encode(m, pix, H, W, out, NULL, err))
+        return -1;
+    pc->wall = dm_now() - t;
+    getrusage(RUSAGE_SELF, &b);
+    pc->flt = (double)(b.ru_minflt - a.ru_minflt);
+    pc->user = tv_s(b.ru_utime) - tv_s(a.ru_utime);
+    pc->sys = tv_s(b.ru_stime) - tv_s(a.ru_stime);
+    return 0;
+}
+
+static void cost_print(const char *what, const PageCost *c)
+{
+    printf("%s %.0f minor faults, %.2f s (cpu user %.2f s, sys %.3f s)", what, c->flt, c->wall,
+           c->user, c->sys);
+}
+
+static int fault_pages(const DonutModel *m, const float *pix, int H, int W, float *out, int pages,
+                       DmErr *err)
+{
+    PageCost c, f, k, sf = {0}, sk = {0};
+    if (fault_page(m, pix, H, W, out, 1, &c, err))
+        return -1;
+    cost_print("page 1 (allocates the block):", &c);
+    printf("\n");
+    for (int p = 2; p <= pages; p++) {
+        if (fault_page(m, pix, H, W, out, 1, &f, err) || fault_page(m, pix, H, W, out, 0, &k, err))
+            return -1;
+        printf("page %d:", p);
+        cost_print(" fresh block", &f);
+        cost_print("; kept block", &k);
+        printf("\n");
+        fflush(stdout);
+        sf = (PageCost){sf.flt + f.flt, sf.wall + f.wall, sf.user + f.user, sf.sys + f.sys};
+        sk = (PageCost){sk.flt + k.flt, sk.wall + k.wall, sk.user + k.user, sk.sys + k.sys};
+    }
+    if (pages >= 2)
+        printf("pages 2..%d, kept/fresh: minor faults %.4f (%.0f vs %.0f per page), wall %.3f, "
+               "cpu user %.3f, sys %.3f\n", pages, sk.flt / sf.flt, sk.flt / (pages - 1),
+               sf.flt / (pages - 1), sk.wall / sf.wall, sk.user / sf.user, sk.sys / sf.sys);
+    return 0;
+}
+
 /* best rate of kern_gemm over the encoder's linears, 4096 rows */
 static double gemm_rate(const DonutModel *m, int bf16, DmErr *err)
 {
@@ -84,19 +150,21 @@ static double gemm_rate(const DonutModel *m, int bf16, DmErr *err)
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
-    int reps = 2, threads = 0;
+    int reps = 2, threads = 0, pages = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pages") && i + 1 < argc)
+            pages = atoi(argv[++i]);
         else if (!dir && argv[i][0] != '-')
             dir = argv[i];
         else
             dir = NULL, i = argc;
     }
     if (!dir || reps < 1) {
-        fprintf(stderr, "usage: enc_bench MODEL_DIR [--reps N] [--threads N]\n");
+        fprintf(stderr, "usage: enc_bench MODEL_DIR [--reps N] [--threads N] [--pages N]\n");
         return 2;
     }
     kern_set_threads(threads > 0 ? threads : omp_get_max_threads());
@@ -123,6 +191,17 @@ int main(int argc, char **argv)
         x ^= x >> 7;
         x ^= x << 17;
         pix[i] = (float)((x >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
+    }
+    if (pages > 0) {
+        printf("encoder %dx%d, %d threads, %d pages\n", H, W, nth, pages);
+        int rc = fault_pages(m, pix, H, W, o32, pages, &err);
+        if (rc)
+            fprintf(stderr, "enc_bench: %s\n", err.msg);
+        free(pix);
+        free(o32);
+        free(o16);
+        donut_free(&m);
+        return rc ? 1 : 0;
     }
     double c32 = 0, c16 = 0, t32 = time_enc(m, pix, H, W, o32, reps, &c32, &err);
     double t16 = t32 < 0 || donut_set_precision(m, DM_PREC_BF16, &err) ? -1
