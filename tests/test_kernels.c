@@ -168,6 +168,45 @@ static void test_linear_bf16(void)
     }
 }
 
+/* One attention head in double precision from key and value rows (row
+ * stride ld, head h of size hd; bfloat16 keys and values when Kb/Vb are
+ * given): the largest differences of probs [nq, S] and ctx rows (stride
+ * ld, at the head's offset) from it go to *dp and *dc. */
+static void s_ref_head(const float *q, int nq, float scale, const float *K, const float *V,
+                       const uint16_t *Kb, const uint16_t *Vb, int S, int ld, int h, int hd,
+                       const float *probs, const float *ctx, double *dp, double *dc)
+{
+    double *e = malloc((size_t)S * sizeof *e);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    *dp = *dc = 0;
+    for (int r = 0; r < nq; r++) {
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < S; j++) {
+            double a = 0;
+            for (int d = 0; d < hd; d++) {
+                size_t o = (size_t)j * ld + h * hd + d;
+                a += (double)(q[(size_t)r * ld + h * hd + d] * scale) *
+                     (Kb ? dm_bf16_to_f32(Kb[o]) : K[o]);
+            }
+            e[j] = a;
+            mx = fmax(mx, a);
+        }
+        for (int j = 0; j < S; j++)
+            sum += e[j] = exp(e[j] - mx);
+        for (int j = 0; j < S; j++)
+            *dp = fmax(*dp, fabs(e[j] / sum - probs[(size_t)r * S + j]));
+        for (int d = 0; d < hd; d++) {
+            double c = 0;
+            for (int j = 0; j < S; j++) {
+                size_t o = (size_t)j * ld + h * hd + d;
+                c += e[j] / sum * (Vb ? dm_bf16_to_f32(Vb[o]) : V[o]);
+            }
+            *dc = fmax(*dc, fabs(c - ctx[(size_t)r * ld + h * hd + d]));
+        }
+    }
+    free(e);
+}
+
 /* The team forms inside a parallel region against the plain twins:
  * outputs through row pointers, bias, GELU, accumulation, bf16 weights;
  * and one attention head against a double-precision twin. */
@@ -236,38 +275,14 @@ static void test_team(void)
     kern_to_bf16(K, Kb, (size_t)S * ld);
     kern_to_bf16(V, Vb, (size_t)S * ld);
     float *sc = malloc((size_t)nq * S * sizeof *sc), *ctx = malloc((size_t)nq * ld * sizeof *ctx);
-    double *e = malloc((size_t)S * sizeof *e);
     for (int bf = 0; bf < 2; bf++) {
         float scale = 0.125f;
         kern_attend_head(q + h * hd, nq, ld, scale, bf ? (const void *)(Kb + h * hd) : K + h * hd,
                          bf ? (const void *)(Vb + h * hd) : V + h * hd, bf, S, hd, ld, sc,
                          ctx + h * hd, ld);
-        double dp = 0, dc = 0;
-        for (int r = 0; r < nq; r++) {
-            double mx = -INFINITY, sum = 0;
-            for (int j = 0; j < S; j++) {
-                double a = 0;
-                for (int d = 0; d < hd; d++) {
-                    size_t o = (size_t)j * ld + h * hd + d;
-                    a += (double)(q[(size_t)r * ld + h * hd + d] * scale) *
-                         (bf ? dm_bf16_to_f32(Kb[o]) : K[o]);
-                }
-                e[j] = a;
-                mx = fmax(mx, a);
-            }
-            for (int j = 0; j < S; j++)
-                sum += e[j] = exp(e[j] - mx);
-            for (int j = 0; j < S; j++)
-                dp = fmax(dp, fabs(e[j] / sum - sc[(size_t)r * S + j]));
-            for (int d = 0; d < hd; d++) {
-                double c = 0;
-                for (int j = 0; j < S; j++) {
-                    size_t o = (size_t)j * ld + h * hd + d;
-                    c += e[j] / sum * (bf ? dm_bf16_to_f32(Vb[o]) : V[o]);
-                }
-                dc = fmax(dc, fabs(c - ctx[(size_t)r * ld + h * hd + d]));
-            }
-        }
+        double dp, dc;
+        s_ref_head(q, nq, scale, K, V, bf ? Kb : NULL, bf ? Vb : NULL, S, ld, h, hd, sc, ctx, &dp,
+                   &dc);
         CU_ASSERT(dp <= 1e-6);
         CU_ASSERT(dc <= 1e-5);
     }
@@ -278,7 +293,6 @@ static void test_team(void)
     free(Vb);
     free(sc);
     free(ctx);
-    free(e);
 }
 
 /* A cross-attention head over transposed keys (kern_cross_head) against
@@ -313,7 +327,6 @@ static void test_cross_head(void)
         CU_ASSERT_EQUAL(tbad, 0);
         float *sc = malloc((size_t)16 * S * sizeof *sc), *sc2 = malloc((size_t)16 * S * sizeof *sc2);
         float *ctx = malloc((size_t)16 * ld * sizeof *ctx), *ctx2 = malloc((size_t)16 * ld * 4);
-        double *e = malloc((size_t)S * sizeof *e);
         for (int bf = 0; bf < 2; bf++)
             for (size_t t = 0; t < sizeof nqs / sizeof *nqs; t++) {
                 int nq = nqs[t];
@@ -323,32 +336,10 @@ static void test_cross_head(void)
                 const void *vv = bf ? (const void *)(Vb + h * hd) : (const void *)(V + h * hd);
                 kern_cross_head(q + h * hd, nq, ld, scale, kt, S, vv, ld, bf, S, hd, sc,
                                 ctx + h * hd, ld);
-                double dp = 0, dc = 0, d2 = 0;
-                for (int r = 0; r < nq; r++) {
-                    double mx = -INFINITY, sum = 0;
-                    for (int j = 0; j < S; j++) {
-                        double a = 0;
-                        for (int d = 0; d < hd; d++) {
-                            size_t o = (size_t)j * ld + h * hd + d;
-                            a += (double)(q[(size_t)r * ld + h * hd + d] * scale) *
-                                 (bf ? dm_bf16_to_f32(kern_f32_bf16(K[o])) : K[o]);
-                        }
-                        e[j] = a;
-                        mx = fmax(mx, a);
-                    }
-                    for (int j = 0; j < S; j++)
-                        sum += e[j] = exp(e[j] - mx);
-                    for (int j = 0; j < S; j++)
-                        dp = fmax(dp, fabs(e[j] / sum - sc[(size_t)r * S + j]));
-                    for (int d = 0; d < hd; d++) {
-                        double c = 0;
-                        for (int j = 0; j < S; j++) {
-                            size_t o = (size_t)j * ld + h * hd + d;
-                            c += e[j] / sum * (bf ? dm_bf16_to_f32(Vb[o]) : V[o]);
-                        }
-                        dc = fmax(dc, fabs(c - ctx[(size_t)r * ld + h * hd + d]));
-                    }
-                }
+                double dp, dc, d2 = 0;
+                /* the reference reads the rounded keys as kern_transpose stored them */
+                s_ref_head(q, nq, scale, K, V, bf ? Kb : NULL, bf ? Vb : NULL, S, ld, h, hd, sc,
+                           ctx, &dp, &dc);
                 /* the same head from the key rows */
                 kern_attend_head(q + h * hd, nq, ld, scale,
                                  bf ? (const void *)(Kb + h * hd) : (const void *)(K + h * hd), vv,
@@ -375,7 +366,6 @@ static void test_cross_head(void)
         free(sc2);
         free(ctx);
         free(ctx2);
-        free(e);
     }
 }
 

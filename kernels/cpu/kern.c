@@ -10,31 +10,34 @@
 #include <string.h>
 #include <unistd.h>
 
+/* oneDNN's sgemm ('N' or 'T' per operand, row-major), BLAS should it
+ * refuse the call. */
+static void s_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) ==
+        dnnl_success)
+        return;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
+                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void kern_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {
-    if (dnnl_sgemm('N', 'T', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                ldc);
+    s_gemm(0, 1, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void kern_gemm_tn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {
-    if (dnnl_sgemm('T', 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                ldc);
+    s_gemm(1, 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void kern_gemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {
-    if (dnnl_sgemm('N', 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta,
-                C, ldc);
+    s_gemm(0, 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void kern_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y)
