@@ -369,6 +369,39 @@ static void test_cross_head(void)
     }
 }
 
+/* The vectorised sums of exponentials (the cache's log-sum-exps) against
+ * double-precision exp: all and the left-out part, two temperatures, a
+ * length with a remainder of 16, logits spread like an LM head's. */
+static void test_sum_exp(void)
+{
+    unsigned seed = 5;
+    int n = 1037;
+    float *x = s_rand((size_t)n, &seed);
+    unsigned char *kept = malloc((size_t)n);
+    CU_ASSERT_FATAL(x && kept);
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        x[i] *= 30.0f;
+        m = fmaxf(m, x[i]);
+        kept[i] = (i * 7919) % 13 == 0;
+    }
+    static const float scales[] = {1.0f, 0.5f};
+    for (int t = 0; t < 2; t++)
+        for (int withk = 0; withk < 2; withk++) {
+            double all, rest, ra = 0, rr = 0;
+            kern_sum_exp(x, n, m, scales[t], withk ? kept : NULL, &all, &rest);
+            for (int i = 0; i < n; i++) {
+                double e = exp(((double)x[i] - m) * scales[t]);
+                ra += e;
+                rr += withk && !kept[i] ? e : 0.0;
+            }
+            CU_ASSERT(fabs(all - ra) <= 1e-6 * ra);
+            CU_ASSERT(withk ? fabs(rest - rr) <= 1e-6 * rr : rest == 0.0);
+        }
+    free(x);
+    free(kept);
+}
+
 /* The encoder's GEMM backend (oneDNN, packed weights) against its plain
  * twin: float32 and bf16, strided rows, every epilogue, row counts other
  * than the one the layout was packed for. */
@@ -458,6 +491,7 @@ void tests_kernels(void)
              {"team forms of the step: linear, one attention head vs plain", test_team},
              {"cross-attention head over transposed keys vs double and vs key rows",
               test_cross_head},
+             {"sums of exponentials (log-sum-exp) vs double", test_sum_exp},
              {"encoder GEMM (packed, f32 and bf16, epilogues) vs plain", test_gemm_packed},
              {"bf16 conversion: vector vs scalar", test_bf16_convert});
 }

@@ -10,6 +10,7 @@
 
 #include "image.h"
 #include "kd_loss.h"
+#include "kern.h"
 #include "logit_store.h" /* feature_record_make */
 #include "page_encode.h"
 #include "preprocess.h"
@@ -258,12 +259,8 @@ int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, 
          * when nothing is left out).  The rest is summed on its own, never
          * as all minus kept, which would cancel. */
         for (int ti = 0; ti < o->n_temps; ti++) {
-            double T = o->temps[ti], all = 0.0, rest = 0.0;
-            for (int v = 0; v < vocab; v++) {
-                double e = exp((row[v] - m) / T);
-                all += e;
-                rest += full || kept[v] ? 0.0 : e;
-            }
+            double T = o->temps[ti], all, rest;
+            kern_sum_exp(row, vocab, m, (float)(1.0 / T), kept, &all, &rest);
             size_t at = (size_t)p * o->n_temps + ti;
             r->lse[at] = (float)(m / T + log(all));
             if (!full)

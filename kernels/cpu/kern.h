@@ -121,6 +121,12 @@ void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *
 void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
                      const void *V, int ldv, int bf16, int S, int hd, float *scores, float *ctx,
                      int ldc);
+/* Sums of exp((x[i] - m) * s) over i < n (m at least the largest x, so
+ * nothing overflows), in double: over all i into *all, and over the i
+ * with kept[i] == 0 into *rest (0 when kept is NULL).  The exponential is
+ * the vectorised one of the softmax (about 1 ulp in float). */
+void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *kept,
+                  double *all, double *rest);
 /* y (cols x rows, row stride rows) = x^T (x rows x cols, row stride cols),
  * into float32 y, or rounded to bfloat16 into yb when y is NULL. */
 void kern_transpose(const float *x, int rows, int cols, float *y, uint16_t *yb);

@@ -435,6 +435,39 @@ static inline __m512 s_exp16(__m512 x)
 }
 #endif
 
+void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *kept,
+                  double *all, double *rest)
+{
+    int i = 0;
+    double a = 0.0, r = 0.0;
+#if defined(__AVX512F__)
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, r0 = a0, r1 = a0;
+    __m512 mv = _mm512_set1_ps(m), sv = _mm512_set1_ps(s);
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = s_exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), sv));
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+        a0 = _mm512_add_pd(a0, lo);
+        a1 = _mm512_add_pd(a1, hi);
+        if (kept) {
+            __mmask16 out = _mm_cmpeq_epi8_mask(_mm_loadu_si128((const __m128i *)(kept + i)),
+                                                _mm_setzero_si128());
+            r0 = _mm512_mask_add_pd(r0, (__mmask8)out, r0, lo);
+            r1 = _mm512_mask_add_pd(r1, (__mmask8)(out >> 8), r1, hi);
+        }
+    }
+    a = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    r = _mm512_reduce_add_pd(_mm512_add_pd(r0, r1));
+#endif
+    for (; i < n; i++) {
+        double e = expf((x[i] - m) * s);
+        a += e;
+        r += kept && !kept[i] ? e : 0.0;
+    }
+    *all = a;
+    *rest = r;
+}
+
 /* Softmax of one row of finite scores (the plain form is
  * kern_softmax_rows; the AVX-512 form differs from it by the rounding of
  * its exponential, within 2e-7 relative). */
