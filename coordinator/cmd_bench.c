@@ -649,14 +649,20 @@ int cmd_bench(int argc, char **argv)
             t = dm_now();
             float *logits = NULL;
             crc = cache_forward_page(m, &page, CACHE_Q, cids, cns, ca0, &logits, &err);
-            for (int q = 0; q < CACHE_Q && !crc; q++) {
+            int failed = 0; /* the records one per thread, as the stage fills them */
+#pragma omp parallel for schedule(dynamic) reduction(+ : failed)
+            for (int q = 0; q < CACHE_Q; q++) {
                 Docmint__LogitRecord rec;
+                DmErr fe;
                 docmint__logit_record__init(&rec);
-                crc = cache_fill_record(&co, dc->vocab, seqs[q], cache_n, P - 1,
-                                        logits + (size_t)q * (CACHE_ANSWER + 2) * dc->vocab, &rec,
-                                        &err);
+                failed += !crc && cache_fill_record(&co, dc->vocab, seqs[q], cache_n, P - 1,
+                                                    logits + (size_t)q * (CACHE_ANSWER + 2) *
+                                                                 dc->vocab,
+                                                    &rec, &fe) != 0;
                 cache_record_clear(&rec);
             }
+            if (!crc && failed)
+                crc = dm_err(&err, "teacher-logit cache: out of memory filling the records");
             free(logits);
             double dt = dm_now() - t;
             if (r > 0 && dt < cache_best)

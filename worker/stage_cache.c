@@ -432,7 +432,7 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
         }
         if (cache_forward_page(st->qa.model, &page, i1 - i0, ids, n, a0, &logits, err))
             goto done;
-        const float *row = logits;
+        size_t first = res->n_logits;
         for (int i = i0; i < i1; i++) {
             Seq *s = &seqs[i];
             Docmint__LogitRecord **v = realloc(res->logits, (res->n_logits + 1) * sizeof *v);
@@ -450,10 +450,30 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
             r->page_id = strdup(pg->page_id ? pg->page_id : "");
             if (!r->answer || !r->page_id)
                 goto oom;
-            if (cache_fill_record(&st->o, vocab, s->ids, s->n, s->a0, row, r, err))
-                goto done;
-            row += (size_t)(s->n - 1 - s->a0) * vocab;
         }
+        /* top-k and log-sum-exps of the block's sequences, one per thread */
+        size_t *off = malloc((size_t)(i1 - i0) * sizeof *off);
+        if (!off)
+            goto oom;
+        for (int i = i0, o = 0; i < i1; i++) {
+            off[i - i0] = (size_t)o * vocab;
+            o += seqs[i].n - 1 - seqs[i].a0;
+        }
+        int failed = 0;
+#pragma omp parallel for schedule(dynamic)
+        for (int i = i0; i < i1; i++) {
+            DmErr fe;
+            Seq *s = &seqs[i];
+            if (cache_fill_record(&st->o, vocab, s->ids, s->n, s->a0, logits + off[i - i0],
+                                  res->logits[first + (size_t)(i - i0)], &fe)) {
+#pragma omp critical(dm_cache_fill)
+                if (!failed++)
+                    *err = fe;
+            }
+        }
+        free(off);
+        if (failed)
+            goto done;
         free(logits);
         logits = NULL;
     }
