@@ -148,7 +148,7 @@ demo: $(BUILD)/docmint
 	sh jobs/demo.sh $(BUILD)/docmint
 
 bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench $(BUILD)/dec_bench
-	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench
+	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench $(BUILD)/dec_bench
 
 # GEMM libraries compared on the encoder's shapes (tests/bench/gemm_bench.c):
 # libxsmm linked (static), BLIS loaded at run time.

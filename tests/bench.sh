@@ -1,5 +1,6 @@
 #!/bin/sh
-# The benchmark (`make bench`; sh tests/bench.sh DOCMINT [GEMM_BENCH ENC_BENCH]):
+# The benchmark (`make bench`; sh tests/bench.sh DOCMINT [GEMM_BENCH ENC_BENCH
+# DEC_BENCH]):
 # encoder seconds per page and decoder
 # milliseconds per token of a full-size random-weight Donut (donut-base
 # config) and of the tiny config, next to the sgemm rate, memory bandwidth
@@ -21,6 +22,7 @@ set -eu
 DOCMINT=${1:-build/docmint}
 GEMM_BENCH=${2:-}
 ENC_BENCH=${3:-}
+DEC_BENCH=${4:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/build
 FULL=$OUT/bench-model-full
@@ -157,6 +159,17 @@ if [ -n "$ENC_BENCH" ]; then
     echo
     echo "==== encoder alone, float32 and bf16 ===="
     "$ENC_BENCH" "$FULL" --reps "$REP_FULL"
+fi
+
+# The decoder's parts one at a time (tests/bench/dec_bench.c): the step at
+# batch 1 and 4, the cache's page block on the packed decoder, the LM head
+# alone at 1 and 4 rows, each with its CPU time.
+if [ -n "$DEC_BENCH" ]; then
+    echo
+    echo "==== decoder parts (full size, fp32) ===="
+    for what in step1 step4 cache lm1 lm4; do
+        "$DEC_BENCH" "$FULL" "$what" --reps 5
+    done
 fi
 
 # The batch system: the coordinator's own overhead with no-op workers
