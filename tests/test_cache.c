@@ -321,9 +321,9 @@ static void test_block_twin(void)
 }
 
 /* The block on a model packed for the GEMM backend (dec_pack, as the
- * cache stage runs it) against the same block on the plain model, each
- * golden case against HF, and a decoding step afterwards, which streams
- * the plain weights whose mapped pages dec_pack handed back. */
+ * cache stage runs it) against the same block on the plain model (which
+ * test_block_golden holds to HF's logits), and a decoding step afterwards,
+ * which streams the plain weights whose mapped pages dec_pack handed back. */
 static void test_block_packed(void)
 {
     s_open_tiny();

@@ -412,6 +412,60 @@ static void s_header_counts(const char *dir, long long *by_row, int nrows, long 
     tensorfile_close(&tf);
 }
 
+/* A student whose first cross-attention keeps fewer heads than its second
+ * (the page's per-layer buffers must fit the widest layer): teacher
+ * forcing through the watched (GEMM) and unwatched (head kernel) paths
+ * agree, in fp32 and in bf16 (keys and values widened per layer). */
+static void test_uneven_cross(void)
+{
+    char *plan = s_write_plan("uneven.json", "{\"keep\": {}, \"heads\": {\"C0\": [2]}}");
+    char *dir = s_path("uneven");
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(prune_checkpoint(TU_TINY, plan, dir, NULL, &err), 0);
+    TensorFile *gold;
+    CU_ASSERT_EQUAL_FATAL(tensorfile_open(TU_TINY "/expected.safetensors", &gold, &err), 0);
+    const DmTensor *enc = s_find(gold, "case%d.encoder.last_hidden_state", 1);
+    const DmTensor *ti = s_find(gold, "case%d.decoder_input_ids", 1);
+    int T = (int)ti->shape[1];
+    int64_t i64[128];
+    int32_t ids[128];
+    CU_ASSERT_EQUAL_FATAL(dm_tensor_to_i64(ti, i64, &err), 0);
+    for (int i = 0; i < T; i++)
+        ids[i] = (int32_t)i64[i];
+    for (int bf = 0; bf < 2; bf++) {
+        DonutModel *m;
+        CU_ASSERT_EQUAL_FATAL(donut_load_as(dir, bf ? DM_PREC_BF16 : DM_PREC_F32, &m, &err), 0);
+        CU_ASSERT(m->dec.layers[0].cross.nheads == 1 &&
+                  m->dec.layers[1].cross.nheads == m->cfg.dec.heads);
+        int V = m->cfg.dec.vocab;
+        float *lg[2];
+        for (int watched = 0; watched < 2; watched++) {
+            DecPage page;
+            DecSeq seq, *sp = &seq;
+            CU_ASSERT_EQUAL_FATAL(dec_page_init(&page, m, enc->data, (int)enc->shape[1], &err), 0);
+            CU_ASSERT_EQUAL_FATAL(dec_seq_init(&seq, m, T, &err), 0);
+            lg[watched] = malloc((size_t)T * V * sizeof(float));
+            TuCollect col = {0};
+            DmProbe probe = {tu_collect_emit, &col};
+            const int32_t *pp = ids;
+            CU_ASSERT_EQUAL(dec_forward(&page, &sp, &pp, &T, 1, lg[watched], 1, NULL,
+                                        watched ? &probe : NULL, &err), 0);
+            tu_collect_free(&col);
+            dec_seq_free(&seq);
+            dec_page_free(&page);
+        }
+        double d = tu_maxdiff(lg[0], lg[1], (size_t)T * V);
+        CU_ASSERT(d <= 1e-4);
+        printf(" [%s: watched vs unwatched %.2g]", bf ? "bf16" : "fp32", d);
+        free(lg[0]);
+        free(lg[1]);
+        donut_free(&m);
+    }
+    tensorfile_close(&gold);
+    free(plan);
+    free(dir);
+}
+
 static void test_params_tiny(void)
 {
     const char *dirs[3] = {TU_TINY, NULL, NULL};
@@ -501,6 +555,7 @@ void tests_prune(void)
     TU_SUITE("prune (tiny-a pruned students)", {"both plan spellings match HF's students", test_students},
              {"pruning a student composes", test_compose},
              {"bad plans and folders give one clear line", test_bad_input},
+             {"uneven cross-attention heads: every path, fp32 and bf16", test_uneven_cross},
              {"params against the written headers", test_params_tiny},
              {"params of the full-size config against the mBART formula", test_params_full_size});
 }

@@ -97,9 +97,9 @@ int dec_pack(const DonutModel *cm, DmErr *err)
 
 int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err)
 {
+    memset(p, 0, sizeof *p);
     if (s_pack_cross_kv(m, err))
         return -1;
-    memset(p, 0, sizeof *p);
     p->m = m;
     p->n_enc = n_enc;
     p->enc = enc;
@@ -111,7 +111,9 @@ int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, 
         if (!a->present)
             continue;
         size_t n = (size_t)n_enc * a->k.out;
-        if (!tmp && !(tmp = malloc(n * sizeof(float))))
+        /* one projection buffer for every layer: as wide as the widest
+         * (pruned layers keep fewer heads) */
+        if (!tmp && !(tmp = malloc((size_t)n_enc * c->heads * m->dec.head_dim * sizeof(float))))
             goto oom;
         /* projected in float32 rows; keys transposed, values head by
          * head, and in bf16 both rounded */
@@ -215,8 +217,18 @@ static int s_cross_kv(const DecPage *p, int layer, int inner, Scratch *sc, const
     if (!p->ckb[layer])
         return 0;
     size_t n = (size_t)p->n_enc * inner;
-    if (!sc->kw && (!(sc->kw = malloc(n * sizeof(float))) || !(sc->vw = malloc(n * sizeof(float)))))
-        return dm_err(err, "out of memory for cross-attention keys");
+    /* room for the widest layer (pruned layers keep fewer heads) */
+    size_t cap = (size_t)p->n_enc * p->m->cfg.dec.heads * p->m->dec.head_dim;
+    if (!sc->kw) {
+        sc->kw = malloc(cap * sizeof(float));
+        sc->vw = malloc(cap * sizeof(float));
+        if (!sc->kw || !sc->vw) {
+            free(sc->kw);
+            free(sc->vw);
+            sc->kw = sc->vw = NULL;
+            return dm_err(err, "out of memory for cross-attention keys");
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         sc->kw[i] = kern_bf16_f32(p->ckb[layer][i]);
         sc->vw[i] = kern_bf16_f32(p->cvb[layer][i]);

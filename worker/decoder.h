@@ -51,6 +51,9 @@ typedef struct DecHookEvent {
     int pos0; /* position of the first of the T rows */
 } DecHookEvent;
 
+/* A pass with a hook or a probe takes the operation-per-call path with
+ * GEMM attention everywhere (the hook may rewrite the probabilities), so
+ * its numbers can differ from an unwatched pass's by float rounding. */
 typedef struct DecHooks {
     int (*fn)(void *ctx, DecHookEvent *ev); /* return -1 to abort the pass */
     void *ctx;
@@ -64,6 +67,9 @@ typedef struct DecHooks {
  * processes that mostly teacher-force (the teacher-logit cache).  The cross
  * keys' and values' projections are packed by dec_page_init regardless. */
 int dec_pack(const DonutModel *m, DmErr *err);
+/* (Packing is guarded by a lock, but the passes that read packed forms do
+ * not take it: pack before threads share the model, as the cache stage
+ * does when it opens the teacher.) */
 
 int dec_page_init(DecPage *p, const DonutModel *m, const float *enc, int n_enc, DmErr *err);
 void dec_page_free(DecPage *p);

@@ -53,7 +53,8 @@ typedef struct TrainParams {
 /* Copy the trainable decoder weights of m into one buffer and repoint m's
  * decoder (a model loaded for training, not shared) at it; tp must outlive
  * every later use of m's decoder.  Refuses an untied LM head and bfloat16
- * or pre-packed weights (their second copy would not follow training). */
+ * weights (their second copy would not follow training); pre-packed GEMM
+ * forms are dropped and, with m->training set, never made again. */
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
 void train_params_free(TrainParams *tp);
 const TrainParam *train_param_find(const TrainParams *tp, const char *name);

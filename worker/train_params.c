@@ -102,10 +102,10 @@ static void s_walk(DonutModel *m, Walk *w)
 }
 
 /* A weight stored in a second form would keep serving the old values
- * after repointing: a bfloat16 copy is refused (1), a pre-packed GEMM
- * operand is dropped (the decoder packs for passes over many rows) and,
- * with m->training set, not made again. */
-static int s_second_form(DonutModel *m)
+ * after repointing: pre-packed GEMM operands are dropped (the decoder packs
+ * for passes over many rows) and, with m->training set, not made again;
+ * returns 1 when a bfloat16 copy exists (refused by the caller). */
+static int s_drop_second_forms(DonutModel *m)
 {
     DmLinear *lin[DM_DEC_LINEARS_MAX];
     int bf = 0, n = donut_dec_linears(m, lin);
@@ -121,7 +121,7 @@ int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
     memset(tp, 0, sizeof *tp);
     if (!m->cfg.dec.tie_word_embeddings)
         return dm_err(err, "%s: training needs the LM head tied to the token embeddings", m->dir);
-    if (m->precision != DM_PREC_F32 || s_second_form(m))
+    if (m->precision != DM_PREC_F32 || s_drop_second_forms(m))
         return dm_err(err, "%s: the model is loaded with bfloat16 weights; training needs plain "
                       "float32", m->dir);
     Walk w = {0};

@@ -117,14 +117,16 @@ void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc);
 /* kern_attend_head for a page's cross-attention, whose keys are kept
  * transposed: Kt is the head's [hd, S] (row stride ldk), V its value rows
- * (row stride ldv); float32 or bfloat16 (bf16) both.  nq <= 16, hd <= 256. */
+ * (row stride ldv); float32 or bfloat16 (bf16) both.  Any nq (16 rows at a
+ * time), hd <= 256. */
 void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
                      const void *V, int ldv, int bf16, int S, int hd, float *scores, float *ctx,
                      int ldc);
 /* Sums of exp((x[i] - m) * s) over i < n (m at least the largest x, so
  * nothing overflows), in double: over all i into *all, and over the i
  * with kept[i] == 0 into *rest (0 when kept is NULL).  The exponential is
- * the vectorised one of the softmax (about 1 ulp in float). */
+ * the vectorised one of the softmax (about 1 ulp in float); terms below
+ * e^-87.3 (float's smallest normal) count as 0. */
 void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *kept,
                   double *all, double *rest);
 /* y (cols x rows, row stride rows) = x^T (x rows x cols, row stride cols),

@@ -444,7 +444,11 @@ void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *
     __m512d a0 = _mm512_setzero_pd(), a1 = a0, r0 = a0, r1 = a0;
     __m512 mv = _mm512_set1_ps(m), sv = _mm512_set1_ps(s);
     for (; i + 16 <= n; i += 16) {
-        __m512 e = s_exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), sv));
+        /* s_exp16 clamps its argument at -87.3: terms below that are 0
+         * here, as expf's are (a flush, not 1.2e-38 each) */
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), sv);
+        __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, _mm512_set1_ps(-87.3f), _CMP_GE_OQ),
+                                       s_exp16(t));
         __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
         __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
         a0 = _mm512_add_pd(a0, lo);
@@ -460,7 +464,8 @@ void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *
     r = _mm512_reduce_add_pd(_mm512_add_pd(r0, r1));
 #endif
     for (; i < n; i++) {
-        double e = expf((x[i] - m) * s);
+        float t = (x[i] - m) * s;
+        double e = t >= -87.3f ? expf(t) : 0.0;
         a += e;
         r += kept && !kept[i] ? e : 0.0;
     }
@@ -641,9 +646,23 @@ static inline __attribute__((always_inline)) void s_cross_ctx(const float *P, in
     }
 #endif
 
+static void s_cross_head16(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
+                           const void *V, int ldv, int bf16, int S, int hd, float *scores,
+                           float *ctx, int ldc);
+
 void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
                      const void *V, int ldv, int bf16, int S, int hd, float *scores, float *ctx,
                      int ldc)
+{
+    /* 16 query rows at a time (the scaled copies live on the stack) */
+    for (int r0 = 0; r0 < nq; r0 += 16)
+        s_cross_head16(q + (size_t)r0 * ldq, nq - r0 < 16 ? nq - r0 : 16, ldq, scale, Kt, ldk, V,
+                       ldv, bf16, S, hd, scores + (size_t)r0 * S, ctx + (size_t)r0 * ldc, ldc);
+}
+
+static void s_cross_head16(const float *q, int nq, int ldq, float scale, const void *Kt, int ldk,
+                           const void *V, int ldv, int bf16, int S, int hd, float *scores,
+                           float *ctx, int ldc)
 {
     float qs[16 * 256];
     for (int r = 0; r < nq; r++)

@@ -55,12 +55,13 @@ static double s_steps(const DecPage *page, int B, int32_t (*ids)[PROMPT + STEPS]
     const int32_t *idp[NQ];
     float *logits = malloc((size_t)B * m->cfg.dec.vocab * sizeof(float));
     double t = -1.0;
+    memset(seqs, 0, sizeof seqs);
     for (int b = 0; b < B; b++) {
         sp[b] = &seqs[b];
         counts[b] = PROMPT;
         idp[b] = ids[b];
         if (dec_seq_init(&seqs[b], m, PROMPT + STEPS, err))
-            return -1.0;
+            goto done;
     }
     if (!logits || dec_forward(page, sp, idp, counts, B, logits, 0, NULL, NULL, err))
         goto done;
