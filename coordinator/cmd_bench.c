@@ -253,7 +253,7 @@ typedef struct DecBench {
     GenTiming g1, gB;     /* batch 1 and batch B */
     double lm_ms[2];      /* the LM head alone at M = 1 and M = B */
     double wbytes, kv_cross, kv_self; /* bytes per step (kv_self per question) */
-    int cross_present[DM_MAX_LAYERS], cross_inner[DM_MAX_LAYERS];
+    double init_flops; /* the page init's k and v projections */
 } DecBench;
 
 /* Page init (kept in *page), generation at batch 1 and B, the LM head. */
@@ -317,10 +317,11 @@ static int s_bench_decoder(const DonutModel *m, const float *enc, int n_enc, int
     free(x);
     free(xb);
     free(y);
-    for (int l = 0; l < dc->layers; l++) {
-        db->cross_present[l] = m->dec.layers[l].cross.present;
-        db->cross_inner[l] = m->dec.layers[l].cross.k.out;
-    }
+    /* k and v of every layer with cross-attention: 2 GEMMs [n_enc, d] x [d, inner] */
+    db->init_flops = 0.0;
+    for (int l = 0; l < dc->layers; l++)
+        if (m->dec.layers[l].cross.present)
+            db->init_flops += 2.0 * 2.0 * n_enc * dc->d_model * m->dec.layers[l].cross.k.out;
     db->wbytes = s_dec_weight_bytes(m);
     s_dec_kv_bytes(m, n_enc, P + tokens / 2.0, &db->kv_cross, &db->kv_self);
     return 0;
@@ -336,11 +337,7 @@ static void s_print_decoder(const DecBench *d, const MBartConfig *dc, int B, int
     double bound_B = (d->wbytes + d->kv_cross + B * d->kv_self) / (bw * 1e9);
     char lab[64];
     printf("decoder %s  (prompt %d tokens, %d new tokens forced per question)\n", pn, P, tokens);
-    /* k and v of every layer with cross-attention: 2 GEMMs [n_enc, d] x [d, d] */
-    double init_flops = 0.0;
-    for (int l = 0; l < dc->layers; l++)
-        init_flops += d->cross_present[l] ? 2.0 * 2.0 * n_enc * dc->d_model * d->cross_inner[l] : 0;
-    double init_gf = init_flops / d->init_s * 1e-9;
+    double init_gf = d->init_flops / d->init_s * 1e-9;
     printf("  %-34s %8.2f ms       (%.1f GFLOP/s; %.2f of the encoder GEMM's %s rate)\n",
            "dec_page_init (cross K/V)", d->init_s * 1e3, init_gf,
            gemm_gflops > 0 ? init_gf / gemm_gflops : 0.0, pn);
@@ -649,20 +646,15 @@ int cmd_bench(int argc, char **argv)
             t = dm_now();
             float *logits = NULL;
             crc = cache_forward_page(m, &page, CACHE_Q, cids, cns, ca0, &logits, &err);
-            int failed = 0; /* the records one per thread, as the stage fills them */
-#pragma omp parallel for schedule(dynamic) reduction(+ : failed)
+            Docmint__LogitRecord recs[CACHE_Q], *rp[CACHE_Q];
             for (int q = 0; q < CACHE_Q; q++) {
-                Docmint__LogitRecord rec;
-                DmErr fe;
-                docmint__logit_record__init(&rec);
-                failed += !crc && cache_fill_record(&co, dc->vocab, seqs[q], cache_n, P - 1,
-                                                    logits + (size_t)q * (CACHE_ANSWER + 2) *
-                                                                 dc->vocab,
-                                                    &rec, &fe) != 0;
-                cache_record_clear(&rec);
+                docmint__logit_record__init(&recs[q]);
+                rp[q] = &recs[q];
             }
-            if (!crc && failed)
-                crc = dm_err(&err, "teacher-logit cache: out of memory filling the records");
+            if (!crc) /* the records one per thread, as the stage fills them */
+                crc = cache_fill_block(&co, dc->vocab, CACHE_Q, cids, cns, ca0, logits, rp, &err);
+            for (int q = 0; q < CACHE_Q; q++)
+                cache_record_clear(&recs[q]);
             free(logits);
             double dt = dm_now() - t;
             if (r > 0 && dt < cache_best)

@@ -15,8 +15,24 @@
 #include <sys/mman.h>
 
 #include "kern.h"
-#include "kern_gemm.h"
 #include <omp.h>
+
+/* Head h's cross keys ([hd, n_enc] at row stride n_enc) and values
+ * ([n_enc, hd]) of a layer, in the page's precision (*bf16 set for
+ * bfloat16): the layout dec_page_init writes. */
+static void s_page_head(const DecPage *p, int layer, int h, const void **K, const void **V,
+                        int *bf16)
+{
+    size_t off = (size_t)h * p->m->dec.head_dim * p->n_enc;
+    *bf16 = p->ckb[layer] != NULL;
+    if (*bf16) {
+        *K = p->ckb[layer] + off;
+        *V = p->cvb[layer] + off;
+    } else {
+        *K = p->ck[layer] + off;
+        *V = p->cv[layer] + off;
+    }
+}
 
 /* Key and value buffers of n floats each; 0, or -1 with both freed. */
 static int s_kv_alloc(float **k, float **v, size_t n)
@@ -323,21 +339,20 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
      * queries are scaled already. */
     int watched = (hooks && hooks->fn) || (probe && probe->emit);
     if (!is_self && !watched && (kern_small_m(R) || p->ckb[layer])) {
-        int S = p->n_enc, bf = p->ckb[layer] != NULL;
-        const void *K = bf ? (const void *)p->ckb[layer] : p->ck[layer];
-        const void *V = bf ? (const void *)p->cvb[layer] : p->cv[layer];
-        size_t es = bf ? sizeof(uint16_t) : sizeof(float);
+        int S = p->n_enc;
         if (s_probs_reserve(sc, (size_t)H * 16 * S, err))
             return -1;
         for (int r0 = 0; r0 < R; r0 += 16) {
             int n = R - r0 < 16 ? R - r0 : 16;
 #pragma omp parallel for schedule(static)
-            for (int h = 0; h < H; h++)
-                kern_cross_head(sc->q + (size_t)r0 * inner + h * hd, n, inner, 1.0f,
-                                (const char *)K + (size_t)h * hd * S * es, S,
-                                (const char *)V + (size_t)h * S * hd * es, hd, bf, S, hd,
-                                sc->probs + (size_t)h * 16 * S,
+            for (int h = 0; h < H; h++) {
+                const void *K, *V;
+                int bf;
+                s_page_head(p, layer, h, &K, &V, &bf);
+                kern_cross_head(sc->q + (size_t)r0 * inner + h * hd, n, inner, 1.0f, K, S, V, hd,
+                                bf, S, hd, sc->probs + (size_t)h * 16 * S,
                                 sc->ctx + (size_t)r0 * inner + h * hd, inner);
+            }
         }
         donut_linear(&a->o, sc->ctx, R, sc->out);
         return 0;
@@ -463,16 +478,13 @@ static void s_embed_token(const MBartWeights *w, int id, int D, float *out)
         memcpy(out, w->embed_tokens + (size_t)id * D, (size_t)D * sizeof(float));
 }
 
+/* The LM head as a linear of the model's current weights, with its packed
+ * form (donut_linear uses it only if packed in that precision). */
 static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V, float *y)
 {
-    DmErr e;
-    if (!kern_small_m(R) && donut_packed_as(&w->head, w->lm_head_bf16 != NULL) &&
-        !kern_gemm_run(w->head.packed, x, R, D, NULL, 0, y, V, NULL, &e))
-        return;
-    if (w->lm_head_bf16)
-        kern_linear_bf16(x, R, D, w->lm_head_bf16, NULL, V, y);
-    else
-        kern_linear(x, R, D, w->lm_head, NULL, V, y);
+    DmLinear head = {.w = w->lm_head, .wbf = w->lm_head_bf16, .out = V, .in = D,
+                     .packed = w->head.packed};
+    donut_linear(&head, x, R, y);
 }
 
 /* ------------------------------------------------------ decoding step
@@ -546,16 +558,15 @@ static void s_step_attn(StepCtx *st, const DecAttn *a, int layer, int is_self, f
         }
     } else {
         /* the page's keys and values, streamed once per head for all B */
-        int bf = p->ckb[layer] != NULL, S = p->n_enc;
-        const void *K = bf ? (const void *)p->ckb[layer] : p->ck[layer];
-        const void *V = bf ? (const void *)p->cvb[layer] : p->cv[layer];
-        size_t es = bf ? sizeof(uint16_t) : sizeof(float);
+        int S = p->n_enc;
 #pragma omp for schedule(static)
-        for (int hh = 0; hh < H; hh++)
-            kern_cross_head(st->q + hh * hd, B, inner, scale,
-                            (const char *)K + (size_t)hh * hd * S * es, S,
-                            (const char *)V + (size_t)hh * S * hd * es, hd, bf, S, hd, scores,
+        for (int hh = 0; hh < H; hh++) {
+            const void *K, *V;
+            int bf;
+            s_page_head(p, layer, hh, &K, &V, &bf);
+            kern_cross_head(st->q + hh * hd, B, inner, scale, K, S, V, hd, bf, S, hd, scores,
                             st->ctx + hh * hd, inner);
+        }
     }
     for (int b = 0; b < B; b++)
         rows[b] = st->x + (size_t)b * D;

@@ -198,6 +198,31 @@ done:
 
 /* ---------------------------------------------------------------- records */
 
+int cache_fill_block(const CacheOpts *o, int vocab, int ns, const int32_t *const *ids,
+                     const int *n, const int *a0, const float *logits,
+                     Docmint__LogitRecord *const *recs, DmErr *err)
+{
+    size_t *off = malloc((size_t)ns * sizeof *off);
+    if (!off)
+        return dm_err(err, "out of memory");
+    for (int i = 0, rows = 0; i < ns; i++) {
+        off[i] = (size_t)rows * vocab;
+        rows += n[i] - 1 - a0[i];
+    }
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < ns; i++) {
+        DmErr fe;
+        if (cache_fill_record(o, vocab, ids[i], n[i], a0[i], logits + off[i], recs[i], &fe)) {
+#pragma omp critical(dm_cache_fill)
+            if (!failed++)
+                *err = fe;
+        }
+    }
+    free(off);
+    return failed ? -1 : 0;
+}
+
 static void s_put16(uint8_t *b, uint16_t v)
 {
     b[0] = (uint8_t)v;
@@ -451,28 +476,8 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
             if (!r->answer || !r->page_id)
                 goto oom;
         }
-        /* top-k and log-sum-exps of the block's sequences, one per thread */
-        size_t *off = malloc((size_t)(i1 - i0) * sizeof *off);
-        if (!off)
-            goto oom;
-        for (int i = i0, o = 0; i < i1; i++) {
-            off[i - i0] = (size_t)o * vocab;
-            o += seqs[i].n - 1 - seqs[i].a0;
-        }
-        int failed = 0;
-#pragma omp parallel for schedule(dynamic)
-        for (int i = i0; i < i1; i++) {
-            DmErr fe;
-            Seq *s = &seqs[i];
-            if (cache_fill_record(&st->o, vocab, s->ids, s->n, s->a0, logits + off[i - i0],
-                                  res->logits[first + (size_t)(i - i0)], &fe)) {
-#pragma omp critical(dm_cache_fill)
-                if (!failed++)
-                    *err = fe;
-            }
-        }
-        free(off);
-        if (failed)
+        if (cache_fill_block(&st->o, vocab, i1 - i0, ids, n, a0, logits, res->logits + first,
+                             err))
             goto done;
         free(logits);
         logits = NULL;

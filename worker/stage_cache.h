@@ -74,5 +74,11 @@ int cache_forward_page(const DonutModel *m, const DecPage *page, int ns,
 int cache_fill_record(const CacheOpts *o, int vocab, const int32_t *ids, int n, int answer_start,
                       const float *logits, Docmint__LogitRecord *r, DmErr *err);
 void cache_record_clear(Docmint__LogitRecord *r);
+/* cache_fill_record for the ns sequences of one block (ids, n, a0 and the
+ * logits as cache_forward_page takes and returns them) into recs[0..ns-1],
+ * one record per thread. */
+int cache_fill_block(const CacheOpts *o, int vocab, int ns, const int32_t *const *ids,
+                     const int *n, const int *a0, const float *logits,
+                     Docmint__LogitRecord *const *recs, DmErr *err);
 
 #endif

@@ -368,19 +368,21 @@ static inline float s_dot_bf16f(const float *restrict a, const uint16_t *restric
 }
 
 #if defined(__AVX512F__)
+/* 16 keys or values from float32 or bfloat16 (widened), masked or not. */
+static inline __attribute__((always_inline)) __m512 s_ld16(const void *p, int bf16, size_t off,
+                                                           __mmask16 m)
+{
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off)), 16));
+    return _mm512_maskz_loadu_ps(m, (const float *)p + off);
+}
+
 /* Row s of a head's keys as four vectors of 16 (head size 64). */
 static inline void s_key64(const void *K, int bf16, size_t off, __m512 k[4])
 {
-    if (bf16) {
-        const uint16_t *p = (const uint16_t *)K + off;
-        for (int i = 0; i < 4; i++)
-            k[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 16 * i))), 16));
-    } else {
-        const float *p = (const float *)K + off;
-        for (int i = 0; i < 4; i++)
-            k[i] = _mm512_loadu_ps(p + 16 * i);
-    }
+    for (int i = 0; i < 4; i++)
+        k[i] = s_ld16(K, bf16, off + 16 * i, 0xffff);
 }
 #endif
 
@@ -555,15 +557,6 @@ void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *
  * over d in order; a context element the sum over s in order. */
 
 #if defined(__AVX512F__)
-/* 16 keys or values from float32 or bfloat16 (widened), masked or not. */
-static inline __attribute__((always_inline)) __m512 s_ld16(const void *p, int bf16, size_t off,
-                                                           __mmask16 m)
-{
-    if (bf16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off)), 16));
-    return _mm512_maskz_loadu_ps(m, (const float *)p + off);
-}
 
 /* scores [nr, S] (row stride S) of nr <= 4 scaled query rows qs [nr, 64]
  * against Kt [64, S] (row stride ldk). */
