@@ -9,7 +9,8 @@
 #      rest of the demo show something, but it is no DocVQA model;
 #   3. `mpirun -n 3 docmint run jobs/demo-infer.json`: rank 0 coordinates,
 #      two workers answer every question, answers land in an LMDB store;
-#   4. an evaluation-server submission and its ANLS;
+#   4. an evaluation-server submission and its ANLS, and the same with the
+#      weights in bfloat16 (jobs/demo-infer-bf16.json);
 #   5. distillation: the model's logits on the gold answers cached
 #      (jobs/demo-cache.json), a student pruned from it (jobs/demo-plan.json:
 #      S1 and M1 removed), 20 distill steps on 2 ranks
@@ -55,6 +56,15 @@ mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-infer.json
 "$DOCMINT" eval --predictions "$OUT/submission.json" \
     --annotations "$OUT/corpus/train_v1.0_withQT.json" --report "$OUT/report.json"
 echo "demo: answers in $OUT/answers, submission $OUT/submission.json, report $OUT/report.json"
+
+# The same questions with the weights in bfloat16 (job key "precision"):
+# half the bytes per decoding step; the ANLS shows what it costs.
+mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-infer-bf16.json
+"$DOCMINT" export "$OUT/answers-bf16" --annotations "$OUT/corpus/train_v1.0_withQT.json" \
+    -o "$OUT/submission-bf16.json"
+"$DOCMINT" eval --predictions "$OUT/submission-bf16.json" \
+    --annotations "$OUT/corpus/train_v1.0_withQT.json" --report "$OUT/report-bf16.json"
+echo "demo: bf16 answers in $OUT/answers-bf16, report $OUT/report-bf16.json"
 
 mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-cache.json
 if [ ! -f "$OUT/student/pruning.json" ]; then

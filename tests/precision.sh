@@ -3,11 +3,14 @@
 # same pages (job key "precision"), each submission's ANLS (`docmint eval`),
 # and how many answers the two precisions give identically.
 #
-#   sh tests/precision.sh [DOCMINT] [MODEL_DIR] [DOCS]
+#   sh tests/precision.sh [DOCMINT] [MODEL_DIR] [DOCS | CORPUS_DIR]
 # MODEL_DIR defaults to a random-weight tiny Donut written once into
 # build/precision/model (its answers are meaningless, so its ANLS is near 0:
 # the agreement is the figure that matters there); pass a real checkpoint
-# folder to measure what bf16 costs in answer quality.
+# folder to measure what bf16 costs in answer quality.  A corpus folder
+# (one `docmint synth` wrote) instead of a document count is used as it is:
+# with `make demo`'s taught model and corpus,
+#   sh tests/precision.sh build/docmint build/demo/model build/demo/corpus
 set -eu
 DOCMINT=${1:-build/docmint}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,13 +18,17 @@ OUT=$ROOT/build/precision
 MODEL=${2:-$OUT/model}
 DOCS=${3:-8}
 mkdir -p "$OUT"
-if [ ! -f "$OUT/corpus/train_v1.0_withQT.json" ]; then
-    "$DOCMINT" synth "$OUT/corpus" --docs "$DOCS" --seed 3
+CORPUS=$OUT/corpus
+if [ -d "$DOCS" ]; then
+    CORPUS=$(cd "$DOCS" && pwd)
+elif [ ! -f "$CORPUS/train_v1.0_withQT.json" ]; then
+    "$DOCMINT" synth "$CORPUS" --docs "$DOCS" --seed 3
 fi
 if [ ! -f "$MODEL/config.json" ]; then
     "$DOCMINT" init "$MODEL" --config "$ROOT/jobs/configs/tiny.json" --seed 7
 fi
-ANN=$OUT/corpus/train_v1.0_withQT.json
+MODEL=$(cd "$MODEL" && pwd) # the job files below resolve paths from build/precision
+ANN=$CORPUS/train_v1.0_withQT.json
 for p in fp32 bf16; do
     rm -rf "$OUT/answers-$p"
     cat >"$OUT/job-$p.json" <<JOB

@@ -409,6 +409,67 @@ static void test_sum_exp(void)
     free(kept);
 }
 
+/* A generated token's log-softmax pieces against scalar twins: the double
+ * sum of exponentials against libm's exp term by term (banned -inf
+ * entries, gaps to 800 nats where the terms go subnormal and then 0, a
+ * length with a remainder of 16), and the argmax against the first-index
+ * scan (ties, NaNs, a row of -inf). */
+static double s_ref_sum_exp(const float *x, int n, float m)
+{
+    double a = 0.0;
+    for (int i = 0; i < n; i++)
+        if (x[i] != -INFINITY)
+            a += exp((double)x[i] - m);
+    return a;
+}
+
+static int s_ref_argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static void test_logsoftmax_parts(void)
+{
+    unsigned seed = 11;
+    int n = 57532;
+    float *x = s_rand((size_t)n, &seed);
+    CU_ASSERT_FATAL(x != NULL);
+    static const float spread[] = {1.0f, 12.0f, 400.0f};
+    for (int t = 0; t < 3; t++) {
+        float *y = malloc((size_t)n * sizeof *y);
+        CU_ASSERT_FATAL(y != NULL);
+        for (int i = 0; i < n; i++)
+            y[i] = i % 97 == 3 ? -INFINITY : x[i] * spread[t];
+        int k = kern_argmax(y, n);
+        CU_ASSERT_EQUAL(k, s_ref_argmax(y, n));
+        for (int len = n; len >= n - 19; len -= 19) {
+            double got = kern_sum_exp_f64(y, len, y[k]), want = s_ref_sum_exp(y, len, y[k]);
+            CU_ASSERT(fabs(got - want) <= 1e-14 * want);
+        }
+        y[n - 5] = y[k]; /* a tie later in the row: still the first */
+        y[7] = NAN;      /* a NaN never wins */
+        CU_ASSERT_EQUAL(kern_argmax(y, n), s_ref_argmax(y, n));
+        y[k] = NAN;
+        CU_ASSERT_EQUAL(kern_argmax(y, n), n - 5);
+        CU_ASSERT_EQUAL(kern_argmax(y, n), s_ref_argmax(y, n));
+        y[0] = NAN; /* as the scan: nothing beats a NaN at index 0 */
+        CU_ASSERT_EQUAL(kern_argmax(y, n), 0);
+        for (int i = 0; i < 37; i++)
+            y[i] = -INFINITY;
+        CU_ASSERT_EQUAL(kern_argmax(y, 37), 0);
+        CU_ASSERT_EQUAL(kern_sum_exp_f64(y, 37, 0.0f), 0.0);
+        free(y);
+    }
+    /* one exact term at the maximum and 1 + e^-1 around it */
+    float z[3] = {-1.0f, 0.0f, -INFINITY};
+    CU_ASSERT(fabs(kern_sum_exp_f64(z, 3, 0.0f) - (1.0 + exp(-1.0))) <= 1e-15);
+    free(x);
+}
+
 /* The encoder's GEMM backend (oneDNN, packed weights) against its plain
  * twin: float32 and bf16, strided rows, every epilogue, row counts other
  * than the one the layout was packed for. */
@@ -499,6 +560,7 @@ void tests_kernels(void)
              {"cross-attention head over transposed keys vs double and vs key rows",
               test_cross_head},
              {"sums of exponentials (log-sum-exp) vs double", test_sum_exp},
+             {"log-softmax of a generated token: double exp sum, argmax", test_logsoftmax_parts},
              {"encoder GEMM (packed, f32 and bf16, epilogues) vs plain", test_gemm_packed},
              {"bf16 conversion: vector vs scalar", test_bf16_convert});
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kern.h"
+
 void gen_config_default(const DonutModel *m, GenConfig *g)
 {
     const MBartConfig *c = &m->cfg.dec;
@@ -23,26 +25,6 @@ void gen_process_scores(const GenConfig *g, int cur_len, float *s, int vocab)
             s[v] = -INFINITY;
         s[g->forced_eos_id] = 0.0f;
     }
-}
-
-/* torch.argmax: the first index of the maximum. */
-static int s_argmax(const float *s, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (s[i] > s[best])
-            best = i;
-    return best;
-}
-
-static double s_logsoftmax_at(const float *s, int n, int k)
-{
-    float mx = s[s_argmax(s, n)];
-    double sum = 0.0;
-    for (int i = 0; i < n; i++)
-        if (s[i] != -INFINITY)
-            sum += exp((double)s[i] - mx);
-    return (double)s[k] - mx - log(sum);
 }
 
 void gen_result_free(GenResult *r)
@@ -112,8 +94,10 @@ int gen_greedy(const DecPage *page, const int32_t *const *prompts, const int *pr
                 on_step(ctx, b, step, s, V);
             memcpy(raw, s, (size_t)V * sizeof(float));
             gen_process_scores(g, out[b].len, raw, V);
-            int tok = s_argmax(raw, V);
-            out[b].sum_logprob += s_logsoftmax_at(raw, V, tok);
+            /* torch.argmax, and the log-softmax there: the largest score
+             * less the log of its sum of exponentials, in double */
+            int tok = kern_argmax(raw, V);
+            out[b].sum_logprob -= log(kern_sum_exp_f64(raw, V, raw[tok]));
             out[b].ids[out[b].len++] = tok;
             if (tok == g->eos_id) {
                 out[b].stopped_by_eos = 1;

@@ -129,6 +129,14 @@ void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *K
  * e^-87.3 (float's smallest normal) count as 0. */
 void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *kept,
                   double *all, double *rest);
+/* The sum of exp(x[i] - m) over i < n in double precision, terms and sum
+ * (the log-softmax of a generated token): the vectorised exponential is
+ * within about an ulp of libm's exp, so the sum agrees with a scalar loop
+ * over exp to ~1e-15 relative.  -inf terms are 0. */
+double kern_sum_exp_f64(const float *x, int n, float m);
+/* torch.argmax of a row: the first index of the largest value (NaNs are
+ * never the largest, unless x[0] is one: then 0). */
+int kern_argmax(const float *x, int n);
 /* y (cols x rows, row stride rows) = x^T (x rows x cols, row stride cols),
  * into float32 y, or rounded to bfloat16 into yb when y is NULL. */
 void kern_transpose(const float *x, int rows, int cols, float *y, uint16_t *yb);

@@ -20,14 +20,32 @@
 
 #define SMALL_MAX 16
 
-/* How far ahead (in bytes of a weight row) the 4x4-blocked linear asks for
- * its weights, into L2.  With four input rows per weight vector the loop
- * spends more time per byte than the hardware prefetcher expects: without
- * the hint the four rows' loads wait on memory (measured: the LM head at 4
- * rows on one thread, 19.4 ms without, 13.5 ms with 2 KiB ahead; 1 KiB into
- * L1 gave 15.7 ms). */
+/* How far ahead (in bytes of a weight row) the streaming linears ask for
+ * their weights, and where.  A step's weights are read once, far from any
+ * cache, as 4-row blocks whose rows are consumed side by side; with four
+ * input rows per weight vector the loop also spends more time per byte
+ * than the hardware prefetcher allows for.  Each row's request runs
+ * S_PREFETCH_BYTES ahead and, near the row's end, moves on to the same row
+ * of the next block (the 4 rows the thread streams next): asking beyond
+ * the row instead lands in the block's own next row, already on its way,
+ * and leaves the next block's rows to start cold.  Non-temporal, since
+ * nothing is read twice.  Measured on the LM head at 4 rows, one thread
+ * (`build/dec_bench MODEL lm4 --threads 1`): 13.5-14.8 ms asking 2 KiB
+ * ahead into L2 within the rows, 10.6-11.0 ms asking 1 KiB ahead
+ * non-temporally within the rows, 8.2-8.9 ms moving on to the next block. */
 #ifndef S_PREFETCH_BYTES
-#define S_PREFETCH_BYTES 2048
+#define S_PREFETCH_BYTES 1024
+#endif
+
+#if defined(__AVX512F__)
+/* Request for row r of the 4-row block at w (rows ldw_b bytes apart, each
+ * row_b bytes long) as the loop reaches byte `at` of the rows. */
+static inline void s_ask(const void *w, size_t ldw_b, int r, size_t at, size_t row_b)
+{
+    size_t a = at + S_PREFETCH_BYTES;
+    const char *p = (const char *)w + (a < row_b ? r * ldw_b + a : (r + 4) * ldw_b + (a - row_b));
+    _mm_prefetch(p, _MM_HINT_NTA); /* a hint: never faults, even past the matrix */
+}
 #endif
 
 /* Dot product of length K with 4 independent accumulator vectors; the
@@ -61,6 +79,8 @@ static inline void s_dot4(const float *restrict x, const float *restrict w, size
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int k = 0;
     for (; k + 16 <= K; k += 16) {
+        for (int r = 0; r < 4; r++)
+            s_ask(w, ldw * sizeof *w, r, k * sizeof *w, (size_t)K * sizeof *w);
         __m512 xv = _mm512_loadu_ps(x + k);
         a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w + k), a0);
         a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w + ldw + k), a1);
@@ -186,6 +206,8 @@ static inline void s_dot4_bf16(const uint16_t *restrict x, const uint16_t *restr
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int k = 0;
     for (; k + 32 <= K; k += 32) {
+        for (int r = 0; r < 4; r++)
+            s_ask(w, ldw * sizeof *w, r, k * sizeof *w, (size_t)K * sizeof *w);
         __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
         a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_loadu_si512(w + k));
         a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_loadu_si512(w + ldw + k));
@@ -267,7 +289,7 @@ static void s_dot4x4(const float *x, const uint16_t *xb, size_t ldx, const float
         for (; k + 32 <= K; k += 32) {
             __m512bh wv[4];
             for (int r = 0; r < 4; r++) {
-                _mm_prefetch((const char *)(wb + r * ldw + k) + S_PREFETCH_BYTES, _MM_HINT_T1);
+                s_ask(wb, ldw * sizeof *wb, r, k * sizeof *wb, (size_t)K * sizeof *wb);
                 wv[r] = (__m512bh)_mm512_loadu_si512(wb + r * ldw + k);
                 __asm__ volatile("" : "+v"(wv[r]));
             }
@@ -282,7 +304,7 @@ static void s_dot4x4(const float *x, const uint16_t *xb, size_t ldx, const float
         for (; k + 16 <= K; k += 16) {
             __m512 wv[4];
             for (int r = 0; r < 4; r++) {
-                _mm_prefetch((const char *)(w + r * ldw + k) + S_PREFETCH_BYTES, _MM_HINT_T1);
+                s_ask(w, ldw * sizeof *w, r, k * sizeof *w, (size_t)K * sizeof *w);
                 wv[r] = _mm512_loadu_ps(w + r * ldw + k);
                 /* kept in a register: otherwise each is folded into the
                  * four multiply-adds as a memory operand, loaded 4 times */
@@ -473,6 +495,85 @@ void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *
     }
     *all = a;
     *rest = r;
+}
+
+#if defined(__AVX512F__)
+/* e^x in double for 8 lanes with x <= 0: x = n ln2 + r (ln2 split in two,
+ * fdlibm's constants), |r| <= ln2/2, e^r by its Taylor series to r^13
+ * (truncation below 1e-17 relative, so the error is the rounding of the
+ * steps, about 1 ulp), times 2^n by scalef; below -745.2 the lanes are 0,
+ * as exp's result is. */
+static inline __m512d s_exp8d(__m512d x)
+{
+    __mmask8 live = _mm512_cmp_pd_mask(x, _mm512_set1_pd(-745.2), _CMP_GE_OQ);
+    x = _mm512_max_pd(x, _mm512_set1_pd(-745.2));
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
+    __m512d p = _mm512_set1_pd(1.0 / 6227020800.0); /* 1/13! */
+    static const double inv_fact[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                        1.0 / 362880.0,    1.0 / 40320.0,    1.0 / 5040.0,
+                                        1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,
+                                        1.0 / 6.0,         0.5,              1.0,
+                                        1.0};
+    for (int k = 0; k < 13; k++)
+        p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(inv_fact[k]));
+    return _mm512_maskz_mov_pd(live, _mm512_scalef_pd(p, n));
+}
+#endif
+
+double kern_sum_exp_f64(const float *x, int n, float m)
+{
+    int i = 0;
+    double a = 0.0;
+#if defined(__AVX512F__)
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, mv = _mm512_set1_pd(m);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        a0 = _mm512_add_pd(a0, s_exp8d(_mm512_sub_pd(lo, mv)));
+        a1 = _mm512_add_pd(a1, s_exp8d(_mm512_sub_pd(hi, mv)));
+    }
+    a = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+#endif
+    for (; i < n; i++)
+        if (x[i] != -INFINITY)
+            a += exp((double)x[i] - m);
+    return a;
+}
+
+int kern_argmax(const float *x, int n)
+{
+    if (n < 1 || isnan(x[0]))
+        return 0; /* as the scan below: nothing is greater than a NaN first */
+    int i = 0;
+    float mx = x[0];
+#if defined(__AVX512F__)
+    __m512 mv = _mm512_set1_ps(mx);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        /* ordered compare: a NaN never becomes the maximum */
+        mv = _mm512_mask_mov_ps(mv, _mm512_cmp_ps_mask(v, mv, _CMP_GT_OQ), v);
+    }
+    mx = _mm512_reduce_max_ps(mv);
+#endif
+    for (; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    i = 0; /* the first index holding it */
+#if defined(__AVX512F__)
+    for (mv = _mm512_set1_ps(mx); i + 16 <= n; i += 16) {
+        __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), mv, _CMP_EQ_OQ);
+        if (eq)
+            return i + __builtin_ctz(eq);
+    }
+#endif
+    for (; i < n; i++)
+        if (x[i] == mx)
+            break;
+    return i;
 }
 
 /* Softmax of one row of finite scores (the plain form is
