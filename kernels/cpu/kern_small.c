@@ -40,7 +40,7 @@
 #if defined(__AVX512F__)
 /* Request for row r of the 4-row block at w (rows ldw_b bytes apart, each
  * row_b bytes long) as the loop reaches byte `at` of the rows. */
-static inline void s_ask(const void *w, size_t ldw_b, int r, size_t at, size_t row_b)
+static inline __attribute__((always_inline)) void s_ask(const void *w, size_t ldw_b, int r, size_t at, size_t row_b)
 {
     size_t a = at + S_PREFETCH_BYTES;
     const char *p = (const char *)w + (a < row_b ? r * ldw_b + a : (r + 4) * ldw_b + (a - row_b));
@@ -659,6 +659,22 @@ void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *
 
 #if defined(__AVX512F__)
 
+/* Both loops below ask for their data ahead, non-temporally, as the
+ * streaming linears do: a block of 64 keys reads 64 rows of Kt side by
+ * side (more streams than the hardware prefetcher follows), and the values
+ * are read once.  Measured over a page's 4 layers x 16 heads of float32
+ * K/V (157 MB, 2 threads): 1 query row 2.75-3.20 ms without, 2.34-2.67 ms
+ * with; 4 rows 5.09-5.23 ms without, 3.58-3.92 ms with. */
+enum { S_KEYS_AHEAD = 256, S_VALUES_AHEAD = 16 }; /* keys of a row; value rows */
+
+/* Requests for the 64 elements from element i of X (float32, or bf16). */
+static inline __attribute__((always_inline)) void s_ask_ahead(const void *X, int bf16, size_t i)
+{
+    const char *p = (const char *)X + i * (bf16 ? 2 : 4);
+    for (int l = 0; l < (bf16 ? 2 : 4); l++)
+        _mm_prefetch(p + 64 * l, _MM_HINT_NTA);
+}
+
 /* scores [nr, S] (row stride S) of nr <= 4 scaled query rows qs [nr, 64]
  * against Kt [64, S] (row stride ldk). */
 static inline __attribute__((always_inline)) void s_cross_scores(const float *qs, int nr,
@@ -674,6 +690,7 @@ static inline __attribute__((always_inline)) void s_cross_scores(const float *qs
         for (int d = 0; d < 64; d++) {
             size_t o = (size_t)d * ldk + s;
             __m512 k[4];
+            s_ask_ahead(Kt, bf16, o + S_KEYS_AHEAD);
             for (int i = 0; i < 4; i++)
                 k[i] = s_ld16(Kt, bf16, o + 16 * i, 0xffff);
             for (int r = 0; r < nr; r++) {
@@ -713,6 +730,7 @@ static inline __attribute__((always_inline)) void s_cross_ctx(const float *P, in
             a[r][i] = _mm512_setzero_ps();
     for (int s = 0; s < S; s++) {
         __m512 v[4];
+        s_ask_ahead(V, bf16, (size_t)(s + S_VALUES_AHEAD) * ldv);
         for (int i = 0; i < 4; i++)
             v[i] = s_ld16(V, bf16, (size_t)s * ldv + 16 * i, 0xffff);
         for (int r = 0; r < nr; r++) {
