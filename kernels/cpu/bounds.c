@@ -196,6 +196,7 @@ typedef struct ReadCtx {
     const float *buf;
     size_t n;     /* floats, a multiple of 128 * nthreads */
     int nthreads;
+    int ask; /* also request each 512 bytes 1 KiB ahead, non-temporally */
     volatile float sink[256];
 } ReadCtx;
 
@@ -215,6 +216,11 @@ static void s_read_fn(void *p, int tid)
     size_t nv = (hi - lo) / 16;
     v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
     for (size_t i = 0; i + 8 <= nv; i += 8) {
+#if defined(__SSE__)
+        if (c->ask && i + 24 <= nv)
+            for (int l = 0; l < 8; l++)
+                __builtin_prefetch(&v[i + 16 + l], 0, 0);
+#endif
         a0 += v[i];
         a1 += v[i + 1];
         a2 += v[i + 2];
@@ -272,10 +278,18 @@ int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmE
     rc->buf = buf;
     rc->n = n;
     rc->nthreads = nthreads;
-    int r = s_team_run(nthreads, 1, s_read_fn, rc, &t, err) ||
-            s_team_run(nthreads, reps < 1 ? 1 : reps, s_read_fn, rc, &t, err);
-    if (!r)
-        *gbps = (double)n * sizeof(float) / t * 1e-9;
+    /* The faster of a plain sequential read and one that asks ahead as the
+     * decoder's streaming kernels do (which, on some machines, reads
+     * faster than the plain loop: the bound must not be below what the
+     * kernels reach). */
+    int r = s_team_run(nthreads, 1, s_read_fn, rc, &t, err);
+    for (int ask = 0; ask < 2 && !r; ask++) {
+        rc->ask = ask;
+        r = s_team_run(nthreads, reps < 1 ? 1 : reps, s_read_fn, rc, &t, err);
+        double g = (double)n * sizeof(float) / t * 1e-9;
+        if (!r && g > *gbps)
+            *gbps = g;
+    }
     free(rc);
     free(buf);
     return r ? -1 : 0;

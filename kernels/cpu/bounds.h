@@ -28,7 +28,8 @@ int bound_encoder_gemm(const int *dims, int ndims, int M, int bf16, int reps, do
                        DmErr *err);
 
 /* Read bandwidth over `bytes` (rounded down to 4 KiB) with nthreads threads
- * (the caller's thread is one of them). */
+ * (the caller's thread is one of them): the better of a plain sequential
+ * read and one that also requests the data 1 KiB ahead, non-temporally. */
 int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmErr *err);
 
 /* FMA peak in GFLOP/s (an FMA counts 2 flops).  isa: "avx512f" or "avx2",

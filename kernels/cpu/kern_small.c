@@ -43,8 +43,10 @@
 static inline __attribute__((always_inline)) void s_ask(const void *w, size_t ldw_b, int r, size_t at, size_t row_b)
 {
     size_t a = at + S_PREFETCH_BYTES;
-    const char *p = (const char *)w + (a < row_b ? r * ldw_b + a : (r + 4) * ldw_b + (a - row_b));
-    _mm_prefetch(p, _MM_HINT_NTA); /* a hint: never faults, even past the matrix */
+    /* a hint never faults, even past the matrix; the address is computed
+     * as an integer, which may point anywhere */
+    uintptr_t p = (uintptr_t)w + (a < row_b ? r * ldw_b + a : (r + 4) * ldw_b + (a - row_b));
+    _mm_prefetch((const char *)p, _MM_HINT_NTA);
 }
 #endif
 
@@ -670,9 +672,9 @@ enum { S_KEYS_AHEAD = 256, S_VALUES_AHEAD = 16 }; /* keys of a row; value rows *
 /* Requests for the 64 elements from element i of X (float32, or bf16). */
 static inline __attribute__((always_inline)) void s_ask_ahead(const void *X, int bf16, size_t i)
 {
-    const char *p = (const char *)X + i * (bf16 ? 2 : 4);
+    uintptr_t p = (uintptr_t)X + i * (bf16 ? 2 : 4); /* may be past the end: see s_ask */
     for (int l = 0; l < (bf16 ? 2 : 4); l++)
-        _mm_prefetch(p + 64 * l, _MM_HINT_NTA);
+        _mm_prefetch((const char *)(p + 64 * l), _MM_HINT_NTA);
 }
 
 /* scores [nr, S] (row stride S) of nr <= 4 scaled query rows qs [nr, 64]
