@@ -12,6 +12,8 @@
  * a busy machine), and widening is cheap next to the product. */
 #include <stdlib.h>
 
+#include <omp.h>
+
 #include "kern.h"
 #include "tensorfile.h"
 
@@ -20,6 +22,9 @@
 
 void kern_to_bf16(const float *src, uint16_t *dst, size_t n)
 {
+    /* a model's matrices are converted once, at load: on the team when
+     * large (each element on its own, so the split changes nothing) */
+#pragma omp parallel for schedule(static) if (n >= (1u << 20) && !omp_in_parallel())
     for (size_t i = 0; i < n; i++)
         dst[i] = kern_f32_bf16(src[i]);
 }
