@@ -491,9 +491,11 @@ static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V
  * One new token for each of B sequences, as one parallel region: a step
  * is ~60 small operations, and a fork and join (or a barrier) per
  * operation costs the most when the cores are shared.  Here only the data
- * dependencies synchronise: per attention sub-layer the projections, the
- * heads and the output projection (3 barriers), per feed-forward fc1 and
- * fc2 (2), where the operation-per-call path pays ~14 per layer.  The
+ * dependencies synchronise: per attention sub-layer the heads and the
+ * output projection (2 barriers, when the heads split evenly over the
+ * team and each thread projects its own heads' rows; else 3), per
+ * feed-forward fc1 and fc2 (2), where the operation-per-call path pays
+ * ~14 per layer.  The
  * residual stream x is shared; each thread normalises it into its own copy
  * (a LayerNorm of B rows is cheaper than a barrier), output projections add
  * straight into x, fc1 applies GELU as it goes, self-attention keys and
@@ -528,6 +530,41 @@ static void s_team_linear(const DmLinear *l, const float *x, int M, uint16_t *xb
     kern_linear_team(x, s_round_rows(l, x, M, xb), M, l->in, l->w, l->wbf, l->b, l->out, y, flags);
 }
 
+/* Self-attention head hh of question b over its cache (the step's own
+ * key and value already in it). */
+static void s_step_self_head(StepCtx *st, int layer, int b, int hh, int hd, int inner,
+                             float scale, float *scores)
+{
+    const DecSeq *s = st->seqs[b];
+    kern_attend_head(st->q + (size_t)b * inner + hh * hd, 1, inner, scale, s->sk[layer] + hh * hd,
+                     s->sv[layer] + hh * hd, 0, s->len + 1, hd, inner, scores,
+                     st->ctx + (size_t)b * inner + hh * hd, inner);
+}
+
+/* Cross-attention head hh: the page's keys and values, streamed once for
+ * all the step's questions. */
+static void s_step_cross_head(StepCtx *st, int layer, int hh, int hd, int inner, float scale,
+                              float *scores)
+{
+    const DecPage *p = st->p;
+    const void *K, *V;
+    int bf;
+    s_page_head(p, layer, hh, &K, &V, &bf);
+    kern_cross_head(st->q + hh * hd, st->B, inner, scale, K, p->n_enc, V, hd, bf, p->n_enc, hd,
+                    scores, st->ctx + hh * hd, inner);
+}
+
+/* A projection of the step's rows: output rows j0 .. j1-1 on this thread
+ * alone (own), or shared out over the team by kern_linear_team. */
+static void s_step_proj(const DmLinear *l, const float *h, const uint16_t *hr, int B, int own,
+                        int j0, int j1, float **rows, int flags)
+{
+    if (own)
+        kern_linear_part(h, hr, B, l->in, l->w, l->wbf, l->b, j0, j1, rows, 0);
+    else
+        kern_linear_team(h, hr, B, l->in, l->w, l->wbf, l->b, l->out, rows, flags);
+}
+
 static void s_step_attn(StepCtx *st, const DecAttn *a, int layer, int is_self, float *h,
                         uint16_t *hb, float *scores, float **rows)
 {
@@ -535,38 +572,45 @@ static void s_step_attn(StepCtx *st, const DecAttn *a, int layer, int is_self, f
     const MBartConfig *c = &p->m->cfg.dec;
     int B = st->B, D = c->d_model, hd = p->m->dec.head_dim, H = a->nheads, inner = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
+    /* When the heads split evenly over the team, each thread projects the
+     * q (and k, v) rows of its own heads and runs those heads: no barrier
+     * until the output projection, which needs every head's context.
+     * Otherwise the projections are shared out by rows and the heads by
+     * (question, head), with a barrier after each. */
+    int T = omp_get_num_threads(), t = omp_get_thread_num();
+    int own = H % T == 0;
+    int h0 = own ? H / T * t : 0, h1 = own ? H / T * (t + 1) : H;
     kern_layernorm(st->x, B, D, a->ln.g, a->ln.b, c->ln_eps, h);
     for (int b = 0; b < B; b++)
         rows[b] = st->q + (size_t)b * inner;
     const uint16_t *hr = s_round_rows(&a->q, h, B, hb);
-    kern_linear_team(h, hr, B, D, a->q.w, a->q.wbf, a->q.b, inner, rows,
-                     is_self ? KERN_NOWAIT : 0);
+    s_step_proj(&a->q, h, hr, B, own, h0 * hd, h1 * hd, rows, is_self ? KERN_NOWAIT : 0);
     if (is_self) {
         for (int b = 0; b < B; b++)
             rows[b] = st->seqs[b]->sk[layer] + (size_t)st->seqs[b]->len * inner;
-        kern_linear_team(h, hr, B, D, a->k.w, a->k.wbf, a->k.b, inner, rows, KERN_NOWAIT);
+        s_step_proj(&a->k, h, hr, B, own, h0 * hd, h1 * hd, rows, KERN_NOWAIT);
         for (int b = 0; b < B; b++)
             rows[b] = st->seqs[b]->sv[layer] + (size_t)st->seqs[b]->len * inner;
-        kern_linear_team(h, hr, B, D, a->v.w, a->v.wbf, a->v.b, inner, rows, 0);
+        s_step_proj(&a->v, h, hr, B, own, h0 * hd, h1 * hd, rows, 0);
+        if (own) {
+            for (int b = 0; b < B; b++)
+                for (int hh = h0; hh < h1; hh++)
+                    s_step_self_head(st, layer, b, hh, hd, inner, scale, scores);
+        } else {
 #pragma omp for schedule(static)
-        for (int i = 0; i < B * H; i++) {
-            int b = i / H, hh = i % H;
-            const DecSeq *s = st->seqs[b];
-            kern_attend_head(st->q + (size_t)b * inner + hh * hd, 1, inner, scale,
-                             s->sk[layer] + hh * hd, s->sv[layer] + hh * hd, 0, s->len + 1, hd,
-                             inner, scores, st->ctx + (size_t)b * inner + hh * hd, inner);
+            for (int i = 0; i < B * H; i++)
+                s_step_self_head(st, layer, i / H, i % H, hd, inner, scale, scores);
         }
+    } else if (own) {
+        for (int hh = h0; hh < h1; hh++)
+            s_step_cross_head(st, layer, hh, hd, inner, scale, scores);
     } else {
-        /* the page's keys and values, streamed once per head for all B */
-        int S = p->n_enc;
 #pragma omp for schedule(static)
-        for (int hh = 0; hh < H; hh++) {
-            const void *K, *V;
-            int bf;
-            s_page_head(p, layer, hh, &K, &V, &bf);
-            kern_cross_head(st->q + hh * hd, B, inner, scale, K, S, V, hd, bf, S, hd, scores,
-                            st->ctx + hh * hd, inner);
-        }
+        for (int hh = 0; hh < H; hh++)
+            s_step_cross_head(st, layer, hh, hd, inner, scale, scores);
+    }
+    if (own) {
+#pragma omp barrier
     }
     for (int b = 0; b < B; b++)
         rows[b] = st->x + (size_t)b * D;

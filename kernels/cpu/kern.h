@@ -113,6 +113,12 @@ void kern_attend_values(const float *probs, int nq, const float *V, int S, int H
 enum { KERN_ACC = 1, KERN_GELU = 2, KERN_NOWAIT = 4 };
 void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
                       const uint16_t *Wb, const float *bias, int N, float *const *y, int flags);
+/* kern_linear_team's output rows j0 .. j1-1 on the calling thread alone,
+ * each the same dot product (for a thread that then uses only those rows:
+ * an attention head's own q, k and v). */
+void kern_linear_part(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int j0, int j1, float *const *y,
+                      int flags);
 void kern_attend_head(const float *q, int nq, int ldq, float scale, const void *K, const void *V,
                       int bf16, int S, int hd, int ld, float *scores, float *ctx, int ldc);
 /* kern_attend_head for a page's cross-attention, whose keys are kept

@@ -334,42 +334,59 @@ static void s_dot4x4(const float *x, const uint16_t *xb, size_t ldx, const float
 #define S_HAVE_DOT4X4 0
 #endif
 
+/* Output rows j .. j+nr-1 (nr 4, or 1: a 4-row call whose extra rows
+ * repeat the row, as kern_linear_small) for the M rows of the step. */
+static inline void s_linear_rows(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                                 const uint16_t *Wb, const float *bias, int j, int nr,
+                                 float *const *y, int flags)
+{
+    size_t ldw = nr == 4 ? (size_t)K : 0;
+    for (int m = 0; m < M;) {
+        float o[4][4];
+        int nm = S_HAVE_DOT4X4 && M - m >= 4 ? 4 : 1;
+#if S_HAVE_DOT4X4
+        if (nm == 4)
+            s_dot4x4(x ? x + (size_t)m * K : NULL, xb ? xb + (size_t)m * K : NULL, (size_t)K,
+                     W ? W + (size_t)j * K : NULL, Wb ? Wb + (size_t)j * K : NULL, ldw, K, o);
+#endif
+        if (nm == 1 && Wb)
+            s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o[0]);
+        else if (nm == 1)
+            s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o[0]);
+        for (int i = 0; i < nm; i++, m++)
+            for (int r = 0; r < nr; r++) {
+                float v = o[i][r] + (bias ? bias[j + r] : 0.0f);
+                if (flags & KERN_GELU)
+                    v = s_gelu1(v);
+                if (flags & KERN_ACC)
+                    y[m][j + r] += v;
+                else
+                    y[m][j + r] = v;
+            }
+    }
+}
+
 void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const float *W,
                       const uint16_t *Wb, const float *bias, int N, float *const *y, int flags)
 {
     int nb = N / 4, tail = N - 4 * nb;
 #pragma omp for schedule(static) nowait
-    for (int jb = 0; jb < nb + tail; jb++) {
-        /* blocks of 4 rows, then the last N % 4 rows one by one (a 4-row
-         * call whose extra rows repeat the row, as kern_linear_small) */
-        int j = jb < nb ? 4 * jb : 4 * nb + (jb - nb), nr = jb < nb ? 4 : 1;
-        size_t ldw = jb < nb ? (size_t)K : 0;
-        for (int m = 0; m < M;) {
-            float o[4][4];
-            int nm = S_HAVE_DOT4X4 && M - m >= 4 ? 4 : 1;
-#if S_HAVE_DOT4X4
-            if (nm == 4)
-                s_dot4x4(x ? x + (size_t)m * K : NULL, xb ? xb + (size_t)m * K : NULL, (size_t)K,
-                         W ? W + (size_t)j * K : NULL, Wb ? Wb + (size_t)j * K : NULL, ldw, K, o);
-#endif
-            if (nm == 1 && Wb)
-                s_dot4_bf16(xb + (size_t)m * K, Wb + (size_t)j * K, ldw, K, o[0]);
-            else if (nm == 1)
-                s_dot4(x + (size_t)m * K, W + (size_t)j * K, ldw, K, o[0]);
-            for (int i = 0; i < nm; i++, m++)
-                for (int r = 0; r < nr; r++) {
-                    float v = o[i][r] + (bias ? bias[j + r] : 0.0f);
-                    if (flags & KERN_GELU)
-                        v = s_gelu1(v);
-                    if (flags & KERN_ACC)
-                        y[m][j + r] += v;
-                    else
-                        y[m][j + r] = v;
-                }
-        }
-    }
+    for (int jb = 0; jb < nb + tail; jb++) /* blocks of 4 rows, then the last N % 4 */
+        s_linear_rows(x, xb, M, K, W, Wb, bias, jb < nb ? 4 * jb : 4 * nb + (jb - nb),
+                      jb < nb ? 4 : 1, y, flags);
     if (!(flags & KERN_NOWAIT)) {
 #pragma omp barrier
+    }
+}
+
+void kern_linear_part(const float *x, const uint16_t *xb, int M, int K, const float *W,
+                      const uint16_t *Wb, const float *bias, int j0, int j1, float *const *y,
+                      int flags)
+{
+    for (int j = j0; j < j1;) {
+        int nr = j1 - j >= 4 ? 4 : 1;
+        s_linear_rows(x, xb, M, K, W, Wb, bias, j, nr, y, flags);
+        j += nr;
     }
 }
 
