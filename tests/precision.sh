@@ -39,7 +39,8 @@ JOB
     "$DOCMINT" export "$OUT/answers-$p" --annotations "$ANN" -o "$OUT/submission-$p.json"
     echo "== $p"
     "$DOCMINT" eval --predictions "$OUT/submission-$p.json" --annotations "$ANN" \
-        --report "$OUT/report-$p.json" | head -n 3
+        --report "$OUT/report-$p.json" >"$OUT/eval-$p.txt"
+    head -n 3 "$OUT/eval-$p.txt"
 done
 "$DOCMINT" store dump "$OUT/answers-fp32" >"$OUT/dump-fp32.jsonl"
 "$DOCMINT" store dump "$OUT/answers-bf16" >"$OUT/dump-bf16.jsonl"

@@ -3,6 +3,7 @@
  * is fed the reference encoder output, so these tests do not depend on the
  * encoder. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -319,7 +320,9 @@ static void test_plan_hooks(void)
 
 /* The decoding step (one parallel region for all sequences) against the
  * operation-per-call path, which a probe selects: three sequences of
- * different lengths on one page, 6 steps, fp32 and bf16. */
+ * different lengths on one page, 6 steps, fp32 and bf16; and the step on
+ * the default team (heads split evenly: each thread projects its own) and
+ * on 3 threads (shared out by rows), bit for bit. */
 static void s_noop_emit(void *ctx, const char *name, int ndim, const int64_t *shape,
                         const float *data)
 {
@@ -331,7 +334,7 @@ static void s_step_vs_general(const DonutModel *m)
     s_page_for(m, 1, &page);
     int V = m->cfg.dec.vocab, lens[3];
     int32_t *prompts[3];
-    DecSeq fast[3], slow[3];
+    DecSeq fast[3], slow[3], odd[3];
     DmErr err;
     for (int k = 0; k < 3; k++) {
         char name[64];
@@ -339,14 +342,19 @@ static void s_step_vs_general(const DonutModel *m)
         prompts[k] = s_ids(name, &lens[k]);
         CU_ASSERT_EQUAL_FATAL(dec_seq_init(&fast[k], m, 64, &err), 0);
         CU_ASSERT_EQUAL_FATAL(dec_seq_init(&slow[k], m, 64, &err), 0);
-        DecSeq *f = &fast[k], *sl = &slow[k];
+        CU_ASSERT_EQUAL_FATAL(dec_seq_init(&odd[k], m, 64, &err), 0);
+        DecSeq *f = &fast[k], *sl = &slow[k], *o = &odd[k];
         const int32_t *pp = prompts[k];
         CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &f, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err),
+                              0);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &o, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err),
                               0);
         CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &pp, &lens[k], 1, NULL, 0, NULL, NULL, &err),
                               0);
     }
     float *a = malloc((size_t)3 * V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
+    float *a3 = malloc((size_t)3 * V * sizeof *a3);
+    int same = 1, nth = omp_get_max_threads();
     DmProbe probe = {s_noop_emit, NULL};
     double worst = 0, range = 0;
     for (int step = 0; step < 6; step++) {
@@ -355,6 +363,13 @@ static void s_step_vs_general(const DonutModel *m)
         int one[3] = {1, 1, 1};
         DecSeq *fs[3] = {&fast[0], &fast[1], &fast[2]};
         CU_ASSERT_EQUAL_FATAL(dec_forward(&page, fs, tp, one, 3, a, 0, NULL, NULL, &err), 0);
+        /* on 3 threads the tiny model's 4 heads do not split evenly: the
+         * projections are shared out by rows, with the same arithmetic */
+        DecSeq *os[3] = {&odd[0], &odd[1], &odd[2]};
+        omp_set_num_threads(3);
+        CU_ASSERT_EQUAL_FATAL(dec_forward(&page, os, tp, one, 3, a3, 0, NULL, NULL, &err), 0);
+        omp_set_num_threads(nth);
+        same &= memcmp(a, a3, (size_t)3 * V * sizeof *a) == 0;
         for (int k = 0; k < 3; k++) {
             DecSeq *sl = &slow[k];
             CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sl, &tp[k], one, 1, b, 0, NULL, &probe, &err),
@@ -371,12 +386,15 @@ static void s_step_vs_general(const DonutModel *m)
     double tol = m->precision == DM_PREC_BF16 ? 1e-2 * range : 1e-4;
     printf(" [%s: max diff %.2g of %.3g]", donut_precision_name(m->precision), worst, range);
     CU_ASSERT(worst <= tol);
+    CU_ASSERT(same);
     for (int k = 0; k < 3; k++) {
         dec_seq_free(&fast[k]);
         dec_seq_free(&slow[k]);
+        dec_seq_free(&odd[k]);
         free(prompts[k]);
     }
     free(a);
+    free(a3);
     free(b);
     dec_page_free(&page);
 }

@@ -257,6 +257,19 @@ static void test_team(void)
             kern_linear_team(x, bf ? xb : NULL, 1, K, bf ? NULL : W, bf ? Wb : NULL, bias, N,
                              rows1, flags);
             CU_ASSERT(memcmp(r, y, (size_t)N * sizeof *r) == 0);
+            /* a thread's own output rows alone (kern_linear_part), from a
+             * row that is no multiple of 4: the team's bits */
+            int j0 = N > 3 ? 3 : 0, j1 = N > 5 ? N - 1 : N;
+            float *part = malloc((size_t)M * N * sizeof *part), *prow[16];
+            memcpy(part, y0, (size_t)M * N * sizeof *part);
+            for (int m = 0; m < M; m++)
+                prow[m] = part + (size_t)m * N;
+            kern_linear_part(x, bf ? xb : NULL, M, K, bf ? NULL : W, bf ? Wb : NULL, bias, j0, j1,
+                             prow, flags);
+            for (int m = 0; m < M; m++)
+                CU_ASSERT(memcmp(part + (size_t)m * N + j0, y + (size_t)m * N + j0,
+                                 (size_t)(j1 - j0) * sizeof *part) == 0);
+            free(part);
         }
         free(x);
         free(W);
@@ -411,9 +424,10 @@ static void test_sum_exp(void)
 
 /* A generated token's log-softmax pieces against scalar twins: the double
  * sum of exponentials against libm's exp term by term (banned -inf
- * entries, gaps to 800 nats where the terms go subnormal and then 0, a
- * length with a remainder of 16), and the argmax against the first-index
- * scan (ties, NaNs, a row of -inf). */
+ * entries, gaps to 800 nats where the terms go subnormal and then 0,
+ * lengths that leave 12 and 9 for the scalar tail, a NaN in the vector
+ * part and in the tail), and the argmax against the first-index scan
+ * (ties, NaNs, a row of -inf). */
 static double s_ref_sum_exp(const float *x, int n, float m)
 {
     double a = 0.0;
@@ -450,6 +464,15 @@ static void test_logsoftmax_parts(void)
             double got = kern_sum_exp_f64(y, len, y[k]), want = s_ref_sum_exp(y, len, y[k]);
             CU_ASSERT(fabs(got - want) <= 1e-14 * want);
         }
+        int in_vec = k == 40 ? 41 : 40, in_tail = k == n - 2 ? n - 3 : n - 2;
+        float keep = y[in_vec];
+        y[in_vec] = NAN; /* a NaN term makes the sum NaN, in the vector part */
+        CU_ASSERT(isnan(kern_sum_exp_f64(y, n, y[k])) && isnan(s_ref_sum_exp(y, n, y[k])));
+        y[in_vec] = keep;
+        keep = y[in_tail];
+        y[in_tail] = NAN; /* and in the scalar tail */
+        CU_ASSERT(isnan(kern_sum_exp_f64(y, n, y[k])));
+        y[in_tail] = keep;
         y[n - 5] = y[k]; /* a tie later in the row: still the first */
         y[7] = NAN;      /* a NaN never wins */
         CU_ASSERT_EQUAL(kern_argmax(y, n), s_ref_argmax(y, n));
@@ -544,6 +567,21 @@ static void test_bf16_convert(void)
     uint16_t *y = malloc(n * sizeof *y);
     kern_f32_to_bf16_n(x, n, y);
     int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += y[i] != dm_f32_to_bf16(x[i]);
+    CU_ASSERT_EQUAL(bad, 0);
+    free(x);
+    free(y);
+    /* a model's matrix (slices over the team) with the same specials
+     * spread over it, a length that is no multiple of a slice */
+    n = ((size_t)1 << 20) + 37;
+    x = s_rand(n, &seed);
+    y = malloc(n * sizeof *y);
+    CU_ASSERT_FATAL(x && y);
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+        memcpy(&x[(i * 150001) % n], &special[i], 4);
+    kern_to_bf16(x, y, n);
+    bad = 0;
     for (size_t i = 0; i < n; i++)
         bad += y[i] != dm_f32_to_bf16(x[i]);
     CU_ASSERT_EQUAL(bad, 0);

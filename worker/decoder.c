@@ -495,12 +495,11 @@ static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V
  * output projection (2 barriers, when the heads split evenly over the
  * team and each thread projects its own heads' rows; else 3), per
  * feed-forward fc1 and fc2 (2), where the operation-per-call path pays
- * ~14 per layer.  The
- * residual stream x is shared; each thread normalises it into its own copy
- * (a LayerNorm of B rows is cheaper than a barrier), output projections add
- * straight into x, fc1 applies GELU as it goes, self-attention keys and
- * values land in the caches directly, and a head's scores, softmax and
- * context are one thread's work.  Every element is computed in the order
+ * ~14 per layer.  The residual stream x is shared; each thread normalises
+ * it into its own copy (a LayerNorm of B rows is cheaper than a barrier),
+ * output projections add straight into x, fc1 applies GELU as it goes,
+ * self-attention keys and values land in the caches directly, and a
+ * head's scores, softmax and context are one thread's work.  Every element is computed in the order
  * the operation-per-call path uses, except the attention context (one pass
  * per head instead of per-thread partials), so both agree to rounding. */
 
@@ -560,7 +559,7 @@ static void s_step_proj(const DmLinear *l, const float *h, const uint16_t *hr, i
                         int j0, int j1, float **rows, int flags)
 {
     if (own)
-        kern_linear_part(h, hr, B, l->in, l->w, l->wbf, l->b, j0, j1, rows, 0);
+        kern_linear_part(h, hr, B, l->in, l->w, l->wbf, l->b, j0, j1, rows, flags);
     else
         kern_linear_team(h, hr, B, l->in, l->w, l->wbf, l->b, l->out, rows, flags);
 }

@@ -216,11 +216,9 @@ static void s_read_fn(void *p, int tid)
     size_t nv = (hi - lo) / 16;
     v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
     for (size_t i = 0; i + 8 <= nv; i += 8) {
-#if defined(__SSE__)
         if (c->ask && i + 24 <= nv)
             for (int l = 0; l < 8; l++)
                 __builtin_prefetch(&v[i + 16 + l], 0, 0);
-#endif
         a0 += v[i];
         a1 += v[i + 1];
         a2 += v[i + 2];
@@ -286,9 +284,8 @@ int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmE
     for (int ask = 0; ask < 2 && !r; ask++) {
         rc->ask = ask;
         r = s_team_run(nthreads, reps < 1 ? 1 : reps, s_read_fn, rc, &t, err);
-        double g = (double)n * sizeof(float) / t * 1e-9;
-        if (!r && g > *gbps)
-            *gbps = g;
+        if (!r && (double)n * sizeof(float) / t * 1e-9 > *gbps)
+            *gbps = (double)n * sizeof(float) / t * 1e-9;
     }
     free(rc);
     free(buf);

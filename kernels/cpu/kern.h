@@ -115,7 +115,7 @@ void kern_linear_team(const float *x, const uint16_t *xb, int M, int K, const fl
                       const uint16_t *Wb, const float *bias, int N, float *const *y, int flags);
 /* kern_linear_team's output rows j0 .. j1-1 on the calling thread alone,
  * each the same dot product (for a thread that then uses only those rows:
- * an attention head's own q, k and v). */
+ * an attention head's own q, k and v); KERN_NOWAIT means nothing here. */
 void kern_linear_part(const float *x, const uint16_t *xb, int M, int K, const float *W,
                       const uint16_t *Wb, const float *bias, int j0, int j1, float *const *y,
                       int flags);
@@ -136,12 +136,13 @@ void kern_cross_head(const float *q, int nq, int ldq, float scale, const void *K
 void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *kept,
                   double *all, double *rest);
 /* The sum of exp(x[i] - m) over i < n in double precision, terms and sum
- * (the log-softmax of a generated token): the vectorised exponential is
- * within about an ulp of libm's exp, so the sum agrees with a scalar loop
- * over exp to ~1e-15 relative.  -inf terms are 0. */
+ * (the log-softmax of a generated token; m at least every x[i]): the
+ * vectorised exponential is within about an ulp of libm's exp, so the sum
+ * agrees with a scalar loop over exp to ~1e-14 relative (the order of the
+ * additions).  -inf terms are 0; a NaN makes the sum NaN, as with exp. */
 double kern_sum_exp_f64(const float *x, int n, float m);
-/* torch.argmax of a row: the first index of the largest value (NaNs are
- * never the largest, unless x[0] is one: then 0). */
+/* The first index of the largest value of a row (torch.argmax on rows
+ * without NaN); NaNs are never the largest, unless x[0] is one: then 0. */
 int kern_argmax(const float *x, int n);
 /* y (cols x rows, row stride rows) = x^T (x rows x cols, row stride cols),
  * into float32 y, or rounded to bfloat16 into yb when y is NULL. */

@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include "kern.h"
+#include "kern_gemm.h"
 #include "tensorfile.h"
 
 /* Weight rows widened per sgemm call: 4 MiB of float32 at K = 4096. */
@@ -22,11 +23,20 @@
 
 void kern_to_bf16(const float *src, uint16_t *dst, size_t n)
 {
-    /* a model's matrices are converted once, at load: on the team when
-     * large (each element on its own, so the split changes nothing) */
-#pragma omp parallel for schedule(static) if (n >= (1u << 20) && !omp_in_parallel())
-    for (size_t i = 0; i < n; i++)
-        dst[i] = kern_f32_bf16(src[i]);
+    /* a model's matrices are converted once, at load: the vector converter
+     * on slices over the team when large (each element on its own, so the
+     * split changes nothing) */
+    enum { SLICE = 1 << 16 };
+    if (n < ((size_t)1 << 20) || omp_in_parallel()) {
+        kern_f32_to_bf16_n(src, n, dst);
+        return;
+    }
+    long slices = (long)((n + SLICE - 1) / SLICE);
+#pragma omp parallel for schedule(static)
+    for (long c = 0; c < slices; c++) {
+        size_t i = (size_t)c * SLICE;
+        kern_f32_to_bf16_n(src + i, n - i < SLICE ? n - i : SLICE, dst + i);
+    }
 }
 
 void kern_linear_bf16_ref(const float *x, int M, int K, const uint16_t *W, const float *bias,

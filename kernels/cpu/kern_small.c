@@ -28,8 +28,11 @@
  * S_PREFETCH_BYTES ahead and, near the row's end, moves on to the same row
  * of the next block (the 4 rows the thread streams next): asking beyond
  * the row instead lands in the block's own next row, already on its way,
- * and leaves the next block's rows to start cold.  Non-temporal, since
- * nothing is read twice.  Measured on the LM head at 4 rows, one thread
+ * and leaves the next block's rows to start cold.  Non-temporal: up to 4
+ * input rows nothing is read twice; with more, a block is read again at
+ * once for the next 4 rows (fc2-shaped matrices at 8 rows measured the
+ * same with the T0 hint: 7.2-9.0 against 7.9-8.4 ms for 16 of them, 2
+ * threads).  Measured on the LM head at 4 rows, one thread
  * (`build/dec_bench MODEL lm4 --threads 1`): 13.5-14.8 ms asking 2 KiB
  * ahead into L2 within the rows, 10.6-11.0 ms asking 1 KiB ahead
  * non-temporally within the rows, 8.2-8.9 ms moving on to the next block. */
@@ -93,9 +96,11 @@ static inline void s_dot4(const float *restrict x, const float *restrict w, size
     out[1] = _mm512_reduce_add_ps(a1);
     out[2] = _mm512_reduce_add_ps(a2);
     out[3] = _mm512_reduce_add_ps(a3);
+    /* fused explicitly: whether the compiler contracts a * b + c depends
+     * on where this is inlined, and every caller must get the same bits */
     for (; k < K; k++)
         for (int r = 0; r < 4; r++)
-            out[r] += x[k] * w[r * ldw + k];
+            out[r] = fmaf(x[k], w[r * ldw + k], out[r]);
 }
 #else
 static inline void s_dot4(const float *restrict x, const float *restrict w, size_t ldw, int K,
@@ -323,9 +328,9 @@ static void s_dot4x4(const float *x, const uint16_t *xb, size_t ldx, const float
     for (int m = 0; m < 4; m++)
         for (int r = 0; r < 4; r++) {
             float o = _mm512_reduce_add_ps(a[m][r]);
-            for (int kk = k; kk < K; kk++)
-                o += wb ? kern_bf16_f32(xb[m * ldx + kk]) * kern_bf16_f32(wb[r * ldw + kk])
-                        : x[m * ldx + kk] * w[r * ldw + kk];
+            for (int kk = k; kk < K; kk++) /* fused as in s_dot4 (bf16 products are exact) */
+                o = wb ? o + kern_bf16_f32(xb[m * ldx + kk]) * kern_bf16_f32(wb[r * ldw + kk])
+                       : fmaf(x[m * ldx + kk], w[r * ldw + kk], o);
             out[m][r] = o;
         }
 }
@@ -520,12 +525,14 @@ void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *
 /* e^x in double for 8 lanes with x <= 0: x = n ln2 + r (ln2 split in two,
  * fdlibm's constants), |r| <= ln2/2, e^r by its Taylor series to r^13
  * (truncation below 1e-17 relative, so the error is the rounding of the
- * steps, about 1 ulp), times 2^n by scalef; below -745.2 the lanes are 0,
- * as exp's result is. */
+ * steps, about 1 ulp), times 2^n by scalef. */
 static inline __m512d s_exp8d(__m512d x)
 {
-    __mmask8 live = _mm512_cmp_pd_mask(x, _mm512_set1_pd(-745.2), _CMP_GE_OQ);
-    x = _mm512_max_pd(x, _mm512_set1_pd(-745.2));
+    /* -inf and the rest below -745.2 are 0; a NaN goes through as NaN (the
+     * ordered compare leaves it live, and max_pd returns its second operand
+     * when either is NaN), as libm's exp gives */
+    __mmask8 dead = _mm512_cmp_pd_mask(x, _mm512_set1_pd(-745.2), _CMP_LT_OQ);
+    x = _mm512_max_pd(_mm512_set1_pd(-745.2), x);
     __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), x);
@@ -538,7 +545,7 @@ static inline __m512d s_exp8d(__m512d x)
                                         1.0};
     for (int k = 0; k < 13; k++)
         p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(inv_fact[k]));
-    return _mm512_maskz_mov_pd(live, _mm512_scalef_pd(p, n));
+    return _mm512_maskz_mov_pd((__mmask8)~dead, _mm512_scalef_pd(p, n));
 }
 #endif
 
