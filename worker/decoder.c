@@ -499,9 +499,10 @@ static void s_lm_head(const MBartWeights *w, const float *x, int R, int D, int V
  * it into its own copy (a LayerNorm of B rows is cheaper than a barrier),
  * output projections add straight into x, fc1 applies GELU as it goes,
  * self-attention keys and values land in the caches directly, and a
- * head's scores, softmax and context are one thread's work.  Every element is computed in the order
- * the operation-per-call path uses, except the attention context (one pass
- * per head instead of per-thread partials), so both agree to rounding. */
+ * head's scores, softmax and context are one thread's work.  Every element
+ * is computed in the order the operation-per-call path uses, except the
+ * attention context (one pass per head instead of per-thread partials), so
+ * both agree to rounding. */
 
 typedef struct StepCtx {
     const DecPage *p;

@@ -284,8 +284,9 @@ int bound_read_bandwidth(size_t bytes, int nthreads, int reps, double *gbps, DmE
     for (int ask = 0; ask < 2 && !r; ask++) {
         rc->ask = ask;
         r = s_team_run(nthreads, reps < 1 ? 1 : reps, s_read_fn, rc, &t, err);
-        if (!r && (double)n * sizeof(float) / t * 1e-9 > *gbps)
-            *gbps = (double)n * sizeof(float) / t * 1e-9;
+        double g = r ? 0.0 : (double)n * sizeof(float) / t * 1e-9;
+        if (g > *gbps)
+            *gbps = g;
     }
     free(rc);
     free(buf);

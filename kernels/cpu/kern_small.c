@@ -43,7 +43,8 @@
 #if defined(__AVX512F__)
 /* Request for row r of the 4-row block at w (rows ldw_b bytes apart, each
  * row_b bytes long) as the loop reaches byte `at` of the rows. */
-static inline __attribute__((always_inline)) void s_ask(const void *w, size_t ldw_b, int r, size_t at, size_t row_b)
+static inline __attribute__((always_inline)) void s_ask(const void *w, size_t ldw_b, int r,
+                                                        size_t at, size_t row_b)
 {
     size_t a = at + S_PREFETCH_BYTES;
     /* a hint never faults, even past the matrix; the address is computed
@@ -483,6 +484,15 @@ static inline __m512 s_exp16(__m512 x)
 }
 #endif
 
+#if defined(__AVX512F__)
+/* 16 floats as two vectors of 8 doubles (lanes 0-7, 8-15). */
+static inline void s_widen16(__m512 v, __m512d *lo, __m512d *hi)
+{
+    *lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    *hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#endif
+
 void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *kept,
                   double *all, double *rest)
 {
@@ -497,8 +507,8 @@ void kern_sum_exp(const float *x, int n, float m, float s, const unsigned char *
         __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), sv);
         __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, _mm512_set1_ps(-87.3f), _CMP_GE_OQ),
                                        s_exp16(t));
-        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
-        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+        __m512d lo, hi;
+        s_widen16(e, &lo, &hi);
         a0 = _mm512_add_pd(a0, lo);
         a1 = _mm512_add_pd(a1, hi);
         if (kept) {
@@ -556,9 +566,8 @@ double kern_sum_exp_f64(const float *x, int n, float m)
 #if defined(__AVX512F__)
     __m512d a0 = _mm512_setzero_pd(), a1 = a0, mv = _mm512_set1_pd(m);
     for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_loadu_ps(x + i);
-        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        __m512d lo, hi;
+        s_widen16(_mm512_loadu_ps(x + i), &lo, &hi);
         a0 = _mm512_add_pd(a0, s_exp8d(_mm512_sub_pd(lo, mv)));
         a1 = _mm512_add_pd(a1, s_exp8d(_mm512_sub_pd(hi, mv)));
     }
