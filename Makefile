@@ -135,11 +135,14 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-# The unit and golden tests (CUnit), then the command-line tests.
+# The unit and golden tests (CUnit), then the command-line tests.  A part
+# still running after TEST_LIMIT seconds is stopped and fails (a hang is
+# a failure with a name, not a run that never ends).
 export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
+TEST_LIMIT ?= 1800
 test: $(BUILD)/test_docmint $(BUILD)/docmint
-	cd tests && DOCMINT=../$(BUILD)/docmint ../$(BUILD)/test_docmint
-	DOCMINT=$(BUILD)/docmint sh tests/cli.sh
+	cd tests && DOCMINT=../$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) ../$(BUILD)/test_docmint
+	DOCMINT=$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) sh tests/cli.sh
 	DOCMINT=$(BUILD)/docmint sh tests/mpi/all.sh
 
 # Build a random-weight model of the tiny config, synthesise a page and ask

@@ -249,6 +249,26 @@ int wire_socket_defaults(void *sock, DmErr *err)
     return 0;
 }
 
+int wire_pipe(void *zctx, const char *prefix, void **ours, void **theirs, DmErr *err)
+{
+    char ep[96];
+    int linger = 0;
+    *ours = zmq_socket(zctx, ZMQ_PAIR);
+    *theirs = zmq_socket(zctx, ZMQ_PAIR);
+    snprintf(ep, sizeof ep, "inproc://%s-%p", prefix, *ours);
+    if (*ours && *theirs && !zmq_setsockopt(*ours, ZMQ_LINGER, &linger, sizeof linger) &&
+        !zmq_setsockopt(*theirs, ZMQ_LINGER, &linger, sizeof linger) && !zmq_bind(*ours, ep) &&
+        !zmq_connect(*theirs, ep))
+        return 0;
+    dm_err(err, "inproc pipe %s: %s", ep, zmq_strerror(zmq_errno()));
+    if (*ours)
+        zmq_close(*ours);
+    if (*theirs)
+        zmq_close(*theirs);
+    *ours = *theirs = NULL;
+    return -1;
+}
+
 int wire_curve_client(void *sock, const WireJoin *j, DmErr *err)
 {
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, j->server_public, WIRE_KEY_CHARS) != 0 ||

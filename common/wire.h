@@ -100,6 +100,15 @@ int wire_advertise_endpoint(const char *bound, char *out, size_t n, int *wildcar
 /* "tcp://0.0.0.0:5555" -> "tcp://127.0.0.1:5555" (IPv6: [::1]). */
 int wire_loopback_endpoint(const char *bound, char *out, size_t n);
 
+/* Both ends of an inproc PAIR between two threads of this process, with
+ * ZMQ_LINGER 0, connected before this returns: *ours bound to
+ * "inproc://PREFIX-ADDR", *theirs connected to it, both made on the
+ * calling thread.  Hand *theirs to the other thread when it starts
+ * (pthread_create orders the two).  A thread that connected its own end
+ * could start late: a message sent before would find no peer, be dropped,
+ * and leave the thread waiting for it for ever. */
+int wire_pipe(void *zctx, const char *prefix, void **ours, void **theirs, DmErr *err);
+
 /* A short name for this process: "host:pid". */
 void wire_process_name(char *out, size_t n);
 

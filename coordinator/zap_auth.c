@@ -17,7 +17,7 @@
 struct ZapAuth {
     void *zctx;
     void *ctl;                 /* main thread's end of the control pipe */
-    char ctl_endpoint[64];
+    void *thread_ctl;          /* the handler thread's end, connected */
     uint8_t key[32];           /* accepted client public key */
     char prefix[64];
     pthread_t thread;
@@ -122,17 +122,15 @@ static void *s_thread(void *arg)
 {
     ZapAuth *z = arg;
     void *rep = zmq_socket(z->zctx, ZMQ_REP);
-    void *ctl = zmq_socket(z->zctx, ZMQ_PAIR);
+    void *ctl = z->thread_ctl;
     int linger = 0;
-    if (rep)
-        zmq_setsockopt(rep, ZMQ_LINGER, &linger, sizeof linger);
-    if (ctl)
-        zmq_setsockopt(ctl, ZMQ_LINGER, &linger, sizeof linger);
-    if (!rep || !ctl || zmq_connect(ctl, z->ctl_endpoint) != 0) {
+    if (!rep) {
         snprintf(z->start_error, sizeof z->start_error, "ZAP handler: %s",
                  zmq_strerror(zmq_errno()));
+        zmq_send(ctl, "E", 1, 0);
         goto out;
     }
+    zmq_setsockopt(rep, ZMQ_LINGER, &linger, sizeof linger);
     if (zmq_bind(rep, ZAP_ENDPOINT) != 0) {
         snprintf(z->start_error, sizeof z->start_error, "ZAP handler: bind %s: %s", ZAP_ENDPOINT,
                  zmq_strerror(zmq_errno()));
@@ -202,16 +200,11 @@ int zap_start(void *zctx, const char *client_public, const char *log_prefix, Zap
         free(z);
         return dm_err(err, "ZAP handler: the client key is not Z85");
     }
-    snprintf(z->ctl_endpoint, sizeof z->ctl_endpoint, "inproc://docmint-zap-ctl-%p", (void *)z);
-    z->ctl = zmq_socket(zctx, ZMQ_PAIR);
-    int linger = 0;
-    if (!z->ctl || zmq_setsockopt(z->ctl, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_bind(z->ctl, z->ctl_endpoint) != 0) {
-        dm_err(err, "ZAP handler control socket: %s", zmq_strerror(zmq_errno()));
+    if (wire_pipe(zctx, "docmint-zap-ctl", &z->ctl, &z->thread_ctl, err))
         goto fail;
-    }
     if (pthread_create(&z->thread, NULL, s_thread, z) != 0) {
         dm_err(err, "ZAP handler: cannot start a thread");
+        zmq_close(z->thread_ctl);
         goto fail;
     }
     z->started = 1;

@@ -24,8 +24,7 @@
  * empty frame (stop). */
 
 typedef struct Compute {
-    void *zctx;
-    char pipe_ep[64];
+    void *pipe;          /* this thread's end, connected before it starts */
     InferStage *stage;   /* the job's stage: one of these two */
     CacheStage *cache;
     const char *name;
@@ -77,24 +76,23 @@ static void *s_compute(void *arg)
     /* Here, not in the caller: OpenMP's thread count is per thread. */
     if (c->threads > 0)
         kern_set_threads(c->threads);
-    void *pipe = zmq_socket(c->zctx, ZMQ_PAIR);
-    int linger = 0;
-    if (!pipe) {
-        atomic_store(&c->ended, 1);
-        return NULL;
-    }
-    zmq_setsockopt(pipe, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_connect(pipe, c->pipe_ep) != 0) {
-        zmq_close(pipe);
-        atomic_store(&c->ended, 1);
-        return NULL;
-    }
+    void *pipe = c->pipe;
     for (;;) {
+        /* The empty frame says stop; cancel is looked at between waits as
+         * well, so a stop that was never delivered cannot leave us here. */
+        zmq_pollitem_t it = {pipe, 0, ZMQ_POLLIN, 0};
+        if (atomic_load(&c->cancel))
+            break;
+        int pr = zmq_poll(&it, 1, 200);
+        if (pr < 0 && zmq_errno() != EINTR)
+            break;
+        if (pr <= 0)
+            continue;
         zmq_msg_t m;
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, pipe, 0) < 0) {
+        if (zmq_msg_recv(&m, pipe, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&m);
-            if (zmq_errno() == EINTR)
+            if (zmq_errno() == EINTR || zmq_errno() == EAGAIN)
                 continue;
             break;
         }
@@ -413,17 +411,16 @@ int worker_run(const WorkerOpts *o, DmErr *err)
     double give_up = o->give_up_seconds > 0 ? o->give_up_seconds : GIVE_UP_DEFAULT;
     int rc = -1, started = 0;
     pthread_t th;
-    void *pipe = n.zctx ? zmq_socket(n.zctx, ZMQ_PAIR) : NULL;
-    snprintf(c.pipe_ep, sizeof c.pipe_ep, "inproc://docmint-worker-%p", (void *)&c);
-    c.zctx = n.zctx;
-    int linger = 0;
-    if (!pipe || zmq_setsockopt(pipe, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_bind(pipe, c.pipe_ep) != 0) {
-        dm_err(err, "worker pipe: %s", zmq_strerror(zmq_errno()));
+    void *pipe = NULL;
+    if (!n.zctx) {
+        dm_err(err, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
+    if (wire_pipe(n.zctx, "docmint-worker", &pipe, &c.pipe, err))
+        goto done;
     if (pthread_create(&th, NULL, s_compute, &c) != 0) {
         dm_err(err, "cannot start the compute thread");
+        zmq_close(c.pipe);
         goto done;
     }
     started = 1;

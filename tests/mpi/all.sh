@@ -4,14 +4,19 @@
 # repository root: DOCMINT=build/docmint sh tests/mpi/all.sh
 # Each script prints ok/FAIL lines and "N passed, N failed"; this prints
 # the sum and exits non-zero when any script failed.  About 6 minutes on
-# 2 cores (the distill tests take 3 to 4 of them).
+# 2 cores (the distill tests take 3 to 4 of them).  A script still running
+# after LIMIT seconds (DOCMINT_MPI_TEST_LIMIT, 900) is stopped and fails:
+# a hang shows as a named failure, not as a suite that never ends.
 set -u
 total_pass=0
 total_fail=0
 status=0
+limit=${DOCMINT_MPI_TEST_LIMIT:-900}
 for t in run_basic bad_images kill_resume lease_expiry wrong_keys coordinator_pause cache_logits distill distill_e2e; do
-    out=$(sh "tests/mpi/$t.sh" 2>&1)
+    t0=$(date +%s)
+    out=$(timeout -k 10 "$limit" sh "tests/mpi/$t.sh" 2>&1)
     rc=$?
+    secs=$(($(date +%s) - t0))
     printf '%s\n' "$out" | grep -v ' passed, .* failed$'
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
     p=$(printf '%s' "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p')
@@ -20,8 +25,15 @@ for t in run_basic bad_images kill_resume lease_expiry wrong_keys coordinator_pa
     total_fail=$((total_fail + ${f:-0}))
     if [ $rc -ne 0 ]; then
         status=1
-        [ -z "$line" ] && { echo "  FAIL  $t.sh ended early (status $rc)"; total_fail=$((total_fail + 1)); }
+        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+            echo "  FAIL  $t.sh was still running after $limit s: stopped"
+            total_fail=$((total_fail + 1))
+        elif [ -z "$line" ]; then
+            echo "  FAIL  $t.sh ended early (status $rc)"
+            total_fail=$((total_fail + 1))
+        fi
     fi
+    echo "  ($t.sh: $secs s)"
 done
 echo "mpi: $total_pass passed, $total_fail failed"
 exit $status

@@ -15,7 +15,7 @@ DOCMINT_TEST_STALL_SECONDS=0.3 timeout -s KILL 300 "$DOCMINT" run "$T/job.json" 
 co=$!
 PIDS="$PIDS $co"
 wait_for 60 test -f "$T/out/worker.keys" || bad "no keys file within 60 s: $(tail -3 "$T/run.log")"
-DOCMINT_TEST_STALL_SECONDS=0.3 "$DOCMINT" worker --keys "$T/out/worker.keys" --name ext \
+DOCMINT_TEST_STALL_SECONDS=0.3 timeout -s KILL 300 "$DOCMINT" worker --keys "$T/out/worker.keys" --name ext \
     >"$T/ext.log" 2>&1 &
 ext=$!
 PIDS="$PIDS $ext"

@@ -6,7 +6,9 @@
 #   - a keys file with another server key: the CURVE handshake cannot
 #     complete; the worker gives up;
 # neither ever receives a shard (the stall hook would print "stalling"), and
-# the job completes with every question exactly once.
+# the job completes with every question exactly once.  A worker whose
+# connect fails at once (an endpoint with no port) stops at once too, time
+# after time: it must not wait for a compute thread that has not started.
 . tests/mpi/lib.sh
 echo "mpi: workers with wrong keys are refused"
 make_model "$T/model"
@@ -20,11 +22,27 @@ wait_for 60 test -f "$T/out/worker.keys" || bad "no keys file within 60 s: $(tai
 python3 tests/mpi/forge_keys.py "$T/out/worker.keys" "$T/forged-client.keys" client
 python3 tests/mpi/forge_keys.py "$T/out/worker.keys" "$T/forged-server.keys" server
 
-DOCMINT_TEST_STALL_SECONDS=0.01 "$DOCMINT" worker --keys "$T/forged-client.keys" --name forged-client \
-    --give-up 15 >"$T/fc.log" 2>&1 &
+cp "$T/out/worker.keys" "$T/copy.keys"
+
+hung=0 quick=0
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    timeout -s KILL 30 "$DOCMINT" worker --keys "$T/copy.keys" --connect tcp://no-port-here \
+        >"$T/np.log" 2>&1
+    st=$?
+    [ $st -eq 137 ] && hung=$((hung + 1))
+    [ $st -eq 1 ] && grep -q "connect tcp://no-port-here" "$T/np.log" && quick=$((quick + 1))
+done
+if [ $hung -eq 0 ] && [ $quick -eq 10 ]; then
+    ok "a connect that fails at once: the worker exits 1 at once, 10 times of 10: $(cat "$T/np.log")"
+else
+    bad "a connect that fails at once: $hung of 10 runs hung, $quick exited 1 with the reason: $(tail -2 "$T/np.log")"
+fi
+
+DOCMINT_TEST_STALL_SECONDS=0.01 timeout -s KILL 120 "$DOCMINT" worker --keys "$T/forged-client.keys" \
+    --name forged-client --give-up 15 >"$T/fc.log" 2>&1 &
 fc=$!
-DOCMINT_TEST_STALL_SECONDS=0.01 "$DOCMINT" worker --keys "$T/forged-server.keys" --name forged-server \
-    --give-up 4 >"$T/fs.log" 2>&1 &
+DOCMINT_TEST_STALL_SECONDS=0.01 timeout -s KILL 120 "$DOCMINT" worker --keys "$T/forged-server.keys" \
+    --name forged-server --give-up 4 >"$T/fs.log" 2>&1 &
 fs=$!
 PIDS="$PIDS $fc $fs"
 wait "$fc"
