@@ -31,10 +31,15 @@ MODEL=$(cd "$MODEL" && pwd) # the job files below resolve paths from build/preci
 ANN=$CORPUS/train_v1.0_withQT.json
 for p in fp32 bf16; do
     rm -rf "$OUT/answers-$p"
-    cat >"$OUT/job-$p.json" <<JOB
-{"stage": "infer", "model": "$MODEL", "output": "$OUT/answers-$p",
- "corpus": {"format": "docvqa", "path": "$ANN"}, "precision": "$p", "quiet": true}
-JOB
+    # Written by json.dump: any path, quotes and backslashes included.
+    /usr/bin/python3 - "$MODEL" "$OUT/answers-$p" "$ANN" "$p" "$OUT/job-$p.json" <<'PY'
+import json, sys
+model, output, ann, precision, path = sys.argv[1:]
+job = {"stage": "infer", "model": model, "output": output,
+       "corpus": {"format": "docvqa", "path": ann}, "precision": precision, "quiet": True}
+with open(path, "w") as f:
+    json.dump(job, f)
+PY
     "$DOCMINT" run "$OUT/job-$p.json" --quiet
     "$DOCMINT" export "$OUT/answers-$p" --annotations "$ANN" -o "$OUT/submission-$p.json"
     echo "== $p"
