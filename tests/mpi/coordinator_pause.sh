@@ -19,7 +19,7 @@ DOCMINT_TEST_STALL_SECONDS=0.3 timeout -s KILL 300 "$DOCMINT" worker --keys "$T/
     >"$T/ext.log" 2>&1 &
 ext=$!
 PIDS="$PIDS $ext"
-wait_for 30 grep -q stalling "$T/ext.log" || bad "the external worker got no shard"
+wait_for 120 grep -q stalling "$T/ext.log" || bad "the external worker got no shard"
 # $co is timeout(1); the coordinator is its child.
 coord=$(job_pids "$T/job.json" | while read -r p; do
     [ "$(cat /proc/$p/comm 2>/dev/null)" = docmint ] && echo "$p"; done | head -1)

@@ -3,7 +3,7 @@
 # joins a running job (mpirun: rank 0 + one worker), receives a shard and
 # never returns it:
 #   1. it stalls (DOCMINT_TEST_STALL_SECONDS) but stays alive and keeps
-#      heartbeating: the lease expires (lease_seconds 2), the shard is
+#      heartbeating: the lease expires (lease_seconds 10), the shard is
 #      handed out again, the job completes, the stalled worker is told
 #      NO_MORE and exits 0;
 #   2. it is killed with SIGKILL right after receiving a shard: its shard
@@ -20,10 +20,10 @@ make_model "$T/model"
 make_corpus "$T/corpus" 40
 C="$T/corpus/train_v1.0_withQT.json"
 
-# start_job NAME [LEASE]: mpirun -n 2 in the background, its workers slowed
-# a little so the external worker has time to join.
+# start_job NAME [LEASE] [LIVENESS]: mpirun -n 2 in the background, its
+# workers slowed a little so the external worker has time to join.
 start_job() {
-    write_job "$T/$1.json" "$T/model" "$C" "$T/$1" "\"lease_seconds\": ${2:-2}, \"credit\": 1, \"commit_every\": 2"
+    LIVENESS=${3:-4} write_job "$T/$1.json" "$T/model" "$C" "$T/$1" "\"lease_seconds\": ${2:-2}, \"credit\": 1, \"commit_every\": 2"
     DOCMINT_TEST_STALL_SECONDS=0.25 $MPIRUN -n 2 "$DOCMINT" run "$T/$1.json" >"$T/$1.log" 2>&1 &
     mp=$!
     PIDS="$PIDS $mp"
@@ -39,7 +39,7 @@ start_external() {
         --give-up 20 >"$T/$1.ext.log" 2>&1 &
     ext=$!
     PIDS="$PIDS $ext"
-    if wait_for 30 grep -q "stalling" "$T/$1.ext.log"; then
+    if wait_for 120 grep -q "stalling" "$T/$1.ext.log"; then
         shard=$(sed -n 's/.*on shard \([0-9]*\) .*/\1/p' "$T/$1.ext.log" | head -1)
         ok "$1: the external worker received shard $shard"
     else
@@ -48,17 +48,22 @@ start_external() {
     fi
 }
 
-# -- 1. stalled, alive
-start_job stall
+# -- 1. stalled, alive.  The lease is 10 s, so that the job's own worker
+# finishes its shards inside theirs even on a loaded machine (a shard of
+# theirs taken back and handed to the external worker would be finished
+# by them, and the external worker's lease would never expire); a worker
+# counts as gone after 20 s of silence, so only the lease takes the
+# stalled worker's shard back.
+start_job stall 10 40
 start_external stall
-if wait_for 30 grep -q "shard $shard (worker ext-stall) expired" "$T/stall.log"; then
+if wait_for 120 grep -q "shard $shard (worker ext-stall) expired" "$T/stall.log"; then
     ok "stall: $(grep -m1 "shard $shard (worker ext-stall) expired" "$T/stall.log" | sed 's/^.*lease/lease/')"
 else
-    bad "stall: no lease expiry logged: $(tail -3 "$T/stall.log")"
+    bad "stall: no lease expiry logged: $(grep "ext-stall\|shard $shard " "$T/stall.log" | head -5)"
 fi
 if wait "$mp"; then ok "stall: the job completes"; else bad "stall: mpirun failed: $(tail -5 "$T/stall.log")"; fi
 if msg=$(check_once "$T/stall" "$C"); then ok "stall: every question exactly once: $msg"; else bad "stall: store: $msg"; fi
-if wait_for 10 sh -c "! kill -0 $ext 2>/dev/null"; then
+if wait_for 60 sh -c "! kill -0 $ext 2>/dev/null"; then
     wait "$ext"
     st=$?
     [ $st -eq 0 ] && ok "stall: the stalled worker was told NO_MORE and exited 0" ||
@@ -72,7 +77,7 @@ start_job kill
 start_external kill
 kill -9 "$ext"
 wait "$ext" 2>/dev/null
-if wait_for 30 grep -q "ext-kill.*handed out again" "$T/kill.log"; then
+if wait_for 120 grep -q "ext-kill.*handed out again" "$T/kill.log"; then
     ok "kill: $(grep -m1 "ext-kill.*handed out again" "$T/kill.log" | sed 's/^docmint run: //')"
 else
     bad "kill: the killed worker's shard was not handed out again: $(tail -3 "$T/kill.log")"
@@ -85,7 +90,7 @@ if msg=$(check_once "$T/kill" "$C"); then ok "kill: every question exactly once:
 start_job stop 600
 start_external stop 0.25
 kill -STOP "$ext"
-if wait_for 30 grep -q "worker ext-stop silent for .* handed out again" "$T/stop.log"; then
+if wait_for 120 grep -q "worker ext-stop silent for .* handed out again" "$T/stop.log"; then
     ok "stop: $(grep -m1 "ext-stop silent" "$T/stop.log" | sed 's/^docmint run: //')"
 else
     bad "stop: the silent worker was not counted dead: $(tail -3 "$T/stop.log")"
@@ -93,7 +98,7 @@ fi
 kill -CONT "$ext"
 if wait "$mp"; then ok "stop: the job completes"; else bad "stop: mpirun failed: $(tail -5 "$T/stop.log")"; fi
 if msg=$(check_once "$T/stop" "$C"); then ok "stop: every question exactly once: $msg"; else bad "stop: store: $msg"; fi
-if wait_for 20 sh -c "! kill -0 $ext 2>/dev/null"; then
+if wait_for 60 sh -c "! kill -0 $ext 2>/dev/null"; then
     wait "$ext"
     st=$?
     n=$(grep -c stalling "$T/stop.ext.log")

@@ -56,10 +56,12 @@ make_corpus() {
 }
 
 # write_job FILE MODEL CORPUS_JSON OUTPUT [EXTRA_JSON_MEMBERS]
+# (heartbeats every 0.5 s; a peer silent for LIVENESS of them, 4 unless
+# set, counts as gone)
 write_job() {
     cat >"$1" <<JOB
 {"model": "$2", "output": "$4", "corpus": {"path": "$3"},
- "endpoint": "tcp://127.0.0.1:0", "heartbeat_seconds": 0.5, "heartbeat_liveness": 4${5:+, $5}}
+ "endpoint": "tcp://127.0.0.1:0", "heartbeat_seconds": 0.5, "heartbeat_liveness": ${LIVENESS:-4}${5:+, $5}}
 JOB
 }
 
