@@ -22,6 +22,8 @@ wait_for 60 test -f "$T/out/worker.keys" || bad "no keys file within 60 s: $(tai
 python3 tests/mpi/forge_keys.py "$T/out/worker.keys" "$T/forged-client.keys" client
 python3 tests/mpi/forge_keys.py "$T/out/worker.keys" "$T/forged-server.keys" server
 
+# The job removes its keys file when it ends; the fail-at-once workers
+# below run after it, on a copy (the model it names is still there).
 cp "$T/out/worker.keys" "$T/copy.keys"
 
 DOCMINT_TEST_STALL_SECONDS=0.01 timeout -s KILL 120 "$DOCMINT" worker --keys "$T/forged-client.keys" \
@@ -57,7 +59,6 @@ else
     ok "no forged worker ever got a shard"
 fi
 if msg=$(check_once "$T/out" "$C"); then ok "every question exactly once: $msg"; else bad "store: $msg"; fi
-# After the job: the keys file copy still names the model.
 hung=0 quick=0
 for i in 1 2 3 4 5 6 7 8 9 10; do
     timeout -s KILL 30 "$DOCMINT" worker --keys "$T/copy.keys" --connect tcp://no-port-here \
