@@ -43,7 +43,9 @@ $(error missing pkg-config modules: $(MISSING); run deploy/install-deps.sh (Debi
 endif
 
 GEN := $(BUILD)/gen
-INCS := -Icommon -Ikernels/cpu -Ikernels/cuda -Iworker -Icoordinator -I$(GEN)
+# Includes name their path from the top ("worker/model/decoder.h"), so a
+# file's include line says which layer it reaches into (tests/layering.sh).
+INCS := -I. -I$(GEN)
 OPT  := -O3 -march=native
 CFLAGS += -std=gnu11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers \
           -fno-strict-aliasing -pthread -fopenmp $(INCS) $(shell pkg-config --cflags $(PKGS)) $(MPI_CFLAGS)
@@ -55,8 +57,8 @@ CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-rec
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC := $(wildcard common/*.c kernels/cpu/*.c worker/*.c) \
-           $(filter-out coordinator/main.c,$(wildcard coordinator/*.c))
+LIB_SRC := $(wildcard common/*.c kernels/*/*.c worker/*/*.c coordinator/*.c) \
+           $(filter-out coordinator/cli/main.c,$(wildcard coordinator/cli/*.c))
 PROTO := $(wildcard schemas/*.proto)
 PROTO_C := $(PROTO:schemas/%.proto=$(GEN)/%.pb-c.c)
 PROTO_H := $(PROTO_C:.c=.h)
@@ -90,7 +92,7 @@ endif
 .PHONY: all test demo bench clean deps python-schemas
 all: $(BUILD)/docmint
 
-$(BUILD)/docmint: $(BUILD)/coordinator/main.o $(LIB_OBJ)
+$(BUILD)/docmint: $(BUILD)/coordinator/cli/main.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_docmint: $(TEST_OBJ) $(LIB_OBJ)
@@ -124,7 +126,7 @@ $(GEN)/schemas_embed.c: $(SCHEMA_JSON) schemas/embed.sh
 	@mkdir -p $(GEN)
 	sh schemas/embed.sh $@ $(SCHEMA_JSON)
 
-$(GEN)/schemas_embed.o: $(GEN)/schemas_embed.c coordinator/jsonschema.h
+$(GEN)/schemas_embed.o: $(GEN)/schemas_embed.c common/jsonschema.h
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: %.c | $(PROTO_H)
@@ -141,6 +143,7 @@ $(BUILD)/%.o: %.cu
 export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_LIMIT ?= 1800
 test: $(BUILD)/test_docmint $(BUILD)/docmint
+	sh tests/layering.sh
 	cd tests && DOCMINT=../$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) ../$(BUILD)/test_docmint
 	DOCMINT=$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) sh tests/cli.sh
 	DOCMINT=$(BUILD)/docmint sh tests/mpi/all.sh
@@ -173,4 +176,4 @@ deps:
 clean:
 	rm -rf build build-san build-cuda build-san-cuda
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/coordinator/main.d
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/coordinator/cli/main.d

@@ -1,5 +1,5 @@
 /* dm_error.c - error messages, checked allocation, clock. */
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -1,6 +1,6 @@
 /* dm_fs.c - file copies and tree removal (dm_fs.h). */
 #define _GNU_SOURCE /* nftw */
-#include "dm_fs.h"
+#include "common/dm_fs.h"
 
 #include <errno.h>
 #include <ftw.h>

@@ -3,7 +3,7 @@
 #ifndef DM_FS_H
 #define DM_FS_H
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 /* Copy the file src to dst (created or truncated). */
 int dm_copy_file(const char *src, const char *dst, DmErr *err);

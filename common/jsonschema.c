@@ -3,7 +3,7 @@
  * carrying the key path for the error message, and stops at the first
  * problem: a user fixes one line at a time, and the first error is the one
  * that explains the rest. */
-#include "jsonschema.h"
+#include "common/jsonschema.h"
 
 #include <math.h>
 #include <pthread.h>

@@ -19,7 +19,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 /* Validate doc against schema.  With fill_defaults, absent properties
  * whose schema has a "default" are added to doc (a copy of the default),

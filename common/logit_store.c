@@ -1,12 +1,12 @@
 /* logit_store.c - keys, checks and accessors of teacher-logit stores
  * (logit_store.h). */
-#include "logit_store.h"
+#include "common/logit_store.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "records.h"
-#include "tensorfile.h" /* dm_f16_to_f32 */
+#include "common/records.h"
+#include "common/tensorfile.h" /* dm_f16_to_f32 */
 
 void logit_key(int64_t qid, unsigned answer_index, unsigned char key[LOGIT_KEY_LEN])
 {

@@ -10,9 +10,9 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 #include "records.pb-c.h"
-#include "store.h"
+#include "common/store.h"
 
 #define LOGIT_KEY_LEN 10
 

@@ -1,6 +1,6 @@
 /* records.c - pack, unpack and print the store records with the
  * protobuf-c code generated from schemas/records.proto. */
-#include "records.h"
+#include "common/records.h"
 
 #include <inttypes.h>
 #include <math.h>

@@ -10,9 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 #include "records.pb-c.h"
-#include "store.h"
+#include "common/store.h"
 
 /* Serialise r into a malloc'ed buffer.  Fails (naming the questionId or
  * item and the field) when a string is not valid UTF-8. */

@@ -1,5 +1,5 @@
 /* safetensors.c - safetensors reader (mmap) and writer, dtype helpers. */
-#include "tensorfile.h"
+#include "common/tensorfile.h"
 
 #include <errno.h>
 #include <fcntl.h>

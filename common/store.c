@@ -10,7 +10,7 @@
  * the batch retried.  LMDB only replaces its meta page once every data page
  * of a commit is on disk, so a failed commit (disk full, file size limit,
  * I/O error) leaves every earlier batch intact. */
-#include "store.h"
+#include "common/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +25,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "records.h" /* records_utf8_valid */
+#include "common/records.h" /* records_utf8_valid */
 
 enum { DB_RECORDS, DB_ERRORS, DB_META, DB_FEATURES, NDB };
 static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_META,

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 typedef enum DmDtype {
     DM_F32, DM_F16, DM_BF16, DM_F64,

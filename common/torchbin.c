@@ -19,7 +19,7 @@
  * opcodes and callables torch emits for a state dict; it never runs code.
  * A call of anything else (os.system, a custom class) is an error, as is any
  * opcode outside the list. */
-#include "tensorfile.h"
+#include "common/tensorfile.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /* wire.c - Envelope frames, CURVE keys and the join document (wire.h). */
-#include "wire.h"
+#include "common/wire.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -21,7 +21,7 @@
 
 #include <stddef.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 #include "records.pb-c.h"
 
 #define WIRE_KEY_CHARS 40 /* Z85 text of a 32-byte CURVE key */

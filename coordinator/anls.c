@@ -5,7 +5,7 @@
  * Full upper-case mappings that lengthen a string (German sharp s, the
  * Latin ligatures) are counted through case folding, which lengthens the
  * same characters by the same amount. */
-#include "anls.h"
+#include "coordinator/anls.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* annotations.c - read data[].questionId / answers / question_types. */
-#include "annotations.h"
+#include "coordinator/annotations.h"
 
 #include <jansson.h>
 #include <stdlib.h>

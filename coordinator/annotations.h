@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 typedef struct AnnotQuestion {
     int64_t qid;

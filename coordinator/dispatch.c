@@ -1,5 +1,5 @@
 /* dispatch.c - the coordinator's set-up and ROUTER loop (dispatch.h). */
-#include "dispatch.h"
+#include "coordinator/dispatch.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -10,15 +10,15 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "corpus.h"
-#include "job.h"
-#include "lease.h"
-#include "logit_store.h"
-#include "progress.h"
-#include "results.h"
-#include "stage_infer.h"
-#include "store.h"
-#include "zap_auth.h"
+#include "worker/data/corpus.h"
+#include "coordinator/job.h"
+#include "coordinator/lease.h"
+#include "common/logit_store.h"
+#include "coordinator/progress.h"
+#include "coordinator/results.h"
+#include "worker/stages/stage_infer.h"
+#include "common/store.h"
+#include "coordinator/zap_auth.h"
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"

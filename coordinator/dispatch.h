@@ -37,8 +37,8 @@
 #include <signal.h>
 #include <stdint.h>
 
-#include "dm_error.h"
-#include "wire.h"
+#include "common/dm_error.h"
+#include "common/wire.h"
 
 typedef struct Dispatch Dispatch;
 

@@ -1,7 +1,7 @@
 /* distill.c - the distill stage's training loop on every rank
  * (distill.h).  Checkpoint folders: distill_ckpt.c; items and page
- * features: worker/distill_data.c; the loss plot: distill_plot.c. */
-#include "distill.h"
+ * features: worker/train/distill_data.c; the loss plot: distill_plot.c. */
+#include "coordinator/distill.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -12,13 +12,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "distill_ckpt.h"
-#include "distill_data.h"
-#include "distill_plot.h"
-#include "dm_fs.h"
-#include "kern.h"
-#include "progress.h"
-#include "tokenizer.h"
+#include "coordinator/distill_ckpt.h"
+#include "worker/train/distill_data.h"
+#include "coordinator/distill_plot.h"
+#include "common/dm_fs.h"
+#include "kernels/cpu/kern.h"
+#include "coordinator/progress.h"
+#include "worker/text/tokenizer.h"
 
 #define PREFIX "docmint run"
 

@@ -14,8 +14,8 @@
 #ifndef DM_DISTILL_H
 #define DM_DISTILL_H
 
-#include "coll.h"
-#include "job.h"
+#include "kernels/comm/coll.h"
+#include "coordinator/job.h"
 
 /* Run the job (stage "distill") on every rank of coll; threads: compute
  * threads of this rank.  Returns the process exit status (0 done or

@@ -1,6 +1,6 @@
 /* distill_ckpt.c - checkpoint folders of the distill stage
  * (distill_ckpt.h). */
-#include "distill_ckpt.h"
+#include "coordinator/distill_ckpt.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dm_fs.h"
+#include "common/dm_fs.h"
 
 /* Files of the student folder that a checkpoint writes itself. */
 static int s_own_file(const char *name)

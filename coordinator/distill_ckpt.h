@@ -21,7 +21,7 @@
 
 #include <jansson.h>
 
-#include "train.h"
+#include "worker/train/train.h"
 
 /* Write the folder dir (replacing an older one of the same name). */
 int distill_ckpt_write(const char *dir, const DonutModel *m, const TrainParams *tp,

@@ -1,5 +1,5 @@
 /* distill_plot.c - losses.png of the distill stage (distill_plot.h). */
-#include "distill_plot.h"
+#include "coordinator/distill_plot.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <vips/vips.h>
 
-#include "image.h" /* image_vips_init */
+#include "worker/image/image.h" /* image_vips_init */
 
 #define W 960
 #define H 540

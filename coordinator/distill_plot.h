@@ -4,7 +4,7 @@
 #ifndef DM_DISTILL_PLOT_H
 #define DM_DISTILL_PLOT_H
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 typedef struct DistillCurve {
     long *step;

@@ -6,7 +6,7 @@
  * document can be sent to another process (or stored in a store's meta)
  * and parsed there with job_parse without depending on the original
  * folder or working directory. */
-#include "job.h"
+#include "coordinator/job.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "jsonschema.h"
+#include "common/jsonschema.h"
 
 #define S_SCHEMA "job.schema.json"
 

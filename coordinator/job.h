@@ -8,8 +8,8 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "corpus.h"
-#include "dm_error.h"
+#include "worker/data/corpus.h"
+#include "common/dm_error.h"
 
 /* The "distill" block (stage distill only; schema descriptions say more). */
 typedef enum { DISTILL_DECAY_LINEAR, DISTILL_DECAY_COSINE, DISTILL_DECAY_CONSTANT } DistillDecay;

@@ -1,5 +1,5 @@
 /* lease.c - shard planning and leases (lease.h). */
-#include "lease.h"
+#include "coordinator/lease.h"
 
 #include <stdlib.h>
 #include <string.h>

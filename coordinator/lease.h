@@ -18,8 +18,8 @@
 
 #include <stdint.h>
 
-#include "corpus.h"
-#include "dm_error.h"
+#include "worker/data/corpus.h"
+#include "common/dm_error.h"
 
 typedef struct PlanPage {
     int page;   /* index into Corpus.pages */

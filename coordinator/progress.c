@@ -1,5 +1,5 @@
 /* progress.c - progress lines on stderr (progress.h). */
-#include "progress.h"
+#include "coordinator/progress.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* results.c - what the store holds, and the batched writer (results.h). */
-#include "results.h"
+#include "coordinator/results.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -8,8 +8,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "logit_store.h"
-#include "records.h"
+#include "common/logit_store.h"
+#include "common/records.h"
 
 #define FLUSH_SECONDS 1.0 /* a queued record waits at most this long */
 #define FLUSH_BYTES ((size_t)64 << 20) /* queued bytes that are due (features are large) */

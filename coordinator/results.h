@@ -13,9 +13,9 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 #include "records.pb-c.h"
-#include "store.h"
+#include "common/store.h"
 
 typedef struct Results Results;
 

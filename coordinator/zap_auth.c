@@ -1,5 +1,5 @@
 /* zap_auth.c - ZAP handler accepting only the job's CURVE client key. */
-#include "zap_auth.h"
+#include "coordinator/zap_auth.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <zmq.h>
 
-#include "wire.h"
+#include "common/wire.h"
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_LOG_EVERY 5.0 /* seconds between refusal lines */

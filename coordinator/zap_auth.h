@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 typedef struct ZapAuth ZapAuth;
 

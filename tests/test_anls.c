@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "anls.h"
+#include "coordinator/anls.h"
 #include "tutil.h"
 
 static void s_expect(const char *pred, const char *g1, const char *g2, double want)

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "donut.h"
-#include "kd_loss.h"
-#include "logit_store.h"
-#include "results.h"
-#include "stage_cache.h"
+#include "worker/model/donut.h"
+#include "worker/train/kd_loss.h"
+#include "common/logit_store.h"
+#include "coordinator/results.h"
+#include "worker/stages/stage_cache.h"
 #include "tutil.h"
 
 static void test_key(void)

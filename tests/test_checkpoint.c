@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "decoder.h"
-#include "generate.h"
+#include "worker/model/decoder.h"
+#include "worker/model/generate.h"
 #include "tutil.h"
 
 /* Copy tiny-a's config and weights into a fresh temporary folder, passing

@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "commands.h"
-#include "corpus.h"
+#include "coordinator/cli/commands.h"
+#include "worker/data/corpus.h"
 #include "tutil.h"
 
 #define S_DIR "data/corpus"

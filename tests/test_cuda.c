@@ -25,8 +25,8 @@ void tests_cuda(void) { TU_SUITE("cuda", {"skipped", t_skip}); }
 
 #else /* DM_CUDA */
 
-#include "cuda_kern.h"
-#include "kern.h"
+#include "kernels/cuda/cuda_kern.h"
+#include "kernels/cpu/kern.h"
 
 static char s_why[512];
 

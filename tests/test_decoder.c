@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "decoder.h"
-#include "generate.h"
+#include "worker/model/decoder.h"
+#include "worker/model/generate.h"
 #include "tutil.h"
 
 static DonutModel *s_model;

@@ -7,13 +7,13 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "lease.h"
-#include "progress.h"
-#include "results.h"
-#include "store.h"
+#include "coordinator/lease.h"
+#include "coordinator/progress.h"
+#include "coordinator/results.h"
+#include "common/store.h"
 #include "tutil.h"
-#include "wire.h"
-#include "zap_auth.h"
+#include "common/wire.h"
+#include "coordinator/zap_auth.h"
 
 /* ------------------------------------------------------------ a tiny corpus */
 

@@ -10,10 +10,10 @@
 #include <unistd.h>
 #include <vips/vips.h>
 
-#include "distill.h"
-#include "distill_plot.h"
-#include "image.h"
-#include "job.h"
+#include "coordinator/distill.h"
+#include "coordinator/distill_plot.h"
+#include "worker/image/image.h"
+#include "coordinator/job.h"
 #include "tutil.h"
 
 #define S_MIN "\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c.json\"}"

@@ -11,9 +11,9 @@
 #include <unistd.h>
 #include <vips/vips.h>
 
-#include "commands.h"
-#include "image.h"
-#include "preprocess.h"
+#include "coordinator/cli/commands.h"
+#include "worker/image/image.h"
+#include "worker/image/preprocess.h"
 #include "tutil.h"
 
 #define S_IMG "data/images"

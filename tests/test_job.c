@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "job.h"
-#include "jsonschema.h"
+#include "coordinator/job.h"
+#include "common/jsonschema.h"
 #include "tutil.h"
 
 #define S_MIN "\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c.json\"}"

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kern.h"
-#include "kern_gemm.h"
-#include "tensorfile.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
+#include "common/tensorfile.h"
 #include "tutil.h"
 
 static float *s_rand(size_t n, unsigned *seed)

@@ -11,9 +11,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "decoder.h"
-#include "generate.h"
-#include "plan.h"
+#include "worker/model/decoder.h"
+#include "worker/model/generate.h"
+#include "worker/model/plan.h"
 #include "tutil.h"
 
 static TuTmp s_tmp = {"/tmp/dm_prune_XXXXXX"};

@@ -17,8 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "records.h"
-#include "store.h"
+#include "common/records.h"
+#include "common/store.h"
 #include "tutil.h"
 
 /* ---- temporary folders ---------------------------------------------- */

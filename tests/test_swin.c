@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "donut.h"
-#include "kern.h"
-#include "kern_gemm.h"
+#include "worker/model/donut.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
 #include "tutil.h"
 
 /* --------------------------------------------------------- probe capture */

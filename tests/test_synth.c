@@ -8,9 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "commands.h"
-#include "image.h"
-#include "synth.h"
+#include "coordinator/cli/commands.h"
+#include "worker/image/image.h"
+#include "worker/image/synth.h"
 #include "tutil.h"
 
 static void s_rmtree(const char *dir)

@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "tok_internal.h"
-#include "tokenizer.h"
+#include "worker/text/tok_internal.h"
+#include "worker/text/tokenizer.h"
 #include "tutil.h"
 
 #define TT_SHOW 5 /* mismatches printed in detail per test */

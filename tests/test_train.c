@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "decoder.h"
-#include "kd_loss.h"
-#include "train.h"
+#include "worker/model/decoder.h"
+#include "worker/train/kd_loss.h"
+#include "worker/train/train.h"
 #include "tutil.h"
 
 static TensorFile *s_gold, *s_train;

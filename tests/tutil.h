@@ -7,7 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "tensorfile.h"
+#include "common/tensorfile.h"
 
 #define TU_TINY "data/tiny-a"
 #define TU_TOK "data/tokenizer-a"

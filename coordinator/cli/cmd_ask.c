@@ -3,11 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "image.h"
-#include "kern.h"
-#include "preprocess.h"
-#include "qa.h"
+#include "coordinator/cli/commands.h"
+#include "worker/image/image.h"
+#include "kernels/cpu/kern.h"
+#include "worker/image/preprocess.h"
+#include "worker/stages/qa.h"
 
 static void s_usage(FILE *f)
 {

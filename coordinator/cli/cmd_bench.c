@@ -18,12 +18,12 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-#include "bounds.h"
-#include "commands.h"
-#include "decoder.h"
-#include "generate.h"
-#include "kern.h"
-#include "stage_cache.h"
+#include "kernels/cpu/bounds.h"
+#include "coordinator/cli/commands.h"
+#include "worker/model/decoder.h"
+#include "worker/model/generate.h"
+#include "kernels/cpu/kern.h"
+#include "worker/stages/stage_cache.h"
 
 #define DEF_QUESTIONS 4
 #define DEF_TOKENS 32

@@ -32,10 +32,10 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "commands.h"
-#include "dispatch.h"
-#include "store.h"
-#include "wire.h"
+#include "coordinator/cli/commands.h"
+#include "coordinator/dispatch.h"
+#include "common/store.h"
+#include "common/wire.h"
 
 #define PREFIX "docmint bench-dispatch"
 

@@ -14,14 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "corpus.h"
-#include "job.h"
-#include "kd_loss.h"
-#include "logit_store.h"
-#include "page_encode.h"
-#include "stage_cache.h"
-#include "store.h"
+#include "coordinator/cli/commands.h"
+#include "worker/data/corpus.h"
+#include "coordinator/job.h"
+#include "worker/train/kd_loss.h"
+#include "common/logit_store.h"
+#include "worker/model/page_encode.h"
+#include "worker/stages/stage_cache.h"
+#include "common/store.h"
 
 #define NK 5
 static const int s_ks[NK] = {8, 32, 64, 256, 0}; /* 0: full */

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "annotations.h"
-#include "anls.h"
-#include "commands.h"
+#include "coordinator/annotations.h"
+#include "coordinator/anls.h"
+#include "coordinator/cli/commands.h"
 
 static void s_usage(FILE *f)
 {

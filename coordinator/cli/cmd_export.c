@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "annotations.h"
-#include "commands.h"
-#include "records.h"
-#include "store.h"
+#include "coordinator/annotations.h"
+#include "coordinator/cli/commands.h"
+#include "common/records.h"
+#include "common/store.h"
 
 static void s_usage(FILE *f)
 {

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "decoder.h"
-#include "generate.h"
-#include "kern.h"
+#include "coordinator/cli/commands.h"
+#include "worker/model/decoder.h"
+#include "worker/model/generate.h"
+#include "kernels/cpu/kern.h"
 
 static void s_usage(FILE *f)
 {

@@ -7,9 +7,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "commands.h"
-#include "donut.h"
-#include "tokenizer.h"
+#include "coordinator/cli/commands.h"
+#include "worker/model/donut.h"
+#include "worker/text/tokenizer.h"
 
 static void s_usage(FILE *f)
 {

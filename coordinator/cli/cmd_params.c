@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "commands.h"
-#include "plan.h"
+#include "coordinator/cli/commands.h"
+#include "worker/model/plan.h"
 
 static void s_usage(FILE *f)
 {

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "dm_error.h"
-#include "image.h"
-#include "preprocess.h"
-#include "tensorfile.h"
+#include "coordinator/cli/commands.h"
+#include "common/dm_error.h"
+#include "worker/image/image.h"
+#include "worker/image/preprocess.h"
+#include "common/tensorfile.h"
 
 static void s_usage(FILE *f)
 {

@@ -30,12 +30,12 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "coll.h"
-#include "commands.h"
-#include "dispatch.h"
-#include "distill.h"
-#include "job.h"
-#include "worker_loop.h"
+#include "kernels/comm/coll.h"
+#include "coordinator/cli/commands.h"
+#include "coordinator/dispatch.h"
+#include "coordinator/distill.h"
+#include "coordinator/job.h"
+#include "worker/stages/worker_loop.h"
 
 #define PREFIX "docmint run"
 

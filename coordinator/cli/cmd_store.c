@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "logit_store.h"
-#include "records.h"
-#include "store.h"
+#include "coordinator/cli/commands.h"
+#include "common/logit_store.h"
+#include "common/records.h"
+#include "common/store.h"
 
 static void s_help(FILE *f)
 {

@@ -1,7 +1,7 @@
 /* cmd_synth.c - `docmint synth OUT_DIR`: a synthetic corpus in the
  * official DocVQA layout (documents/DOC_PAGE.png, train_v1.0_withQT.json,
  * val_v1.0_withQT.json, test_v1.0.json without answers), whose answers are
- * all printed on their pages.  Pages come from worker/synth.c; this file
+ * all printed on their pages.  Pages come from worker/image/synth.c; this file
  * numbers, splits and writes them. */
 #include <errno.h>
 #include <limits.h>
@@ -12,9 +12,9 @@
 
 #include <jansson.h>
 
-#include "commands.h"
-#include "dm_error.h"
-#include "synth.h"
+#include "coordinator/cli/commands.h"
+#include "common/dm_error.h"
+#include "worker/image/synth.h"
 
 static void s_usage(FILE *f)
 {

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "tokenizer.h"
+#include "coordinator/cli/commands.h"
+#include "worker/text/tokenizer.h"
 
 static void s_tokenize_help(FILE *f)
 {

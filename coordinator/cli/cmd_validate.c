@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "corpus.h"
-#include "job.h"
-#include "jsonschema.h"
+#include "coordinator/cli/commands.h"
+#include "worker/data/corpus.h"
+#include "coordinator/job.h"
+#include "common/jsonschema.h"
 
 static void s_usage(FILE *f)
 {

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "kern.h"
-#include "worker_loop.h"
+#include "coordinator/cli/commands.h"
+#include "kernels/cpu/kern.h"
+#include "worker/stages/worker_loop.h"
 
 #define PREFIX "docmint worker"
 

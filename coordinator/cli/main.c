@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "commands.h"
+#include "coordinator/cli/commands.h"
 
 typedef struct Command {
     const char *name;

@@ -1,12 +1,12 @@
 /* coll.c - single-process, MPI and NCCL collectives (coll.h). */
-#include "coll.h"
+#include "kernels/comm/coll.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #ifdef DM_CUDA
-#include "cuda_kern.h"
+#include "kernels/cuda/cuda_kern.h"
 #endif
 
 typedef enum { S_SINGLE, S_MPI, S_NCCL } S_Kind;

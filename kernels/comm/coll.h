@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 typedef struct Coll Coll;
 

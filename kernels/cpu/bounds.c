@@ -1,6 +1,6 @@
 /* bounds.c - run-time measurements of the machine's sgemm rate, memory read
  * bandwidth and FMA peak (see bounds.h). */
-#include "bounds.h"
+#include "kernels/cpu/bounds.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kern.h"
-#include "kern_gemm.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
 
 /* ----------------------------------------------------------------- sgemm */
 

@@ -15,7 +15,7 @@
 
 #include <stddef.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 /* C[M,N] = A[M,K] * B[N,K]^T on random data: best GFLOP/s (2*M*N*K flops). */
 int bound_sgemm(int M, int N, int K, int reps, double *gflops, DmErr *err);

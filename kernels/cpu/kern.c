@@ -1,6 +1,6 @@
 /* kern.c - CPU kernels: BLAS GEMM wrappers and plain vectorisable loops. */
 #define _GNU_SOURCE /* sched_getaffinity */
-#include "kern.h"
+#include "kernels/cpu/kern.h"
 
 #include <cblas.h>
 #include <oneapi/dnnl/dnnl.h>

@@ -14,9 +14,9 @@
 
 #include <omp.h>
 
-#include "kern.h"
-#include "kern_gemm.h"
-#include "tensorfile.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
+#include "common/tensorfile.h"
 
 /* Weight rows widened per sgemm call: 4 MiB of float32 at K = 4096. */
 #define BF16_BLOCK_ROWS 256

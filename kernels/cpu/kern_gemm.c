@@ -7,7 +7,7 @@
  * by those (never evicted while the process runs: executing primitives are
  * thread-safe and another thread may be using one; when the table is full
  * a primitive is made for the call and destroyed after it). */
-#include "kern_gemm.h"
+#include "kernels/cpu/kern_gemm.h"
 
 #include <dnnl.h>
 #include <dnnl_debug.h>
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tensorfile.h"
+#include "common/tensorfile.h"
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 /* Epilogue flags of kern_gemm_run. */
 enum {

@@ -16,7 +16,7 @@
 #include <immintrin.h>
 #endif
 
-#include "kern.h"
+#include "kernels/cpu/kern.h"
 
 #define SMALL_MAX 16
 

@@ -1,7 +1,7 @@
 /* cuda_kern.cu - CUDA twins of kernels/cpu/kern.c: cuBLAS GEMM, LayerNorm,
  * GELU, row softmax, add; device set-up and buffer helpers.  See
  * cuda_kern.h for the API and error conventions. */
-#include "cuda_kern.h"
+#include "kernels/cuda/cuda_kern.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>

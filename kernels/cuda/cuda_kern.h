@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#include "dm_error.h" /* a C header without its own extern "C" guard */
+#include "common/dm_error.h" /* a C header without its own extern "C" guard */
 
 /* ---- device discovery and set-up -------------------------------------- */
 

@@ -1,7 +1,7 @@
 /* cuda_nccl.cu - minimal NCCL wrapper: unique id, communicator per rank,
  * float32 sum all-reduce on the cuda_kern stream.  The collectives layer
  * (MPI / single-process / NCCL) is built on top of this later. */
-#include "cuda_kern.h"
+#include "kernels/cuda/cuda_kern.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>

@@ -21,10 +21,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "decoder.h"
-#include "dm_error.h"
-#include "kern.h"
-#include "stage_cache.h"
+#include "worker/model/decoder.h"
+#include "common/dm_error.h"
+#include "kernels/cpu/kern.h"
+#include "worker/stages/stage_cache.h"
 
 #define NQ 4
 #define PROMPT 10

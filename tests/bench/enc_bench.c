@@ -22,12 +22,12 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "bounds.h"
-#include "donut.h"
-#include "dm_error.h"
-#include "kern.h"
-#include "kern_gemm.h"
-#include "tensorfile.h"
+#include "kernels/cpu/bounds.h"
+#include "worker/model/donut.h"
+#include "common/dm_error.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
+#include "common/tensorfile.h"
 
 /* GEMM flops of one page and the GEMM time at the best measured rates. */
 static double enc_gemm_flops(const DonutModel *m, int H, int W)

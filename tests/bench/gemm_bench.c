@@ -26,10 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bounds.h"
-#include "dm_error.h"
-#include "kern.h"
-#include "kern_gemm.h"
+#include "kernels/cpu/bounds.h"
+#include "common/dm_error.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
 
 enum { C_OPENBLAS, C_BLIS, C_XSMM, C_DNNL, C_DNNL_BF16, NCAND };
 static const char *s_cand[NCAND] = {"openblas", "blis", "libxsmm", "onednn-f32", "onednn-bf16"};

@@ -7,8 +7,8 @@
  * Missing image files are not checked here: the worker records an
  * unreadable page as an item error, and one bad file must not stop a job
  * of a million pages. */
-#include "corpus.h"
-#include "jsonschema.h"
+#include "worker/data/corpus.h"
+#include "common/jsonschema.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -20,7 +20,7 @@
 
 #include <jansson.h>
 
-#include "image.h"
+#include "worker/image/image.h"
 
 /* ------------------------------------------------------------------ */
 /* a small open-addressing map: 64-bit hash -> int, equality by callback */

@@ -33,7 +33,7 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 typedef struct CorpusQuestion {
     int64_t qid;         /* questionId; archives number them */

@@ -1,6 +1,6 @@
 /* image.c - load page images with libvips and convert them to 8-bit RGB the
  * way PIL's Image.convert("RGB") does (see image.h for the rules). */
-#include "image.h"
+#include "worker/image/image.h"
 
 #include <errno.h>
 #include <pthread.h>

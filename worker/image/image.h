@@ -32,7 +32,7 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 /* 200 dpi renders a US-letter page at 1700x2200 and an A4 page at
  * 1654x2339: close to the real Donut input (1920 wide, 2560 high), so the

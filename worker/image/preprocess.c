@@ -15,7 +15,7 @@
  * filter coefficients in their last bit. */
 #pragma GCC optimize("fp-contract=off")
 
-#include "preprocess.h"
+#include "worker/image/preprocess.h"
 
 #include <jansson.h>
 #include <limits.h>

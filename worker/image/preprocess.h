@@ -22,8 +22,8 @@
 #ifndef DM_PREPROCESS_H
 #define DM_PREPROCESS_H
 
-#include "dm_error.h"
-#include "image.h"
+#include "common/dm_error.h"
+#include "worker/image/image.h"
 
 /* PIL's resampling filter numbers (Image.Resampling). */
 enum {

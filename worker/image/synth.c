@@ -1,6 +1,7 @@
 /* synth.c - synthetic document pages: content from a seeded generator,
  * rendered with libvips' text operation (see synth.h). */
-#include "synth.h"
+#define _GNU_SOURCE /* vasprintf */
+#include "worker/image/synth.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -10,7 +11,7 @@
 
 #include <vips/vips.h>
 
-#include "image.h"
+#include "worker/image/image.h"
 
 #define S_FONT "DejaVu Sans"
 

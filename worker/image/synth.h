@@ -26,7 +26,7 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 
 #define SYNTH_WIDTH_DEFAULT 960
 #define SYNTH_HEIGHT_DEFAULT 1280

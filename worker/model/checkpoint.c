@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "donut.h"
-#include "plan.h"
+#include "worker/model/donut.h"
+#include "worker/model/plan.h"
 
 /* ------------------------------------------------------------------ config */
 

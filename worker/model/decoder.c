@@ -6,7 +6,7 @@
  * layernorm_embedding; per layer S, C, M each as LayerNorm -> sub-layer ->
  * residual add; queries scaled by head_dim^-0.5 after their bias; final
  * layer_norm; LM head without bias. */
-#include "decoder.h"
+#include "worker/model/decoder.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "kern.h"
+#include "kernels/cpu/kern.h"
 #include <omp.h>
 
 /* Head h's cross keys ([hd, n_enc] at row stride n_enc) and values

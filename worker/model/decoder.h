@@ -9,7 +9,7 @@
 #ifndef DM_DECODER_H
 #define DM_DECODER_H
 
-#include "donut.h"
+#include "worker/model/donut.h"
 
 typedef struct DecPage {
     const DonutModel *m;

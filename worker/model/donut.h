@@ -12,8 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dm_error.h"
-#include "tensorfile.h"
+#include "common/dm_error.h"
+#include "common/tensorfile.h"
 
 #define DM_MAX_STAGES 8
 #define DM_MAX_HEADS 64

@@ -1,11 +1,11 @@
 /* generate.c - greedy decoding with a self-attention KV cache. */
-#include "generate.h"
+#include "worker/model/generate.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kern.h"
+#include "kernels/cpu/kern.h"
 
 void gen_config_default(const DonutModel *m, GenConfig *g)
 {

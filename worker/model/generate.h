@@ -3,7 +3,7 @@
 #ifndef DM_GENERATE_H
 #define DM_GENERATE_H
 
-#include "decoder.h"
+#include "worker/model/decoder.h"
 
 typedef struct GenConfig {
     int max_length;    /* counts the prompt (HF max_length) */

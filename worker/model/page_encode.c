@@ -1,9 +1,9 @@
 /* page_encode.c - image -> pixel values -> encoder output (page_encode.h). */
-#include "page_encode.h"
+#include "worker/model/page_encode.h"
 
 #include <stdlib.h>
 
-#include "image.h"
+#include "worker/image/image.h"
 
 int page_encode(const DonutModel *m, const PreprocConfig *pc, const char *image_path, int page_no,
                 int pdf_dpi, float **enc, int *n_enc, DmErr *err)

@@ -4,8 +4,8 @@
 #ifndef DM_PAGE_ENCODE_H
 #define DM_PAGE_ENCODE_H
 
-#include "donut.h"
-#include "preprocess.h"
+#include "worker/model/donut.h"
+#include "worker/image/preprocess.h"
 
 /* *enc (malloc'ed) receives [*n_enc, hidden] floats.  On failure err says
  * why, naming the image. */

@@ -2,14 +2,14 @@
  * parameters per module from a config and a structure.  The checkpoint
  * loader reads a student's pruning.json through plan_load, so a plan file
  * and a student folder can never disagree on what a name means. */
-#include "plan.h"
+#include "worker/model/plan.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "jsonschema.h"
+#include "common/jsonschema.h"
 
 #define S_SCHEMA "plan.schema.json"
 

@@ -20,7 +20,7 @@
 
 #include <jansson.h>
 
-#include "donut.h"
+#include "worker/model/donut.h"
 
 /* The structure of a decoder: which sub-layers remain, which heads. */
 typedef struct DmPlan {

@@ -15,9 +15,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "donut.h"
-#include "kern.h"
-#include "kern_gemm.h"
+#include "worker/model/donut.h"
+#include "kernels/cpu/kern.h"
+#include "kernels/cpu/kern_gemm.h"
 
 int donut_precision_parse(const char *s, DmPrecision *out)
 {

@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dm_fs.h"
-#include "plan.h"
+#include "common/dm_fs.h"
+#include "worker/model/plan.h"
 
 /* The files of a Hugging Face Donut folder that a student shares with its
  * teacher (other weight formats of the teacher would be uncut: left out). */

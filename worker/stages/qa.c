@@ -1,12 +1,12 @@
 /* qa.c - DocVQA prompt, batched answering of one page, answer extraction. */
-#include "qa.h"
+#include "worker/stages/qa.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "decoder.h"
+#include "worker/model/decoder.h"
 
 int qa_open(const char *dir, QaModel *qa, DmErr *err)
 {

@@ -4,9 +4,9 @@
 #ifndef DM_QA_H
 #define DM_QA_H
 
-#include "donut.h"
-#include "generate.h"
-#include "tokenizer.h"
+#include "worker/model/donut.h"
+#include "worker/model/generate.h"
+#include "worker/text/tokenizer.h"
 
 typedef struct QaModel {
     DonutModel *model;

@@ -1,6 +1,6 @@
 /* stage_cache.c - teacher logits at the answer positions of a shard's
  * gold answers (stage_cache.h). */
-#include "stage_cache.h"
+#include "worker/stages/stage_cache.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -8,14 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "image.h"
-#include "kd_loss.h"
-#include "kern.h"
-#include "logit_store.h" /* feature_record_make */
-#include "page_encode.h"
-#include "preprocess.h"
-#include "stage_result.h"
-#include "tensorfile.h" /* dm_f32_to_f16 */
+#include "worker/image/image.h"
+#include "worker/train/kd_loss.h"
+#include "kernels/cpu/kern.h"
+#include "common/logit_store.h" /* feature_record_make */
+#include "worker/model/page_encode.h"
+#include "worker/image/preprocess.h"
+#include "worker/stages/stage_result.h"
+#include "common/tensorfile.h" /* dm_f32_to_f16 */
 
 /* Rows of one teacher-forced block: bounds the attention scores (heads x
  * rows x encoder tokens floats) and the logits of a page with many

@@ -21,9 +21,9 @@
 
 #include <stdatomic.h>
 
-#include "dm_error.h"
-#include "decoder.h"
-#include "qa.h"
+#include "common/dm_error.h"
+#include "worker/model/decoder.h"
+#include "worker/stages/qa.h"
 #include "records.pb-c.h"
 
 #define CACHE_MAX_TEMPS 16

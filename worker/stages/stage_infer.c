@@ -1,16 +1,16 @@
 /* stage_infer.c - answer the questions of a shard's pages (stage_infer.h). */
-#include "stage_infer.h"
+#include "worker/stages/stage_infer.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "image.h"
-#include "page_encode.h"
-#include "preprocess.h"
-#include "qa.h"
-#include "stage_result.h"
+#include "worker/image/image.h"
+#include "worker/model/page_encode.h"
+#include "worker/image/preprocess.h"
+#include "worker/stages/qa.h"
+#include "worker/stages/stage_result.h"
 
 struct InferStage {
     QaModel qa;

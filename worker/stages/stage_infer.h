@@ -11,8 +11,8 @@
 
 #include <stdatomic.h>
 
-#include "dm_error.h"
-#include "donut.h"
+#include "common/dm_error.h"
+#include "worker/model/donut.h"
 #include "records.pb-c.h"
 
 typedef struct InferStage InferStage;

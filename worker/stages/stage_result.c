@@ -1,6 +1,6 @@
 /* stage_result.c - the shard walk and error records shared by the worker
  * stages (stage_result.h). */
-#include "stage_result.h"
+#include "worker/stages/stage_result.h"
 
 #include <inttypes.h>
 #include <stdio.h>

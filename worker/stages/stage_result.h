@@ -7,7 +7,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "dm_error.h"
+#include "common/dm_error.h"
 #include "records.pb-c.h"
 
 /* One page of a stage: its records (or error records) appended to res;

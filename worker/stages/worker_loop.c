@@ -1,5 +1,5 @@
 /* worker_loop.c - the worker's network and compute threads (worker_loop.h). */
-#include "worker_loop.h"
+#include "worker/stages/worker_loop.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -11,9 +11,9 @@
 #include <time.h>
 #include <zmq.h>
 
-#include "kern.h"
-#include "stage_cache.h"
-#include "stage_infer.h"
+#include "kernels/cpu/kern.h"
+#include "worker/stages/stage_cache.h"
+#include "worker/stages/stage_infer.h"
 
 #define BACKOFF_MIN 1.0
 #define BACKOFF_MAX 32.0

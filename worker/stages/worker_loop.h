@@ -24,8 +24,8 @@
 
 #include <stdint.h>
 
-#include "dm_error.h"
-#include "wire.h"
+#include "common/dm_error.h"
+#include "common/wire.h"
 
 typedef struct WorkerStats {
     uint64_t shards;    /* shards computed and sent */

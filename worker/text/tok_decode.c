@@ -1,6 +1,6 @@
 /* tok_decode.c - ids back to text: the tokenizer.json decoder, then
  * transformers' clean_up_tokenization_spaces. */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * pre-tokenizer, Unigram Viterbi, template.  Each step mirrors the
  * library's order of work because that order decides ties and edge cases
  * (see the golden README). */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

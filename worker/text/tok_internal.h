@@ -1,4 +1,4 @@
-/* tok_internal.h - the Tokenizer's insides, shared by worker/tokenizer.c and
+/* tok_internal.h - the Tokenizer's insides, shared by worker/text/tokenizer.c and
  * the worker/tok_*.c files.  Not for use outside the tokenizer (tests may
  * look, to check intermediate stages). */
 #ifndef DM_TOK_INTERNAL_H
@@ -7,8 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dm_error.h"
-#include "tokenizer.h"
+#include "common/dm_error.h"
+#include "worker/text/tokenizer.h"
 
 /* ---- byte trie (tok_trie.c) ----
  * Edges live in one open-addressing hash table keyed by (node, byte), so a

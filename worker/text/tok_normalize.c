@@ -7,7 +7,7 @@
  * "first" depends on it: a word gets U+2581 only if it maps back to offset
  * 0 of the text, and deletions, expansions and stripping move that in ways
  * that follow the library's bookkeeping rather than common sense. */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* tok_parts.c - reading the pipeline parts of tokenizer.json (normalizer,
  * pre-tokenizer, post-processor, decoder) into a Tokenizer, refusing what
  * the encoder does not implement with an error naming the file and part. */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -3,7 +3,7 @@
  * XLM-R template, task tokens as special added tokens), no charsmap, and
  * every printable ASCII character in the vocabulary so ASCII text always
  * round-trips without <unk>. */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -1,7 +1,7 @@
 /* tok_trie.c - the byte trie behind vocabulary and added-token lookups, and
  * the reader of SentencePiece's precompiled charsmap (a darts-clone double
  * array followed by a pool of replacement strings). */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * and the lookups.  Normalizing is in tok_normalize.c, encoding in
  * tok_encode.c, decoding in tok_decode.c, the tries in tok_trie.c, the
  * synthetic tokenizer in tok_synth.c. */
-#include "tok_internal.h"
+#include "worker/text/tok_internal.h"
 
 #include <errno.h>
 #include <jansson.h>

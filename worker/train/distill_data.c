@@ -1,13 +1,13 @@
 /* distill_data.c - items and page features of the distill stage
  * (distill_data.h). */
-#include "distill_data.h"
+#include "worker/train/distill_data.h"
 
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "page_encode.h"
+#include "worker/model/page_encode.h"
 
 typedef struct PageRef {
     const char *id;

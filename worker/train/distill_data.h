@@ -15,10 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "corpus.h"
-#include "logit_store.h"
-#include "preprocess.h"
-#include "train.h"
+#include "worker/data/corpus.h"
+#include "common/logit_store.h"
+#include "worker/image/preprocess.h"
+#include "worker/train/train.h"
 
 typedef struct DistillItem {
     unsigned char key[LOGIT_KEY_LEN];

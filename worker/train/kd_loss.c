@@ -1,6 +1,6 @@
 /* kd_loss.c - KL at temperature T from full and from top-k logits
  * (kd_loss.h). */
-#include "kd_loss.h"
+#include "worker/train/kd_loss.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "donut.h"
+#include "worker/model/donut.h"
 
 typedef struct TrainParam {
     char name[128];    /* Hugging Face name, e.g. decoder.model.decoder.layers.0.fc1.weight */

@@ -2,20 +2,20 @@
  * backward needs, the loss, and the backward into the trainable weights
  * (train.h).
  *
- * The forward repeats worker/decoder.c operation by operation (same
+ * The forward repeats worker/model/decoder.c operation by operation (same
  * kernels, same float32 order), so the loss is that of the ordinary
  * forward; only the factored cross-attention (TrainCross in train.h)
  * associates its products differently.  Gradients are linear in the logits' gradient, so `scale` is
  * applied there once and every later product accumulates into tp->grad.
  * Weight gradients dW += dY^T X are sgemm calls; the frozen tied LM head
  * only passes the gradient back to the final hidden states. */
-#include "train.h"
+#include "worker/train/train.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kern.h"
+#include "kernels/cpu/kern.h"
 
 /* Every buffer of one call, freed together. */
 typedef struct Arena {

@@ -13,11 +13,11 @@
  * to the student's own.  Without the bucket term (k = vocabulary, or an
  * empty bucket) it is P q_v - p_v [v kept], the plain KL's q - p when the
  * kept p sum to 1. */
-#include "train.h"
+#include "worker/train/train.h"
 
 #include <math.h>
 
-#include "kd_loss.h"
+#include "worker/train/kd_loss.h"
 
 int train_loss_row(const float *s, int V, int label, const KdTarget *t, const LossCfg *cfg,
                    double *ce, double *kl, double *gbuf, DmErr *err)

@@ -1,6 +1,6 @@
 /* train_params.c - the trainable decoder weights in one buffer, and AdamW
  * (train.h). */
-#include "train.h"
+#include "worker/train/train.h"
 
 #include <math.h>
 #include <stdio.h>
