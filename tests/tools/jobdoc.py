@@ -85,6 +85,15 @@ def _type(s):
     return " or ".join(words)
 
 
+def _md(text):
+    """A description as Markdown: outside `code` spans, < and > are written
+    as entities so that S<l> is not taken for an HTML tag."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
+
+
 def entries(schema):
     """(path, markdown lines) for every key of the schema, depth first in
     the schema's order; a key whose value is an object is followed by its
@@ -104,7 +113,7 @@ def entries(schema):
                 default = "default " + _code(s["default"])
             else:
                 default = "optional"
-            lines = ["### `%s`" % path, "", "%s; %s." % (_type(s), default), "", desc, ""]
+            lines = ["### `%s`" % path, "", "%s; %s." % (_type(s), default), "", _md(desc), ""]
             out.append((path, lines))
             if isinstance(s.get("properties"), dict):
                 walk(s["properties"], s.get("required", []), path + ".")
@@ -116,7 +125,7 @@ def entries(schema):
 def render(schema_path, schema):
     lines = [BEGIN % schema_path, ""]
     if schema.get("description"):
-        lines += [schema["description"].strip(), ""]
+        lines += [_md(schema["description"].strip()), ""]
     for _, block in entries(schema)[0]:
         lines += block
     lines.append(END)
