@@ -144,6 +144,7 @@ export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions
 TEST_LIMIT ?= 1800
 test: $(BUILD)/test_docmint $(BUILD)/docmint
 	sh tests/layering.sh
+	sh tests/docs.sh
 	cd tests && DOCMINT=../$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) ../$(BUILD)/test_docmint
 	DOCMINT=$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) sh tests/cli.sh
 	DOCMINT=$(BUILD)/docmint sh tests/mpi/all.sh
@@ -172,6 +173,13 @@ $(BUILD)/dec_bench: $(BUILD)/tests/bench/dec_bench.o $(LIB_OBJ)
 
 deps:
 	sh deploy/install-deps.sh
+
+# The key lists of docs/jobs.md and docs/pruning.md, rendered from
+# schemas/job.schema.json and schemas/plan.schema.json; `make test` fails
+# when they are out of date (tests/docs.sh).
+.PHONY: docs
+docs:
+	sh tests/docs.sh --write
 
 clean:
 	rm -rf build build-san build-cuda build-san-cuda
