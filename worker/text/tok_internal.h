@@ -1,5 +1,5 @@
 /* tok_internal.h - the Tokenizer's insides, shared by worker/text/tokenizer.c and
- * the worker/tok_*.c files.  Not for use outside the tokenizer (tests may
+ * the worker/text/tok_*.c files.  Not for use outside the tokenizer (tests may
  * look, to check intermediate stages). */
 #ifndef DM_TOK_INTERNAL_H
 #define DM_TOK_INTERNAL_H

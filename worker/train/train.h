@@ -14,7 +14,7 @@
  *   kd    = tau^2 * mean_t KL(p_t || q_t), p = teacher at tau, q = softmax(s_t / tau)
  *   total = ce + alpha * kd
  * where the teacher is known only on its kept tokens plus the mass of the
- * rest (see KdTarget and the README's section on the missing mass). */
+ * rest (see KdTarget and docs/cache.md, on the missing mass). */
 #ifndef DM_TRAIN_H
 #define DM_TRAIN_H
 
