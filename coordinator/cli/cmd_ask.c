@@ -28,7 +28,7 @@
 static void s_usage(FILE *f)
 {
     fprintf(f, "usage: docmint ask MODEL_DIR IMAGE QUESTION [QUESTION ...] [options]\n"
-               "       docmint ask MODEL_DIR IMAGE [IMAGE ...] -- QUESTION [QUESTION ...] [options]\n"
+               "       docmint ask [options] MODEL_DIR IMAGE [IMAGE ...] -- QUESTION [QUESTION ...]\n"
                "  every question is asked of every page; the model loads once, the pages are\n"
                "  encoded one after another and a page's questions are decoded together.\n"
                "  Everything after -- is a question (a question may start with -); options go\n"
@@ -210,9 +210,8 @@ int cmd_ask(int argc, char **argv)
             free(questions);
             return 0;
         } else if (!strcmp(argv[i], "--page") && i + 1 < argc) {
-            if (!strcmp(argv[++i], "all"))
-                all_pages = 1;
-            else if (s_posint("--page", argv[i], 0, &page))
+            all_pages = !strcmp(argv[++i], "all");
+            if (!all_pages && s_posint("--page", argv[i], 0, &page))
                 goto usage;
         } else if (!strcmp(argv[i], "--dpi") && i + 1 < argc) {
             if (s_posint("--dpi", argv[++i], 1, &dpi))
