@@ -90,12 +90,14 @@ echo "cli: ask for scripts: several images, every page, JSON lines"
 # them starting with '-': 4 pages x 2 questions in page order.  Each page's
 # answers must equal what a call about that page alone gives (the model and
 # its workspace are reused from page to page; nothing may carry over).
+# One thread: these checks are about answers, and a shared machine runs
+# one thread fastest.
 IMGS="jobs/demo/page.png tests/data/images/multi.tif"
 Q1="What is the date?" Q2="-5 or more?"
-if "$DOCMINT" ask "$T/model" $IMGS --json --page all -- "$Q1" "$Q2" >"$T/all.jsonl" &&
-    "$DOCMINT" ask "$T/model" jobs/demo/page.png --json -- "$Q1" "$Q2" >"$T/p0.jsonl" &&
+if "$DOCMINT" ask --threads 1 "$T/model" $IMGS --json --page all -- "$Q1" "$Q2" >"$T/all.jsonl" &&
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png --json -- "$Q1" "$Q2" >"$T/p0.jsonl" &&
     for p in 0 1 2; do
-        "$DOCMINT" ask "$T/model" tests/data/images/multi.tif --page $p --json -- "$Q1" "$Q2" \
+        "$DOCMINT" ask --threads 1 "$T/model" tests/data/images/multi.tif --page $p --json -- "$Q1" "$Q2" \
             >"$T/m$p.jsonl" || exit 1
     done &&
     python3 - "$T" "$Q1" "$Q2" >"$T/askcmp" <<'PY'
@@ -119,14 +121,46 @@ print(f"{len(rows)} answers")
 PY
 then ok "ask --json --page all over two images: $(cat "$T/askcmp"), each as asked alone"
 else bad "ask several images: $(tail -3 "$T/askcmp" 2>/dev/null)"; fi
-if "$DOCMINT" ask "$T/model" $IMGS --page 1 -- "$Q1" >"$T/plain" 2>"$T/plainerr"; then
+# --page all on a two-page PDF written here (a red and a blue rectangle)
+python3 - "$T/two.pdf" <<'PY'
+import sys
+pages = [b"1 0 0 rg 10 10 60 50 re f", b"0 0 1 rg 70 20 60 40 re f"]
+objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R 5 0 R] /Count 2 >>"]
+for i, content in enumerate(pages):
+    objs.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 144 72] /Contents %d 0 R >>" % (4 + 2 * i))
+    objs.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+out, offs = bytearray(b"%PDF-1.4\n"), []
+for k, o in enumerate(objs, 1):
+    offs.append(len(out))
+    out += b"%d 0 obj\n%s\nendobj\n" % (k, o)
+xref = len(out)
+out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+out += b"".join(b"%010d 00000 n \n" % off for off in offs)
+out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+open(sys.argv[1], "wb").write(out)
+PY
+if ! vipsheader "$T/two.pdf" >/dev/null 2>&1; then
+    ok "ask --page all on a PDF: SKIPPED (this libvips has no pdfload)"
+elif "$DOCMINT" ask --threads 1 "$T/model" "$T/two.pdf" --page all --json "$Q1" >"$T/pdf.jsonl" &&
+    "$DOCMINT" ask --threads 1 "$T/model" "$T/two.pdf" --page 1 --json "$Q1" >"$T/pdf1.jsonl" &&
+    python3 - "$T/pdf.jsonl" "$T/pdf1.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+one = json.loads(open(sys.argv[2]).readline())
+assert [r["page"] for r in rows] == [0, 1]
+assert rows[1]["tokens"] == one["tokens"] and abs(rows[1]["mean_logprob"] - one["mean_logprob"]) < 1e-6
+assert rows[0]["mean_logprob"] != rows[1]["mean_logprob"]
+PY
+then ok "ask --page all on a two-page PDF: pages 0 and 1, page 1 as asked alone"
+else bad "ask --page all on a PDF"; fi
+if "$DOCMINT" ask --threads 1 "$T/model" $IMGS --page 1 -- "$Q1" >"$T/plain" 2>"$T/plainerr"; then
     bad "ask: page 1 of a one-page PNG was not refused"
 elif grep -q "jobs/demo/page.png: page 1 out of range" "$T/plainerr"; then
     ok "ask --page 1 refuses a one-page image before loading the model"
 else
     bad "ask --page 1: $(cat "$T/plainerr")"
 fi
-if "$DOCMINT" ask "$T/model" jobs/demo/page.png jobs/demo/page.png -- "$Q1" "$Q2" >"$T/plain" &&
+if "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png jobs/demo/page.png -- "$Q1" "$Q2" >"$T/plain" &&
     [ "$(sed -n 1p "$T/plain")" = "== jobs/demo/page.png, page 0 ==" ] &&
     [ "$(wc -l <"$T/plain")" -eq 6 ]; then
     ok "ask, several pages, plain: a header line before each page's answers"
@@ -135,18 +169,18 @@ else
 fi
 cp jobs/demo/page.png "$T/scan"
 expect_error "ask: a second image without -- is refused" "put -- before the questions" \
-    "$DOCMINT" ask "$T/model" jobs/demo/page.png page.jpg "$Q1"
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png page.jpg "$Q1"
 expect_error "ask: an existing image file without extension is refused as a question" "'$T/scan' looks like an image" \
-    "$DOCMINT" ask "$T/model" jobs/demo/page.png "$T/scan" "$Q1"
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$T/scan" "$Q1"
 expect_error "ask: -- with no question" "at least one question after it" \
-    "$DOCMINT" ask "$T/model" jobs/demo/page.png --
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png --
 expect_error "ask: --page neither a number nor all" "--page some" \
-    "$DOCMINT" ask "$T/model" jobs/demo/page.png --page some "$Q1"
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png --page some "$Q1"
 # A page the preprocessor cannot take (1x30000 becomes 0 pixels wide) among
 # good ones: its questions get error objects naming the file, the other
 # page is answered, the exit status is 1.
 vips black "$T/thin.png" 1 30000
-"$DOCMINT" ask "$T/model" "$T/thin.png" jobs/demo/page.png --json -- "$Q1" >"$T/mixed.jsonl" 2>"$T/mixed.err"
+"$DOCMINT" ask --threads 1 "$T/model" "$T/thin.png" jobs/demo/page.png --json -- "$Q1" >"$T/mixed.jsonl" 2>"$T/mixed.err"
 status=$?
 if [ $status -eq 1 ] && python3 - "$T/mixed.jsonl" "$T/thin.png" <<'PY'
 import json, sys
@@ -180,8 +214,8 @@ open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
 PY
 expect_error "image above the pixel limit: size, limit and how to raise it" \
     "$T/huge2.png: image size 15360x20480 is 314572800 pixels, above the limit of 268435456 (the default, 16384x16384); set the environment variable DOCMINT_MAX_PIXELS=314572800" \
-    "$DOCMINT" ask "$T/model" "$T/huge2.png" "$Q1"
-DOCMINT_MAX_PIXELS=400000000 "$DOCMINT" ask "$T/model" "$T/huge2.png" "$Q1" >/dev/null 2>"$T/raised"
+    "$DOCMINT" ask --threads 1 "$T/model" "$T/huge2.png" "$Q1"
+DOCMINT_MAX_PIXELS=400000000 "$DOCMINT" ask --threads 1 "$T/model" "$T/huge2.png" "$Q1" >/dev/null 2>"$T/raised"
 if [ $? -eq 1 ] && ! grep -q "limit" "$T/raised" && grep -q "$T/huge2.png: cannot decode" "$T/raised"; then
     ok "DOCMINT_MAX_PIXELS raises the limit (the page then fails only on its missing pixels)"
 else
@@ -189,9 +223,9 @@ else
 fi
 expect_error "DOCMINT_MAX_PIXELS lowers the limit" \
     "jobs/demo/page.png: image size 960x1280 is 1228800 pixels, above the limit of 1000;" \
-    env DOCMINT_MAX_PIXELS=1000 "$DOCMINT" ask "$T/model" jobs/demo/page.png "$Q1"
+    env DOCMINT_MAX_PIXELS=1000 "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
 expect_error "DOCMINT_MAX_PIXELS not a number" "DOCMINT_MAX_PIXELS=lots: expected a number of pixels" \
-    env DOCMINT_MAX_PIXELS=lots "$DOCMINT" ask "$T/model" jobs/demo/page.png "$Q1"
+    env DOCMINT_MAX_PIXELS=lots "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
 # The Slurm script's job file: valid as shipped; with --corpus the only
 # complaint is the placeholder path; with the placeholders pointed at a
 # DocVQA val layout (val/val_v1.0_withQT.json, val/documents/) it passes.
