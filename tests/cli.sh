@@ -294,6 +294,23 @@ else
     bad "store import"
 fi
 
+# ANLS lower-cases as Python's str.lower (the official script): sharp s
+# stays, so 'traße' against 'straße' is 1 edit over len('STRASSE') = 7;
+# 'ΟΔΟΣ' lowers to 'οδος' (final sigma) and matches exactly.  Mean of
+# 6/7 and 1 = 13/14.
+cat >"$T/annot_case.json" <<'JSON'
+{"dataset_name": "t", "dataset_split": "val", "data": [
+ {"questionId": 1, "question": "q?", "image": "a.png", "answers": ["straße"], "question_types": ["form"]},
+ {"questionId": 2, "question": "q?", "image": "a.png", "answers": ["οδος"], "question_types": ["form"]}]}
+JSON
+printf '%s\n' '[{"questionId": 1, "answer": "traße"}, {"questionId": 2, "answer": "ΟΔΟΣ"}]' >"$T/sub_case.json"
+if "$DOCMINT" eval --predictions "$T/sub_case.json" --annotations "$T/annot_case.json" --report "$T/rep_case.json" >/dev/null &&
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(abs(r['anls'] - 13/14) > 1e-9)" "$T/rep_case.json"; then
+    ok "eval: 'traße' vs 'straße' 6/7 and 'ΟΔΟΣ' vs 'οδος' 1, as Python's str.lower gives"
+else
+    bad "eval with sharp s and final sigma: $(cat "$T/rep_case.json" 2>/dev/null | head -c 300)"
+fi
+
 echo "cli: prune and params"
 # plan1 as the reference file (object spelling), plan2 written as lists
 printf '%s\n' '{"keep": ["M0", "S1", "C1"], "heads": ["C1.H1", "C1.H3"]}' >"$T/plan2_list.json"
