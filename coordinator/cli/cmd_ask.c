@@ -339,7 +339,7 @@ int cmd_ask(int argc, char **argv)
     if (preproc_config_load(path, &pc, &err))
         goto done;
     times.load = dm_now() - t0;
-    if (verbose)
+    if (verbose && npages > 1)
         fprintf(stderr, "load %.3fs\n", times.load);
     for (int k = 0; k < npages; k++) {
         const AskPage *p = &pages[k];
@@ -365,8 +365,12 @@ int cmd_ask(int argc, char **argv)
         }
         fflush(stdout);
         if (verbose) {
-            fprintf(stderr, "%s page %d: preprocess %.3fs  encoder %.3fs  decoder %.3fs\n",
-                    p->image, p->page, times.preprocess, times.encoder, times.decoder);
+            if (npages == 1) /* one line with the load, as tests/bench.sh reads it */
+                fprintf(stderr, "load %.3fs  preprocess %.3fs  encoder %.3fs  decoder %.3fs\n",
+                        times.load, times.preprocess, times.encoder, times.decoder);
+            else
+                fprintf(stderr, "%s page %d: preprocess %.3fs  encoder %.3fs  decoder %.3fs\n",
+                        p->image, p->page, times.preprocess, times.encoder, times.decoder);
             for (int i = 0; i < nq; i++)
                 fprintf(stderr, "q%d: %d tokens, mean log-prob %.4f\n", i + 1, answers[i].n_ids,
                         answers[i].mean_logprob);
