@@ -271,30 +271,25 @@ int cmd_ask(int argc, char **argv)
         }
     }
 
-    /* Every file is opened (its header only) before the model loads, so a
-     * wrong path or page costs no loading time. */
-    int npages = 0, cap = 0;
+    int npages = 0, cap = 0, rc = 1, opened = 0, failed = 0;
     AskPage *pages = NULL;
     int *file_pages = NULL;
+    QaAnswer *answers = NULL;
+    QaModel qa;
+    PreprocConfig pc;
     DmErr err = {{0}};
+    char path[4096];
+    AskTimes times = {0};
+    /* Every file is opened (its header only) before the model loads, so a
+     * wrong path or page costs no loading time. */
     for (int i = 0; i < nimages; i++) {
         int n;
-        if (image_count_pages(images[i], &n, &err)) {
-            fprintf(stderr, "docmint ask: %s\n", err.msg);
-            free(pages);
-            free(file_pages);
-            free(pos);
-            free(questions);
-            return 1;
-        }
+        if (image_count_pages(images[i], &n, &err))
+            goto done;
         if (!all_pages && page >= n) {
-            fprintf(stderr, "docmint ask: %s: page %d out of range (the file has %d page%s)\n",
-                    images[i], page, n, n == 1 ? "" : "s");
-            free(pages);
-            free(file_pages);
-            free(pos);
-            free(questions);
-            return 1;
+            dm_err(&err, "%s: page %d out of range (the file has %d page%s)", images[i], page, n,
+                   n == 1 ? "" : "s");
+            goto done;
         }
         for (int p = all_pages ? 0 : page; p < (all_pages ? n : page + 1); p++) {
             if (npages == cap) {
@@ -308,14 +303,13 @@ int cmd_ask(int argc, char **argv)
     }
     kern_set_threads(threads ? threads : kern_cpu_count());
 
-    QaModel qa;
-    PreprocConfig pc;
-    QaAnswer *answers = calloc((size_t)nq, sizeof *answers);
-    int rc = 1, opened = 0, failed = 0;
-    char path[4096];
-    AskTimes times = {0};
     double t0 = dm_now();
-    if (!answers || qa_open_as(dir, prec, &qa, &err))
+    answers = calloc((size_t)nq, sizeof *answers);
+    if (!answers) {
+        dm_err(&err, "out of memory");
+        goto done;
+    }
+    if (qa_open_as(dir, prec, &qa, &err))
         goto done;
     opened = 1;
     if (max_length > qa.model->cfg.dec.max_pos) {
