@@ -95,6 +95,12 @@ all: $(BUILD)/docmint
 $(BUILD)/docmint: $(BUILD)/coordinator/cli/main.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# The version lives in one place, the file VERSION; `docmint --version` and
+# `docmint --help` print it.
+DOCMINT_VERSION := $(strip $(shell cat VERSION))
+$(BUILD)/coordinator/cli/main.o: CFLAGS += -DDOCMINT_VERSION='"$(DOCMINT_VERSION)"'
+$(BUILD)/coordinator/cli/main.o: VERSION
+
 $(BUILD)/test_docmint: $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -1,10 +1,20 @@
 /* anls.c - ANLS over UTF-8 strings with Python's string semantics.
  *
- * Python's str.isspace, str.lower and str.upper work on code points with
- * full Unicode case mappings; utf8proc supplies the character properties.
- * Full upper-case mappings that lengthen a string (German sharp s, the
- * Latin ligatures) are counted through case folding, which lengthens the
- * same characters by the same amount. */
+ * The official DocVQA script normalises both answers with
+ * ' '.join(s.strip().lower().split()), takes the Levenshtein distance of the
+ * normalised strings over code points, and divides it by
+ * max(len(gold.upper()), len(pred.upper())) of the RAW strings.  So this file
+ * follows Python 3's str methods:
+ *   - str.isspace: bidirectional class WS, B or S, or category Zs;
+ *   - str.lower: the full lower-case mapping, not case folding.  It is the
+ *     simple mapping for every code point except U+0130 (I with dot above,
+ *     which becomes i + U+0307) and the capital sigma, which becomes the
+ *     final sigma at the end of a word.  Sharp s and the ligatures have no
+ *     lower-case mapping and stay as they are;
+ *   - len(str.upper()): one per code point except those whose full
+ *     upper-case mapping (Unicode's SpecialCasing.txt, unconditional part)
+ *     is longer, listed in s_upper_long.
+ * utf8proc supplies the character properties and simple mappings. */
 #include "coordinator/anls.h"
 
 #include <stdlib.h>
@@ -43,14 +53,123 @@ static int s_isspace(int32_t c)
            p->bidi_class == UTF8PROC_BIDI_CLASS_B || p->bidi_class == UTF8PROC_BIDI_CLASS_S;
 }
 
-/* Lower-case one code point into out (Python's full mapping for the one
- * multi-character case, U+0130); returns the number written. */
-static int s_lower(int32_t c, int32_t *out)
+/* Code points whose full upper-case mapping is longer than one code point,
+ * with its length (SpecialCasing.txt, Unicode 14, unconditional mappings:
+ * sharp s, the Latin, Armenian and Greek ligatures and the Greek letters
+ * with iota subscript or dialytika and tonos). */
+static const struct {
+    int32_t cp;
+    int8_t len;
+} s_upper_long[] = {
+    {0x00DF, 2}, {0x0149, 2}, {0x01F0, 2}, {0x0390, 3}, {0x03B0, 3}, {0x0587, 2}, {0x1E96, 2},
+    {0x1E97, 2}, {0x1E98, 2}, {0x1E99, 2}, {0x1E9A, 2}, {0x1F50, 2}, {0x1F52, 3}, {0x1F54, 3},
+    {0x1F56, 3}, {0x1F80, 2}, {0x1F81, 2}, {0x1F82, 2}, {0x1F83, 2}, {0x1F84, 2}, {0x1F85, 2},
+    {0x1F86, 2}, {0x1F87, 2}, {0x1F88, 2}, {0x1F89, 2}, {0x1F8A, 2}, {0x1F8B, 2}, {0x1F8C, 2},
+    {0x1F8D, 2}, {0x1F8E, 2}, {0x1F8F, 2}, {0x1F90, 2}, {0x1F91, 2}, {0x1F92, 2}, {0x1F93, 2},
+    {0x1F94, 2}, {0x1F95, 2}, {0x1F96, 2}, {0x1F97, 2}, {0x1F98, 2}, {0x1F99, 2}, {0x1F9A, 2},
+    {0x1F9B, 2}, {0x1F9C, 2}, {0x1F9D, 2}, {0x1F9E, 2}, {0x1F9F, 2}, {0x1FA0, 2}, {0x1FA1, 2},
+    {0x1FA2, 2}, {0x1FA3, 2}, {0x1FA4, 2}, {0x1FA5, 2}, {0x1FA6, 2}, {0x1FA7, 2}, {0x1FA8, 2},
+    {0x1FA9, 2}, {0x1FAA, 2}, {0x1FAB, 2}, {0x1FAC, 2}, {0x1FAD, 2}, {0x1FAE, 2}, {0x1FAF, 2},
+    {0x1FB2, 2}, {0x1FB3, 2}, {0x1FB4, 2}, {0x1FB6, 2}, {0x1FB7, 3}, {0x1FBC, 2}, {0x1FC2, 2},
+    {0x1FC3, 2}, {0x1FC4, 2}, {0x1FC6, 2}, {0x1FC7, 3}, {0x1FCC, 2}, {0x1FD2, 3}, {0x1FD3, 3},
+    {0x1FD6, 2}, {0x1FD7, 3}, {0x1FE2, 3}, {0x1FE3, 3}, {0x1FE4, 2}, {0x1FE6, 2}, {0x1FE7, 3},
+    {0x1FF2, 2}, {0x1FF3, 2}, {0x1FF4, 2}, {0x1FF6, 2}, {0x1FF7, 3}, {0x1FFC, 2}, {0xFB00, 2},
+    {0xFB01, 2}, {0xFB02, 2}, {0xFB03, 3}, {0xFB04, 3}, {0xFB05, 2}, {0xFB06, 2}, {0xFB13, 2},
+    {0xFB14, 2}, {0xFB15, 2}, {0xFB16, 2}, {0xFB17, 2},
+};
+
+static int s_upper_len1(int32_t c)
 {
+    int lo = 0, hi = (int)(sizeof s_upper_long / sizeof *s_upper_long) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (s_upper_long[mid].cp == c)
+            return s_upper_long[mid].len;
+        if (s_upper_long[mid].cp < c)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return 1;
+}
+
+/* Unicode's Case_Ignorable: general category Mn, Me, Cf, Lm or Sk, or
+ * Word_Break MidLetter, MidNumLet or Single_Quote (the short list below). */
+static int s_case_ignorable(int32_t c)
+{
+    switch (utf8proc_category(c)) {
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_CF:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_SK: return 1;
+    default: break;
+    }
+    switch (c) {
+    case 0x27:   /* Single_Quote */
+    case 0x2E:   /* MidNumLet: . and its compatibility forms */
+    case 0x2018:
+    case 0x2019:
+    case 0x2024:
+    case 0xFE52:
+    case 0xFF07:
+    case 0xFF0E:
+    case 0x3A:   /* MidLetter: : and the middle dots */
+    case 0xB7:
+    case 0x387:
+    case 0x55F:
+    case 0x5F4:
+    case 0x2027:
+    case 0xFE13:
+    case 0xFE55:
+    case 0xFF1A: return 1;
+    default: return 0;
+    }
+}
+
+/* Unicode's Cased: a letter of category Lu, Ll or Lt, or one with a case
+ * mapping, or one of the Other_Lowercase / Other_Uppercase characters that
+ * are not case-ignorable anyway: the feminine and masculine ordinal
+ * indicators and the squared and negative circled or squared capital
+ * letters. */
+static int s_cased(int32_t c)
+{
+    utf8proc_category_t k = utf8proc_category(c);
+    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL ||
+           k == UTF8PROC_CATEGORY_LT || utf8proc_tolower(c) != c || utf8proc_toupper(c) != c ||
+           c == 0xAA || c == 0xBA || (c >= 0x1F130 && c <= 0x1F149) ||
+           (c >= 0x1F150 && c <= 0x1F169) || (c >= 0x1F170 && c <= 0x1F189);
+}
+
+/* The capital sigma at cp[i] lowers to the final sigma when a cased letter
+ * comes before it and none after it, case-ignorable characters skipped on
+ * both sides (Unicode's Final_Sigma condition, as str.lower applies it). */
+static int s_final_sigma(const int32_t *cp, int n, int i)
+{
+    int j = i - 1;
+    while (j >= 0 && s_case_ignorable(cp[j]))
+        j--;
+    if (j < 0 || !s_cased(cp[j]))
+        return 0;
+    j = i + 1;
+    while (j < n && s_case_ignorable(cp[j]))
+        j++;
+    return j == n || !s_cased(cp[j]);
+}
+
+/* Lower-case cp[i] into out as str.lower does; returns the number of code
+ * points written (2 for U+0130). */
+static int s_lower(const int32_t *cp, int n, int i, int32_t *out)
+{
+    int32_t c = cp[i];
     if (c == 0x130) { /* LATIN CAPITAL LETTER I WITH DOT ABOVE -> i + combining dot */
         out[0] = 'i';
         out[1] = 0x307;
         return 2;
+    }
+    if (c == 0x3A3) { /* GREEK CAPITAL LETTER SIGMA */
+        out[0] = s_final_sigma(cp, n, i) ? 0x3C2 : 0x3C3;
+        return 1;
     }
     out[0] = utf8proc_tolower(c);
     return 1;
@@ -73,7 +192,7 @@ static int32_t *s_norm_cp(const char *s, int *n)
         if (pending_space)
             out[k++] = ' ';
         pending_space = 0;
-        k += s_lower(cp[i], out + k);
+        k += s_lower(cp, m, i, out + k);
     }
     free(cp);
     *n = k;
@@ -101,20 +220,8 @@ static int s_upper_len(const char *s)
     int n;
     int32_t *cp = s_decode(s, &n);
     int len = 0;
-    for (int i = 0; i < n; i++) {
-        utf8proc_int32_t buf[8];
-        int last = 0;
-        utf8proc_ssize_t k =
-            utf8proc_decompose_char(cp[i], buf, 8, UTF8PROC_CASEFOLD, &last);
-        /* Case folding lengthens exactly where full upper-casing does for
-         * the letters that matter here (sharp s, ligatures); other letters
-         * map one to one. */
-        int grow = 1;
-        if (k > 1 && utf8proc_toupper(cp[i]) == cp[i] &&
-            utf8proc_category(cp[i]) != UTF8PROC_CATEGORY_LU)
-            grow = (int)k; /* no simple upper mapping: the full one expands */
-        len += grow;
-    }
+    for (int i = 0; i < n; i++)
+        len += s_upper_len1(cp[i]);
     free(cp);
     return len;
 }

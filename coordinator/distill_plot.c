@@ -119,26 +119,46 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
     if (!rc && (vips_draw_line(img, (double *)black, 3, LEFT, TOP, LEFT, TOP + ph, NULL) ||
                 vips_draw_line(img, (double *)black, 3, LEFT, TOP + ph, LEFT + pw, TOP + ph, NULL)))
         rc = s_fail(err, png);
-    for (int k = 0; !rc && k < 3; k++) {
+    /* ce first and five pixels wide, then alpha * kd, then the loss last
+     * and one pixel wide: where loss and ce coincide (always when alpha is
+     * 0) the loss runs along the middle of the ce band and both show. */
+    int teach = alpha == 0;
+    static const int order[3] = {1, 2, 0};
+    int row = 0;
+    for (int o = 0; !rc && o < 3; o++) {
+        int k = order[o];
+        if (k == 2 && teach)
+            continue; /* alpha * kd is 0 throughout */
         const double *ser = k == 0 ? c->loss : k == 1 ? c->ce : c->kd;
         double mul = k == 2 ? alpha : 1;
+        int width = k == 1 ? 5 : 1;
         for (int i = 1; !rc && i < c->n; i++) {
             double a = ser[i - 1] * mul, b = ser[i] * mul;
-            if (isfinite(a) && isfinite(b) &&
-                vips_draw_line(img, (double *)colour[k], 3, PX(c->step[i - 1]), PY(a),
-                               PX(c->step[i]), PY(b), NULL))
-                rc = s_fail(err, png);
+            if (!isfinite(a) || !isfinite(b))
+                continue;
+            for (int d = -(width / 2); !rc && d <= width / 2; d++)
+                if (vips_draw_line(img, (double *)colour[k], 3, PX(c->step[i - 1]), PY(a) + d,
+                                   PX(c->step[i]), PY(b) + d, NULL))
+                    rc = s_fail(err, png);
         }
-        if (!rc && vips_draw_rect(img, (double *)colour[k], 3, LEFT + pw - 170, TOP + 12 + 20 * k,
-                                  24, 3, "fill", TRUE, NULL))
+        int ly = TOP + 12 + 20 * row;
+        if (!rc && vips_draw_rect(img, (double *)colour[k], 3, LEFT + pw - 170, ly - (width - 1) / 2,
+                                  24, width, "fill", TRUE, NULL))
             rc = s_fail(err, png);
-        rc = rc ? rc : s_text(img, name[k], LEFT + pw - 140, TOP + 13 + 20 * k, 0, colour[k], err);
+        const char *label_k = k == 0 && teach ? "loss (= ce: alpha is 0)" : name[k];
+        rc = rc ? rc : s_text(img, label_k, LEFT + pw - 140, ly + 1, 0, colour[k], err);
+        row++;
     }
 #undef PX
 #undef PY
     snprintf(label, sizeof label, "alpha = %.4g", alpha);
-    rc = rc ? rc : s_text(img, "distill: training loss per step", LEFT, TOP / 2, 0, black, err);
-    rc = rc ? rc : s_text(img, label, LEFT + pw - 170, TOP + 13 + 60, 0, black, err);
+    rc = rc ? rc
+            : s_text(img,
+                     teach ? "teach (cross-entropy on the answers alone): training loss per step"
+                           : "distill (cross-entropy + alpha * KD to the teacher): training loss "
+                             "per step",
+                     LEFT, TOP / 2, 0, black, err);
+    rc = rc ? rc : s_text(img, label, LEFT + pw - 170, TOP + 13 + 20 * row, 0, black, err);
     rc = rc ? rc : s_text(img, "step", LEFT + pw / 2, H - 18, 0, black, err);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.png", png);

@@ -15,7 +15,9 @@ typedef struct DistillCurve {
 void distill_curve_add(DistillCurve *c, long step, double loss, double ce, double kd);
 void distill_curve_free(DistillCurve *c);
 
-/* Write png (via a temporary file and a rename). */
+/* Write png (via a temporary file and a rename).  alpha 0 is a teach run
+ * (cross-entropy alone): the title says so and the alpha * kd series, 0
+ * throughout, is left out; otherwise the title says distill. */
 int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *err);
 
 #endif

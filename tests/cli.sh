@@ -85,6 +85,170 @@ else
     bad "TIFF page answers differ"
 fi
 
+echo "cli: ask for scripts: several images, every page, JSON lines"
+# Two images (a PNG and the 3-page TIFF), every page, two questions, one of
+# them starting with '-': 4 pages x 2 questions in page order.  Each page's
+# answers must equal what a call about that page alone gives (the model and
+# its workspace are reused from page to page; nothing may carry over).
+# One thread: these checks are about answers, and a shared machine runs
+# one thread fastest.
+IMGS="jobs/demo/page.png tests/data/images/multi.tif"
+Q1="What is the date?" Q2="-5 or more?"
+if "$DOCMINT" ask --threads 1 "$T/model" $IMGS --json --page all -- "$Q1" "$Q2" >"$T/all.jsonl" &&
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png --json -- "$Q1" "$Q2" >"$T/p0.jsonl" &&
+    for p in 0 1 2; do
+        "$DOCMINT" ask --threads 1 "$T/model" tests/data/images/multi.tif --page $p --json -- "$Q1" "$Q2" \
+            >"$T/m$p.jsonl" || exit 1
+    done &&
+    python3 - "$T" "$Q1" "$Q2" >"$T/askcmp" <<'PY'
+import json, sys
+t, q1, q2 = sys.argv[1:4]
+rows = [json.loads(l) for l in open(t + "/all.jsonl")]
+alone = [json.loads(l) for f in ("p0", "m0", "m1", "m2") for l in open(f"{t}/{f}.jsonl")]
+want = [(i, p, q) for i, ps in (("jobs/demo/page.png", [0]), ("tests/data/images/multi.tif", [0, 1, 2]))
+        for p in ps for q in (q1, q2)]
+assert [(r["image"], r["page"], r["question"]) for r in rows] == want, rows
+keys = ["image", "page", "question", "answer", "mean_logprob", "tokens", "timing_ms"]
+for r, a in zip(rows, alone):
+    assert list(r) == keys, list(r)
+    assert all(r["timing_ms"][k] >= 0 for k in ("load", "preprocess", "encoder", "decoder"))
+    assert (r["image"], r["page"], r["question"]) == (a["image"], a["page"], a["question"])
+    assert r["answer"] == a["answer"] and r["tokens"] == a["tokens"], (r, a)
+    assert abs(r["mean_logprob"] - a["mean_logprob"]) < 1e-6, (r, a)
+# the pages differ, so the comparison above is not between equal rows
+assert len({round(r["mean_logprob"], 6) for r in rows[::2]}) > 1
+print(f"{len(rows)} answers")
+PY
+then ok "ask --json --page all over two images: $(cat "$T/askcmp"), each as asked alone"
+else bad "ask several images: $(tail -3 "$T/askcmp" 2>/dev/null)"; fi
+# --page all on a two-page PDF written here (a red and a blue rectangle)
+python3 - "$T/two.pdf" <<'PY'
+import sys
+pages = [b"1 0 0 rg 10 10 60 50 re f", b"0 0 1 rg 70 20 60 40 re f"]
+objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R 5 0 R] /Count 2 >>"]
+for i, content in enumerate(pages):
+    objs.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 144 72] /Contents %d 0 R >>" % (4 + 2 * i))
+    objs.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+out, offs = bytearray(b"%PDF-1.4\n"), []
+for k, o in enumerate(objs, 1):
+    offs.append(len(out))
+    out += b"%d 0 obj\n%s\nendobj\n" % (k, o)
+xref = len(out)
+out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+out += b"".join(b"%010d 00000 n \n" % off for off in offs)
+out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+open(sys.argv[1], "wb").write(out)
+PY
+if ! vipsheader "$T/two.pdf" >/dev/null 2>&1; then
+    ok "ask --page all on a PDF: SKIPPED (this libvips has no pdfload)"
+elif "$DOCMINT" ask --threads 1 "$T/model" "$T/two.pdf" --page all --json "$Q1" >"$T/pdf.jsonl" &&
+    "$DOCMINT" ask --threads 1 "$T/model" "$T/two.pdf" --page 1 --json "$Q1" >"$T/pdf1.jsonl" &&
+    python3 - "$T/pdf.jsonl" "$T/pdf1.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+one = json.loads(open(sys.argv[2]).readline())
+assert [r["page"] for r in rows] == [0, 1]
+assert rows[1]["tokens"] == one["tokens"] and abs(rows[1]["mean_logprob"] - one["mean_logprob"]) < 1e-6
+assert rows[0]["mean_logprob"] != rows[1]["mean_logprob"]
+PY
+then ok "ask --page all on a two-page PDF: pages 0 and 1, page 1 as asked alone"
+else bad "ask --page all on a PDF"; fi
+if "$DOCMINT" ask --threads 1 "$T/model" $IMGS --page 1 -- "$Q1" >"$T/plain" 2>"$T/plainerr"; then
+    bad "ask: page 1 of a one-page PNG was not refused"
+elif grep -q "jobs/demo/page.png: page 1 out of range" "$T/plainerr"; then
+    ok "ask --page 1 refuses a one-page image before loading the model"
+else
+    bad "ask --page 1: $(cat "$T/plainerr")"
+fi
+if "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png jobs/demo/page.png -- "$Q1" "$Q2" >"$T/plain" &&
+    [ "$(sed -n 1p "$T/plain")" = "== jobs/demo/page.png, page 0 ==" ] &&
+    [ "$(wc -l <"$T/plain")" -eq 6 ]; then
+    ok "ask, several pages, plain: a header line before each page's answers"
+else
+    bad "ask plain output: $(head -3 "$T/plain")"
+fi
+cp jobs/demo/page.png "$T/scan"
+expect_error "ask: a second image without -- is refused" "put -- before the questions" \
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png page.jpg "$Q1"
+expect_error "ask: an existing image file without extension is refused as a question" "'$T/scan' looks like an image" \
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$T/scan" "$Q1"
+expect_error "ask: -- with no question" "at least one question after it" \
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png --
+expect_error "ask: --page neither a number nor all" "--page some" \
+    "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png --page some "$Q1"
+# A page the preprocessor cannot take (1x30000 becomes 0 pixels wide) among
+# good ones: its questions get error objects naming the file, the other
+# page is answered, the exit status is 1.
+vips black "$T/thin.png" 1 30000
+"$DOCMINT" ask --threads 1 "$T/model" "$T/thin.png" jobs/demo/page.png --json -- "$Q1" >"$T/mixed.jsonl" 2>"$T/mixed.err"
+status=$?
+if [ $status -eq 1 ] && python3 - "$T/mixed.jsonl" "$T/thin.png" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 2
+assert rows[0]["image"] == sys.argv[2] and "answer" not in rows[0]
+assert rows[0]["error"].startswith(sys.argv[2] + ": preprocess: a 1x30000 image becomes 0x")
+assert rows[1]["image"] == "jobs/demo/page.png" and "answer" in rows[1] and "error" not in rows[1]
+PY
+then ok "ask: a failed page gives error objects naming the file, the next page is answered, exit 1"
+else bad "ask with a failing page (status $status): $(cat "$T/mixed.err")"; fi
+expect_error "preprocess: a 1x30000 image names the file" "$T/thin.png: preprocess: a 1x30000 image becomes 0x" \
+    "$DOCMINT" preprocess "$T/model" "$T/thin.png" -o "$T/thin.st"
+
+echo "cli: version, image size limit, shipped job files"
+if [ "$("$DOCMINT" --version)" = "docmint $(cat VERSION)" ] &&
+    "$DOCMINT" --help | head -1 | grep -qF "docmint $(cat VERSION)"; then
+    ok "docmint --version and --help: $(cat VERSION), from the file VERSION"
+else
+    bad "docmint --version: $("$DOCMINT" --version 2>&1)"
+fi
+# A PNG header of 15360x20480 pixels (the pixel data is never reached):
+# above the default limit of 2^28 pixels.
+python3 - "$T/huge2.png" <<'PY'
+import struct, sys, zlib
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+ihdr = struct.pack(">IIBBBBB", 15360, 20480, 8, 0, 0, 0, 0)
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
+                              chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+PY
+expect_error "image above the pixel limit: size, limit and how to raise it" \
+    "$T/huge2.png: image size 15360x20480 is 314572800 pixels, above the limit of 268435456 (the default, 16384x16384); set the environment variable DOCMINT_MAX_PIXELS=314572800" \
+    "$DOCMINT" ask --threads 1 "$T/model" "$T/huge2.png" "$Q1"
+DOCMINT_MAX_PIXELS=400000000 "$DOCMINT" ask --threads 1 "$T/model" "$T/huge2.png" "$Q1" >/dev/null 2>"$T/raised"
+if [ $? -eq 1 ] && ! grep -q "limit" "$T/raised" && grep -q "$T/huge2.png: cannot decode" "$T/raised"; then
+    ok "DOCMINT_MAX_PIXELS raises the limit (the page then fails only on its missing pixels)"
+else
+    bad "DOCMINT_MAX_PIXELS=400000000: $(cat "$T/raised")"
+fi
+expect_error "DOCMINT_MAX_PIXELS lowers the limit" \
+    "jobs/demo/page.png: image size 960x1280 is 1228800 pixels, above the limit of 1000;" \
+    env DOCMINT_MAX_PIXELS=1000 "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
+expect_error "DOCMINT_MAX_PIXELS not a number" "DOCMINT_MAX_PIXELS=lots: expected a number of pixels" \
+    env DOCMINT_MAX_PIXELS=lots "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
+# The Slurm script's job file: valid as shipped; with --corpus the only
+# complaint is the placeholder path; with the placeholders pointed at a
+# DocVQA val layout (val/val_v1.0_withQT.json, val/documents/) it passes.
+sjob=$(sed -n 's/^#   sbatch deploy\/slurm-infer.sbatch \(.*\)$/\1/p' deploy/slurm-infer.sbatch)
+if [ "$sjob" = jobs/docvqa-val-infer.json ] && "$DOCMINT" validate "$sjob" >/dev/null; then
+    ok "deploy/slurm-infer.sbatch's $sjob exists and validates"
+else
+    bad "the Slurm script's job file '$sjob' is missing or invalid"
+fi
+expect_error "$sjob --corpus: only the placeholder path is missing" \
+    "/path/to/docvqa/val/val_v1.0_withQT.json: No such file or directory" \
+    "$DOCMINT" validate "$sjob" --corpus
+mkdir -p "$T/docvqa/val/documents"
+for f in aaa_1 bbb_2 ccc_1; do cp jobs/demo/page.png "$T/docvqa/val/documents/$f.png"; done
+cp $DATA/corpus/docvqa_small.json "$T/docvqa/val/val_v1.0_withQT.json"
+sed -e "s#/path/to/docvqa#$T/docvqa#" -e "s#/path/to/donut-base-finetuned-docvqa#$T/model#" \
+    -e "s#/path/to/scratch#$T#" "$sjob" >"$T/val-job.json"
+if "$DOCMINT" validate "$T/val-job.json" --corpus >"$T/valout" 2>&1; then
+    ok "$sjob with its placeholders filled in validates against a DocVQA val layout"
+else
+    bad "$sjob filled in: $(cat "$T/valout")"
+fi
+
 echo "cli: stores"
 if DOCMINT="$DOCMINT" sh tests/store_py.sh >"$T/store_py" 2>&1; then
     ok "store: C dump and Python reader agree ($(grep -c ok "$T/store_py") checks)"
@@ -128,6 +292,23 @@ PY
     then ok "eval: ANLS 0.6 and per-type figures as computed by hand"; else bad "eval: $(cat "$T/eval")"; fi
 else
     bad "store import"
+fi
+
+# ANLS lower-cases as Python's str.lower (the official script): sharp s
+# stays, so 'traße' against 'straße' is 1 edit over len('STRASSE') = 7;
+# 'ΟΔΟΣ' lowers to 'οδος' (final sigma) and matches exactly.  Mean of
+# 6/7 and 1 = 13/14.
+cat >"$T/annot_case.json" <<'JSON'
+{"dataset_name": "t", "dataset_split": "val", "data": [
+ {"questionId": 1, "question": "q?", "image": "a.png", "answers": ["straße"], "question_types": ["form"]},
+ {"questionId": 2, "question": "q?", "image": "a.png", "answers": ["οδος"], "question_types": ["form"]}]}
+JSON
+printf '%s\n' '[{"questionId": 1, "answer": "traße"}, {"questionId": 2, "answer": "ΟΔΟΣ"}]' >"$T/sub_case.json"
+if "$DOCMINT" eval --predictions "$T/sub_case.json" --annotations "$T/annot_case.json" --report "$T/rep_case.json" >/dev/null &&
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(abs(r['anls'] - 13/14) > 1e-9)" "$T/rep_case.json"; then
+    ok "eval: 'traße' vs 'straße' 6/7 and 'ΟΔΟΣ' vs 'οδος' 1, as Python's str.lower gives"
+else
+    bad "eval with sharp s and final sigma: $(cat "$T/rep_case.json" 2>/dev/null | head -c 300)"
 fi
 
 echo "cli: prune and params"

@@ -39,6 +39,33 @@ static void test_anls_cases(void)
     s_expect("xbcde", "abcde", NULL, 0.8);                 /* 1/5 */
 }
 
+/* str.lower() is the full lower-case mapping, not case folding, and the
+ * length divides by len(raw.upper()) with the full upper-case mapping.
+ * Each value below is worked out by hand: normalised strings, their edit
+ * distance, the longer upper-cased raw length. */
+static void test_anls_case_mapping(void)
+{
+    /* sharp s stays sharp s; TRASSE 6 and STRASSE 7 letters: 1 - 1/7 */
+    s_expect("traße", "straße", NULL, 1.0 - 1.0 / 7.0);
+    /* "strasse" vs "straße": s->ß and one s deleted, over STRASSE (7) */
+    s_expect("STRASSE", "straße", NULL, 1.0 - 2.0 / 7.0);
+    /* capital sigma at the end of a word lowers to the final sigma */
+    s_expect("ΟΔΟΣ", "οδος", NULL, 1.0);
+    s_expect("ΟΔΟΣ", "οδοσ", NULL, 0.75);                  /* ς vs σ: 1/4 */
+    s_expect("ΣΑΣ", "σας", NULL, 1.0);                     /* first σ, last ς */
+    s_expect("ΑΣ.Β", "ασ.β", NULL, 1.0);  /* '.' is case-ignorable: a letter follows */
+    s_expect("ΑΣ.Β", "ας.β", NULL, 0.75);
+    s_expect("Α.Σ", "α.ς", NULL, 1.0);    /* ... and a letter precedes */
+    s_expect("ΑΣ Β", "ας β", NULL, 1.0);  /* a space ends the word */
+    /* İ lowers to i + U+0307 (two code points); its upper case is one */
+    s_expect("İSTANBUL", "i̇stanbul", NULL, 1.0);
+    s_expect("İSTANBUL", "istanbul", NULL, 1.0 - 1.0 / 8.0);
+    /* ligatures have no lower-case mapping; their upper case is FI, FFL */
+    s_expect("ﬁnal", "final", NULL, 1.0 - 2.0 / 5.0);
+    s_expect("oﬄine", "OFFLINE", NULL, 1.0 - 3.0 / 7.0);
+    s_expect("ﬁnal", "ﬁnal", NULL, 1.0);
+}
+
 static void test_levenshtein(void)
 {
     CU_ASSERT_EQUAL(anls_levenshtein("kitten", "sitting"), 3);
@@ -53,5 +80,6 @@ static void test_levenshtein(void)
 void tests_anls(void)
 {
     TU_SUITE("anls", {"hand-computed cases", test_anls_cases},
+             {"lower-casing as str.lower, lengths as str.upper", test_anls_case_mapping},
              {"levenshtein and normalisation", test_levenshtein});
 }

@@ -188,11 +188,52 @@ static void t_plot(void)
     distill_curve_free(&c);
 }
 
+/* A teach run (alpha 0): loss and ce are the same numbers, and both lines
+ * must still show inside the plot area (the legend, top right, left out). */
+static void t_plot_teach(void)
+{
+    DistillCurve c = {0};
+    for (long s = 1; s <= 80; s++) {
+        double ce = 6.0 / (1 + 0.05 * s) + 0.3;
+        distill_curve_add(&c, s, ce, ce, 1.0 / s);
+    }
+    char dir[] = "/tmp/dm_plot_XXXXXX", png[64];
+    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+    snprintf(png, sizeof png, "%s/losses.png", dir);
+    DmErr err = {{0}};
+    int rc = distill_plot(&c, 0.0, png, &err);
+    if (rc)
+        printf("\n  %s", err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    VipsImage *im = vips_image_new_from_file(png, "access", VIPS_ACCESS_RANDOM, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(im);
+    int w = vips_image_get_width(im);
+    size_t n = 0;
+    unsigned char *px = vips_image_write_to_memory(im, &n);
+    int loss = 0, ce = 0, kd = 0;
+    for (size_t i = 0; px && i + 2 < n; i += 3) {
+        int x = (int)(i / 3 % (size_t)w), y = (int)(i / 3 / (size_t)w);
+        if (x > 960 - 30 - 200 && y < 50 + 100)
+            continue; /* the legend */
+        loss += px[i] == 20 && px[i + 1] == 20 && px[i + 2] == 20;
+        ce += px[i] == 31 && px[i + 1] == 119 && px[i + 2] == 180;
+        kd += px[i] == 214 && px[i + 1] == 39 && px[i + 2] == 40;
+    }
+    if (loss <= 100 || ce <= 100 || kd != 0)
+        printf("\n  loss %d, ce %d, alpha * kd %d pixels in the plot area", loss, ce, kd);
+    CU_ASSERT(loss > 100 && ce > 100 && kd == 0);
+    g_free(px);
+    g_object_unref(im);
+    unlink(png);
+    rmdir(dir);
+    distill_curve_free(&c);
+}
+
 void tests_distill(void)
 {
     DmErr err;
     image_vips_init(&err);
     TU_SUITE("distill", {"lr schedules as transformers'", t_schedule},
              {"epoch permutation", t_permutation}, {"distill block of job files", t_job},
-             {"loss plot", t_plot});
+             {"loss plot", t_plot}, {"teach loss plot: loss and ce both visible", t_plot_teach});
 }

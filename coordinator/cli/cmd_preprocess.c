@@ -111,9 +111,12 @@ int cmd_preprocess(int argc, char **argv)
     int rc = 1;
     memset(&tr, 0, sizeof tr);
     if (preproc_config_load(cfg_path, &cfg, &err) ||
-        image_load_page(pos[1], page, dpi, &img, &err) ||
-        preproc_geometry(&cfg, img.w, img.h, &g, &err))
+        image_load_page(pos[1], page, dpi, &img, &err))
         goto fail;
+    if (preproc_geometry(&cfg, img.w, img.h, &g, &err)) {
+        dm_err_prefix(&err, "%s", pos[1]);
+        goto fail;
+    }
     pv = malloc((size_t)3 * g.out_h * g.out_w * sizeof *pv);
     if (!pv) {
         dm_err(&err, "out of memory for %dx%d pixel_values", g.out_w, g.out_h);

@@ -4,6 +4,11 @@
 
 #include "coordinator/cli/commands.h"
 
+/* From the file VERSION, through the Makefile. */
+#ifndef DOCMINT_VERSION
+#error "DOCMINT_VERSION is not defined: build with make (it reads the file VERSION)"
+#endif
+
 typedef struct Command {
     const char *name;
     int (*fn)(int, char **);
@@ -31,7 +36,7 @@ typedef struct Command {
 #pragma weak cmd_params
 
 static const Command s_commands[] = {
-    {"ask", cmd_ask, "MODEL_DIR IMAGE QUESTION...   answer questions about one page"},
+    {"ask", cmd_ask, "MODEL_DIR IMAGE... -- QUESTION...   answer questions about pages (--json)"},
     {"forward", cmd_forward, "MODEL_DIR --in IN --out OUT   run the model on tensors, write every intermediate"},
     {"tokenize", cmd_tokenize, "DIR [--no-special]   JSON lines {\"text\"} on stdin -> {\"ids\",\"pieces\"}"},
     {"detokenize", cmd_detokenize, "DIR [--skip-special]   JSON lines {\"ids\"} on stdin -> {\"text\"}"},
@@ -54,7 +59,10 @@ static const Command s_commands[] = {
 
 static void s_usage(FILE *f)
 {
-    fprintf(f, "usage: docmint <command> [args]   (docmint <command> --help for its flags)\n\ncommands:\n");
+    fprintf(f, "docmint %s: Donut document question answering\n\n"
+               "usage: docmint <command> [args]   (docmint <command> --help for its flags)\n"
+               "       docmint --version\n\ncommands:\n",
+            DOCMINT_VERSION);
     for (int i = 0; i < NCOMMANDS; i++)
         if (s_commands[i].fn)
             fprintf(f, "  %-14s %s\n", s_commands[i].name, s_commands[i].summary);
@@ -68,6 +76,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         s_usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V") || !strcmp(argv[1], "version")) {
+        printf("docmint %s\n", DOCMINT_VERSION);
         return 0;
     }
     for (int i = 0; i < NCOMMANDS; i++)

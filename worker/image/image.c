@@ -11,10 +11,12 @@
 
 #include <vips/vips.h>
 
-/* Refuse pages above this many pixels: a 600 dpi A0 poster is ~ 6.7e8, a
- * scanned page ~ 1e7; anything larger is almost certainly a bad dpi or a
- * hostile file, and the RGB buffer alone would be gigabytes. */
+/* Refuse pages above this many pixels by default: a scanned page is
+ * ~ 1e7, 2^28 is 16384 x 16384; anything larger is almost certainly a bad
+ * dpi or a hostile file, and the RGB buffer alone would be gigabytes.  The
+ * environment variable DOCMINT_MAX_PIXELS sets another limit (image.h). */
 #define S_MAX_PIXELS ((int64_t)1 << 28)
+#define S_MAX_PIXELS_CEILING ((int64_t)1 << 40)
 #define S_MAX_DPI 2400
 
 static pthread_once_t s_once = PTHREAD_ONCE_INIT;
@@ -78,11 +80,49 @@ static const char *s_vips_msg(char *buf, size_t n)
     return buf;
 }
 
+int64_t image_max_pixels(void)
+{
+    const char *v = getenv(IMAGE_MAX_PIXELS_ENV);
+    if (!v || !*v)
+        return S_MAX_PIXELS;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || *end || n < 1 || n > S_MAX_PIXELS_CEILING)
+        return -1;
+    return n;
+}
+
+/* Check a page's size against the limit; the message says how to raise it. */
+static int s_check_size(const char *path, int w, int h, DmErr *err)
+{
+    int64_t max = image_max_pixels();
+    if (max < 0)
+        return dm_err(err, "%s: %s=%s: expected a number of pixels from 1 to %lld", path,
+                      IMAGE_MAX_PIXELS_ENV, getenv(IMAGE_MAX_PIXELS_ENV),
+                      (long long)S_MAX_PIXELS_CEILING);
+    if (w <= 0 || h <= 0)
+        return dm_err(err, "%s: image size %dx%d is empty", path, w, h);
+    int64_t n = (int64_t)w * h;
+    if (n > max)
+        return dm_err(err,
+                      "%s: image size %dx%d is %lld pixels, above the limit of %lld%s; set the "
+                      "environment variable %s=%lld (or more) to allow it (about %lld MB of memory "
+                      "for its pixels)",
+                      path, w, h, (long long)n, (long long)max,
+                      max == S_MAX_PIXELS ? " (the default, 16384x16384)" : "",
+                      IMAGE_MAX_PIXELS_ENV, (long long)n, (long long)(n * 3 >> 20));
+    return 0;
+}
+
 int image_alloc(DmImage *img, int w, int h, DmErr *err)
 {
     img->w = img->h = 0;
     img->rgb = NULL;
-    if (w <= 0 || h <= 0 || (int64_t)w * h > S_MAX_PIXELS)
+    int64_t max = image_max_pixels();
+    if (max < S_MAX_PIXELS)
+        max = S_MAX_PIXELS; /* a lower limit is for the pages loaded, not buffers */
+    if (w <= 0 || h <= 0 || (int64_t)w * h > max)
         return dm_err(err, "image: bad size %dx%d", w, h);
     img->rgb = calloc((size_t)w * (size_t)h, 3);
     if (!img->rgb)
@@ -229,9 +269,9 @@ static int s_to_rgb8(const char *path, VipsImage *in, DmImage *out, DmErr *err)
     VipsImage *t = in, *t2 = NULL;
     VipsInterpretation interp = vips_image_get_interpretation(t);
     int w = vips_image_get_width(t), h = vips_image_get_height(t);
-    if (w <= 0 || h <= 0 || (int64_t)w * h > S_MAX_PIXELS) {
+    if (s_check_size(path, w, h, err)) {
         g_object_unref(t);
-        return dm_err(err, "%s: image size %dx%d is empty or too large", path, w, h);
+        return -1;
     }
     if (s_is_other_colourspace(interp)) {
         if (vips_colourspace(t, &t2, VIPS_INTERPRETATION_sRGB, NULL))

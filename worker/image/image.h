@@ -55,6 +55,13 @@ int image_count_pages(const char *path, int *npages, DmErr *err);
  * file. */
 int image_load_page(const char *path, int page, int pdf_dpi, DmImage *out, DmErr *err);
 
+/* Pages above this many pixels are refused when loaded (default 2^28 =
+ * 268435456, 16384 x 16384); the environment variable DOCMINT_MAX_PIXELS
+ * sets another limit (a positive integer up to 2^40).  Returns -1 when the
+ * variable is not such a number. */
+#define IMAGE_MAX_PIXELS_ENV "DOCMINT_MAX_PIXELS"
+int64_t image_max_pixels(void);
+
 /* Allocate a w x h image (contents zero).  Returns -1 on a bad size or when
  * memory runs out. */
 int image_alloc(DmImage *img, int w, int h, DmErr *err);

@@ -15,8 +15,10 @@ int page_encode(const DonutModel *m, const PreprocConfig *pc, const char *image_
     if (image_load_page(image_path, page_no, pdf_dpi, &img, err))
         goto done;
     PreprocGeometry geo;
-    if (preproc_geometry(pc, img.w, img.h, &geo, err))
+    if (preproc_geometry(pc, img.w, img.h, &geo, err)) {
+        dm_err_prefix(err, "%s", image_path);
         goto done;
+    }
     const SwinConfig *ec = &m->cfg.enc;
     int oh, ow;
     swin_output_grid(ec, geo.out_h, geo.out_w, &oh, &ow);
@@ -26,8 +28,11 @@ int page_encode(const DonutModel *m, const PreprocConfig *pc, const char *image_
         dm_err(err, "out of memory encoding %s", image_path);
         goto done;
     }
-    if (preproc_run(pc, &img, pix, err) ||
-        swin_encode(m, pix, geo.out_h, geo.out_w, *enc, NULL, err))
+    if (preproc_run(pc, &img, pix, err)) {
+        dm_err_prefix(err, "%s", image_path);
+        goto done;
+    }
+    if (swin_encode(m, pix, geo.out_h, geo.out_w, *enc, NULL, err))
         goto done;
     *n_enc = oh * ow;
     rc = 0;
