@@ -221,6 +221,47 @@ else
 fi
 rm -rf "$T/nested"
 expect_error "params: missing model" "/nonexistent" "$DOCMINT" params /nonexistent
+# --table1 on the full-size config alone: the paper's figures within 0.1%
+# (encoder 0.6%), the feed-forward row exactly 2 x 1024 x 4096 multiply-adds
+# at each of 42 + 43 + ... + 75 = 1,989 positions
+if "$DOCMINT" params jobs/configs/donut-base.json --table1 --json >"$T/t1.json" &&
+    python3 - "$T/t1.json" >"$T/t1" <<'PY'
+import json, sys
+f = json.load(open(sys.argv[1]))["flops"]
+out = []
+for r, tol in zip(f["table1"], (0.006, 0.001, 0.001, 0.001, 0.001)):
+    rel = r["docmint_paper_convention"] / r["paper"] - 1
+    assert abs(rel) < tol, (r, rel)
+    out.append("%s %+.2f%%" % (r["module"].split(",")[0], 100 * rel))
+m = {x["name"]: x["macs"] for x in f["paper"]["modules"]}
+assert f["paper"]["positions"] == sum(range(42, 76)) == 1989
+assert m["M2"] == 2 * 1024 * 4096 * 1989, m["M2"]
+print(", ".join(out))
+PY
+then ok "params --table1: $(cat "$T/t1")"
+else bad "params --table1: $(cat "$T/t1" 2>/dev/null) $(head -c 300 "$T/t1.json")"; fi
+# a student's FLOPs: S1 keeps heads 1,2 of 4 (half the teacher's), M1 is gone
+if "$DOCMINT" params $DATA/tiny-a --flops --prompt 7 --new 5 --json >"$T/ft.json" &&
+    "$DOCMINT" params "$T/student1" --flops --prompt 7 --new 5 --json >"$T/fs.json" &&
+    python3 - "$T/ft.json" "$T/fs.json" >"$T/fcmp" <<'PY'
+import json, sys
+t, s = (json.load(open(a))["flops"] for a in sys.argv[1:3])
+for conv in ("paper", "docmint"):
+    tm = {x["name"]: x["macs"] for x in t[conv]["modules"]}
+    sm = {x["name"]: x["macs"] for x in s[conv]["modules"]}
+    assert 2 * sm["S1"] == tm["S1"], (conv, sm["S1"], tm["S1"])
+    assert sm["M1"] == 0 and tm["M1"] > 0
+    assert sm["encoder"] == tm["encoder"] and sm["unembedding"] == tm["unembedding"]
+print("ok")
+PY
+then ok "params --flops of a student: kept heads and removed sub-layers"
+else bad "params --flops of a student: $(cat "$T/fcmp" 2>/dev/null)"; fi
+expect_error "params --table1 on another config" "--table1 is for the full-size Donut" \
+    "$DOCMINT" params $DATA/tiny-a --table1
+expect_error "params --new 0" "--new needs a positive whole number" \
+    "$DOCMINT" params $DATA/tiny-a --flops --new 0
+expect_error "params: more positions than the decoder has" "need 69 positions; the decoder has 64" \
+    "$DOCMINT" params $DATA/tiny-a --flops --prompt 60 --new 10
 if [ ! -e "$T/s_rm" ] && [ -z "$(ls -A "$T" | grep '\.tmp-')" ]; then
     ok "a failed prune leaves no folder behind"
 else

@@ -352,6 +352,7 @@ int cmd_params(int argc, char **argv)
         fprintf(stderr, "docmint params: --prompt and --new go with --flops\n");
         return 2;
     }
+    int defaults = n < 0 && m < 0;
     n = n > 0 ? n : T1_PROMPT;
     m = m > 0 ? m : T1_NEW;
     DmErr err = {{0}};
@@ -376,15 +377,16 @@ int cmd_params(int argc, char **argv)
         plan_of_model(mod, &p);
         donut_free(&mod);
     }
-    if (flops && n + m - 1 > cfg.dec.max_pos) {
-        fprintf(stderr, "docmint params: %s: %d prompt and %d new tokens need %d positions; "
-                "the decoder has %d\n", path, n, m, n + m - 1, cfg.dec.max_pos);
-        return 2;
-    }
     char why[300];
     if (table1 && !s_is_full_size(&cfg, why, sizeof why)) {
         fprintf(stderr, "docmint params: %s: --table1 is for the full-size Donut; this one has %s\n",
                 path, why);
+        return 2;
+    }
+    if (flops && n + m - 1 > cfg.dec.max_pos) {
+        fprintf(stderr, "docmint params: %s: %d prompt and %d new tokens need %d positions; "
+                "the decoder has %d%s\n", path, n, m, n + m - 1, cfg.dec.max_pos,
+                defaults ? " (the defaults: give --prompt and --new)" : "");
         return 2;
     }
     ParamTable t;
