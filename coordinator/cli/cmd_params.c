@@ -12,6 +12,7 @@
 
 #include "coordinator/cli/commands.h"
 #include "worker/model/flops.h"
+#include "worker/model/mask.h"
 #include "worker/model/plan.h"
 
 /* The paper's Table 1 (multiply-adds; n = 42 prompt tokens, m = 35 new). */
@@ -111,6 +112,25 @@ static void s_print_table(const ParamTable *t, const DmPlan *p)
     printf("%% layers: share of the teacher's decoder layers (%lld, the paper's convention, "
            "used for budgets); %% decoder: share of the teacher's whole decoder (%lld)\n",
            L, Dd);
+}
+
+/* A masked student's non-zero weights per layer row (zeros held by its
+ * mask subtracted) and their share of the teacher's layers. */
+static void s_print_nonzero(const ParamTable *t, const long long *zeros)
+{
+    long long nz = 0, all = 0;
+    printf("\nmasked student (mask.safetensors): non-zero weights\n");
+    printf("%-12s %14s %14s %8s\n", "module", "params", "non-zero", "% layers");
+    for (int i = DM_PMOD_FIXED; i < t->nrows; i++) {
+        const ParamRow *r = &t->rows[i];
+        long long n = r->count - zeros[i];
+        nz += n;
+        all += r->count;
+        printf("%-12s %14lld %14lld %7.2f%%\n", r->name, r->count, n,
+               100 * s_share(n, t->teacher_layers));
+    }
+    printf("%-12s %14lld %14lld %7.2f%%\n", "layers", all, nz,
+           100 * s_share(nz, t->teacher_layers));
 }
 
 /* 1.30T, 117.17G, 8.59M: two decimals and an SI prefix, as the paper. */
@@ -234,8 +254,9 @@ static json_t *s_flops_json(const FlopsTable *t)
 }
 
 static void s_print_json(const ParamTable *t, const DmPlan *p, const FlopsTable *fp,
-                         const FlopsTable *fc, int table1)
+                         const FlopsTable *fc, int table1, const long long *zeros)
 {
+    long long nz = 0;
     json_t *doc = json_object(), *mods = json_array();
     for (int i = 0; i < t->nrows; i++) {
         const ParamRow *r = &t->rows[i];
@@ -251,6 +272,10 @@ static void s_print_json(const ParamTable *t, const DmPlan *p, const FlopsTable 
             json_object_set_new(o, "share_of_teacher_layers",
                                 json_real(s_share(r->count, t->teacher_layers)));
             json_object_set_new(o, "present", json_boolean(r->present));
+            if (zeros) {
+                json_object_set_new(o, "nonzero_params", json_integer(r->count - zeros[i]));
+                nz += r->count - zeros[i];
+            }
             if (k < 2) {
                 json_t *h = json_array();
                 for (int j = 0; j < r->nheads; j++)
@@ -266,6 +291,11 @@ static void s_print_json(const ParamTable *t, const DmPlan *p, const FlopsTable 
     json_object_set_new(doc, "layers", json_integer(t->layers));
     json_object_set_new(doc, "teacher_layers", json_integer(t->teacher_layers));
     json_object_set_new(doc, "layers_share", json_real(s_share(t->layers, t->teacher_layers)));
+    json_object_set_new(doc, "masked", json_boolean(zeros != NULL));
+    if (zeros) {
+        json_object_set_new(doc, "nonzero_layers", json_integer(nz));
+        json_object_set_new(doc, "nonzero_layers_share", json_real(s_share(nz, t->teacher_layers)));
+    }
     json_object_set_new(doc, "decoder", json_integer(t->decoder));
     json_object_set_new(doc, "teacher_decoder", json_integer(t->teacher_decoder));
     json_object_set_new(doc, "decoder_share", json_real(s_share(t->decoder, t->teacher_decoder)));
@@ -277,6 +307,9 @@ static void s_print_json(const ParamTable *t, const DmPlan *p, const FlopsTable 
         json_object_set_new(f, "prompt", json_integer(fc->prompt));
         json_object_set_new(f, "new", json_integer(fc->new_tokens));
         json_object_set_new(f, "encoder_tokens", json_integer(fc->enc_tokens));
+        if (zeros)
+            json_object_set_new(f, "note", json_string("masked student: dense FLOPs, the same "
+                                                       "as unmasked"));
         json_object_set_new(f, "paper", s_flops_json(fp));
         json_object_set_new(f, "docmint", s_flops_json(fc));
         if (table1) {
@@ -299,6 +332,35 @@ static void s_print_json(const ParamTable *t, const DmPlan *p, const FlopsTable 
     json_dumpf(doc, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     putchar('\n');
     json_decref(doc);
+}
+
+/* A masked student: the weights of each row that are zero in its masked
+ * matrices (zeros[row]); returns 1 when the model has a mask. */
+static int s_mask_zeros(DonutModel *m, const char *dir, long long *zeros, DmErr *err)
+{
+    DmMask *k = NULL;
+    if (mask_load(m, dir, &k, err))
+        return -1;
+    if (!k)
+        return 0;
+    DmLinear *lin[DM_DEC_LINEARS_MAX];
+    char(*names)[128] = malloc(DM_DEC_LINEARS_MAX * sizeof *names);
+    int n = names ? mask_linears(m, lin, names) : 0;
+    for (int i = 0; i < n; i++) {
+        int l = 0;
+        char part[64] = "";
+        if (!mask_find(k, names[i], NULL) || !lin[i]->w ||
+            sscanf(names[i], "decoder.model.decoder.layers.%d.%63[a-z_]", &l, part) != 2)
+            continue;
+        int kind = !strcmp(part, "self_attn") ? DM_SUB_S
+                   : !strcmp(part, "encoder_attn") ? DM_SUB_C : DM_SUB_M;
+        size_t cnt = (size_t)lin[i]->out * lin[i]->in;
+        for (size_t e = 0; e < cnt; e++)
+            zeros[DM_PMOD_FIXED + 3 * l + kind] += lin[i]->w[e] == 0.0f;
+    }
+    free(names);
+    mask_free(&k);
+    return 1;
 }
 
 /* A positive count for --prompt / --new. */
@@ -358,6 +420,8 @@ int cmd_params(int argc, char **argv)
     DmErr err = {{0}};
     DmPlan p;
     DonutConfig cfg;
+    long long zeros[DM_PMOD_FIXED + 3 * DM_MAX_LAYERS] = {0};
+    int masked = 0;
     struct stat st;
     if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
         /* a config alone: the unpruned structure */
@@ -375,7 +439,12 @@ int cmd_params(int argc, char **argv)
         }
         cfg = mod->cfg;
         plan_of_model(mod, &p);
+        masked = s_mask_zeros(mod, path, zeros, &err);
         donut_free(&mod);
+        if (masked < 0) {
+            fprintf(stderr, "docmint params: %s\n", err.msg);
+            return 1;
+        }
     }
     char why[300];
     if (table1 && !s_is_full_size(&cfg, why, sizeof why)) {
@@ -404,12 +473,19 @@ int cmd_params(int argc, char **argv)
         flops_count(&cfg, &full, T1_PROMPT, T1_NEW, DM_FLOPS_CACHED, &tc);
     }
     if (as_json) {
-        s_print_json(&t, &p, flops ? &fp : NULL, flops ? &fc : NULL, table1);
+        s_print_json(&t, &p, flops ? &fp : NULL, flops ? &fc : NULL, table1,
+                     masked ? zeros : NULL);
         return 0;
     }
     s_print_table(&t, &p);
-    if (flops)
+    if (masked)
+        s_print_nonzero(&t, zeros);
+    if (flops) {
         s_print_flops(&fp, &fc);
+        if (masked)
+            printf("A masked student: its pruned weights are zeros in dense matrices, so the "
+                   "dense FLOPs above are what it computes, the same as unmasked.\n");
+    }
     if (table1)
         s_print_table1(&tp, &tc);
     return 0;
