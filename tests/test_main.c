@@ -26,6 +26,7 @@
     X(tests_cache) \
     X(tests_prune) \
     X(tests_flops) \
+    X(tests_mask) \
     X(tests_train) \
     X(tests_distill) \
     /* end */
