@@ -10,6 +10,7 @@
 
 #include "common/dm_fs.h"
 #include "worker/model/mask.h"
+#include "worker/model/plan.h"
 
 /* ------------------------------------------------------------- scoring */
 
@@ -253,6 +254,24 @@ int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double spa
     snprintf(path, sizeof path, "%s/%s", tmp, DM_MASK_FILE);
     if (st_writer_save(mw, path, err))
         goto done;
+    /* a teacher has no pruning record: the student's names its weights */
+    snprintf(src, sizeof src, "%s/pruning.json", model_dir);
+    if (access(src, F_OK) != 0) {
+        DmPlan p;
+        plan_of_model(m, &p);
+        memcpy(p.teacher_fingerprint, m->fingerprint, sizeof p.teacher_fingerprint);
+        json_t *rec = plan_to_json(&p);
+        snprintf(path, sizeof path, "masked student of %s: %s, sparsity %g", model_dir,
+                 method == DM_MASK_WANDA ? "wanda" : "magnitude", sparsity);
+        json_object_set_new(rec, "description", json_string(path));
+        snprintf(path, sizeof path, "%s/pruning.json", tmp);
+        int bad = json_dump_file(rec, path, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+        json_decref(rec);
+        if (bad) {
+            dm_err_errno(err, "%s: cannot write", path);
+            goto done;
+        }
+    }
     for (size_t i = 0; i < sizeof s_copied / sizeof *s_copied; i++) {
         snprintf(src, sizeof src, "%s/%s", model_dir, s_copied[i]);
         snprintf(path, sizeof path, "%s/%s", tmp, s_copied[i]);
