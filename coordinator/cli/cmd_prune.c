@@ -7,28 +7,38 @@
 #include "coordinator/cli/commands.h"
 #include "worker/model/mask.h"
 #include "worker/model/plan.h"
+#include "worker/train/calibrate.h"
 
 static void s_usage(FILE *f)
 {
     fprintf(f,
             "usage: docmint prune MODEL_DIR --plan PLAN.json -o OUT_DIR\n"
             "       docmint prune MODEL_DIR --unstructured magnitude --sparsity S -o OUT_DIR\n"
+            "       docmint prune MODEL_DIR --unstructured wanda --sparsity S --calibration STORE\n"
+            "                     --corpus ANNOTATIONS [--items N] -o OUT_DIR\n"
             "  --plan FILE   which decoder sub-layers and heads remain (schemas/plan.schema.json):\n"
             "                {\"keep\": [\"C0\", \"M0\", \"S1\", \"C1\"], \"heads\": [\"C1.H0\", \"C1.H2\"]}\n"
             "                or {\"keep\": {\"S0\": false, ...}, \"heads\": {\"C1\": [0, 2]}};\n"
             "                heads are named by their index in the unpruned teacher\n"
             "  -o DIR        the student folder (must be absent or empty): model.safetensors cut\n"
             "                to the kept heads, pruning.json, config, tokenizer and processor files\n"
-            "  --unstructured magnitude  a masked student instead: in each row of every decoder\n"
-            "                linear weight, the weights of smallest |W| are set to zero and\n"
-            "                listed in mask.safetensors, which training honours (docs/flops.md)\n"
+            "  --unstructured magnitude|wanda  a masked student instead: in each row of every\n"
+            "                decoder linear weight, the weights of smallest score are set to zero\n"
+            "                and listed in mask.safetensors, which training honours; magnitude\n"
+            "                scores |W_ij|, wanda |W_ij| * ||X_j|| (docs/flops.md)\n"
             "  --sparsity S  the share of each row pruned, 0 <= S < 1 (no default)\n"
+            "  --calibration STORE  wanda: a teacher-logit store (cache-logits) whose questions,\n"
+            "                answers and pages give the input norms ||X_j||\n"
+            "  --corpus FILE the DocVQA-style annotations the store was made from\n"
+            "  --corpus-format F  docvqa (default), jsonl or archive\n"
+            "  --items N     wanda: calibration items used, from the first (default 128; 0 all)\n"
             "MODEL_DIR may itself be a student: the plan then removes more (pruning composes).\n");
 }
 
 int cmd_prune(int argc, char **argv)
 {
     const char *dir = NULL, *plan = NULL, *out = NULL, *unstructured = NULL, *sparsity = NULL;
+    const char *calib = NULL, *corpus = NULL, *items_s = "128", *cformat = "docvqa";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             s_usage(stdout);
@@ -39,6 +49,14 @@ int cmd_prune(int argc, char **argv)
             unstructured = argv[++i];
         } else if (!strcmp(argv[i], "--sparsity") && i + 1 < argc) {
             sparsity = argv[++i];
+        } else if (!strcmp(argv[i], "--calibration") && i + 1 < argc) {
+            calib = argv[++i];
+        } else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) {
+            corpus = argv[++i];
+        } else if (!strcmp(argv[i], "--corpus-format") && i + 1 < argc) {
+            cformat = argv[++i];
+        } else if (!strcmp(argv[i], "--items") && i + 1 < argc) {
+            items_s = argv[++i];
         } else if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) && i + 1 < argc) {
             out = argv[++i];
         } else if (argv[i][0] == '-') {
@@ -57,9 +75,29 @@ int cmd_prune(int argc, char **argv)
                             "and no --plan (see --help)\n");
             return 2;
         }
-        if (strcmp(unstructured, "magnitude")) {
-            fprintf(stderr, "docmint prune: --unstructured %s: the method here is magnitude "
-                            "(wanda needs calibration norms)\n", unstructured);
+        int wanda = !strcmp(unstructured, "wanda");
+        if (!wanda && strcmp(unstructured, "magnitude")) {
+            fprintf(stderr, "docmint prune: --unstructured %s: the methods are magnitude and "
+                            "wanda\n", unstructured);
+            return 2;
+        }
+        if (wanda != (calib && corpus) || (!wanda && (calib || corpus))) {
+            fprintf(stderr, "docmint prune: %s\n",
+                    wanda ? "wanda needs --calibration STORE and --corpus ANNOTATIONS"
+                          : "--calibration and --corpus go with --unstructured wanda");
+            return 2;
+        }
+        char *iend = NULL;
+        long items = strtol(items_s, &iend, 10);
+        if (!*items_s || *iend || items < 0) {
+            fprintf(stderr, "docmint prune: --items %s: needs a whole number, 0 for all\n",
+                    items_s);
+            return 2;
+        }
+        CorpusSpec cs = {.path = corpus, .pdf_dpi = 200};
+        if (wanda && corpus_format_parse(cformat, &cs.format)) {
+            fprintf(stderr, "docmint prune: --corpus-format %s: docvqa, jsonl or archive\n",
+                    cformat);
             return 2;
         }
         char *end = NULL;
@@ -70,12 +108,24 @@ int cmd_prune(int argc, char **argv)
             return 2;
         }
         DmErr err = {{0}};
-        if (mask_prune_checkpoint(dir, DM_MASK_MAGNITUDE, sp, NULL, out, &err)) {
+        CalibNorms cn = {0};
+        if (wanda && calib_input_norms(dir, calib, &cs, (int)items, &cn, &err)) {
             fprintf(stderr, "docmint prune: %s\n", err.msg);
             return 1;
         }
-        printf("%s: masked student written: %s of each decoder weight row pruned by magnitude "
-               "(docmint params %s counts the non-zero weights)\n", out, sparsity, out);
+        int rc = mask_prune_checkpoint(dir, wanda ? DM_MASK_WANDA : DM_MASK_MAGNITUDE, sp,
+                                       wanda ? (const float *const *)cn.xnorm : NULL, out, &err);
+        int used = cn.items;
+        calib_free(&cn);
+        if (rc) {
+            fprintf(stderr, "docmint prune: %s\n", err.msg);
+            return 1;
+        }
+        char how[64] = "magnitude";
+        if (wanda)
+            snprintf(how, sizeof how, "wanda over %d calibration items", used);
+        printf("%s: masked student written: %s of each decoder weight row pruned by %s "
+               "(docmint params %s counts the non-zero weights)\n", out, sparsity, how, out);
         return 0;
     }
     if (!dir || !plan || !out) {

@@ -75,4 +75,33 @@ if "$DOCMINT" run "$T/job.json" >"$T/resume.log" 2>&1 && grep -q "resuming from 
 else
     bad "masked resume: ${r:-} $(tail -3 "$T/resume.log")"
 fi
+# Wanda: norms from the store's items over the corpus; every row half pruned,
+# and a different choice from magnitude's (the input norms matter)
+if "$DOCMINT" prune "$T/teacher" --unstructured wanda --sparsity 0.5 --calibration "$T/logits" \
+    --corpus "$C" --items 0 -o "$T/wanda" >"$T/wanda.log" 2>&1 &&
+    r=$($PY - "$T/wanda/mask.safetensors" "$T/masked/mask.safetensors" "$T/wanda/model.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+    dt = {"F32": np.float32, "U8": np.uint8}
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]],
+                             dtype=dt[v["dtype"]]).reshape(v["shape"]) for k, v in h.items() if v["dtype"] in dt}
+wa, mg, w = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
+assert set(wa) == set(mg) and len(wa) == 20
+differ = 0
+for k, m in wa.items():
+    assert ((m == 0).sum(axis=1) == m.shape[1] // 2).all(), k
+    assert not w[k][m == 0].any(), k
+    differ += int((m != mg[k]).sum())
+assert differ > 0
+print("%d of %d mask entries differ from magnitude's" % (differ, sum(m.size for m in wa.values())))
+PY
+); then
+    ok "prune --unstructured wanda: half of every row, pruned weights zero; $r ($(grep -o 'over [0-9]* calibration items' "$T/wanda.log"))"
+else
+    bad "wanda: ${r:-} $(tail -3 "$T/wanda.log")"
+fi
 finish

@@ -117,6 +117,16 @@ int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                     const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
                     DmErr *err);
 
+/* Wanda's calibration (mask.h): the teacher-forced forward of one item,
+ * adding the squares of the inputs of every decoder linear per input
+ * feature into sq[k][j] (k in mask_linears order, j < the linear's in):
+ * the LayerNorm output for q, k, v of self-attention, q of
+ * cross-attention and fc1; the encoder rows for k and v of
+ * cross-attention; the heads' context for out_proj; GELU(fc1) for fc2.
+ * No loss, no backward. */
+int train_item_input_sq(const DonutModel *m, TrainParams *tp, const TrainItem *it, double **sq,
+                        DmErr *err);
+
 /* AdamW as torch.optim.AdamW (decoupled weight decay applied to every
  * parameter, bias correction, eps added after the square root). */
 typedef struct AdamW {
