@@ -11,6 +11,7 @@
 
 #include "common/dm_fs.h"
 #include "tutil.h"
+#include "worker/model/decoder.h"
 #include "worker/model/mask.h"
 #include "worker/train/train.h"
 
@@ -193,6 +194,109 @@ static void test_training_holds(void)
     }
 }
 
+/* Wanda's calibration sums against the ordinary decoder: a hook takes the
+ * residual stream entering each sub-layer, the test applies the
+ * sub-layer's LayerNorm itself (in double) and sums the squares per
+ * feature; those are the inputs of q, k, v (self), q (cross) and fc1.  The
+ * cross keys' and values' inputs are the encoder rows. */
+typedef struct NormHook {
+    const DonutModel *m;
+    double sq[2][3][128]; /* [layer][S, C, M][feature] */
+} NormHook;
+
+static int s_norm_hook(void *ctx, DecHookEvent *ev)
+{
+    NormHook *h = ctx;
+    if (ev->point != DEC_HOOK_INPUT)
+        return 0;
+    const DecLayer *L = &h->m->dec.layers[ev->layer];
+    const DmNorm *ln = ev->kind == DM_SUB_S ? &L->self.ln
+                       : ev->kind == DM_SUB_C ? &L->cross.ln : &L->ffn.ln;
+    int T = (int)ev->shape[0], D = (int)ev->shape[1];
+    for (int t = 0; t < T; t++) {
+        const float *x = ev->data + (size_t)t * D;
+        double mean = 0, var = 0;
+        for (int j = 0; j < D; j++)
+            mean += x[j];
+        mean /= D;
+        for (int j = 0; j < D; j++)
+            var += (x[j] - mean) * (x[j] - mean);
+        double rstd = 1.0 / sqrt(var / D + 1e-5);
+        for (int j = 0; j < D; j++) {
+            double y = (x[j] - mean) * rstd * ln->g[j] + ln->b[j];
+            h->sq[ev->layer][ev->kind][j] += y * y;
+        }
+    }
+    return 0;
+}
+
+static void test_calibration_sums(void)
+{
+    DmErr err = {{0}};
+    DonutModel *m = NULL;
+    TensorFile *ex = NULL;
+    TrainParams tp;
+    CU_ASSERT_EQUAL_FATAL(donut_load(TU_TINY, &m, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(tensorfile_open(TU_TINY "/expected.safetensors", &ex, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(train_params_init(m, &tp, &err), 0);
+    const DmTensor *enc = tensorfile_find(ex, "case1.encoder.last_hidden_state");
+    const DmTensor *idt = tensorfile_find(ex, "case1.decoder_input_ids");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(enc);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(idt);
+    int T = (int)idt->shape[1], E = (int)enc->shape[1], D = m->cfg.dec.d_model;
+    int32_t ids[64];
+    for (int i = 0; i < T; i++)
+        ids[i] = (int32_t)((const int64_t *)idt->data)[i];
+    /* train's forward */
+    DmLinear *lin[DM_DEC_LINEARS_MAX];
+    char(*names)[128] = malloc(DM_DEC_LINEARS_MAX * sizeof *names);
+    int nl = mask_linears(m, lin, names);
+    double **sq = malloc((size_t)nl * sizeof *sq);
+    for (int i = 0; i < nl; i++)
+        sq[i] = calloc((size_t)lin[i]->in, sizeof **sq);
+    TrainItem it = {enc->data, E, ids, T, T - 2, NULL};
+    CU_ASSERT_EQUAL_FATAL(train_item_input_sq(m, &tp, &it, sq, &err), 0);
+    /* the ordinary decoder, watched */
+    NormHook h = {.m = m};
+    DecPage page;
+    DecSeq seq;
+    CU_ASSERT_EQUAL_FATAL(dec_page_init(&page, m, enc->data, E, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(dec_seq_init(&seq, m, T, &err), 0);
+    DecSeq *sp = &seq;
+    const int32_t *ip = ids;
+    DecHooks hooks = {s_norm_hook, &h};
+    CU_ASSERT_EQUAL_FATAL(dec_forward(&page, &sp, &ip, &T, 1, NULL, 0, &hooks, NULL, &err), 0);
+    double enc_sq[128] = {0};
+    const float *e = enc->data;
+    for (int r = 0; r < E; r++)
+        for (int j = 0; j < D; j++)
+            enc_sq[j] += (double)e[(size_t)r * D + j] * e[(size_t)r * D + j];
+    /* per layer: self q k v out, cross q k v out, fc1 fc2 */
+    const int which[10] = {0, 0, 0, -1, 1, 3, 3, -1, 2, -1};
+    double worst = 0;
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 10; k++) {
+            if (which[k] < 0)
+                continue;
+            const double *want = which[k] == 3 ? enc_sq : h.sq[l][which[k]];
+            for (int j = 0; j < D; j++) {
+                double rel = fabs(sq[10 * l + k][j] - want[j]) / fmax(want[j], 1e-12);
+                worst = fmax(worst, rel);
+            }
+        }
+    CU_ASSERT(worst < 1e-4);
+    printf(" [%d tokens, %d encoder rows: worst relative difference %.2g]", T, E, worst);
+    for (int i = 0; i < nl; i++)
+        free(sq[i]);
+    free(sq);
+    free(names);
+    dec_seq_free(&seq);
+    dec_page_free(&page);
+    train_params_free(&tp);
+    tensorfile_close(&ex);
+    donut_free(&m);
+}
+
 /* A copy of the student with its mask replaced by one tensor. */
 static void s_bad_mask(const char *dir, const char *name, int64_t d0, int64_t d1,
                        const uint8_t *data)
@@ -260,4 +364,5 @@ void tests_mask(void)
     CU_add_test(su, "a masked student of tiny-a against its teacher", test_student);
     CU_add_test(su, "training steps hold the pruned weights at zero", test_training_holds);
     CU_add_test(su, "bad mask files are refused", test_bad_masks);
+    CU_add_test(su, "wanda's input sums against the watched decoder", test_calibration_sums);
 }
