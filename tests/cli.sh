@@ -256,6 +256,22 @@ print("ok")
 PY
 then ok "params --flops of a student: kept heads and removed sub-layers"
 else bad "params --flops of a student: $(cat "$T/fcmp" 2>/dev/null)"; fi
+# a masked student: half of each decoder weight row; params counts the rest
+if "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --sparsity 0.5 -o "$T/masked" >/dev/null &&
+    "$DOCMINT" params "$T/masked" --flops --prompt 7 --new 5 >"$T/mp.txt" &&
+    grep -q "^M0 *66176 *33408 " "$T/mp.txt" && grep -q "dense FLOPs above are what it computes" "$T/mp.txt"; then
+    ok "params of a masked student: M0 keeps 66176 - (256 x 128 + 128 x 256) / 2 = 33408 non-zero weights; FLOPs stay dense"
+else
+    bad "params of a masked student: $(head -c 400 "$T/mp.txt")"
+fi
+expect_error "prune: sparsity out of range" "--sparsity 1.5: needs a number at least 0 and less than 1" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --sparsity 1.5 -o "$T/m2"
+expect_error "prune: wanda without calibration" "wanda needs --calibration STORE and --corpus" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured wanda --sparsity 0.5 -o "$T/m3"
+expect_error "prune: unknown unstructured method" "the methods are magnitude and wanda" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured random --sparsity 0.5 -o "$T/m4"
+expect_error "prune: masking a masked student" "already a masked student" \
+    "$DOCMINT" prune "$T/masked" --unstructured magnitude --sparsity 0.5 -o "$T/m5"
 expect_error "params --table1 on another config" "--table1 is for the full-size Donut" \
     "$DOCMINT" params $DATA/tiny-a --table1
 expect_error "params --new 0" "--new needs a positive whole number" \
