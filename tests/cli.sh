@@ -264,6 +264,17 @@ if "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --sparsity 0.5 -o "$T/
 else
     bad "params of a masked student: $(head -c 400 "$T/mp.txt")"
 fi
+# --budget 0.07: 7% of the teacher's layers (the paper's base) kept; rows
+# drop whole weights, so a little more (at most 0.5 points on tiny-a)
+if "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --budget 0.07 -o "$T/b7" >/dev/null &&
+    "$DOCMINT" params "$T/b7" --json >"$T/b7.json" &&
+    share=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); s=d["nonzero_layers"]/d["teacher_layers"]; print("%.4f" % s) if 0.07 <= s < 0.075 else sys.exit(1)' "$T/b7.json"); then
+    ok "prune --budget 0.07: $share of the teacher's layers non-zero"
+else
+    bad "prune --budget 0.07: $(head -c 300 "$T/b7.json")"
+fi
+expect_error "prune: budget below what biases and LayerNorms hold" "below the smallest possible, 0.0109" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --budget 0.001 -o "$T/b0"
 expect_error "prune: sparsity out of range" "--sparsity 1.5: needs a number at least 0 and less than 1" \
     "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --sparsity 1.5 -o "$T/m2"
 expect_error "prune: wanda without calibration" "wanda needs --calibration STORE and --corpus" \

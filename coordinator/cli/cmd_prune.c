@@ -1,6 +1,7 @@
 /* cmd_prune.c - `docmint prune`: write a pruned student of a checkpoint
  * folder under a plan file (see plan.h and schemas/plan.schema.json). */
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +27,10 @@ static void s_usage(FILE *f)
             "                decoder linear weight, the weights of smallest score are set to zero\n"
             "                and listed in mask.safetensors, which training honours; magnitude\n"
             "                scores |W_ij|, wanda |W_ij| * ||X_j|| (docs/flops.md)\n"
-            "  --sparsity S  the share of each row pruned, 0 <= S < 1 (no default)\n"
+            "  --sparsity S  the share of each row pruned, 0 <= S < 1\n"
+            "  --budget B    instead of --sparsity: keep this share of the teacher's decoder\n"
+            "                layers' parameters (the paper's base; 0.07 for its 7%%), the\n"
+            "                sparsity following from it\n"
             "  --calibration STORE  wanda: a teacher-logit store (cache-logits) whose questions,\n"
             "                answers and pages give the input norms ||X_j||\n"
             "  --corpus FILE the DocVQA-style annotations the store was made from\n"
@@ -35,10 +39,45 @@ static void s_usage(FILE *f)
             "MODEL_DIR may itself be a student: the plan then removes more (pruning composes).\n");
 }
 
+/* The sparsity per row that leaves `budget` of the teacher's decoder
+ * layers' parameters (the paper's base): the masked matrices keep what the
+ * budget leaves after the parameters no mask covers (biases, LayerNorms). */
+static int s_budget_sparsity(const char *dir, double budget, double *sp, DmErr *err)
+{
+    DonutModel *m = NULL;
+    if (donut_load(dir, &m, err))
+        return -1;
+    DmPlan p;
+    ParamTable t;
+    plan_of_model(m, &p);
+    params_count(&m->cfg, &p, &t);
+    DmLinear *lin[DM_DEC_LINEARS_MAX];
+    char(*names)[128] = malloc(DM_DEC_LINEARS_MAX * sizeof *names);
+    int n = names ? mask_linears(m, lin, names) : 0;
+    long long masked = 0;
+    for (int i = 0; i < n; i++)
+        masked += (long long)lin[i]->out * lin[i]->in;
+    free(names);
+    donut_free(&m);
+    long long other = t.layers - masked, want = (long long)(budget * t.teacher_layers);
+    if (want < other || masked == 0)
+        return dm_err(err, "--budget %g: below the smallest possible, %.4f (%lld parameters of "
+                      "the layers are outside the weight matrices: biases and LayerNorms)",
+                      budget, (double)other / t.teacher_layers, other);
+    if (want > t.layers)
+        return dm_err(err, "--budget %g: %s already keeps only %.4f of the teacher's layers",
+                      budget, dir, (double)t.layers / t.teacher_layers);
+    *sp = 1.0 - (double)(want - other) / (double)masked;
+    if (*sp >= 1)
+        *sp = nextafter(1.0, 0.0);
+    return 0;
+}
+
 int cmd_prune(int argc, char **argv)
 {
     const char *dir = NULL, *plan = NULL, *out = NULL, *unstructured = NULL, *sparsity = NULL;
     const char *calib = NULL, *corpus = NULL, *items_s = "128", *cformat = "docvqa";
+    const char *budget = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             s_usage(stdout);
@@ -49,6 +88,8 @@ int cmd_prune(int argc, char **argv)
             unstructured = argv[++i];
         } else if (!strcmp(argv[i], "--sparsity") && i + 1 < argc) {
             sparsity = argv[++i];
+        } else if (!strcmp(argv[i], "--budget") && i + 1 < argc) {
+            budget = argv[++i];
         } else if (!strcmp(argv[i], "--calibration") && i + 1 < argc) {
             calib = argv[++i];
         } else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) {
@@ -69,10 +110,10 @@ int cmd_prune(int argc, char **argv)
             return 2;
         }
     }
-    if (unstructured || sparsity) {
-        if (!dir || !out || !unstructured || !sparsity || plan) {
-            fprintf(stderr, "docmint prune: --unstructured needs MODEL_DIR, --sparsity and -o, "
-                            "and no --plan (see --help)\n");
+    if (unstructured || sparsity || budget) {
+        if (!dir || !out || !unstructured || !sparsity == !budget || plan) {
+            fprintf(stderr, "docmint prune: --unstructured needs MODEL_DIR, --sparsity or "
+                            "--budget (one of them) and -o, and no --plan (see --help)\n");
             return 2;
         }
         int wanda = !strcmp(unstructured, "wanda");
@@ -100,14 +141,30 @@ int cmd_prune(int argc, char **argv)
                     cformat);
             return 2;
         }
-        char *end = NULL;
-        double sp = strtod(sparsity, &end);
-        if (!*sparsity || *end || !(sp >= 0 && sp < 1)) {
-            fprintf(stderr, "docmint prune: --sparsity %s: needs a number at least 0 and "
-                            "less than 1\n", sparsity);
-            return 2;
-        }
+        char *end = NULL, spbuf[32];
         DmErr err = {{0}};
+        double sp = 0;
+        if (budget) {
+            double b = strtod(budget, &end);
+            if (!*budget || *end || !(b > 0 && b <= 1)) {
+                fprintf(stderr, "docmint prune: --budget %s: needs a share above 0 and at "
+                                "most 1\n", budget);
+                return 2;
+            }
+            if (s_budget_sparsity(dir, b, &sp, &err)) {
+                fprintf(stderr, "docmint prune: %s\n", err.msg);
+                return 1;
+            }
+            snprintf(spbuf, sizeof spbuf, "%.6f", sp);
+            sparsity = spbuf;
+        } else {
+            sp = strtod(sparsity, &end);
+            if (!*sparsity || *end || !(sp >= 0 && sp < 1)) {
+                fprintf(stderr, "docmint prune: --sparsity %s: needs a number at least 0 and "
+                                "less than 1\n", sparsity);
+                return 2;
+            }
+        }
         CalibNorms cn = {0};
         if (wanda && calib_input_norms(dir, calib, &cs, (int)items, &cn, &err)) {
             fprintf(stderr, "docmint prune: %s\n", err.msg);
