@@ -258,6 +258,12 @@ static int s_setup(Run *r, DmErr *err)
     if (train_params_init(r->m, &r->tp, err))
         return -1;
     r->have_tp = 1;
+    /* a masked student: its pruned weights stay zero through training */
+    DmMask *mask = NULL;
+    if (mask_load(r->m, j->model, &mask, err))
+        return -1;
+    train_params_set_mask(&r->tp, mask);
+    mask_free(&mask);
     if (adamw_init(&r->opt, r->tp.total, d->beta1, d->beta2, d->eps, d->weight_decay, err))
         return -1;
     r->have_opt = 1;
@@ -574,6 +580,7 @@ static int s_train(Run *r)
         double t1b = dm_now();
         if (coll_allreduce_sum(r->coll, r->tp.grad, r->tp.total, &err))
             goto fail;
+        train_params_hold_mask(&r->tp, 1);
         double t2 = dm_now();
         if (coll_allreduce_sum_f64(r->coll, bs.v, 4, &err))
             goto fail;
@@ -588,6 +595,7 @@ static int s_train(Run *r)
         }
         lr = distill_lr(d, r->step, r->total);
         adamw_step(&r->opt, r->tp.data, r->tp.grad, lr);
+        train_params_hold_mask(&r->tp, 0);
         r->step++;
         if (desync && r->step == 1)
             r->tp.data[0] = nextafterf(r->tp.data[0], INFINITY);
@@ -659,6 +667,9 @@ int distill_run(const Job *job, Coll *coll, int threads, int quiet)
                 PREFIX, job->model, r->n_items, r->d->batch_size, r->share_max, r->size,
                 r->size == 1 ? "" : "s", r->passes, r->passes == 1 ? "" : "es", r->spe, r->total,
                 r->tp.total, coll_backend(coll), threads, threads == 1 ? "" : "s");
+        if (r->tp.keep)
+            fprintf(stderr, "%s: masked student: %lld of its weights held at zero\n", PREFIX,
+                    r->tp.held);
     }
     if (s_resume(r))
         goto done;

@@ -402,6 +402,74 @@ else
 fi
 rm -rf "$T/nested"
 expect_error "params: missing model" "/nonexistent" "$DOCMINT" params /nonexistent
+# --table1 on the full-size config alone: the paper's figures within 0.1%
+# (encoder 0.6%), the feed-forward row exactly 2 x 1024 x 4096 multiply-adds
+# at each of 42 + 43 + ... + 75 = 1,989 positions
+if "$DOCMINT" params jobs/configs/donut-base.json --table1 --json >"$T/t1.json" &&
+    python3 - "$T/t1.json" >"$T/t1" <<'PY'
+import json, sys
+f = json.load(open(sys.argv[1]))["flops"]
+out = []
+for r, tol in zip(f["table1"], (0.006, 0.001, 0.001, 0.001, 0.001)):
+    rel = r["docmint_paper_convention"] / r["paper"] - 1
+    assert abs(rel) < tol, (r, rel)
+    out.append("%s %+.2f%%" % (r["module"].split(",")[0], 100 * rel))
+m = {x["name"]: x["macs"] for x in f["paper"]["modules"]}
+assert f["paper"]["positions"] == sum(range(42, 76)) == 1989
+assert m["M2"] == 2 * 1024 * 4096 * 1989, m["M2"]
+print(", ".join(out))
+PY
+then ok "params --table1: $(cat "$T/t1")"
+else bad "params --table1: $(cat "$T/t1" 2>/dev/null) $(head -c 300 "$T/t1.json")"; fi
+# a student's FLOPs: S1 keeps heads 1,2 of 4 (half the teacher's), M1 is gone
+if "$DOCMINT" params $DATA/tiny-a --flops --prompt 7 --new 5 --json >"$T/ft.json" &&
+    "$DOCMINT" params "$T/student1" --flops --prompt 7 --new 5 --json >"$T/fs.json" &&
+    python3 - "$T/ft.json" "$T/fs.json" >"$T/fcmp" <<'PY'
+import json, sys
+t, s = (json.load(open(a))["flops"] for a in sys.argv[1:3])
+for conv in ("paper", "docmint"):
+    tm = {x["name"]: x["macs"] for x in t[conv]["modules"]}
+    sm = {x["name"]: x["macs"] for x in s[conv]["modules"]}
+    assert 2 * sm["S1"] == tm["S1"], (conv, sm["S1"], tm["S1"])
+    assert sm["M1"] == 0 and tm["M1"] > 0
+    assert sm["encoder"] == tm["encoder"] and sm["unembedding"] == tm["unembedding"]
+print("ok")
+PY
+then ok "params --flops of a student: kept heads and removed sub-layers"
+else bad "params --flops of a student: $(cat "$T/fcmp" 2>/dev/null)"; fi
+# a masked student: half of each decoder weight row; params counts the rest
+if "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --sparsity 0.5 -o "$T/masked" >/dev/null &&
+    "$DOCMINT" params "$T/masked" --flops --prompt 7 --new 5 >"$T/mp.txt" &&
+    grep -q "^M0 *66176 *33408 " "$T/mp.txt" && grep -q "dense FLOPs above are what it computes" "$T/mp.txt"; then
+    ok "params of a masked student: M0 keeps 66176 - (256 x 128 + 128 x 256) / 2 = 33408 non-zero weights; FLOPs stay dense"
+else
+    bad "params of a masked student: $(head -c 400 "$T/mp.txt")"
+fi
+# --budget 0.07: 7% of the teacher's layers (the paper's base) kept; rows
+# drop whole weights, so a little more (at most 0.5 points on tiny-a)
+if "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --budget 0.07 -o "$T/b7" >/dev/null &&
+    "$DOCMINT" params "$T/b7" --json >"$T/b7.json" &&
+    share=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); s=d["nonzero_layers"]/d["teacher_layers"]; print("%.4f" % s) if 0.07 <= s < 0.075 else sys.exit(1)' "$T/b7.json"); then
+    ok "prune --budget 0.07: $share of the teacher's layers non-zero"
+else
+    bad "prune --budget 0.07: $(head -c 300 "$T/b7.json")"
+fi
+expect_error "prune: budget below what biases and LayerNorms hold" "below the smallest possible, 0.0109" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --budget 0.001 -o "$T/b0"
+expect_error "prune: sparsity out of range" "--sparsity 1.5: needs a number at least 0 and less than 1" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured magnitude --sparsity 1.5 -o "$T/m2"
+expect_error "prune: wanda without calibration" "wanda needs --calibration STORE and --corpus" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured wanda --sparsity 0.5 -o "$T/m3"
+expect_error "prune: unknown unstructured method" "the methods are magnitude and wanda" \
+    "$DOCMINT" prune $DATA/tiny-a --unstructured random --sparsity 0.5 -o "$T/m4"
+expect_error "prune: masking a masked student" "already a masked student" \
+    "$DOCMINT" prune "$T/masked" --unstructured magnitude --sparsity 0.5 -o "$T/m5"
+expect_error "params --table1 on another config" "--table1 is for the full-size Donut" \
+    "$DOCMINT" params $DATA/tiny-a --table1
+expect_error "params --new 0" "--new needs a positive whole number" \
+    "$DOCMINT" params $DATA/tiny-a --flops --new 0
+expect_error "params: more positions than the decoder has" "need 69 positions; the decoder has 64" \
+    "$DOCMINT" params $DATA/tiny-a --flops --prompt 60 --new 10
 if [ ! -e "$T/s_rm" ] && [ -z "$(ls -A "$T" | grep '\.tmp-')" ]; then
     ok "a failed prune leaves no folder behind"
 else

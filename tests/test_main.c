@@ -25,6 +25,8 @@
     X(tests_dispatch) \
     X(tests_cache) \
     X(tests_prune) \
+    X(tests_flops) \
+    X(tests_mask) \
     X(tests_train) \
     X(tests_distill) \
     /* end */

@@ -631,6 +631,16 @@ static char *s_read_text(const char *path, DmErr *err)
     return buf;
 }
 
+int donut_config_load(const char *path, DonutConfig *cfg, DmErr *err)
+{
+    char *text = s_read_text(path, err);
+    if (!text)
+        return -1;
+    int rc = donut_config_parse(text, path, cfg, err);
+    free(text);
+    return rc;
+}
+
 int donut_load_as(const char *dir, DmPrecision prec, DonutModel **out, DmErr *err)
 {
     *out = NULL;

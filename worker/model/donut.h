@@ -181,6 +181,8 @@ typedef struct DmProbe {
 /* Parse config.json text of a VisionEncoderDecoder Donut model.  `what`
  * names the file in messages. */
 int donut_config_parse(const char *json_text, const char *what, DonutConfig *cfg, DmErr *err);
+/* The same from a file (a model's config.json, or a config alone). */
+int donut_config_load(const char *path, DonutConfig *cfg, DmErr *err);
 
 /* Load a checkpoint folder: config.json, then model.safetensors or
  * pytorch_model.bin, and a pruning record if the folder has one.

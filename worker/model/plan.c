@@ -368,6 +368,10 @@ void params_count(const DonutConfig *c, const DmPlan *p, ParamTable *t)
             continue;
         t->decoder += t->rows[i].count;
         t->teacher_decoder += t->rows[i].teacher;
+        if (i >= DM_PMOD_FIXED) {
+            t->layers += t->rows[i].count;
+            t->teacher_layers += t->rows[i].teacher;
+        }
     }
     t->encoder = t->rows[DM_PMOD_ENCODER].count;
     t->total = t->encoder + t->decoder;

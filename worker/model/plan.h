@@ -81,6 +81,9 @@ typedef struct ParamTable {
     ParamRow rows[DM_PMOD_FIXED + 3 * DM_MAX_LAYERS];
     int tied;           /* unembedding tied to the token embedding (counted once) */
     long long decoder, teacher_decoder, encoder, total;
+    /* the decoder's layers alone (the S/C/M rows): the paper's "decoder",
+     * the base of its shares and budgets */
+    long long layers, teacher_layers;
 } ParamTable;
 
 /* Parameters per module of a model of config c with structure p, from the

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "worker/model/donut.h"
+#include "worker/model/mask.h"
 
 typedef struct TrainParam {
     char name[128];    /* Hugging Face name, e.g. decoder.model.decoder.layers.0.fc1.weight */
@@ -48,6 +49,9 @@ typedef struct TrainParams {
     float *data;       /* the weights; the model's decoder pointers point here */
     float *grad;       /* same layout; train_item_grad adds into it */
     TrainCross cross;  /* AUTO after train_params_init */
+    uint8_t *keep;     /* [total]: 0 for weights a mask holds at zero (a
+                        * masked student, mask.h); NULL when none */
+    long long held;    /* how many */
 } TrainParams;
 
 /* Copy the trainable decoder weights of m into one buffer and repoint m's
@@ -57,6 +61,14 @@ typedef struct TrainParams {
  * forms are dropped and, with m->training set, never made again. */
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
 void train_params_free(TrainParams *tp);
+
+/* Take the mask of a masked student (mask.h; NULL: none).  From then on
+ * train_params_hold_mask keeps its pruned weights at exactly zero. */
+void train_params_set_mask(TrainParams *tp, const DmMask *k);
+/* Zero the gradient (grad: before clipping and the optimizer, so the
+ * norm and AdamW's moments see only kept weights) or the weights (after
+ * each optimizer step) wherever the mask prunes; nothing without a mask. */
+void train_params_hold_mask(TrainParams *tp, int grad);
 const TrainParam *train_param_find(const TrainParams *tp, const char *name);
 
 /* The teacher at one loss position.  k == vocab means every logit is known
@@ -104,6 +116,16 @@ int train_loss_row(const float *s, int V, int label, const KdTarget *t, const Lo
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                     const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
                     DmErr *err);
+
+/* Wanda's calibration (mask.h): the teacher-forced forward of one item,
+ * adding the squares of the inputs of every decoder linear per input
+ * feature into sq[k][j] (k in mask_linears order, j < the linear's in):
+ * the LayerNorm output for q, k, v of self-attention, q of
+ * cross-attention and fc1; the encoder rows for k and v of
+ * cross-attention; the heads' context for out_proj; GELU(fc1) for fc2.
+ * No loss, no backward. */
+int train_item_input_sq(const DonutModel *m, TrainParams *tp, const TrainItem *it, double **sq,
+                        DmErr *err);
 
 /* AdamW as torch.optim.AdamW (decoupled weight decay applied to every
  * parameter, bias correction, eps added after the square root). */

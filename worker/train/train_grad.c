@@ -364,9 +364,61 @@ static int s_check(const DonutModel *m, const TrainParams *tp, const TrainItem *
     return 0;
 }
 
+/* The squares of the inputs of every decoder linear, summed per input
+ * feature into sq (mask_linears order), from the saves of a forward. */
+static void s_input_sq(const Pass *ps, double **sq)
+{
+    const DonutModel *m = ps->m;
+    int T = ps->T, D = ps->D, k = 0;
+    const MBartConfig *c = &m->cfg.dec;
+    for (int l = 0; l < c->layers; l++)
+        for (int kind = DM_SUB_S; kind <= DM_SUB_M; kind++) {
+            if (!s_present(&m->dec.layers[l], kind))
+                continue;
+            const SubSave *s = &ps->sv[l][kind];
+            /* (rows, width, data) of each linear's input, in order */
+            const float *x[4];
+            int rows[4], width[4], nl;
+            if (kind == DM_SUB_M) {
+                nl = 2;
+                x[0] = s->h, rows[0] = T, width[0] = D;
+                x[1] = s->g1, rows[1] = T, width[1] = c->ffn;
+            } else {
+                int inner = s_attn_of(m, l, kind)->nheads * ps->hd;
+                const float *kv = kind == DM_SUB_S ? s->h : ps->enc;
+                int nkv = kind == DM_SUB_S ? T : ps->n_enc;
+                nl = 4;
+                x[0] = s->h, rows[0] = T, width[0] = D;
+                x[1] = x[2] = kv, rows[1] = rows[2] = nkv, width[1] = width[2] = D;
+                x[3] = s->ctx, rows[3] = T, width[3] = inner;
+            }
+            for (int i = 0; i < nl; i++, k++)
+                for (int r = 0; r < rows[i]; r++)
+                    for (int j = 0; j < width[i]; j++) {
+                        double v = x[i][(size_t)r * width[i] + j];
+                        sq[k][j] += v * v;
+                    }
+        }
+}
+
+static int s_item(const DonutModel *m, TrainParams *tp, const TrainItem *it, const LossCfg *cfg,
+                  double scale, LossParts *out, float *enc_grad, double **sq, DmErr *err);
+
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                     const LossCfg *cfg, double scale, LossParts *out, float *enc_grad,
                     DmErr *err)
+{
+    return s_item(m, tp, it, cfg, scale, out, enc_grad, NULL, err);
+}
+
+int train_item_input_sq(const DonutModel *m, TrainParams *tp, const TrainItem *it, double **sq,
+                        DmErr *err)
+{
+    return s_item(m, tp, it, NULL, 0.0, NULL, NULL, sq, err);
+}
+
+static int s_item(const DonutModel *m, TrainParams *tp, const TrainItem *it, const LossCfg *cfg,
+                  double scale, LossParts *out, float *enc_grad, double **sq, DmErr *err)
 {
     if (s_check(m, tp, it, err))
         return -1;
@@ -441,6 +493,11 @@ int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
                 s_attn_fwd(&ps, l, kind, x, &ps.sv[l][kind], out_buf);
             kern_add(x, out_buf, TD);
         }
+    if (sq) { /* calibration: the forward's inputs only */
+        s_input_sq(&ps, sq);
+        rc = 0;
+        goto done;
+    }
     s_ln_fwd(x, T, D, &w->ln_final, c->ln_eps, &ps.ln_final, hf);
     kern_linear(hf + (size_t)a0 * D, n, D, w->lm_head, NULL, V, logits);
 

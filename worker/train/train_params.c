@@ -151,8 +151,39 @@ int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
     return 0;
 }
 
+void train_params_set_mask(TrainParams *tp, const DmMask *k)
+{
+    free(tp->keep);
+    tp->keep = NULL;
+    tp->held = 0;
+    if (!k)
+        return;
+    tp->keep = dm_xmalloc(tp->total);
+    memset(tp->keep, 1, tp->total);
+    for (int i = 0; i < tp->n; i++) {
+        size_t n = 0;
+        const uint8_t *b = mask_find(k, tp->p[i].name, &n);
+        if (!b || n != tp->p[i].count) /* mask_load checked the shapes */
+            continue;
+        memcpy(tp->keep + tp->p[i].offset, b, n);
+    }
+    for (size_t i = 0; i < tp->total; i++)
+        tp->held += !tp->keep[i];
+}
+
+void train_params_hold_mask(TrainParams *tp, int grad)
+{
+    if (!tp->keep)
+        return;
+    float *x = grad ? tp->grad : tp->data;
+    for (size_t i = 0; i < tp->total; i++)
+        if (!tp->keep[i])
+            x[i] = 0.0f;
+}
+
 void train_params_free(TrainParams *tp)
 {
+    free(tp->keep);
     free(tp->p);
     free(tp->data);
     free(tp->grad);
