@@ -60,11 +60,11 @@ typedef struct CorpusQuestion {
 
 typedef struct CorpusPage {
     char *page_id;       /* stable: image path relative to the root, plus "#p<N>" for page N > 0 */
-    char *document;      /* the document as the corpus names it (page_id without "#p<N>") */
     char *image_path;    /* resolved against the job's image root */
     int page_no;         /* page inside a multi-page file, from 0 */
     CorpusQuestion *q;
     int nq;
+    char *document;      /* the document as the corpus names it (page_id without "#p<N>") */
 } CorpusPage;
 
 typedef enum { CORPUS_DOCVQA, CORPUS_JSONL, CORPUS_ARCHIVE } CorpusFormat;
