@@ -165,6 +165,11 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     free(scan_cache);
     if (loaded)
         goto fail;
+    if (job->corpus.format == CORPUS_ARCHIVE && !d->quiet)
+        fprintf(stderr, "%s: %s: %d documents, %d pages (%d counted, %d from the earlier scan)\n",
+                o->log_prefix ? o->log_prefix : "docmint", job->corpus.path,
+                d->corpus->scan_counted + d->corpus->scan_reused, d->corpus->npages,
+                d->corpus->scan_counted, d->corpus->scan_reused);
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))

@@ -36,8 +36,9 @@
  *   - archive page counts: a folder scan lists every document with its
  *     size and modification time; a document whose size and time match
  *     spec.scan_cache (an earlier Corpus.scan) keeps the page count found
- *     then, any other is opened and counted.  With spec.progress set,
- *     the scan reports to it at most every 2 s and once at the end. */
+ *     then, any other is opened and counted.  With spec.progress set, a
+ *     scan reports to it at most every 2 s, and once at the end when it
+ *     reported before. */
 #ifndef DM_CORPUS_H
 #define DM_CORPUS_H
 
