@@ -148,7 +148,8 @@ if "$DOCMINT" run "$A/job.json" >"$A/run1" 2>&1 && "$DOCMINT" run "$A/job.json" 
     # (an unreadable document is not kept in the scan)
     if grep -q "3 documents, 5 pages (3 counted, 0 from the earlier scan)" "$A/run1" &&
         grep -q "3 documents, 5 pages (1 counted, 2 from the earlier scan)" "$A/run2" &&
-        grep -q "0 computed" "$A/run2"; then
+        grep -q "0 computed" "$A/run2" && "$DOCMINT" store stat "$A/out" >"$A/stat" &&
+        grep -q "^meta archive_scan: 2 documents" "$A/stat" && grep -q "^meta question_ids: 53-bit" "$A/stat"; then
         ok "archive rerun: the scan kept in the store, nothing recomputed"
     else
         bad "archive scan: $(cat "$A/run1" "$A/run2" | head -c 600)"
