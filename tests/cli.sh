@@ -230,6 +230,35 @@ then
 else
     bad "archive export: $(tail -5 "$A/check" 2>/dev/null) $(head -c 300 "$A/exp_err")"
 fi
+# The stored records carry document and page as fields of their own
+# (read from Python with the generated schema, as any other reader would).
+PY=""
+for p in ${PYTHON:-} python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import lmdb, google.protobuf' 2>/dev/null; then
+        PY=$p
+        break
+    fi
+done
+if [ -n "$PY" ] && make -s python-schemas PY_GEN="$T/py" >/dev/null 2>&1 &&
+    DOCMINT_PYGEN="$T/py" "$PY" - "$A" >"$A/pyrec" 2>&1 <<'PY'
+import json, sys
+sys.path.insert(0, "schemas/python")
+import dmstore
+a = sys.argv[1]
+rows = {r["questionId"]: r for r in map(json.loads, open(a + "/r.jsonl"))}
+n = 0
+with dmstore.open_store(a + "/out") as st:
+    for m in list(st.records()) + list(st.errors()):
+        r = rows[m.question_id]
+        assert (m.document, m.page) == (r["document"], r["page"]), (m, r)
+        n += 1
+assert n == len(rows), n
+PY
+then
+    ok "records hold document and page ($(grep -c . "$A/r.jsonl") answer and error records)"
+else
+    bad "records' document and page: ${PY:-no python3 with lmdb and protobuf} $(tail -3 "$A/pyrec" 2>/dev/null)"
+fi
 # A JSON-lines corpus naming pages out of order: rows come by document
 # (first named first), then page, then question; the largest allowed id
 # goes through the store, the export and store get unchanged.
