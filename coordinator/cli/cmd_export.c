@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "coordinator/annotations.h"
@@ -147,6 +148,59 @@ static int s_row_csv(FILE *f, const Row *r)
     return fputs("\r\n", f) < 0 ? -1 : 0;
 }
 
+enum { ROW_ANSWER, ROW_ERROR, ROW_MISSING };
+
+/* Fill r from the store: its answer record (*a), else its error record
+ * (*e, key: the decimal questionId), else neither.  Returns ROW_*, or -1
+ * when a stored value is not a record or the store cannot be read. */
+static int s_row_lookup(Store *st, Row *r, Docmint__AnswerRecord **a, Docmint__ErrorRecord **e,
+                        DmErr *err)
+{
+    unsigned char key[8];
+    char ekey[32];
+    void *val;
+    size_t vlen;
+    store_key_u64((uint64_t)r->q->qid, key);
+    int got = store_get(st, STORE_RECORDS, key, 8, &val, &vlen, err);
+    if (got == 1) {
+        *a = record_answer_unpack(val, vlen, err);
+        free(val);
+        if (!*a)
+            return -1;
+        r->answer = (*a)->answer;
+        r->mean_logprob = (*a)->mean_logprob;
+        return ROW_ANSWER;
+    }
+    if (got < 0)
+        return -1;
+    snprintf(ekey, sizeof ekey, "%lld", (long long)r->q->qid);
+    got = store_get(st, STORE_ERRORS, ekey, strlen(ekey), &val, &vlen, err);
+    if (got == 1) {
+        *e = record_error_unpack(val, vlen, err);
+        free(val);
+        if (!*e)
+            return -1;
+        r->error = (*e)->reason;
+        return ROW_ERROR;
+    }
+    if (got < 0)
+        return -1;
+    r->error = "not in the store (not computed yet)";
+    return ROW_MISSING;
+}
+
+/* Row number i (from 0) in fmt; 0 or -1 when the file cannot be written. */
+static int s_row_write(FILE *f, Format fmt, const Row *r, long i)
+{
+    if (fmt == FMT_CSV)
+        return s_row_csv(f, r);
+    if (fmt == FMT_JSON && fputs(i ? ",\n" : "\n", f) < 0)
+        return -1;
+    if (s_row_json(f, r))
+        return -1;
+    return fmt == FMT_JSONL && fputc('\n', f) == EOF ? -1 : 0;
+}
+
 /* Pages in table order: documents in the order the corpus first names
  * them, a document's pages by page number, ties in corpus order. */
 typedef struct PageOrd {
@@ -263,56 +317,25 @@ static int s_table(const char *store_path, Format fmt, const char *out, int part
             Row r = {pg, &pg->q[j], NULL, NAN, NULL};
             Docmint__AnswerRecord *a = NULL;
             Docmint__ErrorRecord *e = NULL;
-            unsigned char key[8];
-            char ekey[32];
-            void *val;
-            size_t vlen;
-            store_key_u64((uint64_t)r.q->qid, key);
-            int got = store_get(st, STORE_RECORDS, key, 8, &val, &vlen, err);
-            if (got == 1) {
-                a = record_answer_unpack(val, vlen, err);
-                free(val);
-                if (!a)
-                    goto bad_record;
-                r.answer = a->answer;
-                r.mean_logprob = a->mean_logprob;
-            } else if (got == 0) {
-                snprintf(ekey, sizeof ekey, "%lld", (long long)r.q->qid);
-                got = store_get(st, STORE_ERRORS, ekey, strlen(ekey), &val, &vlen, err);
-                if (got == 1) {
-                    e = record_error_unpack(val, vlen, err);
-                    free(val);
-                    if (!e)
-                        goto bad_record;
-                    r.error = e->reason;
-                    nerrors++;
-                } else if (got == 0) {
-                    if (nmissing < 20)
-                        fprintf(mf, "%s%lld", nmissing ? ", " : "", (long long)r.q->qid);
-                    nmissing++;
-                    r.error = "not in the store (not computed yet)";
-                }
-            }
-            if (got < 0)
+            int found = s_row_lookup(st, &r, &a, &e, err);
+            if (found < 0) {
+                dm_err_prefix(err, "%s: questionId %lld", store_path, (long long)r.q->qid);
                 goto done;
-            int wrc = fmt == FMT_CSV ? s_row_csv(f, &r)
-                                     : (fmt == FMT_JSON && rows && fputs(",", f) < 0) ||
-                                               (fmt == FMT_JSON && fputs("\n", f) < 0) ||
-                                               s_row_json(f, &r) ||
-                                               (fmt == FMT_JSONL && fputs("\n", f) < 0)
-                                           ? -1
-                                           : 0;
+            }
+            if (found == ROW_ERROR)
+                nerrors++;
+            if (found == ROW_MISSING) {
+                if (nmissing < 20)
+                    fprintf(mf, "%s%lld", nmissing ? ", " : "", (long long)r.q->qid);
+                nmissing++;
+            }
+            int wrc = s_row_write(f, fmt, &r, rows++);
             record_answer_free(&a);
             record_error_free(&e);
-            rows++;
             if (wrc) {
                 dm_err_errno(err, "%s: cannot write", tmp);
                 goto done;
             }
-            continue;
-        bad_record:
-            dm_err_prefix(err, "%s: questionId %lld", store_path, (long long)r.q->qid);
-            goto done;
         }
     }
     if (fmt == FMT_JSON)
