@@ -610,7 +610,6 @@ static int s_doc_ext(const char *name)
 typedef struct S_Progress {
     FILE *f;      /* NULL: silent */
     double last;  /* monotonic time of the start or the last line */
-    int lines;    /* lines printed */
 } S_Progress;
 
 static double s_now(void)
@@ -628,7 +627,6 @@ static int s_progress_due(S_Progress *pr)
     if (t - pr->last < 2.0)
         return 0;
     pr->last = t;
-    pr->lines++;
     return 1;
 }
 
@@ -844,7 +842,7 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
         return dm_err(err, "%s: an archive needs a questions file (corpus.questions)", spec->path);
     int is_dir = S_ISDIR(st.st_mode);
     S_List docs = {0}, qs = {0};
-    S_Progress pr = {spec->progress, s_now(), 0};
+    S_Progress pr = {spec->progress, s_now()};
     /* A folder's documents are found in it, so paths resolve against it;
      * a list file's lines resolve against image_root or its folder. */
     char *root = is_dir ? strdup(spec->path)
@@ -947,11 +945,6 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
         if (!b.c->scan)
             rc = dm_err(err, "%s: out of memory", spec->path);
     }
-    /* a scan that showed progress says when it is over */
-    if (!rc && pr.lines)
-        fprintf(pr.f, "docmint: %s: %d documents, %d pages (%d counted, %d from the earlier "
-                      "scan)\n",
-                spec->path, docs.n, total_pages, b.c->scan_counted, b.c->scan_reused);
     json_decref(files);
     json_decref(cache);
     s_list_free(&docs);
