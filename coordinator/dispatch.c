@@ -16,6 +16,7 @@
 #include "common/logit_store.h"
 #include "coordinator/progress.h"
 #include "coordinator/results.h"
+#include "coordinator/store_ids.h"
 #include "worker/stages/stage_infer.h"
 #include "common/store.h"
 #include "coordinator/zap_auth.h"
@@ -150,8 +151,25 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
         dm_err_errno(err, "%s: model %s", job->path, job->model);
         goto fail;
     }
-    if (corpus_load(&job->corpus, &d->corpus, err))
+    /* An archive's page counts come from the store's last scan while the
+     * documents keep their size and modification time. */
+    char *scan_cache = NULL;
+    if (job->corpus.format == CORPUS_ARCHIVE) {
+        scan_cache = store_ids_read_scan(job->output);
+        job->corpus.scan_cache = scan_cache;
+        job->corpus.progress = d->quiet ? NULL : stderr;
+    }
+    int loaded = corpus_load(&job->corpus, &d->corpus, err);
+    job->corpus.scan_cache = NULL;
+    job->corpus.progress = NULL;
+    free(scan_cache);
+    if (loaded)
         goto fail;
+    if (job->corpus.format == CORPUS_ARCHIVE && !d->quiet)
+        fprintf(stderr, "%s: %s: %d documents, %d pages (%d counted, %d from the earlier scan)\n",
+                o->log_prefix ? o->log_prefix : "docmint", job->corpus.path,
+                d->corpus->scan_counted + d->corpus->scan_reused, d->corpus->npages,
+                d->corpus->scan_counted, d->corpus->scan_reused);
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
@@ -179,6 +197,18 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     }
     if (results_check_meta(d->res, job->output, job->model, fp, err))
         goto fail;
+    if (job->corpus.format == CORPUS_ARCHIVE) {
+        int legacy = store_ids_legacy(d->store, err);
+        if (legacy < 0)
+            goto fail;
+        if (legacy) {
+            dm_err(err, "%s: the store was made before archive questionIds became 53-bit: a rerun "
+                        "into it would ask every question again; `docmint export` still reads "
+                        "it; give the job a new output",
+                   job->output);
+            goto fail;
+        }
+    }
     if (plan_build(d->corpus, job->pages_per_shard, s_held, d->res, &d->plan, err))
         goto fail;
     results_forget_held(d->res);
@@ -189,7 +219,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     int started = job_text ? results_start(d->res, job_text, fp, tok_fp, d->plan->held_q, err)
                            : dm_err(err, "out of memory");
     free(job_text);
-    if (started)
+    if (started || store_ids_mark(d->store, d->corpus->scan, err))
         goto fail;
 
     WireJoin *j = &d->join;
@@ -331,6 +361,7 @@ static int s_send_shard(Dispatch *d, int i, int k)
         docmint__page__init(&pages[p]);
         pp[p] = &pages[p];
         pages[p].page_id = cp->page_id;
+        pages[p].document = cp->document;
         /* Workers may run in another folder: send absolute paths. */
         if (cp->image_path[0] != '/' && d->cwd[0]) {
             size_t n = strlen(d->cwd) + strlen(cp->image_path) + 2;

@@ -55,7 +55,9 @@ mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/demo-infer.json
     -o "$OUT/submission.json"
 "$DOCMINT" eval --predictions "$OUT/submission.json" \
     --annotations "$OUT/corpus/train_v1.0_withQT.json" --report "$OUT/report.json"
-echo "demo: answers in $OUT/answers, submission $OUT/submission.json, report $OUT/report.json"
+# every question with its document, page, answer and confidence, as CSV
+"$DOCMINT" export "$OUT/answers" -o "$OUT/answers.csv"
+echo "demo: answers in $OUT/answers (table: $OUT/answers.csv), submission $OUT/submission.json, report $OUT/report.json"
 
 # The same questions with the weights in bfloat16 (job key "precision"):
 # half the bytes per decoding step; the ANLS shows what it costs.

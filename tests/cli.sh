@@ -311,6 +311,195 @@ else
     bad "eval with sharp s and final sigma: $(cat "$T/rep_case.json" 2>/dev/null | head -c 300)"
 fi
 
+echo "cli: an archive job, its results table and its questionIds"
+# A folder: a.png, broken.pdf (not a PDF: its rows carry the error),
+# sub/multi.tif (3 pages); two questions, one needing CSV quoting.
+A="$T/arch"
+mkdir -p "$A/docs/sub"
+cp jobs/demo/page.png "$A/docs/a.png"
+cp $DATA/images/multi.tif "$A/docs/sub/multi.tif"
+printf 'not a pdf' >"$A/docs/broken.pdf"
+printf '%s\n' 'What is the date?' 'Who signed, "and" when?' >"$A/q.txt"
+printf '{"stage": "infer", "model": "%s", "output": "%s", "threads": 1, "max_length": 24,
+ "endpoint": "tcp://127.0.0.1:0",
+ "corpus": {"format": "archive", "path": "%s", "questions": "%s"}}\n' \
+    "$T/model" "$A/out" "$A/docs" "$A/q.txt" >"$A/job.json"
+if "$DOCMINT" run "$A/job.json" >"$A/run1" 2>&1 && "$DOCMINT" run "$A/job.json" >"$A/run2" 2>&1; then
+    # the first run opens the three documents, the rerun only broken.pdf
+    # (an unreadable document is not kept in the scan)
+    if grep -q "3 documents, 5 pages (3 counted, 0 from the earlier scan)" "$A/run1" &&
+        grep -q "3 documents, 5 pages (1 counted, 2 from the earlier scan)" "$A/run2" &&
+        grep -q "0 computed" "$A/run2" && "$DOCMINT" store stat "$A/out" >"$A/stat" &&
+        grep -q "^meta archive_scan: 2 documents" "$A/stat" && grep -q "^meta question_ids: 53-bit" "$A/stat"; then
+        ok "archive rerun: the scan kept in the store, nothing recomputed"
+    else
+        bad "archive scan: $(cat "$A/run1" "$A/run2" | head -c 600)"
+    fi
+else
+    bad "archive job: $(tail -3 "$A/run1" "$A/run2" 2>/dev/null)"
+fi
+# mean log-probabilities of the same pages by `ask` (no store on the way)
+: >"$A/ask"
+for pg in "a.png 0" "sub/multi.tif 0" "sub/multi.tif 1" "sub/multi.tif 2"; do
+    set -- $pg
+    "$DOCMINT" ask "$T/model" "$A/docs/$1" --page "$2" --threads 1 --max-length 24 --verbose "What is the date?" \
+        'Who signed, "and" when?' 2>&1 >/dev/null | sed -n "s|^q\([0-9]\): .*mean log-prob \(.*\)|$1 $2 \1 \2|p" >>"$A/ask"
+done
+"$DOCMINT" store dump "$A/out" >"$A/dump"
+"$DOCMINT" store dump "$A/out" --errors >"$A/dump_err"
+if "$DOCMINT" export "$A/out" -o "$A/r.jsonl" 2>"$A/exp_err" &&
+    "$DOCMINT" export "$A/out" -o "$A/r.csv" 2>>"$A/exp_err" &&
+    "$DOCMINT" export "$A/out" --format json -o "$A/r.out" 2>>"$A/exp_err" &&
+    vipsheader -f n-pages "$A/docs/sub/multi.tif" >"$A/npages" &&
+    python3 - "$A" >"$A/check" 2>&1 <<'PY'
+import csv, io, json, sys
+a = sys.argv[1]
+questions = ["What is the date?", 'Who signed, "and" when?']
+npages = int(open(a + "/npages").read())
+# documents by relative path, pages from 0, questions in file order
+want = [(d, p, q) for d, n in (("a.png", 1), ("broken.pdf", 1), ("sub/multi.tif", npages))
+        for p in range(n) for q in questions]
+rows = [json.loads(l) for l in open(a + "/r.jsonl", encoding="utf-8")]
+assert [(r["document"], r["page"], r["question"]) for r in rows] == want, rows
+for r in rows:
+    assert r["page_id"] == r["document"] + ("#p%d" % r["page"] if r["page"] else ""), r
+# ids: distinct, and exact when read as doubles (jq, JavaScript)
+ids = [r["questionId"] for r in rows]
+assert len(set(ids)) == len(ids)
+as_doubles = [json.loads(l, parse_int=float)["questionId"] for l in open(a + "/r.jsonl")]
+assert all(isinstance(i, int) and 0 < i <= 2**53 - 1 and float(i) == d for i, d in zip(ids, as_doubles)), ids
+# answers and confidence as the store holds them and as `ask` computes them
+dump = {r["questionId"]: r for r in map(json.loads, open(a + "/dump"))}
+errs = {r["questionId"]: r for r in map(json.loads, open(a + "/dump_err"))}
+ask = {}
+for l in open(a + "/ask"):
+    d, p, k, lp = l.split()
+    ask[(d, int(p), questions[int(k) - 1])] = float(lp)
+assert len(ask) == 8, ask
+for r in rows:
+    if r["document"] == "broken.pdf":
+        assert r["answer"] is None and r["mean_logprob"] is None and "broken.pdf" in r["error"], r
+        assert errs[r["questionId"]]["reason"] == r["error"], r
+        continue
+    s = dump[r["questionId"]]
+    assert r["error"] is None and r["answer"] == s["answer"] and r["mean_logprob"] == s["mean_logprob"], r
+    assert s["page_id"] == r["page_id"] and s["question"] == r["question"], (r, s)
+    assert abs(r["mean_logprob"] - ask[(r["document"], r["page"], r["question"])]) <= 1.5e-4, r
+assert len(dump) + len(errs) == len(rows)
+# CSV (RFC 4180: CRLF, quoted fields) and JSON hold the same rows
+raw = open(a + "/r.csv", "rb").read()
+assert raw.count(b"\r\n") == len(rows) + 1 and raw.count(b"\n") == len(rows) + 1
+assert b'"Who signed, ""and"" when?"' in raw
+table = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+keys = ["questionId", "document", "page", "page_id", "question", "answer", "mean_logprob", "error"]
+assert table[0] == keys, table[0]
+def cell(v):
+    return "" if v is None else str(v)
+for t, r in zip(table[1:], rows):
+    assert t[:6] == [cell(r[k]) for k in keys[:6]] and t[7] == cell(r["error"]), (t, r)
+    assert (t[6] == "" and r["mean_logprob"] is None) or float(t[6]) == r["mean_logprob"], (t, r)
+assert json.load(open(a + "/r.out", encoding="utf-8")) == rows
+print(ids[0])
+PY
+then
+    qid=$(tail -1 "$A/check")
+    if "$DOCMINT" store get "$A/out" "$qid" | python3 -c 'import json,sys; r = json.load(sys.stdin); sys.exit(r["questionId"] != int(sys.argv[1]) or r["page_id"] != "a.png")' "$qid"; then
+        ok "export jsonl/csv/json: 10 rows in corpus order, ids exact as doubles, store get $qid"
+    else
+        bad "store get $qid"
+    fi
+else
+    bad "archive export: $(tail -5 "$A/check" 2>/dev/null) $(head -c 300 "$A/exp_err")"
+fi
+# The stored records carry document and page as fields of their own
+# (read from Python with the generated schema, as any other reader would).
+PY=""
+for p in ${PYTHON:-} python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import lmdb, google.protobuf' 2>/dev/null; then
+        PY=$p
+        break
+    fi
+done
+if [ -n "$PY" ] && make -s python-schemas PY_GEN="$T/py" >/dev/null 2>&1 &&
+    DOCMINT_PYGEN="$T/py" "$PY" - "$A" >"$A/pyrec" 2>&1 <<'PY'
+import json, sys
+sys.path.insert(0, "schemas/python")
+import dmstore
+a = sys.argv[1]
+rows = {r["questionId"]: r for r in map(json.loads, open(a + "/r.jsonl"))}
+n = 0
+with dmstore.open_store(a + "/out") as st:
+    for m in list(st.records()) + list(st.errors()):
+        r = rows[m.question_id]
+        assert (m.document, m.page) == (r["document"], r["page"]), (m, r)
+        n += 1
+assert n == len(rows), n
+PY
+then
+    ok "records hold document and page ($(grep -c . "$A/r.jsonl") answer and error records)"
+else
+    bad "records' document and page: ${PY:-no python3 with lmdb and protobuf} $(tail -3 "$A/pyrec" 2>/dev/null)"
+fi
+# A JSON-lines corpus naming pages out of order: rows come by document
+# (first named first), then page, then question; the largest allowed id
+# goes through the store, the export and store get unchanged.
+J="$T/jl"
+mkdir -p "$J"
+cp jobs/demo/page.png "$J/a.png"
+cp $DATA/images/multi.tif "$J/m.tif"
+cat >"$J/c.jsonl" <<'JSONL'
+{"id": 5, "question": "What is the date?", "image": "m.tif", "page": 2}
+{"id": 9007199254740991, "question": "What is the date?", "image": "a.png"}
+{"id": 3, "question": "Who signed?", "image": "m.tif", "page": 0}
+{"id": 4, "question": "What is the date?", "image": "m.tif", "page": 0}
+{"id": 7, "question": "Who signed?", "image": "a.png"}
+JSONL
+printf '{"stage": "infer", "model": "%s", "output": "%s", "threads": 1, "max_length": 24,
+ "endpoint": "tcp://127.0.0.1:0", "corpus": {"format": "jsonl", "path": "%s"}}\n' \
+    "$T/model" "$J/out" "$J/c.jsonl" >"$J/job.json"
+if "$DOCMINT" run "$J/job.json" --quiet >"$J/run" 2>&1 &&
+    "$DOCMINT" export "$J/out" -o "$J/r.jsonl" 2>/dev/null &&
+    python3 - "$J/r.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l, parse_int=float) for l in open(sys.argv[1])]
+got = [(r["document"], r["page"], r["questionId"]) for r in rows]
+want = [("m.tif", 0, 3), ("m.tif", 0, 4), ("m.tif", 2, 5), ("a.png", 0, 9007199254740991), ("a.png", 0, 7)]
+sys.exit(0 if got == want and all(r["error"] is None for r in rows) else 1)
+PY
+then
+    if "$DOCMINT" store get "$J/out" 9007199254740991 | grep -q '^{"questionId":9007199254740991,'; then
+        ok "export of a JSON-lines corpus: document, page, question order; id 2^53-1 intact"
+    else
+        bad "store get 9007199254740991"
+    fi
+else
+    bad "JSON-lines export: $(head -c 300 "$J/run") $(head -c 300 "$J/r.jsonl" 2>/dev/null)"
+fi
+# A store made before 53-bit ids (records, no meta question_ids) is
+# refused by a rerun of an archive job, with one line naming the store.
+sed "s|$A/out|$A/old|" "$A/job.json" >"$A/job_old.json"
+if echo '{"questionId": 4372367986747441736, "answer": "x"}' | "$DOCMINT" store import "$A/old" 2>/dev/null &&
+    ! "$DOCMINT" run "$A/job_old.json" --quiet >"$A/old_out" 2>&1 &&
+    [ "$(wc -l <"$A/old_out")" -eq 1 ] && grep -q "$A/old: the store was made before archive questionIds became 53-bit" "$A/old_out"; then
+    ok "a store with 63-bit archive ids is refused by a rerun"
+else
+    bad "old store rerun: $(cat "$A/old_out")"
+fi
+expect_error "export: a store without a job" "no job in the store's meta" \
+    "$DOCMINT" export "$A/old" -o "$A/x.csv"
+expect_error "export: unknown format" "--format xml" "$DOCMINT" export "$A/out" --format xml -o "$A/x"
+expect_error "export: format not told by the name" "cannot tell the format" "$DOCMINT" export "$A/out" -o "$A/x.txt"
+# a document added after the run: its questions have no record yet
+cp jobs/demo/page.png "$A/docs/c.png"
+expect_error "export: questions not in the store refused" "2 of 12 questions have no record" \
+    "$DOCMINT" export "$A/out" -o "$A/x.csv"
+if "$DOCMINT" export "$A/out" -o "$A/x.csv" --partial 2>/dev/null &&
+    [ "$(grep -c 'not in the store' "$A/x.csv")" -eq 2 ] && [ "$(wc -l <"$A/x.csv")" -eq 13 ]; then
+    ok "export --partial: every row, the missing ones say so"
+else
+    bad "export --partial: $(head -c 300 "$A/x.csv")"
+fi
+
 echo "cli: prune and params"
 # plan1 as the reference file (object spelling), plan2 written as lists
 printf '%s\n' '{"keep": ["M0", "S1", "C1"], "heads": ["C1.H1", "C1.H3"]}' >"$T/plan2_list.json"
@@ -497,7 +686,7 @@ expect_error "forward without inputs" "pixel_values" "$DOCMINT" forward $DATA/ti
 expect_error "unknown command" "unknown command" "$DOCMINT" frobnicate
 expect_error "unknown option" "--bogus" "$DOCMINT" ask "$T/model" jobs/demo/page.png --bogus "q?"
 
-for c in ask forward tokenize detokenize init preprocess bench prune params; do
+for c in ask forward tokenize detokenize init preprocess bench prune params export; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

@@ -4,6 +4,7 @@
  * order, aliases, answers, page numbers, deterministic archive ids, and
  * one-line errors naming the file, the entry and the key. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,6 +288,104 @@ static void t_archive_list(void)
     s_expect_error(CORPUS_ARCHIVE, S_DIR "/no-such-folder", S_DIR "/questions.txt", "no-such-folder: No such file");
 }
 
+/* Archive ids: 53-bit, and with legacy_ids the 63-bit ids that stores
+ * made before hold (the two numbers below were read from such a store). */
+static void t_archive_ids(void)
+{
+    char dir[] = "/tmp/docmint-ids-XXXXXX", p[600], q[600];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(p, sizeof p, "%s/a.png", dir);
+    snprintf(q, sizeof q, "%s/q.txt", dir);
+    CU_ASSERT_EQUAL_FATAL(s_copy("data/images/rgb.png", p), 0);
+    CU_ASSERT_EQUAL_FATAL(s_write(q, "What is the date?\nWho is the vendor?\n"), 0);
+    CorpusSpec spec = {CORPUS_ARCHIVE, dir, NULL, q, 200};
+    spec.legacy_ids = 1;
+    Corpus *old = NULL, *c = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(corpus_load(&spec, &old, &err), 0);
+    spec.legacy_ids = 0;
+    CU_ASSERT_EQUAL_FATAL(corpus_load(&spec, &c, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(old->npages, 1);
+    CU_ASSERT_EQUAL_FATAL(c->npages, 1);
+    CU_ASSERT_EQUAL(old->pages[0].q[0].qid, 4372367986747441736LL);
+    CU_ASSERT_EQUAL(old->pages[0].q[1].qid, 708569154950182299LL);
+    for (int j = 0; j < 2; j++) {
+        int64_t id = c->pages[0].q[j].qid;
+        /* the low 53 bits of the same hash; exact as a double */
+        CU_ASSERT_EQUAL(id, old->pages[0].q[j].qid & CORPUS_MAX_QID);
+        CU_ASSERT(id > 0 && id <= CORPUS_MAX_QID);
+        CU_ASSERT_EQUAL((int64_t)(double)id, id);
+    }
+    CU_ASSERT_STRING_EQUAL(c->pages[0].document, "a.png");
+    corpus_free(&old);
+    corpus_free(&c);
+    /* a JSON-lines id above 2^53 - 1 is refused, 2^53 - 1 itself is not */
+    snprintf(p, sizeof p, "%s/big.jsonl", dir);
+    CU_ASSERT_EQUAL(s_write(p, "{\"id\": 9007199254740991, \"question\": \"q?\", \"image\": \"a.png\"}\n"
+                               "{\"id\": 9007199254740992, \"question\": \"q?\", \"image\": \"a.png\"}\n"), 0);
+    s_expect_error(CORPUS_JSONL, p, NULL,
+                   "big.jsonl: line 2: id: 9007199254740992 is above 2^53-1 = 9007199254740991");
+    s_rmtree(dir);
+}
+
+/* The scan kept for the next load: unchanged documents keep their page
+ * count without being opened, a changed one is counted again. */
+static void t_archive_scan(void)
+{
+    char dir[] = "/tmp/docmint-scan-XXXXXX", p[600];
+    CU_ASSERT_EQUAL_FATAL(s_make_archive(dir), 0);
+    FILE *log = tmpfile(); /* progress lines, if the scan is slow enough for any */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(log);
+    CorpusSpec spec = {CORPUS_ARCHIVE, dir, NULL, S_DIR "/questions.txt", 200};
+    spec.progress = log;
+    Corpus *c = NULL, *d = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(corpus_load(&spec, &c, &err), 0);
+    /* broken.pdf is counted (and fails) but not kept */
+    CU_ASSERT_EQUAL(c->scan_counted, 4);
+    CU_ASSERT_EQUAL(c->scan_reused, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c->scan);
+    CU_ASSERT_PTR_NULL(strstr(c->scan, "broken.pdf"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(c->scan, "\"sub/multi.tif\":[6768,"));
+    fclose(log);
+    /* document and page as separate fields */
+    CU_ASSERT_STRING_EQUAL(c->pages[3].document, "sub/multi.tif");
+    CU_ASSERT_EQUAL(c->pages[3].page_no, 1);
+    CU_ASSERT_STRING_EQUAL(c->pages[0].document, "broken.pdf");
+
+    spec.progress = NULL;
+    spec.scan_cache = c->scan;
+    CU_ASSERT_EQUAL_FATAL(corpus_load(&spec, &d, &err), 0);
+    CU_ASSERT_EQUAL(d->scan_counted, 1);
+    CU_ASSERT_EQUAL(d->scan_reused, 3);
+    CU_ASSERT_EQUAL(d->npages, 6);
+    CU_ASSERT_STRING_EQUAL(d->scan, c->scan);
+    corpus_free(&d);
+    /* the kept count is trusted while size and time match: a scan that
+     * says 2 pages gives 2 pages (the file is not opened) */
+    char *edited = strdup(c->scan), *at = strstr(edited, "\"sub/multi.tif\":[");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    at = strchr(at, ']');
+    CU_ASSERT_EQUAL_FATAL(at[-1], '3');
+    at[-1] = '2';
+    spec.scan_cache = edited;
+    CU_ASSERT_EQUAL_FATAL(corpus_load(&spec, &d, &err), 0);
+    CU_ASSERT_EQUAL(d->npages, 5);
+    corpus_free(&d);
+    /* a new modification time: counted again */
+    snprintf(p, sizeof p, "%s/sub/multi.tif", dir);
+    struct timespec ts[2] = {{1000000000, 0}, {1000000000, 0}};
+    CU_ASSERT_EQUAL(utimensat(AT_FDCWD, p, ts, 0), 0);
+    CU_ASSERT_EQUAL_FATAL(corpus_load(&spec, &d, &err), 0);
+    CU_ASSERT_EQUAL(d->npages, 6);
+    CU_ASSERT_EQUAL(d->scan_counted, 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(d->scan, "\"sub/multi.tif\":[6768,1000000000,0,3]"));
+    corpus_free(&d);
+    free(edited);
+    corpus_free(&c);
+    s_rmtree(dir);
+}
+
 static void t_format_parse(void)
 {
     CorpusFormat f;
@@ -335,6 +434,7 @@ void tests_corpus(void)
 {
     TU_SUITE("corpus", {"DocVQA annotation file", t_docvqa}, {"DocVQA errors name file, entry, key", t_docvqa_errors},
              {"JSON lines with aliases", t_jsonl}, {"archive folder", t_archive_folder},
-             {"archive list file", t_archive_list}, {"format names", t_format_parse},
+             {"archive list file", t_archive_list}, {"archive ids: 53-bit, legacy 63-bit", t_archive_ids},
+             {"archive scan kept and reused", t_archive_scan}, {"format names", t_format_parse},
              {"synthetic corpus reads back", t_synth_corpus});
 }

@@ -252,7 +252,13 @@ static int s_stat(Store *s, int as_json, DmErr *err)
             int plain = 1;
             for (const unsigned char *p = (const unsigned char *)text; *p; p++)
                 plain &= *p >= 0x20;
-            if (plain) {
+            json_t *scan = !strcmp(k, "archive_scan") ? json_loads(text, 0, NULL) : NULL;
+            if (scan) { /* one entry per document: a count, not the list */
+                printf("meta %s: %zu documents (their size, time and page count; --json "
+                       "prints them)\n",
+                       k, json_object_size(json_object_get(scan, "files")));
+                json_decref(scan);
+            } else if (plain) {
                 printf("meta %s: %s\n", k, text);
             } else { /* multi-line values (the job JSON) as one escaped line */
                 char *q = json_dumps(v, JSON_ENCODE_ANY);

@@ -8,6 +8,7 @@
 #include "coordinator/cli/commands.h"
 #include "worker/data/corpus.h"
 #include "coordinator/job.h"
+#include "coordinator/store_ids.h"
 #include "common/jsonschema.h"
 
 static void s_usage(FILE *f)
@@ -69,7 +70,18 @@ int cmd_validate(int argc, char **argv)
         return 1;
     }
     Corpus *c = NULL;
-    if (corpus && corpus_load(&job->corpus, &c, &err)) {
+    /* an archive: progress while scanning, and the page counts of the
+     * output store's last scan for unchanged documents */
+    char *scan = NULL;
+    if (corpus && job->corpus.format == CORPUS_ARCHIVE) {
+        scan = store_ids_read_scan(job->output);
+        job->corpus.scan_cache = scan;
+        job->corpus.progress = stderr;
+    }
+    int bad = corpus && corpus_load(&job->corpus, &c, &err);
+    job->corpus.scan_cache = NULL;
+    free(scan);
+    if (bad) {
         fprintf(stderr, "docmint validate: %s\n", err.msg);
         job_free(&job);
         return 1;

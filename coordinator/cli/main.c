@@ -44,7 +44,7 @@ static const Command s_commands[] = {
     {"run", cmd_run, "JOB.json [--quiet]   run a job (under mpirun: rank 0 coordinates, the others compute)"},
     {"worker", cmd_worker, "--keys OUTPUT/worker.keys [--connect ENDPOINT]   join a running job"},
     {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
-    {"export", cmd_export, "STORE --annotations FILE -o SUBMISSION.json   evaluation-server submission"},
+    {"export", cmd_export, "STORE -o FILE [--format jsonl|csv|json]   results table (or --annotations: DocVQA submission)"},
     {"eval", cmd_eval, "--predictions FILE --annotations FILE   ANLS, overall and by question type"},
     {"synth", cmd_synth, "OUT_DIR [--docs N] [--seed S] [--kv colours|nouns|numbers]   a synthetic DocVQA corpus"},
     {"validate", cmd_validate, "JOB.json [--corpus] [--print]   check a job file (--schema prints the schema)"},

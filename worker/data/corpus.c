@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -241,8 +242,10 @@ static int s_page(S_Builder *b, const char *image, int page_no, DmErr *err)
         snprintf(pg->page_id, il + 16, "%s#p%d", image, page_no);
     else
         memcpy(pg->page_id, image, il + 1);
+    pg->document = strdup(image);
     b->qcap[c->npages] = 0;
-    if (s_map_put(&b->pages, h, c->npages)) {
+    if (!pg->document || s_map_put(&b->pages, h, c->npages)) {
+        free(pg->document);
         free(pg->page_id);
         free(path);
         return dm_err(err, "%s: out of memory", b->file);
@@ -432,6 +435,12 @@ static int s_entry(S_Builder *b, const json_t *e, int where, int jsonl, DmErr *e
     if (json_integer_value(v) < 0)
         return dm_err(err, "%s: %s: %s: must not be negative, got %lld", b->file, w, k,
                       (long long)json_integer_value(v));
+    /* Every JSON output prints ids as numbers, and many JSON readers hold
+     * numbers as doubles: above 2^53 - 1 they would round to another id. */
+    if (json_integer_value(v) > CORPUS_MAX_QID)
+        return dm_err(err, "%s: %s: %s: %lld is above 2^53-1 = %lld, the largest id JSON "
+                           "readers keep exactly",
+                      b->file, w, k, (long long)json_integer_value(v), CORPUS_MAX_QID);
     q.qid = (int64_t)json_integer_value(v);
     v = s_get_alias(e, s_k_question, &k);
     if (!v)
@@ -596,10 +605,36 @@ static int s_doc_ext(const char *name)
     return 0;
 }
 
+/* Scanning progress: a line at most every 2 s (a folder of thousands of
+ * PDFs takes a while to list and count). */
+typedef struct S_Progress {
+    FILE *f;      /* NULL: silent */
+    double last;  /* monotonic time of the start or the last line */
+} S_Progress;
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int s_progress_due(S_Progress *pr)
+{
+    if (!pr->f)
+        return 0;
+    double t = s_now();
+    if (t - pr->last < 2.0)
+        return 0;
+    pr->last = t;
+    return 1;
+}
+
 /* Collect document paths under root/rel (rel "" at the top), relative to
  * root.  Hidden entries are skipped; symbolic links to files are
  * followed, links to folders are not (no cycles). */
-static int s_scan(const char *root, const char *rel, S_List *out, int depth, DmErr *err)
+static int s_scan(const char *root, const char *rel, S_List *out, int depth, S_Progress *pr,
+                  DmErr *err)
 {
     char *dir = *rel ? s_join(root, rel) : strdup(root);
     if (!dir)
@@ -627,12 +662,15 @@ static int s_scan(const char *root, const char *rel, S_List *out, int depth, DmE
             rc = dm_err(err, "%s: out of memory", dir);
         } else if (lstat(full, &st) == 0) {
             if (S_ISDIR(st.st_mode)) {
-                rc = s_scan(root, sub, out, depth + 1, err);
+                rc = s_scan(root, sub, out, depth + 1, pr, err);
             } else if (s_doc_ext(de->d_name) &&
                        (S_ISREG(st.st_mode) || (S_ISLNK(st.st_mode) && stat(full, &st) == 0 &&
                                                 S_ISREG(st.st_mode)))) {
                 rc = s_list_push(out, sub) ? dm_err(err, "%s: out of memory", dir) : 0;
                 sub = NULL;
+                if (!rc && s_progress_due(pr))
+                    fprintf(pr->f, "docmint: scanning %s: %d documents found so far\n", root,
+                            out->n);
             }
         }
         free(sub);
@@ -781,14 +819,17 @@ static int s_questions(const char *path, S_List *out, DmErr *err)
 
 /* Archive questionIds: a hash of the page id and the question, so they
  * stay the same when documents are added to or removed from the archive
- * (a rerun over a grown folder resumes instead of renumbering).  63 bits,
- * positive; a collision is reported as a duplicate questionId. */
-static int64_t s_archive_qid(const char *page_id, const char *question)
+ * (a rerun over a grown folder resumes instead of renumbering).  53 bits,
+ * positive, so that JSON readers holding numbers as doubles keep them
+ * exact (legacy: the 63 bits of stores made before); a collision is
+ * reported as a duplicate questionId.  n questions collide with
+ * probability about n^2 / 2^54: 1 in 18,000 for a million. */
+static int64_t s_archive_qid(const char *page_id, const char *question, int legacy)
 {
     uint64_t h = s_hash_str(page_id, 0xcbf29ce484222325ULL);
     h = (h ^ '\n') * 0x100000001b3ULL;
     h = s_mix(s_hash_str(question, h));
-    int64_t id = (int64_t)(h & 0x7FFFFFFFFFFFFFFFULL);
+    int64_t id = (int64_t)(h & (legacy ? 0x7FFFFFFFFFFFFFFFULL : (uint64_t)CORPUS_MAX_QID));
     return id ? id : 1;
 }
 
@@ -801,6 +842,7 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
         return dm_err(err, "%s: an archive needs a questions file (corpus.questions)", spec->path);
     int is_dir = S_ISDIR(st.st_mode);
     S_List docs = {0}, qs = {0};
+    S_Progress pr = {spec->progress, s_now()};
     /* A folder's documents are found in it, so paths resolve against it;
      * a list file's lines resolve against image_root or its folder. */
     char *root = is_dir ? strdup(spec->path)
@@ -809,7 +851,7 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
         return dm_err(err, "%s: out of memory", spec->path);
     int rc;
     if (is_dir) {
-        rc = s_scan(spec->path, "", &docs, 0, err);
+        rc = s_scan(spec->path, "", &docs, 0, &pr, err);
         if (!rc && docs.n)
             qsort(docs.s, (size_t)docs.n, sizeof *docs.s, s_cmp_str);
     } else {
@@ -830,18 +872,56 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
         free(root);
         return -1;
     }
-    int nth = 0;
+    /* Page counts of the earlier scan, by document: reused while the
+     * file's size and modification time stay the same. */
+    json_t *cache = spec->scan_cache ? json_loads(spec->scan_cache, 0, NULL) : NULL;
+    json_t *old = json_integer_value(json_object_get(cache, "version")) == 1
+                      ? json_object_get(cache, "files") : NULL;
+    json_t *files = json_object();
+    if (!rc && !files)
+        rc = dm_err(err, "%s: out of memory", spec->path);
+    int nth = 0, total_pages = 0;
     for (int d = 0; d < docs.n && !rc; d++) {
         char *path = s_join(root, docs.s[d]);
-        int npages = 1;
+        int npages = 1, known = 0;
+        struct stat fs;
         DmErr ignored;
-        /* An unreadable document still gets its page 0, so the worker
-         * records the reason as an item error. */
-        if (!path)
+        if (!path) {
             rc = dm_err(err, "%s: out of memory", spec->path);
-        else if (image_count_pages(path, &npages, &ignored))
-            npages = 1;
+            break;
+        }
+        int have = stat(path, &fs) == 0 && S_ISREG(fs.st_mode);
+        json_t *e = have && old ? json_object_get(old, docs.s[d]) : NULL;
+        if (json_is_array(e) && json_array_size(e) == 4 &&
+            json_integer_value(json_array_get(e, 0)) == (json_int_t)fs.st_size &&
+            json_integer_value(json_array_get(e, 1)) == (json_int_t)fs.st_mtim.tv_sec &&
+            json_integer_value(json_array_get(e, 2)) == (json_int_t)fs.st_mtim.tv_nsec &&
+            json_integer_value(json_array_get(e, 3)) >= 1 &&
+            json_integer_value(json_array_get(e, 3)) <= 1000000) {
+            npages = (int)json_integer_value(json_array_get(e, 3));
+            known = 1;
+            b.c->scan_reused++;
+        } else {
+            /* An unreadable document still gets its page 0, so the worker
+             * records the reason as an item error; it is not kept in the
+             * scan, so the next load looks at it again. */
+            known = image_count_pages(path, &npages, &ignored) == 0;
+            if (!known)
+                npages = 1;
+            b.c->scan_counted++;
+        }
         free(path);
+        /* a name that is not UTF-8 cannot be a JSON key: counted each time */
+        if (have && known)
+            json_object_set_new(files, docs.s[d],
+                                json_pack("[I,I,I,i]", (json_int_t)fs.st_size,
+                                          (json_int_t)fs.st_mtim.tv_sec,
+                                          (json_int_t)fs.st_mtim.tv_nsec, npages));
+        total_pages += npages;
+        if (s_progress_due(&pr))
+            fprintf(pr.f, "docmint: %s: %d of %d documents, %d pages so far (%d counted, %d "
+                          "from the earlier scan)\n",
+                    spec->path, d + 1, docs.n, total_pages, b.c->scan_counted, b.c->scan_reused);
         for (int p = 0; p < npages && !rc; p++) {
             int pi = s_page(&b, docs.s[d], p, err);
             if (pi < 0) {
@@ -850,7 +930,7 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
             }
             for (int j = 0; j < qs.n && !rc; j++) {
                 CorpusQuestion q = {0};
-                q.qid = s_archive_qid(b.c->pages[pi].page_id, qs.s[j]);
+                q.qid = s_archive_qid(b.c->pages[pi].page_id, qs.s[j], spec->legacy_ids);
                 if (!(q.text = strdup(qs.s[j])))
                     rc = dm_err(err, "%s: out of memory", spec->path);
                 else
@@ -858,6 +938,15 @@ static int s_load_archive(const CorpusSpec *spec, Corpus **out, DmErr *err)
             }
         }
     }
+    if (!rc) {
+        json_t *keep = json_pack("{s:i s:O}", "version", 1, "files", files);
+        b.c->scan = keep ? json_dumps(keep, JSON_COMPACT) : NULL;
+        json_decref(keep);
+        if (!b.c->scan)
+            rc = dm_err(err, "%s: out of memory", spec->path);
+    }
+    json_decref(files);
+    json_decref(cache);
     s_list_free(&docs);
     s_list_free(&qs);
     rc = s_builder_done(&b, rc, out);
@@ -918,9 +1007,11 @@ void corpus_free(Corpus **c)
             s_question_free(&p->q[j]);
         free(p->q);
         free(p->page_id);
+        free(p->document);
         free(p->image_path);
     }
     free(k->pages);
+    free(k->scan);
     free(k);
     *c = NULL;
 }

@@ -91,7 +91,9 @@ static int s_add_answer(Docmint__Result *res, const Docmint__Page *pg, const Doc
     r->seconds = (float)seconds;
     r->page_id = strdup(pg->page_id ? pg->page_id : "");
     r->question = strdup(q->text ? q->text : "");
-    if (!r->answer || !r->page_id || !r->question)
+    r->document = strdup(pg->document ? pg->document : "");
+    r->page = pg->page_no;
+    if (!r->answer || !r->page_id || !r->question || !r->document)
         return -1;
     return 0;
 }
@@ -106,6 +108,7 @@ void infer_result_clear(Docmint__Result *res)
         stage_free_str(r->answer);
         stage_free_str(r->page_id);
         stage_free_str(r->question);
+        stage_free_str(r->document);
         free(r->token_ids);
         free(r);
     }
@@ -123,6 +126,7 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
     if (nq == 0)
         return 0;
     double t0 = dm_now();
+    size_t e0 = res->n_errors;
     const char **texts = calloc(nq, sizeof *texts);
     const Docmint__Question **qs = calloc(nq, sizeof *qs);
     QaAnswer *ans = calloc(nq, sizeof *ans);
@@ -174,6 +178,15 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
 oom:
     dm_err(err, "out of memory building the result of page %s", pg->page_id);
 done:
+    /* the error records of this page name its document and page */
+    for (size_t i = e0; rc == 0 && i < res->n_errors; i++) {
+        Docmint__ErrorRecord *e = res->errors[i];
+        e->page = pg->page_no;
+        if (pg->document && pg->document[0] && !(e->document = strdup(pg->document))) {
+            e->document = (char *)protobuf_c_empty_string;
+            rc = dm_err(err, "out of memory building the result of page %s", pg->page_id);
+        }
+    }
     for (int i = 0; ans && i < nok; i++)
         qa_answer_free(&ans[i]);
     free(ans);

@@ -60,6 +60,7 @@ void stage_free_errors(Docmint__Result *res)
         stage_free_str(e->item);
         stage_free_str(e->stage);
         stage_free_str(e->reason);
+        stage_free_str(e->document);
         free(e);
     }
     free(res->errors);
