@@ -10,6 +10,7 @@
  * the batch retried.  LMDB only replaces its meta page once every data page
  * of a commit is on disk, so a failed commit (disk full, file size limit,
  * I/O error) leaves every earlier batch intact. */
+#define _GNU_SOURCE /* REG_RIP */
 #include "common/store.h"
 
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <ucontext.h>
 #include <inttypes.h>
 #include <lmdb.h>
 #include <stdio.h>
@@ -26,6 +28,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "common/crc32c.h"
@@ -182,7 +185,41 @@ static __thread Guard s_guard;
 static __thread char s_assert_text[256];
 static __thread int s_fault_why; /* SIGBUS, SIGSEGV or FAULT_ASSERT, set before a jump */
 static struct sigaction s_old_bus, s_old_segv;
+static uintptr_t s_lmdb_lo, s_lmdb_hi; /* LMDB's code, for faults outside the map */
 static pthread_once_t s_sig_once = PTHREAD_ONCE_INIT;
+
+/* Where LMDB's code is mapped: a segmentation fault there, during a
+ * guarded read, is LMDB following a damaged page pointer out of the map. */
+static void s_find_lmdb_code(void)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long a, b;
+        char perm[8];
+        if (sscanf(line, "%llx-%llx %7s", &a, &b, perm) == 3 && perm[2] == 'x' && strstr(line, "liblmdb")) {
+            if (!s_lmdb_lo || (uintptr_t)a < s_lmdb_lo)
+                s_lmdb_lo = (uintptr_t)a;
+            if ((uintptr_t)b > s_lmdb_hi)
+                s_lmdb_hi = (uintptr_t)b;
+        }
+    }
+    fclose(f);
+}
+
+static uintptr_t s_fault_pc(void *uc)
+{
+#if defined(__x86_64__)
+    return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+    return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.pc;
+#else
+    (void)uc;
+    return 0;
+#endif
+}
 
 /* A fault while writing: the writer holds LMDB's lock with a transaction
  * half done, so the process stops, with a message (async-signal-safe). */
@@ -200,8 +237,10 @@ static void s_write_fault_exit(const Store *s, const char *what)
 static void s_on_fault(int sig, siginfo_t *si, void *uc)
 {
     Store *s = s_guard.store;
-    uintptr_t a = (uintptr_t)si->si_addr;
-    if (s && s_guard.jmp && a >= s->map_lo && a < s->map_hi) {
+    uintptr_t a = (uintptr_t)si->si_addr, pc = s_fault_pc(uc);
+    int in_map = s && a >= s->map_lo && a < s->map_hi;
+    int in_lmdb = sig == SIGSEGV && pc >= s_lmdb_lo && pc < s_lmdb_hi;
+    if (s && s_guard.jmp && (in_map || in_lmdb)) {
         if (!s_guard.writing) {
             s_fault_why = sig;
             siglongjmp(*s_guard.jmp, 1);
@@ -227,6 +266,7 @@ static void s_on_fault(int sig, siginfo_t *si, void *uc)
 
 static void s_install_handlers(void)
 {
+    s_find_lmdb_code();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = s_on_fault;
@@ -254,13 +294,40 @@ static void s_on_assert(MDB_env *env, const char *msg)
     _exit(EXIT_FAILURE);
 }
 
-/* The map's address range (after open and after every remap). */
+/* The map's address range (after open and after every remap).  LMDB does
+ * not say where it mapped the file (mdb_env_info's me_mapaddr is the
+ * fixed address asked for, normally none), so look the mapping up in
+ * /proc/self/maps by the file's device and inode. */
 static void s_map_range(Store *s)
 {
-    MDB_envinfo info;
-    if (mdb_env_info(s->env, &info) == 0) {
-        s->map_lo = (uintptr_t)info.me_mapaddr;
-        s->map_hi = s->map_lo + info.me_mapsize;
+    char data[4096];
+    struct stat st;
+    snprintf(data, sizeof data, "%s/data.mdb", s->path);
+    s->map_lo = s->map_hi = 0;
+    if (stat(data, &st) < 0)
+        return;
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return;
+    char line[4096];
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long a, b, off, ino;
+        unsigned maj, mnr;
+        char perm[8];
+        if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &a, &b, perm, &off, &maj, &mnr, &ino) != 7)
+            continue;
+        if (ino != (unsigned long long)st.st_ino || maj != major(st.st_dev) || mnr != minor(st.st_dev))
+            continue;
+        if ((uintptr_t)a < lo)
+            lo = (uintptr_t)a;
+        if ((uintptr_t)b > hi)
+            hi = (uintptr_t)b;
+    }
+    fclose(f);
+    if (hi > lo) {
+        s->map_lo = lo;
+        s->map_hi = hi;
     }
 }
 
@@ -318,10 +385,17 @@ static void s_put_le32(unsigned char *p, uint32_t v)
  * 0 and why when its checksum fails. */
 static int s_value_ok(const Store *s, int d, MDB_val *v, char *why, size_t cap)
 {
+    /* a damaged node can give a size that runs past the map */
+    uintptr_t a = (uintptr_t)v->mv_data;
+    if (s->map_hi && (a < s->map_lo || a > s->map_hi || v->mv_size > s->map_hi - a)) {
+        snprintf(why, cap, "a value of %zu bytes that runs past the end of the store's map (a damaged page)",
+                 v->mv_size);
+        return 0;
+    }
     if (!s->crc || !s_db_crc[d])
         return 1;
     if (v->mv_size < CRC_BYTES) {
-        snprintf(why, cap, "damaged: %zu bytes, shorter than its checksum", v->mv_size);
+        snprintf(why, cap, "%zu bytes, shorter than its checksum", v->mv_size);
         return 0;
     }
     size_t n = v->mv_size - CRC_BYTES;
@@ -329,7 +403,7 @@ static int s_value_ok(const Store *s, int d, MDB_val *v, char *why, size_t cap)
     uint32_t want = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
     uint32_t got = crc32c(0, v->mv_data, n);
     if (got != want) {
-        snprintf(why, cap, "damaged: CRC-32C of its %zu bytes is %08x, the record says %08x", n, got, want);
+        snprintf(why, cap, "checksum mismatch: CRC-32C of its %zu bytes is %08x, the record says %08x", n, got, want);
         return 0;
     }
     v->mv_size = n;

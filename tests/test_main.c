@@ -19,6 +19,7 @@
     X(tests_cuda) \
     X(tests_anls) \
     X(tests_store) \
+    X(tests_store_damage) \
     X(tests_job) \
     X(tests_corpus) \
     X(tests_synth) \
