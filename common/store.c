@@ -140,6 +140,12 @@ static void s_key_text(int db, const void *key, size_t klen, char *out, size_t c
         snprintf(out, cap, "questionId %" PRIu64, store_key_to_u64(key));
         return;
     }
+    if (db == DB_RECORDS && klen == 10) { /* a logit record: questionId, answer index */
+        const unsigned char *k = key;
+        snprintf(out, cap, "questionId %" PRId64 " answer %u", (int64_t)store_key_to_u64(key),
+                 (unsigned)k[8] << 8 | k[9]);
+        return;
+    }
     const unsigned char *k = key;
     size_t o = 0;
     o += (size_t)snprintf(out, cap, "key '");

@@ -146,6 +146,7 @@ static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
     d->hash_check_every = (long)json_number_value(json_object_get(o, "hash_check_every"));
     d->feature_cache_mb = (long)json_number_value(json_object_get(o, "feature_cache_mb"));
     d->plot = json_is_true(json_object_get(o, "plot"));
+    d->skip_damaged = json_is_true(json_object_get(o, "skip_damaged"));
     if (d->micro_batch > d->batch_size)
         return dm_err(err, "distill.micro_batch: %d is more than batch_size %d", d->micro_batch,
                       d->batch_size);

@@ -36,6 +36,7 @@ typedef struct DistillSpec {
     long hash_check_every; /* 0: only at the end */
     long feature_cache_mb;
     int plot;
+    int skip_damaged;      /* leave out (and count) logit records that fail verification */
 } DistillSpec;
 
 typedef struct Job {

@@ -221,10 +221,18 @@ static int s_stat(Store *s, int as_json, DmErr *err)
     LogitSize z = {0};
     int logits = kind && !strcmp(kind, "logits");
     if (logits && (store_foreach(s, STORE_RECORDS, s_logit_size_visit, &z, err) < 0 || z.bad)) {
-        if (z.bad)
-            *err = z.err;
         json_decref(m.obj);
+        if (!z.bad)
+            return -1;
+        *err = z.err;
         return dm_err_prefix(err, "%s", store_path(s));
+    }
+    /* An answer store's records and errors are read too (each value's
+     * checksum is checked on the way), so a damaged store fails stat. */
+    StoreDbSize rs, es;
+    if (!logits && (store_db_size(s, STORE_RECORDS, &rs, err) < 0 || store_db_size(s, STORE_ERRORS, &es, err) < 0)) {
+        json_decref(m.obj);
+        return -1;
     }
     StoreDbSize f = {0};
     if (logits && store_db_size(s, STORE_FEATURES, &f, err) < 0) {
