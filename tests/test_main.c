@@ -11,6 +11,7 @@
     X(tests_torchbin) \
     X(tests_checkpoint) \
     X(tests_tokenizer) \
+    X(tests_tok_fuzz) \
     X(tests_image) \
     X(tests_kernels) \
     X(tests_swin) \
