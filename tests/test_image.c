@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vips/vips.h>
 
@@ -323,6 +324,19 @@ static void test_load_bad_input(void)
     snprintf(p, sizeof p, "%s/garbage.png", dir);
     CU_ASSERT_EQUAL_FATAL(s_write_file(p, "this is not an image at all\n", 28), 0);
     s_expect_fail(p, 0, NULL);
+
+    /* A named pipe with no writer and a device: refused by name, never
+     * read (a read of the pipe would block for ever; the alarm turns a
+     * regression into a failure instead of a hang). */
+    snprintf(p, sizeof p, "%s/pipe.png", dir);
+    CU_ASSERT_EQUAL_FATAL(mkfifo(p, 0600), 0);
+    alarm(60);
+    s_expect_fail(p, 0, "named pipe");
+    CU_ASSERT_EQUAL(image_count_pages(p, &np, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "not a regular file"));
+    s_expect_fail("/dev/zero", 0, "character device");
+    alarm(0);
+    unlink(p);
 
     /* A real PNG and JPEG cut in half: the header parses, the pixels do not. */
     static const char *whole[] = {S_IMG "/rgb.png", S_IMG "/rgb.jpg", S_IMG "/multi.tif"};

@@ -1,22 +1,25 @@
 #!/bin/sh
-# (c) corrupt, empty and missing images: one error record each (stage
-# "infer", item = the questionId, the reason names the file), every other
-# question answered, the job completes.
+# (c) corrupt, empty and missing images, and a named pipe where an image
+# should be (a read of it would block for ever): one error record each
+# (stage "infer", item = the questionId, the reason names the file), every
+# other question answered, the job completes.
 . tests/mpi/lib.sh
-echo "mpi: corrupt, empty and missing page images"
+echo "mpi: corrupt, empty and missing page images, a FIFO"
 make_model "$T/model"
 mkdir -p "$T/c/img"
 cp jobs/demo/page.png "$T/c/img/good1.png"
 cp jobs/demo/page.png "$T/c/img/good2.png"
 head -c 3000 jobs/demo/page.png >"$T/c/img/corrupt.png"   # a truncated PNG
 : >"$T/c/img/empty.png"
+mkfifo "$T/c/img/pipe.png"
 python3 - "$T/c/docvqa.json" <<'PY'
 import json, sys
 pages = [("img/good1.png", ["What is the date?", "Who is the vendor?"]),
          ("img/corrupt.png", ["What is the total?"]),
          ("img/good2.png", ["What is the invoice number?"]),
          ("img/empty.png", ["What is the amount due?"]),
-         ("img/missing.png", ["Who is the contact?"])]
+         ("img/missing.png", ["Who is the contact?"]),
+         ("img/pipe.png", ["What is the account?"])]
 data, qid = [], 100
 for doc, (img, qs) in enumerate(pages):
     for q in qs:
@@ -30,7 +33,7 @@ PY
 C="$T/c/docvqa.json"
 write_job "$T/job.json" "$T/model" "$C" "$T/out"
 if $MPIRUN -n 3 "$DOCMINT" run "$T/job.json" >"$T/run.log" 2>&1; then
-    ok "the job completes despite three bad pages"
+    ok "the job completes despite four bad pages"
 else
     bad "run failed: $(tail -5 "$T/run.log")"
 fi
@@ -39,7 +42,7 @@ if msg=$(check_once "$T/out" "$C"); then ok "every question exactly once: $msg";
 if msg=$(python3 - "$T/errors.jsonl" <<'PY'
 import json, sys
 errs = {e["questionId"]: e for e in map(json.loads, open(sys.argv[1]))}
-want = {103: "corrupt.png", 105: "empty.png", 106: "missing.png"}
+want = {103: "corrupt.png", 105: "empty.png", 106: "missing.png", 107: "pipe.png: a named pipe"}
 bad = []
 for qid, f in want.items():
     e = errs.get(qid)
@@ -51,7 +54,7 @@ print("; ".join(bad) if bad else " | ".join(errs[q]["reason"] for q in sorted(er
 sys.exit(1 if bad else 0)
 PY
 ); then ok "one error record per bad page: $msg"; else bad "error records: $msg"; fi
-[ "$(meta "$T/out" count_errors)" = 3 ] && [ "$(meta "$T/out" count_records)" = 3 ] &&
-    ok "meta counts: 3 records, 3 errors" || bad "meta counts: $(meta "$T/out" count_records) records, $(meta "$T/out" count_errors) errors"
-grep -q "3 errors" "$T/run.log" && ok "the summary counts the errors" || bad "summary: $(grep done: "$T/run.log")"
+[ "$(meta "$T/out" count_errors)" = 4 ] && [ "$(meta "$T/out" count_records)" = 3 ] &&
+    ok "meta counts: 3 records, 4 errors" || bad "meta counts: $(meta "$T/out" count_records) records, $(meta "$T/out" count_errors) errors"
+grep -q "4 errors" "$T/run.log" && ok "the summary counts the errors" || bad "summary: $(grep done: "$T/run.log")"
 finish

@@ -11,6 +11,8 @@
 
 #include <vips/vips.h>
 
+#include "common/dm_fs.h"
+
 /* Refuse pages above this many pixels: a 600 dpi A0 poster is ~ 6.7e8, a
  * scanned page ~ 1e7; anything larger is almost certainly a bad dpi or a
  * hostile file, and the RGB buffer alone would be gigabytes. */
@@ -108,7 +110,8 @@ int image_pdf_supported(void)
     return vips_type_find("VipsOperation", "pdfload") != 0;
 }
 
-/* Missing, unreadable, directory and empty files get their own message
+/* Missing, unreadable, directory, empty and not regular files (a FIFO,
+ * a device) get their own message
  * before libvips sees them (its messages for these are vaguer). */
 static int s_check_file(const char *path, DmErr *err)
 {
@@ -119,10 +122,9 @@ static int s_check_file(const char *path, DmErr *err)
         return dm_err_errno(err, "%s", path);
     if (S_ISDIR(st.st_mode))
         return dm_err(err, "%s: is a directory, not an image", path);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dm_err_errno(err, "%s", path);
-    fclose(f);
+    /* a FIFO or device would block libvips' read (or never end) */
+    if (dm_check_regular(path, err))
+        return -1;
     if (st.st_size == 0)
         return dm_err(err, "%s: empty file", path);
     return 0;
