@@ -19,6 +19,7 @@
 #include "worker/stages/stage_infer.h"
 #include "common/store.h"
 #include "coordinator/zap_auth.h"
+#include "worker/image/image.h"
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
@@ -152,6 +153,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     }
     if (corpus_load(&job->corpus, &d->corpus, err))
         goto fail;
+    image_set_max_pixels(job->corpus.max_page_pixels);
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
@@ -200,6 +202,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     snprintf(j->stage, sizeof j->stage, "%s", job->stage);
     j->max_length = job->max_length;
     j->pdf_dpi = job->corpus.pdf_dpi;
+    j->max_page_pixels = job->corpus.max_page_pixels;
     j->threads = job->threads;
     j->precision = job->precision;
     j->heartbeat_seconds = d->hb;

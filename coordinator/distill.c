@@ -19,6 +19,7 @@
 #include "kernels/cpu/kern.h"
 #include "coordinator/progress.h"
 #include "worker/text/tokenizer.h"
+#include "worker/image/image.h"
 
 #define PREFIX "docmint run"
 
@@ -232,6 +233,7 @@ static int s_setup(Run *r, DmErr *err)
         return -1;
     }
     free(temps);
+    image_set_max_pixels(j->corpus.max_page_pixels);
     if (corpus_load(&j->corpus, &r->corpus, err) ||
         distill_data_open(r->store, r->corpus, r->m, &r->pc, j->corpus.pdf_dpi, d->temperature,
                           (size_t)d->feature_cache_mb << 20, d->skip_damaged, &r->data, err))

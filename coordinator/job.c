@@ -178,6 +178,7 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     if (corpus_format_parse(json_string_value(json_object_get(c, "format")), &j->corpus.format))
         return dm_err(err, "corpus.format: unknown format"); /* the schema's enum prevents this */
     j->corpus.pdf_dpi = s_int(c, "pdf_dpi");
+    j->corpus.max_page_pixels = (int64_t)json_integer_value(json_object_get(c, "max_page_pixels"));
     j->pages_per_shard = s_int(doc, "pages_per_shard");
     j->lease_seconds = json_number_value(json_object_get(doc, "lease_seconds"));
     j->heartbeat_seconds = json_number_value(json_object_get(doc, "heartbeat_seconds"));

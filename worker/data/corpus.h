@@ -60,6 +60,7 @@ typedef struct CorpusSpec {
     const char *image_root;  /* image paths resolve against it (default: the annotation's folder) */
     const char *questions;   /* archives: file with one question per line (or JSON array) */
     int pdf_dpi;
+    int64_t max_page_pixels; /* the largest decoded page (image_set_max_pixels) */
 } CorpusSpec;
 
 typedef struct Corpus {

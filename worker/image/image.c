@@ -3,6 +3,7 @@
 #include "worker/image/image.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,41 @@ void image_free(DmImage *img)
     free(img->rgb);
     img->rgb = NULL;
     img->w = img->h = 0;
+}
+
+static _Atomic int64_t s_max_pixels = IMAGE_MAX_PIXELS_DEFAULT;
+
+void image_set_max_pixels(int64_t n)
+{
+    s_max_pixels = n <= 0 ? IMAGE_MAX_PIXELS_DEFAULT : n > IMAGE_MAX_PIXELS_CAP ? IMAGE_MAX_PIXELS_CAP : n;
+}
+
+int64_t image_max_pixels(void)
+{
+    return s_max_pixels;
+}
+
+/* The size check on the header (libvips loaders are lazy: width and
+ * height are known, nothing is decoded yet; pdfload gives the page's size
+ * at the dpi it was opened with, without rendering it). */
+static int s_check_size(const char *path, int page, int dpi, VipsImage *img, DmErr *err)
+{
+    int64_t w = vips_image_get_width(img), h = vips_image_get_height(img), lim = s_max_pixels;
+    if (w > 0 && h > 0 && w * h <= lim)
+        return 0;
+    const char *loader = NULL;
+    int is_pdf = vips_image_get_typeof(img, VIPS_META_LOADER) &&
+                 !vips_image_get_string(img, VIPS_META_LOADER, &loader) && loader && strstr(loader, "pdf");
+    if (w <= 0 || h <= 0)
+        return dm_err(err, "%s: page %d: image size %" PRId64 "x%" PRId64 " is empty", path, page, w, h);
+    if (is_pdf)
+        return dm_err(err, "%s: PDF page %d at %d dpi is %" PRId64 "x%" PRId64 " = %" PRId64 " pixels (%.1f x "
+                           "%.1f inches), more than the limit of %" PRId64 " (max_page_pixels; a lower "
+                           "pdf_dpi renders it smaller)",
+                      path, page, dpi, w, h, w * h, (double)w / dpi, (double)h / dpi, lim);
+    return dm_err(err, "%s: page %d is %" PRId64 "x%" PRId64 " = %" PRId64 " pixels, more than the limit of "
+                       "%" PRId64 " (max_page_pixels)",
+                  path, page, w, h, w * h, lim);
 }
 
 int image_pdf_supported(void)
@@ -316,5 +352,9 @@ int image_load_page(const char *path, int page, int pdf_dpi, DmImage *out, DmErr
     VipsImage *img;
     if (s_open(path, page, pdf_dpi, &img, err))
         return -1;
+    if (s_check_size(path, page, pdf_dpi, img, err)) {
+        g_object_unref(img);
+        return -1;
+    }
     return s_to_rgb8(path, img, out, err);
 }

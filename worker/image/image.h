@@ -45,6 +45,19 @@ typedef struct DmImage {
     uint8_t *rgb; /* h * w * 3 bytes, row-major, R G B interleaved (HWC) */
 } DmImage;
 
+/* Decompression bombs: a page larger than this many pixels (width x
+ * height as decoded; for a PDF page, at the chosen dpi) is refused from
+ * its header, before a pixel is decoded or rendered, with an error naming
+ * the file, the size and the limit.  A job sets it with
+ * corpus.max_page_pixels, `docmint preprocess` and `docmint ask` with
+ * --max-pixels.  The setting is per process (one job per process), like
+ * libvips' own settings. */
+#define IMAGE_MAX_PIXELS_DEFAULT 50000000LL
+#define IMAGE_MAX_PIXELS_CAP (1LL << 28) /* the most any setting allows */
+/* n in 1..IMAGE_MAX_PIXELS_CAP; 0 restores the default. */
+void image_set_max_pixels(int64_t n);
+int64_t image_max_pixels(void);
+
 /* Number of pages in the file (1 for single-image formats). */
 int image_count_pages(const char *path, int *npages, DmErr *err);
 

@@ -14,6 +14,7 @@
 #include "kernels/cpu/kern.h"
 #include "worker/stages/stage_cache.h"
 #include "worker/stages/stage_infer.h"
+#include "worker/image/image.h"
 
 #define BACKOFF_MIN 1.0
 #define BACKOFF_MAX 32.0
@@ -372,6 +373,7 @@ int worker_run(const WorkerOpts *o, DmErr *err)
     Compute c;
     memset(&c, 0, sizeof c);
     c.threads = o->threads;
+    image_set_max_pixels(j->max_page_pixels); /* decompression bombs: refused from the header */
     const char *fp;
     if (is_cache) {
         CacheOpts co = {.top_k = j->top_k, .n_temps = j->n_temps,
