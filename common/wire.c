@@ -51,6 +51,8 @@ int wire_join_to_json(const WireJoin *j, char **text, DmErr *err)
         json_object_set_new(o, "first_answer_only", json_boolean(j->first_answer_only));
     if (o)
         json_object_set_new(o, "precision", json_string(j->precision ? "bf16" : "fp32"));
+    if (o && j->page_timeout_seconds > 0)
+        json_object_set_new(o, "page_timeout_seconds", json_real(j->page_timeout_seconds));
     if (o && j->max_page_pixels > 0)
         json_object_set_new(o, "max_page_pixels", json_integer((json_int_t)j->max_page_pixels));
     if (!o)
@@ -150,6 +152,12 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         goto done;
     }
     j->max_page_pixels = mp ? (int64_t)json_integer_value(mp) : 0;
+    json_t *pt = json_object_get(o, "page_timeout_seconds"); /* optional: absent = no watchdog */
+    if (pt && (!json_is_number(pt) || json_number_value(pt) < 0)) {
+        dm_err(err, "%s: \"page_timeout_seconds\" is not a non-negative number", what);
+        goto done;
+    }
+    j->page_timeout_seconds = pt ? json_number_value(pt) : 0;
     json_t *pr = json_object_get(o, "precision"); /* optional: absent = fp32 */
     const char *prs = json_is_string(pr) ? json_string_value(pr) : NULL;
     if (pr && (!prs || (strcmp(prs, "fp32") && strcmp(prs, "bf16")))) {

@@ -203,6 +203,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     j->max_length = job->max_length;
     j->pdf_dpi = job->corpus.pdf_dpi;
     j->max_page_pixels = job->corpus.max_page_pixels;
+    j->page_timeout_seconds = job->page_timeout_seconds;
     j->threads = job->threads;
     j->precision = job->precision;
     j->heartbeat_seconds = d->hb;

@@ -181,6 +181,17 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     j->corpus.max_page_pixels = (int64_t)json_integer_value(json_object_get(c, "max_page_pixels"));
     j->pages_per_shard = s_int(doc, "pages_per_shard");
     j->lease_seconds = json_number_value(json_object_get(doc, "lease_seconds"));
+    j->page_timeout_seconds = json_number_value(json_object_get(doc, "page_timeout_seconds"));
+    if (j->page_timeout_seconds <= 0) {
+        /* automatic: half the lease per shard; none under a lease so short
+         * (a test setting) that a slow page is better recomputed elsewhere */
+        j->page_timeout_seconds = j->lease_seconds / (2.0 * (j->pages_per_shard > 0 ? j->pages_per_shard : 1));
+        if (j->page_timeout_seconds < 30)
+            j->page_timeout_seconds = 0;
+    } else if (j->page_timeout_seconds * j->pages_per_shard >= j->lease_seconds)
+        return dm_err(err, "page_timeout_seconds %g x pages_per_shard %d is not less than lease_seconds %g: "
+                           "the lease would expire first and hand a hung page to the next worker",
+                      j->page_timeout_seconds, j->pages_per_shard, j->lease_seconds);
     j->heartbeat_seconds = json_number_value(json_object_get(doc, "heartbeat_seconds"));
     j->heartbeat_liveness = s_int(doc, "heartbeat_liveness");
     j->credit = s_int(doc, "credit");
