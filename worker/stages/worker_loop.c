@@ -132,8 +132,15 @@ static void *s_compute(void *arg)
     void *pipe = c->pipe;
     if (!c->stage && !c->cache) {
         DmErr e = {{0}};
-        if (s_stage_open(c, &e))
+        if (s_stage_open(c, &e)) {
+            /* the network thread ends the worker on this; compute nothing */
             s_send_fatal(pipe, e.msg);
+            while (!atomic_load(&c->cancel))
+                s_sleep(0.05);
+            zmq_close(pipe);
+            atomic_store(&c->ended, 1);
+            return NULL;
+        }
     }
     for (;;) {
         /* The empty frame says stop; cancel is looked at between waits as
@@ -617,13 +624,26 @@ static int s_watchdog(Net *n, Compute **cp, void **pipe, double limit, DmErr *er
         pthread_mutex_unlock(&c->mu);
         return 0; /* it has just finished */
     }
+    /* Once abandoned, the thread may return and free c at any moment:
+     * keep what is needed of it first. */
+    Compute t;
+    memset(&t, 0, sizeof t);
+    t.join = c->join;
+    t.name = c->name;
+    t.prefix = c->prefix;
+    t.hang = c->hang;
+    t.verbose = c->verbose;
+    t.stall = c->stall;
+    t.threads = c->threads;
+    pthread_t th = c->thread;
     c->abandoned = 1;
     atomic_store(&c->cancel, 1);
     zmq_close(c->pipe); /* the thread does not touch it once abandoned */
     pthread_mutex_unlock(&c->mu);
+    c = &t;
     zmq_close(*pipe);
     *pipe = NULL;
-    pthread_detach(c->thread);
+    pthread_detach(th);
     *cp = NULL;
     int hung = atomic_fetch_add(&s_hung, 1) + 1;
     fprintf(stderr, "%s: shard %" PRIu64 " still running after %.0f s (page_timeout_seconds %g x %d "
