@@ -10,17 +10,14 @@
  * the batch retried.  LMDB only replaces its meta page once every data page
  * of a commit is on disk, so a failed commit (disk full, file size limit,
  * I/O error) leaves every earlier batch intact. */
-#define _GNU_SOURCE /* REG_RIP */
 #include "common/store.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <setjmp.h>
-#include <signal.h>
-#include <ucontext.h>
 #include <inttypes.h>
 #include <lmdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,12 +25,12 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "common/crc32c.h"
 #include "common/records.h" /* records_utf8_valid */
 #include "common/store_file.h"
+#include "common/store_guard.h"
 
 enum { DB_RECORDS, DB_ERRORS, DB_META, DB_FEATURES, NDB };
 static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_META,
@@ -62,8 +59,7 @@ struct Store {
     int crc;       /* values carry a CRC-32C (0: a store from before checksums) */
     unsigned grows;
     char *path;
-    /* the map, for telling a fault in it from one elsewhere */
-    uintptr_t map_lo, map_hi;
+    StoreMap map;  /* where the map is, for telling a fault in it from one elsewhere */
     char *broken;  /* why the store can no longer be used (a fault in its map) */
 };
 
@@ -162,195 +158,6 @@ static void s_key_text(int db, const void *key, size_t klen, char *out, size_t c
     snprintf(out + o, cap - o, "'");
 }
 
-/* ---- faults inside the map ------------------------------------------
- *
- * LMDB reads a store through a memory map.  A page past the end of a cut
- * data.mdb is a SIGBUS, a damaged page pointer can be a SIGSEGV, and a
- * damaged page can trip one of LMDB's assertions, which abort().  Every
- * LMDB call of this file runs inside a guard: the signal handler (or the
- * assertion callback) jumps back to the guard when the fault lies in the
- * map of the store the thread is working on, and the call returns an
- * error naming the store.  A fault anywhere else goes on to the handler
- * that was installed before (by default it ends the process as usual).
- *
- * Jumping out of LMDB is safe for a read transaction: LMDB holds no lock
- * while it reads pages, and aborting the transaction only frees its
- * reader slot.  A write transaction holds the writer's lock and may be
- * half done, so after a fault during a write its transaction is left as it
- * is (never committed); either way the handle refuses further use
- * (s->broken), and the process goes on. */
-
-#define FAULT_ASSERT 1000 /* an LMDB assertion */
-
-typedef struct Guard {
-    sigjmp_buf *jmp;
-    Store *store;
-    int writing; /* inside a write transaction: stop the process instead */
-} Guard;
-static __thread Guard s_guard;
-static __thread char s_assert_text[256];
-static __thread int s_fault_why; /* SIGBUS, SIGSEGV or FAULT_ASSERT, set before a jump */
-static struct sigaction s_old_bus, s_old_segv;
-static uintptr_t s_lmdb_lo, s_lmdb_hi; /* LMDB's code, for faults outside the map */
-static pthread_once_t s_sig_once = PTHREAD_ONCE_INIT;
-
-/* Where LMDB's code is mapped: a segmentation fault there, during a
- * guarded read, is LMDB following a damaged page pointer out of the map. */
-static void s_find_lmdb_code(void)
-{
-    FILE *f = fopen("/proc/self/maps", "re");
-    if (!f)
-        return;
-    char line[4096];
-    while (fgets(line, sizeof line, f)) {
-        unsigned long long a, b;
-        char perm[8];
-        if (sscanf(line, "%llx-%llx %7s", &a, &b, perm) == 3 && perm[2] == 'x' && strstr(line, "liblmdb")) {
-            if (!s_lmdb_lo || (uintptr_t)a < s_lmdb_lo)
-                s_lmdb_lo = (uintptr_t)a;
-            if ((uintptr_t)b > s_lmdb_hi)
-                s_lmdb_hi = (uintptr_t)b;
-        }
-    }
-    fclose(f);
-}
-
-static uintptr_t s_fault_pc(void *uc)
-{
-#if defined(__x86_64__)
-    return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
-#elif defined(__aarch64__)
-    return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.pc;
-#else
-    (void)uc;
-    return 0;
-#endif
-}
-
-/* A fault while writing: the writer holds LMDB's lock with a transaction
- * half done, so the process stops, with a message (async-signal-safe). */
-static void s_write_fault_exit(const Store *s, const char *what)
-{
-    const char *parts[] = {"docmint: ", s->path, ": damaged store: ", what,
-                           " inside its map while writing; stopped\n"};
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        ssize_t r = write(2, parts[i], strlen(parts[i]));
-        (void)r;
-    }
-    _exit(EXIT_FAILURE);
-}
-
-static void s_on_fault(int sig, siginfo_t *si, void *uc)
-{
-    Store *s = s_guard.store;
-    uintptr_t a = (uintptr_t)si->si_addr, pc = s_fault_pc(uc);
-    int in_map = s && a >= s->map_lo && a < s->map_hi;
-    int in_lmdb = sig == SIGSEGV && pc >= s_lmdb_lo && pc < s_lmdb_hi;
-    if (s && s_guard.jmp && (in_map || in_lmdb)) {
-        if (!s_guard.writing) {
-            s_fault_why = sig;
-            siglongjmp(*s_guard.jmp, 1);
-        }
-        s_write_fault_exit(s, sig == SIGBUS ? "bus error" : "invalid memory access");
-    }
-    const struct sigaction *old = sig == SIGBUS ? &s_old_bus : &s_old_segv;
-    if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
-        old->sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-        old->sa_handler(sig);
-        return;
-    }
-    /* the default action: end the process with this signal */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigaction(sig, &dfl, NULL);
-    raise(sig);
-}
-
-static void s_install_handlers(void)
-{
-    s_find_lmdb_code();
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = s_on_fault;
-    /* SA_NODEFER: the signal is not blocked after the jump, so the guard
-     * needs no sigprocmask (sigsetjmp without a saved mask). */
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, &s_old_bus);
-    sigaction(SIGSEGV, &sa, &s_old_segv);
-}
-
-static void s_on_assert(MDB_env *env, const char *msg)
-{
-    Store *s = mdb_env_get_userctx(env);
-    if (s && s_guard.store == s && s_guard.jmp && s_guard.writing)
-        s_write_fault_exit(s, msg);
-    if (s && s_guard.store == s && s_guard.jmp) {
-        snprintf(s_assert_text, sizeof s_assert_text, "%s", msg);
-        s_fault_why = FAULT_ASSERT;
-        siglongjmp(*s_guard.jmp, 1);
-    }
-    /* an assertion outside any guarded call: stop with a message rather
-     * than abort() */
-    fprintf(stderr, "docmint: %s: damaged store: LMDB %s\n", s ? s->path : "(store)", msg);
-    _exit(EXIT_FAILURE);
-}
-
-/* The map's address range (after open and after every remap).  LMDB does
- * not say where it mapped the file (mdb_env_info's me_mapaddr is the
- * fixed address asked for, normally none), so look the mapping up in
- * /proc/self/maps by the file's device and inode. */
-static void s_map_range(Store *s)
-{
-    char data[4096];
-    struct stat st;
-    snprintf(data, sizeof data, "%s/data.mdb", s->path);
-    s->map_lo = s->map_hi = 0;
-    if (stat(data, &st) < 0)
-        return;
-    FILE *f = fopen("/proc/self/maps", "re");
-    if (!f)
-        return;
-    char line[4096];
-    uintptr_t lo = UINTPTR_MAX, hi = 0;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long long a, b, off, ino;
-        unsigned maj, mnr;
-        char perm[8];
-        if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &a, &b, perm, &off, &maj, &mnr, &ino) != 7)
-            continue;
-        if (ino != (unsigned long long)st.st_ino || maj != major(st.st_dev) || mnr != minor(st.st_dev))
-            continue;
-        if ((uintptr_t)a < lo)
-            lo = (uintptr_t)a;
-        if ((uintptr_t)b > hi)
-            hi = (uintptr_t)b;
-    }
-    fclose(f);
-    if (hi > lo) {
-        s->map_lo = lo;
-        s->map_hi = hi;
-    }
-}
-
-static Guard s_guard_enter(Store *s, sigjmp_buf *jb, int writing)
-{
-    Guard prev = s_guard;
-    s_guard.jmp = jb;
-    s_guard.store = s;
-    s_guard.writing = writing;
-    return prev;
-}
-
-static void s_guard_leave(Guard prev)
-{
-    s_guard = prev;
-}
-
 /* After a jump: the handle is spent; the error names the store, the
  * fault and what was being done. */
 static int s_fault_err(Store *s, int why, const char *what, DmErr *err)
@@ -362,7 +169,7 @@ static int s_fault_err(Store *s, int why, const char *what, DmErr *err)
     else if (why == SIGSEGV)
         snprintf(cause, sizeof cause, "invalid memory access inside its map (a damaged page)");
     else
-        snprintf(cause, sizeof cause, "LMDB %s", s_assert_text);
+        snprintf(cause, sizeof cause, "LMDB %s", store_guard_assert_text());
     char msg[600];
     snprintf(msg, sizeof msg, "%s: damaged store: %s while %s", s->path, cause, what);
     free(s->broken);
@@ -393,7 +200,7 @@ static int s_value_ok(const Store *s, int d, MDB_val *v, char *why, size_t cap)
 {
     /* a damaged node can give a size that runs past the map */
     uintptr_t a = (uintptr_t)v->mv_data;
-    if (s->map_hi && (a < s->map_lo || a > s->map_hi || v->mv_size > s->map_hi - a)) {
+    if (s->map.hi && (a < s->map.lo || a > s->map.hi || v->mv_size > s->map.hi - a)) {
         snprintf(why, cap, "a value of %zu bytes that runs past the end of the store's map (a damaged page)",
                  v->mv_size);
         return 0;
@@ -429,7 +236,7 @@ static int s_begin(Store *s, unsigned flags, MDB_txn **txn, DmErr *err)
     int rc = mdb_txn_begin(s->env, NULL, flags, txn);
     if (rc == MDB_MAP_RESIZED) {
         rc = mdb_env_set_mapsize(s->env, 0);
-        s_map_range(s);
+        store_map_locate(&s->map);
         if (rc == 0)
             rc = mdb_txn_begin(s->env, NULL, flags, txn);
     }
@@ -467,7 +274,7 @@ static int s_grow(Store *s, size_t nitems, DmErr *err)
         return s_lmdb_err(s->path, rc, err, what);
     }
     s->grows++;
-    s_map_range(s);
+    store_map_locate(&s->map);
     return 0;
 }
 
@@ -592,22 +399,22 @@ static int s_open_dbs(Store *s, DmErr *err)
         return -1;
     MDB_txn *volatile vtxn = txn;
     sigjmp_buf jb;
-    Guard prev = s_guard_enter(s, &jb, write);
+    StoreGuard prev = store_guard_enter(&s->map, &jb, write);
     if (sigsetjmp(jb, 0)) {
-        s_guard_leave(prev);
+        store_guard_leave(prev);
         mdb_txn_abort(vtxn); /* a read transaction (a writer never jumps) */
-        return s_fault_err(s, s_fault_why, "opening its databases", err);
+        return s_fault_err(s, store_guard_why(), "opening its databases", err);
     }
     int rc = s_open_dbs_in(s, txn, err);
     if (rc < 0) {
         mdb_txn_abort(txn);
-        s_guard_leave(prev);
+        store_guard_leave(prev);
         return -1;
     }
     /* Committing (even a read-only transaction) makes the handles usable
      * by later transactions. */
     rc = mdb_txn_commit(txn);
-    s_guard_leave(prev);
+    store_guard_leave(prev);
     if (rc != 0)
         return s_lmdb_err(s->path, rc, err, write ? "cannot create the databases" : "cannot open the databases");
     return 0;
@@ -668,7 +475,7 @@ int store_open(const char *path, int mode, Store **out, DmErr *err)
         return -1;
     if (mode == STORE_READ && fi.empty)
         return dm_err(err, "%s: not a docmint store (data.mdb is empty)", path);
-    pthread_once(&s_sig_once, s_install_handlers);
+    store_guard_init();
 
     Store *s = calloc(1, sizeof *s);
     if (!s || !(s->path = strdup(path))) {
@@ -686,8 +493,8 @@ int store_open(const char *path, int mode, Store **out, DmErr *err)
         s_lmdb_err(path, rc, err, "cannot create an LMDB environment");
         goto fail;
     }
-    mdb_env_set_userctx(s->env, s);
-    mdb_env_set_assert(s->env, s_on_assert);
+    s->map.path = s->path;
+    store_guard_env(s->env, &s->map);
     rc = mdb_env_set_maxdbs(s->env, 8);
     if (rc == 0)
         rc = mdb_env_open(s->env, path, MDB_NOTLS | (mode == STORE_READ ? MDB_RDONLY : 0), 0664);
@@ -705,7 +512,7 @@ int store_open(const char *path, int mode, Store **out, DmErr *err)
         s_lmdb_err(path, rc, err, "cannot set the map size");
         goto fail;
     }
-    s_map_range(s);
+    store_map_locate(&s->map);
     int dead = 0;
     rc = mdb_reader_check(s->env, &dead);
     if (rc != 0) {
@@ -799,14 +606,14 @@ int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
         /* a fault inside a write transaction stops the process (see the
          * guard), so there is no jump to come back to here */
         sigjmp_buf jb;
-        Guard prev = s_guard_enter(s, &jb, 1);
+        StoreGuard prev = store_guard_enter(&s->map, &jb, 1);
         int i = -1;
         int rc = s_put_items(s, txn, items, n, &i);
         if (rc == 0)
             rc = mdb_txn_commit(txn); /* frees txn, also on failure */
         else
             mdb_txn_abort(txn);
-        s_guard_leave(prev);
+        store_guard_leave(prev);
         if (rc == 0)
             return 0;
         if (rc == MDB_MAP_FULL) {
@@ -866,14 +673,14 @@ static int s_lookup(Store *s, int d, const void *key, size_t klen, int copy, voi
         return -1;
     MDB_txn *volatile vtxn = txn;
     sigjmp_buf jb;
-    Guard prev = s_guard_enter(s, &jb, 0);
+    StoreGuard prev = store_guard_enter(&s->map, &jb, 0);
     if (sigsetjmp(jb, 0)) {
-        s_guard_leave(prev);
+        store_guard_leave(prev);
         mdb_txn_abort(vtxn);
         char kt[128], w[200];
         s_key_text(d, key, klen, kt, sizeof kt);
         snprintf(w, sizeof w, "%s %s %s", what, s_db_names[d], kt);
-        return s_fault_err(s, s_fault_why, w, err);
+        return s_fault_err(s, store_guard_why(), w, err);
     }
     MDB_val k = {klen, (void *)key}, v;
     int rc = mdb_get(txn, s->dbi[d], &k, &v), out = 1;
@@ -898,7 +705,7 @@ static int s_lookup(Store *s, int d, const void *key, size_t klen, int copy, voi
             *vlen = v.mv_size;
         }
     }
-    s_guard_leave(prev);
+    store_guard_leave(prev);
     mdb_txn_abort(txn);
     return out;
 }
@@ -948,15 +755,15 @@ static int s_walk(Store *s, int d, StoreVisit fn, StoreScanVisit scan, void *ctx
     MDB_txn *volatile vtxn = txn;
     MDB_cursor *volatile vcur = NULL;
     sigjmp_buf jb;
-    Guard prev = s_guard_enter(s, &jb, 0);
+    StoreGuard prev = store_guard_enter(&s->map, &jb, 0);
     if (sigsetjmp(jb, 0)) {
-        s_guard_leave(prev);
+        store_guard_leave(prev);
         if (vcur)
             mdb_cursor_close(vcur);
         mdb_txn_abort(vtxn);
         char w[96];
         snprintf(w, sizeof w, "reading the %s database", s_db_names[d]);
-        return s_fault_err(s, s_fault_why, w, err);
+        return s_fault_err(s, store_guard_why(), w, err);
     }
     MDB_stat st;
     MDB_cursor *cur = NULL;
@@ -995,7 +802,7 @@ static int s_walk(Store *s, int d, StoreVisit fn, StoreScanVisit scan, void *ctx
         }
         mdb_cursor_close(cur);
     }
-    s_guard_leave(prev);
+    store_guard_leave(prev);
     mdb_txn_abort(txn);
     return out;
 }
@@ -1040,14 +847,14 @@ static int s_db_stat(Store *s, int d, MDB_stat *st, const char *what, DmErr *err
         return -1;
     MDB_txn *volatile vtxn = txn;
     sigjmp_buf jb;
-    Guard prev = s_guard_enter(s, &jb, 0);
+    StoreGuard prev = store_guard_enter(&s->map, &jb, 0);
     if (sigsetjmp(jb, 0)) {
-        s_guard_leave(prev);
+        store_guard_leave(prev);
         mdb_txn_abort(vtxn);
-        return s_fault_err(s, s_fault_why, what, err);
+        return s_fault_err(s, store_guard_why(), what, err);
     }
     int rc = mdb_stat(txn, s->dbi[d], st);
-    s_guard_leave(prev);
+    store_guard_leave(prev);
     mdb_txn_abort(txn);
     return rc ? s_lmdb_err(s->path, rc, err, what) : 0;
 }
