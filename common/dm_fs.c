@@ -3,6 +3,7 @@
 #include "common/dm_fs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -58,5 +59,66 @@ int dm_mkdirs(const char *path, DmErr *err)
     }
     if (mkdir(buf, 0755) != 0 && errno != EEXIST)
         return dm_err_errno(err, "%s: cannot create", buf);
+    return 0;
+}
+
+static const char *s_kind(mode_t m)
+{
+    if (S_ISFIFO(m))
+        return "a named pipe (FIFO)";
+    if (S_ISCHR(m))
+        return "a character device";
+    if (S_ISBLK(m))
+        return "a block device";
+    if (S_ISSOCK(m))
+        return "a socket";
+    if (S_ISDIR(m))
+        return "a directory";
+    return "not a plain file";
+}
+
+int dm_open_regular(const char *path, DmErr *err)
+{
+    if (!path || !*path)
+        return dm_err(err, "empty file name");
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return dm_err_errno(err, "%s", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        dm_err_errno(err, "%s: cannot stat", path);
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return dm_err(err, "%s: %s, not a regular file (refused: reading it could block for ever)", path,
+                      s_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+FILE *dm_fopen_regular(const char *path, DmErr *err)
+{
+    int fd = dm_open_regular(path, err);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        dm_err_errno(err, "%s", path);
+        close(fd);
+    }
+    return f;
+}
+
+int dm_check_regular(const char *path, DmErr *err)
+{
+    int fd = dm_open_regular(path, err);
+    if (fd < 0)
+        return -1;
+    close(fd);
     return 0;
 }

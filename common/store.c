@@ -14,8 +14,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <setjmp.h>
 #include <inttypes.h>
 #include <lmdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +27,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "common/crc32c.h"
 #include "common/records.h" /* records_utf8_valid */
+#include "common/store_file.h"
+#include "common/store_guard.h"
 
 enum { DB_RECORDS, DB_ERRORS, DB_META, DB_FEATURES, NDB };
 static const char *const s_db_names[NDB] = {STORE_RECORDS, STORE_ERRORS, STORE_META,
@@ -37,14 +42,25 @@ static const int s_db_optional[NDB] = {0, 0, 0, 1};
 #define STORE_DEFAULT_MAP_MB 64
 #define STORE_MAX_MAP ((size_t)1 << 40) /* 1 TiB: growth stops there */
 
+/* Databases whose values end in a CRC-32C of the value (4 bytes, little
+ * endian) in a store whose meta value_checksum is "crc32c".  meta stays
+ * plain text. */
+static const int s_db_crc[NDB] = {1, 1, 0, 1};
+#define STORE_CRC_KEY "value_checksum"
+#define STORE_CRC_NAME "crc32c"
+#define CRC_BYTES 4
+
 struct Store {
     MDB_env *env;
     MDB_dbi dbi[NDB];
     int have[NDB]; /* 0: an optional database this (read-only) store lacks */
     int mode;
     int lock_fd;
+    int crc;       /* values carry a CRC-32C (0: a store from before checksums) */
     unsigned grows;
     char *path;
+    StoreMap map;  /* where the map is, for telling a fault in it from one elsewhere */
+    char *broken;  /* why the store can no longer be used (a fault in its map) */
 };
 
 /* ---- errors --------------------------------------------------------- */
@@ -120,6 +136,12 @@ static void s_key_text(int db, const void *key, size_t klen, char *out, size_t c
         snprintf(out, cap, "questionId %" PRIu64, store_key_to_u64(key));
         return;
     }
+    if (db == DB_RECORDS && klen == 10) { /* a logit record: questionId, answer index */
+        const unsigned char *k = key;
+        snprintf(out, cap, "questionId %" PRId64 " answer %u", (int64_t)store_key_to_u64(key),
+                 (unsigned)k[8] << 8 | k[9]);
+        return;
+    }
     const unsigned char *k = key;
     size_t o = 0;
     o += (size_t)snprintf(out, cap, "key '");
@@ -136,6 +158,76 @@ static void s_key_text(int db, const void *key, size_t klen, char *out, size_t c
     snprintf(out + o, cap - o, "'");
 }
 
+/* After a jump: the handle is spent; the error names the store, the
+ * fault and what was being done. */
+static int s_fault_err(Store *s, int why, const char *what, DmErr *err)
+{
+    char cause[320];
+    if (why == SIGBUS)
+        snprintf(cause, sizeof cause, "bus error reading its map (data.mdb is shorter than its pages: "
+                                      "truncated?)");
+    else if (why == SIGSEGV)
+        snprintf(cause, sizeof cause, "invalid memory access inside its map (a damaged page)");
+    else
+        snprintf(cause, sizeof cause, "LMDB %s", store_guard_assert_text());
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s: damaged store: %s while %s", s->path, cause, what);
+    free(s->broken);
+    s->broken = strdup(msg);
+    return dm_err(err, "%s", msg);
+}
+
+static int s_check_usable(const Store *s, DmErr *err)
+{
+    if (s->broken)
+        return dm_err(err, "%s (the store was not read further)", s->broken);
+    return 0;
+}
+
+/* ---- checksums ------------------------------------------------------ */
+
+static void s_put_le32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+/* A stored value of database d: 1 and v trimmed to the value when sound,
+ * 0 and why when its checksum fails. */
+static int s_value_ok(const Store *s, int d, MDB_val *v, char *why, size_t cap)
+{
+    /* a damaged node can give a size that runs past the map */
+    uintptr_t a = (uintptr_t)v->mv_data;
+    if (s->map.hi && (a < s->map.lo || a > s->map.hi || v->mv_size > s->map.hi - a)) {
+        snprintf(why, cap, "a value of %zu bytes that runs past the end of the store's map (a damaged page)",
+                 v->mv_size);
+        return 0;
+    }
+    if (!s->crc || !s_db_crc[d])
+        return 1;
+    if (v->mv_size < CRC_BYTES) {
+        snprintf(why, cap, "%zu bytes, shorter than its checksum", v->mv_size);
+        return 0;
+    }
+    size_t n = v->mv_size - CRC_BYTES;
+    const unsigned char *p = (const unsigned char *)v->mv_data + n;
+    uint32_t want = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t got = crc32c(0, v->mv_data, n);
+    if (got != want) {
+        snprintf(why, cap, "checksum mismatch: CRC-32C of its %zu bytes is %08x, the record says %08x", n, got, want);
+        return 0;
+    }
+    v->mv_size = n;
+    return 1;
+}
+
+int store_checksums(const Store *s)
+{
+    return s->crc;
+}
+
 /* ---- transactions --------------------------------------------------- */
 
 /* Begin a transaction; adopt a map another process grew meanwhile. */
@@ -144,6 +236,7 @@ static int s_begin(Store *s, unsigned flags, MDB_txn **txn, DmErr *err)
     int rc = mdb_txn_begin(s->env, NULL, flags, txn);
     if (rc == MDB_MAP_RESIZED) {
         rc = mdb_env_set_mapsize(s->env, 0);
+        store_map_locate(&s->map);
         if (rc == 0)
             rc = mdb_txn_begin(s->env, NULL, flags, txn);
     }
@@ -181,6 +274,7 @@ static int s_grow(Store *s, size_t nitems, DmErr *err)
         return s_lmdb_err(s->path, rc, err, what);
     }
     s->grows++;
+    store_map_locate(&s->map);
     return 0;
 }
 
@@ -219,15 +313,32 @@ static int s_check_schema(Store *s, MDB_txn *txn, DmErr *err)
     return 0;
 }
 
+/* Which checksum the store's values carry: meta value_checksum "crc32c",
+ * or none in a store written before checksums (read as it is). */
+static int s_check_crc(Store *s, MDB_txn *txn, DmErr *err)
+{
+    MDB_val k = {strlen(STORE_CRC_KEY), (void *)STORE_CRC_KEY}, v;
+    int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        s->crc = 0;
+        return 0;
+    }
+    if (rc != 0)
+        return s_lmdb_err(s->path, rc, err, "cannot read meta " STORE_CRC_KEY);
+    size_t n = strlen(STORE_CRC_NAME);
+    if (v.mv_size != n || memcmp(v.mv_data, STORE_CRC_NAME, n) != 0)
+        return dm_err(err, "%s: meta " STORE_CRC_KEY " is '%.*s', this docmint knows '" STORE_CRC_NAME "'",
+                      s->path, (int)(v.mv_size < 32 ? v.mv_size : 32), (const char *)v.mv_data);
+    s->crc = 1;
+    return 0;
+}
+
 /* Open the named databases; a writer creates them (and the schema version)
  * in a fresh environment, and refuses an LMDB environment that holds
- * something else. */
-static int s_open_dbs(Store *s, DmErr *err)
+ * something else.  txn is the caller's (guarded) transaction. */
+static int s_open_dbs_in(Store *s, MDB_txn *txn, DmErr *err)
 {
     int write = s->mode == STORE_WRITE;
-    MDB_txn *txn;
-    if (s_begin(s, write ? 0 : MDB_RDONLY, &txn, err) < 0)
-        return -1;
     int rc = mdb_dbi_open(txn, STORE_META, 0, &s->dbi[DB_META]);
     int fresh = 0;
     s->have[DB_META] = 1;
@@ -237,26 +348,19 @@ static int s_open_dbs(Store *s, DmErr *err)
         rc = mdb_dbi_open(txn, NULL, 0, &main);
         if (rc == 0)
             rc = mdb_stat(txn, main, &st);
-        if (rc == 0 && st.ms_entries > 0) {
-            mdb_txn_abort(txn);
+        if (rc == 0 && st.ms_entries > 0)
             return dm_err(err, "%s: not a docmint store (an LMDB environment without a meta database)",
                           s->path);
-        }
         fresh = 1;
         if (rc == 0)
             rc = mdb_dbi_open(txn, STORE_META, MDB_CREATE, &s->dbi[DB_META]);
     } else if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE) {
-        mdb_txn_abort(txn);
         return dm_err(err, "%s: not a docmint store (no meta database)", s->path);
     }
-    if (rc != 0) {
-        mdb_txn_abort(txn);
+    if (rc != 0)
         return s_lmdb_err(s->path, rc, err, "cannot open the meta database");
-    }
-    if (!fresh && s_check_schema(s, txn, err) < 0) {
-        mdb_txn_abort(txn);
+    if (!fresh && (s_check_schema(s, txn, err) < 0 || s_check_crc(s, txn, err) < 0))
         return -1;
-    }
     for (int i = 0; i < NDB; i++) {
         if (i == DB_META)
             continue;
@@ -264,7 +368,6 @@ static int s_open_dbs(Store *s, DmErr *err)
         if (rc == MDB_NOTFOUND && s_db_optional[i])
             continue;
         if (rc != 0) {
-            mdb_txn_abort(txn);
             if (rc == MDB_NOTFOUND)
                 return dm_err(err, "%s: not a docmint store (no %s database)", s->path, s_db_names[i]);
             char what[64];
@@ -274,17 +377,44 @@ static int s_open_dbs(Store *s, DmErr *err)
         s->have[i] = 1;
     }
     if (fresh) {
-        MDB_val k = {strlen("schema_version"), (void *)"schema_version"};
-        MDB_val v = {strlen(STORE_SCHEMA_VERSION), (void *)STORE_SCHEMA_VERSION};
-        rc = mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
-        if (rc != 0) {
-            mdb_txn_abort(txn);
-            return s_lmdb_err(s->path, rc, err, "cannot write meta schema_version");
+        /* a new store: every value carries its CRC-32C */
+        static const char *const kv[2][2] = {{"schema_version", STORE_SCHEMA_VERSION},
+                                             {STORE_CRC_KEY, STORE_CRC_NAME}};
+        for (int i = 0; i < 2; i++) {
+            MDB_val k = {strlen(kv[i][0]), (void *)kv[i][0]}, v = {strlen(kv[i][1]), (void *)kv[i][1]};
+            rc = mdb_put(txn, s->dbi[DB_META], &k, &v, 0);
+            if (rc != 0)
+                return s_lmdb_err(s->path, rc, err, "cannot write the store's meta");
         }
+        s->crc = 1;
+    }
+    return 0;
+}
+
+static int s_open_dbs(Store *s, DmErr *err)
+{
+    int write = s->mode == STORE_WRITE;
+    MDB_txn *txn;
+    if (s_begin(s, write ? 0 : MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_txn *volatile vtxn = txn;
+    sigjmp_buf jb;
+    StoreGuard prev = store_guard_enter(&s->map, &jb, write);
+    if (sigsetjmp(jb, 0)) {
+        store_guard_leave(prev);
+        mdb_txn_abort(vtxn); /* a read transaction (a writer never jumps) */
+        return s_fault_err(s, store_guard_why(), "opening its databases", err);
+    }
+    int rc = s_open_dbs_in(s, txn, err);
+    if (rc < 0) {
+        mdb_txn_abort(txn);
+        store_guard_leave(prev);
+        return -1;
     }
     /* Committing (even a read-only transaction) makes the handles usable
      * by later transactions. */
     rc = mdb_txn_commit(txn);
+    store_guard_leave(prev);
     if (rc != 0)
         return s_lmdb_err(s->path, rc, err, write ? "cannot create the databases" : "cannot open the databases");
     return 0;
@@ -335,12 +465,17 @@ int store_open(const char *path, int mode, Store **out, DmErr *err)
     } else if (!S_ISDIR(st.st_mode)) {
         return dm_err(err, "%s: not a store (a store is a folder holding data.mdb)", path);
     }
-    if (mode == STORE_READ) {
-        char data[4096];
-        snprintf(data, sizeof data, "%s/data.mdb", path);
-        if (access(data, F_OK) != 0)
-            return dm_err(err, "%s: not a docmint store (no data.mdb in the folder)", path);
-    }
+    char data[4096];
+    snprintf(data, sizeof data, "%s/data.mdb", path);
+    if (mode == STORE_READ && access(data, F_OK) != 0)
+        return dm_err(err, "%s: not a docmint store (no data.mdb in the folder)", path);
+    /* LMDB maps the file as its meta page describes it: check that first */
+    StoreFileInfo fi;
+    if (store_file_check(data, &fi, err) < 0)
+        return -1;
+    if (mode == STORE_READ && fi.empty)
+        return dm_err(err, "%s: not a docmint store (data.mdb is empty)", path);
+    store_guard_init();
 
     Store *s = calloc(1, sizeof *s);
     if (!s || !(s->path = strdup(path))) {
@@ -358,6 +493,8 @@ int store_open(const char *path, int mode, Store **out, DmErr *err)
         s_lmdb_err(path, rc, err, "cannot create an LMDB environment");
         goto fail;
     }
+    s->map.path = s->path;
+    store_guard_env(s->env, &s->map);
     rc = mdb_env_set_maxdbs(s->env, 8);
     if (rc == 0)
         rc = mdb_env_open(s->env, path, MDB_NOTLS | (mode == STORE_READ ? MDB_RDONLY : 0), 0664);
@@ -375,6 +512,7 @@ int store_open(const char *path, int mode, Store **out, DmErr *err)
         s_lmdb_err(path, rc, err, "cannot set the map size");
         goto fail;
     }
+    store_map_locate(&s->map);
     int dead = 0;
     rc = mdb_reader_check(s->env, &dead);
     if (rc != 0) {
@@ -399,6 +537,7 @@ void store_close(Store **sp)
         mdb_env_close(s->env);
     if (s->lock_fd >= 0)
         close(s->lock_fd); /* releases the writer lock */
+    free(s->broken);
     free(s->path);
     free(s);
     *sp = NULL;
@@ -416,10 +555,36 @@ unsigned store_map_grows(const Store *s)
 
 /* ---- writes --------------------------------------------------------- */
 
+/* Put the items in txn; *failed gets the index of an item that failed. */
+static int s_put_items(Store *s, MDB_txn *txn, const StoreItem *items, int n, int *failed)
+{
+    for (int i = 0; i < n; i++) {
+        int db = s_db_index(items[i].db);
+        MDB_val k = {items[i].klen, (void *)items[i].key};
+        int crc = s->crc && s_db_crc[db];
+        MDB_val v = {items[i].vlen + (crc ? CRC_BYTES : 0), (void *)items[i].val};
+        /* a checksummed value is written in place: LMDB reserves the room */
+        int rc = mdb_put(txn, s->dbi[db], &k, &v, crc ? MDB_RESERVE : 0);
+        if (rc != 0) {
+            *failed = i;
+            return rc;
+        }
+        if (crc) {
+            unsigned char *p = v.mv_data;
+            if (items[i].vlen)
+                memcpy(p, items[i].val, items[i].vlen);
+            s_put_le32(p + items[i].vlen, crc32c(0, items[i].val, items[i].vlen));
+        }
+    }
+    return 0;
+}
+
 int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
 {
     if (s->mode != STORE_WRITE)
         return dm_err(err, "%s: store opened read-only", s->path);
+    if (s_check_usable(s, err) < 0)
+        return -1;
     if (n <= 0)
         return 0;
     int maxkey = mdb_env_get_maxkeysize(s->env);
@@ -438,19 +603,17 @@ int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
         MDB_txn *txn;
         if (s_begin(s, 0, &txn, err) < 0)
             return -1;
-        int rc = 0, i;
-        for (i = 0; i < n && rc == 0; i++) {
-            int db = s_db_index(items[i].db);
-            MDB_val k = {items[i].klen, (void *)items[i].key};
-            MDB_val v = {items[i].vlen, (void *)items[i].val};
-            rc = mdb_put(txn, s->dbi[db], &k, &v, 0);
-        }
-        if (rc == 0) {
-            i = -1;
+        /* a fault inside a write transaction stops the process (see the
+         * guard), so there is no jump to come back to here */
+        sigjmp_buf jb;
+        StoreGuard prev = store_guard_enter(&s->map, &jb, 1);
+        int i = -1;
+        int rc = s_put_items(s, txn, items, n, &i);
+        if (rc == 0)
             rc = mdb_txn_commit(txn); /* frees txn, also on failure */
-        } else {
+        else
             mdb_txn_abort(txn);
-        }
+        store_guard_leave(prev);
         if (rc == 0)
             return 0;
         if (rc == MDB_MAP_FULL) {
@@ -467,9 +630,8 @@ int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
             return s_write_err(s->path, rc, bytes, err, what);
         } else {
             char kt[128];
-            s_key_text(s_db_index(items[i - 1].db), items[i - 1].key, items[i - 1].klen, kt, sizeof kt);
-            snprintf(what, sizeof what, "cannot write %s %s (%zu bytes)", items[i - 1].db, kt,
-                     items[i - 1].vlen);
+            s_key_text(s_db_index(items[i].db), items[i].key, items[i].klen, kt, sizeof kt);
+            snprintf(what, sizeof what, "cannot write %s %s (%zu bytes)", items[i].db, kt, items[i].vlen);
         }
         return s_lmdb_err(s->path, rc, err, what);
     }
@@ -483,7 +645,70 @@ int store_meta_set(Store *s, const char *key, const char *value, DmErr *err)
     return store_put_batch(s, &it, 1, err);
 }
 
-/* ---- reads ---------------------------------------------------------- */
+/* ---- reads ----------------------------------------------------------
+ *
+ * Each read runs in its own read transaction under a guard; a fault
+ * comes back as an error naming the store. */
+
+/* The error of a record whose checksum fails. */
+static int s_damage_err(const Store *s, int d, const void *key, size_t klen, const char *why, DmErr *err)
+{
+    char kt[128];
+    s_key_text(d, key, klen, kt, sizeof kt);
+    return dm_err(err, "%s: %s %s: %s (`docmint store verify %s` lists every damaged record)", s->path,
+                  s_db_names[d], kt, why, s->path);
+}
+
+/* Look key up in database d: 1 and (copy ? a malloc'ed copy : nothing)
+ * when found, 0 when absent, -1 on error. */
+static int s_lookup(Store *s, int d, const void *key, size_t klen, int copy, void **val, size_t *vlen,
+                    const char *what, DmErr *err)
+{
+    if (s_check_usable(s, err) < 0)
+        return -1;
+    if (!s->have[d] || klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
+        return 0; /* no such key can be stored */
+    MDB_txn *txn;
+    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
+        return -1;
+    MDB_txn *volatile vtxn = txn;
+    sigjmp_buf jb;
+    StoreGuard prev = store_guard_enter(&s->map, &jb, 0);
+    if (sigsetjmp(jb, 0)) {
+        store_guard_leave(prev);
+        mdb_txn_abort(vtxn);
+        char kt[128], w[200];
+        s_key_text(d, key, klen, kt, sizeof kt);
+        snprintf(w, sizeof w, "%s %s %s", what, s_db_names[d], kt);
+        return s_fault_err(s, store_guard_why(), w, err);
+    }
+    MDB_val k = {klen, (void *)key}, v;
+    int rc = mdb_get(txn, s->dbi[d], &k, &v), out = 1;
+    char why[160];
+    if (rc == MDB_NOTFOUND) {
+        out = 0;
+    } else if (rc != 0) {
+        char kt[128], w[192];
+        s_key_text(d, key, klen, kt, sizeof kt);
+        snprintf(w, sizeof w, "cannot %s %s %s", what, s_db_names[d], kt);
+        out = s_lmdb_err(s->path, rc, err, w);
+    } else if (!s_value_ok(s, d, &v, why, sizeof why)) {
+        out = s_damage_err(s, d, key, klen, why, err);
+    } else if (copy) {
+        void *c = malloc(v.mv_size + 1); /* +1: meta values get a NUL */
+        if (!c) {
+            out = dm_err(err, "%s: out of memory reading %zu bytes", s->path, v.mv_size);
+        } else {
+            memcpy(c, v.mv_data, v.mv_size);
+            ((char *)c)[v.mv_size] = '\0';
+            *val = c;
+            *vlen = v.mv_size;
+        }
+    }
+    store_guard_leave(prev);
+    mdb_txn_abort(txn);
+    return out;
+}
 
 int store_get(Store *s, const char *db, const void *key, size_t klen, void **val, size_t *vlen,
               DmErr *err)
@@ -493,35 +718,7 @@ int store_get(Store *s, const char *db, const void *key, size_t klen, void **val
     int d = s_db_arg(s, db, err);
     if (d < 0)
         return -1;
-    if (!s->have[d] || klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
-        return 0; /* no such key can be stored */
-    MDB_txn *txn;
-    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
-        return -1;
-    MDB_val k = {klen, (void *)key}, v;
-    int rc = mdb_get(txn, s->dbi[d], &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        mdb_txn_abort(txn);
-        return 0;
-    }
-    if (rc != 0) {
-        mdb_txn_abort(txn);
-        char kt[128], what[192];
-        s_key_text(d, key, klen, kt, sizeof kt);
-        snprintf(what, sizeof what, "cannot read %s %s", db, kt);
-        return s_lmdb_err(s->path, rc, err, what);
-    }
-    void *copy = malloc(v.mv_size + 1); /* +1: meta values get a NUL */
-    if (!copy) {
-        mdb_txn_abort(txn);
-        return dm_err(err, "%s: out of memory reading %zu bytes", s->path, v.mv_size);
-    }
-    memcpy(copy, v.mv_data, v.mv_size);
-    ((char *)copy)[v.mv_size] = '\0';
-    *val = copy;
-    *vlen = v.mv_size;
-    mdb_txn_abort(txn);
-    return 1;
+    return s_lookup(s, d, key, klen, 1, val, vlen, "read", err);
 }
 
 int store_meta_read(Store *s, const char *key, char **value, DmErr *err)
@@ -541,34 +738,85 @@ char *store_meta_get(Store *s, const char *key, DmErr *err)
     return v;
 }
 
-int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err)
+/* Walk database d in key order: fn (store_foreach's) stops at the first
+ * damaged record with an error; scan (store_scan's) is handed every
+ * record with what is wrong with it.  A damaged tree could lead a cursor
+ * round in a loop, so the walk stops when it yields more entries than the
+ * database's header counts. */
+static int s_walk(Store *s, int d, StoreVisit fn, StoreScanVisit scan, void *ctx, DmErr *err)
 {
-    int d = s_db_arg(s, db, err);
-    if (d < 0)
+    if (s_check_usable(s, err) < 0)
         return -1;
     if (!s->have[d])
         return 0;
     MDB_txn *txn;
     if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
         return -1;
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, s->dbi[d], &cur);
+    MDB_txn *volatile vtxn = txn;
+    MDB_cursor *volatile vcur = NULL;
+    sigjmp_buf jb;
+    StoreGuard prev = store_guard_enter(&s->map, &jb, 0);
+    if (sigsetjmp(jb, 0)) {
+        store_guard_leave(prev);
+        if (vcur)
+            mdb_cursor_close(vcur);
+        mdb_txn_abort(vtxn);
+        char w[96];
+        snprintf(w, sizeof w, "reading the %s database", s_db_names[d]);
+        return s_fault_err(s, store_guard_why(), w, err);
+    }
+    MDB_stat st;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_stat(txn, s->dbi[d], &st);
+    if (rc == 0)
+        rc = mdb_cursor_open(txn, s->dbi[d], &cur);
+    vcur = cur;
+    int out = 0;
     if (rc != 0) {
-        mdb_txn_abort(txn);
-        return s_lmdb_err(s->path, rc, err, "cannot open a cursor");
+        out = s_lmdb_err(s->path, rc, err, "cannot open a cursor");
+    } else {
+        MDB_val k, v;
+        uint64_t seen = 0;
+        char why[160];
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (++seen > st.ms_entries) {
+                out = dm_err(err, "%s: damaged store: the %s database yields more entries than the %zu "
+                                  "its header counts", s->path, s_db_names[d], st.ms_entries);
+                break;
+            }
+            int ok = s_value_ok(s, d, &v, why, sizeof why);
+            if (scan) {
+                if (scan(ctx, k.mv_data, k.mv_size, v.mv_data, v.mv_size, ok ? NULL : why))
+                    break;
+            } else if (!ok) {
+                out = s_damage_err(s, d, k.mv_data, k.mv_size, why, err);
+                break;
+            } else if (fn(ctx, k.mv_data, k.mv_size, v.mv_data, v.mv_size)) {
+                break;
+            }
+        }
+        if (out == 0 && rc != 0 && rc != MDB_NOTFOUND) {
+            char what[64];
+            snprintf(what, sizeof what, "cannot read the %s database", s_db_names[d]);
+            out = s_lmdb_err(s->path, rc, err, what);
+        }
+        mdb_cursor_close(cur);
     }
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        if (fn(ctx, k.mv_data, k.mv_size, v.mv_data, v.mv_size))
-            break;
-    mdb_cursor_close(cur);
+    store_guard_leave(prev);
     mdb_txn_abort(txn);
-    if (rc != 0 && rc != MDB_NOTFOUND) {
-        char what[64];
-        snprintf(what, sizeof what, "cannot read the %s database", db);
-        return s_lmdb_err(s->path, rc, err, what);
-    }
-    return 0;
+    return out;
+}
+
+int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err)
+{
+    int d = s_db_arg(s, db, err);
+    return d < 0 ? -1 : s_walk(s, d, fn, NULL, ctx, err);
+}
+
+int store_scan(Store *s, const char *db, StoreScanVisit fn, void *ctx, DmErr *err)
+{
+    int d = s_db_arg(s, db, err);
+    return d < 0 ? -1 : s_walk(s, d, NULL, fn, ctx, err);
 }
 
 int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err)
@@ -576,20 +824,9 @@ int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err
     int d = s_db_arg(s, db, err);
     if (d < 0)
         return -1;
-    if (!s->have[d] || klen == 0 || klen > (size_t)mdb_env_get_maxkeysize(s->env))
-        return 0;
-    MDB_txn *txn;
-    if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
-        return -1;
-    MDB_val k = {klen, (void *)key}, v;
-    int rc = mdb_get(txn, s->dbi[d], &k, &v);
-    mdb_txn_abort(txn);
-    if (rc == 0 || rc == MDB_NOTFOUND)
-        return rc == 0;
-    char kt[128], what[192];
-    s_key_text(d, key, klen, kt, sizeof kt);
-    snprintf(what, sizeof what, "cannot look up %s %s", db, kt);
-    return s_lmdb_err(s->path, rc, err, what);
+    void *v = NULL;
+    size_t n = 0;
+    return s_lookup(s, d, key, klen, 0, &v, &n, "look up", err);
 }
 
 static int s_add_bytes(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
@@ -603,10 +840,21 @@ static int s_add_bytes(void *ctx, const void *key, size_t klen, const void *val,
 /* mdb_stat of database d, or -1 with err naming what failed. */
 static int s_db_stat(Store *s, int d, MDB_stat *st, const char *what, DmErr *err)
 {
+    if (s_check_usable(s, err) < 0)
+        return -1;
     MDB_txn *txn;
     if (s_begin(s, MDB_RDONLY, &txn, err) < 0)
         return -1;
+    MDB_txn *volatile vtxn = txn;
+    sigjmp_buf jb;
+    StoreGuard prev = store_guard_enter(&s->map, &jb, 0);
+    if (sigsetjmp(jb, 0)) {
+        store_guard_leave(prev);
+        mdb_txn_abort(vtxn);
+        return s_fault_err(s, store_guard_why(), what, err);
+    }
     int rc = mdb_stat(txn, s->dbi[d], st);
+    store_guard_leave(prev);
     mdb_txn_abort(txn);
     return rc ? s_lmdb_err(s->path, rc, err, what) : 0;
 }
@@ -620,7 +868,7 @@ int store_db_size(Store *s, const char *db, StoreDbSize *out, DmErr *err)
     MDB_stat st;
     if (!s->have[d])
         return 0;
-    if (s_db_stat(s, d, &st, "cannot read the database sizes", err) < 0)
+    if (s_db_stat(s, d, &st, "reading the database sizes", err) < 0)
         return -1;
     out->page_bytes = (uint64_t)st.ms_psize *
                       (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
@@ -636,7 +884,7 @@ int store_count(Store *s, const char *db, uint64_t *n, DmErr *err)
     MDB_stat st;
     if (!s->have[d])
         return 0;
-    if (s_db_stat(s, d, &st, "cannot count entries", err) < 0)
+    if (s_db_stat(s, d, &st, "counting entries", err) < 0)
         return -1;
     *n = st.ms_entries;
     return 0;
@@ -644,6 +892,8 @@ int store_count(Store *s, const char *db, uint64_t *n, DmErr *err)
 
 int store_sizes(Store *s, uint64_t *map_bytes, uint64_t *used_bytes, DmErr *err)
 {
+    if (s_check_usable(s, err) < 0)
+        return -1;
     /* A read transaction first, so a map grown by another process is
      * adopted before it is reported. */
     MDB_txn *txn;

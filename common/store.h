@@ -6,7 +6,17 @@
  * One writer per store (the coordinator); readers open read-only.  Writes
  * go in batches, one transaction each; when the map is full it grows and
  * the batch is retried, so a long job never stops on MDB_MAP_FULL.  Keys
- * are stable identifiers, so writing an item twice leaves one record. */
+ * are stable identifiers, so writing an item twice leaves one record.
+ *
+ * Damage: every value of records, errors and features ends in a CRC-32C of
+ * the value (4 bytes, little-endian; meta value_checksum = "crc32c"),
+ * checked on every read; callers see the value without it.  A store
+ * written before checksums (no value_checksum) is read as it is and a
+ * writer resuming it keeps its format.  data.mdb is checked against its
+ * meta pages before it is mapped (store_file.h), and a bus error,
+ * segmentation fault or LMDB assertion inside a read of the map becomes an
+ * error naming the store (the handle then refuses further use); inside a
+ * write it stops the process with a message. */
 #ifndef DM_STORE_H
 #define DM_STORE_H
 
@@ -56,6 +66,17 @@ int store_get(Store *s, const char *db, const void *key, size_t klen, void **val
  * write to the store. */
 typedef int (*StoreVisit)(void *ctx, const void *key, size_t klen, const void *val, size_t vlen);
 int store_foreach(Store *s, const char *db, StoreVisit fn, void *ctx, DmErr *err);
+
+/* Like store_foreach, but every record is handed on, damaged ones too:
+ * damage is NULL for a sound record, else what is wrong (its checksum
+ * fails; val and vlen are then the stored bytes, checksum included). */
+typedef int (*StoreScanVisit)(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
+                              const char *damage);
+int store_scan(Store *s, const char *db, StoreScanVisit fn, void *ctx, DmErr *err);
+
+/* 1 when the store's values carry checksums, 0 for a store written
+ * before them. */
+int store_checksums(const Store *s);
 
 /* Whether db holds key: 1 yes, 0 no, -1 error (no copy of the value). */
 int store_has(Store *s, const char *db, const void *key, size_t klen, DmErr *err);

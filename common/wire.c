@@ -51,6 +51,10 @@ int wire_join_to_json(const WireJoin *j, char **text, DmErr *err)
         json_object_set_new(o, "first_answer_only", json_boolean(j->first_answer_only));
     if (o)
         json_object_set_new(o, "precision", json_string(j->precision ? "bf16" : "fp32"));
+    if (o && j->page_timeout_seconds > 0)
+        json_object_set_new(o, "page_timeout_seconds", json_real(j->page_timeout_seconds));
+    if (o && j->max_page_pixels > 0)
+        json_object_set_new(o, "max_page_pixels", json_integer((json_int_t)j->max_page_pixels));
     if (!o)
         return dm_err(err, "join document: cannot build JSON (bad UTF-8 in a path?)");
     *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -141,6 +145,19 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         }
     }
     j->first_answer_only = json_is_true(json_object_get(o, "first_answer_only"));
+    json_t *mp = json_object_get(o, "max_page_pixels"); /* optional: absent = the default */
+    if (mp && (!json_is_integer(mp) || json_integer_value(mp) < 0 ||
+               json_integer_value(mp) > ((json_int_t)1 << 28))) {
+        dm_err(err, "%s: \"max_page_pixels\" is not an integer from 0 to 2^28", what);
+        goto done;
+    }
+    j->max_page_pixels = mp ? (int64_t)json_integer_value(mp) : 0;
+    json_t *pt = json_object_get(o, "page_timeout_seconds"); /* optional: absent = no watchdog */
+    if (pt && (!json_is_number(pt) || json_number_value(pt) < 0)) {
+        dm_err(err, "%s: \"page_timeout_seconds\" is not a non-negative number", what);
+        goto done;
+    }
+    j->page_timeout_seconds = pt ? json_number_value(pt) : 0;
     json_t *pr = json_object_get(o, "precision"); /* optional: absent = fp32 */
     const char *prs = json_is_string(pr) ? json_string_value(pr) : NULL;
     if (pr && (!prs || (strcmp(prs, "fp32") && strcmp(prs, "bf16")))) {

@@ -38,6 +38,8 @@ typedef struct WireJoin {
     char stage[32];
     int max_length;   /* 0: the model's max_position_embeddings */
     int pdf_dpi;
+    int64_t max_page_pixels; /* 0: the default (optional in the JSON) */
+    double page_timeout_seconds; /* the worker's watchdog; 0: none (optional in the JSON) */
     int threads;      /* 0: automatic */
     int precision;    /* DmPrecision of the model: 0 fp32, 1 bf16 ("precision":
                        * "fp32" / "bf16"; absent = fp32) */

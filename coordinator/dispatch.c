@@ -20,6 +20,7 @@
 #include "worker/stages/stage_infer.h"
 #include "common/store.h"
 #include "coordinator/zap_auth.h"
+#include "worker/image/image.h"
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
@@ -170,6 +171,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
                 o->log_prefix ? o->log_prefix : "docmint", job->corpus.path,
                 d->corpus->scan_counted + d->corpus->scan_reused, d->corpus->npages,
                 d->corpus->scan_counted, d->corpus->scan_reused);
+    image_set_max_pixels(job->corpus.max_page_pixels);
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
@@ -230,6 +232,8 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     snprintf(j->stage, sizeof j->stage, "%s", job->stage);
     j->max_length = job->max_length;
     j->pdf_dpi = job->corpus.pdf_dpi;
+    j->max_page_pixels = job->corpus.max_page_pixels;
+    j->page_timeout_seconds = job->page_timeout_seconds;
     j->threads = job->threads;
     j->precision = job->precision;
     j->heartbeat_seconds = d->hb;

@@ -19,6 +19,7 @@
 #include "kernels/cpu/kern.h"
 #include "coordinator/progress.h"
 #include "worker/text/tokenizer.h"
+#include "worker/image/image.h"
 
 #define PREFIX "docmint run"
 
@@ -232,11 +233,15 @@ static int s_setup(Run *r, DmErr *err)
         return -1;
     }
     free(temps);
+    image_set_max_pixels(j->corpus.max_page_pixels);
     if (corpus_load(&j->corpus, &r->corpus, err) ||
         distill_data_open(r->store, r->corpus, r->m, &r->pc, j->corpus.pdf_dpi, d->temperature,
-                          (size_t)d->feature_cache_mb << 20, &r->data, err))
+                          (size_t)d->feature_cache_mb << 20, d->skip_damaged, &r->data, err))
         return -1;
     r->n_items = distill_data_count(r->data);
+    if (distill_data_skipped(r->data) && r->rank == 0)
+        fprintf(stderr, "%s: %s: skipped %ld damaged records (distill.skip_damaged); training on %d\n",
+                PREFIX, d->logits, distill_data_skipped(r->data), r->n_items);
     if (d->batch_size > r->n_items)
         return dm_err(err, "distill.batch_size: %d is more than the %d items of %s", d->batch_size,
                       r->n_items, d->logits);
@@ -688,8 +693,9 @@ int distill_run(const Job *job, Coll *coll, int threads, int quiet)
         long enc, stored, hits;
         distill_data_cache_stats(r->data, &enc, &stored, &hits);
         fprintf(stderr, "%s: done: %ld steps, alpha %.6g, student in %s (rank 0: %ld pages "
-                        "encoded, %ld from the feature store, %ld cache hits)\n",
-                PREFIX, r->total, r->alpha, dir, enc, stored, hits);
+                        "encoded, %ld from the feature store, %ld cache hits; %ld damaged records "
+                        "skipped)\n",
+                PREFIX, r->total, r->alpha, dir, enc, stored, hits, distill_data_skipped(r->data));
     }
     rc = 0;
 done:

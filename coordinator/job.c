@@ -146,6 +146,7 @@ static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
     d->hash_check_every = (long)json_number_value(json_object_get(o, "hash_check_every"));
     d->feature_cache_mb = (long)json_number_value(json_object_get(o, "feature_cache_mb"));
     d->plot = json_is_true(json_object_get(o, "plot"));
+    d->skip_damaged = json_is_true(json_object_get(o, "skip_damaged"));
     if (d->micro_batch > d->batch_size)
         return dm_err(err, "distill.micro_batch: %d is more than batch_size %d", d->micro_batch,
                       d->batch_size);
@@ -177,8 +178,20 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     if (corpus_format_parse(json_string_value(json_object_get(c, "format")), &j->corpus.format))
         return dm_err(err, "corpus.format: unknown format"); /* the schema's enum prevents this */
     j->corpus.pdf_dpi = s_int(c, "pdf_dpi");
+    j->corpus.max_page_pixels = (int64_t)json_integer_value(json_object_get(c, "max_page_pixels"));
     j->pages_per_shard = s_int(doc, "pages_per_shard");
     j->lease_seconds = json_number_value(json_object_get(doc, "lease_seconds"));
+    j->page_timeout_seconds = json_number_value(json_object_get(doc, "page_timeout_seconds"));
+    if (j->page_timeout_seconds <= 0) {
+        /* automatic: half the lease per shard; none under a lease so short
+         * (a test setting) that a slow page is better recomputed elsewhere */
+        j->page_timeout_seconds = j->lease_seconds / (2.0 * (j->pages_per_shard > 0 ? j->pages_per_shard : 1));
+        if (j->page_timeout_seconds < 30)
+            j->page_timeout_seconds = 0;
+    } else if (j->page_timeout_seconds * j->pages_per_shard >= j->lease_seconds)
+        return dm_err(err, "page_timeout_seconds %g x pages_per_shard %d is not less than lease_seconds %g: "
+                           "the lease would expire first and hand a hung page to the next worker",
+                      j->page_timeout_seconds, j->pages_per_shard, j->lease_seconds);
     j->heartbeat_seconds = json_number_value(json_object_get(doc, "heartbeat_seconds"));
     j->heartbeat_liveness = s_int(doc, "heartbeat_liveness");
     j->credit = s_int(doc, "credit");

@@ -36,6 +36,7 @@ typedef struct DistillSpec {
     long hash_check_every; /* 0: only at the end */
     long feature_cache_mb;
     int plot;
+    int skip_damaged;      /* leave out (and count) logit records that fail verification */
 } DistillSpec;
 
 typedef struct Job {
@@ -46,6 +47,8 @@ typedef struct Job {
     CorpusSpec corpus;     /* strings owned by the job */
     int pages_per_shard;   /* default 1: a shard is one page with all its questions */
     double lease_seconds;  /* a shard not returned in time is handed out again (default 600) */
+    double page_timeout_seconds; /* the workers' watchdog per page; 0: none (0 in the file:
+                                    lease_seconds / (2 * pages_per_shard) when >= 30 s) */
     double heartbeat_seconds; /* default 1 */
     int heartbeat_liveness;   /* missed heartbeats before a peer counts as dead (default 5) */
     int credit;            /* shards a worker may hold at once (default 2) */

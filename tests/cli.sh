@@ -203,7 +203,7 @@ else
     bad "docmint --version: $("$DOCMINT" --version 2>&1)"
 fi
 # A PNG header of 15360x20480 pixels (the pixel data is never reached):
-# above the default limit of 2^28 pixels.
+# above the default limit of 50,000,000 pixels.
 python3 - "$T/huge2.png" <<'PY'
 import struct, sys, zlib
 def chunk(kind, data):
@@ -213,7 +213,7 @@ open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
                               chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 PY
 expect_error "image above the pixel limit: size, limit and how to raise it" \
-    "$T/huge2.png: image size 15360x20480 is 314572800 pixels, above the limit of 268435456 (the default, 16384x16384); set the environment variable DOCMINT_MAX_PIXELS=314572800" \
+    "$T/huge2.png: page 0 is 15360x20480 = 314572800 pixels, more than the limit of 50000000; to allow it, set max_page_pixels (job corpus key), --max-pixels or the environment variable DOCMINT_MAX_PIXELS to 314572800 or more" \
     "$DOCMINT" ask --threads 1 "$T/model" "$T/huge2.png" "$Q1"
 DOCMINT_MAX_PIXELS=400000000 "$DOCMINT" ask --threads 1 "$T/model" "$T/huge2.png" "$Q1" >/dev/null 2>"$T/raised"
 if [ $? -eq 1 ] && ! grep -q "limit" "$T/raised" && grep -q "$T/huge2.png: cannot decode" "$T/raised"; then
@@ -222,7 +222,7 @@ else
     bad "DOCMINT_MAX_PIXELS=400000000: $(cat "$T/raised")"
 fi
 expect_error "DOCMINT_MAX_PIXELS lowers the limit" \
-    "jobs/demo/page.png: image size 960x1280 is 1228800 pixels, above the limit of 1000;" \
+    "jobs/demo/page.png: page 0 is 960x1280 = 1228800 pixels, more than the limit of 1000;" \
     env DOCMINT_MAX_PIXELS=1000 "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
 expect_error "DOCMINT_MAX_PIXELS not a number" "DOCMINT_MAX_PIXELS=lots: expected a number of pixels" \
     env DOCMINT_MAX_PIXELS=lots "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"

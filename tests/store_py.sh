@@ -156,5 +156,55 @@ for cmd in "$DOCMINT store dump $T/missing" "$PY schemas/python/dmstore.py $T/mi
     fi
 done
 
+# damaged stores: a flipped byte inside one record, and a cut data.mdb.
+# Both readers exit 1 with one line naming the store (and the record), and
+# the CRC-32C of the Python reader is the published check value.
+if "$PY" -c 'import sys; sys.path.insert(0, "schemas/python"); import dmstore
+assert dmstore.crc32c(b"123456789") == 0xE3069283'; then
+    ok "Python CRC-32C gives the check value e3069283"
+else
+    bad "Python CRC-32C check value"
+fi
+mkdir -p "$T/flip" "$T/cut"
+cp "$S/data.mdb" "$T/flip/data.mdb"
+cp "$S/data.mdb" "$T/cut/data.mdb"
+qid=$("$PY" - "$T/flip/data.mdb" "$T/c.answers" <<'PY'
+import json, sys
+# flip a byte inside the answer of the first record whose answer text
+# occurs once in the file
+data = bytearray(open(sys.argv[1], "rb").read())
+for line in open(sys.argv[2], encoding="utf-8"):
+    r = json.loads(line)
+    a = r["answer"].encode("utf-8")
+    if len(a) >= 12 and data.count(a) == 1:
+        i = data.find(a) + 5
+        data[i] ^= 0x01
+        open(sys.argv[1], "wb").write(data)
+        print(r["questionId"])
+        break
+PY
+)
+truncate -s $(( $(stat -c %s "$S/data.mdb") / 2 )) "$T/cut/data.mdb"
+for what in flip cut; do
+    for cmd in "$DOCMINT store dump $T/$what" "$DOCMINT store verify $T/$what" "$PY schemas/python/dmstore.py $T/$what"; do
+        $cmd >"$T/out" 2>"$T/err"
+        st=$?
+        want="$T/$what"
+        # verify lists the records on stdout; its stderr line names the store
+        case "$what $cmd" in "flip "*verify*) ;; "flip "*) want="questionId $qid" ;; esac
+        if [ $st -eq 1 ] && grep -qF "$want" "$T/err" && [ "$(wc -l <"$T/err")" -eq 1 ]; then
+            ok "$what store: exit 1, one line naming $want ($(echo "$cmd" | cut -d' ' -f1-3 | xargs -n1 basename | tr '\n' ' '))"
+        else
+            bad "$what store ($cmd): status $st: $(head -c 300 "$T/err")"
+        fi
+    done
+done
+if [ -n "$qid" ] && grep -q "^damaged: records questionId $qid: checksum mismatch" "$T/out" 2>/dev/null ||
+    "$DOCMINT" store verify "$T/flip" 2>/dev/null | grep -q "^damaged: records questionId $qid: checksum mismatch"; then
+    ok "verify lists the damaged record, questionId $qid"
+else
+    bad "verify does not list questionId $qid"
+fi
+
 echo "store_py: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -219,7 +219,19 @@ static void test_join_roundtrip(void)
     CU_ASSERT_EQUAL(k.credit, 2);
     CU_ASSERT_EQUAL(k.n_temps, 1);
     CU_ASSERT_DOUBLE_EQUAL(k.temps[0], 1.0, 0);
+    CU_ASSERT_EQUAL(k.max_page_pixels, 0); /* absent: the worker's default */
+    CU_ASSERT_DOUBLE_EQUAL(k.page_timeout_seconds, 0, 0);
     free(text);
+    /* the page limits travel */
+    j.max_page_pixels = 1234567;
+    j.page_timeout_seconds = 42.5;
+    CU_ASSERT_EQUAL_FATAL(wire_join_to_json(&j, &text, &err), 0);
+    CU_ASSERT_EQUAL(wire_join_parse(text, "t", &k, &err), 0);
+    CU_ASSERT_EQUAL(k.max_page_pixels, 1234567);
+    CU_ASSERT_DOUBLE_EQUAL(k.page_timeout_seconds, 42.5, 0);
+    free(text);
+    j.max_page_pixels = 0;
+    j.page_timeout_seconds = 0;
     /* the cache-logits settings travel too */
     j.top_k = 8;
     j.n_temps = 2;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vips/vips.h>
 
@@ -324,6 +325,19 @@ static void test_load_bad_input(void)
     CU_ASSERT_EQUAL_FATAL(s_write_file(p, "this is not an image at all\n", 28), 0);
     s_expect_fail(p, 0, NULL);
 
+    /* A named pipe with no writer and a device: refused by name, never
+     * read (a read of the pipe would block for ever; the alarm turns a
+     * regression into a failure instead of a hang). */
+    snprintf(p, sizeof p, "%s/pipe.png", dir);
+    CU_ASSERT_EQUAL_FATAL(mkfifo(p, 0600), 0);
+    alarm(60);
+    s_expect_fail(p, 0, "named pipe");
+    CU_ASSERT_EQUAL(image_count_pages(p, &np, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "not a regular file"));
+    s_expect_fail("/dev/zero", 0, "character device");
+    alarm(0);
+    unlink(p);
+
     /* A real PNG and JPEG cut in half: the header parses, the pixels do not. */
     static const char *whole[] = {S_IMG "/rgb.png", S_IMG "/rgb.jpg", S_IMG "/multi.tif"};
     static const char *cut[] = {"cut.png", "cut.jpg", "cut.tif"};
@@ -386,6 +400,42 @@ static double s_f32_maxdiff(const float *a, const DmTensor *t, size_t n)
     double d = tu_maxdiff(a, b, n);
     free(b);
     return d;
+}
+
+/* Decompression bombs (tests/data/bombs, sizes from their headers): refused
+ * before decoding, the message naming the file, the size and the limit;
+ * under a higher limit (or a lower dpi) the same page loads. */
+static void test_bombs(void)
+{
+    DmErr err = {{0}};
+    DmImage img = {0, 0, NULL};
+    CU_ASSERT_EQUAL(image_max_pixels(), IMAGE_MAX_PIXELS_DEFAULT);
+    const char *wide = "data/bombs/wide.png", *small = "data/bombs/4mp.png", *pdf = "data/bombs/huge_page.pdf";
+    CU_ASSERT_EQUAL(image_load_page(wide, 0, IMAGE_PDF_DPI_DEFAULT, &img, &err), -1);
+    CU_ASSERT_PTR_NULL(img.rgb);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, wide));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "12000x12000 = 144000000 pixels"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "limit of 50000000"));
+    /* 2000 x 2000: loads under the default, refused under 1,000,000 */
+    CU_ASSERT_EQUAL_FATAL(image_load_page(small, 0, IMAGE_PDF_DPI_DEFAULT, &img, &err), 0);
+    CU_ASSERT(img.w == 2000 && img.h == 2000 && img.rgb[0] == 0);
+    image_free(&img);
+    image_set_max_pixels(1000000);
+    CU_ASSERT_EQUAL(image_load_page(small, 0, IMAGE_PDF_DPI_DEFAULT, &img, &err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "2000x2000 = 4000000 pixels"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "limit of 1000000"));
+    image_set_max_pixels(0);
+    CU_ASSERT_EQUAL(image_max_pixels(), IMAGE_MAX_PIXELS_DEFAULT);
+    if (image_pdf_supported()) {
+        /* 14400 pt = 200 in: 40000 px at 200 dpi, 2000 px at 10 dpi */
+        CU_ASSERT_EQUAL(image_load_page(pdf, 0, 200, &img, &err), -1);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, pdf));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "at 200 dpi is 40000x40000 = 1600000000 pixels"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "200.0 x 200.0 inches"));
+        CU_ASSERT_EQUAL(image_load_page(pdf, 0, 10, &img, &err), 0);
+        CU_ASSERT(img.w == 2000 && img.h == 2000);
+        image_free(&img);
+    }
 }
 
 static void test_golden_tiny_a(void)
@@ -731,6 +781,7 @@ static void test_cmd_preprocess(void)
 void tests_image(void)
 {
     TU_SUITE("image_load", {"formats and modes vs PIL", test_load_formats},
+             {"decompression bombs: refused from the header", test_bombs},
              {"multi-page TIFF", test_load_multipage_tiff}, {"16-bit RGB PNG", test_load_rgb16},
              {"PDF pages", test_load_pdf}, {"bad input", test_load_bad_input});
     TU_SUITE("preprocess", {"golden tiny-a", test_golden_tiny_a},

@@ -51,6 +51,8 @@ static void t_defaults(void)
     CU_ASSERT_EQUAL(j->corpus.pdf_dpi, 200);
     CU_ASSERT_EQUAL(j->pages_per_shard, 1);
     CU_ASSERT_DOUBLE_EQUAL(j->lease_seconds, 600.0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(j->page_timeout_seconds, 300.0, 0); /* half the lease, one page a shard */
+    CU_ASSERT_EQUAL(j->corpus.max_page_pixels, 50000000);
     CU_ASSERT_DOUBLE_EQUAL(j->heartbeat_seconds, 1.0, 0);
     CU_ASSERT_EQUAL(j->heartbeat_liveness, 5);
     CU_ASSERT_EQUAL(j->credit, 2);
@@ -91,6 +93,7 @@ static void t_values(void)
     CU_ASSERT_EQUAL(j->corpus.pdf_dpi, 300);
     CU_ASSERT_EQUAL(j->pages_per_shard, 4);
     CU_ASSERT_DOUBLE_EQUAL(j->lease_seconds, 2.5, 0);
+    CU_ASSERT_DOUBLE_EQUAL(j->page_timeout_seconds, 0, 0); /* a lease this short: no watchdog */
     CU_ASSERT_DOUBLE_EQUAL(j->heartbeat_seconds, 0.25, 0);
     CU_ASSERT_EQUAL(j->heartbeat_liveness, 3);
     CU_ASSERT_EQUAL(j->credit, 1);
@@ -152,6 +155,11 @@ static void t_bad_value(void)
     s_expect_error("{" S_MIN ", \"credit\": 1e12}", "job.json: credit: must be at most 1000, got number 1000000000000.0");
     s_expect_error("{" S_MIN ", \"commit_every\": 99999999999}", "job.json: commit_every: must be at most 1000000, got integer 99999999999");
     s_expect_error("{" S_MIN ", \"lease_seconds\": 0}", "job.json: lease_seconds: must be greater than 0, got integer 0");
+    /* the watchdog must fire before the lease would move a hung page on */
+    s_expect_error("{" S_MIN ", \"lease_seconds\": 100, \"pages_per_shard\": 2, \"page_timeout_seconds\": 50}",
+                   "page_timeout_seconds 50 x pages_per_shard 2 is not less than lease_seconds 100");
+    s_expect_error("{\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c\", \"max_page_pixels\": 0}}",
+                   "corpus.max_page_pixels: must be at least 1");
     s_expect_error("{\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c\", \"pdf_dpi\": 5000}}",
                    "job.json: corpus.pdf_dpi: must be at most 2400, got integer 5000");
     s_expect_error("{\"model\": \"\", \"output\": \"o\", \"corpus\": {\"path\": \"c\"}}", "job.json: model: must not be empty");

@@ -11,6 +11,7 @@
     X(tests_torchbin) \
     X(tests_checkpoint) \
     X(tests_tokenizer) \
+    X(tests_tok_fuzz) \
     X(tests_image) \
     X(tests_kernels) \
     X(tests_swin) \
@@ -19,6 +20,7 @@
     X(tests_cuda) \
     X(tests_anls) \
     X(tests_store) \
+    X(tests_store_damage) \
     X(tests_job) \
     X(tests_corpus) \
     X(tests_synth) \

@@ -41,6 +41,8 @@ static void s_usage(FILE *f)
                "  --page N|all  page of a multi-page TIFF or PDF, from 0, or every page of\n"
                "                every image (default 0)\n"
                "  --dpi D       PDF rendering resolution (default %d)\n"
+               "  --max-pixels P  refuse a page of more than P pixels (a PDF page: at D dpi)\n"
+               "                from its header, before decoding (default %lld)\n"
                "  --threads N   compute threads (default: the CPUs this process may use)\n"
                "  --precision P fp32 (default) or bf16: bfloat16 weights with float32\n"
                "                accumulation (half the weight memory, faster decoding)\n"
@@ -49,7 +51,7 @@ static void s_usage(FILE *f)
                "  --verbose     also print timings and token log-probabilities on stderr\n"
                "  exit status: 0 when every page was answered, 1 when a page or the model\n"
                "  failed (the other pages are still answered), 2 for a usage error\n",
-            IMAGE_PDF_DPI_DEFAULT);
+            IMAGE_PDF_DPI_DEFAULT, (long long)IMAGE_MAX_PIXELS_DEFAULT);
 }
 
 static int s_posint(const char *flag, const char *s, int min, int *out)
@@ -216,6 +218,15 @@ int cmd_ask(int argc, char **argv)
         } else if (!strcmp(argv[i], "--dpi") && i + 1 < argc) {
             if (s_posint("--dpi", argv[++i], 1, &dpi))
                 goto usage;
+        } else if (!strcmp(argv[i], "--max-pixels") && i + 1 < argc) {
+            char *end;
+            long long mp = strtoll(argv[++i], &end, 10);
+            if (*end || mp < 1 || mp > IMAGE_MAX_PIXELS_CAP) {
+                fprintf(stderr, "docmint ask: --max-pixels %s: expected a number from 1 to %lld\n",
+                        argv[i], (long long)IMAGE_MAX_PIXELS_CAP);
+                goto usage;
+            }
+            image_set_max_pixels(mp);
         } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             if (s_posint("--threads", argv[++i], 1, &threads))
                 goto usage;

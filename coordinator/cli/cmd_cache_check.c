@@ -22,6 +22,7 @@
 #include "worker/model/page_encode.h"
 #include "worker/stages/stage_cache.h"
 #include "common/store.h"
+#include "worker/image/image.h"
 
 #define NK 5
 static const int s_ks[NK] = {8, 32, 64, 256, 0}; /* 0: full */
@@ -301,6 +302,8 @@ int cmd_cache_check(int argc, char **argv)
     }
     int jrc = job_parse(jtext, "the store's job", &job, &err);
     free(jtext);
+    if (!jrc)
+        image_set_max_pixels(job->corpus.max_page_pixels);
     if (jrc || corpus_load(&job->corpus, &corpus, &err))
         goto out;
     col.cap = limit;

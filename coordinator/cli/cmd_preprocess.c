@@ -16,7 +16,8 @@
 static void s_usage(FILE *f)
 {
     fprintf(f,
-            "usage: docmint preprocess MODEL_DIR IMAGE [--page N] [--dpi D] -o OUT.safetensors\n"
+            "usage: docmint preprocess MODEL_DIR IMAGE [--page N] [--dpi D] [--max-pixels P]\n"
+            "                          -o OUT.safetensors\n"
             "\n"
             "Run the Donut image processor (MODEL_DIR/preprocessor_config.json) on one page\n"
             "of IMAGE (PNG, JPEG, TIFF, PDF, or anything libvips reads) and write\n"
@@ -27,10 +28,12 @@ static void s_usage(FILE *f)
             "                   and PDF files have several\n"
             "  --dpi D          PDF rendering resolution in dots per inch (default %d);\n"
             "                   ignored for other formats\n"
+            "  --max-pixels P   refuse a page of more than P pixels (a PDF page: at D dpi)\n"
+            "                   from its header, before decoding (default %lld, at most %lld)\n"
             "  --trace          also write the uint8 intermediates resized_u8 and\n"
             "                   thumbnail_u8 (HWC), as the reference data names them\n"
             "  -h, --help       show this help\n",
-            IMAGE_PDF_DPI_DEFAULT);
+            IMAGE_PDF_DPI_DEFAULT, (long long)IMAGE_MAX_PIXELS_DEFAULT, (long long)IMAGE_MAX_PIXELS_CAP);
 }
 
 /* A whole-string non-negative int, or -1. */
@@ -61,7 +64,7 @@ int cmd_preprocess(int argc, char **argv)
             s_usage(stdout);
             return 0;
         } else if (!strcmp(a, "-o") || !strcmp(a, "--out") || !strcmp(a, "--page") ||
-                   !strcmp(a, "--dpi")) {
+                   !strcmp(a, "--dpi") || !strcmp(a, "--max-pixels")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "docmint preprocess: %s needs a value\n", a);
                 return 2;
@@ -69,6 +72,16 @@ int cmd_preprocess(int argc, char **argv)
             const char *v = argv[++i];
             if (a[1] == 'o' || !strcmp(a, "--out")) {
                 out = v;
+            } else if (!strcmp(a, "--max-pixels")) {
+                char *end;
+                errno = 0;
+                long long mp = strtoll(v, &end, 10);
+                if (errno || end == v || *end || mp < 1 || mp > IMAGE_MAX_PIXELS_CAP) {
+                    fprintf(stderr, "docmint preprocess: --max-pixels: '%s' is not a number from 1 to "
+                                    "%lld\n", v, (long long)IMAGE_MAX_PIXELS_CAP);
+                    return 2;
+                }
+                image_set_max_pixels(mp);
             } else if (!strcmp(a, "--page")) {
                 if ((page = s_parse_nonneg(v)) < 0) {
                     fprintf(stderr,

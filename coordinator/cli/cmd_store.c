@@ -12,6 +12,7 @@
 #include "common/logit_store.h"
 #include "common/records.h"
 #include "common/store.h"
+#include "common/store_verify.h"
 
 static void s_help(FILE *f)
 {
@@ -22,6 +23,7 @@ static void s_help(FILE *f)
             "       docmint store get STORE PAGE_ID --features\n"
             "       docmint store dump STORE [--errors | --features]\n"
             "       docmint store import STORE [--errors] [--batch N] < IN.jsonl\n"
+            "       docmint store verify STORE\n"
             "  stat        meta entries (schema version, kind, model fingerprint, counts, start/end),\n"
             "              record and error counts, map size, bytes used, bytes per record; a logit\n"
             "              store adds positions and bytes per position, and its features (count,\n"
@@ -40,6 +42,10 @@ static void s_help(FILE *f)
             "              when STORE is missing); an existing key is replaced; a bad line stops\n"
             "              the import (batches before it stay written); then meta\n"
             "              count_records/count_errors are set to the store's counts\n"
+            "  verify      read every entry of every database: each record's checksum (CRC-32C; a\n"
+            "              store written before checksums has none), then its parse and shape; prints\n"
+            "              one line per damaged entry (database, key, what is wrong) and a summary;\n"
+            "              exit status 1 when any entry is damaged or the store cannot be read\n"
             "  --json      stat: one JSON object instead of text (default: text)\n"
             "  --errors    get/dump/import the errors database (default: the answer records)\n"
             "  --features  get/dump the features database of a logit store (encoder output per page)\n"
@@ -98,15 +104,15 @@ static int s_parse(int argc, char **argv, Args *a)
         }
     }
     if (!a->sub) {
-        fprintf(stderr, "docmint store: missing subcommand: stat, get, dump or import (docmint store --help)\n");
+        fprintf(stderr, "docmint store: missing subcommand: stat, get, dump, import or verify (docmint store --help)\n");
         return 2;
     }
-    static const char *const subs[] = {"stat", "get", "dump", "import"};
+    static const char *const subs[] = {"stat", "get", "dump", "import", "verify"};
     int known = 0;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         known |= !strcmp(a->sub, subs[i]);
     if (!known) {
-        fprintf(stderr, "docmint store: unknown subcommand '%s' (stat, get, dump or import)\n", a->sub);
+        fprintf(stderr, "docmint store: unknown subcommand '%s' (stat, get, dump, import or verify)\n", a->sub);
         return 2;
     }
     if (!a->store) {
@@ -125,6 +131,10 @@ static int s_parse(int argc, char **argv, Args *a)
     }
     if (a->json && strcmp(a->sub, "stat")) {
         fprintf(stderr, "docmint store %s: --json is a stat flag (get and dump always print JSON)\n", a->sub);
+        return 2;
+    }
+    if ((a->errors || a->features) && !strcmp(a->sub, "verify")) {
+        fprintf(stderr, "docmint store verify: takes no --errors or --features (it reads every database)\n");
         return 2;
     }
     if (a->errors && !strcmp(a->sub, "stat")) {
@@ -211,10 +221,18 @@ static int s_stat(Store *s, int as_json, DmErr *err)
     LogitSize z = {0};
     int logits = kind && !strcmp(kind, "logits");
     if (logits && (store_foreach(s, STORE_RECORDS, s_logit_size_visit, &z, err) < 0 || z.bad)) {
-        if (z.bad)
-            *err = z.err;
         json_decref(m.obj);
+        if (!z.bad)
+            return -1;
+        *err = z.err;
         return dm_err_prefix(err, "%s", store_path(s));
+    }
+    /* An answer store's records and errors are read too (each value's
+     * checksum is checked on the way), so a damaged store fails stat. */
+    StoreDbSize rs, es;
+    if (!logits && (store_db_size(s, STORE_RECORDS, &rs, err) < 0 || store_db_size(s, STORE_ERRORS, &es, err) < 0)) {
+        json_decref(m.obj);
+        return -1;
     }
     StoreDbSize f = {0};
     if (logits && store_db_size(s, STORE_FEATURES, &f, err) < 0) {
@@ -741,6 +759,28 @@ static int s_import(Store *s, int errors, long batch, DmErr *err)
     return rc;
 }
 
+static void s_verify_line(void *ctx, const char *db, const char *key, const char *what)
+{
+    printf("damaged: %s %s: %s\n", db, key, what);
+}
+
+/* 0 when every entry is sound; -1 with err naming the damage otherwise. */
+static int s_verify(Store *s, DmErr *err)
+{
+    StoreVerifyCounts c;
+    if (store_verify(s, s_verify_line, NULL, &c, err) < 0)
+        return -1;
+    printf("%s: %" PRIu64 " records, %" PRIu64 " errors, %" PRIu64 " features, %" PRIu64
+           " meta entries read; %" PRIu64 " damaged; %s\n",
+           store_path(s), c.records, c.errors, c.features, c.meta, c.damaged,
+           c.checksums ? "values checked against their CRC-32C"
+                       : "no checksums (a store written before them): parses checked only");
+    if (c.damaged)
+        return dm_err(err, "%s: %" PRIu64 " damaged entr%s (listed above)", store_path(s), c.damaged,
+                      c.damaged == 1 ? "y" : "ies");
+    return 0;
+}
+
 int cmd_store(int argc, char **argv)
 {
     Args a;
@@ -761,6 +801,8 @@ int cmd_store(int argc, char **argv)
         rc = a.features ? s_get_feature(s, a.key, &err) : s_get(s, a.key, a.errors, &err);
     else if (!strcmp(a.sub, "dump"))
         rc = s_dump(s, a.errors, a.features, &err);
+    else if (!strcmp(a.sub, "verify"))
+        rc = s_verify(s, &err);
     else
         rc = s_import(s, a.errors, a.batch, &err);
     store_close(&s);

@@ -25,6 +25,16 @@ As a module:
     with dmstore.open_store("out/logits") as st:
         x = st.get_features("doc1.png")   # float32 numpy [tokens, dim] or None
 
+Damage: every value of "records", "errors" and "features" in a store
+whose meta "value_checksum" is "crc32c" ends in a CRC-32C of the value (4
+bytes, little-endian), checked on every read (a mismatch raises
+StoreError naming the store and the key).  A store written before
+checksums has no value_checksum and is read as it is.  Before LMDB maps
+data.mdb, its meta pages are checked: a file shorter than the last page
+they name (a cut file, which would be a bus error) is refused.  The
+CRC-32C uses the `crc32c` module when it is installed (pip install crc32c)
+and a pure Python table otherwise (slow for large logit stores).
+
 Needs python3-lmdb and python3-protobuf (Debian packages) and the module
 generated from schemas/records.proto by `make python-schemas`
 (build/gen/python/records_pb2.py).  It is looked up in $DOCMINT_PYGEN,
@@ -37,6 +47,8 @@ import struct
 import sys
 
 SCHEMA_VERSION = "1"
+CHECKSUM_KEY = b"value_checksum"
+CHECKSUM_NAME = b"crc32c"
 
 
 def _import_deps():
@@ -64,7 +76,79 @@ import records_pb2  # noqa: E402
 
 
 class StoreError(Exception):
-    """A store that is missing, not a docmint store, or of another version."""
+    """A store that is missing, not a docmint store, of another version, or
+    damaged (a cut file, a record whose checksum fails)."""
+
+
+def _crc_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+try:
+    import crc32c as _crc32c_mod
+
+    def crc32c(data):
+        """CRC-32C (Castagnoli) of data."""
+        return _crc32c_mod.crc32c(data)
+except ImportError:
+    _CRC_TABLE = _crc_table()
+
+    def crc32c(data):
+        """CRC-32C (Castagnoli) of data (pure Python)."""
+        c = 0xFFFFFFFF
+        t = _CRC_TABLE
+        for b in data:
+            c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+        return c ^ 0xFFFFFFFF
+
+
+def check_data_file(path):
+    """Check an LMDB data.mdb against its meta pages before it is mapped
+    (LMDB 0.9 layout, 64-bit: a 16-byte page header, then mm_magic,
+    mm_version, mm_address, mm_mapsize, two MDB_db of 48 bytes whose first
+    holds the page size, mm_last_pg, mm_txnid).  Raises StoreError."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(160)
+            if len(head) < 160:
+                raise StoreError("%s: damaged: the file ends (%d bytes) before meta page 0" % (path, size))
+            psize = struct.unpack_from("<I", head, 40)[0]
+            if psize < 512 or psize > 65536 or psize & (psize - 1):
+                raise StoreError("%s: damaged: meta page 0 gives a page size of %d bytes" % (path, psize))
+            f.seek(psize)
+            second = f.read(160)
+    except OSError as e:
+        raise StoreError("%s: cannot read: %s" % (path, e))
+    if len(second) < 160:
+        raise StoreError("%s: damaged: the file ends (%d bytes) before meta page 1" % (path, size))
+    metas = []
+    for i, b in enumerate((head, second)):
+        flags, = struct.unpack_from("<H", b, 10)
+        magic, version = struct.unpack_from("<II", b, 16)
+        if not flags & 0x08 or magic != 0xBEEFC0DE:
+            raise StoreError("%s: damaged or not an LMDB file: page %d is not a meta page" % (path, i))
+        if version != 1:
+            raise StoreError("%s: LMDB data version %d in meta page %d" % (path, version, i))
+        roots = (struct.unpack_from("<Q", b, 80)[0], struct.unpack_from("<Q", b, 128)[0])
+        last_pg, txnid = struct.unpack_from("<QQ", b, 136)
+        metas.append((txnid, last_pg, roots))
+    which = 1 if metas[1][0] > metas[0][0] else 0
+    txnid, last_pg, roots = metas[which]
+    need = (last_pg + 1) * psize
+    if last_pg < 1 or size < need:
+        raise StoreError("%s: damaged (truncated?): %d bytes, but its meta page (txn %d) uses pages up "
+                         "to %d, %d bytes" % (path, size, txnid, last_pg, need))
+    for name, r in zip(("free", "main"), roots):
+        if r != 0xFFFFFFFFFFFFFFFF and not 2 <= r <= last_pg:
+            raise StoreError("%s: damaged: meta page %d gives the %s database the root page %d"
+                             % (path, which, name, r))
 
 
 class Store:
@@ -77,6 +161,7 @@ class Store:
             raise StoreError("%s: no such store" % path)
         if not os.path.isfile(os.path.join(path, "data.mdb")):
             raise StoreError("%s: not a docmint store (no data.mdb in the folder)" % path)
+        check_data_file(os.path.join(path, "data.mdb"))
         try:
             self.env = lmdb.open(path, readonly=True, lock=True, max_dbs=8, subdir=True)
         except lmdb.Error as e:
@@ -93,6 +178,12 @@ class Store:
             if v.decode("utf-8", "replace") != SCHEMA_VERSION:
                 raise StoreError("%s: store schema version '%s', this reader reads version %s"
                                  % (path, v.decode("utf-8", "replace"), SCHEMA_VERSION))
+            with self.env.begin(db=self._meta) as txn:
+                ck = txn.get(CHECKSUM_KEY)
+            if ck is not None and ck != CHECKSUM_NAME:
+                raise StoreError("%s: meta value_checksum is '%s', this reader knows 'crc32c'"
+                                 % (path, ck.decode("utf-8", "replace")))
+            self.checksums = ck is not None
             self._records = self.env.open_db(b"records", create=False)
             self._errors = self.env.open_db(b"errors", create=False)
             # "features" came after schema version 1: older stores lack it.
@@ -120,14 +211,34 @@ class Store:
         with self.env.begin(db=self._meta) as txn:
             return {k.decode("utf-8"): v.decode("utf-8") for k, v in txn.cursor()}
 
+    def _key_name(self, cls, key):
+        if cls is records_pb2.AnswerRecord and len(key) == 8:
+            return "questionId %d" % struct.unpack(">Q", key)[0]
+        if cls is records_pb2.LogitRecord and len(key) == 10:
+            return "questionId %d answer %d" % struct.unpack(">QH", key)
+        return "item '%s'" % key.decode("utf-8", "replace")
+
+    def _value(self, cls, key, value):
+        """The record bytes of a stored value, its checksum checked."""
+        if not self.checksums:
+            return value
+        if len(value) < 4:
+            raise StoreError("%s: %s: damaged: %d bytes, shorter than its checksum"
+                             % (self.path, self._key_name(cls, key), len(value)))
+        body, tail = value[:-4], struct.unpack("<I", value[-4:])[0]
+        got = crc32c(body)
+        if got != tail:
+            raise StoreError("%s: %s: checksum mismatch: CRC-32C of its %d bytes is %08x, the record says "
+                             "%08x" % (self.path, self._key_name(cls, key), len(body), got, tail))
+        return body
+
     def _parse(self, cls, key, value):
+        value = self._value(cls, key, value)
         m = cls()
         try:
             m.ParseFromString(value)
         except Exception as e:  # google.protobuf.message.DecodeError
-            name = ("questionId %d" % struct.unpack(">Q", key)[0]
-                    if cls is records_pb2.AnswerRecord and len(key) == 8
-                    else "item '%s'" % key.decode("utf-8", "replace"))
+            name = self._key_name(cls, key)
             raise StoreError("%s: %s: not a %s: %s" % (self.path, name, cls.__name__, e))
         return m
 

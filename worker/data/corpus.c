@@ -8,6 +8,7 @@
  * unreadable page as an item error, and one bad file must not stop a job
  * of a million pages. */
 #include "worker/data/corpus.h"
+#include "common/dm_fs.h"
 #include "common/jsonschema.h"
 
 #include <ctype.h>
@@ -516,9 +517,9 @@ static int s_load_docvqa(const CorpusSpec *spec, const char *root, Corpus **out,
 
 static int s_load_jsonl(const CorpusSpec *spec, const char *root, Corpus **out, DmErr *err)
 {
-    FILE *f = fopen(spec->path, "rb");
+    FILE *f = dm_fopen_regular(spec->path, err);
     if (!f)
-        return dm_err_errno(err, "%s", spec->path);
+        return -1;
     S_Builder b;
     if (s_builder_init(&b, spec->path, root, S_WHERE_LINE, err)) {
         fclose(f);
@@ -689,11 +690,9 @@ static int s_cmp_str(const void *a, const void *b)
 /* Read a whole file (NUL-terminated). */
 static char *s_read_all(const char *path, size_t *len, DmErr *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        dm_err_errno(err, "%s", path);
+    FILE *f = dm_fopen_regular(path, err);
+    if (!f)
         return NULL;
-    }
     char *buf = NULL;
     size_t n = 0, cap = 0;
     for (;;) {

@@ -80,6 +80,7 @@ typedef struct CorpusSpec {
     const char *scan_cache;  /* JSON text of an earlier Corpus.scan (NULL: none) */
     FILE *progress;          /* where scanning progress goes (NULL: silent) */
     int legacy_ids;          /* 63-bit questionIds, as stores made before 53-bit ids have */
+    int64_t max_page_pixels; /* the largest decoded page (image_set_max_pixels) */
 } CorpusSpec;
 
 typedef struct Corpus {

@@ -3,6 +3,7 @@
 #include "worker/image/image.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,12 +12,12 @@
 
 #include <vips/vips.h>
 
-/* Refuse pages above this many pixels by default: a scanned page is
- * ~ 1e7, 2^28 is 16384 x 16384; anything larger is almost certainly a bad
- * dpi or a hostile file, and the RGB buffer alone would be gigabytes.  The
- * environment variable DOCMINT_MAX_PIXELS sets another limit (image.h). */
-#define S_MAX_PIXELS ((int64_t)1 << 28)
-#define S_MAX_PIXELS_CEILING ((int64_t)1 << 40)
+#include "common/dm_fs.h"
+
+/* Refuse pages above this many pixels: a 600 dpi A0 poster is ~ 6.7e8, a
+ * scanned page ~ 1e7; anything larger is almost certainly a bad dpi or a
+ * hostile file, and the RGB buffer alone would be gigabytes. */
+#define S_MAX_PIXELS IMAGE_MAX_PIXELS_CAP /* buffers; pages are checked against the limit */
 #define S_MAX_DPI 2400
 
 static pthread_once_t s_once = PTHREAD_ONCE_INIT;
@@ -80,49 +81,11 @@ static const char *s_vips_msg(char *buf, size_t n)
     return buf;
 }
 
-int64_t image_max_pixels(void)
-{
-    const char *v = getenv(IMAGE_MAX_PIXELS_ENV);
-    if (!v || !*v)
-        return S_MAX_PIXELS;
-    char *end;
-    errno = 0;
-    long long n = strtoll(v, &end, 10);
-    if (errno || *end || n < 1 || n > S_MAX_PIXELS_CEILING)
-        return -1;
-    return n;
-}
-
-/* Check a page's size against the limit; the message says how to raise it. */
-static int s_check_size(const char *path, int w, int h, DmErr *err)
-{
-    int64_t max = image_max_pixels();
-    if (max < 0)
-        return dm_err(err, "%s: %s=%s: expected a number of pixels from 1 to %lld", path,
-                      IMAGE_MAX_PIXELS_ENV, getenv(IMAGE_MAX_PIXELS_ENV),
-                      (long long)S_MAX_PIXELS_CEILING);
-    if (w <= 0 || h <= 0)
-        return dm_err(err, "%s: image size %dx%d is empty", path, w, h);
-    int64_t n = (int64_t)w * h;
-    if (n > max)
-        return dm_err(err,
-                      "%s: image size %dx%d is %lld pixels, above the limit of %lld%s; set the "
-                      "environment variable %s=%lld (or more) to allow it (about %lld MB of memory "
-                      "for its pixels)",
-                      path, w, h, (long long)n, (long long)max,
-                      max == S_MAX_PIXELS ? " (the default, 16384x16384)" : "",
-                      IMAGE_MAX_PIXELS_ENV, (long long)n, (long long)(n * 3 >> 20));
-    return 0;
-}
-
 int image_alloc(DmImage *img, int w, int h, DmErr *err)
 {
     img->w = img->h = 0;
     img->rgb = NULL;
-    int64_t max = image_max_pixels();
-    if (max < S_MAX_PIXELS)
-        max = S_MAX_PIXELS; /* a lower limit is for the pages loaded, not buffers */
-    if (w <= 0 || h <= 0 || (int64_t)w * h > max)
+    if (w <= 0 || h <= 0 || (int64_t)w * h > S_MAX_PIXELS)
         return dm_err(err, "image: bad size %dx%d", w, h);
     img->rgb = calloc((size_t)w * (size_t)h, 3);
     if (!img->rgb)
@@ -141,6 +104,72 @@ void image_free(DmImage *img)
     img->w = img->h = 0;
 }
 
+static _Atomic int64_t s_max_pixels; /* 0: not set, the environment or default decides */
+
+void image_set_max_pixels(int64_t n)
+{
+    s_max_pixels = n <= 0 ? 0 : n > IMAGE_MAX_PIXELS_CAP ? IMAGE_MAX_PIXELS_CAP : n;
+}
+
+int64_t image_max_pixels_checked(DmErr *err)
+{
+    int64_t set = s_max_pixels;
+    if (set > 0)
+        return set;
+    const char *v = getenv(IMAGE_MAX_PIXELS_ENV);
+    if (!v || !*v)
+        return IMAGE_MAX_PIXELS_DEFAULT;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || *end || n < 1 || n > IMAGE_MAX_PIXELS_CAP) {
+        dm_err(err, "%s=%s: expected a number of pixels from 1 to %lld", IMAGE_MAX_PIXELS_ENV, v,
+               (long long)IMAGE_MAX_PIXELS_CAP);
+        return -1;
+    }
+    return n;
+}
+
+int64_t image_max_pixels(void)
+{
+    int64_t n = image_max_pixels_checked(NULL);
+    return n < 0 ? IMAGE_MAX_PIXELS_DEFAULT : n;
+}
+
+/* The size check on the header (libvips loaders are lazy: width and
+ * height are known, nothing is decoded yet; pdfload gives the page's size
+ * at the dpi it was opened with, without rendering it). */
+static int s_check_size(const char *path, int page, int dpi, VipsImage *img, DmErr *err)
+{
+    int64_t w = vips_image_get_width(img), h = vips_image_get_height(img);
+    int64_t lim = image_max_pixels_checked(err);
+    if (lim < 0)
+        return -1;
+    if (w > 0 && h > 0 && w * h <= lim)
+        return 0;
+    const char *loader = NULL;
+    int is_pdf = vips_image_get_typeof(img, VIPS_META_LOADER) &&
+                 !vips_image_get_string(img, VIPS_META_LOADER, &loader) && loader && strstr(loader, "pdf");
+    if (w <= 0 || h <= 0)
+        return dm_err(err, "%s: page %d: image size %" PRId64 "x%" PRId64 " is empty", path, page, w, h);
+    char how[256];
+    if (w * h <= IMAGE_MAX_PIXELS_CAP)
+        snprintf(how, sizeof how,
+                 "; to allow it, set max_page_pixels (job corpus key), --max-pixels or the environment "
+                 "variable %s to %" PRId64 " or more (%" PRId64 " MB of pixels)",
+                 IMAGE_MAX_PIXELS_ENV, w * h, w * h * 3 >> 20);
+    else
+        snprintf(how, sizeof how, "; no setting allows more than %lld", (long long)IMAGE_MAX_PIXELS_CAP);
+    if (is_pdf)
+        return dm_err(err, "%s: PDF page %d at %d dpi is %" PRId64 "x%" PRId64 " = %" PRId64 " pixels (%.1f x "
+                           "%.1f inches), more than the limit of %" PRId64 " (a lower pdf_dpi renders it "
+                           "smaller)%s",
+                      path, page, dpi, w, h, w * h, (double)w / dpi, (double)h / dpi, lim, how);
+    return dm_err(err, "%s: page %d is %" PRId64 "x%" PRId64 " = %" PRId64 " pixels, more than the limit of "
+                       "%" PRId64 "%s",
+                  path, page, w, h, w * h, lim, how);
+}
+
 int image_pdf_supported(void)
 {
     if (image_vips_init(NULL))
@@ -148,7 +177,8 @@ int image_pdf_supported(void)
     return vips_type_find("VipsOperation", "pdfload") != 0;
 }
 
-/* Missing, unreadable, directory and empty files get their own message
+/* Missing, unreadable, directory, empty and not regular files (a FIFO,
+ * a device) get their own message
  * before libvips sees them (its messages for these are vaguer). */
 static int s_check_file(const char *path, DmErr *err)
 {
@@ -159,10 +189,9 @@ static int s_check_file(const char *path, DmErr *err)
         return dm_err_errno(err, "%s", path);
     if (S_ISDIR(st.st_mode))
         return dm_err(err, "%s: is a directory, not an image", path);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dm_err_errno(err, "%s", path);
-    fclose(f);
+    /* a FIFO or device would block libvips' read (or never end) */
+    if (dm_check_regular(path, err))
+        return -1;
     if (st.st_size == 0)
         return dm_err(err, "%s: empty file", path);
     return 0;
@@ -269,9 +298,9 @@ static int s_to_rgb8(const char *path, VipsImage *in, DmImage *out, DmErr *err)
     VipsImage *t = in, *t2 = NULL;
     VipsInterpretation interp = vips_image_get_interpretation(t);
     int w = vips_image_get_width(t), h = vips_image_get_height(t);
-    if (s_check_size(path, w, h, err)) {
+    if (w <= 0 || h <= 0 || (int64_t)w * h > S_MAX_PIXELS) {
         g_object_unref(t);
-        return -1;
+        return dm_err(err, "%s: image size %dx%d is empty or too large", path, w, h);
     }
     if (s_is_other_colourspace(interp)) {
         if (vips_colourspace(t, &t2, VIPS_INTERPRETATION_sRGB, NULL))
@@ -354,5 +383,9 @@ int image_load_page(const char *path, int page, int pdf_dpi, DmImage *out, DmErr
     VipsImage *img;
     if (s_open(path, page, pdf_dpi, &img, err))
         return -1;
+    if (s_check_size(path, page, pdf_dpi, img, err)) {
+        g_object_unref(img);
+        return -1;
+    }
     return s_to_rgb8(path, img, out, err);
 }

@@ -45,6 +45,26 @@ typedef struct DmImage {
     uint8_t *rgb; /* h * w * 3 bytes, row-major, R G B interleaved (HWC) */
 } DmImage;
 
+/* Decompression bombs: a page larger than this many pixels (width x
+ * height as decoded; for a PDF page, at the chosen dpi) is refused from
+ * its header, before a pixel is decoded or rendered, with an error naming
+ * the file, the size, the limit and how to raise it.  The limit, first
+ * that applies: a job's corpus.max_page_pixels or the --max-pixels flag of
+ * `preprocess` and `ask` (image_set_max_pixels), the environment variable
+ * DOCMINT_MAX_PIXELS (every command and rank: `mpirun -x`), else the
+ * default.  The setting is per process (one job per process), like
+ * libvips' own settings. */
+#define IMAGE_MAX_PIXELS_DEFAULT 50000000LL
+#define IMAGE_MAX_PIXELS_CAP (1LL << 32) /* the most any setting allows: 12 GiB of RGB */
+#define IMAGE_MAX_PIXELS_ENV "DOCMINT_MAX_PIXELS"
+/* n in 1..IMAGE_MAX_PIXELS_CAP; 0 returns to the environment or default. */
+void image_set_max_pixels(int64_t n);
+/* The limit in force; -1 with err set when DOCMINT_MAX_PIXELS decides it
+ * and is not a number in 1..IMAGE_MAX_PIXELS_CAP. */
+int64_t image_max_pixels_checked(DmErr *err);
+/* The same, the default where the variable is malformed. */
+int64_t image_max_pixels(void);
+
 /* Number of pages in the file (1 for single-image formats). */
 int image_count_pages(const char *path, int *npages, DmErr *err);
 
@@ -55,12 +75,6 @@ int image_count_pages(const char *path, int *npages, DmErr *err);
  * file. */
 int image_load_page(const char *path, int page, int pdf_dpi, DmImage *out, DmErr *err);
 
-/* Pages above this many pixels are refused when loaded (default 2^28 =
- * 268435456, 16384 x 16384); the environment variable DOCMINT_MAX_PIXELS
- * sets another limit (a positive integer up to 2^40).  Returns -1 when the
- * variable is not such a number. */
-#define IMAGE_MAX_PIXELS_ENV "DOCMINT_MAX_PIXELS"
-int64_t image_max_pixels(void);
 
 /* Allocate a w x h image (contents zero).  Returns -1 on a bad size or when
  * memory runs out. */

@@ -12,12 +12,18 @@
 #include <zmq.h>
 
 #include "kernels/cpu/kern.h"
+#include "worker/image/image.h"
 #include "worker/stages/stage_cache.h"
 #include "worker/stages/stage_infer.h"
+#include "worker/stages/stage_result.h"
 
 #define BACKOFF_MIN 1.0
 #define BACKOFF_MAX 32.0
 #define GIVE_UP_DEFAULT 60.0
+/* Compute threads left behind on a hung page that may still be alive;
+ * one more hang and the worker stops (each holds a core or a blocked
+ * read, and its own copy of the model). */
+#define MAX_HUNG 2
 
 /* Frames on the pipe: compute -> network "R"+packed RESULT envelope, or
  * "F"+message (fatal); network -> compute: packed SHARD envelope, or an
@@ -25,16 +31,28 @@
 
 typedef struct Compute {
     void *pipe;          /* this thread's end, connected before it starts */
-    InferStage *stage;   /* the job's stage: one of these two */
+    InferStage *stage;   /* the job's stage: one of these two (NULL: the thread opens it) */
     CacheStage *cache;
+    const WireJoin *join;
     const char *name;
     const char *prefix;
+    const char *hang;    /* test hook DOCMINT_TEST_HANG_PAGE */
     int verbose;
     atomic_int cancel;
     atomic_int ended; /* the compute thread returned */
     double stall;
     int threads;
+    pthread_t thread;
+    /* The watchdog (page_timeout_seconds): the shard being computed, and
+     * the end of a shard against the network thread giving up on it. */
+    atomic_int busy;
+    _Atomic uint64_t cur_shard, cur_lease;
+    _Atomic double started;
+    pthread_mutex_t mu;
+    int abandoned; /* under mu: the thread must not touch its pipe again */
 } Compute;
+
+static atomic_int s_hung; /* abandoned compute threads still alive */
 
 static void s_sleep(double s)
 {
@@ -70,6 +88,41 @@ static void s_stage_clear(Compute *c, Docmint__Result *res)
         infer_result_clear(res);
 }
 
+/* Open the job's stage (a replacement compute thread does it itself, so
+ * the network thread keeps its heartbeats going meanwhile). */
+static int s_stage_open(Compute *c, DmErr *err)
+{
+    const WireJoin *j = c->join;
+    if (!strcmp(j->stage, "cache-logits")) {
+        CacheOpts co = {.top_k = j->top_k, .n_temps = j->n_temps,
+                        .first_answer_only = j->first_answer_only, .pdf_dpi = j->pdf_dpi};
+        memcpy(co.temps, j->temps, sizeof co.temps);
+        return cache_open(j->model, &co, &c->cache, err);
+    }
+    return infer_open(j->model, j->max_length, j->pdf_dpi, j->precision, &c->stage, err);
+}
+
+static void s_compute_free(Compute *c)
+{
+    infer_close(&c->stage);
+    cache_close(&c->cache);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+/* Test hook: a shard with a page whose image path contains c->hang
+ * never ends (a blocking wait, as a read of a pipe would be). */
+static void s_test_hang(const Compute *c, const Docmint__Shard *sh)
+{
+    for (size_t p = 0; c->hang && p < sh->n_pages; p++)
+        if (sh->pages[p]->image_path && strstr(sh->pages[p]->image_path, c->hang)) {
+            fprintf(stderr, "%s: DOCMINT_TEST_HANG_PAGE: page %s hangs\n", c->prefix,
+                    sh->pages[p]->page_id);
+            for (;;)
+                s_sleep(1.0);
+        }
+}
+
 static void *s_compute(void *arg)
 {
     Compute *c = arg;
@@ -77,6 +130,18 @@ static void *s_compute(void *arg)
     if (c->threads > 0)
         kern_set_threads(c->threads);
     void *pipe = c->pipe;
+    if (!c->stage && !c->cache) {
+        DmErr e = {{0}};
+        if (s_stage_open(c, &e)) {
+            /* the network thread ends the worker on this; compute nothing */
+            s_send_fatal(pipe, e.msg);
+            while (!atomic_load(&c->cancel))
+                s_sleep(0.05);
+            zmq_close(pipe);
+            atomic_store(&c->ended, 1);
+            return NULL;
+        }
+    }
     for (;;) {
         /* The empty frame says stop; cancel is looked at between waits as
          * well, so a stop that was never delivered cannot leave us here. */
@@ -116,11 +181,28 @@ static void *s_compute(void *arg)
             for (double t = 0; t < c->stall && !atomic_load(&c->cancel); t += 0.1)
                 s_sleep(0.1);
         }
+        /* The watchdog's clock starts here (the stall hook above stands
+         * for a worker that holds a shard without computing it: the lease's
+         * business, not the watchdog's). */
+        atomic_store(&c->cur_shard, sh->shard_id);
+        atomic_store(&c->cur_lease, sh->lease_id);
+        atomic_store(&c->started, dm_now());
+        atomic_store(&c->busy, 1);
+        s_test_hang(c, sh);
         double t0 = dm_now();
         Docmint__Result res;
         docmint__result__init(&res);
         DmErr err = {{0}};
         int rc = s_stage_shard(c, sh, &res, &err);
+        pthread_mutex_lock(&c->mu);
+        if (c->abandoned) { /* the watchdog gave up on this shard and on us */
+            pthread_mutex_unlock(&c->mu);
+            s_stage_clear(c, &res);
+            docmint__envelope__free_unpacked(in, NULL);
+            atomic_fetch_sub(&s_hung, 1);
+            s_compute_free(c);
+            return NULL;
+        }
         if (rc == 0) {
             Docmint__Envelope out;
             docmint__envelope__init(&out);
@@ -145,6 +227,8 @@ static void *s_compute(void *arg)
         } else if (!atomic_load(&c->cancel)) {
             s_send_fatal(pipe, err.msg);
         }
+        atomic_store(&c->busy, 0);
+        pthread_mutex_unlock(&c->mu);
         s_stage_clear(c, &res);
         docmint__envelope__free_unpacked(in, NULL);
     }
@@ -171,6 +255,15 @@ typedef struct Net {
     zmq_msg_t *pending;     /* results waiting for a connection */
     int npending, cappending;
     WorkerStats st;
+    /* Shards given to the compute thread and not yet answered, in order
+     * (a copy of each message): the watchdog answers a hung one with error
+     * records and hands the others to a new compute thread. */
+    struct Held {
+        uint64_t shard, lease;
+        int pages;
+        zmq_msg_t msg;
+    } *held;
+    int nheld, capheld;
 } Net;
 
 static void s_disconnect(Net *n)
@@ -288,6 +381,48 @@ static int s_pend(Net *n, zmq_msg_t *m)
     return 0;
 }
 
+static struct Held *s_held_find(Net *n, uint64_t shard, uint64_t lease)
+{
+    for (int i = 0; i < n->nheld; i++)
+        if (n->held[i].shard == shard && n->held[i].lease == lease)
+            return &n->held[i];
+    return NULL;
+}
+
+static void s_held_drop(Net *n, uint64_t shard, uint64_t lease)
+{
+    struct Held *h = s_held_find(n, shard, lease);
+    if (!h)
+        return;
+    zmq_msg_close(&h->msg);
+    int i = (int)(h - n->held);
+    memmove(h, h + 1, (size_t)(n->nheld - i - 1) * sizeof *h);
+    n->nheld--;
+}
+
+/* Keep a copy of a shard message handed to the compute thread. */
+static void s_held_add(Net *n, zmq_msg_t *m, uint64_t shard, uint64_t lease, int pages)
+{
+    if (n->nheld == n->capheld) {
+        int cap = n->capheld ? 2 * n->capheld : 4;
+        struct Held *v = realloc(n->held, (size_t)cap * sizeof *v);
+        if (!v)
+            return; /* then a hang of this shard is left to the lease */
+        n->held = v;
+        n->capheld = cap;
+    }
+    struct Held *h = &n->held[n->nheld];
+    zmq_msg_init(&h->msg);
+    if (zmq_msg_copy(&h->msg, m) != 0) {
+        zmq_msg_close(&h->msg);
+        return;
+    }
+    h->shard = shard;
+    h->lease = lease;
+    h->pages = pages > 0 ? pages : 1;
+    n->nheld++;
+}
+
 /* A message from the compute thread. */
 static int s_from_compute(Net *n, void *pipe, DmErr *err)
 {
@@ -311,6 +446,7 @@ static int s_from_compute(Net *n, void *pipe, DmErr *err)
     n->inflight--;
     Docmint__Envelope *e = docmint__envelope__unpack(NULL, len - 1, (const uint8_t *)d + 1);
     if (e && e->result) {
+        s_held_drop(n, e->result->shard_id, e->result->lease_id);
         n->st.shards++;
         n->st.answers += e->result->n_answers + e->result->n_logits;
         n->st.errors += e->result->n_errors;
@@ -349,17 +485,192 @@ static int s_from_coordinator(Net *n, void *pipe)
             continue;
         }
         int kind = e->kind, has_shard = e->shard != NULL;
+        uint64_t sid = has_shard ? e->shard->shard_id : 0, lid = has_shard ? e->shard->lease_id : 0;
+        int pages = has_shard ? (int)e->shard->n_pages : 0;
         docmint__envelope__free_unpacked(e, NULL);
         if (kind == DOCMINT__ENVELOPE__KIND__NO_MORE) {
             zmq_msg_close(&m);
             return 1;
         }
         if (kind == DOCMINT__ENVELOPE__KIND__SHARD && has_shard) {
+            s_held_add(n, &m, sid, lid, pages);
             if (zmq_msg_send(&m, pipe, 0) >= 0)
                 n->inflight++;
+            else
+                s_held_drop(n, sid, lid);
         }
         zmq_msg_close(&m);
     }
+}
+
+/* ---------------------------------------------------------------- watchdog
+ *
+ * A page that runs past page_timeout_seconds (a shard gets that per page)
+ * must not hold its shard until the lease expires, only to hang the next
+ * worker the same way.  A thread cannot be stopped safely from outside, so
+ * the network thread gives up on the compute thread instead: it marks it
+ * abandoned (under its mutex, so a shard that ends at that moment is
+ * either sent or dropped, never both), closes its pipe, answers the hung
+ * shard itself with one error record per question (from its own socket,
+ * so the result comes from the lease holder), and starts a new compute
+ * thread, which opens its own copy of the stage and gets the shards that
+ * were queued behind the hung one.  The abandoned thread, if it ever
+ * returns, drops its result and frees itself.  After MAX_HUNG such threads
+ * the worker stops with an error (restart it). */
+
+/* Start a compute thread like tmpl (its stage opened by the thread). */
+static Compute *s_compute_new(const Compute *tmpl, void *zctx, void **pipe, DmErr *err)
+{
+    Compute *c = calloc(1, sizeof *c);
+    if (!c) {
+        dm_err(err, "out of memory");
+        return NULL;
+    }
+    c->join = tmpl->join;
+    c->name = tmpl->name;
+    c->prefix = tmpl->prefix;
+    c->hang = tmpl->hang;
+    c->verbose = tmpl->verbose;
+    c->stall = tmpl->stall;
+    c->threads = tmpl->threads;
+    pthread_mutex_init(&c->mu, NULL);
+    if (wire_pipe(zctx, "docmint-worker", pipe, &c->pipe, err)) {
+        s_compute_free(c);
+        return NULL;
+    }
+    if (pthread_create(&c->thread, NULL, s_compute, c) != 0) {
+        zmq_close(c->pipe);
+        zmq_close(*pipe);
+        *pipe = NULL;
+        s_compute_free(c);
+        dm_err(err, "cannot start a compute thread");
+        return NULL;
+    }
+    return c;
+}
+
+static int s_send_result(Net *n, const Docmint__Envelope *e, DmErr *err)
+{
+    size_t len = docmint__envelope__get_packed_size(e);
+    zmq_msg_t body;
+    if (zmq_msg_init_size(&body, len) != 0)
+        return dm_err(err, "out of memory packing a result");
+    docmint__envelope__pack(e, zmq_msg_data(&body));
+    if (n->sock && zmq_msg_send(&body, n->sock, ZMQ_DONTWAIT) >= 0)
+        return 0;
+    int rc = s_pend(n, &body) ? dm_err(err, "out of memory keeping a result") : 0;
+    zmq_msg_close(&body);
+    return rc;
+}
+
+/* The hung shard's questions as error records, sent to the coordinator. */
+static int s_report_hung(Net *n, const Compute *c, const struct Held *h, double ran, double limit,
+                         DmErr *err)
+{
+    Docmint__Envelope *in = docmint__envelope__unpack(NULL, zmq_msg_size((zmq_msg_t *)&h->msg),
+                                                      zmq_msg_data((zmq_msg_t *)&h->msg));
+    if (!in || !in->shard) {
+        if (in)
+            docmint__envelope__free_unpacked(in, NULL);
+        return dm_err(err, "cannot read back shard %" PRIu64, h->shard);
+    }
+    const char *stage = strcmp(c->join->stage, "cache-logits") ? "infer" : "cache-logits";
+    Docmint__Result res;
+    docmint__result__init(&res);
+    res.shard_id = h->shard;
+    res.lease_id = h->lease;
+    int rc = 0;
+    for (size_t p = 0; p < in->shard->n_pages && !rc; p++) {
+        const Docmint__Page *pg = in->shard->pages[p];
+        char reason[1024];
+        snprintf(reason, sizeof reason,
+                 "%s (page %d): shard of %d page(s) still running after %.0f s, past "
+                 "page_timeout_seconds %g per page; the worker gave up on it and went on",
+                 pg->image_path, pg->page_no, h->pages, ran, limit);
+        for (size_t q = 0; q < pg->n_questions && !rc; q++)
+            if (stage_add_error(&res, stage, pg->questions[q]->question_id, -1, reason))
+                rc = dm_err(err, "out of memory");
+    }
+    docmint__envelope__free_unpacked(in, NULL);
+    if (!rc) {
+        Docmint__Envelope out;
+        docmint__envelope__init(&out);
+        out.kind = DOCMINT__ENVELOPE__KIND__RESULT;
+        out.credit = 1;
+        out.result = &res;
+        out.worker = (char *)c->name;
+        rc = s_send_result(n, &out, err);
+        n->st.shards++;
+        n->st.errors += res.n_errors;
+    }
+    stage_free_errors(&res);
+    return rc;
+}
+
+/* Called every loop turn.  -1 (with err) when the worker must stop. */
+static int s_watchdog(Net *n, Compute **cp, void **pipe, double limit, DmErr *err)
+{
+    Compute *c = *cp;
+    if (limit <= 0 || !c || !atomic_load(&c->busy))
+        return 0;
+    uint64_t sid = atomic_load(&c->cur_shard), lid = atomic_load(&c->cur_lease);
+    struct Held *h = s_held_find(n, sid, lid);
+    double ran = dm_now() - atomic_load(&c->started);
+    if (!h || ran <= limit * h->pages)
+        return 0; /* (a shard we hold no copy of is left to its lease) */
+    pthread_mutex_lock(&c->mu);
+    if (!atomic_load(&c->busy) || atomic_load(&c->cur_shard) != sid ||
+        atomic_load(&c->cur_lease) != lid) {
+        pthread_mutex_unlock(&c->mu);
+        return 0; /* it has just finished */
+    }
+    /* Once abandoned, the thread may return and free c at any moment:
+     * keep what is needed of it first. */
+    Compute t;
+    memset(&t, 0, sizeof t);
+    t.join = c->join;
+    t.name = c->name;
+    t.prefix = c->prefix;
+    t.hang = c->hang;
+    t.verbose = c->verbose;
+    t.stall = c->stall;
+    t.threads = c->threads;
+    pthread_t th = c->thread;
+    c->abandoned = 1;
+    atomic_store(&c->cancel, 1);
+    zmq_close(c->pipe); /* the thread does not touch it once abandoned */
+    pthread_mutex_unlock(&c->mu);
+    c = &t;
+    zmq_close(*pipe);
+    *pipe = NULL;
+    pthread_detach(th);
+    *cp = NULL;
+    int hung = atomic_fetch_add(&s_hung, 1) + 1;
+    fprintf(stderr, "%s: shard %" PRIu64 " still running after %.0f s (page_timeout_seconds %g x %d "
+                    "page(s)): its questions are reported as errors and a new compute thread takes "
+                    "over\n",
+            c->prefix, sid, ran, limit, h->pages);
+    n->inflight--;
+    int rc = s_report_hung(n, c, h, ran, limit, err);
+    s_held_drop(n, sid, lid);
+    if (rc)
+        return -1;
+    if (hung > MAX_HUNG)
+        return dm_err(err, "%d compute threads are stuck on pages that ran past page_timeout_seconds: "
+                           "stopping this worker (restart it)",
+                      hung);
+    Compute *nc = s_compute_new(c, n->zctx, pipe, err);
+    if (!nc)
+        return -1;
+    *cp = nc;
+    /* the shards queued behind the hung one went with the old pipe */
+    for (int i = 0; i < n->nheld; i++) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_copy(&m, &n->held[i].msg) != 0 || zmq_msg_send(&m, *pipe, 0) < 0)
+            zmq_msg_close(&m);
+    }
+    return 0;
 }
 
 int worker_run(const WorkerOpts *o, DmErr *err)
@@ -369,36 +680,30 @@ int worker_run(const WorkerOpts *o, DmErr *err)
     if (strcmp(j->stage, "infer") != 0 && !is_cache)
         return dm_err(err, "stage \"%s\": this worker computes \"infer\" and \"cache-logits\"",
                       j->stage);
-    Compute c;
-    memset(&c, 0, sizeof c);
-    c.threads = o->threads;
-    const char *fp;
-    if (is_cache) {
-        CacheOpts co = {.top_k = j->top_k, .n_temps = j->n_temps,
-                        .first_answer_only = j->first_answer_only, .pdf_dpi = j->pdf_dpi};
-        memcpy(co.temps, j->temps, sizeof co.temps);
-        if (cache_open(j->model, &co, &c.cache, err))
-            return -1;
-        fp = cache_fingerprint(c.cache);
-    } else {
-        if (infer_open(j->model, j->max_length, j->pdf_dpi, j->precision, &c.stage, err))
-            return -1;
-        fp = infer_fingerprint(c.stage);
+    image_set_max_pixels(j->max_page_pixels); /* decompression bombs: refused from the header */
+    Compute *c = calloc(1, sizeof *c);
+    if (!c)
+        return dm_err(err, "out of memory");
+    pthread_mutex_init(&c->mu, NULL);
+    c->threads = o->threads;
+    c->join = j;
+    if (s_stage_open(c, err)) {
+        s_compute_free(c);
+        return -1;
     }
+    const char *fp = is_cache ? cache_fingerprint(c->cache) : infer_fingerprint(c->stage);
     if (j->model_fingerprint[0] && strcmp(j->model_fingerprint, fp)) {
         dm_err(err, "%s: weights fingerprint %s, but the job's model is %s (the checkpoint changed?)",
                j->model, fp, j->model_fingerprint);
-        infer_close(&c.stage);
-        cache_close(&c.cache);
+        s_compute_free(c);
         return -1;
     }
     const char *stall = getenv("DOCMINT_TEST_STALL_SECONDS");
-    c.stall = stall ? atof(stall) : 0;
-    c.name = o->name;
-    c.prefix = o->log_prefix;
-    c.verbose = o->verbose;
-    atomic_init(&c.cancel, 0);
-    atomic_init(&c.ended, 0);
+    c->stall = stall ? atof(stall) : 0;
+    c->hang = getenv("DOCMINT_TEST_HANG_PAGE");
+    c->name = o->name;
+    c->prefix = o->log_prefix;
+    c->verbose = o->verbose;
 
     Net n;
     memset(&n, 0, sizeof n);
@@ -410,17 +715,16 @@ int worker_run(const WorkerOpts *o, DmErr *err)
     n.credit = j->credit;
     double give_up = o->give_up_seconds > 0 ? o->give_up_seconds : GIVE_UP_DEFAULT;
     int rc = -1, started = 0;
-    pthread_t th;
     void *pipe = NULL;
     if (!n.zctx) {
         dm_err(err, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
-    if (wire_pipe(n.zctx, "docmint-worker", &pipe, &c.pipe, err))
+    if (wire_pipe(n.zctx, "docmint-worker", &pipe, &c->pipe, err))
         goto done;
-    if (pthread_create(&th, NULL, s_compute, &c) != 0) {
+    if (pthread_create(&c->thread, NULL, s_compute, c) != 0) {
         dm_err(err, "cannot start the compute thread");
-        zmq_close(c.pipe);
+        zmq_close(c->pipe);
         goto done;
     }
     started = 1;
@@ -435,7 +739,7 @@ int worker_run(const WorkerOpts *o, DmErr *err)
             rc = 0;
             break;
         }
-        if (atomic_load(&c.ended)) {
+        if (atomic_load(&c->ended)) {
             dm_err(err, "the compute thread stopped: %s", zmq_strerror(zmq_errno()));
             break;
         }
@@ -469,6 +773,8 @@ int worker_run(const WorkerOpts *o, DmErr *err)
             if (n.last_heard != before)
                 backoff = BACKOFF_MIN;
         }
+        if (s_watchdog(&n, &c, &pipe, j->page_timeout_seconds, err))
+            break;
         now = dm_now();
         if (now - n.last_heard > give_up) {
             dm_err(err, "no word from the coordinator at %s for %.0f s: giving up", n.endpoint,
@@ -497,10 +803,11 @@ int worker_run(const WorkerOpts *o, DmErr *err)
         }
     }
 done:
-    atomic_store(&c.cancel, 1);
-    if (started) {
+    if (c)
+        atomic_store(&c->cancel, 1);
+    if (started && c) {
         zmq_send(pipe, "", 0, ZMQ_DONTWAIT);
-        pthread_join(th, NULL);
+        pthread_join(c->thread, NULL);
     }
     s_disconnect(&n);
     for (int i = 0; i < n.npending; i++)
@@ -510,8 +817,11 @@ done:
         zmq_close(pipe);
     if (n.zctx && !o->zctx)
         zmq_ctx_term(n.zctx);
-    infer_close(&c.stage);
-    cache_close(&c.cache);
+    if (c)
+        s_compute_free(c);
+    for (int i = 0; i < n.nheld; i++)
+        zmq_msg_close(&n.held[i].msg);
+    free(n.held);
     if (o->stats)
         *o->stats = n.st;
     return rc;

@@ -16,7 +16,17 @@
  *     hands the packed RESULT envelope back over an inproc PAIR.
  * So heartbeats flow while a long page is being computed.
  *
- * Fault-injection hook for tests: DOCMINT_TEST_STALL_SECONDS=N makes the
+ * The watchdog (join page_timeout_seconds, 0 = none): when the compute
+ * thread has spent more than that per page on a shard, the network thread
+ * answers the shard with one error record per question, gives up on the
+ * compute thread (it cannot be stopped from outside; it frees itself if it
+ * ever returns) and starts a new one, which opens its own copy of the
+ * stage and receives the shards queued behind the hung one.  After 2 such
+ * threads the worker stops with an error.
+ *
+ * Fault-injection hooks for tests: DOCMINT_TEST_HANG_PAGE=TEXT makes the
+ * compute thread block for ever on a shard with a page whose image path
+ * contains TEXT ("hangs" on stderr first); DOCMINT_TEST_STALL_SECONDS=N makes the
  * compute thread sleep N seconds after receiving each shard (heartbeats
  * go on), printing "stalling" with the shard id on stderr first. */
 #ifndef DM_WORKER_LOOP_H

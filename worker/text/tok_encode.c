@@ -117,7 +117,7 @@ static void s_split_added(const Tokenizer *t, const TokTrie *tr, const char *s, 
             int start_space = start == 0 || !s_is_word_char(tok_prev_cp(s, start, &dummy));
             int32_t nx = 0;
             int stop_space = stop == len ||
-                             (tok_utf8_next((const uint8_t *)s + stop, len - stop, &nx), !s_is_word_char(nx));
+                             (tok_utf8_step((const uint8_t *)s + stop, len - stop, &nx), !s_is_word_char(nx));
             if (!start_space || !stop_space)
                 continue;
         }
@@ -135,7 +135,7 @@ static void s_split_added(const Tokenizer *t, const TokTrie *tr, const char *s, 
         if (a->rstrip) {
             while (stop < len) {
                 int32_t cp;
-                int m = tok_utf8_next((const uint8_t *)s + stop, len - stop, &cp);
+                int m = tok_utf8_step((const uint8_t *)s + stop, len - stop, &cp);
                 if (!tok_is_white_space(cp))
                     break;
                 stop += (size_t)m;
@@ -235,14 +235,14 @@ int tok_pre_tokenize(const Tokenizer *t, const char *s, size_t len, const uint8_
         size_t i = 0;
         while (i < len) {
             int32_t cp;
-            int m = tok_utf8_next((const uint8_t *)s + i, len - i, &cp);
+            int m = tok_utf8_step((const uint8_t *)s + i, len - i, &cp);
             if (tok_is_white_space(cp)) {
                 i += (size_t)m;
                 continue;
             }
             size_t ws = i;
             while (i < len) {
-                m = tok_utf8_next((const uint8_t *)s + i, len - i, &cp);
+                m = tok_utf8_step((const uint8_t *)s + i, len - i, &cp);
                 if (tok_is_white_space(cp))
                     break;
                 i += (size_t)m;
@@ -342,7 +342,7 @@ static int s_unigram(const Tokenizer *t, const char *w, size_t n, Lattice *L, Id
     for (size_t st = 0; st < n;) {
         double base = L->score[st];
         int32_t cp;
-        size_t mblen = (size_t)tok_utf8_next(u + st, n - st, &cp);
+        size_t mblen = (size_t)tok_utf8_step(u + st, n - st, &cp);
         int single = 0;
         int32_t node = 0;
         for (size_t j = st; j < n; j++) {

@@ -181,6 +181,11 @@ const TokAdded *tok_added_find(const Tokenizer *t, int32_t id);
 int tok_normalize(const Tokenizer *t, const char *s, size_t len, TokBuf *out, TokBuf *flags, DmErr *err);
 /* Decode UTF-8 at s[0..len) into *cp; bytes consumed, or -1 if invalid. */
 int tok_utf8_next(const uint8_t *s, size_t len, int32_t *cp);
+/* The same for walking text that should be UTF-8 but may not be (a
+ * damaged charsmap can put bytes of a broken character into the
+ * normalized text): an invalid byte is one step of 1 with *cp = U+FFFD, so
+ * the step is at least 1 whenever len > 0 and a loop always advances. */
+int tok_utf8_step(const uint8_t *s, size_t len, int32_t *cp);
 /* The code point ending at s[end-1] (s valid UTF-8, end > 0); *start = its offset. */
 int32_t tok_prev_cp(const char *s, size_t end, size_t *start);
 int tok_utf8_check(const char *s, size_t len, DmErr *err);

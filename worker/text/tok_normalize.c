@@ -78,6 +78,15 @@ int tok_utf8_next(const uint8_t *s, size_t len, int32_t *cp)
     return n;
 }
 
+int tok_utf8_step(const uint8_t *s, size_t len, int32_t *cp)
+{
+    int m = tok_utf8_next(s, len, cp);
+    if (m > 0)
+        return m;
+    *cp = 0xFFFD;
+    return len ? 1 : 0;
+}
+
 int32_t tok_prev_cp(const char *s, size_t end, size_t *start)
 {
     size_t i = end - 1;
@@ -179,12 +188,12 @@ static void s_norm_precompiled(const TokCharsmap *cm, Xform *x)
     utf8proc_int32_t state = 0;
     size_t i = 0;
     int32_t cp;
-    int k = len ? tok_utf8_next(u, len, &cp) : 0;
+    int k = len ? tok_utf8_step(u, len, &cp) : 0;
     while (i < len) {
         size_t ce = i + (size_t)k;
         int32_t prev = cp;
         while (ce < len) {
-            k = tok_utf8_next(u + ce, len - ce, &cp);
+            k = tok_utf8_step(u + ce, len - ce, &cp);
             if (utf8proc_grapheme_break_stateful(prev, cp, &state))
                 break;
             prev = cp;
@@ -218,7 +227,7 @@ static size_t s_atom_run(const TokNormStep *st, const char *s, size_t len, size_
     int c = 0;
     while (j < len && (st->qmax < 0 || c < st->qmax)) {
         int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)s + j, len - j, &cp);
+        int m = tok_utf8_step((const uint8_t *)s + j, len - j, &cp);
         if (st->atom_ws ? !tok_is_white_space(cp) : cp != st->atom_cp)
             break;
         j += (size_t)m;
@@ -268,7 +277,7 @@ static void s_norm_strip(const TokNormStep *st, Xform *x)
     size_t a = 0, b = x->len;
     while (st->strip_left && a < b) {
         int32_t cp;
-        int m = tok_utf8_next((const uint8_t *)s + a, b - a, &cp);
+        int m = tok_utf8_step((const uint8_t *)s + a, b - a, &cp);
         if (!tok_is_white_space(cp))
             break;
         a += (size_t)m;
@@ -336,7 +345,7 @@ static int s_norm_unicode(int kind, Xform *x)
         size_t ce = i + s_cp_len(x->in + i, x->len - i);
         while (ce < x->len) {
             int32_t cp;
-            int k = tok_utf8_next(u + ce, x->len - ce, &cp);
+            int k = tok_utf8_step(u + ce, x->len - ce, &cp);
             if (utf8proc_get_property(cp)->combining_class == 0)
                 break;
             ce += (size_t)k;

@@ -168,6 +168,36 @@ static int s_utf8_valid(const char *s, size_t n)
     return 1;
 }
 
+static uint32_t s_has_leaf(uint32_t u);
+static uint32_t s_offset(uint32_t u);
+static uint32_t s_value(uint32_t u);
+
+/* Every replacement the trie can name must start on a character of the
+ * pool: a damaged unit pointing into the middle of one would put broken
+ * UTF-8 into the normalized text (tokenizers itself would panic slicing
+ * its string there).  Non-leaf units (bit 31 clear) that have a leaf name
+ * it at i ^ offset. */
+static int s_check_leaves(const TokCharsmap *cm, const char *where, DmErr *err)
+{
+    for (size_t i = 0; i < cm->nunits; i++) {
+        uint32_t u = cm->units[i];
+        if ((u >> 31) || !s_has_leaf(u))
+            continue;
+        size_t leaf = i ^ s_offset(u);
+        if (leaf >= cm->nunits)
+            return dm_err(err, "%s: precompiled_charsmap is damaged: unit %zu names a leaf outside the "
+                               "trie's %zu units", where, i, cm->nunits);
+        size_t off = s_value(cm->units[leaf]);
+        if (off > cm->pool_len)
+            return dm_err(err, "%s: precompiled_charsmap is damaged: unit %zu names replacement byte %zu "
+                               "of a %zu-byte pool", where, leaf, off, cm->pool_len);
+        if (off < cm->pool_len && ((unsigned char)cm->pool[off] & 0xC0) == 0x80)
+            return dm_err(err, "%s: precompiled_charsmap is damaged: unit %zu names a replacement that "
+                               "starts inside a character (pool byte %zu)", where, leaf, off);
+    }
+    return 0;
+}
+
 int tok_charsmap_load(TokCharsmap *cm, const char *b64, size_t b64len, const char *where, DmErr *err)
 {
     memset(cm, 0, sizeof *cm);
@@ -202,6 +232,10 @@ int tok_charsmap_load(TokCharsmap *cm, const char *b64, size_t b64len, const cha
     if (!s_utf8_valid(cm->pool, cm->pool_len)) {
         tok_charsmap_free(cm);
         return dm_err(err, "%s: precompiled_charsmap replacement strings are not valid UTF-8", where);
+    }
+    if (s_check_leaves(cm, where, err) < 0) {
+        tok_charsmap_free(cm);
+        return -1;
     }
     return 0;
 }

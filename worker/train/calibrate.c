@@ -53,7 +53,7 @@ int calib_input_norms(const char *model_dir, const char *store_path, const Corpu
         goto done;
     }
     if (corpus_load(cs, &corpus, err) ||
-        distill_data_open(st, corpus, m, &pc, cs->pdf_dpi, tau, (size_t)256 << 20, &data, err) ||
+        distill_data_open(st, corpus, m, &pc, cs->pdf_dpi, tau, (size_t)256 << 20, 0, &data, err) ||
         train_params_init(m, &tp, err))
         goto done;
     int items = distill_data_count(data);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/store_verify.h"
 #include "worker/model/page_encode.h"
 
 typedef struct PageRef {
@@ -34,6 +35,8 @@ struct DistillData {
     PageRef *refs;
     DmErr *scan_err;
     int scan_failed;
+    int skip_damaged;
+    long skipped;
 };
 
 static int s_ref_cmp(const void *a, const void *b)
@@ -64,15 +67,33 @@ static int s_check_record(const DistillData *d, const Docmint__LogitRecord *r, D
     return 0;
 }
 
-static int s_scan(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+/* A damaged record (its checksum fails, or it is not a well-formed
+ * LogitRecord of its key): skipped and counted with skip_damaged, else the
+ * end of the scan. */
+static int s_damaged(DistillData *d, const void *key, size_t klen, const char *what)
+{
+    if (d->skip_damaged) {
+        d->skipped++;
+        return 0;
+    }
+    char kt[128];
+    store_key_text(STORE_RECORDS, 1, key, klen, kt, sizeof kt);
+    d->scan_failed = dm_err(d->scan_err, "%s: record %s is damaged: %s (`docmint store verify %s` lists "
+                                         "every damaged record; distill.skip_damaged trains without them)",
+                            store_path(d->store), kt, what, store_path(d->store));
+    return 1;
+}
+
+static int s_scan(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
+                  const char *damage)
 {
     DistillData *d = ctx;
     DmErr *err = d->scan_err;
-    if (klen != LOGIT_KEY_LEN) {
-        d->scan_failed = dm_err(err, "%s: a record key of %zu bytes (want %d)",
-                                store_path(d->store), klen, LOGIT_KEY_LEN);
-        return 1;
-    }
+    if (damage)
+        return s_damaged(d, key, klen, damage);
+    DmErr perr = {{0}};
+    if (store_verify_value(STORE_RECORDS, 1, key, klen, val, vlen, &perr) < 0)
+        return s_damaged(d, key, klen, perr.msg);
     Docmint__LogitRecord *r = logit_record_unpack(val, vlen, err);
     if (!r) {
         d->scan_failed = dm_err_prefix(err, "%s", store_path(d->store));
@@ -109,7 +130,8 @@ static int s_scan(void *ctx, const void *key, size_t klen, const void *val, size
 }
 
 int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const PreprocConfig *pc,
-                      int pdf_dpi, double tau, size_t cache_bytes, DistillData **out, DmErr *err)
+                      int pdf_dpi, double tau, size_t cache_bytes, int skip_damaged, DistillData **out,
+                      DmErr *err)
 {
     *out = NULL;
     DistillData *d = calloc(1, sizeof *d);
@@ -122,6 +144,7 @@ int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const Prep
     d->pdf_dpi = pdf_dpi;
     d->tau = tau;
     d->budget = cache_bytes;
+    d->skip_damaged = skip_damaged;
     int np = c->npages;
     d->refs = calloc((size_t)(np ? np : 1), sizeof *d->refs);
     d->enc = calloc((size_t)(np ? np : 1), sizeof *d->enc);
@@ -135,7 +158,7 @@ int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const Prep
         d->refs[p] = (PageRef){c->pages[p].page_id, p};
     qsort(d->refs, (size_t)np, sizeof *d->refs, s_ref_cmp);
     d->scan_err = err;
-    if (store_foreach(s, STORE_RECORDS, s_scan, d, err) < 0 || d->scan_failed) {
+    if (store_scan(s, STORE_RECORDS, s_scan, d, err) < 0 || d->scan_failed) {
         distill_data_close(&d);
         return -1;
     }
@@ -148,6 +171,11 @@ int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const Prep
     }
     *out = d;
     return 0;
+}
+
+long distill_data_skipped(const DistillData *d)
+{
+    return d->skipped;
 }
 
 void distill_data_close(DistillData **pd)

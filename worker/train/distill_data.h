@@ -33,10 +33,14 @@ typedef struct DistillData DistillData;
  * the student) and map each record's page_id to a page of corpus c, which
  * must stay alive.  Every record must have the student's vocabulary and
  * temperature tau, fit the model's positions and name a corpus page; the
- * first that does not is an error naming the store and the record. */
+ * first that does not is an error naming the store and the record.  A
+ * damaged record (its checksum fails, or it does not parse as a
+ * well-formed LogitRecord of its key) is an error too, unless skip_damaged:
+ * then it is left out and counted (distill_data_skipped). */
 int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const PreprocConfig *pc,
-                      int pdf_dpi, double tau, size_t cache_bytes, DistillData **out,
-                      DmErr *err);
+                      int pdf_dpi, double tau, size_t cache_bytes, int skip_damaged,
+                      DistillData **out, DmErr *err);
+long distill_data_skipped(const DistillData *d);
 void distill_data_close(DistillData **d);
 
 int distill_data_count(const DistillData *d);
