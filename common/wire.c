@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -314,8 +315,8 @@ int wire_send(void *sock, const void *routing_id, size_t idlen, const Docmint__E
     return 0;
 }
 
-int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
-              int flags, DmErr *err)
+static int s_recv(void *sock, unsigned char *routing_id, size_t *idlen, char *user, size_t usern,
+                  size_t *bytes, Docmint__Envelope **env, int flags, DmErr *err)
 {
     *env = NULL;
     zmq_msg_t m;
@@ -350,8 +351,15 @@ int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Env
             nframes++;
         }
     }
-    if (!bad)
+    if (!bad) {
+        if (bytes)
+            *bytes = zmq_msg_size(&m);
+        if (user) {
+            const char *u = zmq_msg_gets(&m, "User-Id");
+            snprintf(user, usern, "%s", u ? u : "");
+        }
         *env = docmint__envelope__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+    }
     /* Drain any further frames: a well-formed message has none. */
     while (zmq_msg_more(&m)) {
         bad = 1;
@@ -370,6 +378,37 @@ int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Env
         return 0;
     }
     return 1;
+}
+
+int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
+              int flags, DmErr *err)
+{
+    return s_recv(sock, routing_id, idlen, NULL, 0, NULL, env, flags, err);
+}
+
+int wire_recv_peer(void *sock, WirePeer *peer, Docmint__Envelope **env, int flags, DmErr *err)
+{
+    peer->idlen = 0;
+    peer->user[0] = '\0';
+    peer->bytes = 0;
+    return s_recv(sock, peer->id, &peer->idlen, peer->user, sizeof peer->user, &peer->bytes, env,
+                  flags, err);
+}
+
+int wire_routing_id_new(unsigned char id[WIRE_ROUTING_ID_BYTES], DmErr *err)
+{
+    size_t got = 0;
+    while (got < WIRE_ROUTING_ID_BYTES) {
+        ssize_t r = getrandom(id + got, WIRE_ROUTING_ID_BYTES - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return dm_err_errno(err, "getrandom");
+        got += (size_t)r;
+    }
+    if (id[0] == 0)
+        id[0] = 1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- endpoints */

@@ -89,6 +89,24 @@ int wire_send(void *sock, const void *routing_id, size_t idlen, const Docmint__E
 int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
               int flags, DmErr *err);
 
+/* Who sent a message to a ROUTER: its routing id, the user id its ZAP
+ * handler gave the connection ("" when none), and the body's size. */
+typedef struct WirePeer {
+    unsigned char id[256];
+    size_t idlen;
+    char user[128];
+    size_t bytes;
+} WirePeer;
+
+/* wire_recv on a ROUTER, filling *peer. */
+int wire_recv_peer(void *sock, WirePeer *peer, Docmint__Envelope **env, int flags, DmErr *err);
+
+/* A worker's routing id: WIRE_ROUTING_ID_BYTES random bytes, the first
+ * not zero (libzmq's own ids start with a zero byte).  The worker keeps it
+ * across reconnects, so the coordinator knows it again. */
+#define WIRE_ROUTING_ID_BYTES 16
+int wire_routing_id_new(unsigned char id[WIRE_ROUTING_ID_BYTES], DmErr *err);
+
 /* Host part of a bound wildcard endpoint replaced: "tcp://0.0.0.0:5555"
  * (from ZMQ_LAST_ENDPOINT) becomes "tcp://HOST:5555" with HOST this
  * machine's name when it resolves, else its first non-loopback IPv4

@@ -15,6 +15,7 @@
 #include "coordinator/lease.h"
 #include "common/logit_store.h"
 #include "coordinator/progress.h"
+#include "coordinator/result_check.h"
 #include "coordinator/results.h"
 #include "worker/stages/stage_infer.h"
 #include "common/store.h"
@@ -23,15 +24,20 @@
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
 
+/* A worker is its routing id (random, chosen by the worker) together with
+ * the CURVE key it connected with (the ZAP user id). */
 typedef struct WorkerSlot {
     unsigned char id[256];
     size_t idlen;
+    char user[128];
     char name[128];
     int alive;
+    int banned;        /* sent a result that was rejected: ignored from then on */
     int want;          /* shards asked for and not sent yet */
+    int held;          /* hand-outs it has not answered (expired ones too) */
     double last_seen;  /* last message from it */
     double last_sent;  /* last message to it */
-    uint64_t results;
+    uint64_t results;  /* results accepted from it */
 } WorkerSlot;
 
 struct Dispatch {
@@ -49,6 +55,11 @@ struct Dispatch {
     int quiet;
     double hb, lease_s;
     int liveness;
+    int max_expiries;
+    ResultLimits lim;
+    int expire_failed; /* a give-up could not queue its records (err in expire_err) */
+    DmErr expire_err;
+    uint64_t bad_ids;  /* messages from peers without a worker routing id */
     WorkerSlot *w;
     int nw, capw;
     Results *res;
@@ -100,7 +111,11 @@ static int s_bind(Dispatch *d, const char *server_secret, DmErr *err)
     const char *domain = "docmint";
     if (wire_socket_defaults(r, err))
         return -1;
+    /* Handover: a worker that reconnects (same routing id) takes its id
+     * back even before the old connection is gone.  Routing ids are 16
+     * random bytes only their worker knows, so no one else can claim one. */
     if (zmq_setsockopt(r, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
+        zmq_setsockopt(r, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, server_secret, WIRE_KEY_CHARS) != 0 ||
         zmq_setsockopt(r, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0)
@@ -140,6 +155,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->hb = job->heartbeat_seconds;
     d->liveness = job->heartbeat_liveness;
     d->lease_s = job->lease_seconds;
+    d->max_expiries = job->max_lease_expiries > 0 ? job->max_lease_expiries : 3;
     d->cache = strcmp(job->stage, "cache-logits") == 0;
     if (strcmp(job->stage, "infer") != 0 && !d->cache) {
         dm_err(err, "%s: stage \"%s\": docmint run computes \"infer\" and \"cache-logits\" so far",
@@ -159,6 +175,13 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     char fp[17], tok_fp[17];
     snprintf(fp, sizeof fp, "%s", infer_fingerprint(stage));
     snprintf(tok_fp, sizeof tok_fp, "%s", infer_tokenizer_fingerprint(stage));
+    /* What a worker's result may hold comes from this model and job. */
+    infer_limits(stage, &d->lim.m);
+    d->lim.cache = d->cache;
+    d->lim.top_k = job->top_k;
+    d->lim.n_temps = job->n_temps;
+    memcpy(d->lim.temps, job->temps, sizeof d->lim.temps);
+    d->lim.keep_features = job->keep_features;
     infer_close(&stage);
     if (store_open(job->output, STORE_WRITE, &d->store, err))
         goto fail;
@@ -244,10 +267,13 @@ void dispatch_set_failed(Dispatch *d, int (*failed)(void *ctx, DmErr *err), void
 
 /* ---------------------------------------------------------------- workers */
 
-static int s_slot(Dispatch *d, const unsigned char *id, size_t idlen)
+static int s_slot(Dispatch *d, const WirePeer *peer)
 {
+    const unsigned char *id = peer->id;
+    size_t idlen = peer->idlen;
     for (int i = 0; i < d->nw; i++)
-        if (d->w[i].idlen == idlen && memcmp(d->w[i].id, id, idlen) == 0)
+        if (d->w[i].idlen == idlen && memcmp(d->w[i].id, id, idlen) == 0 &&
+            !strcmp(d->w[i].user, peer->user))
             return i;
     if (d->nw == d->capw) {
         int cap = d->capw ? 2 * d->capw : 16;
@@ -261,6 +287,7 @@ static int s_slot(Dispatch *d, const unsigned char *id, size_t idlen)
     memset(s, 0, sizeof *s);
     memcpy(s->id, id, idlen);
     s->idlen = idlen;
+    snprintf(s->user, sizeof s->user, "%s", peer->user);
     snprintf(s->name, sizeof s->name, "?");
     d->st.workers_seen++;
     return d->nw++;
@@ -281,6 +308,7 @@ static void s_worker_lost(Dispatch *d, int i, const char *why)
         return;
     s->alive = 0;
     s->want = 0;
+    s->held = 0; /* its hand-outs are closed with the release */
     int n = lease_release_owner(d->plan, i);
     d->st.requeued_dead += n;
     if (n > 0 || !lease_all_done(d->plan))
@@ -316,6 +344,8 @@ static int s_send_shard(Dispatch *d, int i, int k)
     sh.shard_id = ls->id;
     sh.lease_id = ls->lease_id;
     sh.lease_seconds = d->lease_s;
+    sh.lease_token.data = (uint8_t *)ls->token;
+    sh.lease_token.len = sizeof ls->token;
     sh.n_pages = (size_t)ls->npages;
     Docmint__Page *pages = calloc((size_t)ls->npages, sizeof *pages);
     Docmint__Page **pp = calloc((size_t)ls->npages, sizeof *pp);
@@ -382,7 +412,45 @@ done:
     return rc;
 }
 
-/* Hand queued shards to workers that asked, one at a time round-robin. */
+/* Whether a worker other than `not` can take a shard soon: alive, not
+ * dropped, and either proven (has delivered) or with credit to spare.  A
+ * worker that only sits on its shards is neither. */
+static int s_other_can_take(const Dispatch *d, int not)
+{
+    for (int j = 0; j < d->nw; j++) {
+        const WorkerSlot *w = &d->w[j];
+        if (j != not && w->alive && !w->banned && (w->results > 0 || w->held < d->join.credit))
+            return 1;
+    }
+    return 0;
+}
+
+static int s_other_proven(const Dispatch *d, int not)
+{
+    for (int j = 0; j < d->nw; j++)
+        if (j != not && d->w[j].alive && !d->w[j].banned && d->w[j].results > 0)
+            return 1;
+    return 0;
+}
+
+/* Which queued shard may go to `owner`: not one that reported errors on it
+ * (while another worker can retry it), and not one whose lease expired
+ * before to a worker that has delivered nothing yet (while a worker that
+ * has delivered is there): a shard is not fed to one idle identity after
+ * another until it is given up. */
+static int s_may_take(void *ctx, const LeaseShard *ls, int owner)
+{
+    const Dispatch *d = ctx;
+    if (ls->avoid == owner && s_other_can_take(d, owner))
+        return 0;
+    if (ls->expiries > 0 && d->w[owner].results == 0 && s_other_proven(d, owner))
+        return 0;
+    return 1;
+}
+
+/* Hand queued shards to workers that asked, one at a time round-robin; a
+ * worker holds at most the job's credit (an expired lease counts until
+ * its worker answers it). */
 static void s_serve(Dispatch *d, double now)
 {
     int progress = 1;
@@ -390,13 +458,15 @@ static void s_serve(Dispatch *d, double now)
         progress = 0;
         for (int i = 0; i < d->nw && d->plan->qlen > 0; i++) {
             WorkerSlot *s = &d->w[i];
-            if (!s->alive || s->want <= 0)
+            if (!s->alive || s->banned || s->want <= 0 || s->held >= d->join.credit)
                 continue;
-            int k = lease_take(d->plan, i, now, d->lease_s);
+            int k = lease_take_if(d->plan, i, now, d->lease_s, s_may_take, d);
             if (k < 0)
-                return;
+                continue;
+            LeaseShard *ls = &d->plan->shards[k];
             if (s_send_shard(d, i, k) != 0) {
                 int e = zmq_errno();
+                ls->issued[ls->nissued - 1].open = 0;
                 lease_requeue(d->plan, k);
                 if (e == EHOSTUNREACH)
                     s_worker_lost(d, i, "disconnected");
@@ -404,7 +474,8 @@ static void s_serve(Dispatch *d, double now)
                 continue;
             }
             s->want--;
-            d->st.dispatched += d->plan->shards[k].nq;
+            s->held++;
+            d->st.dispatched += ls->nq;
             progress = 1;
         }
     }
@@ -412,82 +483,163 @@ static void s_serve(Dispatch *d, double now)
 
 /* --------------------------------------------------------------- results */
 
-typedef struct Want {
-    int64_t qid;
-    int taken;
-} Want;
-
-static int s_cmp_want(const void *a, const void *b)
+static void s_hex(const unsigned char *b, size_t n, char *out, size_t cap)
 {
-    int64_t x = ((const Want *)a)->qid, y = ((const Want *)b)->qid;
-    return x < y ? -1 : x > y;
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 3 <= cap; i++, k += 2)
+        snprintf(out + k, cap - k, "%02x", b[i]);
+    out[k < cap ? k : cap - 1] = '\0';
 }
 
-static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, DmErr *err)
+/* "NAME (routing id HEX, key Z85...)" */
+static void s_identity(const WorkerSlot *w, char *out, size_t n)
+{
+    char hex[40];
+    s_hex(w->id, w->idlen < 8 ? w->idlen : 8, hex, sizeof hex);
+    snprintf(out, n, "%s (routing id %s..., key %.8s...)", w->name, hex,
+             w->user[0] ? w->user : "none");
+}
+
+/* A result that breaks the rules: log it with the worker's identity and
+ * drop the worker (its leases go back; nothing it sends counts again). */
+static void s_reject(Dispatch *d, int i, int64_t nitems, const char *why)
+{
+    WorkerSlot *s = &d->w[i];
+    char who[300];
+    s_identity(s, who, sizeof who);
+    fprintf(stderr, "%s: rejected a result from worker %s: %s; the worker is dropped\n",
+            d->o.log_prefix, who, why);
+    d->st.dropped += nitems;
+    d->st.rejected++;
+    s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
+    s_worker_lost(d, i, "dropped");
+    s->banned = 1;
+}
+
+/* The shard's questions, sorted by qid (free the result). */
+static ShardQuestion *s_shard_questions(const Dispatch *d, const LeaseShard *ls, int *n)
+{
+    ShardQuestion *q = calloc((size_t)ls->nq + 1, sizeof *q);
+    *n = 0;
+    if (!q)
+        return NULL;
+    for (int p = 0; p < ls->npages; p++) {
+        const PlanPage *plp = &d->plan->pages[ls->first + p];
+        const CorpusPage *cp = &d->corpus->pages[plp->page];
+        for (int k = 0; k < plp->nq; k++) {
+            const CorpusQuestion *cq = &cp->q[plp->qidx[k]];
+            q[*n] = (ShardQuestion){cq->qid, cq, cp->page_id, cp->image_path, 0};
+            (*n)++;
+        }
+    }
+    qsort(q, (size_t)*n, sizeof *q, shard_question_cmp);
+    return q;
+}
+
+/* Returns 0 (handled), 1 (rejected: the worker is dropped) or -1 (err). */
+static int s_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, double now,
+                    DmErr *err)
 {
     int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_errors);
-    int st = lease_complete(d->plan, r->shard_id, r->lease_id);
-    if (st != LEASE_ACCEPT) {
+    LeaseIssue *issue = NULL;
+    int st = lease_check(d->plan, r->shard_id, r->lease_token.data, r->lease_token.len, i, &issue);
+    if (st == LEASE_UNKNOWN || st == LEASE_FOREIGN) {
+        char why[200];
+        snprintf(why, sizeof why, "a result for shard %" PRIu64 " under a lease %s", r->shard_id,
+                 st == LEASE_FOREIGN ? "given to another worker" : "never given out");
+        s_reject(d, i, nitems, why);
+        return 1;
+    }
+    if (issue->open) {
+        issue->open = 0;
+        if (d->w[i].held > 0)
+            d->w[i].held--;
+    }
+    if (st == LEASE_DUPLICATE) {
         d->st.dropped += nitems;
         return 0;
     }
-    d->w[i].results++;
-    const LeaseShard *ls = &d->plan->shards[r->shard_id];
-    Want *want = calloc((size_t)ls->nq + 1, sizeof *want);
+    int k = (int)r->shard_id;
+    LeaseShard *ls = &d->plan->shards[k];
+    int n = 0;
+    ShardQuestion *want = s_shard_questions(d, ls, &n);
     if (!want)
         return dm_err(err, "out of memory");
-    int n = 0;
-    for (int p = 0; p < ls->npages; p++) {
-        const PlanPage *plp = &d->plan->pages[ls->first + p];
-        for (int q = 0; q < plp->nq; q++)
-            want[n++].qid = d->corpus->pages[plp->page].q[plp->qidx[q]].qid;
+    char why[1200];
+    if (result_check(&d->lim, r, bytes, want, n, ls->npages, why, sizeof why)) {
+        free(want);
+        s_reject(d, i, nitems, why);
+        return 1;
     }
-    qsort(want, (size_t)n, sizeof *want, s_cmp_want);
+    /* Questions the worker failed (or left out): once on another worker. */
+    int nerr = (int)r->n_errors;
+    for (size_t a = 0; a < r->n_answers + r->n_logits + r->n_errors; a++) {
+        int64_t qid = a < r->n_answers ? r->answers[a]->question_id
+                      : a < r->n_answers + r->n_logits ? r->logits[a - r->n_answers]->question_id
+                      : r->errors[a - r->n_answers - r->n_logits]->question_id;
+        ShardQuestion key = {.qid = qid};
+        ShardQuestion *w = bsearch(&key, want, (size_t)n, sizeof *want, shard_question_cmp);
+        w->taken = 1;
+    }
+    for (int q = 0; q < n; q++)
+        nerr += !want[q].taken;
+    if (nerr > 0 && !ls->error_retried) {
+        const char *first = r->n_errors && r->errors[0]->reason ? r->errors[0]->reason
+                                                                 : "a question left out";
+        if (s_other_can_take(d, i)) {
+            fprintf(stderr, "%s: shard %" PRIu64 ": worker %s reported %d error%s (%.200s): handed "
+                            "to another worker once\n",
+                    d->o.log_prefix, ls->id, d->w[i].name, nerr, nerr == 1 ? "" : "s", first);
+            lease_retry(d->plan, k, i);
+            d->st.retried++;
+            d->st.dropped += nitems;
+            free(want);
+            return 0;
+        }
+        fprintf(stderr, "%s: shard %" PRIu64 ": worker %s reported %d error%s (%.200s); no other "
+                        "worker to retry on: stored as errors\n",
+                d->o.log_prefix, ls->id, d->w[i].name, nerr, nerr == 1 ? "" : "s", first);
+    }
+    lease_finish(d->plan, k);
+    d->w[i].results++;
+    for (int q = 0; q < n; q++)
+        want[q].taken = 0;
     int rc = -1;
     size_t na = r->n_answers, nl = r->n_logits;
     for (size_t a = 0; a < na + nl + r->n_errors; a++) {
         const Docmint__AnswerRecord *ar = a < na ? r->answers[a] : NULL;
         const Docmint__LogitRecord *lr = a >= na && a < na + nl ? r->logits[a - na] : NULL;
         Docmint__ErrorRecord *er = a >= na + nl ? r->errors[a - na - nl] : NULL;
-        Want key = {ar ? ar->question_id : lr ? lr->question_id : er->question_id, 0};
-        Want *w = bsearch(&key, want, (size_t)n, sizeof *want, s_cmp_want);
-        /* infer: one record per question; cache-logits: one per answer (and
-         * errors per answer), so only unknown questions are dropped there. */
-        if (!w || (w->taken && !d->cache)) {
-            d->st.dropped++;
-            continue;
-        }
+        ShardQuestion key = {.qid = ar ? ar->question_id : lr ? lr->question_id : er->question_id};
+        ShardQuestion *w = bsearch(&key, want, (size_t)n, sizeof *want, shard_question_cmp);
         w->taken = 1;
-        if (ar ? results_add_answer(d->res, ar, now, err)
-               : lr ? results_add_logit(d->res, lr, now, err)
-                    /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
-                     * so one bad answer does not hide the question's others */
-                    : d->cache ? results_add_error_item(d->res, er, now, err)
-                               : results_add_error(d->res, key.qid, er, NULL, now, err))
+        if (ar) {
+            /* The page and question are the coordinator's, not the worker's. */
+            Docmint__AnswerRecord own = *ar;
+            own.page_id = (char *)w->page_id;
+            own.question = w->cq->text;
+            if (results_add_answer(d->res, &own, now, err))
+                goto done;
+        } else if (lr ? results_add_logit(d->res, lr, now, err)
+                      /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
+                       * so one bad answer does not hide the question's others */
+                      : d->cache ? results_add_error_item(d->res, er, now, err)
+                                 : results_add_error(d->res, key.qid, er, NULL, now, err)) {
             goto done;
-    }
-    /* Features: only of the shard's pages, and only when the job keeps them. */
-    for (size_t f = 0; f < r->n_features; f++) {
-        const Docmint__FeatureRecord *fr = r->features[f];
-        int ours = 0;
-        for (int p = 0; d->job->keep_features && p < ls->npages && !ours; p++) {
-            const char *id = d->corpus->pages[d->plan->pages[ls->first + p].page].page_id;
-            ours = fr->page_id && !strcmp(fr->page_id, id);
         }
-        if (!ours)
-            d->st.dropped++;
-        else if (results_add_feature(d->res, fr, now, err))
-            goto done;
     }
+    for (size_t f = 0; f < r->n_features; f++)
+        if (results_add_feature(d->res, r->features[f], now, err))
+            goto done;
     /* Every question of the shard gets a record, even if the worker
      * forgot one. */
-    for (int k = 0; k < n; k++) {
-        if (want[k].taken)
+    for (int q = 0; q < n; q++) {
+        if (want[q].taken)
             continue;
         char reason[256];
         snprintf(reason, sizeof reason, "worker %s returned no result for this question",
                  d->w[i].name);
-        if (results_add_error(d->res, want[k].qid, NULL, reason, now, err))
+        if (results_add_error(d->res, want[q].qid, NULL, reason, now, err))
             goto done;
     }
     rc = 0;
@@ -498,15 +650,17 @@ done:
 
 /* ------------------------------------------------------------------ loop */
 
-static int s_handle(Dispatch *d, const unsigned char *id, size_t idlen, Docmint__Envelope *e,
-                    double now, DmErr *err)
+static int s_handle(Dispatch *d, const WirePeer *peer, Docmint__Envelope *e, double now,
+                    DmErr *err)
 {
-    int i = s_slot(d, id, idlen);
+    int i = s_slot(d, peer);
     if (i < 0)
         return dm_err(err, "out of memory");
     WorkerSlot *s = &d->w[i];
+    if (s->banned)
+        return 0;
     if (e->worker && e->worker[0])
-        snprintf(s->name, sizeof s->name, "%s", e->worker);
+        snprintf(s->name, sizeof s->name, "%.100s", e->worker);
     int credit = d->join.credit;
     if (!s->alive) {
         /* New, or back after being counted dead (its shards went back to
@@ -525,8 +679,13 @@ static int s_handle(Dispatch *d, const unsigned char *id, size_t idlen, Docmint_
         s->want += (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;
     case DOCMINT__ENVELOPE__KIND__RESULT:
-        if (e->result && s_result(d, i, e->result, now, err))
-            return -1;
+        if (e->result) {
+            int rr = s_result(d, i, e->result, peer->bytes, now, err);
+            if (rr < 0)
+                return -1;
+            if (rr > 0)
+                return 0; /* rejected: dropped */
+        }
         s->want += (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;
     default:
@@ -538,14 +697,38 @@ static int s_handle(Dispatch *d, const unsigned char *id, size_t idlen, Docmint_
     return 0;
 }
 
-static void s_on_expire(void *ctx, const LeaseShard *ls, double now)
+/* An expired lease: handed out again, or, the max_lease_expiries-th time,
+ * given up with an error record per question. */
+static int s_on_expire(void *ctx, const LeaseShard *ls, double now)
 {
     Dispatch *d = ctx;
     d->st.expired++;
     const char *who = ls->owner >= 0 && ls->owner < d->nw ? d->w[ls->owner].name : "?";
-    fprintf(stderr, "%s: lease %" PRIu64 " of shard %" PRIu64 " (worker %s) expired after %.1f s: "
-                    "handed out again\n",
-            d->o.log_prefix, ls->lease_id, ls->id, who, d->lease_s + (now - ls->deadline));
+    double after = d->lease_s + (now - ls->deadline);
+    if (ls->expiries < d->max_expiries) {
+        fprintf(stderr, "%s: lease %" PRIu64 " of shard %" PRIu64 " (worker %s) expired after %.1f "
+                        "s: handed out again\n",
+                d->o.log_prefix, ls->lease_id, ls->id, who, after);
+        return 0;
+    }
+    char reason[300];
+    snprintf(reason, sizeof reason, "gave up after %d leases: last worker %s (expired after %.1f s)",
+             ls->expiries, who, after);
+    fprintf(stderr, "%s: shard %" PRIu64 ": %s; its %d question%s stored as errors\n",
+            d->o.log_prefix, ls->id, reason, ls->nq, ls->nq == 1 ? "" : "s");
+    int n = 0;
+    ShardQuestion *q = s_shard_questions(d, ls, &n);
+    if (!q) {
+        d->expire_failed = 1;
+        dm_err(&d->expire_err, "out of memory");
+        return 1;
+    }
+    for (int k = 0; k < n && !d->expire_failed; k++)
+        if (results_add_error(d->res, q[k].qid, NULL, reason, now, &d->expire_err))
+            d->expire_failed = 1;
+    free(q);
+    d->st.given_up++;
+    return 1;
 }
 
 static ProgressCounts s_counts(const Dispatch *d)
@@ -618,11 +801,10 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
         double now = dm_now();
         int failed = 0;
         for (int k = 0; pr > 0 && k < 1000; k++) {
-            unsigned char id[256];
-            size_t idlen = 0;
+            WirePeer peer;
             Docmint__Envelope *e = NULL;
             DmErr rerr = {{0}};
-            int got = wire_recv(d->router, id, &idlen, &e, ZMQ_DONTWAIT, &rerr);
+            int got = wire_recv_peer(d->router, &peer, &e, ZMQ_DONTWAIT, &rerr);
             if (got < 0) {
                 dm_err(err, "%s", rerr.msg);
                 failed = 1;
@@ -633,7 +815,16 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
                     continue; /* malformed: dropped */
                 break;
             }
-            int hr = s_handle(d, id, idlen, e, now, err);
+            if (peer.idlen != WIRE_ROUTING_ID_BYTES || peer.id[0] == 0) {
+                /* Not a docmint worker (those choose a random routing id):
+                 * an id the ROUTER made up is guessable, so it gets nothing. */
+                if (d->bad_ids++ == 0)
+                    fprintf(stderr, "%s: ignoring a peer without a worker routing id (%s)\n",
+                            d->o.log_prefix, e->worker ? e->worker : "?");
+                docmint__envelope__free_unpacked(e, NULL);
+                continue;
+            }
+            int hr = s_handle(d, &peer, e, now, err);
             docmint__envelope__free_unpacked(e, NULL);
             if (hr) {
                 failed = 1;
@@ -644,6 +835,10 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
             break;
         now = dm_now();
         lease_expire(d->plan, now, s_on_expire, d);
+        if (d->expire_failed) {
+            dm_err(err, "%s", d->expire_err.msg);
+            break;
+        }
         for (int i = 0; i < d->nw; i++)
             if (d->w[i].alive && now - d->w[i].last_seen > d->hb * d->liveness) {
                 char why[64];

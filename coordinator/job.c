@@ -179,6 +179,7 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     j->corpus.pdf_dpi = s_int(c, "pdf_dpi");
     j->pages_per_shard = s_int(doc, "pages_per_shard");
     j->lease_seconds = json_number_value(json_object_get(doc, "lease_seconds"));
+    j->max_lease_expiries = s_int(doc, "max_lease_expiries");
     j->heartbeat_seconds = json_number_value(json_object_get(doc, "heartbeat_seconds"));
     j->heartbeat_liveness = s_int(doc, "heartbeat_liveness");
     j->credit = s_int(doc, "credit");

@@ -45,6 +45,7 @@ typedef struct Job {
     char *output;          /* output store folder */
     CorpusSpec corpus;     /* strings owned by the job */
     int pages_per_shard;   /* default 1: a shard is one page with all its questions */
+    int max_lease_expiries; /* a shard whose lease expired this often is given up (default 3) */
     double lease_seconds;  /* a shard not returned in time is handed out again (default 600) */
     double heartbeat_seconds; /* default 1 */
     int heartbeat_liveness;   /* missed heartbeats before a peer counts as dead (default 5) */

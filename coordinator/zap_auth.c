@@ -110,7 +110,13 @@ static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an,
         s_send_str(rep, zmq_msg_data(&fr->f[1]), zmq_msg_size(&fr->f[1]), 1);
         s_send_str(rep, code, strlen(code), 1);
         s_send_str(rep, text, strlen(text), 1);
-        s_send_str(rep, code[0] == '2' ? "worker" : "", code[0] == '2' ? 6 : 0, 1);
+        /* The user id (the "User-Id" property of every message on the
+         * connection): the client key, so the coordinator can tell keys
+         * apart and bind leases to them. */
+        char user[WIRE_KEY_CHARS + 1] = "";
+        if (code[0] == '2')
+            zmq_z85_encode(user, zmq_msg_data(&fr->f[6]), 32);
+        s_send_str(rep, user, strlen(user), 1);
         s_send_str(rep, "", 0, 0);
     }
     if (code[0] == '5')

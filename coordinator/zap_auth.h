@@ -1,7 +1,8 @@
 /* zap_auth.h - the coordinator's ZAP handler (ZeroMQ RFC 27): a thread with
  * a REP socket on inproc://zeromq.zap.01 in the coordinator's context that
  * accepts a CURVE handshake only when the client's long-term public key is
- * the job's client key.  Everything else (another key, another mechanism)
+ * the job's client key; the connection's user id (the "User-Id" property of
+ * its messages) is that key in Z85.  Everything else (another key, another mechanism)
  * gets "400" and a line on stderr (at most one line per few seconds, with
  * a count, so a client retrying in a loop cannot flood the log).
  *

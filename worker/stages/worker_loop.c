@@ -162,6 +162,7 @@ typedef struct Net {
     void *sock, *mon;
     char mon_ep[80];
     int nconn;
+    unsigned char rid[WIRE_ROUTING_ID_BYTES]; /* ours, kept across reconnects */
     double hb;
     int liveness;
     int credit;
@@ -204,6 +205,12 @@ static int s_connect(Net *n, DmErr *err)
         return dm_err(err, "zmq_socket: %s", zmq_strerror(zmq_errno()));
     if (wire_socket_defaults(n->sock, err) || wire_curve_client(n->sock, n->o->join, err))
         goto fail;
+    /* The same routing id on every connection: the coordinator binds our
+     * leases to it, so a result kept while we were away still counts. */
+    if (zmq_setsockopt(n->sock, ZMQ_ROUTING_ID, n->rid, sizeof n->rid) != 0) {
+        dm_err(err, "ZMQ_ROUTING_ID: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
     snprintf(n->mon_ep, sizeof n->mon_ep, "inproc://docmint-worker-mon-%p-%d", (void *)n,
              n->nconn++);
     if (zmq_socket_monitor(n->sock, n->mon_ep,
@@ -416,7 +423,8 @@ int worker_run(const WorkerOpts *o, DmErr *err)
         dm_err(err, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
-    if (wire_pipe(n.zctx, "docmint-worker", &pipe, &c.pipe, err))
+    if (wire_routing_id_new(n.rid, err) ||
+        wire_pipe(n.zctx, "docmint-worker", &pipe, &c.pipe, err))
         goto done;
     if (pthread_create(&th, NULL, s_compute, &c) != 0) {
         dm_err(err, "cannot start the compute thread");
