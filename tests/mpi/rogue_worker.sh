@@ -2,7 +2,7 @@
 # (g) A worker that holds the job's keys and misbehaves cannot change the
 # store (build/rogue_worker, tests/tools/rogue_worker.c): while
 # `mpirun -n 2 docmint run` works, it
-#   - hoards: 4 identities ask for 100 shards each and never answer;
+#   - hoards: 3 identities ask for 100 shards each and never answer;
 #   - forges results for a shard leased to another identity: a guessed
 #     token, no token (sequential lease ids), that identity's real token
 #     sent from another one, and a connection without a routing id;
@@ -19,9 +19,9 @@ echo "mpi: a rogue worker with the job's keys forges, floods and hoards"
 ROGUE=$(dirname "$DOCMINT")/rogue_worker
 [ -x "$ROGUE" ] || { echo "  FAIL  $ROGUE is not built (make $(dirname "$DOCMINT")/rogue_worker)"; exit 1; }
 make_model "$T/model"
-make_corpus "$T/corpus" 24
+make_corpus "$T/corpus" 10
 C="$T/corpus/train_v1.0_withQT.json"
-CREDIT=2
+CREDIT=1
 
 # The clean run: one in-process worker, nobody else.
 write_job "$T/clean.json" "$T/model" "$C" "$T/clean"
@@ -31,10 +31,11 @@ else
     bad "clean run failed: $(tail -3 "$T/clean.log")"
 fi
 
-# The attacked run: leases of 3 s so the hoarded shards come back soon;
-# the job's own worker slowed so the rogue finds shards to take.
+# The attacked run: leases of 4 s so the hoarded shards come back soon;
+# the job's own worker slowed so the rogue finds shards to take; credit
+# 1, so its own lease never waits behind another of its shards.
 write_job "$T/job.json" "$T/model" "$C" "$T/out" \
-    "\"lease_seconds\": 3, \"credit\": $CREDIT, \"commit_every\": 4"
+    "\"lease_seconds\": 4, \"credit\": $CREDIT, \"commit_every\": 4"
 DOCMINT_TEST_STALL_SECONDS=0.3 $MPIRUN -n 2 "$DOCMINT" run "$T/job.json" >"$T/run.log" 2>&1 &
 mp=$!
 PIDS="$PIDS $mp"

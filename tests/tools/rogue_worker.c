@@ -6,7 +6,7 @@
  * It reads OUTPUT/worker.keys like `docmint worker --keys`, then, each
  * with its own CURVE connection and a random routing id (a fresh identity
  * per attempt, as a client with the keys can make any number of them):
- *   hoard    4 identities ask for 100 shards each, after every shard ask
+ *   hoard    3 identities ask for 100 shards each, after every shard ask
  *            again, heartbeat, and never answer;
  *   forge    results for the hoarders' shards: a guessed (sequential)
  *            lease id with a random token, no token at all, and the
@@ -35,7 +35,7 @@
 #include "common/wire.h"
 
 #define MAX_IDS 32
-#define NHOARD 4
+#define NHOARD 3
 
 typedef struct Ident {
     char name[64];
