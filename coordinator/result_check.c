@@ -229,8 +229,8 @@ int result_check(const ResultLimits *lim, const Docmint__Result *r, size_t bytes
             goto done;
         }
         if ((ar && lim->cache) || (lr && !lim->cache)) {
-            s_why(why, whyn, "a %s record in a %s shard", ar ? "answer" : "logit",
-                  lim->cache ? "cache-logits" : "infer");
+            s_why(why, whyn, "%s", ar ? "an answer record in a cache-logits shard"
+                                      : "a logit record in an infer shard");
             goto done;
         }
         if (!lim->cache && sq->taken) {
