@@ -52,7 +52,8 @@ typedef struct WireJoin {
 } WireJoin;
 
 /* Serialise to JSON text (malloc'ed) / parse it back (`what` names the
- * source in messages). */
+ * source in messages).  The client keys may both be "" (a job whose outside
+ * workers bring their own keys: wire_key_file_read). */
 int wire_join_to_json(const WireJoin *j, char **text, DmErr *err);
 int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err);
 
@@ -65,6 +66,16 @@ int wire_join_read(const char *path, WireJoin *j, DmErr *err);
  * secret goes to server_secret (41 bytes).  Fails when this libzmq lacks
  * CURVE. */
 int wire_keys_generate(WireJoin *j, char server_secret[WIRE_KEY_CHARS + 1], DmErr *err);
+
+/* A worker's own CURVE keypair, for a job with an allow-list of keys
+ * (job key "worker_keys"): a JSON file {"name": NAME, "public": Z85,
+ * "secret": Z85} of mode 0600.  NAME: 1 to 64 of [A-Za-z0-9._-].  _new
+ * makes the pair and refuses to overwrite a file; _read checks the pair. */
+int wire_key_file_new(const char *path, const char *name, char public_z85[WIRE_KEY_CHARS + 1],
+                      DmErr *err);
+int wire_key_file_read(const char *path, char name[65], char public_z85[WIRE_KEY_CHARS + 1],
+                       char secret_z85[WIRE_KEY_CHARS + 1], DmErr *err);
+int wire_key_name_valid(const char *name);
 
 /* Check a Z85 key: 40 characters of the Z85 alphabet that decode. */
 int wire_key_valid(const char *z85);

@@ -235,10 +235,18 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     if (d->plan->nshards > 0) {
         if (wire_keys_generate(j, server_secret, err) ||
             zap_start(o->zctx, j->client_public, o->log_prefix, &d->zap, err) ||
+            (job->worker_keys && zap_allow_file(d->zap, job->worker_keys, err)) ||
             s_bind(d, server_secret, err))
             goto fail;
         snprintf(d->keys_path, sizeof d->keys_path, "%s/%s", job->output, KEYS_FILE);
-        if (wire_join_write(d->keys_path, j, err)) {
+        /* With an allow-list the file holds no client key: outside workers
+         * bring their own; the shared one stays with the MPI ranks. */
+        WireJoin outside = *j;
+        if (job->worker_keys)
+            outside.client_public[0] = outside.client_secret[0] = '\0';
+        int wrc = wire_join_write(d->keys_path, &outside, err);
+        memset(&outside, 0, sizeof outside);
+        if (wrc) {
             d->keys_path[0] = '\0';
             goto fail;
         }
@@ -289,6 +297,10 @@ static int s_slot(Dispatch *d, const WirePeer *peer)
     s->idlen = idlen;
     snprintf(s->user, sizeof s->user, "%s", peer->user);
     snprintf(s->name, sizeof s->name, "?");
+    /* A connection made before its key was refused is refused too. */
+    for (int j = 0; j < d->nw && s->user[0] && strcmp(s->user, d->join.client_public); j++)
+        if (d->w[j].banned && !strcmp(d->w[j].user, s->user))
+            s->banned = 1;
     d->st.workers_seen++;
     return d->nw++;
 }
@@ -514,6 +526,18 @@ static void s_reject(Dispatch *d, int i, int64_t nitems, const char *why)
     s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
     s_worker_lost(d, i, "dropped");
     s->banned = 1;
+    /* A key of its own (an allow-listed one): refused from now on, and
+     * every other connection with it ignored. */
+    if (d->zap && s->user[0] && strcmp(s->user, d->join.client_public) != 0 &&
+        zap_ban(d->zap, s->user) == 0) {
+        fprintf(stderr, "%s: key %s is refused from now on\n", d->o.log_prefix, s->user);
+        for (int j = 0; j < d->nw; j++)
+            if (j != i && !d->w[j].banned && !strcmp(d->w[j].user, s->user)) {
+                s_send_kind(d, j, DOCMINT__ENVELOPE__KIND__NO_MORE);
+                s_worker_lost(d, j, "dropped (its key was)");
+                d->w[j].banned = 1;
+            }
+    }
 }
 
 /* The shard's questions, sorted by qid (free the result). */
@@ -672,9 +696,22 @@ static int s_handle(Dispatch *d, const WirePeer *peer, Docmint__Envelope *e, dou
     }
     s->last_seen = now;
     switch (e->kind) {
-    case DOCMINT__ENVELOPE__KIND__HELLO:
+    case DOCMINT__ENVELOPE__KIND__HELLO: {
+        /* A worker says HELLO when it (re)connects.  A shard sent to it
+         * while its old connection was going away is lost, so what it held
+         * goes back to the queue; the results it kept still count when
+         * they come (first result wins), and its HELLO's credit already
+         * leaves out the shards it is still computing. */
+        int n = lease_release_owner(d->plan, i);
+        s->held = 0;
+        if (n > 0) {
+            d->st.requeued_dead += n;
+            fprintf(stderr, "%s: worker %s reconnected: %d shard%s handed out again\n",
+                    d->o.log_prefix, s->name, n, n == 1 ? "" : "s");
+        }
         s->want = (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;
+    }
     case DOCMINT__ENVELOPE__KIND__REQUEST:
         s->want += (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;

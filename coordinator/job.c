@@ -168,6 +168,8 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
         s_path_key(c, "path", dir, &cpath, err))
         return -1;
     j->corpus.path = cpath;
+    if (s_path_key(doc, "worker_keys", dir, &j->worker_keys, err))
+        return -1;
     if (s_path_key(c, "image_root", dir, &root, err))
         return -1;
     j->corpus.image_root = root;
@@ -321,6 +323,7 @@ void job_free(Job **job)
     free(j->stage);
     free(j->model);
     free(j->output);
+    free(j->worker_keys);
     free((char *)j->corpus.path);
     free((char *)j->corpus.image_root);
     free((char *)j->corpus.questions);

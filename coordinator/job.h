@@ -43,6 +43,7 @@ typedef struct Job {
     char *stage;           /* "infer", "cache-logits" or "distill" ("analyze" later) */
     char *model;           /* checkpoint folder (relative paths resolve against the job file's folder) */
     char *output;          /* output store folder */
+    char *worker_keys;     /* allow-list of outside workers' keys, or NULL (shared job key) */
     CorpusSpec corpus;     /* strings owned by the job */
     int pages_per_shard;   /* default 1: a shard is one page with all its questions */
     int max_lease_expiries; /* a shard whose lease expired this often is given up (default 3) */

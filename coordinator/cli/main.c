@@ -21,6 +21,7 @@ typedef struct Command {
 #pragma weak cmd_preprocess
 #pragma weak cmd_run
 #pragma weak cmd_worker
+#pragma weak cmd_worker_key
 #pragma weak cmd_synth
 #pragma weak cmd_validate
 #pragma weak cmd_export
@@ -38,6 +39,7 @@ static const Command s_commands[] = {
     {"preprocess", cmd_preprocess, "MODEL_DIR IMAGE -o OUT.safetensors   image -> pixel_values"},
     {"run", cmd_run, "JOB.json [--quiet]   run a job (under mpirun: rank 0 coordinates, the others compute)"},
     {"worker", cmd_worker, "--keys OUTPUT/worker.keys [--connect ENDPOINT]   join a running job"},
+    {"worker-key", cmd_worker_key, "FILE --name NAME   a worker's own keypair; prints its allow-list line"},
     {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
     {"export", cmd_export, "STORE --annotations FILE -o SUBMISSION.json   evaluation-server submission"},
     {"eval", cmd_eval, "--predictions FILE --annotations FILE   ANLS, overall and by question type"},
