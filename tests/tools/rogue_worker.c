@@ -1,7 +1,7 @@
 /* rogue_worker.c - a worker that holds the job's keys and misbehaves, for
  * tests/mpi/rogue_worker.sh.
  *
- *   rogue_worker KEYS_FILE [SECONDS]
+ *   rogue_worker KEYS_FILE [SECONDS] [--key KEY_FILE]
  *
  * It reads OUTPUT/worker.keys like `docmint worker --keys`, then, each
  * with its own CURVE connection and a random routing id (a fresh identity
@@ -22,7 +22,13 @@
  * NO_MORE to them, or SECONDS (default 90) pass.
  * Prints one line per attempt and, last, "hoard: most shards one identity
  * held: N" and "end: NO_MORE" (or "end: time limit").  The worker names
- * (rogue-hoard-N, rogue-forge-guess, ...) are what the coordinator logs. */
+ * (rogue-hoard-N, rogue-forge-guess, ...) are what the coordinator logs.
+ *
+ * With --key (a job with an allow-list, job key worker_keys) it connects
+ * with that keypair instead and only: takes a shard as "rogue-keyed" and
+ * answers it with a NaN log-probability, then tries again as
+ * "rogue-keyed-again" (a new routing id, the same key) for 5 s and prints
+ * "again: N shards". */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -62,7 +68,9 @@ static void s_send(Ident *id, Docmint__Envelope *e)
 {
     DmErr err;
     e->worker = id->name;
-    if (wire_send(id->sock, NULL, 0, e, 0, &err))
+    /* Never wait: a connection the coordinator refuses has no peer to
+     * send to (such a message is simply not sent). */
+    if (wire_send(id->sock, NULL, 0, e, ZMQ_DONTWAIT, &err) && zmq_errno() != EAGAIN)
         s_die(id->name, err.msg);
 }
 
@@ -250,17 +258,42 @@ static int s_wait_shard(Ident *id, double seconds)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: rogue_worker KEYS_FILE [SECONDS]\n");
+    const char *key = argc == 5 && !strcmp(argv[3], "--key") ? argv[4] : NULL;
+    if (argc < 2 || (argc > 3 && !key)) {
+        fprintf(stderr, "usage: rogue_worker KEYS_FILE [SECONDS] [--key KEY_FILE]\n");
         return 2;
     }
-    double limit = argc == 3 ? atof(argv[2]) : 90;
+    double limit = argc >= 3 ? atof(argv[2]) : 90;
     double t_end = dm_now() + limit;
     DmErr err;
     if (wire_join_read(argv[1], &s_join, &err))
         s_die(argv[1], err.msg);
     s_ctx = zmq_ctx_new();
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (key) {
+        char kname[65];
+        if (wire_key_file_read(key, kname, s_join.client_public, s_join.client_secret, &err))
+            s_die(key, err.msg);
+        Ident *id = s_ident("rogue-keyed", 1, 0);
+        if (s_wait_shard(id, 30) != 0) {
+            printf("keyed: no shard within 30 s\n");
+            return 1;
+        }
+        const Docmint__Shard *sh = id->last->shard;
+        s_result(id, sh, sh->lease_id, sh->lease_token.data, sh->lease_token.len, s_fill_nan);
+        printf("keyed: %s answered shard %" PRIu64 " with a NaN\n", id->name, sh->shard_id);
+        s_pump(1.0);
+        Ident *again = s_ident("rogue-keyed-again", 1, 0);
+        s_pump(5.0);
+        printf("again: %d shards\n", again->shards);
+        for (int i = 0; i < s_nids; i++) {
+            if (s_ids[i].last)
+                docmint__envelope__free_unpacked(s_ids[i].last, NULL);
+            zmq_close(s_ids[i].sock);
+        }
+        zmq_ctx_term(s_ctx);
+        return 0;
+    }
 
     /* hoard */
     Ident *hoard[NHOARD];
