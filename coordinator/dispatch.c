@@ -425,8 +425,8 @@ done:
 }
 
 /* Whether a worker other than `not` can take a shard soon: alive, not
- * dropped, and either proven (has delivered) or with credit to spare.  A
- * worker that only sits on its shards is neither. */
+ * dropped, and either proven (has delivered a valid result) or with credit
+ * to spare.  A worker that only sits on its shards is neither. */
 static int s_other_can_take(const Dispatch *d, int not)
 {
     for (int j = 0; j < d->nw; j++) {
@@ -434,6 +434,14 @@ static int s_other_can_take(const Dispatch *d, int not)
         if (j != not && w->alive && !w->banned && (w->results > 0 || w->held < d->join.credit))
             return 1;
     }
+    return 0;
+}
+
+static int s_other_alive(const Dispatch *d, int not)
+{
+    for (int j = 0; j < d->nw; j++)
+        if (j != not && d->w[j].alive && !d->w[j].banned)
+            return 1;
     return 0;
 }
 
@@ -595,7 +603,10 @@ static int s_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
         s_reject(d, i, nitems, why);
         return 1;
     }
-    /* Questions the worker failed (or left out): once on another worker. */
+    d->w[i].results++; /* a valid result, errors or not */
+    /* Questions the worker failed (or left out): once on another worker
+     * (when it is busy, the shard waits for it; s_may_take gives it back
+     * to this one only when no other can take it). */
     int nerr = (int)r->n_errors;
     for (size_t a = 0; a < r->n_answers + r->n_logits + r->n_errors; a++) {
         int64_t qid = a < r->n_answers ? r->answers[a]->question_id
@@ -610,7 +621,7 @@ static int s_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
     if (nerr > 0 && !ls->error_retried) {
         const char *first = r->n_errors && r->errors[0]->reason ? r->errors[0]->reason
                                                                  : "a question left out";
-        if (s_other_can_take(d, i)) {
+        if (s_other_alive(d, i)) {
             fprintf(stderr, "%s: shard %" PRIu64 ": worker %s reported %d error%s (%.200s): handed "
                             "to another worker once\n",
                     d->o.log_prefix, ls->id, d->w[i].name, nerr, nerr == 1 ? "" : "s", first);
@@ -625,7 +636,6 @@ static int s_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
                 d->o.log_prefix, ls->id, d->w[i].name, nerr, nerr == 1 ? "" : "s", first);
     }
     lease_finish(d->plan, k);
-    d->w[i].results++;
     for (int q = 0; q < n; q++)
         want[q].taken = 0;
     int rc = -1;

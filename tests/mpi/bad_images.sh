@@ -1,7 +1,8 @@
 #!/bin/sh
 # (c) corrupt, empty and missing images: one error record each (stage
 # "infer", item = the questionId, the reason names the file), every other
-# question answered, the job completes.
+# question answered, the job completes.  With two workers, each error is
+# tried once more on the other worker before it is stored.
 . tests/mpi/lib.sh
 echo "mpi: corrupt, empty and missing page images"
 make_model "$T/model"
@@ -54,4 +55,10 @@ PY
 [ "$(meta "$T/out" count_errors)" = 3 ] && [ "$(meta "$T/out" count_records)" = 3 ] &&
     ok "meta counts: 3 records, 3 errors" || bad "meta counts: $(meta "$T/out" count_records) records, $(meta "$T/out" count_errors) errors"
 grep -q "3 errors" "$T/run.log" && ok "the summary counts the errors" || bad "summary: $(grep done: "$T/run.log")"
+n=$(grep -c "reported 1 error .*: handed to another worker once" "$T/run.log")
+if [ "$n" = 3 ]; then
+    ok "each bad page tried on a second worker: $(grep -m1 'handed to another' "$T/run.log" | sed 's/^docmint run: //' | cut -c1-200)"
+else
+    bad "$n of 3 bad pages retried on another worker: $(grep 'reported' "$T/run.log" | head -3)"
+fi
 finish
