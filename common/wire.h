@@ -15,7 +15,9 @@
  *    "heartbeat_liveness": 5, "credit": 2,
  *    "top_k": 64, "temperatures": [1.0], "first_answer_only": false}
  * The client secret lets any holder join the job: the file is as secret as
- * the data the job reads. */
+ * the data the job reads.  A job with an allow-list of worker keys (job key
+ * "worker_keys") writes the file with both client keys "": each outside
+ * worker adds its own (wire_key_file_read). */
 #ifndef DM_WIRE_H
 #define DM_WIRE_H
 

@@ -3,7 +3,7 @@
 # processes (mpirun, docmint run, docmint worker).  Run from the
 # repository root: DOCMINT=build/docmint sh tests/mpi/all.sh
 # Each script prints ok/FAIL lines and "N passed, N failed"; this prints
-# the sum and exits non-zero when any script failed.  About 6 minutes on
+# the sum and exits non-zero when any script failed.  About 8 minutes on
 # 2 cores (the distill tests take 3 to 4 of them).  A script still running
 # after LIMIT seconds (DOCMINT_MPI_TEST_LIMIT, 900) is stopped and fails:
 # a hang shows as a named failure, not as a suite that never ends.
