@@ -37,7 +37,7 @@ typedef struct WorkerSlot {
     int held;          /* hand-outs it has not answered (expired ones too) */
     double last_seen;  /* last message from it */
     double last_sent;  /* last message to it */
-    uint64_t results;  /* results accepted from it */
+    uint64_t results;  /* valid results from it (errors included) */
 } WorkerSlot;
 
 struct Dispatch {

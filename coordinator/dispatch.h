@@ -20,7 +20,8 @@
  *   "held_at_start"       questions of the corpus the store held when this run began
  *   "computed_this_run"   records (answers + errors) this run committed
  *   "dispatched_this_run" questions handed out this run (re-hand-outs included)
- *   "dropped_this_run"    questions in duplicate or unknown results this run dropped
+ *   "dropped_this_run"    questions in results this run dropped (duplicate, rejected,
+ *                         or with errors handed to another worker)
  *   "run_started_at"      this run's start; "finished_at" is "" until a run completes
  *   "runs"                number of runs that opened the store
  * A question with an error record counts as done: a rerun does not retry it.
