@@ -1,4 +1,5 @@
-/* dispatch.c - the coordinator's set-up and ROUTER loop (dispatch.h). */
+/* dispatch.c - the coordinator's set-up, its workers and ROUTER loop
+ * (dispatch.h); a worker's result is dispatch_result.c's. */
 #include "coordinator/dispatch.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <zmq.h>
 
 #include "worker/data/corpus.h"
+#include "coordinator/dispatch_int.h"
 #include "coordinator/job.h"
 #include "coordinator/lease.h"
 #include "common/logit_store.h"
@@ -23,55 +25,6 @@
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
-
-/* A worker is its routing id (random, chosen by the worker) together with
- * the CURVE key it connected with (the ZAP user id). */
-typedef struct WorkerSlot {
-    unsigned char id[256];
-    size_t idlen;
-    char user[128];
-    char name[128];
-    int alive;
-    int banned;        /* sent a result that was rejected: ignored from then on */
-    int want;          /* shards asked for and not sent yet */
-    int held;          /* hand-outs it has not answered (expired ones too) */
-    double last_seen;  /* last message from it */
-    double last_sent;  /* last message to it */
-    uint64_t results;  /* valid results from it (errors included) */
-} WorkerSlot;
-
-struct Dispatch {
-    DispatchOpts o;
-    Job *job;
-    Corpus *corpus;
-    Store *store;
-    Plan *plan;
-    ZapAuth *zap;
-    void *router;
-    WireJoin join;
-    char local_ep[512];
-    char keys_path[4200];
-    char cwd[4096];
-    int quiet;
-    double hb, lease_s;
-    int liveness;
-    int max_expiries;
-    ResultLimits lim;
-    int expire_failed; /* a give-up could not queue its records (err in expire_err) */
-    DmErr expire_err;
-    uint64_t bad_ids;  /* messages from peers without a worker routing id */
-    WorkerSlot *w;
-    int nw, capw;
-    Results *res;
-    DispatchStats st;
-    Progress *prog;
-    int (*failed)(void *ctx, DmErr *err);
-    void *failed_ctx;
-    /* cache-logits: records per (question, answer), and the store's extra meta */
-    int cache;
-    char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
-    const char *extra[16];
-};
 
 /* The settings a logit store records in meta (results_set_kind): a resumed
  * store must have been made with the same ones. */
@@ -313,7 +266,7 @@ static int s_alive_count(const Dispatch *d)
     return n;
 }
 
-static void s_worker_lost(Dispatch *d, int i, const char *why)
+void dispatch_worker_lost(Dispatch *d, int i, const char *why)
 {
     WorkerSlot *s = &d->w[i];
     if (!s->alive)
@@ -338,13 +291,13 @@ static int s_send(Dispatch *d, int i, Docmint__Envelope *e)
     return 0;
 }
 
-static void s_send_kind(Dispatch *d, int i, int kind)
+void dispatch_send_kind(Dispatch *d, int i, int kind)
 {
     Docmint__Envelope e;
     docmint__envelope__init(&e);
     e.kind = kind;
     if (s_send(d, i, &e) != 0 && zmq_errno() == EHOSTUNREACH)
-        s_worker_lost(d, i, "disconnected");
+        dispatch_worker_lost(d, i, "disconnected");
 }
 
 /* Build and send shard k to worker i.  Returns 0 when sent. */
@@ -437,7 +390,7 @@ static int s_other_can_take(const Dispatch *d, int not)
     return 0;
 }
 
-static int s_other_alive(const Dispatch *d, int not)
+int dispatch_other_alive(const Dispatch *d, int not)
 {
     for (int j = 0; j < d->nw; j++)
         if (j != not && d->w[j].alive && !d->w[j].banned)
@@ -489,7 +442,7 @@ static void s_serve(Dispatch *d, double now)
                 ls->issued[ls->nissued - 1].open = 0;
                 lease_requeue(d->plan, k);
                 if (e == EHOSTUNREACH)
-                    s_worker_lost(d, i, "disconnected");
+                    dispatch_worker_lost(d, i, "disconnected");
                 /* else its queue is full (EAGAIN): try again next turn */
                 continue;
             }
@@ -499,187 +452,6 @@ static void s_serve(Dispatch *d, double now)
             progress = 1;
         }
     }
-}
-
-/* --------------------------------------------------------------- results */
-
-static void s_hex(const unsigned char *b, size_t n, char *out, size_t cap)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < n && k + 3 <= cap; i++, k += 2)
-        snprintf(out + k, cap - k, "%02x", b[i]);
-    out[k < cap ? k : cap - 1] = '\0';
-}
-
-/* "NAME (routing id HEX, key Z85...)" */
-static void s_identity(const WorkerSlot *w, char *out, size_t n)
-{
-    char hex[40];
-    s_hex(w->id, w->idlen < 8 ? w->idlen : 8, hex, sizeof hex);
-    snprintf(out, n, "%s (routing id %s..., key %.8s...)", w->name, hex,
-             w->user[0] ? w->user : "none");
-}
-
-/* A result that breaks the rules: log it with the worker's identity and
- * drop the worker (its leases go back; nothing it sends counts again). */
-static void s_reject(Dispatch *d, int i, int64_t nitems, const char *why)
-{
-    WorkerSlot *s = &d->w[i];
-    char who[300];
-    s_identity(s, who, sizeof who);
-    fprintf(stderr, "%s: rejected a result from worker %s: %s; the worker is dropped\n",
-            d->o.log_prefix, who, why);
-    d->st.dropped += nitems;
-    d->st.rejected++;
-    s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
-    s_worker_lost(d, i, "dropped");
-    s->banned = 1;
-    /* A key of its own (an allow-listed one): refused from now on, and
-     * every other connection with it ignored. */
-    if (d->zap && s->user[0] && strcmp(s->user, d->join.client_public) != 0 &&
-        zap_ban(d->zap, s->user) == 0) {
-        fprintf(stderr, "%s: key %s is refused from now on\n", d->o.log_prefix, s->user);
-        for (int j = 0; j < d->nw; j++)
-            if (j != i && !d->w[j].banned && !strcmp(d->w[j].user, s->user)) {
-                s_send_kind(d, j, DOCMINT__ENVELOPE__KIND__NO_MORE);
-                s_worker_lost(d, j, "dropped (its key was)");
-                d->w[j].banned = 1;
-            }
-    }
-}
-
-/* The shard's questions, sorted by qid (free the result). */
-static ShardQuestion *s_shard_questions(const Dispatch *d, const LeaseShard *ls, int *n)
-{
-    ShardQuestion *q = calloc((size_t)ls->nq + 1, sizeof *q);
-    *n = 0;
-    if (!q)
-        return NULL;
-    for (int p = 0; p < ls->npages; p++) {
-        const PlanPage *plp = &d->plan->pages[ls->first + p];
-        const CorpusPage *cp = &d->corpus->pages[plp->page];
-        for (int k = 0; k < plp->nq; k++) {
-            const CorpusQuestion *cq = &cp->q[plp->qidx[k]];
-            q[*n] = (ShardQuestion){cq->qid, cq, cp->page_id, cp->image_path, 0};
-            (*n)++;
-        }
-    }
-    qsort(q, (size_t)*n, sizeof *q, shard_question_cmp);
-    return q;
-}
-
-/* Returns 0 (handled), 1 (rejected: the worker is dropped) or -1 (err). */
-static int s_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, double now,
-                    DmErr *err)
-{
-    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_errors);
-    LeaseIssue *issue = NULL;
-    int st = lease_check(d->plan, r->shard_id, r->lease_token.data, r->lease_token.len, i, &issue);
-    if (st == LEASE_UNKNOWN || st == LEASE_FOREIGN) {
-        char why[200];
-        snprintf(why, sizeof why, "a result for shard %" PRIu64 " under a lease %s", r->shard_id,
-                 st == LEASE_FOREIGN ? "given to another worker" : "never given out");
-        s_reject(d, i, nitems, why);
-        return 1;
-    }
-    if (issue->open) {
-        issue->open = 0;
-        if (d->w[i].held > 0)
-            d->w[i].held--;
-    }
-    if (st == LEASE_DUPLICATE) {
-        d->st.dropped += nitems;
-        return 0;
-    }
-    int k = (int)r->shard_id;
-    LeaseShard *ls = &d->plan->shards[k];
-    int n = 0;
-    ShardQuestion *want = s_shard_questions(d, ls, &n);
-    if (!want)
-        return dm_err(err, "out of memory");
-    char why[1200];
-    if (result_check(&d->lim, r, bytes, want, n, ls->npages, why, sizeof why)) {
-        free(want);
-        s_reject(d, i, nitems, why);
-        return 1;
-    }
-    d->w[i].results++; /* a valid result, errors or not */
-    /* Questions the worker failed (or left out): once on another worker
-     * (when it is busy, the shard waits for it; s_may_take gives it back
-     * to this one only when no other can take it). */
-    int nerr = (int)r->n_errors;
-    for (size_t a = 0; a < r->n_answers + r->n_logits + r->n_errors; a++) {
-        int64_t qid = a < r->n_answers ? r->answers[a]->question_id
-                      : a < r->n_answers + r->n_logits ? r->logits[a - r->n_answers]->question_id
-                      : r->errors[a - r->n_answers - r->n_logits]->question_id;
-        ShardQuestion key = {.qid = qid};
-        ShardQuestion *w = bsearch(&key, want, (size_t)n, sizeof *want, shard_question_cmp);
-        w->taken = 1;
-    }
-    for (int q = 0; q < n; q++)
-        nerr += !want[q].taken;
-    if (nerr > 0 && !ls->error_retried) {
-        const char *first = r->n_errors && r->errors[0]->reason ? r->errors[0]->reason
-                                                                 : "a question left out";
-        if (s_other_alive(d, i)) {
-            fprintf(stderr, "%s: shard %" PRIu64 ": worker %s reported %d error%s (%.200s): handed "
-                            "to another worker once\n",
-                    d->o.log_prefix, ls->id, d->w[i].name, nerr, nerr == 1 ? "" : "s", first);
-            lease_retry(d->plan, k, i);
-            d->st.retried++;
-            d->st.dropped += nitems;
-            free(want);
-            return 0;
-        }
-        fprintf(stderr, "%s: shard %" PRIu64 ": worker %s reported %d error%s (%.200s); no other "
-                        "worker to retry on: stored as errors\n",
-                d->o.log_prefix, ls->id, d->w[i].name, nerr, nerr == 1 ? "" : "s", first);
-    }
-    lease_finish(d->plan, k);
-    for (int q = 0; q < n; q++)
-        want[q].taken = 0;
-    int rc = -1;
-    size_t na = r->n_answers, nl = r->n_logits;
-    for (size_t a = 0; a < na + nl + r->n_errors; a++) {
-        const Docmint__AnswerRecord *ar = a < na ? r->answers[a] : NULL;
-        const Docmint__LogitRecord *lr = a >= na && a < na + nl ? r->logits[a - na] : NULL;
-        Docmint__ErrorRecord *er = a >= na + nl ? r->errors[a - na - nl] : NULL;
-        ShardQuestion key = {.qid = ar ? ar->question_id : lr ? lr->question_id : er->question_id};
-        ShardQuestion *w = bsearch(&key, want, (size_t)n, sizeof *want, shard_question_cmp);
-        w->taken = 1;
-        if (ar) {
-            /* The page and question are the coordinator's, not the worker's. */
-            Docmint__AnswerRecord own = *ar;
-            own.page_id = (char *)w->page_id;
-            own.question = w->cq->text;
-            if (results_add_answer(d->res, &own, now, err))
-                goto done;
-        } else if (lr ? results_add_logit(d->res, lr, now, err)
-                      /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
-                       * so one bad answer does not hide the question's others */
-                      : d->cache ? results_add_error_item(d->res, er, now, err)
-                                 : results_add_error(d->res, key.qid, er, NULL, now, err)) {
-            goto done;
-        }
-    }
-    for (size_t f = 0; f < r->n_features; f++)
-        if (results_add_feature(d->res, r->features[f], now, err))
-            goto done;
-    /* Every question of the shard gets a record, even if the worker
-     * forgot one. */
-    for (int q = 0; q < n; q++) {
-        if (want[q].taken)
-            continue;
-        char reason[256];
-        snprintf(reason, sizeof reason, "worker %s returned no result for this question",
-                 d->w[i].name);
-        if (results_add_error(d->res, want[q].qid, NULL, reason, now, err))
-            goto done;
-    }
-    rc = 0;
-done:
-    free(want);
-    return rc;
 }
 
 /* ------------------------------------------------------------------ loop */
@@ -727,7 +499,7 @@ static int s_handle(Dispatch *d, const WirePeer *peer, Docmint__Envelope *e, dou
         break;
     case DOCMINT__ENVELOPE__KIND__RESULT:
         if (e->result) {
-            int rr = s_result(d, i, e->result, peer->bytes, now, err);
+            int rr = dispatch_result(d, i, e->result, peer->bytes, now, err);
             if (rr < 0)
                 return -1;
             if (rr > 0)
@@ -764,7 +536,7 @@ static int s_on_expire(void *ctx, const LeaseShard *ls, double now)
     fprintf(stderr, "%s: shard %" PRIu64 ": %s; its %d question%s stored as errors\n",
             d->o.log_prefix, ls->id, reason, ls->nq, ls->nq == 1 ? "" : "s");
     int n = 0;
-    ShardQuestion *q = s_shard_questions(d, ls, &n);
+    ShardQuestion *q = dispatch_shard_questions(d, ls, &n);
     if (!q) {
         d->expire_failed = 1;
         dm_err(&d->expire_err, "out of memory");
@@ -793,7 +565,7 @@ static void s_goodbye(Dispatch *d)
         return;
     for (int i = 0; i < d->nw; i++)
         if (d->w[i].alive)
-            s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
+            dispatch_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
     double end = dm_now() + GRACE_SECONDS;
     for (double now = dm_now(); now < end; now = dm_now()) {
         zmq_pollitem_t it = {d->router, 0, ZMQ_POLLIN, 0};
@@ -890,12 +662,12 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
             if (d->w[i].alive && now - d->w[i].last_seen > d->hb * d->liveness) {
                 char why[64];
                 snprintf(why, sizeof why, "silent for %.1f s", now - d->w[i].last_seen);
-                s_worker_lost(d, i, why);
+                dispatch_worker_lost(d, i, why);
             }
         s_serve(d, now);
         for (int i = 0; i < d->nw; i++)
             if (d->w[i].alive && now - d->w[i].last_sent >= d->hb)
-                s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__HEARTBEAT);
+                dispatch_send_kind(d, i, DOCMINT__ENVELOPE__KIND__HEARTBEAT);
         if (results_due(d->res, now) && s_flush(d, NULL, err))
             break;
         ProgressCounts c = s_counts(d);
