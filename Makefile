@@ -148,12 +148,17 @@ $(BUILD)/%.o: %.cu
 # a failure with a name, not a run that never ends).
 export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_LIMIT ?= 1800
-test: $(BUILD)/test_docmint $(BUILD)/docmint
+test: $(BUILD)/test_docmint $(BUILD)/docmint $(BUILD)/rogue_worker
 	sh tests/layering.sh
 	sh tests/docs.sh
 	cd tests && DOCMINT=../$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) ../$(BUILD)/test_docmint
 	DOCMINT=$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) sh tests/cli.sh
 	DOCMINT=$(BUILD)/docmint sh tests/mpi/all.sh
+
+# A worker with the job's keys that forges, floods and hoards
+# (tests/mpi/rogue_worker.sh finds it next to docmint).
+$(BUILD)/rogue_worker: $(BUILD)/tests/tools/rogue_worker.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Build a random-weight model of the tiny config, synthesise a page and ask
 # it a question (no download needed).
@@ -190,4 +195,4 @@ docs:
 clean:
 	rm -rf build build-san build-cuda build-san-cuda
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/coordinator/cli/main.d
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/coordinator/cli/main.d $(BUILD)/tests/tools/rogue_worker.d

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -165,8 +166,9 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         goto done;
     }
     j->precision = prs && !strcmp(prs, "bf16");
-    if (!wire_key_valid(j->server_public) || !wire_key_valid(j->client_public) ||
-        !wire_key_valid(j->client_secret)) {
+    int no_client = !j->client_public[0] && !j->client_secret[0];
+    if (!wire_key_valid(j->server_public) ||
+        (!no_client && (!wire_key_valid(j->client_public) || !wire_key_valid(j->client_secret)))) {
         dm_err(err, "%s: a key is not 40 characters of Z85", what);
         goto done;
     }
@@ -254,6 +256,84 @@ int wire_keys_generate(WireJoin *j, char server_secret[WIRE_KEY_CHARS + 1], DmEr
     return 0;
 }
 
+int wire_key_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+              (name[i] >= '0' && name[i] <= '9') || strchr("._-", name[i])))
+            return 0;
+    return 1;
+}
+
+int wire_key_file_new(const char *path, const char *name, char public_z85[WIRE_KEY_CHARS + 1],
+                      DmErr *err)
+{
+    char secret[WIRE_KEY_CHARS + 1];
+    if (!wire_key_name_valid(name))
+        return dm_err(err, "key name \"%s\": 1 to 64 letters, digits, '.', '_' or '-'", name);
+    if (!zmq_has("curve"))
+        return dm_err(err, "this libzmq was built without CURVE security (libsodium)");
+    if (zmq_curve_keypair(public_z85, secret) != 0)
+        return dm_err(err, "zmq_curve_keypair: %s", zmq_strerror(zmq_errno()));
+    json_t *o = json_pack("{s:s, s:s, s:s}", "name", name, "public", public_z85, "secret", secret);
+    char *text = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    memset(secret, 0, sizeof secret);
+    if (!text)
+        return dm_err(err, "out of memory");
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        free(text);
+        return dm_err_errno(err, "%s", path);
+    }
+    size_t len = strlen(text);
+    int rc = fchmod(fd, 0600) == 0 && write(fd, text, len) == (ssize_t)len &&
+                     write(fd, "\n", 1) == 1 && fsync(fd) == 0
+                 ? 0
+                 : -1;
+    memset(text, 0, len);
+    free(text);
+    if (close(fd) != 0)
+        rc = -1;
+    if (rc) {
+        dm_err_errno(err, "%s", path);
+        unlink(path);
+    }
+    return rc;
+}
+
+int wire_key_file_read(const char *path, char name[65], char public_z85[WIRE_KEY_CHARS + 1],
+                       char secret_z85[WIRE_KEY_CHARS + 1], DmErr *err)
+{
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o)
+        return dm_err(err, "%s: not a key file (line %d: %s)", path, je.line, je.text);
+    const char *n = json_string_value(json_object_get(o, "name"));
+    const char *pub = json_string_value(json_object_get(o, "public"));
+    const char *sec = json_string_value(json_object_get(o, "secret"));
+    int rc = -1;
+    char derived[WIRE_KEY_CHARS + 1];
+    if (!n || !wire_key_name_valid(n))
+        dm_err(err, "%s: \"name\" missing or not 1 to 64 of [A-Za-z0-9._-]", path);
+    else if (!pub || !sec || !wire_key_valid(pub) || !wire_key_valid(sec))
+        dm_err(err, "%s: \"public\" and \"secret\" must be 40 characters of Z85", path);
+    else if (zmq_curve_public(derived, sec) != 0 || strcmp(derived, pub) != 0)
+        dm_err(err, "%s: the public key is not the secret key's", path);
+    else
+        rc = 0;
+    if (rc == 0) {
+        snprintf(name, 65, "%s", n);
+        memcpy(public_z85, pub, WIRE_KEY_CHARS + 1);
+        memcpy(secret_z85, sec, WIRE_KEY_CHARS + 1);
+    }
+    json_decref(o);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ sockets */
 
 int wire_socket_defaults(void *sock, DmErr *err)
@@ -331,8 +411,8 @@ int wire_send(void *sock, const void *routing_id, size_t idlen, const Docmint__E
     return 0;
 }
 
-int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
-              int flags, DmErr *err)
+static int s_recv(void *sock, unsigned char *routing_id, size_t *idlen, char *user, size_t usern,
+                  size_t *bytes, Docmint__Envelope **env, int flags, DmErr *err)
 {
     *env = NULL;
     zmq_msg_t m;
@@ -367,8 +447,15 @@ int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Env
             nframes++;
         }
     }
-    if (!bad)
+    if (!bad) {
+        if (bytes)
+            *bytes = zmq_msg_size(&m);
+        if (user) {
+            const char *u = zmq_msg_gets(&m, "User-Id");
+            snprintf(user, usern, "%s", u ? u : "");
+        }
         *env = docmint__envelope__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+    }
     /* Drain any further frames: a well-formed message has none. */
     while (zmq_msg_more(&m)) {
         bad = 1;
@@ -387,6 +474,37 @@ int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Env
         return 0;
     }
     return 1;
+}
+
+int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
+              int flags, DmErr *err)
+{
+    return s_recv(sock, routing_id, idlen, NULL, 0, NULL, env, flags, err);
+}
+
+int wire_recv_peer(void *sock, WirePeer *peer, Docmint__Envelope **env, int flags, DmErr *err)
+{
+    peer->idlen = 0;
+    peer->user[0] = '\0';
+    peer->bytes = 0;
+    return s_recv(sock, peer->id, &peer->idlen, peer->user, sizeof peer->user, &peer->bytes, env,
+                  flags, err);
+}
+
+int wire_routing_id_new(unsigned char id[WIRE_ROUTING_ID_BYTES], DmErr *err)
+{
+    size_t got = 0;
+    while (got < WIRE_ROUTING_ID_BYTES) {
+        ssize_t r = getrandom(id + got, WIRE_ROUTING_ID_BYTES - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return dm_err_errno(err, "getrandom");
+        got += (size_t)r;
+    }
+    if (id[0] == 0)
+        id[0] = 1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- endpoints */

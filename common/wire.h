@@ -15,7 +15,9 @@
  *    "heartbeat_liveness": 5, "credit": 2,
  *    "top_k": 64, "temperatures": [1.0], "first_answer_only": false}
  * The client secret lets any holder join the job: the file is as secret as
- * the data the job reads. */
+ * the data the job reads.  A job with an allow-list of worker keys (job key
+ * "worker_keys") writes the file with both client keys "": each outside
+ * worker adds its own (wire_key_file_read). */
 #ifndef DM_WIRE_H
 #define DM_WIRE_H
 
@@ -54,7 +56,8 @@ typedef struct WireJoin {
 } WireJoin;
 
 /* Serialise to JSON text (malloc'ed) / parse it back (`what` names the
- * source in messages). */
+ * source in messages).  The client keys may both be "" (a job whose outside
+ * workers bring their own keys: wire_key_file_read). */
 int wire_join_to_json(const WireJoin *j, char **text, DmErr *err);
 int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err);
 
@@ -67,6 +70,16 @@ int wire_join_read(const char *path, WireJoin *j, DmErr *err);
  * secret goes to server_secret (41 bytes).  Fails when this libzmq lacks
  * CURVE. */
 int wire_keys_generate(WireJoin *j, char server_secret[WIRE_KEY_CHARS + 1], DmErr *err);
+
+/* A worker's own CURVE keypair, for a job with an allow-list of keys
+ * (job key "worker_keys"): a JSON file {"name": NAME, "public": Z85,
+ * "secret": Z85} of mode 0600.  NAME: 1 to 64 of [A-Za-z0-9._-].  _new
+ * makes the pair and refuses to overwrite a file; _read checks the pair. */
+int wire_key_file_new(const char *path, const char *name, char public_z85[WIRE_KEY_CHARS + 1],
+                      DmErr *err);
+int wire_key_file_read(const char *path, char name[65], char public_z85[WIRE_KEY_CHARS + 1],
+                       char secret_z85[WIRE_KEY_CHARS + 1], DmErr *err);
+int wire_key_name_valid(const char *name);
 
 /* Check a Z85 key: 40 characters of the Z85 alphabet that decode. */
 int wire_key_valid(const char *z85);
@@ -90,6 +103,24 @@ int wire_send(void *sock, const void *routing_id, size_t idlen, const Docmint__E
  * (then err says why and *env is NULL), -1 on a socket error. */
 int wire_recv(void *sock, unsigned char *routing_id, size_t *idlen, Docmint__Envelope **env,
               int flags, DmErr *err);
+
+/* Who sent a message to a ROUTER: its routing id, the user id its ZAP
+ * handler gave the connection ("" when none), and the body's size. */
+typedef struct WirePeer {
+    unsigned char id[256];
+    size_t idlen;
+    char user[128];
+    size_t bytes;
+} WirePeer;
+
+/* wire_recv on a ROUTER, filling *peer. */
+int wire_recv_peer(void *sock, WirePeer *peer, Docmint__Envelope **env, int flags, DmErr *err);
+
+/* A worker's routing id: WIRE_ROUTING_ID_BYTES random bytes, the first
+ * not zero (libzmq's own ids start with a zero byte).  The worker keeps it
+ * across reconnects, so the coordinator knows it again. */
+#define WIRE_ROUTING_ID_BYTES 16
+int wire_routing_id_new(unsigned char id[WIRE_ROUTING_ID_BYTES], DmErr *err);
 
 /* Host part of a bound wildcard endpoint replaced: "tcp://0.0.0.0:5555"
  * (from ZMQ_LAST_ENDPOINT) becomes "tcp://HOST:5555" with HOST this

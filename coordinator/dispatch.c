@@ -1,4 +1,5 @@
-/* dispatch.c - the coordinator's set-up and ROUTER loop (dispatch.h). */
+/* dispatch.c - the coordinator's set-up, its workers and ROUTER loop
+ * (dispatch.h); a worker's result is dispatch_result.c's. */
 #include "coordinator/dispatch.h"
 
 #include <errno.h>
@@ -11,10 +12,12 @@
 #include <zmq.h>
 
 #include "worker/data/corpus.h"
+#include "coordinator/dispatch_int.h"
 #include "coordinator/job.h"
 #include "coordinator/lease.h"
 #include "common/logit_store.h"
 #include "coordinator/progress.h"
+#include "coordinator/result_check.h"
 #include "coordinator/results.h"
 #include "coordinator/store_ids.h"
 #include "worker/stages/stage_infer.h"
@@ -24,45 +27,6 @@
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
-
-typedef struct WorkerSlot {
-    unsigned char id[256];
-    size_t idlen;
-    char name[128];
-    int alive;
-    int want;          /* shards asked for and not sent yet */
-    double last_seen;  /* last message from it */
-    double last_sent;  /* last message to it */
-    uint64_t results;
-} WorkerSlot;
-
-struct Dispatch {
-    DispatchOpts o;
-    Job *job;
-    Corpus *corpus;
-    Store *store;
-    Plan *plan;
-    ZapAuth *zap;
-    void *router;
-    WireJoin join;
-    char local_ep[512];
-    char keys_path[4200];
-    char cwd[4096];
-    int quiet;
-    double hb, lease_s;
-    int liveness;
-    WorkerSlot *w;
-    int nw, capw;
-    Results *res;
-    DispatchStats st;
-    Progress *prog;
-    int (*failed)(void *ctx, DmErr *err);
-    void *failed_ctx;
-    /* cache-logits: records per (question, answer), and the store's extra meta */
-    int cache;
-    char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
-    const char *extra[16];
-};
 
 /* The settings a logit store records in meta (results_set_kind): a resumed
  * store must have been made with the same ones. */
@@ -102,7 +66,11 @@ static int s_bind(Dispatch *d, const char *server_secret, DmErr *err)
     const char *domain = "docmint";
     if (wire_socket_defaults(r, err))
         return -1;
+    /* Handover: a worker that reconnects (same routing id) takes its id
+     * back even before the old connection is gone.  Routing ids are 16
+     * random bytes only their worker knows, so no one else can claim one. */
     if (zmq_setsockopt(r, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
+        zmq_setsockopt(r, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, server_secret, WIRE_KEY_CHARS) != 0 ||
         zmq_setsockopt(r, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0)
@@ -142,6 +110,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->hb = job->heartbeat_seconds;
     d->liveness = job->heartbeat_liveness;
     d->lease_s = job->lease_seconds;
+    d->max_expiries = job->max_lease_expiries > 0 ? job->max_lease_expiries : 3;
     d->cache = strcmp(job->stage, "cache-logits") == 0;
     if (strcmp(job->stage, "infer") != 0 && !d->cache) {
         dm_err(err, "%s: stage \"%s\": docmint run computes \"infer\" and \"cache-logits\" so far",
@@ -179,6 +148,13 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     char fp[17], tok_fp[17];
     snprintf(fp, sizeof fp, "%s", infer_fingerprint(stage));
     snprintf(tok_fp, sizeof tok_fp, "%s", infer_tokenizer_fingerprint(stage));
+    /* What a worker's result may hold comes from this model and job. */
+    infer_limits(stage, &d->lim.m);
+    d->lim.cache = d->cache;
+    d->lim.top_k = job->top_k;
+    d->lim.n_temps = job->n_temps;
+    memcpy(d->lim.temps, job->temps, sizeof d->lim.temps);
+    d->lim.keep_features = job->keep_features;
     infer_close(&stage);
     if (store_open(job->output, STORE_WRITE, &d->store, err))
         goto fail;
@@ -246,10 +222,18 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     if (d->plan->nshards > 0) {
         if (wire_keys_generate(j, server_secret, err) ||
             zap_start(o->zctx, j->client_public, o->log_prefix, &d->zap, err) ||
+            (job->worker_keys && zap_allow_file(d->zap, job->worker_keys, err)) ||
             s_bind(d, server_secret, err))
             goto fail;
         snprintf(d->keys_path, sizeof d->keys_path, "%s/%s", job->output, KEYS_FILE);
-        if (wire_join_write(d->keys_path, j, err)) {
+        /* With an allow-list the file holds no client key: outside workers
+         * bring their own; the shared one stays with the MPI ranks. */
+        WireJoin outside = *j;
+        if (job->worker_keys)
+            outside.client_public[0] = outside.client_secret[0] = '\0';
+        int wrc = wire_join_write(d->keys_path, &outside, err);
+        memset(&outside, 0, sizeof outside);
+        if (wrc) {
             d->keys_path[0] = '\0';
             goto fail;
         }
@@ -278,10 +262,13 @@ void dispatch_set_failed(Dispatch *d, int (*failed)(void *ctx, DmErr *err), void
 
 /* ---------------------------------------------------------------- workers */
 
-static int s_slot(Dispatch *d, const unsigned char *id, size_t idlen)
+static int s_slot(Dispatch *d, const WirePeer *peer)
 {
+    const unsigned char *id = peer->id;
+    size_t idlen = peer->idlen;
     for (int i = 0; i < d->nw; i++)
-        if (d->w[i].idlen == idlen && memcmp(d->w[i].id, id, idlen) == 0)
+        if (d->w[i].idlen == idlen && memcmp(d->w[i].id, id, idlen) == 0 &&
+            !strcmp(d->w[i].user, peer->user))
             return i;
     if (d->nw == d->capw) {
         int cap = d->capw ? 2 * d->capw : 16;
@@ -295,7 +282,12 @@ static int s_slot(Dispatch *d, const unsigned char *id, size_t idlen)
     memset(s, 0, sizeof *s);
     memcpy(s->id, id, idlen);
     s->idlen = idlen;
+    snprintf(s->user, sizeof s->user, "%s", peer->user);
     snprintf(s->name, sizeof s->name, "?");
+    /* A connection made before its key was refused is refused too. */
+    for (int j = 0; j < d->nw && s->user[0] && strcmp(s->user, d->join.client_public); j++)
+        if (d->w[j].banned && !strcmp(d->w[j].user, s->user))
+            s->banned = 1;
     d->st.workers_seen++;
     return d->nw++;
 }
@@ -308,13 +300,14 @@ static int s_alive_count(const Dispatch *d)
     return n;
 }
 
-static void s_worker_lost(Dispatch *d, int i, const char *why)
+void dispatch_worker_lost(Dispatch *d, int i, const char *why)
 {
     WorkerSlot *s = &d->w[i];
     if (!s->alive)
         return;
     s->alive = 0;
     s->want = 0;
+    s->held = 0; /* its hand-outs are closed with the release */
     int n = lease_release_owner(d->plan, i);
     d->st.requeued_dead += n;
     if (n > 0 || !lease_all_done(d->plan))
@@ -332,13 +325,13 @@ static int s_send(Dispatch *d, int i, Docmint__Envelope *e)
     return 0;
 }
 
-static void s_send_kind(Dispatch *d, int i, int kind)
+void dispatch_send_kind(Dispatch *d, int i, int kind)
 {
     Docmint__Envelope e;
     docmint__envelope__init(&e);
     e.kind = kind;
     if (s_send(d, i, &e) != 0 && zmq_errno() == EHOSTUNREACH)
-        s_worker_lost(d, i, "disconnected");
+        dispatch_worker_lost(d, i, "disconnected");
 }
 
 /* Build and send shard k to worker i.  Returns 0 when sent. */
@@ -350,6 +343,8 @@ static int s_send_shard(Dispatch *d, int i, int k)
     sh.shard_id = ls->id;
     sh.lease_id = ls->lease_id;
     sh.lease_seconds = d->lease_s;
+    sh.lease_token.data = (uint8_t *)ls->token;
+    sh.lease_token.len = sizeof ls->token;
     sh.n_pages = (size_t)ls->npages;
     Docmint__Page *pages = calloc((size_t)ls->npages, sizeof *pages);
     Docmint__Page **pp = calloc((size_t)ls->npages, sizeof *pp);
@@ -417,7 +412,53 @@ done:
     return rc;
 }
 
-/* Hand queued shards to workers that asked, one at a time round-robin. */
+/* Whether a worker other than `not` can take a shard soon: alive, not
+ * dropped, and either proven (has delivered a valid result) or with credit
+ * to spare.  A worker that only sits on its shards is neither. */
+static int s_other_can_take(const Dispatch *d, int not)
+{
+    for (int j = 0; j < d->nw; j++) {
+        const WorkerSlot *w = &d->w[j];
+        if (j != not && w->alive && !w->banned && (w->results > 0 || w->held < d->join.credit))
+            return 1;
+    }
+    return 0;
+}
+
+int dispatch_other_alive(const Dispatch *d, int not)
+{
+    for (int j = 0; j < d->nw; j++)
+        if (j != not && d->w[j].alive && !d->w[j].banned)
+            return 1;
+    return 0;
+}
+
+static int s_other_proven(const Dispatch *d, int not)
+{
+    for (int j = 0; j < d->nw; j++)
+        if (j != not && d->w[j].alive && !d->w[j].banned && d->w[j].results > 0)
+            return 1;
+    return 0;
+}
+
+/* Which queued shard may go to `owner`: not one that reported errors on it
+ * (while another worker can retry it), and not one whose lease expired
+ * before to a worker that has delivered nothing yet (while a worker that
+ * has delivered is there): a shard is not fed to one idle identity after
+ * another until it is given up. */
+static int s_may_take(void *ctx, const LeaseShard *ls, int owner)
+{
+    const Dispatch *d = ctx;
+    if (ls->avoid == owner && s_other_can_take(d, owner))
+        return 0;
+    if (ls->expiries > 0 && d->w[owner].results == 0 && s_other_proven(d, owner))
+        return 0;
+    return 1;
+}
+
+/* Hand queued shards to workers that asked, one at a time round-robin; a
+ * worker holds at most the job's credit (an expired lease counts until
+ * its worker answers it). */
 static void s_serve(Dispatch *d, double now)
 {
     int progress = 1;
@@ -425,123 +466,42 @@ static void s_serve(Dispatch *d, double now)
         progress = 0;
         for (int i = 0; i < d->nw && d->plan->qlen > 0; i++) {
             WorkerSlot *s = &d->w[i];
-            if (!s->alive || s->want <= 0)
+            if (!s->alive || s->banned || s->want <= 0 || s->held >= d->join.credit)
                 continue;
-            int k = lease_take(d->plan, i, now, d->lease_s);
+            int k = lease_take_if(d->plan, i, now, d->lease_s, s_may_take, d);
             if (k < 0)
-                return;
+                continue;
+            LeaseShard *ls = &d->plan->shards[k];
             if (s_send_shard(d, i, k) != 0) {
                 int e = zmq_errno();
+                ls->issued[ls->nissued - 1].open = 0;
                 lease_requeue(d->plan, k);
                 if (e == EHOSTUNREACH)
-                    s_worker_lost(d, i, "disconnected");
+                    dispatch_worker_lost(d, i, "disconnected");
                 /* else its queue is full (EAGAIN): try again next turn */
                 continue;
             }
             s->want--;
-            d->st.dispatched += d->plan->shards[k].nq;
+            s->held++;
+            d->st.dispatched += ls->nq;
             progress = 1;
         }
     }
 }
 
-/* --------------------------------------------------------------- results */
-
-typedef struct Want {
-    int64_t qid;
-    int taken;
-} Want;
-
-static int s_cmp_want(const void *a, const void *b)
-{
-    int64_t x = ((const Want *)a)->qid, y = ((const Want *)b)->qid;
-    return x < y ? -1 : x > y;
-}
-
-static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, DmErr *err)
-{
-    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_errors);
-    int st = lease_complete(d->plan, r->shard_id, r->lease_id);
-    if (st != LEASE_ACCEPT) {
-        d->st.dropped += nitems;
-        return 0;
-    }
-    d->w[i].results++;
-    const LeaseShard *ls = &d->plan->shards[r->shard_id];
-    Want *want = calloc((size_t)ls->nq + 1, sizeof *want);
-    if (!want)
-        return dm_err(err, "out of memory");
-    int n = 0;
-    for (int p = 0; p < ls->npages; p++) {
-        const PlanPage *plp = &d->plan->pages[ls->first + p];
-        for (int q = 0; q < plp->nq; q++)
-            want[n++].qid = d->corpus->pages[plp->page].q[plp->qidx[q]].qid;
-    }
-    qsort(want, (size_t)n, sizeof *want, s_cmp_want);
-    int rc = -1;
-    size_t na = r->n_answers, nl = r->n_logits;
-    for (size_t a = 0; a < na + nl + r->n_errors; a++) {
-        const Docmint__AnswerRecord *ar = a < na ? r->answers[a] : NULL;
-        const Docmint__LogitRecord *lr = a >= na && a < na + nl ? r->logits[a - na] : NULL;
-        Docmint__ErrorRecord *er = a >= na + nl ? r->errors[a - na - nl] : NULL;
-        Want key = {ar ? ar->question_id : lr ? lr->question_id : er->question_id, 0};
-        Want *w = bsearch(&key, want, (size_t)n, sizeof *want, s_cmp_want);
-        /* infer: one record per question; cache-logits: one per answer (and
-         * errors per answer), so only unknown questions are dropped there. */
-        if (!w || (w->taken && !d->cache)) {
-            d->st.dropped++;
-            continue;
-        }
-        w->taken = 1;
-        if (ar ? results_add_answer(d->res, ar, now, err)
-               : lr ? results_add_logit(d->res, lr, now, err)
-                    /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
-                     * so one bad answer does not hide the question's others */
-                    : d->cache ? results_add_error_item(d->res, er, now, err)
-                               : results_add_error(d->res, key.qid, er, NULL, now, err))
-            goto done;
-    }
-    /* Features: only of the shard's pages, and only when the job keeps them. */
-    for (size_t f = 0; f < r->n_features; f++) {
-        const Docmint__FeatureRecord *fr = r->features[f];
-        int ours = 0;
-        for (int p = 0; d->job->keep_features && p < ls->npages && !ours; p++) {
-            const char *id = d->corpus->pages[d->plan->pages[ls->first + p].page].page_id;
-            ours = fr->page_id && !strcmp(fr->page_id, id);
-        }
-        if (!ours)
-            d->st.dropped++;
-        else if (results_add_feature(d->res, fr, now, err))
-            goto done;
-    }
-    /* Every question of the shard gets a record, even if the worker
-     * forgot one. */
-    for (int k = 0; k < n; k++) {
-        if (want[k].taken)
-            continue;
-        char reason[256];
-        snprintf(reason, sizeof reason, "worker %s returned no result for this question",
-                 d->w[i].name);
-        if (results_add_error(d->res, want[k].qid, NULL, reason, now, err))
-            goto done;
-    }
-    rc = 0;
-done:
-    free(want);
-    return rc;
-}
-
 /* ------------------------------------------------------------------ loop */
 
-static int s_handle(Dispatch *d, const unsigned char *id, size_t idlen, Docmint__Envelope *e,
-                    double now, DmErr *err)
+static int s_handle(Dispatch *d, const WirePeer *peer, Docmint__Envelope *e, double now,
+                    DmErr *err)
 {
-    int i = s_slot(d, id, idlen);
+    int i = s_slot(d, peer);
     if (i < 0)
         return dm_err(err, "out of memory");
     WorkerSlot *s = &d->w[i];
+    if (s->banned)
+        return 0;
     if (e->worker && e->worker[0])
-        snprintf(s->name, sizeof s->name, "%s", e->worker);
+        snprintf(s->name, sizeof s->name, "%.100s", e->worker);
     int credit = d->join.credit;
     if (!s->alive) {
         /* New, or back after being counted dead (its shards went back to
@@ -553,15 +513,33 @@ static int s_handle(Dispatch *d, const unsigned char *id, size_t idlen, Docmint_
     }
     s->last_seen = now;
     switch (e->kind) {
-    case DOCMINT__ENVELOPE__KIND__HELLO:
+    case DOCMINT__ENVELOPE__KIND__HELLO: {
+        /* A worker says HELLO when it (re)connects.  A shard sent to it
+         * while its old connection was going away is lost, so what it held
+         * goes back to the queue; the results it kept still count when
+         * they come (first result wins), and its HELLO's credit already
+         * leaves out the shards it is still computing. */
+        int n = lease_release_owner(d->plan, i);
+        s->held = 0;
+        if (n > 0) {
+            d->st.requeued_dead += n;
+            fprintf(stderr, "%s: worker %s reconnected: %d shard%s handed out again\n",
+                    d->o.log_prefix, s->name, n, n == 1 ? "" : "s");
+        }
         s->want = (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;
+    }
     case DOCMINT__ENVELOPE__KIND__REQUEST:
         s->want += (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;
     case DOCMINT__ENVELOPE__KIND__RESULT:
-        if (e->result && s_result(d, i, e->result, now, err))
-            return -1;
+        if (e->result) {
+            int rr = dispatch_result(d, i, e->result, peer->bytes, now, err);
+            if (rr < 0)
+                return -1;
+            if (rr > 0)
+                return 0; /* rejected: dropped */
+        }
         s->want += (int)(e->credit < (uint32_t)credit ? e->credit : (uint32_t)credit);
         break;
     default:
@@ -573,14 +551,38 @@ static int s_handle(Dispatch *d, const unsigned char *id, size_t idlen, Docmint_
     return 0;
 }
 
-static void s_on_expire(void *ctx, const LeaseShard *ls, double now)
+/* An expired lease: handed out again, or, the max_lease_expiries-th time,
+ * given up with an error record per question. */
+static int s_on_expire(void *ctx, const LeaseShard *ls, double now)
 {
     Dispatch *d = ctx;
     d->st.expired++;
     const char *who = ls->owner >= 0 && ls->owner < d->nw ? d->w[ls->owner].name : "?";
-    fprintf(stderr, "%s: lease %" PRIu64 " of shard %" PRIu64 " (worker %s) expired after %.1f s: "
-                    "handed out again\n",
-            d->o.log_prefix, ls->lease_id, ls->id, who, d->lease_s + (now - ls->deadline));
+    double after = d->lease_s + (now - ls->deadline);
+    if (ls->expiries < d->max_expiries) {
+        fprintf(stderr, "%s: lease %" PRIu64 " of shard %" PRIu64 " (worker %s) expired after %.1f "
+                        "s: handed out again\n",
+                d->o.log_prefix, ls->lease_id, ls->id, who, after);
+        return 0;
+    }
+    char reason[300];
+    snprintf(reason, sizeof reason, "gave up after %d leases: last worker %s (expired after %.1f s)",
+             ls->expiries, who, after);
+    fprintf(stderr, "%s: shard %" PRIu64 ": %s; its %d question%s stored as errors\n",
+            d->o.log_prefix, ls->id, reason, ls->nq, ls->nq == 1 ? "" : "s");
+    int n = 0;
+    ShardQuestion *q = dispatch_shard_questions(d, ls, &n);
+    if (!q) {
+        d->expire_failed = 1;
+        dm_err(&d->expire_err, "out of memory");
+        return 1;
+    }
+    for (int k = 0; k < n && !d->expire_failed; k++)
+        if (results_add_error(d->res, q[k].qid, NULL, reason, now, &d->expire_err))
+            d->expire_failed = 1;
+    free(q);
+    d->st.given_up++;
+    return 1;
 }
 
 static ProgressCounts s_counts(const Dispatch *d)
@@ -598,7 +600,7 @@ static void s_goodbye(Dispatch *d)
         return;
     for (int i = 0; i < d->nw; i++)
         if (d->w[i].alive)
-            s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
+            dispatch_send_kind(d, i, DOCMINT__ENVELOPE__KIND__NO_MORE);
     double end = dm_now() + GRACE_SECONDS;
     for (double now = dm_now(); now < end; now = dm_now()) {
         zmq_pollitem_t it = {d->router, 0, ZMQ_POLLIN, 0};
@@ -653,11 +655,10 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
         double now = dm_now();
         int failed = 0;
         for (int k = 0; pr > 0 && k < 1000; k++) {
-            unsigned char id[256];
-            size_t idlen = 0;
+            WirePeer peer;
             Docmint__Envelope *e = NULL;
             DmErr rerr = {{0}};
-            int got = wire_recv(d->router, id, &idlen, &e, ZMQ_DONTWAIT, &rerr);
+            int got = wire_recv_peer(d->router, &peer, &e, ZMQ_DONTWAIT, &rerr);
             if (got < 0) {
                 dm_err(err, "%s", rerr.msg);
                 failed = 1;
@@ -668,7 +669,16 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
                     continue; /* malformed: dropped */
                 break;
             }
-            int hr = s_handle(d, id, idlen, e, now, err);
+            if (peer.idlen != WIRE_ROUTING_ID_BYTES || peer.id[0] == 0) {
+                /* Not a docmint worker (those choose a random routing id):
+                 * an id the ROUTER made up is guessable, so it gets nothing. */
+                if (d->bad_ids++ == 0)
+                    fprintf(stderr, "%s: ignoring a peer without a worker routing id (%s)\n",
+                            d->o.log_prefix, e->worker ? e->worker : "?");
+                docmint__envelope__free_unpacked(e, NULL);
+                continue;
+            }
+            int hr = s_handle(d, &peer, e, now, err);
             docmint__envelope__free_unpacked(e, NULL);
             if (hr) {
                 failed = 1;
@@ -679,16 +689,20 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
             break;
         now = dm_now();
         lease_expire(d->plan, now, s_on_expire, d);
+        if (d->expire_failed) {
+            dm_err(err, "%s", d->expire_err.msg);
+            break;
+        }
         for (int i = 0; i < d->nw; i++)
             if (d->w[i].alive && now - d->w[i].last_seen > d->hb * d->liveness) {
                 char why[64];
                 snprintf(why, sizeof why, "silent for %.1f s", now - d->w[i].last_seen);
-                s_worker_lost(d, i, why);
+                dispatch_worker_lost(d, i, why);
             }
         s_serve(d, now);
         for (int i = 0; i < d->nw; i++)
             if (d->w[i].alive && now - d->w[i].last_sent >= d->hb)
-                s_send_kind(d, i, DOCMINT__ENVELOPE__KIND__HEARTBEAT);
+                dispatch_send_kind(d, i, DOCMINT__ENVELOPE__KIND__HEARTBEAT);
         if (results_due(d->res, now) && s_flush(d, NULL, err))
             break;
         ProgressCounts c = s_counts(d);

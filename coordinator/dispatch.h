@@ -20,10 +20,26 @@
  *   "held_at_start"       questions of the corpus the store held when this run began
  *   "computed_this_run"   records (answers + errors) this run committed
  *   "dispatched_this_run" questions handed out this run (re-hand-outs included)
- *   "dropped_this_run"    questions in duplicate or unknown results this run dropped
+ *   "dropped_this_run"    questions in results this run dropped (duplicate, rejected,
+ *                         or with errors handed to another worker)
  *   "run_started_at"      this run's start; "finished_at" is "" until a run completes
  *   "runs"                number of runs that opened the store
  * A question with an error record counts as done: a rerun does not retry it.
+ *
+ * Trust (docs/security.md): a worker is its routing id (16 random bytes it
+ * chooses and keeps across reconnects; peers with another kind of id get
+ * nothing) and the CURVE key it connected with.  A result counts only with
+ * a lease token issued to that worker for that shard, and only when it
+ * passes result_check (result_check.h); otherwise it is logged with the
+ * worker's identity and the worker is dropped: its leases go back to the
+ * queue and it is ignored from then on.  A worker holds at most `credit`
+ * shards (an expired lease counts until it answers).  A result with error
+ * records (or questions left out) is not stored the first time while
+ * another worker can take the shard: the shard goes to another worker
+ * once, and the second result is stored as it is; with no other worker,
+ * the errors are stored at once (a line says so).  A shard whose lease
+ * expires max_lease_expiries times is given up: an error record "gave up
+ * after N leases: last worker NAME" per question.
  *
  * The stage is the job's: "infer" (AnswerRecord per question) or
  * "cache-logits" (LogitRecord per question and gold answer, the answers
@@ -58,6 +74,9 @@ typedef struct DispatchStats {
     int64_t dropped;      /* questions of dropped results */
     int64_t expired;      /* leases that expired */
     int64_t requeued_dead;/* shards re-queued because their worker died */
+    int64_t rejected;     /* results rejected (each dropped its worker) */
+    int64_t retried;      /* shards handed out again because a worker reported errors */
+    int64_t given_up;     /* shards given up after max_lease_expiries expired leases */
     int workers_seen;
 } DispatchStats;
 

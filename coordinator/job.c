@@ -169,6 +169,8 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
         s_path_key(c, "path", dir, &cpath, err))
         return -1;
     j->corpus.path = cpath;
+    if (s_path_key(doc, "worker_keys", dir, &j->worker_keys, err))
+        return -1;
     if (s_path_key(c, "image_root", dir, &root, err))
         return -1;
     j->corpus.image_root = root;
@@ -192,6 +194,7 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
         return dm_err(err, "page_timeout_seconds %g x pages_per_shard %d is not less than lease_seconds %g: "
                            "the lease would expire first and hand a hung page to the next worker",
                       j->page_timeout_seconds, j->pages_per_shard, j->lease_seconds);
+    j->max_lease_expiries = s_int(doc, "max_lease_expiries");
     j->heartbeat_seconds = json_number_value(json_object_get(doc, "heartbeat_seconds"));
     j->heartbeat_liveness = s_int(doc, "heartbeat_liveness");
     j->credit = s_int(doc, "credit");
@@ -333,6 +336,7 @@ void job_free(Job **job)
     free(j->stage);
     free(j->model);
     free(j->output);
+    free(j->worker_keys);
     free((char *)j->corpus.path);
     free((char *)j->corpus.image_root);
     free((char *)j->corpus.questions);

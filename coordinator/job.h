@@ -44,8 +44,10 @@ typedef struct Job {
     char *stage;           /* "infer", "cache-logits" or "distill" ("analyze" later) */
     char *model;           /* checkpoint folder (relative paths resolve against the job file's folder) */
     char *output;          /* output store folder */
+    char *worker_keys;     /* allow-list of outside workers' keys, or NULL (shared job key) */
     CorpusSpec corpus;     /* strings owned by the job */
     int pages_per_shard;   /* default 1: a shard is one page with all its questions */
+    int max_lease_expiries; /* a shard whose lease expired this often is given up (default 3) */
     double lease_seconds;  /* a shard not returned in time is handed out again (default 600) */
     double page_timeout_seconds; /* the workers' watchdog per page; 0: none (0 in the file:
                                     lease_seconds / (2 * pages_per_shard) when >= 30 s) */

@@ -1,8 +1,10 @@
 /* lease.c - shard planning and leases (lease.h). */
 #include "coordinator/lease.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 /* ------------------------------------------------------ a set of questionIds */
 
@@ -106,6 +108,8 @@ int plan_build(const Corpus *c, int pages_per_shard, PlanIsDone is_done, void *c
         for (int k = 0; k < sh->npages; k++)
             sh->nq += p->pages[sh->first + k].nq;
         sh->owner = -1;
+        sh->last_owner = -1;
+        sh->avoid = -1;
         p->queue[s] = s;
     }
     p->nshards = ns;
@@ -137,16 +141,6 @@ void plan_free(Plan **pp)
 
 /* -------------------------------------------------------------------- leases */
 
-static int s_pop(Plan *p)
-{
-    if (p->qlen == 0)
-        return -1;
-    int i = p->queue[p->qhead];
-    p->qhead = (p->qhead + 1) % p->nshards;
-    p->qlen--;
-    return i;
-}
-
 static void s_push_front(Plan *p, int i)
 {
     p->qhead = (p->qhead + p->nshards - 1) % p->nshards;
@@ -154,63 +148,126 @@ static void s_push_front(Plan *p, int i)
     p->qlen++;
 }
 
-int lease_take(Plan *p, int owner, double now, double seconds)
+/* Take the k-th queued entry out of the queue (order kept). */
+static int s_remove_at(Plan *p, int k)
 {
-    int i = s_pop(p);
-    if (i < 0)
+    int i = p->queue[(p->qhead + k) % p->nshards];
+    for (int m = k; m > 0; m--)
+        p->queue[(p->qhead + m) % p->nshards] = p->queue[(p->qhead + m - 1) % p->nshards];
+    p->qhead = (p->qhead + 1) % p->nshards;
+    p->qlen--;
+    return i;
+}
+
+static int s_random(uint8_t *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(buf + got, n - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+int lease_take_if(Plan *p, int owner, double now, double seconds, LeaseFilter ok, void *ctx)
+{
+    int k = 0;
+    while (k < p->qlen && ok && !ok(ctx, &p->shards[p->queue[(p->qhead + k) % p->nshards]], owner))
+        k++;
+    if (k >= p->qlen)
         return -1;
-    LeaseShard *s = &p->shards[i];
+    LeaseShard *s = &p->shards[p->queue[(p->qhead + k) % p->nshards]];
     if (s->nissued == s->capissued) {
         int cap = s->capissued ? 2 * s->capissued : 2;
-        uint64_t *v = realloc(s->issued, (size_t)cap * sizeof *v);
-        if (!v) {
-            s_push_front(p, i);
+        LeaseIssue *v = realloc(s->issued, (size_t)cap * sizeof *v);
+        if (!v)
             return -1;
-        }
         s->issued = v;
         s->capissued = cap;
     }
-    s->lease_id = ++p->next_lease;
-    s->issued[s->nissued++] = s->lease_id;
+    LeaseIssue *is = &s->issued[s->nissued];
+    if (s_random(is->token, sizeof is->token) != 0)
+        return -1;
+    int i = s_remove_at(p, k);
+    is->id = ++p->next_lease;
+    is->owner = owner;
+    is->open = 1;
+    s->nissued++;
+    s->lease_id = is->id;
+    memcpy(s->token, is->token, sizeof s->token);
     s->state = LEASE_OUT;
     s->deadline = now + seconds;
     s->owner = owner;
+    s->last_owner = owner;
     p->nout++;
     return i;
 }
 
-int lease_complete(Plan *p, uint64_t shard_id, uint64_t lease_id)
+int lease_take(Plan *p, int owner, double now, double seconds)
 {
-    if (shard_id >= (uint64_t)p->nshards)
+    return lease_take_if(p, owner, now, seconds, NULL, NULL);
+}
+
+/* Token comparison whose time does not depend on where they differ. */
+static int s_token_eq(const uint8_t *a, const uint8_t *b)
+{
+    unsigned d = 0;
+    for (int k = 0; k < LEASE_TOKEN_BYTES; k++)
+        d |= (unsigned)(a[k] ^ b[k]);
+    return d == 0;
+}
+
+int lease_check(Plan *p, uint64_t shard_id, const void *token, size_t toklen, int owner,
+                LeaseIssue **issue)
+{
+    if (issue)
+        *issue = NULL;
+    if (shard_id >= (uint64_t)p->nshards || !token || toklen != LEASE_TOKEN_BYTES)
         return LEASE_UNKNOWN;
     LeaseShard *s = &p->shards[shard_id];
-    int known = 0;
+    LeaseIssue *is = NULL;
     for (int k = 0; k < s->nissued; k++)
-        if (s->issued[k] == lease_id)
-            known = 1;
-    if (!known)
+        if (s_token_eq(s->issued[k].token, token))
+            is = &s->issued[k];
+    if (!is)
         return LEASE_UNKNOWN;
+    if (is->owner != owner)
+        return LEASE_FOREIGN;
+    if (issue)
+        *issue = is;
+    return s->state == LEASE_DONE ? LEASE_DUPLICATE : LEASE_ACCEPT;
+}
+
+void lease_finish(Plan *p, int i)
+{
+    LeaseShard *s = &p->shards[i];
     if (s->state == LEASE_DONE)
-        return LEASE_DUPLICATE;
+        return;
     if (s->state == LEASE_OUT) {
         p->nout--;
     } else {
         /* QUEUED again (its lease expired): take it out of the queue. */
-        for (int k = 0; k < p->qlen; k++) {
-            int at = (p->qhead + k) % p->nshards;
-            if (p->queue[at] == (int)shard_id) {
-                for (int m = k; m + 1 < p->qlen; m++)
-                    p->queue[(p->qhead + m) % p->nshards] =
-                        p->queue[(p->qhead + m + 1) % p->nshards];
-                p->qlen--;
+        for (int k = 0; k < p->qlen; k++)
+            if (p->queue[(p->qhead + k) % p->nshards] == i) {
+                s_remove_at(p, k);
                 break;
             }
-        }
     }
     s->state = LEASE_DONE;
     s->owner = -1;
     p->ndone++;
-    return LEASE_ACCEPT;
+}
+
+int lease_complete(Plan *p, uint64_t shard_id, const void *token, size_t toklen, int owner)
+{
+    int st = lease_check(p, shard_id, token, toklen, owner, NULL);
+    if (st == LEASE_ACCEPT)
+        lease_finish(p, (int)shard_id);
+    return st;
 }
 
 void lease_requeue(Plan *p, int i)
@@ -224,6 +281,15 @@ void lease_requeue(Plan *p, int i)
     s_push_front(p, i);
 }
 
+void lease_retry(Plan *p, int i, int avoid)
+{
+    LeaseShard *s = &p->shards[i];
+    s->avoid = avoid;
+    s->error_retried = 1;
+    if (s->state == LEASE_OUT && s->owner == avoid)
+        lease_requeue(p, i);
+}
+
 int lease_expire(Plan *p, double now, LeaseExpired on_expire, void *ctx)
 {
     int n = 0;
@@ -233,9 +299,11 @@ int lease_expire(Plan *p, double now, LeaseExpired on_expire, void *ctx)
     for (int i = p->nshards - 1; i >= 0; i--) {
         LeaseShard *s = &p->shards[i];
         if (s->state == LEASE_OUT && s->deadline < now) {
-            if (on_expire)
-                on_expire(ctx, s, now);
-            lease_requeue(p, i);
+            s->expiries++;
+            if (on_expire && on_expire(ctx, s, now))
+                lease_finish(p, i);
+            else
+                lease_requeue(p, i);
             n++;
         }
     }
@@ -245,11 +313,16 @@ int lease_expire(Plan *p, double now, LeaseExpired on_expire, void *ctx)
 int lease_release_owner(Plan *p, int owner)
 {
     int n = 0;
-    for (int i = p->nshards - 1; i >= 0 && p->nout > 0; i--)
-        if (p->shards[i].state == LEASE_OUT && p->shards[i].owner == owner) {
+    for (int i = p->nshards - 1; i >= 0; i--) {
+        LeaseShard *s = &p->shards[i];
+        for (int k = 0; k < s->nissued; k++)
+            if (s->issued[k].owner == owner)
+                s->issued[k].open = 0;
+        if (s->state == LEASE_OUT && s->owner == owner) {
             lease_requeue(p, i);
             n++;
         }
+    }
     return n;
 }
 

@@ -14,8 +14,17 @@
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_LOG_EVERY 5.0 /* seconds between refusal lines */
 
+typedef struct ZapKey {
+    char name[65];
+    uint8_t key[32];
+    int banned;
+} ZapKey;
+
 struct ZapAuth {
     void *zctx;
+    pthread_mutex_t mu;        /* guards keys (the handler thread reads them) */
+    ZapKey *keys;
+    int nkeys, capkeys;
     void *ctl;                 /* main thread's end of the control pipe */
     void *thread_ctl;          /* the handler thread's end, connected */
     uint8_t key[32];           /* accepted client public key */
@@ -83,6 +92,10 @@ static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an,
      * credentials...  Reply: version, request id, status code, status text,
      * user id, metadata. */
     const char *code = "400", *text = "unknown client key";
+    /* The user id (the "User-Id" property of every message on the
+     * connection): the job's key in Z85, or the name of a listed key, so
+     * the coordinator can tell keys apart and bind leases to them. */
+    char user[WIRE_KEY_CHARS + 65] = "";
     addr[0] = '\0';
     if (fr->n < 6 || !s_frame_is(&fr->f[0], "1.0")) {
         code = "500";
@@ -96,13 +109,32 @@ static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an,
             text = "CURVE required";
         } else if (fr->n < 7 || zmq_msg_size(&fr->f[6]) != 32) {
             snprintf(why, wn, "no CURVE key");
-        } else if (memcmp(zmq_msg_data(&fr->f[6]), z->key, 32) != 0) {
-            char z85[WIRE_KEY_CHARS + 1];
-            zmq_z85_encode(z85, zmq_msg_data(&fr->f[6]), 32);
-            snprintf(why, wn, "client key %.8s... is not this job's", z85);
-        } else {
+        } else if (memcmp(zmq_msg_data(&fr->f[6]), z->key, 32) == 0) {
             code = "200";
             text = "OK";
+            zmq_z85_encode(user, zmq_msg_data(&fr->f[6]), 32);
+        } else {
+            int k = -1, banned = 0;
+            pthread_mutex_lock(&z->mu);
+            for (int i = 0; i < z->nkeys && k < 0; i++)
+                if (memcmp(zmq_msg_data(&fr->f[6]), z->keys[i].key, 32) == 0) {
+                    k = i;
+                    banned = z->keys[i].banned;
+                    snprintf(user, sizeof user, "%s", z->keys[i].name);
+                }
+            pthread_mutex_unlock(&z->mu);
+            if (k >= 0 && !banned) {
+                code = "200";
+                text = "OK";
+            } else if (k >= 0) {
+                snprintf(why, wn, "key %s was dropped", user);
+                text = "key dropped";
+                user[0] = '\0';
+            } else {
+                char z85[WIRE_KEY_CHARS + 1];
+                zmq_z85_encode(z85, zmq_msg_data(&fr->f[6]), 32);
+                snprintf(why, wn, "client key %.8s... is not this job's", z85);
+            }
         }
     }
     if (fr->n >= 2) {
@@ -110,7 +142,7 @@ static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an,
         s_send_str(rep, zmq_msg_data(&fr->f[1]), zmq_msg_size(&fr->f[1]), 1);
         s_send_str(rep, code, strlen(code), 1);
         s_send_str(rep, text, strlen(text), 1);
-        s_send_str(rep, code[0] == '2' ? "worker" : "", code[0] == '2' ? 6 : 0, 1);
+        s_send_str(rep, user, code[0] == '2' ? strlen(user) : 0, 1);
         s_send_str(rep, "", 0, 0);
     }
     if (code[0] == '5')
@@ -195,6 +227,7 @@ int zap_start(void *zctx, const char *client_public, const char *log_prefix, Zap
     if (!z)
         return dm_err(err, "out of memory");
     z->zctx = zctx;
+    pthread_mutex_init(&z->mu, NULL);
     snprintf(z->prefix, sizeof z->prefix, "%s", log_prefix);
     if (!wire_key_valid(client_public) || !zmq_z85_decode(z->key, client_public)) {
         free(z);
@@ -221,6 +254,77 @@ fail:
     return -1;
 }
 
+int zap_allow_file(ZapAuth *z, const char *path, DmErr *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return dm_err_errno(err, "worker_keys %s", path);
+    char line[512];
+    int ln = 0, rc = 0, n0 = z->nkeys;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        ln++;
+        /* '#' is a Z85 character: only a line that starts with it is a comment */
+        const char *t = line + strspn(line, " \t");
+        if (*t == '#')
+            continue;
+        char name[128], key[128], extra[8];
+        int got = sscanf(line, "%127s %127s %7s", name, key, extra);
+        if (got <= 0)
+            continue;
+        uint8_t raw[32];
+        if (got != 2)
+            rc = dm_err(err, "%s:%d: expected \"NAME PUBLIC_KEY\"", path, ln);
+        else if (!wire_key_name_valid(name))
+            rc = dm_err(err, "%s:%d: name \"%.60s\": 1 to 64 of [A-Za-z0-9._-]", path, ln, name);
+        else if (!wire_key_valid(key) || !zmq_z85_decode(raw, key))
+            rc = dm_err(err, "%s:%d: \"%.60s\" is not a 40-character Z85 key", path, ln, key);
+        for (int i = 0; rc == 0 && i < z->nkeys; i++)
+            if (!strcmp(z->keys[i].name, name) || !memcmp(z->keys[i].key, raw, 32))
+                rc = dm_err(err, "%s:%d: name %s or its key is listed twice", path, ln, name);
+        if (rc == 0 && !memcmp(raw, z->key, 32))
+            rc = dm_err(err, "%s:%d: %s is the job's own key", path, ln, name);
+        if (rc)
+            break;
+        pthread_mutex_lock(&z->mu);
+        if (z->nkeys == z->capkeys) {
+            int cap = z->capkeys ? 2 * z->capkeys : 8;
+            ZapKey *v = realloc(z->keys, (size_t)cap * sizeof *v);
+            if (v) {
+                z->keys = v;
+                z->capkeys = cap;
+            }
+        }
+        if (z->nkeys < z->capkeys) {
+            ZapKey *k = &z->keys[z->nkeys++];
+            memset(k, 0, sizeof *k);
+            snprintf(k->name, sizeof k->name, "%s", name);
+            memcpy(k->key, raw, 32);
+        } else {
+            rc = dm_err(err, "out of memory");
+        }
+        pthread_mutex_unlock(&z->mu);
+    }
+    if (rc == 0 && ferror(f))
+        rc = dm_err(err, "%s: read error", path);
+    fclose(f);
+    if (rc == 0 && z->nkeys == n0)
+        rc = dm_err(err, "worker_keys %s: no keys listed", path);
+    return rc;
+}
+
+int zap_ban(ZapAuth *z, const char *user)
+{
+    int rc = -1;
+    pthread_mutex_lock(&z->mu);
+    for (int i = 0; i < z->nkeys; i++)
+        if (!strcmp(z->keys[i].name, user)) {
+            z->keys[i].banned = 1;
+            rc = 0;
+        }
+    pthread_mutex_unlock(&z->mu);
+    return rc;
+}
+
 uint64_t zap_refused(const ZapAuth *z) { return z ? atomic_load(&((ZapAuth *)z)->refused) : 0; }
 uint64_t zap_accepted(const ZapAuth *z) { return z ? atomic_load(&((ZapAuth *)z)->accepted) : 0; }
 
@@ -236,6 +340,8 @@ void zap_stop(ZapAuth **pz)
     }
     if (z->ctl)
         zmq_close(z->ctl);
+    pthread_mutex_destroy(&z->mu);
+    free(z->keys);
     free(z);
     *pz = NULL;
 }

@@ -686,7 +686,7 @@ expect_error "forward without inputs" "pixel_values" "$DOCMINT" forward $DATA/ti
 expect_error "unknown command" "unknown command" "$DOCMINT" frobnicate
 expect_error "unknown option" "--bogus" "$DOCMINT" ask "$T/model" jobs/demo/page.png --bogus "q?"
 
-for c in ask forward tokenize detokenize init preprocess bench prune params export; do
+for c in ask forward tokenize detokenize init preprocess bench prune params export worker-key; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

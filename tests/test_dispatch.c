@@ -100,6 +100,9 @@ static void test_plan_nothing_left(void)
     plan_free(&p);
 }
 
+/* The token of shard i's current lease. */
+#define TOK(p, i) (p)->shards[i].token, LEASE_TOKEN_BYTES
+
 static void test_leases(void)
 {
     s_make_corpus();
@@ -117,17 +120,33 @@ static void test_leases(void)
     CU_ASSERT_EQUAL(p->qlen, 1);
     uint64_t la = p->shards[a].lease_id, lb = p->shards[b].lease_id;
     CU_ASSERT_NOT_EQUAL(la, lb);
+    /* tokens are random: 16 bytes that differ between leases */
+    CU_ASSERT_NOT_EQUAL(memcmp(p->shards[a].token, p->shards[b].token, LEASE_TOKEN_BYTES), 0);
+    uint8_t tb[LEASE_TOKEN_BYTES];
+    memcpy(tb, p->shards[b].token, sizeof tb);
     CU_ASSERT_DOUBLE_EQUAL(lease_next_deadline(p), 10.0, 1e-9);
 
+    /* a's token from another worker is a forgery and changes nothing; a
+     * token of another shard, a wrong length or a flipped bit is unknown */
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, TOK(p, a), 1), LEASE_FOREIGN);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, TOK(p, b), 0), LEASE_UNKNOWN);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, p->shards[a].token, 8, 0), LEASE_UNKNOWN);
+    uint8_t flipped[LEASE_TOKEN_BYTES];
+    memcpy(flipped, p->shards[a].token, sizeof flipped);
+    flipped[15] ^= 1;
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, flipped, sizeof flipped, 0), LEASE_UNKNOWN);
+    CU_ASSERT_EQUAL(p->ndone, 0);
     /* results: accept, then the same again is a duplicate */
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, la), LEASE_ACCEPT);
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, la), LEASE_DUPLICATE);
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, la + 1000), LEASE_UNKNOWN);
-    CU_ASSERT_EQUAL(lease_complete(p, 99, la), LEASE_UNKNOWN);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, TOK(p, a), 0), LEASE_ACCEPT);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)a, TOK(p, a), 0), LEASE_DUPLICATE);
+    CU_ASSERT_EQUAL(lease_complete(p, 99, TOK(p, a), 0), LEASE_UNKNOWN);
     CU_ASSERT_EQUAL(p->ndone, 1);
 
-    /* worker 0 dies: its remaining shard b goes back to the front */
+    /* worker 0 dies: its remaining shard b goes back to the front, and its
+     * hand-out is closed */
+    CU_ASSERT_EQUAL(p->shards[b].issued[0].open, 1);
     CU_ASSERT_EQUAL(lease_release_owner(p, 0), 1);
+    CU_ASSERT_EQUAL(p->shards[b].issued[0].open, 0);
     CU_ASSERT_EQUAL(p->qlen, 2);
     CU_ASSERT_EQUAL(p->queue[p->qhead], b);
     CU_ASSERT_EQUAL(p->shards[b].state, LEASE_QUEUED);
@@ -135,32 +154,87 @@ static void test_leases(void)
     /* worker 1's lease expires at 11 */
     CU_ASSERT_EQUAL(lease_expire(p, 10.5, NULL, NULL), 0);
     CU_ASSERT_EQUAL(lease_expire(p, 11.5, NULL, NULL), 1);
+    CU_ASSERT_EQUAL(p->shards[c].expiries, 1);
     CU_ASSERT_EQUAL(p->nout, 0);
     CU_ASSERT_EQUAL(p->qlen, 3);
     CU_ASSERT_EQUAL(p->queue[p->qhead], c);
 
-    /* c handed out again (new lease); the old lease's result arrives first
-     * and wins; the new lease's result is then a duplicate */
+    /* c handed out again (new lease, new token); the old lease's result
+     * arrives first and wins; the new lease's result is then a duplicate */
+    uint8_t tc_old[LEASE_TOKEN_BYTES];
+    memcpy(tc_old, p->shards[c].token, sizeof tc_old);
     uint64_t lc_old = p->shards[c].lease_id;
     int c2 = lease_take(p, 2, 12.0, 10.0);
     CU_ASSERT_EQUAL(c2, c);
     CU_ASSERT_NOT_EQUAL(p->shards[c].lease_id, lc_old);
-    uint64_t lc_new = p->shards[c].lease_id;
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)c, lc_old), LEASE_ACCEPT);
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)c, lc_new), LEASE_DUPLICATE);
+    CU_ASSERT_NOT_EQUAL(memcmp(p->shards[c].token, tc_old, sizeof tc_old), 0);
+    /* worker 2 cannot hand in the old lease (it is worker 1's) */
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)c, tc_old, sizeof tc_old, 2), LEASE_FOREIGN);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)c, tc_old, sizeof tc_old, 1), LEASE_ACCEPT);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)c, TOK(p, c), 2), LEASE_DUPLICATE);
     CU_ASSERT_EQUAL(p->nout, 0);
 
-    /* b is queued again; its first lease's result still completes it and
-     * takes it out of the queue */
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)b, lb), LEASE_ACCEPT);
+    /* b is queued again; its first lease's result (worker 0, back) still
+     * completes it and takes it out of the queue */
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)b, tb, sizeof tb, 0), LEASE_ACCEPT);
     CU_ASSERT_EQUAL(p->qlen, 1);
     int d = lease_take(p, 1, 13.0, 10.0);
     CU_ASSERT_EQUAL(d, 3);
     CU_ASSERT_EQUAL(lease_take(p, 1, 13.0, 10.0), -1);
     CU_ASSERT(!lease_all_done(p));
-    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)d, p->shards[d].lease_id), LEASE_ACCEPT);
+    CU_ASSERT_EQUAL(lease_complete(p, (uint64_t)d, TOK(p, d), 1), LEASE_ACCEPT);
     CU_ASSERT(lease_all_done(p));
     CU_ASSERT(lease_next_deadline(p) > 1e200);
+    plan_free(&p);
+}
+
+/* on_expire gives a shard up on its third expiry */
+static int s_give_up_third(void *ctx, const LeaseShard *s, double now)
+{
+    (void)now;
+    (*(int *)ctx)++;
+    return s->expiries >= 3;
+}
+
+static int s_not_avoided(void *ctx, const LeaseShard *s, int owner)
+{
+    (void)ctx;
+    return s->avoid != owner;
+}
+
+static void test_lease_expiries_retry(void)
+{
+    s_make_corpus();
+    Plan *p = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(plan_build(&s_corpus, 2, NULL, NULL, &p, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(p->nshards, 2);
+    int calls = 0;
+    /* shard 0 expires three times, with workers 1, 2, 3: given up (DONE) */
+    for (int t = 0; t < 3; t++) {
+        CU_ASSERT_EQUAL(lease_take(p, t + 1, 10.0 * t, 5.0), 0);
+        CU_ASSERT_EQUAL(lease_expire(p, 10.0 * t + 6.0, s_give_up_third, &calls), 1);
+    }
+    CU_ASSERT_EQUAL(calls, 3);
+    CU_ASSERT_EQUAL(p->shards[0].state, LEASE_DONE);
+    CU_ASSERT_EQUAL(p->shards[0].last_owner, 3);
+    CU_ASSERT_EQUAL(p->ndone, 1);
+    CU_ASSERT_EQUAL(p->nout, 0);
+    CU_ASSERT_EQUAL(p->qlen, 1);
+    /* a late result of a given-up shard is a duplicate */
+    CU_ASSERT_EQUAL(lease_complete(p, 0, TOK(p, 0), 3), LEASE_DUPLICATE);
+
+    /* shard 1: worker 4 reports errors; retried, not by worker 4 */
+    CU_ASSERT_EQUAL(lease_take(p, 4, 40.0, 5.0), 1);
+    CU_ASSERT_EQUAL(lease_check(p, 1, TOK(p, 1), 4, NULL), LEASE_ACCEPT);
+    lease_retry(p, 1, 4);
+    CU_ASSERT_EQUAL(p->shards[1].state, LEASE_QUEUED);
+    CU_ASSERT(p->shards[1].error_retried);
+    CU_ASSERT_EQUAL(lease_take_if(p, 4, 41.0, 5.0, s_not_avoided, NULL), -1);
+    CU_ASSERT_EQUAL(p->qlen, 1);
+    CU_ASSERT_EQUAL(lease_take_if(p, 5, 41.0, 5.0, s_not_avoided, NULL), 1);
+    CU_ASSERT_EQUAL(lease_complete(p, 1, TOK(p, 1), 5), LEASE_ACCEPT);
+    CU_ASSERT(lease_all_done(p));
     plan_free(&p);
 }
 
@@ -475,6 +549,7 @@ void tests_dispatch(void)
     TU_SUITE("dispatch", {"plan: questions held, duplicates, shards", test_plan},
              {"plan: nothing left", test_plan_nothing_left},
              {"leases: expiry, dead worker, first result wins", test_leases},
+             {"leases: given up after N expiries, errors retried elsewhere", test_lease_expiries_retry},
              {"progress line", test_progress_format},
              {"join document round trip and errors", test_join_roundtrip},
              {"advertised endpoints", test_endpoints},

@@ -53,6 +53,8 @@ static void t_defaults(void)
     CU_ASSERT_DOUBLE_EQUAL(j->lease_seconds, 600.0, 0);
     CU_ASSERT_DOUBLE_EQUAL(j->page_timeout_seconds, 300.0, 0); /* half the lease, one page a shard */
     CU_ASSERT_EQUAL(j->corpus.max_page_pixels, 50000000);
+    CU_ASSERT_EQUAL(j->max_lease_expiries, 3);
+    CU_ASSERT_PTR_NULL(j->worker_keys);
     CU_ASSERT_DOUBLE_EQUAL(j->heartbeat_seconds, 1.0, 0);
     CU_ASSERT_EQUAL(j->heartbeat_liveness, 5);
     CU_ASSERT_EQUAL(j->credit, 2);
@@ -82,7 +84,8 @@ static void t_values(void)
         "\"jsonl\", \"path\": \"q.jsonl\", \"image_root\": \"imgs\", \"pdf_dpi\": 300}, "
         "\"pages_per_shard\": 4, \"lease_seconds\": 2.5, \"heartbeat_seconds\": 0.25, "
         "\"heartbeat_liveness\": 3, \"credit\": 1, \"commit_every\": 16, \"max_length\": 64, "
-        "\"threads\": 2.0, \"quiet\": true, \"endpoint\": \"tcp://127.0.0.1:5555\"}";
+        "\"threads\": 2.0, \"quiet\": true, \"endpoint\": \"tcp://127.0.0.1:5555\", "
+        "\"max_lease_expiries\": 5, \"worker_keys\": \"keys.txt\"}";
     int rc = job_parse(text, "job.json", &j, &err);
     if (rc)
         printf("\n  %s", err.msg);
@@ -94,6 +97,8 @@ static void t_values(void)
     CU_ASSERT_EQUAL(j->pages_per_shard, 4);
     CU_ASSERT_DOUBLE_EQUAL(j->lease_seconds, 2.5, 0);
     CU_ASSERT_DOUBLE_EQUAL(j->page_timeout_seconds, 0, 0); /* a lease this short: no watchdog */
+    CU_ASSERT_EQUAL(j->max_lease_expiries, 5);
+    CU_ASSERT_STRING_EQUAL(j->worker_keys, "keys.txt");
     CU_ASSERT_DOUBLE_EQUAL(j->heartbeat_seconds, 0.25, 0);
     CU_ASSERT_EQUAL(j->heartbeat_liveness, 3);
     CU_ASSERT_EQUAL(j->credit, 1);
@@ -160,6 +165,8 @@ static void t_bad_value(void)
                    "page_timeout_seconds 50 x pages_per_shard 2 is not less than lease_seconds 100");
     s_expect_error("{\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c\", \"max_page_pixels\": 0}}",
                    "corpus.max_page_pixels: must be at least 1");
+    s_expect_error("{" S_MIN ", \"max_lease_expiries\": 0}", "job.json: max_lease_expiries:");
+    s_expect_error("{" S_MIN ", \"worker_keys\": \"\"}", "job.json: worker_keys:");
     s_expect_error("{\"model\": \"m\", \"output\": \"o\", \"corpus\": {\"path\": \"c\", \"pdf_dpi\": 5000}}",
                    "job.json: corpus.pdf_dpi: must be at most 2400, got integer 5000");
     s_expect_error("{\"model\": \"\", \"output\": \"o\", \"corpus\": {\"path\": \"c\"}}", "job.json: model: must not be empty");

@@ -25,6 +25,7 @@
     X(tests_corpus) \
     X(tests_synth) \
     X(tests_dispatch) \
+    X(tests_result_check) \
     X(tests_cache) \
     X(tests_prune) \
     X(tests_flops) \

@@ -8,7 +8,7 @@
  * (dispatch_open / dispatch_run, as `docmint run` does) in this process
  * with W worker threads that join like external workers: each reads
  * OUTPUT/worker.keys, connects a CURVE DEALER over TCP loopback with its own
- * ZeroMQ context, sends HELLO with the job's credit, answers every SHARD at
+ * ZeroMQ context and a random routing id, sends HELLO with the job's credit, answers every SHARD at
  * once with one AnswerRecord per question (empty answer, no compute) and a
  * credit of 1, heartbeats, and stops on NO_MORE.
  *
@@ -115,6 +115,7 @@ static int s_answer_shard(NoopWorker *w, void *sock, const char *name, const Doc
     docmint__result__init(&res);
     res.shard_id = sh->shard_id;
     res.lease_id = sh->lease_id;
+    res.lease_token = sh->lease_token;
     res.n_answers = nq;
     res.answers = ptrs;
     Docmint__Envelope out;
@@ -154,8 +155,14 @@ static void *s_worker(void *arg)
         dm_err(err, "zmq_socket: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
-    if (wire_socket_defaults(sock, err) || wire_curve_client(sock, &join, err))
+    unsigned char rid[WIRE_ROUTING_ID_BYTES];
+    if (wire_socket_defaults(sock, err) || wire_curve_client(sock, &join, err) ||
+        wire_routing_id_new(rid, err))
         goto fail;
+    if (zmq_setsockopt(sock, ZMQ_ROUTING_ID, rid, sizeof rid) != 0) {
+        dm_err(err, "ZMQ_ROUTING_ID: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
     if (zmq_connect(sock, join.endpoint) != 0) {
         dm_err(err, "%s: connect %s: %s", w->keys, join.endpoint, zmq_strerror(zmq_errno()));
         goto fail;

@@ -26,6 +26,7 @@ typedef struct Command {
 #pragma weak cmd_preprocess
 #pragma weak cmd_run
 #pragma weak cmd_worker
+#pragma weak cmd_worker_key
 #pragma weak cmd_synth
 #pragma weak cmd_validate
 #pragma weak cmd_export
@@ -43,6 +44,7 @@ static const Command s_commands[] = {
     {"preprocess", cmd_preprocess, "MODEL_DIR IMAGE -o OUT.safetensors   image -> pixel_values"},
     {"run", cmd_run, "JOB.json [--quiet]   run a job (under mpirun: rank 0 coordinates, the others compute)"},
     {"worker", cmd_worker, "--keys OUTPUT/worker.keys [--connect ENDPOINT]   join a running job"},
+    {"worker-key", cmd_worker_key, "FILE --name NAME   a worker's own keypair; prints its allow-list line"},
     {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
     {"export", cmd_export, "STORE -o FILE [--format jsonl|csv|json]   results table (or --annotations: DocVQA submission)"},
     {"eval", cmd_eval, "--predictions FILE --annotations FILE   ANLS, overall and by question type"},

@@ -3,7 +3,7 @@
 # processes (mpirun, docmint run, docmint worker).  Run from the
 # repository root: DOCMINT=build/docmint sh tests/mpi/all.sh
 # Each script prints ok/FAIL lines and "N passed, N failed"; this prints
-# the sum and exits non-zero when any script failed.  About 6 minutes on
+# the sum and exits non-zero when any script failed.  About 8 minutes on
 # 2 cores (the distill tests take 3 to 4 of them).  A script still running
 # after LIMIT seconds (DOCMINT_MPI_TEST_LIMIT, 900) is stopped and fails:
 # a hang shows as a named failure, not as a suite that never ends.
@@ -12,7 +12,7 @@ total_pass=0
 total_fail=0
 status=0
 limit=${DOCMINT_MPI_TEST_LIMIT:-900}
-for t in run_basic bad_images damaged_stores kill_resume lease_expiry watchdog wrong_keys coordinator_pause cache_logits distill distill_e2e masked; do
+for t in run_basic bad_images damaged_stores kill_resume lease_expiry watchdog wrong_keys rogue_worker worker_keys coordinator_pause cache_logits distill distill_e2e masked; do
     t0=$(date +%s)
     out=$(timeout -k 10 "$limit" sh "tests/mpi/$t.sh" 2>&1)
     rc=$?

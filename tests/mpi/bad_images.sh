@@ -4,7 +4,8 @@
 # bombs (a 17 KB PNG of 12000 x 12000 pixels, a 333-byte PDF of a 200-inch
 # page; tests/data/bombs): one error record each
 # (stage "infer", item = the questionId, the reason names the file), every
-# other question answered, the job completes.
+# other question answered, the job completes.  With two workers, each error
+# is tried once more on the other worker before it is stored.
 . tests/mpi/lib.sh
 echo "mpi: corrupt, empty and missing page images, a FIFO, decompression bombs"
 make_model "$T/model"
@@ -64,6 +65,13 @@ PY
 [ "$(meta "$T/out" count_errors)" = 6 ] && [ "$(meta "$T/out" count_records)" = 3 ] &&
     ok "meta counts: 3 records, 6 errors" || bad "meta counts: $(meta "$T/out" count_records) records, $(meta "$T/out" count_errors) errors"
 grep -q "6 errors" "$T/run.log" && ok "the summary counts the errors" || bad "summary: $(grep done: "$T/run.log")"
+
+n=$(grep -c "reported 1 error .*: handed to another worker once" "$T/run.log")
+if [ "$n" = 6 ]; then
+    ok "each bad page tried on a second worker: $(grep -m1 'handed to another' "$T/run.log" | sed 's/^docmint run: //' | cut -c1-200)"
+else
+    bad "$n of 6 bad pages retried on another worker: $(grep 'reported' "$T/run.log" | head -3)"
+fi
 
 # corpus.max_page_pixels reaches the workers: under a limit of 2,000,000
 # the 2000 x 2000 page (4,000,000) is refused, the 960 x 1280 demo page

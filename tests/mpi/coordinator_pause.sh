@@ -2,9 +2,10 @@
 # The coordinator goes quiet for a while (SIGSTOP, then SIGCONT) while an
 # external worker and the in-process worker of a singleton `docmint run`
 # compute: the workers notice the silence after heartbeat_liveness periods,
-# reconnect with backoff, are welcomed back under new identities (their old
-# ones count as dead, their shards go back to the queue), and the job
-# completes with every question once and both processes exiting 0.
+# reconnect with backoff, are welcomed back under the same identities (the
+# routing id each keeps; the shards they held go back to the queue when
+# they say HELLO again, as one sent during the reconnect is lost), and the
+# job completes with every question once and both processes exiting 0.
 . tests/mpi/lib.sh
 echo "mpi: coordinator paused, workers reconnect"
 make_model "$T/model"

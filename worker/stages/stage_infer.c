@@ -50,6 +50,25 @@ fail:
     return -1;
 }
 
+void infer_limits(const InferStage *st, InferLimits *out)
+{
+    const DonutConfig *c = &st->qa.model->cfg;
+    out->vocab = c->dec.vocab;
+    out->max_length = st->qa.gen.max_length;
+    out->max_pos = c->dec.max_pos;
+    int longest = 1, nv = tokenizer_vocab_size(st->qa.tok);
+    for (int id = 0; id < nv; id++) {
+        const char *piece = tokenizer_id_to_piece(st->qa.tok, id);
+        int n = piece ? (int)strlen(piece) : 0;
+        if (n > longest)
+            longest = n;
+    }
+    out->max_piece_bytes = longest;
+    out->enc_dim = c->enc.hidden_size;
+    int p = c->enc.patch > 0 ? c->enc.patch : 1;
+    out->enc_tokens_max = (c->enc.image_h / p + 1) * (c->enc.image_w / p + 1);
+}
+
 void infer_close(InferStage **pst)
 {
     InferStage *st = *pst;

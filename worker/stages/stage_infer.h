@@ -31,6 +31,18 @@ const char *infer_tokenizer_fingerprint(const InferStage *st);
 /* Compute a shard into res (zeroed by the caller with
  * docmint__result__init; free its contents with infer_result_clear).
  * Stops between pages when *cancel becomes non-zero (returns -1, "cancelled"). */
+/* What a correct result of this model can hold: the coordinator checks
+ * every worker's result against these. */
+typedef struct InferLimits {
+    int vocab;           /* token ids are below this */
+    int max_length;      /* generated ids per answer, at most (the job's max_length) */
+    int max_pos;         /* tokens of a whole sequence, at most */
+    int max_piece_bytes; /* the longest token piece: answer bytes <= max_length x this */
+    int enc_dim;         /* the encoder's output width (features) */
+    int enc_tokens_max;  /* more encoder tokens than this cannot be (features) */
+} InferLimits;
+void infer_limits(const InferStage *st, InferLimits *out);
+
 int infer_shard(InferStage *st, const Docmint__Shard *shard, Docmint__Result *res,
                 const atomic_int *cancel, DmErr *err);
 

@@ -12,6 +12,7 @@ int stage_shard(void *stage, StagePageFn page, const Docmint__Shard *shard, Docm
 {
     res->shard_id = shard->shard_id;
     res->lease_id = shard->lease_id;
+    res->lease_token = shard->lease_token; /* borrowed: the shard outlives the result's send */
     for (size_t p = 0; p < shard->n_pages; p++) {
         if (cancel && atomic_load(cancel))
             return dm_err(err, "cancelled");

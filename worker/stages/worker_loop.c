@@ -246,6 +246,7 @@ typedef struct Net {
     void *sock, *mon;
     char mon_ep[80];
     int nconn;
+    unsigned char rid[WIRE_ROUTING_ID_BYTES]; /* ours, kept across reconnects */
     double hb;
     int liveness;
     int credit;
@@ -297,6 +298,12 @@ static int s_connect(Net *n, DmErr *err)
         return dm_err(err, "zmq_socket: %s", zmq_strerror(zmq_errno()));
     if (wire_socket_defaults(n->sock, err) || wire_curve_client(n->sock, n->o->join, err))
         goto fail;
+    /* The same routing id on every connection: the coordinator binds our
+     * leases to it, so a result kept while we were away still counts. */
+    if (zmq_setsockopt(n->sock, ZMQ_ROUTING_ID, n->rid, sizeof n->rid) != 0) {
+        dm_err(err, "ZMQ_ROUTING_ID: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
     snprintf(n->mon_ep, sizeof n->mon_ep, "inproc://docmint-worker-mon-%p-%d", (void *)n,
              n->nconn++);
     if (zmq_socket_monitor(n->sock, n->mon_ep,
@@ -579,6 +586,7 @@ static int s_report_hung(Net *n, const Compute *c, const struct Held *h, double 
     docmint__result__init(&res);
     res.shard_id = h->shard;
     res.lease_id = h->lease;
+    res.lease_token = in->shard->lease_token; /* borrowed: `in` is freed after the send */
     int rc = 0;
     for (size_t p = 0; p < in->shard->n_pages && !rc; p++) {
         const Docmint__Page *pg = in->shard->pages[p];
@@ -591,7 +599,6 @@ static int s_report_hung(Net *n, const Compute *c, const struct Held *h, double 
             if (stage_add_error(&res, stage, pg->questions[q]->question_id, -1, reason))
                 rc = dm_err(err, "out of memory");
     }
-    docmint__envelope__free_unpacked(in, NULL);
     if (!rc) {
         Docmint__Envelope out;
         docmint__envelope__init(&out);
@@ -604,6 +611,7 @@ static int s_report_hung(Net *n, const Compute *c, const struct Held *h, double 
         n->st.errors += res.n_errors;
     }
     stage_free_errors(&res);
+    docmint__envelope__free_unpacked(in, NULL);
     return rc;
 }
 
@@ -720,7 +728,8 @@ int worker_run(const WorkerOpts *o, DmErr *err)
         dm_err(err, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
-    if (wire_pipe(n.zctx, "docmint-worker", &pipe, &c->pipe, err))
+    if (wire_routing_id_new(n.rid, err) ||
+        wire_pipe(n.zctx, "docmint-worker", &pipe, &c->pipe, err))
         goto done;
     if (pthread_create(&c->thread, NULL, s_compute, c) != 0) {
         dm_err(err, "cannot start the compute thread");
