@@ -443,7 +443,13 @@ int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err)
             int db = s_db_index(items[i].db);
             MDB_val k = {items[i].klen, (void *)items[i].key};
             MDB_val v = {items[i].vlen, (void *)items[i].val};
-            rc = mdb_put(txn, s->dbi[db], &k, &v, 0);
+            if (items[i].val) {
+                rc = mdb_put(txn, s->dbi[db], &k, &v, 0);
+            } else {
+                rc = mdb_del(txn, s->dbi[db], &k, NULL);
+                if (rc == MDB_NOTFOUND)
+                    rc = 0;
+            }
         }
         if (rc == 0) {
             i = -1;

@@ -386,7 +386,7 @@ static void test_results_writer(void)
     Store *s = NULL;
     Results *r = NULL;
     CU_ASSERT_EQUAL_FATAL(store_open(path, STORE_WRITE, &s, &err), 0);
-    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, &r, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, 0, &r, &err), 0);
     CU_ASSERT(!results_held(r, 1));
     CU_ASSERT_EQUAL(results_start(r, "{\"stage\":\"infer\"}", "00ff", "abcd", 0, &err), 0);
     CU_ASSERT(!results_due(r, dm_now()));
@@ -436,7 +436,7 @@ static void test_results_writer(void)
     results_free(&r);
 
     /* A second run sees what the first stored, and refuses another model. */
-    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, &r, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, 0, &r, &err), 0);
     CU_ASSERT(results_held(r, 7));
     CU_ASSERT(results_held(r, 8));
     CU_ASSERT(results_held(r, 9));

@@ -50,6 +50,8 @@ fail:
     return -1;
 }
 
+int infer_max_length(const InferStage *st) { return st->qa.gen.max_length; }
+
 void infer_close(InferStage **pst)
 {
     InferStage *st = *pst;
