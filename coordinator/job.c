@@ -384,7 +384,7 @@ static int s_check_output(const char *out, DmErr *err)
             return dm_err_errno(err, "output %s", out);
         return 0;
     }
-    if (errno != ENOENT)
+    if (errno != ENOENT && errno != ENOTDIR)
         return dm_err_errno(err, "output %s", out);
     char *p = strdup(out);
     if (!p)
@@ -409,7 +409,7 @@ static int s_check_output(const char *out, DmErr *err)
                 rc = dm_err(err, "output %s: cannot create it in %s: %s", out, p, strerror(errno));
             break;
         }
-        if (errno != ENOENT) {
+        if (errno != ENOENT && errno != ENOTDIR) {
             rc = dm_err_errno(err, "output %s: %s", out, p);
             break;
         }
