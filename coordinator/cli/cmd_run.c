@@ -48,14 +48,29 @@ static volatile sig_atomic_t s_stop;
 /* The keys file, removed by the signal handler itself: under mpirun a
  * rank gets SIGTERM and, a second later, SIGKILL. */
 static char s_keys[4200];
-static volatile sig_atomic_t s_keys_set;
+static volatile sig_atomic_t s_armed;       /* the handler may write and unlink */
+static volatile sig_atomic_t s_line_written; /* it did */
 
+#define INTERRUPTED_LINE                                                                     \
+    PREFIX ": interrupted; the store keeps every result committed: rerun the same command to "   \
+           "resume\n"
+
+/* The keys file goes and the line is written here, in the handler (both
+ * async-signal-safe): mpirun stops forwarding the ranks' output as it
+ * ends the job, and SIGKILL may come before the loop sees s_stop. */
 static void s_on_signal(int sig)
 {
     (void)sig;
-    if (s_keys_set && !s_stop)
-        unlink(s_keys); /* async-signal-safe */
+    if (s_stop)
+        return;
     s_stop = 1;
+    if (s_armed) {
+        if (s_keys[0])
+            unlink(s_keys);
+        ssize_t w = write(STDERR_FILENO, INTERRUPTED_LINE, sizeof INTERRUPTED_LINE - 1);
+        (void)w;
+        s_line_written = 1;
+    }
 }
 
 static void s_usage(FILE *f)
@@ -229,7 +244,7 @@ static int s_coordinator(const char *job_path, int quiet, int retry, int force_n
     int rc = zctx ? dispatch_open(&o, &d, &join, &err) : dm_err(&err, "zmq_ctx_new failed");
     if (rc == 0) {
         snprintf(s_keys, sizeof s_keys, "%s", dispatch_keys_path(d));
-        s_keys_set = s_keys[0] != '\0';
+        s_armed = 1;
         if (dispatch_moved_to(d)[0])
             fprintf(stderr, "%s: --force-new: the old store was moved to %s\n", PREFIX,
                     dispatch_moved_to(d));
@@ -278,14 +293,6 @@ static int s_coordinator(const char *job_path, int quiet, int retry, int force_n
         dispatch_set_failed(d, s_local_failed, lw);
     }
     rc = dispatch_run(d, interrupted, &err);
-    if (rc && *interrupted) {
-        /* Now, before the slower clean-up: under mpirun SIGKILL follows
-         * SIGTERM after a second. */
-        fprintf(stderr, "%s: interrupted; the store keeps every result received: rerun to "
-                        "resume\n",
-                PREFIX);
-        fflush(stderr);
-    }
     if (rc == 0 && (errors = dispatch_store_errors(d, &err)) < 0)
         rc = -1;
     if (rc == 0 && errors > 0 && !quiet)
@@ -306,13 +313,15 @@ done:
         int end = 1;
         s_bcast(&end, 1, MPI_INT);
     }
-    s_keys_set = 0;
+    s_armed = 0;
     dispatch_close(&d);
     memset(&join, 0, sizeof join);
     if (zctx)
         zmq_ctx_term(zctx);
     if (rc) {
-        if (!*interrupted)
+        if (*interrupted && !s_line_written)
+            fputs(INTERRUPTED_LINE, stderr); /* stopped before the loop began */
+        else if (!*interrupted)
             fprintf(stderr, "%s: %s\n", PREFIX, err.msg);
         return *interrupted ? EXIT_INTERRUPTED : EXIT_FAILED;
     }
