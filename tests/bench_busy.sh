@@ -14,8 +14,8 @@
 # here ("busy": other processes holding every core).  Every row of one
 # invocation is measured in the same run, back to back, best of
 # BENCH_BUSY_REPEAT (default 2; the spin rows once, they are slow).
-# BENCH_BUSY_DOCS synthetic documents (default 20).  About 2 minutes on 2
-# cores.
+# BENCH_BUSY_DOCS synthetic documents (default 20).  About 4 minutes on a
+# loaded 2-core machine, most of it the spinning run among busy loops.
 set -eu
 DOCMINT=${1:-build/docmint}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
