@@ -363,6 +363,16 @@ else
 fi
 expect_error "run: unknown flag" "--retry" "$DOCMINT" run "$R/good.json" --retry
 
+# OpenMP waits passively unless the user chose (libgomp prints the values it
+# read with OMP_DISPLAY_ENV=verbose; the last block is the one in force).
+spin() { env "$@" OMP_DISPLAY_ENV=verbose "$DOCMINT" run --help 2>&1 >/dev/null | sed -n "s/.*GOMP_SPINCOUNT = '\([0-9]*\)'.*/\1/p" | tail -1; }
+if [ "$(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT)" = 0 ] && [ "$(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)" = 4321 ] &&
+    [ "$(spin -u GOMP_SPINCOUNT OMP_WAIT_POLICY=active)" = 30000000000 ]; then
+    ok "run: OpenMP threads wait passively by default (spin count 0); the user's GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept"
+else
+    bad "OpenMP wait policy: default $(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT), user 4321 -> $(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)"
+fi
+
 for c in ask forward tokenize detokenize init preprocess bench prune params run validate; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done

@@ -31,10 +31,17 @@ static void s_omp_defaults(int argc, char **argv)
         hit |= !strcmp(argv[1], computing[i]);
     if (!hit || getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT"))
         return;
+    /* the program's own path, not /proc/self/exe: the process keeps its
+     * name ("docmint" in ps and /proc/PID/comm) */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || n >= (ssize_t)sizeof self - 1)
+        return; /* no /proc: go on with the library's defaults */
+    self[n] = '\0';
     if (setenv("OMP_WAIT_POLICY", DM_OMP_WAIT_POLICY, 0) != 0)
         return;
-    execv("/proc/self/exe", argv);
-    /* no /proc: go on with the library's defaults */
+    execv(self, argv);
+    unsetenv("OMP_WAIT_POLICY"); /* not executed: as if never set */
 }
 
 typedef struct Command {
