@@ -90,7 +90,11 @@ $(BUILD)/kernels/cuda/cuda_nccl.o: NVCC_GENCODE := -gencode arch=compute_$(CUDA_
 endif
 
 .PHONY: all test demo bench clean deps python-schemas
-all: $(BUILD)/docmint
+# `make` also writes the Python modules of the record schemas (for
+# schemas/python/dmstore.py) where protoc is installed.
+PROTOC ?= protoc
+PY_SCHEMAS := $(if $(shell command -v $(PROTOC) 2>/dev/null),python-schemas)
+all: $(BUILD)/docmint $(PY_SCHEMAS)
 
 $(BUILD)/docmint: $(BUILD)/coordinator/cli/main.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -118,7 +122,6 @@ $(GEN)/%.pb-c.o: $(GEN)/%.pb-c.c
 
 # Python modules of the same schemas (records_pb2.py), for
 # schemas/python/dmstore.py; PY_GEN may point elsewhere (tests do).
-PROTOC ?= protoc
 PY_GEN ?= $(GEN)/python
 python-schemas: $(PROTO:schemas/%.proto=$(PY_GEN)/%_pb2.py)
 
@@ -148,7 +151,7 @@ $(BUILD)/%.o: %.cu
 # a failure with a name, not a run that never ends).
 export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_LIMIT ?= 1800
-test: $(BUILD)/test_docmint $(BUILD)/docmint $(BUILD)/rogue_worker
+test: $(BUILD)/test_docmint $(BUILD)/docmint $(BUILD)/rogue_worker $(PY_SCHEMAS)
 	sh tests/layering.sh
 	sh tests/docs.sh
 	cd tests && DOCMINT=../$(BUILD)/docmint timeout -k 10 $(TEST_LIMIT) ../$(BUILD)/test_docmint
@@ -162,7 +165,7 @@ $(BUILD)/rogue_worker: $(BUILD)/tests/tools/rogue_worker.o $(LIB_OBJ)
 
 # Build a random-weight model of the tiny config, synthesise a page and ask
 # it a question (no download needed).
-demo: $(BUILD)/docmint
+demo: $(BUILD)/docmint $(PY_SCHEMAS)
 	sh jobs/demo.sh $(BUILD)/docmint
 
 bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench $(BUILD)/dec_bench

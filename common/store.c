@@ -561,6 +561,14 @@ static int s_put_items(Store *s, MDB_txn *txn, const StoreItem *items, int n, in
     for (int i = 0; i < n; i++) {
         int db = s_db_index(items[i].db);
         MDB_val k = {items[i].klen, (void *)items[i].key};
+        if (!items[i].val) { /* a NULL value deletes the key (absent is fine) */
+            int rc = mdb_del(txn, s->dbi[db], &k, NULL);
+            if (rc != 0 && rc != MDB_NOTFOUND) {
+                *failed = i;
+                return rc;
+            }
+            continue;
+        }
         int crc = s->crc && s_db_crc[db];
         MDB_val v = {items[i].vlen + (crc ? CRC_BYTES : 0), (void *)items[i].val};
         /* a checksummed value is written in place: LMDB reserves the room */

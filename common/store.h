@@ -53,7 +53,8 @@ typedef struct StoreItem {
     size_t vlen;
 } StoreItem;
 
-/* Put n items in one transaction (growing the map when full). */
+/* Put n items in one transaction (growing the map when full).  An item
+ * whose val is NULL deletes its key (a missing key is fine). */
 int store_put_batch(Store *s, const StoreItem *items, int n, DmErr *err);
 
 /* Look a key up.  Returns 1 and a malloc'ed copy when found, 0 when absent,

@@ -24,6 +24,7 @@
 #include "common/store.h"
 #include "coordinator/zap_auth.h"
 #include "worker/image/image.h"
+#include "common/dm_fs.h"
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
@@ -50,6 +51,60 @@ static void s_cache_meta(Dispatch *d, const char *fp)
                               "temperatures", d->m_temps, "first_answer_only", d->m_foa,
                               "keep_features", d->m_kf, "corpus", j->corpus.path, NULL};
     memcpy(d->extra, kv, sizeof kv);
+}
+
+/* The settings an answer store records in meta: a resumed store must have
+ * been made with the same ones (results_check_meta; the model fingerprint
+ * and the corpus are checked apart). */
+static void s_infer_meta(Dispatch *d, int max_length)
+{
+    const Job *j = d->job;
+    snprintf(d->m_maxlen, sizeof d->m_maxlen, "%d", max_length);
+    int n = 0;
+    d->extra[n++] = "precision";
+    d->extra[n++] = j->precision ? "bf16" : "fp32";
+    d->extra[n++] = "max_length";
+    d->extra[n++] = d->m_maxlen;
+    d->extra[n++] = "corpus";
+    d->extra[n++] = j->corpus.path;
+    if (j->corpus.questions) {
+        d->extra[n++] = "questions";
+        d->extra[n++] = j->corpus.questions;
+    }
+    d->extra[n] = NULL;
+}
+
+/* The corpus must ask every question the store holds: a grown corpus (more
+ * questions, more documents in an archive) resumes, another one (other
+ * questions, another split) is refused. */
+static int s_check_corpus(Dispatch *d, DmErr *err)
+{
+    int64_t in = 0, stored = results_stored_count(d->res);
+    if (stored == 0)
+        return 0;
+    for (int p = 0; p < d->corpus->npages; p++)
+        for (int q = 0; q < d->corpus->pages[p].nq; q++)
+            in += results_stored(d->res, d->corpus->pages[p].q[q].qid);
+    if (in >= stored)
+        return 0;
+    const Job *j = d->job;
+    char *oc = store_meta_get(d->store, "corpus", err);
+    char *oq = store_meta_get(d->store, "questions", err);
+    char was[2 * PATH_MAX], now[2 * PATH_MAX];
+    if (oc)
+        snprintf(was, sizeof was, "corpus %s%s%s", oc, oq ? " with questions " : "", oq ? oq : "");
+    else
+        snprintf(was, sizeof was, "another corpus");
+    snprintf(now, sizeof now, "corpus %s%s%s", j->corpus.path,
+             j->corpus.questions ? " with questions " : "",
+             j->corpus.questions ? j->corpus.questions : "");
+    dm_err(err, "%s: the store holds %lld questions that this job does not ask: it was made from "
+                "%s, this job reads %s: choose another output, or rerun with --force-new (a "
+                "fresh store; the old one is moved aside)",
+           j->output, (long long)(stored - in), was, now);
+    free(oc);
+    free(oq);
+    return -1;
 }
 
 static int s_held(void *ctx, int64_t qid) { return results_held(ctx, qid); }
@@ -103,7 +158,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     char model_abs[PATH_MAX], server_secret[WIRE_KEY_CHARS + 1];
     if (!getcwd(d->cwd, sizeof d->cwd))
         d->cwd[0] = '\0';
-    if (job_load(o->job_path, &d->job, err))
+    if (job_load(o->job_path, &d->job, err) || job_check(d->job, err))
         goto fail;
     Job *job = d->job;
     d->quiet = o->quiet || job->quiet;
@@ -113,8 +168,9 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->max_expiries = job->max_lease_expiries > 0 ? job->max_lease_expiries : 3;
     d->cache = strcmp(job->stage, "cache-logits") == 0;
     if (strcmp(job->stage, "infer") != 0 && !d->cache) {
-        dm_err(err, "%s: stage \"%s\": docmint run computes \"infer\" and \"cache-logits\" so far",
-               job->path, job->stage);
+        /* distill runs on every rank (distill.h), not through dispatch */
+        dm_err(err, "%s: stage \"%s\" is not a stage the coordinator hands out", job->path,
+               job->stage);
         goto fail;
     }
     if (!realpath(job->model, model_abs)) {
@@ -133,7 +189,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     job->corpus.scan_cache = NULL;
     job->corpus.progress = NULL;
     free(scan_cache);
-    if (loaded)
+    if (loaded || job_check_corpus(job, d->corpus, err))
         goto fail;
     if (job->corpus.format == CORPUS_ARCHIVE && !d->quiet)
         fprintf(stderr, "%s: %s: %d documents, %d pages (%d counted, %d from the earlier scan)\n",
@@ -155,11 +211,19 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->lim.n_temps = job->n_temps;
     memcpy(d->lim.temps, job->temps, sizeof d->lim.temps);
     d->lim.keep_features = job->keep_features;
+    int max_length = infer_max_length(stage);
     infer_close(&stage);
-    if (store_open(job->output, STORE_WRITE, &d->store, err))
+    if (o->force_new && job_move_aside(job, d->moved_to, sizeof d->moved_to, err))
         goto fail;
-    if (results_open(d->store, job->commit_every, &d->res, err))
+    /* "created when absent", parents too */
+    if (dm_mkdirs(job->output, err) || store_open(job->output, STORE_WRITE, &d->store, err))
         goto fail;
+    if (results_open(d->store, job->commit_every, o->retry_errors, &d->res, err))
+        goto fail;
+    if (!d->cache) {
+        s_infer_meta(d, max_length);
+        results_set_kind(d->res, "answers", "infer", d->extra);
+    }
     if (d->cache) {
         s_cache_meta(d, fp);
         results_set_kind(d->res, "logits", "cache-logits", d->extra);
@@ -187,7 +251,8 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
             goto fail;
         }
     }
-    if (plan_build(d->corpus, job->pages_per_shard, s_held, d->res, &d->plan, err))
+    if (s_check_corpus(d, err) ||
+        plan_build(d->corpus, job->pages_per_shard, s_held, d->res, &d->plan, err))
         goto fail;
     results_forget_held(d->res);
     d->st.total_q = d->plan->total_q;
@@ -251,6 +316,18 @@ fail:
 }
 
 int64_t dispatch_todo(const Dispatch *d) { return d->plan->todo_q; }
+const char *dispatch_keys_path(const Dispatch *d) { return d->keys_path; }
+const char *dispatch_output(const Dispatch *d) { return d->job->output; }
+const char *dispatch_moved_to(const Dispatch *d) { return d->moved_to; }
+size_t dispatch_retried(const Dispatch *d) { return results_retried(d->res); }
+
+int64_t dispatch_store_errors(Dispatch *d, DmErr *err)
+{
+    uint64_t n = 0;
+    if (store_count(d->store, STORE_ERRORS, &n, err))
+        return -1;
+    return (int64_t)n;
+}
 const char *dispatch_local_endpoint(const Dispatch *d) { return d->local_ep; }
 const DispatchStats *dispatch_stats(const Dispatch *d) { return &d->st; }
 
@@ -719,7 +796,8 @@ int dispatch_run(Dispatch *d, int *interrupted, DmErr *err)
         if (s_flush(d, NULL, &ferr) != 0)
             fprintf(stderr, "%s: %s\n", d->o.log_prefix, ferr.msg);
     }
-    s_goodbye(d);
+    if (!*interrupted)
+        s_goodbye(d); /* interrupted: mpirun ends the workers in a second */
     if (rc == 0) {
         ProgressCounts c = s_counts(d);
         char tail[5000];

@@ -24,7 +24,11 @@
  *                         or with errors handed to another worker)
  *   "run_started_at"      this run's start; "finished_at" is "" until a run completes
  *   "runs"                number of runs that opened the store
- * A question with an error record counts as done: a rerun does not retry it.
+ * A question with an error record counts as done: a rerun does not retry it
+ * unless opts.retry_errors.  An answer store also records "precision",
+ * "max_length" (in force), "corpus" and (archives) "questions"; a rerun
+ * with another precision, max_length or model is refused, and so is a
+ * corpus that does not ask every question the store holds.
  *
  * Trust (docs/security.md): a worker is its routing id (16 random bytes it
  * chooses and keeps across reconnects; peers with another kind of id get
@@ -64,6 +68,8 @@ typedef struct DispatchOpts {
     const char *log_prefix;      /* "docmint run" */
     void *zctx;                  /* the process's ZeroMQ context */
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM: flush and stop */
+    int retry_errors;            /* --retry-errors: compute the errored questions again */
+    int force_new;               /* --force-new: move an existing output aside first */
 } DispatchOpts;
 
 typedef struct DispatchStats {
@@ -86,6 +92,17 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
 
 /* Questions left to compute (0: the store already holds the whole corpus). */
 int64_t dispatch_todo(const Dispatch *d);
+
+/* OUTPUT/worker.keys ("" when none was written), for a signal handler. */
+const char *dispatch_keys_path(const Dispatch *d);
+/* The job's output store. */
+const char *dispatch_output(const Dispatch *d);
+/* --force-new: the folder the old store was moved to ("" if none). */
+const char *dispatch_moved_to(const Dispatch *d);
+/* --retry-errors: error records deleted at the start. */
+size_t dispatch_retried(const Dispatch *d);
+/* Error records in the store now (-1 on a read error). */
+int64_t dispatch_store_errors(Dispatch *d, DmErr *err);
 
 /* Endpoint a worker inside this process connects to (loopback when the
  * ROUTER is bound to every interface). */

@@ -43,6 +43,7 @@ struct Dispatch {
     WireJoin join;
     char local_ep[512];
     char keys_path[4200];
+    char moved_to[4200]; /* --force-new: where the old store went */
     char cwd[4096];
     int quiet;
     double hb, lease_s;
@@ -62,6 +63,8 @@ struct Dispatch {
     /* cache-logits: records per (question, answer), and the store's extra meta */
     int cache;
     char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
+    /* infer: the settings that change answers */
+    char m_maxlen[16];
     const char *extra[16];
 };
 

@@ -8,10 +8,13 @@
  * folder or working directory. */
 #include "coordinator/job.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/jsonschema.h"
@@ -240,6 +243,11 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
     if (j->corpus.format == CORPUS_ARCHIVE && !j->corpus.questions)
         return dm_err(err, "corpus.questions: required when corpus.format is \"archive\" (a file "
                            "of questions asked of every page)");
+    if (j->corpus.format == CORPUS_ARCHIVE &&
+        (!strcmp(j->stage, "cache-logits") || !strcmp(j->stage, "analyze")))
+        return dm_err(err, "corpus.format: stage \"%s\" reads the gold answers, and an archive "
+                           "has none (use a docvqa or jsonl corpus with answers)",
+                      j->stage);
     if (j->corpus.format != CORPUS_ARCHIVE && j->corpus.questions)
         return dm_err(err, "corpus.questions: only for corpus.format \"archive\" (the %s format "
                            "carries its own questions)",
@@ -345,4 +353,190 @@ void job_free(Job **job)
     json_decref(j->doc);
     free(j);
     *job = NULL;
+}
+
+/* ------------------------------------------------ checks against the disk */
+
+int job_stage_runnable(const char *stage)
+{
+    return !strcmp(stage, "infer") || !strcmp(stage, "cache-logits") || !strcmp(stage, "distill");
+}
+
+/* The kind of document a file starts with, when it is an image or a PDF
+ * (NULL otherwise). */
+static const char *s_image_kind(const char *path)
+{
+    unsigned char b[12] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    if (n >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8))
+        return "a PNG image";
+    if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF)
+        return "a JPEG image";
+    if (n >= 4 && (!memcmp(b, "II*\0", 4) || !memcmp(b, "MM\0*", 4)))
+        return "a TIFF image";
+    if (n >= 5 && !memcmp(b, "%PDF-", 5))
+        return "a PDF document";
+    if (n >= 6 && (!memcmp(b, "GIF87a", 6) || !memcmp(b, "GIF89a", 6)))
+        return "a GIF image";
+    if (n >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4))
+        return "a WebP image";
+    if (n >= 2 && b[0] == 'B' && b[1] == 'M')
+        return "a BMP image";
+    return NULL;
+}
+
+/* The output folder: absent (its nearest existing parent must be a
+ * writable folder: run creates the rest) or a folder. */
+static int s_check_output(const char *out, DmErr *err)
+{
+    struct stat st;
+    if (stat(out, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            return dm_err(err, "output %s: exists and is not a folder", out);
+        if (access(out, W_OK | X_OK) != 0)
+            return dm_err_errno(err, "output %s", out);
+        return 0;
+    }
+    if (errno != ENOENT && errno != ENOTDIR)
+        return dm_err_errno(err, "output %s", out);
+    char *p = strdup(out);
+    if (!p)
+        return dm_err(err, "out of memory");
+    int rc = 0;
+    for (;;) {
+        size_t n = strlen(p);
+        while (n > 1 && p[n - 1] == '/')
+            p[--n] = '\0';
+        char *slash = strrchr(p, '/');
+        if (!slash) {
+            snprintf(p, n + 1, ".");
+        } else if (slash == p) {
+            p[1] = '\0';
+        } else {
+            *slash = '\0';
+        }
+        if (stat(p, &st) == 0) {
+            if (!S_ISDIR(st.st_mode))
+                rc = dm_err(err, "output %s: %s is not a folder", out, p);
+            else if (access(p, W_OK | X_OK) != 0)
+                rc = dm_err(err, "output %s: cannot create it in %s: %s", out, p, strerror(errno));
+            break;
+        }
+        if (errno != ENOENT && errno != ENOTDIR) {
+            rc = dm_err_errno(err, "output %s: %s", out, p);
+            break;
+        }
+        if (!strcmp(p, ".") || !strcmp(p, "/"))
+            break;
+    }
+    free(p);
+    return rc;
+}
+
+int job_check(const Job *j, DmErr *err)
+{
+    struct stat st;
+    if (!job_stage_runnable(j->stage))
+        return dm_err(err, "%s: stage \"%s\": this build of docmint cannot run it (it runs "
+                           "infer, cache-logits and distill)",
+                      j->path, j->stage);
+    if (stat(j->model, &st) != 0)
+        return dm_err_errno(err, "%s: model %s", j->path, j->model);
+    if (!S_ISDIR(st.st_mode))
+        return dm_err(err, "%s: model %s: not a folder (a checkpoint folder holds config.json, "
+                           "model.safetensors and the tokenizer files)",
+                      j->path, j->model);
+    char cfg[PATH_MAX + 16];
+    snprintf(cfg, sizeof cfg, "%s/config.json", j->model);
+    if (access(cfg, R_OK) != 0)
+        return dm_err(err, "%s: model %s: no readable config.json (is it a checkpoint folder?)",
+                      j->path, j->model);
+    if (s_check_output(j->output, err))
+        return dm_err_prefix(err, "%s", j->path);
+    const char *cp = j->corpus.path;
+    if (stat(cp, &st) != 0)
+        return dm_err_errno(err, "%s: corpus.path %s", j->path, cp);
+    if (S_ISDIR(st.st_mode) && j->corpus.format != CORPUS_ARCHIVE)
+        return dm_err(err, "%s: corpus.path %s: is a folder; the %s format reads one file (a "
+                           "folder of documents is corpus.format \"archive\")",
+                      j->path, cp, j->corpus.format == CORPUS_DOCVQA ? "docvqa" : "jsonl");
+    const char *kind = S_ISREG(st.st_mode) ? s_image_kind(cp) : NULL;
+    if (kind && j->corpus.format == CORPUS_ARCHIVE)
+        return dm_err(err, "%s: corpus.path %s: is %s, not a folder or a list file of "
+                           "documents (put it in a folder and name the folder, or use "
+                           "`docmint ask` for one page)",
+                      j->path, cp, kind);
+    if (kind)
+        return dm_err(err, "%s: corpus.path %s: is %s, not %s (for folders of documents use "
+                           "corpus.format \"archive\")",
+                      j->path, cp, kind,
+                      j->corpus.format == CORPUS_DOCVQA ? "a DocVQA annotation JSON file"
+                                                        : "a JSON lines file");
+    if (j->corpus.questions && stat(j->corpus.questions, &st) != 0)
+        return dm_err_errno(err, "%s: corpus.questions %s", j->path, j->corpus.questions);
+    return 0;
+}
+
+int job_check_corpus(const Job *j, const Corpus *c, DmErr *err)
+{
+    if (strcmp(j->stage, "cache-logits") != 0 && strcmp(j->stage, "analyze") != 0)
+        return 0;
+    int missing = 0;
+    const CorpusQuestion *first = NULL;
+    const CorpusPage *first_page = NULL;
+    for (int p = 0; p < c->npages; p++)
+        for (int q = 0; q < c->pages[p].nq; q++)
+            if (c->pages[p].q[q].nanswers == 0) {
+                if (!missing++) {
+                    first = &c->pages[p].q[q];
+                    first_page = &c->pages[p];
+                }
+            }
+    if (!missing)
+        return 0;
+    return dm_err(err, "%s: corpus %s: %d of %d questions have no gold answer (e.g. questionId "
+                       "%lld on %s); stage %s reads the gold answers: use a corpus that has them "
+                       "(a train or validation split)",
+                  j->path, j->corpus.path, missing, c->nquestions, (long long)first->qid,
+                  first_page->page_id, j->stage);
+}
+
+int job_move_aside(const Job *j, char *moved_to, size_t cap, DmErr *err)
+{
+    moved_to[0] = '\0';
+    char out[PATH_MAX];
+    snprintf(out, sizeof out, "%s", j->output);
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        out[--n] = '\0';
+    struct stat st;
+    if (lstat(out, &st) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        return dm_err_errno(err, "output %s", out);
+    }
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    for (int k = 1; k < 1000; k++) {
+        if (k == 1)
+            snprintf(moved_to, cap, "%s.old-%s", out, stamp);
+        else
+            snprintf(moved_to, cap, "%s.old-%s-%d", out, stamp, k);
+        if (lstat(moved_to, &st) == 0)
+            continue;
+        if (rename(out, moved_to) == 0)
+            return 0;
+        int e = errno;
+        moved_to[0] = '\0';
+        return dm_err(err, "--force-new: cannot move %s aside: %s", out, strerror(e));
+    }
+    moved_to[0] = '\0';
+    return dm_err(err, "--force-new: cannot find a free name to move %s aside", out);
 }

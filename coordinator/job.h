@@ -78,4 +78,24 @@ int job_load(const char *path, Job **out, DmErr *err);
 int job_parse(const char *text, const char *what, Job **out, DmErr *err);
 void job_free(Job **job);
 
+/* What `docmint validate` and `docmint run` both refuse before any work,
+ * from the file system (job_load checks the document only): a stage this
+ * build cannot run, a model folder that is missing or holds no
+ * config.json, an output that is not a folder or whose nearest existing
+ * parent is not a writable folder (missing parents are created by run),
+ * a corpus path that is missing or is an image or PDF rather than an
+ * annotation or list file, an archive questions file that is missing. */
+int job_check(const Job *job, DmErr *err);
+
+/* Rules between the stage and the loaded corpus: cache-logits and
+ * analyze read the gold answers, so every question must have one. */
+int job_check_corpus(const Job *job, const Corpus *c, DmErr *err);
+
+/* --force-new: rename an existing output folder to OUTPUT.old-<UTC time>
+ * (moved_to receives that name, "" when there was nothing to move). */
+int job_move_aside(const Job *job, char *moved_to, size_t cap, DmErr *err);
+
+/* Whether this build runs the stage ("infer", "cache-logits", "distill"). */
+int job_stage_runnable(const char *stage);
+
 #endif

@@ -27,6 +27,15 @@ struct Results {
     double first_at; /* when the batch's first item came */
     int64_t *held;   /* sorted questionIds the store held */
     size_t nheld, capheld;
+    /* --retry-errors: the questions of error records (not held), and the
+     * error keys results_start deletes */
+    int retry;
+    int64_t *errq;
+    size_t nerrq, caperrq;
+    unsigned char **delkeys;
+    size_t *dellens;
+    size_t ndel, capdel;
+    int64_t stored;  /* distinct questions with a record or an error */
     ResultsCounts c;
     const char *kind, *stage;  /* "answers"/"infer" or "logits"/"cache-logits" */
     const char *const *extra;  /* key, value, ..., NULL */
@@ -55,18 +64,55 @@ static int s_cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int s_hold(Results *r, int64_t qid)
+static int s_push(int64_t **a, size_t *n, size_t *cap, int64_t v)
 {
-    if (r->nheld == r->capheld) {
-        size_t cap = r->capheld ? 2 * r->capheld : 1024;
-        int64_t *v = realloc(r->held, cap * sizeof *v);
-        if (!v)
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 1024;
+        int64_t *p = realloc(*a, c * sizeof *p);
+        if (!p)
             return 1;
-        r->held = v;
-        r->capheld = cap;
+        *a = p;
+        *cap = c;
     }
-    r->held[r->nheld++] = qid;
+    (*a)[(*n)++] = v;
     return 0;
+}
+
+static int s_hold(Results *r, int64_t qid) { return s_push(&r->held, &r->nheld, &r->capheld, qid); }
+
+/* Sort and drop repeats; returns the new length. */
+static size_t s_sort_unique(int64_t *a, size_t n)
+{
+    if (n == 0)
+        return 0;
+    qsort(a, n, sizeof *a, s_cmp_i64);
+    size_t m = 1;
+    for (size_t i = 1; i < n; i++)
+        if (a[i] != a[m - 1])
+            a[m++] = a[i];
+    return m;
+}
+
+/* --retry-errors: note an error record's question and key. */
+static int s_retry_error(Results *r, int64_t qid, const void *key, size_t klen)
+{
+    if (r->ndel == r->capdel) {
+        size_t c = r->capdel ? 2 * r->capdel : 256;
+        unsigned char **k = realloc(r->delkeys, c * sizeof *k);
+        if (!k)
+            return 1;
+        r->delkeys = k;
+        size_t *l = realloc(r->dellens, c * sizeof *l);
+        if (!l)
+            return 1;
+        r->dellens = l;
+        r->capdel = c;
+    }
+    if (!(r->delkeys[r->ndel] = malloc(klen)))
+        return 1;
+    memcpy(r->delkeys[r->ndel], key, klen);
+    r->dellens[r->ndel++] = klen;
+    return qid ? s_push(&r->errq, &r->nerrq, &r->caperrq, qid) : 0;
 }
 
 static int s_visit_record(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
@@ -79,27 +125,52 @@ static int s_visit_record(void *ctx, const void *key, size_t klen, const void *v
     return klen == 8 || klen == LOGIT_KEY_LEN ? s_hold(ctx, (int64_t)store_key_to_u64(key)) : 0;
 }
 
-static int s_visit_error(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+static int s_error_qid(const void *key, size_t klen, const void *val, size_t vlen, int64_t *qid)
 {
     char buf[32];
+    *qid = 0;
     if (klen > 0 && klen < sizeof buf) {
         memcpy(buf, key, klen);
         buf[klen] = '\0';
         char *end;
         errno = 0;
         long long v = strtoll(buf, &end, 10);
-        if (!*end && !errno)
-            return s_hold(ctx, v);
+        if (!*end && !errno) {
+            *qid = v;
+            return 0;
+        }
     }
     /* Not a questionId key: the record may name its question. */
     DmErr err;
     Docmint__ErrorRecord *e = record_error_unpack(val, vlen, &err);
-    int rc = e && e->question_id ? s_hold(ctx, e->question_id) : 0;
+    if (e)
+        *qid = e->question_id;
     record_error_free(&e);
-    return rc;
+    return 0;
 }
 
-int results_open(Store *s, int commit_every, Results **out, DmErr *err)
+static int s_visit_error(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    Results *r = ctx;
+    int64_t qid;
+    s_error_qid(key, klen, val, vlen, &qid);
+    if (r->retry)
+        return s_retry_error(r, qid, key, klen);
+    return qid ? s_hold(r, qid) : 0;
+}
+
+/* With --retry-errors a question with an error record is not held, even
+ * when (cache-logits) some of its answers have records. */
+static size_t s_drop_errored(Results *r)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < r->nheld; i++)
+        if (!(r->nerrq && bsearch(&r->held[i], r->errq, r->nerrq, sizeof *r->errq, s_cmp_i64)))
+            r->held[m++] = r->held[i];
+    return m;
+}
+
+int results_open(Store *s, int commit_every, int retry_errors, Results **out, DmErr *err)
 {
     *out = NULL;
     Results *r = calloc(1, sizeof *r);
@@ -109,6 +180,7 @@ int results_open(Store *s, int commit_every, Results **out, DmErr *err)
     r->commit_every = commit_every > 0 ? commit_every : 256;
     r->kind = "answers";
     r->stage = "infer";
+    r->retry = retry_errors;
     if (store_count(s, STORE_RECORDS, &r->c.records0, err) ||
         store_count(s, STORE_ERRORS, &r->c.errors0, err) ||
         store_foreach(s, STORE_RECORDS, s_visit_record, r, err) ||
@@ -116,8 +188,16 @@ int results_open(Store *s, int commit_every, Results **out, DmErr *err)
         results_free(&r);
         return -1;
     }
-    if (r->nheld)
-        qsort(r->held, r->nheld, sizeof *r->held, s_cmp_i64);
+    r->nheld = s_sort_unique(r->held, r->nheld);
+    r->nerrq = s_sort_unique(r->errq, r->nerrq);
+    /* distinct questions the store holds, errored ones included */
+    r->stored = (int64_t)r->nheld + (int64_t)r->nerrq;
+    for (size_t i = 0; i < r->nerrq; i++)
+        r->stored -= r->nheld && bsearch(&r->errq[i], r->held, r->nheld, sizeof *r->held, s_cmp_i64);
+    if (r->retry) {
+        r->nheld = s_drop_errored(r);
+        r->c.errors0 = 0; /* results_start deletes them */
+    }
     *out = r;
     return 0;
 }
@@ -127,11 +207,24 @@ int results_held(const Results *r, int64_t qid)
     return r->nheld && bsearch(&qid, r->held, r->nheld, sizeof *r->held, s_cmp_i64) != NULL;
 }
 
+int results_stored(const Results *r, int64_t qid)
+{
+    return results_held(r, qid) ||
+           (r->nerrq && bsearch(&qid, r->errq, r->nerrq, sizeof *r->errq, s_cmp_i64) != NULL);
+}
+
+int64_t results_stored_count(const Results *r) { return r->stored; }
+
+size_t results_retried(const Results *r) { return r->ndel; }
+
 void results_forget_held(Results *r)
 {
     free(r->held);
     r->held = NULL;
     r->nheld = r->capheld = 0;
+    free(r->errq);
+    r->errq = NULL;
+    r->nerrq = r->caperrq = 0;
 }
 
 /* ---------------------------------------------------------------- batch */
@@ -158,7 +251,7 @@ static int s_add(Results *r, const char *db, const void *key, size_t klen, const
     if (vlen)
         memcpy(buf + klen, val, vlen);
     r->bufs[r->n] = buf;
-    r->items[r->n] = (StoreItem){db, buf, klen, buf + klen, vlen};
+    r->items[r->n] = (StoreItem){db, buf, klen, val ? buf + klen : NULL, vlen}; /* NULL: delete */
     r->bytes += klen + vlen;
     if (r->n == 0)
         r->first_at = now;
@@ -341,17 +434,20 @@ int results_check_meta(Results *r, const char *output, const char *model, const 
                     output, kind, r->kind);
     else if (old && old[0] && fingerprint[0] && strcmp(old, fingerprint) != 0)
         rc = dm_err(err,
-                    "%s: the store holds %s of %s %s, but %s is %s: choose another output "
-                    "(or the model the store was made with)",
+                    "%s: the store holds %s of %s %s, but %s is %s: choose another output, "
+                    "use the model the store was made with, or rerun with --force-new",
                     output, logits ? "logits" : "answers", logits ? "teacher" : "model", old,
                     model, fingerprint);
     for (int i = 0; rc == 0 && kind && r->extra && r->extra[i]; i += 2) {
-        if (!strcmp(r->extra[i], "corpus"))
+        /* the corpus may grow: dispatch checks that it asks every
+         * question the store holds */
+        if (!strcmp(r->extra[i], "corpus") || !strcmp(r->extra[i], "questions"))
             continue;
         char *have = store_meta_get(r->store, r->extra[i], err);
         if (have && strcmp(have, r->extra[i + 1]) != 0)
             rc = dm_err(err, "%s: the store was made with %s %s, this job has %s: choose another "
-                             "output",
+                             "output, or rerun with --force-new (a fresh store; the old one is "
+                             "moved aside)",
                         output, r->extra[i], have, r->extra[i + 1]);
         free(have);
     }
@@ -377,6 +473,9 @@ int results_start(Results *r, const char *job_json, const char *fingerprint,
               s_meta_i64(r, "held_at_start", held) || s_meta_i64(r, "runs", nruns + 1);
     for (int i = 0; !bad && r->extra && r->extra[i]; i += 2)
         bad = s_meta(r, r->extra[i], r->extra[i + 1]);
+    /* --retry-errors: the error records go in the same transaction. */
+    for (size_t i = 0; !bad && i < r->ndel; i++)
+        bad = s_add(r, STORE_ERRORS, r->delkeys[i], r->dellens[i], NULL, 0, dm_now());
     free(started);
     free(runs);
     if (bad) {
@@ -397,6 +496,11 @@ void results_free(Results **pr)
     free(r->items);
     free(r->bufs);
     free(r->held);
+    free(r->errq);
+    for (size_t i = 0; i < r->ndel; i++)
+        free(r->delkeys[i]);
+    free(r->delkeys);
+    free(r->dellens);
     free(r);
     *pr = NULL;
 }

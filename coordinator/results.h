@@ -29,7 +29,17 @@ typedef struct ResultsCounts {
 
 /* Read the store's counts and the questionIds it holds (answers and
  * errors: a question with an error record is done). */
-int results_open(Store *s, int commit_every, Results **out, DmErr *err);
+int results_open(Store *s, int commit_every, int retry_errors, Results **out, DmErr *err);
+/* retry_errors (run --retry-errors): questions with an error record are
+ * not held (planned again, even when some of their answers have logit
+ * records), and results_start deletes every error record in its
+ * transaction; results_retried tells how many. */
+size_t results_retried(const Results *r);
+/* Whether the store held qid as a record or an error (retry or not), and
+ * how many distinct questions it held: a corpus must ask every one of
+ * them for the store to be resumed with it. */
+int results_stored(const Results *r, int64_t qid);
+int64_t results_stored_count(const Results *r);
 void results_free(Results **r);
 
 /* What this run writes (default: kind "answers", stage "infer", no extra

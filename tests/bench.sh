@@ -7,7 +7,9 @@
 # and FMA peak of this machine measured in the same runs; the decoder in fp32
 # and in bf16 (the same weights converted) with the step's memory bound; a
 # page end to end through `docmint ask` in both precisions with the peak RSS
-# (/usr/bin/time -v); fp32 against bf16 answers on a synthetic corpus.
+# (/usr/bin/time -v); fp32 against bf16 answers on a synthetic corpus; a
+# batch run with OpenMP spinning and passive, on the node as found and with a
+# busy loop on every CPU (tests/bench_busy.sh).
 #
 # The checkpoints are written once (build/bench-model-full, ~800 MB, and
 # build/bench-model-tiny) and reused.  When OPENBLAS_CORETYPE is set in the
@@ -176,6 +178,12 @@ fi
 # (docmint bench-dispatch) and infer throughput with 1 and 2 worker ranks
 # (tests/bench_batch.sh; about 30 s more).
 sh "$ROOT/tests/bench_batch.sh" "$DOCMINT"
+
+# Threads on a busy node: OpenMP's waiting rule with and without other
+# processes on every core (tests/bench_busy.sh; about 2 minutes).
+echo
+echo "==== threads on a busy node: OpenMP waiting, as found and with busy loops ===="
+sh "$ROOT/tests/bench_busy.sh" "$DOCMINT"
 
 # Training: distill tokens per second with 1 and 2 ranks on the tiny
 # config and on a full-size pruned student, with the all-reduce's share of

@@ -686,7 +686,132 @@ expect_error "forward without inputs" "pixel_values" "$DOCMINT" forward $DATA/ti
 expect_error "unknown command" "unknown command" "$DOCMINT" frobnicate
 expect_error "unknown option" "--bogus" "$DOCMINT" ask "$T/model" jobs/demo/page.png --bogus "q?"
 
-for c in ask forward tokenize detokenize init preprocess bench prune params export worker-key; do
+echo "cli: run: exit status, retry, reruns, and what validate refuses (docs/running.md)"
+# A synthetic corpus of one page and three questions; a copy whose page is
+# corrupt gives three error records.
+R="$T/run"
+mkdir -p "$R"
+"$DOCMINT" synth "$R/c" --docs 3 --seed 3 --quiet
+cp -r "$R/c" "$R/bad"
+img=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"][0]["image"])' "$R/c/train_v1.0_withQT.json")
+printf 'not an image' >"$R/bad/$img"
+# job NAME MEMBERS...: a job file in $R using the model of the ask tests
+job() {
+    n=$1
+    shift
+    printf '{"model": "%s", "endpoint": "tcp://127.0.0.1:0", "quiet": true, %s}\n' "$T/model" "$*" >"$R/$n.json"
+}
+# status CMD...: the exit status, output to $T/out and $T/err
+status() {
+    "$@" >"$T/out" 2>"$T/err"
+    echo $?
+}
+# errors/answers STORE: counts from store dump (not from the meta counts)
+dumped() { "$DOCMINT" store dump "$1" ${2:-} 2>/dev/null | grep -c questionId; }
+job bad '"output": "out/deep/er", "corpus": {"path": "bad/train_v1.0_withQT.json"}'
+st=$(status "$DOCMINT" run "$R/bad.json")
+if [ "$st" -eq 3 ] && [ "$(dumped "$R/out/deep/er" --errors)" -eq 3 ] && [ "$(dumped "$R/out/deep/er")" -eq 0 ]; then
+    ok "run: items ended in errors: exit 3, 3 error records written (output parents created)"
+else
+    bad "run with a corrupt page: status $st, $(cat "$T/err")"
+fi
+st=$(status "$DOCMINT" run "$R/bad.json")
+[ "$st" -eq 3 ] && ok "run: a rerun over the same errors exits 3 again (they count as done)" ||
+    bad "rerun with errors: status $st"
+cp "$R/c/$img" "$R/bad/$img"
+st=$(status "$DOCMINT" run "$R/bad.json" --retry-errors)
+if [ "$st" -eq 0 ] && [ "$(dumped "$R/out/deep/er" --errors)" -eq 0 ] && [ "$(dumped "$R/out/deep/er")" -eq 3 ]; then
+    ok "run --retry-errors: the page fixed, the 3 questions answered, no error left, exit 0"
+else
+    bad "--retry-errors: status $st, $(cat "$T/err")"
+fi
+# the retried answers are those of a run that never failed
+job good '"output": "out/good", "corpus": {"path": "c/train_v1.0_withQT.json"}'
+if [ "$(status "$DOCMINT" run "$R/good.json")" -eq 0 ] &&
+    "$DOCMINT" store dump "$R/out/good" | python3 -c 'import json,sys; [print(json.loads(l)["questionId"], json.loads(l)["answer"]) for l in sys.stdin]' >"$R/a1" &&
+    "$DOCMINT" store dump "$R/out/deep/er" | python3 -c 'import json,sys; [print(json.loads(l)["questionId"], json.loads(l)["answer"]) for l in sys.stdin]' >"$R/a2" &&
+    cmp -s "$R/a1" "$R/a2"; then
+    ok "retried answers equal those of a clean run"
+else
+    bad "retried answers differ: $(diff "$R/a1" "$R/a2" | head -3)"
+fi
+# Reruns with other settings into the same store: refused, naming both values.
+job bf16 '"output": "out/good", "corpus": {"path": "c/train_v1.0_withQT.json"}, "precision": "bf16"'
+job maxlen '"output": "out/good", "corpus": {"path": "c/train_v1.0_withQT.json"}, "max_length": 20'
+job other '"output": "out/good", "corpus": {"path": "c/val_v1.0_withQT.json"}'
+expect_error "rerun with bf16 into an fp32 store: refused" "made with precision fp32, this job has bf16" \
+    "$DOCMINT" run "$R/bf16.json"
+expect_error "rerun with another max_length: refused" "this job has 20" "$DOCMINT" run "$R/maxlen.json"
+expect_error "rerun with another corpus: refused, naming both" "made from corpus $R/c/train_v1.0_withQT.json, this job reads corpus $R/c/val_v1.0_withQT.json" \
+    "$DOCMINT" run "$R/other.json"
+st=$(status "$DOCMINT" run "$R/bf16.json" --force-new)
+old=$(ls -d "$R/out/good.old-"* 2>/dev/null | head -1)
+if [ "$st" -eq 0 ] && [ -n "$old" ] && [ "$(dumped "$old")" -eq 3 ] && [ "$(dumped "$R/out/good")" -eq 3 ] &&
+    grep -qF "moved to $old" "$T/err" &&
+    [ "$("$DOCMINT" store stat "$R/out/good" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["meta"]["precision"])')" = bf16 ]; then
+    ok "--force-new: the old store moved aside ($(basename "$old")), a fresh bf16 store made"
+else
+    bad "--force-new: status $st, $(cat "$T/err")"
+fi
+# Archives: another questions file is another corpus; one more question extends it.
+mkdir -p "$R/arch" && cp "$R/c/$img" "$R/arch/p1.png"
+printf 'What is the date?\n' >"$R/q1.txt"
+printf 'Who is the vendor?\n' >"$R/q2.txt"
+printf 'What is the date?\nWho is the vendor?\n' >"$R/q12.txt"
+job a1 '"output": "out/arch", "corpus": {"path": "arch", "format": "archive", "questions": "q1.txt"}'
+job a2 '"output": "out/arch", "corpus": {"path": "arch", "format": "archive", "questions": "q2.txt"}'
+job a12 '"output": "out/arch", "corpus": {"path": "arch", "format": "archive", "questions": "q12.txt"}'
+if [ "$(status "$DOCMINT" run "$R/a1.json")" -eq 0 ]; then
+    expect_error "archive rerun with another questions file: refused" "with questions $R/q1.txt, this job reads corpus $R/arch with questions $R/q2.txt" \
+        "$DOCMINT" run "$R/a2.json"
+    st=$(status "$DOCMINT" run "$R/a12.json")
+    [ "$st" -eq 0 ] && [ "$(dumped "$R/out/arch")" -eq 2 ] &&
+        ok "archive rerun with one more question resumes (2 answers)" || bad "archive q1 -> q12: status $st $(cat "$T/err")"
+else
+    bad "archive run: $(cat "$T/err")"
+fi
+# What validate (and run, before any work) refuse.
+job cl '"stage": "cache-logits", "output": "out/cl", "corpus": {"path": "c/test_v1.0.json"}'
+expect_error "validate --corpus: cache-logits without gold answers" "3 of 3 questions have no gold answer" \
+    "$DOCMINT" validate "$R/cl.json" --corpus
+expect_error "run: cache-logits without gold answers, refused before any work" "no gold answer" \
+    "$DOCMINT" run "$R/cl.json"
+[ ! -e "$R/out/cl" ] && ok "the refused cache-logits job made no store" || bad "refused job left $R/out/cl"
+job clarch '"stage": "cache-logits", "output": "out/cl", "corpus": {"path": "arch", "format": "archive", "questions": "q1.txt"}'
+expect_error "validate: cache-logits on an archive" "an archive has none" "$DOCMINT" validate "$R/clarch.json"
+job an '"stage": "analyze", "output": "out/an", "corpus": {"path": "c/train_v1.0_withQT.json"}'
+expect_error "validate: a stage this build cannot run" 'stage "analyze": this build of docmint cannot run it' \
+    "$DOCMINT" validate "$R/an.json"
+expect_error "run: the same stage, the same message" 'stage "analyze": this build of docmint cannot run it' \
+    "$DOCMINT" run "$R/an.json"
+printf '{"model": "%s/nomodel", "output": "out/x", "corpus": {"path": "c/train_v1.0_withQT.json"}}\n' "$R" >"$R/nomodel.json"
+expect_error "validate: a model folder that does not exist" "model $R/nomodel: No such file or directory" \
+    "$DOCMINT" validate "$R/nomodel.json"
+job img '"output": "out/x", "corpus": {"path": "arch/p1.png", "format": "archive", "questions": "q1.txt"}'
+expect_error "validate: corpus.path is an image" "arch/p1.png: is a PNG image, not a folder or a list file of documents" \
+    "$DOCMINT" validate "$R/img.json"
+expect_error "run: corpus.path is an image, the same message" "is a PNG image" "$DOCMINT" run "$R/img.json"
+job par '"output": "q1.txt/x", "corpus": {"path": "c/train_v1.0_withQT.json"}'
+expect_error "validate: an output under a file" "$R/q1.txt is not a folder" "$DOCMINT" validate "$R/par.json"
+job deep '"output": "new/a/b/store", "corpus": {"path": "c/train_v1.0_withQT.json"}'
+if "$DOCMINT" validate "$R/deep.json" >/dev/null 2>&1 && [ ! -e "$R/new" ]; then
+    ok "validate: an output whose parents are missing is valid (run creates them) and nothing is made"
+else
+    bad "validate of an output with missing parents"
+fi
+expect_error "run: unknown flag" "--retry" "$DOCMINT" run "$R/good.json" --retry
+
+# OpenMP waits passively unless the user chose (libgomp prints the values it
+# read with OMP_DISPLAY_ENV=verbose; the last block is the one in force).
+spin() { env "$@" OMP_DISPLAY_ENV=verbose "$DOCMINT" run --help 2>&1 >/dev/null | sed -n "s/.*GOMP_SPINCOUNT = '\([0-9]*\)'.*/\1/p" | tail -1; }
+if [ "$(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT)" = 0 ] && [ "$(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)" = 4321 ] &&
+    [ "$(spin -u GOMP_SPINCOUNT OMP_WAIT_POLICY=active)" = 30000000000 ]; then
+    ok "run: OpenMP threads wait passively by default (spin count 0); the user's GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept"
+else
+    bad "OpenMP wait policy: default $(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT), user 4321 -> $(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)"
+fi
+
+for c in ask forward tokenize detokenize init preprocess bench prune params export worker-key run validate; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

@@ -206,5 +206,85 @@ else
     bad "verify does not list questionId $qid"
 fi
 
+# Every kind of store from the system's Python (/usr/bin/python3, where the
+# Debian packages python3-lmdb and python3-protobuf live): a teacher-logit
+# store with its features and an error record, made by a real run of the
+# tiny model; Python prints the lines `docmint store dump` prints.
+SYS=/usr/bin/python3
+L="$T/logit"
+mkdir -p "$L"
+"$DOCMINT" init "$L/model" --config jobs/configs/tiny.json --seed 5 >/dev/null &&
+    "$DOCMINT" synth "$L/c" --docs 3 --seed 4 --quiet
+"$SYS" - "$L/c/train_v1.0_withQT.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+# one question whose page does not exist: an error record in the store
+q = dict(d["data"][0], questionId=999, image="documents/none.png")
+d["data"].append(q)
+json.dump(d, open(sys.argv[1], "w"))
+PY
+printf '{"stage": "cache-logits", "model": "model", "output": "logits", "corpus": {"path": "c/train_v1.0_withQT.json"}, "keep_features": true, "top_k": 4, "endpoint": "tcp://127.0.0.1:0", "quiet": true}\n' >"$L/job.json"
+"$DOCMINT" run "$L/job.json" >"$L/run.log" 2>&1
+st=$?
+[ $st -eq 3 ] && ok "cache-logits run with one missing page: exit 3 (a store with records, features and an error)" ||
+    bad "cache-logits run: status $st: $(tail -2 "$L/run.log")"
+for flag in "" --errors --features; do
+    "$DOCMINT" store dump "$L/logits" $flag >"$L/c.out" 2>"$L/c.err"
+    cs=$?
+    "$SYS" schemas/python/dmstore.py "$L/logits" $flag >"$L/p.out" 2>"$L/p.err"
+    ps=$?
+    if [ $cs -eq 0 ] && [ $ps -eq 0 ] && [ -s "$L/c.out" ] && cmp -s "$L/c.out" "$L/p.out"; then
+        ok "logit store ${flag:-records}: C and $SYS print identical lines ($(wc -l <"$L/c.out"))"
+    else
+        bad "logit store ${flag:-records}: C $cs, Python $ps: $(head -c 300 "$L/p.err"); $(diff "$L/c.out" "$L/p.out" | head -4)"
+    fi
+done
+# The module API: every logit record's shape as schemas/records.proto
+# lays it out, the features, the error record.
+if "$SYS" - "$L/logits" <<'PY'
+import sys
+sys.path.insert(0, "schemas/python")
+import dmstore
+with dmstore.open_store(sys.argv[1]) as st:
+    m = st.meta()
+    assert m["kind"] == "logits" and m["top_k"] == "4", m
+    recs = list(st)
+    assert recs and all(type(r).__name__ == "LogitRecord" for r in recs)
+    for r in recs:
+        P = dmstore.logit_positions(r)
+        assert P >= 1 and len(r.targets) == P and r.k == 4, r.question_id
+        assert len(r.top_logits) == P * r.k * 2 and len(r.lse) == P * len(r.temperatures)
+    feats = list(st.features())
+    assert feats, "no features"
+    try:
+        import numpy  # noqa: F401  (get_features needs it)
+    except ImportError:
+        numpy = None
+    for f in feats:
+        assert f.tokens * f.dim * 2 == len(f.values)
+        if numpy is not None:
+            assert st.get_features(f.page_id).shape == (f.tokens, f.dim)
+    assert [e.question_id for e in st.errors()] == [999]
+PY
+then ok "module API on the logit store: LogitRecords with consistent shapes, features, the error"; else bad "module API on the logit store"; fi
+
+# `make` writes records_pb2.py where dmstore.py looks without being told.
+if make -s python-schemas >/dev/null 2>&1 &&
+    env -u DOCMINT_PYGEN "$SYS" schemas/python/dmstore.py "$L/logits" >/dev/null 2>"$L/noenv.err"; then
+    ok "dmstore.py finds build/gen/python/records_pb2.py by itself"
+else
+    bad "dmstore.py without DOCMINT_PYGEN: $(cat "$L/noenv.err")"
+fi
+# A Python without lmdb (here the same interpreter without its site
+# packages): one line naming /usr/bin/python3 and the Debian package.
+"$SYS" -S schemas/python/dmstore.py "$L/logits" >/dev/null 2>"$L/nolmdb.err"
+st=$?
+if [ $st -ne 0 ] && [ "$(wc -l <"$L/nolmdb.err")" -eq 1 ] && grep -q "/usr/bin/python3" "$L/nolmdb.err" &&
+    grep -q "python3-lmdb" "$L/nolmdb.err"; then
+    ok "lmdb missing: $(cut -c1-120 "$L/nolmdb.err")..."
+else
+    bad "lmdb missing: status $st: $(cat "$L/nolmdb.err")"
+fi
+
 echo "store_py: $pass passed, $fail failed"
 [ $fail -eq 0 ]

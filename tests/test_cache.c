@@ -434,7 +434,7 @@ static void test_features(void)
     Results *res = NULL;
     DmErr err = {{0}};
     CU_ASSERT_EQUAL_FATAL(store_open(dir, STORE_WRITE, &st, &err), 0);
-    CU_ASSERT_EQUAL_FATAL(results_open(st, 8, &res, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(results_open(st, 8, 0, &res, &err), 0);
     results_set_kind(res, "logits", "cache-logits", NULL);
     float *enc[2];
     int tokens[2], dim[2];

@@ -472,7 +472,7 @@ static void test_results_writer(void)
     Store *s = NULL;
     Results *r = NULL;
     CU_ASSERT_EQUAL_FATAL(store_open(path, STORE_WRITE, &s, &err), 0);
-    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, &r, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, 0, &r, &err), 0);
     CU_ASSERT(!results_held(r, 1));
     CU_ASSERT_EQUAL(results_start(r, "{\"stage\":\"infer\"}", "00ff", "abcd", 0, &err), 0);
     CU_ASSERT(!results_due(r, dm_now()));
@@ -522,7 +522,7 @@ static void test_results_writer(void)
     results_free(&r);
 
     /* A second run sees what the first stored, and refuses another model. */
-    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, &r, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 2, 0, &r, &err), 0);
     CU_ASSERT(results_held(r, 7));
     CU_ASSERT(results_held(r, 8));
     CU_ASSERT(results_held(r, 9));
@@ -544,6 +544,79 @@ static void test_results_writer(void)
     CU_ASSERT_EQUAL(system(cmd), 0);
 }
 
+/* --retry-errors: errored questions are not held (a cache-logits question
+ * with a record and an error on another answer included), the error
+ * records are deleted in results_start's transaction, and the store's
+ * distinct questions count each question once. */
+static void test_results_retry(void)
+{
+    char dir[] = "/tmp/docmint-retry-XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/out", dir);
+    DmErr err = {{0}};
+    Store *s = NULL;
+    Results *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(store_open(path, STORE_WRITE, &s, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 100, 0, &r, &err), 0);
+    CU_ASSERT_EQUAL(results_start(r, "{}", "00ff", "abcd", 0, &err), 0);
+    Docmint__AnswerRecord a;
+    docmint__answer_record__init(&a);
+    a.answer = "x";
+    a.page_id = "p.png";
+    a.question = "q?";
+    for (int q = 1; q <= 2; q++) { /* answers for 1 and 2 */
+        a.question_id = q;
+        CU_ASSERT_EQUAL(results_add_answer(r, &a, 1.0, &err), 0);
+    }
+    Docmint__ErrorRecord e;
+    docmint__error_record__init(&e);
+    e.stage = "infer";
+    e.reason = "bad page";
+    CU_ASSERT_EQUAL(results_add_error(r, 3, &e, NULL, 1.0, &err), 0); /* key "3" */
+    e.item = "2/1"; /* question 2's second answer (cache-logits style) */
+    e.question_id = 2;
+    CU_ASSERT_EQUAL(results_add_error_item(r, &e, 1.0, &err), 0);
+    e.item = "features of page p.png"; /* no question */
+    e.question_id = 0;
+    CU_ASSERT_EQUAL(results_add_error_item(r, &e, 1.0, &err), 0);
+    CU_ASSERT_EQUAL(results_flush(r, 0, 0, NULL, &err), 0);
+    results_free(&r);
+
+    /* without retry: 1, 2, 3 held, three distinct questions */
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 100, 0, &r, &err), 0);
+    CU_ASSERT(results_held(r, 1) && results_held(r, 2) && results_held(r, 3));
+    CU_ASSERT_EQUAL(results_stored_count(r), 3);
+    CU_ASSERT_EQUAL(results_retried(r), 0);
+    results_free(&r);
+
+    /* with retry: only 1 held; 2 and 3 still count as stored */
+    CU_ASSERT_EQUAL_FATAL(results_open(s, 100, 1, &r, &err), 0);
+    CU_ASSERT(results_held(r, 1));
+    CU_ASSERT(!results_held(r, 2));
+    CU_ASSERT(!results_held(r, 3));
+    CU_ASSERT(results_stored(r, 2) && results_stored(r, 3) && !results_stored(r, 4));
+    CU_ASSERT_EQUAL(results_stored_count(r), 3);
+    CU_ASSERT_EQUAL(results_retried(r), 3);
+    CU_ASSERT_EQUAL(results_counts(r)->errors0, 0);
+    uint64_t n = 99;
+    CU_ASSERT_EQUAL(store_count(s, STORE_ERRORS, &n, &err), 0);
+    CU_ASSERT_EQUAL(n, 3); /* nothing deleted before the start */
+    CU_ASSERT_EQUAL(results_start(r, "{}", "00ff", "abcd", 1, &err), 0);
+    CU_ASSERT_EQUAL(store_count(s, STORE_ERRORS, &n, &err), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(store_count(s, STORE_RECORDS, &n, &err), 0);
+    CU_ASSERT_EQUAL(n, 2);
+    char *v = store_meta_get(s, "count_errors", &err);
+    CU_ASSERT_STRING_EQUAL(v ? v : "", "0");
+    free(v);
+    results_free(&r);
+    store_close(&s);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+}
+
 void tests_dispatch(void)
 {
     TU_SUITE("dispatch", {"plan: questions held, duplicates, shards", test_plan},
@@ -554,5 +627,6 @@ void tests_dispatch(void)
              {"join document round trip and errors", test_join_roundtrip},
              {"advertised endpoints", test_endpoints},
              {"results: batches, counts, held set, model check", test_results_writer},
+             {"results: --retry-errors releases and deletes error records", test_results_retry},
              {"CURVE + ZAP: only the job's client key gets in", test_curve_zap});
 }

@@ -41,21 +41,52 @@
 
 enum { RUN_FAILED = 0, RUN_WORK = 1, RUN_NOTHING = 2 };
 
-static volatile sig_atomic_t s_stop;
+/* Exit statuses (docs/running.md). */
+enum { EXIT_DONE = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_ITEM_ERRORS = 3, EXIT_INTERRUPTED = 130 };
 
+static volatile sig_atomic_t s_stop;
+/* The keys file, removed by the signal handler itself: under mpirun a
+ * rank gets SIGTERM and, a second later, SIGKILL. */
+static char s_keys[4200];
+static volatile sig_atomic_t s_armed;       /* the handler may write and unlink */
+static volatile sig_atomic_t s_line_written; /* it did */
+
+#define INTERRUPTED_LINE                                                                     \
+    PREFIX ": interrupted; the store keeps every result committed: rerun the same command to "   \
+           "resume\n"
+
+/* The keys file goes and the line is written here, in the handler (both
+ * async-signal-safe): mpirun stops forwarding the ranks' output as it
+ * ends the job, and SIGKILL may come before the loop sees s_stop. */
 static void s_on_signal(int sig)
 {
     (void)sig;
+    if (s_stop)
+        return;
     s_stop = 1;
+    if (s_armed) {
+        if (s_keys[0])
+            unlink(s_keys);
+        ssize_t w = write(STDERR_FILENO, INTERRUPTED_LINE, sizeof INTERRUPTED_LINE - 1);
+        (void)w;
+        s_line_written = 1;
+    }
 }
 
 static void s_usage(FILE *f)
 {
-    fprintf(f, "usage: docmint run JOB.json [--quiet]\n"
+    fprintf(f, "usage: docmint run JOB.json [--quiet] [--retry-errors] [--force-new]\n"
                "  runs a job: mpirun -n N docmint run JOB.json (rank 0 coordinates, the\n"
                "  others compute), or docmint run JOB.json alone (one worker in-process);\n"
                "  stage distill: every rank trains its slice of each batch (data parallel)\n"
-               "  --quiet   no progress lines and no summary (job key \"quiet\" too)\n"
+               "  --quiet         no progress lines and no summary (job key \"quiet\" too)\n"
+               "  --retry-errors  compute again the questions the store holds error records\n"
+               "                  for (infer, cache-logits; the records are deleted first)\n"
+               "  --force-new     start a fresh output: an existing one is renamed to\n"
+               "                  OUTPUT.old-<UTC time> first (a rerun otherwise resumes it,\n"
+               "                  and refuses it when made with other settings)\n"
+               "  exit status: 0 done; 3 done, but the store holds error records; 1 failed;\n"
+               "  2 bad command line; 130 interrupted (under mpirun: mpirun's own status)\n"
                "  workers started by hand join with: docmint worker --keys OUTPUT/worker.keys\n");
 }
 
@@ -140,13 +171,22 @@ static int s_local_failed(void *ctx, DmErr *err)
 
 /* Rank 0: the job document when the job is a distill job, else NULL (a
  * job that does not load goes the batch way, which reports why). */
-static char *s_spmd_job(const char *path)
+static char *s_spmd_job(const char *path, int force_new, int *failed)
 {
     Job *j = NULL;
     DmErr err;
-    char *text = NULL;
-    if (job_load(path, &j, &err) == 0 && !strcmp(j->stage, "distill"))
-        text = json_dumps(j->doc, JSON_COMPACT);
+    char *text = NULL, moved[4200];
+    *failed = 0;
+    if (job_load(path, &j, &err) == 0 && job_check(j, &err) == 0 && !strcmp(j->stage, "distill")) {
+        if (force_new && job_move_aside(j, moved, sizeof moved, &err)) {
+            fprintf(stderr, "%s: %s\n", PREFIX, err.msg);
+            *failed = 1;
+        } else {
+            if (force_new && moved[0])
+                fprintf(stderr, "%s: --force-new: the old output was moved to %s\n", PREFIX, moved);
+            text = json_dumps(j->doc, JSON_COMPACT);
+        }
+    }
     job_free(&j);
     return text;
 }
@@ -176,8 +216,8 @@ static int s_distill(char *text, int rank, int local_ranks, int quiet)
 
 /* --------------------------------------------------------------- rank 0 */
 
-static int s_coordinator(const char *job_path, int quiet, int size, int local_workers,
-                         int *interrupted)
+static int s_coordinator(const char *job_path, int quiet, int retry, int force_new, int size,
+                         int local_workers, int *interrupted)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -187,6 +227,7 @@ static int s_coordinator(const char *job_path, int quiet, int size, int local_wo
     sigaction(SIGTERM, &sa, NULL);
 
     DmErr err = {{0}};
+    int64_t errors = 0;
     void *zctx = zmq_ctx_new();
     LocalWorker *lw = NULL;
     Dispatch *d = NULL;
@@ -198,7 +239,21 @@ static int s_coordinator(const char *job_path, int quiet, int size, int local_wo
     o.log_prefix = PREFIX;
     o.zctx = zctx;
     o.stop = &s_stop;
+    o.retry_errors = retry;
+    o.force_new = force_new;
     int rc = zctx ? dispatch_open(&o, &d, &join, &err) : dm_err(&err, "zmq_ctx_new failed");
+    if (rc == 0) {
+        snprintf(s_keys, sizeof s_keys, "%s", dispatch_keys_path(d));
+        s_armed = 1;
+        if (dispatch_moved_to(d)[0])
+            fprintf(stderr, "%s: --force-new: the old store was moved to %s\n", PREFIX,
+                    dispatch_moved_to(d));
+        if (retry && !quiet)
+            fprintf(stderr, "%s: --retry-errors: %zu error record%s deleted, %lld questions to "
+                            "compute\n",
+                    PREFIX, dispatch_retried(d), dispatch_retried(d) == 1 ? "" : "s",
+                    (long long)dispatch_todo(d));
+    }
     int status = rc ? RUN_FAILED : dispatch_todo(d) == 0 ? RUN_NOTHING : RUN_WORK;
     char *text = NULL;
     if (status == RUN_WORK && wire_join_to_json(&join, &text, &err)) {
@@ -238,6 +293,12 @@ static int s_coordinator(const char *job_path, int quiet, int size, int local_wo
         dispatch_set_failed(d, s_local_failed, lw);
     }
     rc = dispatch_run(d, interrupted, &err);
+    if (rc == 0 && (errors = dispatch_store_errors(d, &err)) < 0)
+        rc = -1;
+    if (rc == 0 && errors > 0 && !quiet)
+        fprintf(stderr, "%s: the store holds %lld error record%s (docmint store dump %s --errors "
+                        "lists them; docmint run %s --retry-errors computes them again)\n",
+                PREFIX, (long long)errors, errors == 1 ? "" : "s", dispatch_output(d), job_path);
 done:
     if (lw) {
         atomic_store(&lw->stop, 1);
@@ -252,20 +313,19 @@ done:
         int end = 1;
         s_bcast(&end, 1, MPI_INT);
     }
+    s_armed = 0;
     dispatch_close(&d);
     memset(&join, 0, sizeof join);
     if (zctx)
         zmq_ctx_term(zctx);
     if (rc) {
-        if (*interrupted)
-            fprintf(stderr, "%s: interrupted; the store keeps every result received: rerun to "
-                            "resume\n",
-                    PREFIX);
-        else
+        if (*interrupted && !s_line_written)
+            fputs(INTERRUPTED_LINE, stderr); /* stopped before the loop began */
+        else if (!*interrupted)
             fprintf(stderr, "%s: %s\n", PREFIX, err.msg);
-        return *interrupted ? 130 : 1;
+        return *interrupted ? EXIT_INTERRUPTED : EXIT_FAILED;
     }
-    return 0;
+    return errors > 0 ? EXIT_ITEM_ERRORS : EXIT_DONE;
 }
 
 /* ------------------------------------------------------------ ranks >= 1 */
@@ -335,13 +395,17 @@ static int s_worker_rank(int rank, int local_workers)
 int cmd_run(int argc, char **argv)
 {
     const char *job = NULL;
-    int quiet = 0;
+    int quiet = 0, retry = 0, force_new = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             s_usage(stdout);
             return 0;
         } else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) {
             quiet = 1;
+        } else if (!strcmp(argv[i], "--retry-errors")) {
+            retry = 1;
+        } else if (!strcmp(argv[i], "--force-new")) {
+            force_new = 1;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "docmint run: unknown option %s (see --help)\n", argv[i]);
             return 2;
@@ -371,16 +435,22 @@ int cmd_run(int argc, char **argv)
     MPI_Allreduce(&is_worker, &local_workers, 1, MPI_INT, MPI_SUM, local);
     MPI_Allreduce(&one, &local_ranks, 1, MPI_INT, MPI_SUM, local);
     MPI_Comm_free(&local);
-    char *spmd = rank == 0 ? s_spmd_job(job) : NULL;
-    int is_spmd = spmd != NULL;
+    int spmd_failed = 0;
+    char *spmd = rank == 0 ? s_spmd_job(job, force_new, &spmd_failed) : NULL;
+    int is_spmd = spmd_failed ? 2 : spmd != NULL;
     s_bcast(&is_spmd, 1, MPI_INT);
+    if (is_spmd == 2) {
+        MPI_Finalize();
+        return EXIT_FAILED;
+    }
     if (is_spmd) {
         int rc = s_distill(spmd, rank, local_ranks, quiet);
         MPI_Finalize();
         return rc;
     }
     int interrupted = 0;
-    int rc = rank == 0 ? s_coordinator(job, quiet, size, local_workers, &interrupted)
+    int rc = rank == 0 ? s_coordinator(job, quiet, retry, force_new, size, local_workers,
+                                       &interrupted)
                        : s_worker_rank(rank, local_workers);
     if (interrupted && size > 1)
         return rc; /* peers are being killed: MPI_Finalize could wait for them */

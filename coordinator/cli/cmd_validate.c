@@ -17,9 +17,12 @@ static void s_usage(FILE *f)
                "       docmint validate --schema\n"
                "\n"
                "Check a job file: unknown keys, missing keys, wrong types and values are\n"
-               "reported with the key's path.\n"
+               "reported with the key's path; then what `docmint run` would refuse\n"
+               "before any work: a stage this build cannot run, a missing model folder, an\n"
+               "output that cannot be created, a corpus path that is missing or is an image.\n"
                "\n"
-               "  --corpus   also read the corpus and count its pages and questions\n"
+               "  --corpus   also read the corpus and count its pages and questions (and\n"
+               "             check that cache-logits has a gold answer for each)\n"
                "  --print    print the job with every default filled in and every path\n"
                "             resolved (what `docmint run` will use)\n"
                "  --schema   print the job schema (every key, its type, default and meaning)\n"
@@ -69,6 +72,11 @@ int cmd_validate(int argc, char **argv)
         fprintf(stderr, "docmint validate: %s\n", err.msg);
         return 1;
     }
+    if (job_check(job, &err)) {
+        fprintf(stderr, "docmint validate: %s\n", err.msg);
+        job_free(&job);
+        return 1;
+    }
     Corpus *c = NULL;
     /* an archive: progress while scanning, and the page counts of the
      * output store's last scan for unchanged documents */
@@ -81,7 +89,9 @@ int cmd_validate(int argc, char **argv)
     int bad = corpus && corpus_load(&job->corpus, &c, &err);
     job->corpus.scan_cache = NULL;
     free(scan);
+    bad = bad || (corpus && job_check_corpus(job, c, &err));
     if (bad) {
+        corpus_free(&c);
         fprintf(stderr, "docmint validate: %s\n", err.msg);
         job_free(&job);
         return 1;

@@ -1,6 +1,8 @@
 /* main.c - the docmint entry point: dispatch to a subcommand. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "coordinator/cli/commands.h"
 
@@ -8,6 +10,44 @@
 #ifndef DOCMINT_VERSION
 #error "DOCMINT_VERSION is not defined: build with make (it reads the file VERSION)"
 #endif
+
+/* OpenMP threads waiting at a barrier spin before they sleep: libgomp's
+ * default is 300,000 turns when OMP_WAIT_POLICY is unset, about a
+ * millisecond per wait.  On a node whose cores other processes also use, a
+ * spinning thread holds the core the thread it waits for needs: a run with
+ * the default threads went 4-6x slower than with one thread
+ * (docs/running.md, `make bench`).  Passive waiting (sleep at once) keeps
+ * the speed on a busy node and costs a quiet one little (the work between
+ * barriers is long).  libgomp reads its environment when it is loaded,
+ * before main, and a setenv from .preinit_array does not survive libc's
+ * own start-up, so docmint sets the variable and executes itself again
+ * (same process id: mpirun sees no difference).  The user's own
+ * OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. */
+#define DM_OMP_WAIT_POLICY "passive"
+
+static void s_omp_defaults(int argc, char **argv)
+{
+    /* the commands whose compute runs in OpenMP threads (the others need
+     * not pay for a second start) */
+    static const char *const computing[] = {"run", "worker", "ask", "bench", "forward",
+                                            "cache-check", NULL};
+    int hit = 0;
+    for (int i = 0; argc > 1 && computing[i]; i++)
+        hit |= !strcmp(argv[1], computing[i]);
+    if (!hit || getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT"))
+        return;
+    /* the program's own path, not /proc/self/exe: the process keeps its
+     * name ("docmint" in ps and /proc/PID/comm) */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || n >= (ssize_t)sizeof self - 1)
+        return; /* no /proc: go on with the library's defaults */
+    self[n] = '\0';
+    if (setenv("OMP_WAIT_POLICY", DM_OMP_WAIT_POLICY, 0) != 0)
+        return;
+    execv(self, argv);
+    unsetenv("OMP_WAIT_POLICY"); /* not executed: as if never set */
+}
 
 typedef struct Command {
     const char *name;
@@ -42,7 +82,7 @@ static const Command s_commands[] = {
     {"tokenize", cmd_tokenize, "DIR [--no-special]   JSON lines {\"text\"} on stdin -> {\"ids\",\"pieces\"}"},
     {"detokenize", cmd_detokenize, "DIR [--skip-special]   JSON lines {\"ids\"} on stdin -> {\"text\"}"},
     {"preprocess", cmd_preprocess, "MODEL_DIR IMAGE -o OUT.safetensors   image -> pixel_values"},
-    {"run", cmd_run, "JOB.json [--quiet]   run a job (under mpirun: rank 0 coordinates, the others compute)"},
+    {"run", cmd_run, "JOB.json [--quiet] [--retry-errors] [--force-new]   run a job (under mpirun: rank 0 coordinates, the others compute)"},
     {"worker", cmd_worker, "--keys OUTPUT/worker.keys [--connect ENDPOINT]   join a running job"},
     {"worker-key", cmd_worker_key, "FILE --name NAME   a worker's own keypair; prints its allow-list line"},
     {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
@@ -72,6 +112,7 @@ static void s_usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    s_omp_defaults(argc, argv);
     if (argc < 2) {
         s_usage(stderr);
         return 2;

@@ -8,9 +8,10 @@ UTF-8 text) and, in a teacher-logit store, "features" (key: page id,
 value: FeatureRecord, the page's encoder output in float16).  The records
 are protobuf messages of schemas/records.proto.
 
-Command line: prints the same JSON lines as `docmint store dump`:
+Command line: prints the same JSON lines as `docmint store dump`, for
+every kind of store (answers, teacher logits and their features):
 
-    python3 schemas/python/dmstore.py STORE [--errors]
+    /usr/bin/python3 schemas/python/dmstore.py STORE [--errors | --features]
 
 As a module:
 
@@ -35,10 +36,11 @@ they name (a cut file, which would be a bus error) is refused.  The
 CRC-32C uses the `crc32c` module when it is installed (pip install crc32c)
 and a pure Python table otherwise (slow for large logit stores).
 
-Needs python3-lmdb and python3-protobuf (Debian packages) and the module
-generated from schemas/records.proto by `make python-schemas`
-(build/gen/python/records_pb2.py).  It is looked up in $DOCMINT_PYGEN,
-then build/gen/python of this checkout, then the Python path.
+Needs python3-lmdb and python3-protobuf (Debian packages, for the
+system's /usr/bin/python3) and the module generated from
+schemas/records.proto, which `make` writes to build/gen/python/records_pb2.py
+(also `make python-schemas`).  It is looked up in $DOCMINT_PYGEN, then
+build*/gen/python of this checkout, then the Python path.
 """
 import json
 import math
@@ -51,14 +53,28 @@ CHECKSUM_KEY = b"value_checksum"
 CHECKSUM_NAME = b"crc32c"
 
 
+def _missing(module, package):
+    return ("dmstore: the Python module '%s' is missing from %s: run dmstore with "
+            "/usr/bin/python3 after `apt-get install python3-lmdb python3-protobuf` (Debian "
+            "package %s), or install it for this interpreter (python3 -m pip install %s)"
+            % (module, sys.executable or "this Python", package, module.split(".")[0]))
+
+
 def _import_deps():
     try:
         import lmdb  # noqa: F401
     except ImportError:
-        raise SystemExit("dmstore: the Python module 'lmdb' is missing "
-                         "(Debian package python3-lmdb; python is %s)" % sys.executable)
+        raise SystemExit(_missing("lmdb", "python3-lmdb"))
+    try:
+        import google.protobuf  # noqa: F401
+    except ImportError:
+        raise SystemExit(_missing("google.protobuf", "python3-protobuf").replace(
+            "pip install google", "pip install protobuf"))
     here = os.path.dirname(os.path.abspath(__file__))
-    for d in (os.environ.get("DOCMINT_PYGEN"), os.path.join(here, "..", "..", "build", "gen", "python")):
+    top = os.path.join(here, "..", "..")
+    dirs = [os.environ.get("DOCMINT_PYGEN")] + [
+        os.path.join(top, b, "gen", "python") for b in ("build", "build-san", "build-cuda", "build-san-cuda")]
+    for d in dirs:
         if d and os.path.isfile(os.path.join(d, "records_pb2.py")):
             if d not in sys.path:
                 sys.path.insert(0, d)
@@ -66,8 +82,10 @@ def _import_deps():
     try:
         import records_pb2  # noqa: F401
     except ImportError as e:
-        raise SystemExit("dmstore: cannot import records_pb2 (%s): run `make python-schemas` "
-                         "or set DOCMINT_PYGEN to the folder holding records_pb2.py" % e)
+        raise SystemExit("dmstore: cannot import records_pb2 (%s): run `make` in the docmint "
+                         "checkout (it writes build/gen/python/records_pb2.py where protoc is "
+                         "installed: Debian package protobuf-compiler) or set DOCMINT_PYGEN to "
+                         "the folder holding records_pb2.py" % e)
 
 
 _import_deps()
@@ -349,23 +367,78 @@ def answer_json(r):
                format_float(r.mean_logprob), format_float(r.seconds), _s(r.page_id), _s(r.question)))
 
 
+def _s_c(text):
+    """A JSON string as jansson writes it (docmint's C side): UTF-8 kept,
+    control characters as \\uXXXX in capitals."""
+    out = ['"']
+    for ch in text:
+        o = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in "\b\f\n\r\t":
+            out.append({"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
+        elif o < 0x20:
+            out.append("\\u%04X" % o)
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _real_c(x):
+    """A double as jansson writes it: %.17g, with ".0" when it looks integral."""
+    s = "%.17g" % x
+    if "." not in s and "e" not in s and "n" not in s:
+        s += ".0"
+    return s
+
+
+def logit_positions(r):
+    """Answer positions a LogitRecord covers."""
+    return len(r.token_ids) - 1 - r.answer_start
+
+
+def logit_json(r):
+    """A LogitRecord's identity and shape, as `docmint store dump` prints it."""
+    return ('{"questionId":%d,"answer_index":%d,"answer":%s,"page_id":%s,"positions":%d,'
+            '"k":%d,"vocab":%d,"full":%s,"targets":[%s]}'
+            % (r.question_id, r.answer_index, _s_c(r.answer), _s_c(r.page_id), logit_positions(r),
+               r.k, r.vocab, "true" if r.full else "false", ",".join("%d" % t for t in r.targets)))
+
+
+def feature_json(r):
+    """A FeatureRecord's page and shape and its largest |value|, as `docmint
+    store dump --features` prints it."""
+    n = len(r.values) // 2
+    amax = max((abs(v) for v in struct.unpack("<%de" % n, r.values[:2 * n])), default=0.0)
+    return ('{"page_id":%s,"tokens":%d,"dim":%d,"image_path":%s,"page_no":%d,"value_bytes":%d,'
+            '"max_abs":%s}'
+            % (_s_c(r.page_id), r.tokens, r.dim, _s_c(r.image_path), r.page_no, len(r.values),
+               _real_c(amax)))
+
+
 def error_json(r):
     return ('{"item":%s,"stage":%s,"reason":%s,"questionId":%d}'
             % (_s(r.item), _s(r.stage), _s(r.reason), r.question_id))
 
 
 def main(argv):
-    args = [a for a in argv[1:] if a != "--errors"]
-    errors = len(args) != len(argv) - 1
+    args = [a for a in argv[1:] if a not in ("--errors", "--features")]
+    errors = "--errors" in argv[1:]
+    features = "--features" in argv[1:]
     if any(a in ("-h", "--help") for a in args):
-        print("usage: dmstore.py STORE [--errors]\n"
+        print("usage: dmstore.py STORE [--errors | --features]\n"
               "  prints every record of STORE as JSON lines, as `docmint store dump` does\n"
-              "  --errors  the error records instead of the answers (default: answers)\n"
-              "  records_pb2 is found in $DOCMINT_PYGEN or build/gen/python (make python-schemas)")
+              "  (answers, or a logit store's LogitRecords)\n"
+              "  --errors    the error records instead\n"
+              "  --features  a logit store's per-page encoder outputs instead\n"
+              "  records_pb2 is found in $DOCMINT_PYGEN or build/gen/python (written by make)")
         return 0
     bad = [a for a in args if a.startswith("-")]
-    if bad or len(args) != 1:
-        print("dmstore: usage: dmstore.py STORE [--errors]%s"
+    if bad or len(args) != 1 or (errors and features):
+        print("dmstore: usage: dmstore.py STORE [--errors | --features]%s"
               % (" (unknown flag '%s')" % bad[0] if bad else ""), file=sys.stderr)
         return 2
     try:
@@ -374,6 +447,12 @@ def main(argv):
             if errors:
                 for r in st.errors():
                     out.write(error_json(r) + "\n")
+            elif features:
+                for r in st.features():
+                    out.write(feature_json(r) + "\n")
+            elif st.meta().get("kind") == "logits":
+                for r in st.logit_records():
+                    out.write(logit_json(r) + "\n")
             else:
                 for r in st:
                     out.write(answer_json(r) + "\n")

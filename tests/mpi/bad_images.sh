@@ -4,8 +4,9 @@
 # bombs (a 17 KB PNG of 12000 x 12000 pixels, a 333-byte PDF of a 200-inch
 # page; tests/data/bombs): one error record each
 # (stage "infer", item = the questionId, the reason names the file), every
-# other question answered, the job completes.  With two workers, each error
-# is tried once more on the other worker before it is stored.
+# other question answered, the job completes with exit status 3.  With two
+# workers, each error is tried once more on the other worker before it is
+# stored; with the pages repaired, --retry-errors answers them.
 . tests/mpi/lib.sh
 echo "mpi: corrupt, empty and missing page images, a FIFO, decompression bombs"
 make_model "$T/model"
@@ -38,10 +39,12 @@ json.dump({"dataset_name": "docvqa", "dataset_split": "val", "dataset_version": 
 PY
 C="$T/c/docvqa.json"
 write_job "$T/job.json" "$T/model" "$C" "$T/out"
-if $MPIRUN -n 3 "$DOCMINT" run "$T/job.json" >"$T/run.log" 2>&1; then
-    ok "the job completes despite six bad pages"
+$MPIRUN -n 3 "$DOCMINT" run "$T/job.json" >"$T/run.log" 2>&1
+st=$?
+if [ $st -eq 3 ] && grep -q "the store holds 6 error records" "$T/run.log"; then
+    ok "the job completes despite six bad pages: mpirun exits 3 (rank 0's status: items ended in errors)"
 else
-    bad "run failed: $(tail -5 "$T/run.log")"
+    bad "run: status $st: $(tail -5 "$T/run.log")"
 fi
 if msg=$(check_once "$T/out" "$C"); then ok "every question exactly once: $msg"; else bad "store: $msg"; fi
 "$DOCMINT" store dump "$T/out" --errors >"$T/errors.jsonl" 2>&1
@@ -89,12 +92,28 @@ cat >"$T/limit.json" <<JOB
 {"model": "$T/model", "output": "$T/limit", "corpus": {"path": "$T/c/small.json", "max_page_pixels": 2000000},
  "endpoint": "tcp://127.0.0.1:0", "heartbeat_seconds": 0.5, "heartbeat_liveness": 4}
 JOB
-if $MPIRUN -n 2 "$DOCMINT" run "$T/limit.json" >"$T/limit.log" 2>&1 &&
-    "$DOCMINT" store get "$T/limit" 202 --errors >"$T/limit.err" 2>&1 &&
+$MPIRUN -n 2 "$DOCMINT" run "$T/limit.json" >"$T/limit.log" 2>&1
+st=$?
+if [ $st -eq 3 ] && "$DOCMINT" store get "$T/limit" 202 --errors >"$T/limit.err" 2>&1 &&
     grep -q "2000x2000 = 4000000 pixels, more than the limit of 2000000" "$T/limit.err" &&
     "$DOCMINT" store get "$T/limit" 201 >/dev/null 2>&1; then
     ok "corpus.max_page_pixels 2000000 on the workers: the 4 MP page is an error record, the 1.2 MP page answered"
 else
     bad "max_page_pixels: $(tail -2 "$T/limit.log") $(cat "$T/limit.err")"
 fi
+
+# Five pages repaired (the PDF bomb stays): --retry-errors deletes the
+# error records and computes the six questions again; nothing else is
+# computed, the bomb is an error again, and the job again exits 3.
+rm -f "$T/c/img/pipe.png" "$T/c/img/wide.png"
+for f in corrupt empty missing pipe wide; do cp jobs/demo/page.png "$T/c/img/$f.png"; done
+$MPIRUN -n 3 "$DOCMINT" run "$T/job.json" --retry-errors >"$T/retry.log" 2>&1
+st=$?
+if [ $st -eq 3 ] && [ "$(meta "$T/out" count_errors)" = 1 ] && [ "$(meta "$T/out" computed_this_run)" = 6 ] &&
+    [ "$(meta "$T/out" held_at_start)" = 3 ]; then
+    ok "--retry-errors under mpirun: 3 held, the 6 errored questions computed, the PDF bomb an error again, exit 3"
+else
+    bad "--retry-errors: status $st: $(tail -3 "$T/retry.log"); errors $(meta "$T/out" count_errors), computed $(meta "$T/out" computed_this_run)"
+fi
+if msg=$(check_once "$T/out" "$C") && [ "$msg" = "8 answers, 1 errors" ]; then ok "every question answered once: $msg"; else bad "store after retry: $msg"; fi
 finish

@@ -69,6 +69,8 @@ void infer_limits(const InferStage *st, InferLimits *out)
     out->enc_tokens_max = (c->enc.image_h / p + 1) * (c->enc.image_w / p + 1);
 }
 
+int infer_max_length(const InferStage *st) { return st->qa.gen.max_length; }
+
 void infer_close(InferStage **pst)
 {
     InferStage *st = *pst;

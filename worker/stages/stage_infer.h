@@ -24,6 +24,9 @@ int infer_open(const char *model_dir, int max_length, int pdf_dpi, DmPrecision p
                InferStage **out, DmErr *err);
 void infer_close(InferStage **st);
 
+/* The generation limit in force (max_length, or the model's positions). */
+int infer_max_length(const InferStage *st);
+
 /* Hex fingerprints of the loaded weights and tokenizer. */
 const char *infer_fingerprint(const InferStage *st);
 const char *infer_tokenizer_fingerprint(const InferStage *st);
