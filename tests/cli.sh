@@ -42,6 +42,30 @@ for k in 0 1 2; do
     fi
 done
 
+echo "cli: analyze-item against the interpretability reference"
+# answer start, corrupting page and transcription heads as mi.json states them
+for k in 0 1 2; do
+    set -- $(python3 -c "
+import json, sys
+d = json.load(open('$DATA/tiny-a/mi.json'))
+c = d['cases'][$k]
+(l, heads), = d['transcribe_subset_heads'].items()
+print(c['answer_start'], c['corrupt_pixels_from'][4:], l + ':' + ','.join(map(str, heads)))")
+    if "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in$k.st" --corrupt "$T/in$2.st" --answer-start "$1" \
+        --subset "$3" --transcribe-logits --out "$T/mi$k.st" &&
+        python3 tests/tools/st.py compare "$T/mi$k.st" $DATA/tiny-a/mi.safetensors "case$k." >"$T/cmp"; then
+        ok "analyze-item case$k: $(tail -1 "$T/cmp")"
+    else
+        bad "analyze-item case$k: $(cat "$T/cmp" 2>/dev/null | tail -5)"
+    fi
+done
+expect_error "analyze-item: unknown head" "C1 has no head 7" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 3 --subset C1:1,7 --out "$T/x.st"
+expect_error "analyze-item: layer outside the model" "layer 5 outside" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 3 --subset C5:1 --out "$T/x.st"
+expect_error "analyze-item: no scored position" "--answer-start 6" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 6 --out "$T/x.st"
+
 echo "cli: tokenize / detokenize against the tokenizer reference"
 python3 - "$DATA/tokenizer-a/cases.jsonl" "$T" <<'PY'
 import json, sys
@@ -248,7 +272,7 @@ expect_error "forward without inputs" "pixel_values" "$DOCMINT" forward $DATA/ti
 expect_error "unknown command" "unknown command" "$DOCMINT" frobnicate
 expect_error "unknown option" "--bogus" "$DOCMINT" ask "$T/model" jobs/demo/page.png --bogus "q?"
 
-for c in ask forward tokenize detokenize init preprocess bench prune params; do
+for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

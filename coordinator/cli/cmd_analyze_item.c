@@ -1,0 +1,193 @@
+/* cmd_analyze_item.c - `docmint analyze-item`: every analysis of one
+ * teacher-forced item (worker/analyze), written under the names of the
+ * interpretability reference file, so any model can be checked against
+ * any reference. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/cli/commands.h"
+#include "worker/analyze/analyze.h"
+
+static void s_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: docmint analyze-item MODEL_DIR --in CLEAN.safetensors --answer-start A\n"
+            "                            [--corrupt CORRUPT.safetensors] [--subset C<l>:h,h,...]\n"
+            "                            [--transcribe-logits] --out OUT.safetensors\n"
+            "  --in FILE            pixel_values (f32 [1,3,H,W]) and decoder_input_ids (int64/int32 [1,T])\n"
+            "  --answer-start A     first scored position: positions A .. T-2 are scored (target ids[t+1])\n"
+            "  --corrupt FILE       pixel_values of the corrupted page (same ids): adds nll.corrupt,\n"
+            "                       the patching and attribution results; default: none\n"
+            "  --subset C<l>:h,...  heads of cross-attention l for transcribe.subset.*; default: none\n"
+            "  --transcribe-logits  also write transcribe.*.logits [encoder tokens, vocab]; default: off\n"
+            "  --out FILE           every result, named as in the reference (docs/analyze.md)\n");
+}
+
+static void s_f32(void *ctx, const char *name, int ndim, const int64_t *shape, const float *d)
+{
+    st_writer_add_f32(ctx, name, ndim, shape, d);
+}
+
+static void s_i64(void *ctx, const char *name, int ndim, const int64_t *shape, const int64_t *d)
+{
+    st_writer_add(ctx, name, DM_I64, ndim, shape, d);
+}
+
+/* pixel_values of a file as float32 [C, H, W]. */
+static int s_pixels(const DonutModel *m, const TensorFile *tf, const char *path, float **pix,
+                    int *H, int *W, DmErr *err)
+{
+    const DmTensor *tp = tensorfile_find(tf, "pixel_values");
+    if (!tp || tp->ndim != 4 || tp->shape[0] != 1 || tp->shape[1] != m->cfg.enc.channels)
+        return dm_err(err, "%s: needs pixel_values of shape [1, %d, H, W]", path,
+                      m->cfg.enc.channels);
+    *H = (int)tp->shape[2];
+    *W = (int)tp->shape[3];
+    if (!(*pix = malloc((size_t)dm_tensor_numel(tp) * sizeof(float))))
+        return dm_err(err, "out of memory");
+    return dm_tensor_to_f32(tp, *pix, err);
+}
+
+/* Encode a page and set up its cross keys and values. */
+static int s_page(const DonutModel *m, const float *pix, int H, int W, float **enc, DecPage *page,
+                  DmErr *err)
+{
+    int oh, ow;
+    swin_output_grid(&m->cfg.enc, H, W, &oh, &ow);
+    int N = oh * ow;
+    if (!(*enc = malloc((size_t)N * m->cfg.enc.hidden_size * sizeof(float))))
+        return dm_err(err, "out of memory");
+    if (swin_encode(m, pix, H, W, *enc, NULL, err))
+        return -1;
+    return dec_page_init(page, m, *enc, N, err);
+}
+
+/* "C1:1,3" into cfg (checked against the model). */
+static int s_subset(const DonutModel *m, const char *spec, AnCfg *cfg, DmErr *err)
+{
+    int layer, n = 0;
+    if (sscanf(spec, "C%d:%n", &layer, &n) != 1 || !n || !spec[n])
+        return dm_err(err, "--subset %s: expected C<layer>:<head>,<head>,...", spec);
+    const char *p = spec + n;
+    while (*p) {
+        char *end, site[48];
+        long h = strtol(p, &end, 10);
+        if (end == p || (*end && *end != ','))
+            return dm_err(err, "--subset %s: expected C<layer>:<head>,<head>,...", spec);
+        snprintf(site, sizeof site, "C%d.H%ld", layer, h);
+        AnSite s;
+        if (an_site_parse(m, site, &s, err)) {
+            dm_err_prefix(err, "--subset");
+            return -1;
+        }
+        cfg->subset_keep[h] = 1;
+        p = *end ? end + 1 : end;
+    }
+    cfg->subset_layer = layer;
+    return 0;
+}
+
+int cmd_analyze_item(int argc, char **argv)
+{
+    const char *dir = NULL, *in = NULL, *cor = NULL, *out = NULL, *subset = NULL;
+    int a = -1;
+    AnCfg cfg = {.subset_layer = -1};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            s_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--in") && i + 1 < argc) {
+            in = argv[++i];
+        } else if (!strcmp(argv[i], "--corrupt") && i + 1 < argc) {
+            cor = argv[++i];
+        } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
+            out = argv[++i];
+        } else if (!strcmp(argv[i], "--subset") && i + 1 < argc) {
+            subset = argv[++i];
+        } else if (!strcmp(argv[i], "--transcribe-logits")) {
+            cfg.transcribe_logits = 1;
+        } else if (!strcmp(argv[i], "--answer-start") && i + 1 < argc) {
+            char *end;
+            a = (int)strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || a < 0) {
+                fprintf(stderr, "docmint analyze-item: --answer-start %s: expected a position >= 0\n",
+                        argv[i]);
+                return 2;
+            }
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "docmint analyze-item: unknown or incomplete option %s (see --help)\n",
+                    argv[i]);
+            return 2;
+        } else if (!dir) {
+            dir = argv[i];
+        } else {
+            fprintf(stderr, "docmint analyze-item: unexpected argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!dir || !in || !out || a < 0) {
+        fprintf(stderr, "docmint analyze-item: needs MODEL_DIR, --in, --answer-start and --out "
+                        "(see --help)\n");
+        return 2;
+    }
+    DmErr err = {{0}};
+    DonutModel *m = NULL;
+    TensorFile *tin = NULL, *tcor = NULL;
+    StWriter *w = st_writer_new();
+    float *pix = NULL, *cpix = NULL, *enc = NULL, *cenc = NULL;
+    int64_t *ids64 = NULL;
+    int32_t *ids = NULL;
+    DecPage page = {0}, cpage = {0};
+    int rc = 1, H, W, cH, cW;
+    if (donut_load(dir, &m, &err) || tensorfile_open(in, &tin, &err) ||
+        (cor && tensorfile_open(cor, &tcor, &err)) || (subset && s_subset(m, subset, &cfg, &err)))
+        goto done;
+    const DmTensor *ti = tensorfile_find(tin, "decoder_input_ids");
+    if (!ti || ti->ndim != 2 || ti->shape[0] != 1 || ti->shape[1] < 2 ||
+        (ti->dtype != DM_I64 && ti->dtype != DM_I32)) {
+        dm_err(&err, "%s: needs decoder_input_ids (int64 or int32) of shape [1, T], T >= 2", in);
+        goto done;
+    }
+    int T = (int)ti->shape[1];
+    if (a > T - 2) {
+        dm_err(&err, "--answer-start %d: leaves no scored position in the %d tokens of %s", a, T, in);
+        goto done;
+    }
+    ids64 = malloc((size_t)T * sizeof *ids64);
+    ids = malloc((size_t)T * sizeof *ids);
+    if (!ids64 || !ids) {
+        dm_err(&err, "out of memory");
+        goto done;
+    }
+    if (dm_tensor_to_i64(ti, ids64, &err))
+        goto done;
+    for (int i = 0; i < T; i++)
+        ids[i] = (int32_t)ids64[i];
+    if (s_pixels(m, tin, in, &pix, &H, &W, &err) || s_page(m, pix, H, W, &enc, &page, &err))
+        goto done;
+    if (tcor && (s_pixels(m, tcor, cor, &cpix, &cH, &cW, &err) ||
+                 s_page(m, cpix, cH, cW, &cenc, &cpage, &err)))
+        goto done;
+    AnItem it = {&page, tcor ? &cpage : NULL, ids, T, a};
+    AnSink sink = {s_f32, s_i64, w};
+    if (an_item(&it, &cfg, &sink, &err) || st_writer_save(w, out, &err))
+        goto done;
+    rc = 0;
+done:
+    if (rc)
+        fprintf(stderr, "docmint analyze-item: %s\n", err.msg);
+    dec_page_free(&page);
+    dec_page_free(&cpage);
+    free(pix);
+    free(cpix);
+    free(enc);
+    free(cenc);
+    free(ids64);
+    free(ids);
+    st_writer_free(&w);
+    tensorfile_close(&tin);
+    tensorfile_close(&tcor);
+    donut_free(&m);
+    return rc;
+}
