@@ -59,6 +59,38 @@ print(c['answer_start'], c['corrupt_pixels_from'][4:], l + ':' + ','.join(map(st
         bad "analyze-item case$k: $(cat "$T/cmp" 2>/dev/null | tail -5)"
     fi
 done
+# the general interventions reproduce the fixed ones of the reference:
+# a skip set of one sub-layer, the query patched at the scored positions,
+# the replacement, a head patched at every position
+MI=$DATA/tiny-a/mi.safetensors
+if "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in0.st" --corrupt "$T/in1.st" --answer-start 3 \
+    --skip-set c0=C0 --skip-set all=S0,C0,M0,S1,C1,M1 --patch C1.query --replace 'M1.out:=-C1.out' --out "$T/gen0.st" &&
+    python3 tests/tools/st.py match "$T/gen0.st" nll.skip_set.c0 $MI case0.nll.skip 1 >"$T/cmp" &&
+    python3 tests/tools/st.py match "$T/gen0.st" nll.patch.C1.query.clean_into_corrupt $MI case0.nll.patch_query >>"$T/cmp" &&
+    python3 tests/tools/st.py match "$T/gen0.st" nll.replace.M1.out:=-C1.out $MI case0.nll.m_last_cancels_c_last >>"$T/cmp" &&
+    "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in0.st" --corrupt "$T/in1.st" --answer-start 3 \
+        --patch C0.H3 --patch S1.H2 --patch-scope all --out "$T/gen1.st" &&
+    python3 tests/tools/st.py match "$T/gen1.st" nll.patch.C0.H3.clean_into_corrupt $MI case0.nll.patch_head 7 >>"$T/cmp" &&
+    python3 tests/tools/st.py match "$T/gen1.st" nll.patch.S1.H2.clean_into_corrupt $MI case0.nll.patch_head 10 >>"$T/cmp"; then
+    ok "analyze-item skip sets, patched sites, replacements: $(wc -l <"$T/cmp") values as the reference's"
+else
+    bad "analyze-item skip sets, patched sites, replacements: $(cat "$T/cmp" 2>/dev/null | tail -3)"
+fi
+# every sub-layer skipped leaves the embedding alone: its lens is the NLL
+python3 - "$T/gen0.st" $MI >"$T/cmp" <<'EOF2'
+import sys
+sys.path.insert(0, "tests/tools")
+import st
+got, ref = st.load(sys.argv[1]), st.load(sys.argv[2])
+lp = ref["case0.lens.target_logprob"][2][:3]
+want = -sum(lp) / 3
+g = got["nll.skip_set.all"][2][0]
+print(f"{g:.6g} vs {want:.6g}")
+sys.exit(0 if abs(g - want) <= 1e-4 else 1)
+EOF2
+if [ $? -eq 0 ]; then ok "analyze-item skip set of every sub-layer = embedding lens: $(cat "$T/cmp")"; else bad "analyze-item skip all: $(cat "$T/cmp")"; fi
+expect_error "analyze-item: bad replacement" "earlier" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 3 --replace 'C1.out:=-M1.out' --out "$T/x.st"
 expect_error "analyze-item: unknown head" "C1 has no head 7" "$DOCMINT" analyze-item $DATA/tiny-a \
     --in "$T/in0.st" --answer-start 3 --subset C1:1,7 --out "$T/x.st"
 expect_error "analyze-item: layer outside the model" "layer 5 outside" "$DOCMINT" analyze-item $DATA/tiny-a \

@@ -21,6 +21,11 @@ static void s_usage(FILE *f)
             "                       the patching and attribution results; default: none\n"
             "  --subset C<l>:h,...  heads of cross-attention l for transcribe.subset.*; default: none\n"
             "  --transcribe-logits  also write transcribe.*.logits [encoder tokens, vocab]; default: off\n"
+            "  --skip-set NAME=S0,C1,...   sub-layers skipped together: nll.skip_set.NAME (repeatable)\n"
+            "  --patch SITE         S<l>.in/.out, C<l>.H<h>, C<l>.query, ...: nll.patch.SITE.clean_into_corrupt\n"
+            "                       and .corrupt_into_clean (repeatable; needs --corrupt)\n"
+            "  --patch-scope S      scored (default: the scored positions) or all (every position)\n"
+            "  --replace DST:=SRC   e.g. M1.out:=-C1.out or S1.out:=0.5*C0.out: nll.replace.SPEC (repeatable)\n"
             "  --out FILE           every result, named as in the reference (docs/analyze.md)\n");
 }
 
@@ -93,6 +98,12 @@ int cmd_analyze_item(int argc, char **argv)
     const char *dir = NULL, *in = NULL, *cor = NULL, *out = NULL, *subset = NULL;
     int a = -1;
     AnCfg cfg = {.subset_layer = -1};
+    enum { MAXN = 64 };
+    const char *skip_spec[MAXN], *patch_spec[MAXN], *repl_spec[MAXN];
+    int nskip = 0, npatch = 0, nrepl = 0;
+    AnSkipSet skips[MAXN];
+    AnSite sites[MAXN];
+    AnReplace repls[MAXN];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             s_usage(stdout);
@@ -105,6 +116,19 @@ int cmd_analyze_item(int argc, char **argv)
             out = argv[++i];
         } else if (!strcmp(argv[i], "--subset") && i + 1 < argc) {
             subset = argv[++i];
+        } else if (!strcmp(argv[i], "--skip-set") && i + 1 < argc && nskip < MAXN) {
+            skip_spec[nskip++] = argv[++i];
+        } else if (!strcmp(argv[i], "--patch") && i + 1 < argc && npatch < MAXN) {
+            patch_spec[npatch++] = argv[++i];
+        } else if (!strcmp(argv[i], "--replace") && i + 1 < argc && nrepl < MAXN) {
+            repl_spec[nrepl++] = argv[++i];
+        } else if (!strcmp(argv[i], "--patch-scope") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (strcmp(v, "scored") && strcmp(v, "all")) {
+                fprintf(stderr, "docmint analyze-item: --patch-scope %s: expected scored or all\n", v);
+                return 2;
+            }
+            cfg.patch_all_positions = !strcmp(v, "all");
         } else if (!strcmp(argv[i], "--transcribe-logits")) {
             cfg.transcribe_logits = 1;
         } else if (!strcmp(argv[i], "--answer-start") && i + 1 < argc) {
@@ -143,6 +167,31 @@ int cmd_analyze_item(int argc, char **argv)
     if (donut_load(dir, &m, &err) || tensorfile_open(in, &tin, &err) ||
         (cor && tensorfile_open(cor, &tcor, &err)) || (subset && s_subset(m, subset, &cfg, &err)))
         goto done;
+    for (int i = 0; i < nskip; i++)
+        if (an_skip_set_parse(m, skip_spec[i], &skips[i], &err)) {
+            dm_err_prefix(&err, "--skip-set");
+            goto done;
+        }
+    for (int i = 0; i < npatch; i++)
+        if (an_site_parse(m, patch_spec[i], &sites[i], &err)) {
+            dm_err_prefix(&err, "--patch");
+            goto done;
+        }
+    for (int i = 0; i < nrepl; i++)
+        if (an_replace_parse(m, repl_spec[i], &repls[i], &err)) {
+            dm_err_prefix(&err, "--replace");
+            goto done;
+        }
+    if (npatch && !cor) {
+        dm_err(&err, "--patch needs --corrupt (the run patched from or into)");
+        goto done;
+    }
+    cfg.skip_sets = skips;
+    cfg.nskip_sets = nskip;
+    cfg.patch_sites = sites;
+    cfg.npatch = npatch;
+    cfg.replaces = repls;
+    cfg.nreplace = nrepl;
     const DmTensor *ti = tensorfile_find(tin, "decoder_input_ids");
     if (!ti || ti->ndim != 2 || ti->shape[0] != 1 || ti->shape[1] < 2 ||
         (ti->dtype != DM_I64 && ti->dtype != DM_I32)) {

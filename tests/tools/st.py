@@ -5,6 +5,8 @@
   st.py compare GOT REF PREFIX           every tensor of REF named PREFIX* must be
                                           in GOT (without the prefix) and agree within
                                           the tolerance of its kind; prints the worst
+  st.py match GOT NAME REF REFNAME [I]   GOT's one-element NAME equals element I (flat
+                                          index, default 0) of REF's REFNAME within 1e-4
 """
 import json
 import math
@@ -61,6 +63,15 @@ def main():
         src, out, prefix = load(sys.argv[2]), sys.argv[3], sys.argv[4]
         save(out, {n: src[prefix + n] for n in sys.argv[5:]})
         return 0
+    if cmd == "match":
+        got, name, ref, refname = load(sys.argv[2]), sys.argv[3], load(sys.argv[4]), sys.argv[5]
+        i = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        if name not in got or refname not in ref:
+            print(f"missing: {name if name not in got else refname}")
+            return 1
+        g, r = got[name][2][0], ref[refname][2][i]
+        print(f"{name} {g:.6g} vs {refname}[{i}] {r:.6g}")
+        return 0 if abs(g - r) <= 1e-4 else 1
     got, ref, prefix = load(sys.argv[2]), load(sys.argv[3]), sys.argv[4]
     bad = 0
     worst = 0.0

@@ -268,15 +268,12 @@ done:
 
 /* nll.corrupt, nll.patch_query, logits.patch_query, nll.patch_head and
  * atp.head against the clean trace */
-static int s_patching(Item *x, const AnTrace *clean)
+static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor)
 {
     const DecPage *cp = x->it->corrupt;
     int L = x->L, H = x->H, hd = x->hd, T = x->T, rc = -1;
-    AnTrace cor;
     float **g = NULL, *lg = NULL, *atp = NULL;
-    if (an_run(cp, x->it->ids, T, x->a, NULL, 0, 1, &cor, x->err))
-        return -1;
-    s_scalar(x, "nll.corrupt", cor.nll);
+    s_scalar(x, "nll.corrupt", cor->nll);
     int lc = s_last_cross(x->m);
     if (lc >= 0) {
         int sub = 3 * lc + DM_SUB_C;
@@ -294,7 +291,7 @@ static int s_patching(Item *x, const AnTrace *clean)
         s_f32(x, "logits.patch_query", 2, sh, lg);
     }
     if (s_per_head(x, cp, clean, "nll.patch_head") ||
-        an_head_grads(cp, x->it->ids, x->a, &cor, &g, x->err))
+        an_head_grads(cp, x->it->ids, x->a, cor, &g, x->err))
         goto done;
     if (!(atp = malloc((size_t)L * 2 * H * sizeof(float)))) {
         dm_err(x->err, "analyze: out of memory");
@@ -314,7 +311,7 @@ static int s_patching(Item *x, const AnTrace *clean)
                 for (int t = 0; t < T; t++)
                     for (int d = 0; d < hd; d++) {
                         size_t e = (size_t)t * inner + k * hd + d;
-                        s += ((double)clean->heads[sub][e] - cor.heads[sub][e]) * g[sub][e];
+                        s += ((double)clean->heads[sub][e] - cor->heads[sub][e]) * g[sub][e];
                     }
                 atp[(l * 2 + kind) * H + a->head_ids[k]] = (float)s;
             }
@@ -330,8 +327,62 @@ done:
     }
     free(lg);
     free(atp);
-    an_trace_free(&cor);
     return rc;
+}
+
+/* A trace's array at a site (AN_HEAD: the sub-layer's heads). */
+static const float *s_site_values(const AnTrace *tr, const AnSite *s)
+{
+    switch (s->point) {
+    case AN_IN: return tr->resid + (size_t)s->sub * tr->T * tr->D;
+    case AN_OUT: return tr->out[s->sub];
+    case AN_HEAD: return tr->heads[s->sub];
+    default: return tr->query[s->sub];
+    }
+}
+
+/* The named skip sets, patched sites and replacements of the job. */
+static int s_more(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace *cor)
+{
+    char name[160], site[32];
+    double v;
+    for (int i = 0; i < cfg->nskip_sets; i++) {
+        const AnSkipSet *k = &cfg->skip_sets[i];
+        AnOp ops[3 * DM_MAX_LAYERS];
+        for (int j = 0; j < k->n; j++)
+            ops[j] = (AnOp){.site = {k->subs[j], AN_OUT, 0}, .op = AN_ZERO, .row0 = 0,
+                            .row1 = x->T};
+        if (s_nll(x, x->it->clean, ops, k->n, &v, NULL))
+            return -1;
+        snprintf(name, sizeof name, "nll.skip_set.%s", k->name);
+        s_scalar(x, name, v);
+    }
+    for (int i = 0; cor && i < cfg->npatch; i++) {
+        const AnSite *s = &cfg->patch_sites[i];
+        an_site_name(s, site, sizeof site);
+        for (int dir = 0; dir < 2; dir++) {
+            /* dir 0: the clean run's values into the corrupted run */
+            const AnTrace *src = dir ? cor : clean;
+            AnOp op = {.site = *s, .op = AN_SET, .src = s_site_values(src, s),
+                       .row0 = cfg->patch_all_positions ? 0 : x->a,
+                       .row1 = cfg->patch_all_positions ? x->T : x->T - 1};
+            if (s_nll(x, dir ? x->it->clean : x->it->corrupt, &op, 1, &v, NULL))
+                return -1;
+            snprintf(name, sizeof name, "nll.patch.%s.%s", site,
+                     dir ? "corrupt_into_clean" : "clean_into_corrupt");
+            s_scalar(x, name, v);
+        }
+    }
+    for (int i = 0; i < cfg->nreplace; i++) {
+        const AnReplace *r = &cfg->replaces[i];
+        AnOp op = {.site = r->dst, .op = AN_SCALE_SITE, .from = r->src, .coef = r->coef,
+                   .row0 = 0, .row1 = x->T};
+        if (s_nll(x, x->it->clean, &op, 1, &v, NULL))
+            return -1;
+        snprintf(name, sizeof name, "nll.replace.%s", r->name);
+        s_scalar(x, name, v);
+    }
+    return 0;
 }
 
 int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
@@ -343,7 +394,7 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
               it->ids + it->answer_start + 1, err};
     if (it->corrupt && it->corrupt->m != m)
         return dm_err(err, "analyze: the clean and corrupted pages are of different models");
-    AnTrace clean;
+    AnTrace clean, cor = {0};
     if (an_run(it->clean, it->ids, it->T, it->answer_start, NULL, 0, 1, &clean, err))
         return -1;
     int rc = -1;
@@ -369,10 +420,14 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
     if (cfg->subset_layer >= 0 &&
         s_transcribe(&x, cfg->subset_layer, cfg->subset_keep, "subset", cfg->transcribe_logits))
         goto done;
-    if (it->corrupt && s_patching(&x, &clean))
+    if (it->corrupt && an_run(it->corrupt, it->ids, it->T, it->answer_start, NULL, 0, 1, &cor, err))
+        goto done;
+    if ((it->corrupt && s_patching(&x, &clean, &cor)) ||
+        s_more(&x, cfg, &clean, it->corrupt ? &cor : NULL))
         goto done;
     rc = 0;
 done:
     an_trace_free(&clean);
+    an_trace_free(&cor);
     return rc;
 }

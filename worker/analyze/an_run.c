@@ -6,6 +6,7 @@
  * pass will go on with, so a trace shows the run as it really went. */
 #include "worker/analyze/analyze.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,76 @@ int an_site_parse(const DonutModel *m, const char *name, AnSite *out, DmErr *err
     } else {
         return dm_err(err, "site %s: expected .in, .out%s after %c%d", name,
                       kind == 'M' ? "" : ", .query or .H<h>", kind, layer);
+    }
+    return 0;
+}
+
+int an_replace_parse(const DonutModel *m, const char *spec, AnReplace *out, DmErr *err)
+{
+    char dst[64], rest[64];
+    const char *eq = strstr(spec, ":=");
+    memset(out, 0, sizeof *out);
+    if (!eq || eq - spec >= (int)sizeof dst || strlen(eq + 2) >= sizeof rest ||
+        strlen(spec) >= sizeof out->name)
+        return dm_err(err, "replacement %s: expected SITE:=SITE, SITE:=-SITE or SITE:=C*SITE", spec);
+    memcpy(dst, spec, eq - spec);
+    dst[eq - spec] = 0;
+    strcpy(rest, eq + 2);
+    const char *src = rest;
+    out->coef = 1.0f;
+    char *star = strchr(rest, '*');
+    if (star) {
+        char *end;
+        *star = 0;
+        out->coef = strtof(rest, &end);
+        if (*end || end == rest)
+            return dm_err(err, "replacement %s: %s is not a number", spec, rest);
+        src = star + 1;
+    } else if (rest[0] == '-') {
+        out->coef = -1.0f;
+        src = rest + 1;
+    }
+    if (an_site_parse(m, dst, &out->dst, err) || an_site_parse(m, src, &out->src, err)) {
+        dm_err_prefix(err, "replacement %s", spec);
+        return -1;
+    }
+    int ok = (out->dst.point == AN_IN || out->dst.point == AN_OUT) &&
+             (out->src.point == AN_IN || out->src.point == AN_OUT) &&
+             (out->src.sub < out->dst.sub ||
+              (out->src.sub == out->dst.sub && out->src.point == AN_IN && out->dst.point == AN_OUT));
+    if (!ok)
+        return dm_err(err, "replacement %s: needs a sub-layer's .in or .out set from an earlier "
+                           "site's .in or .out", spec);
+    strcpy(out->name, spec);
+    return 0;
+}
+
+int an_skip_set_parse(const DonutModel *m, const char *spec, AnSkipSet *out, DmErr *err)
+{
+    const char *eq = strchr(spec, '=');
+    memset(out, 0, sizeof *out);
+    if (!eq || eq == spec || eq - spec >= (int)sizeof out->name || !eq[1])
+        return dm_err(err, "skip set %s: expected NAME=S0,C1,...", spec);
+    memcpy(out->name, spec, eq - spec);
+    for (const char *p = out->name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-'))
+            return dm_err(err, "skip set %s: a name of letters, digits, _ and - only", spec);
+    const char *p = eq + 1;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        char site[40];
+        AnSite s;
+        if (n + 5 >= sizeof site || out->n == 3 * DM_MAX_LAYERS)
+            return dm_err(err, "skip set %s: expected NAME=S0,C1,...", spec);
+        memcpy(site, p, n);
+        strcpy(site + n, ".out");
+        if (an_site_parse(m, site, &s, err)) {
+            dm_err_prefix(err, "skip set %s", out->name);
+            return -1;
+        }
+        out->subs[out->n++] = s.sub;
+        p = e ? e + 1 : p + n;
     }
     return 0;
 }

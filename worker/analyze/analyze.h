@@ -131,13 +131,43 @@ typedef struct AnItem {
     int T, answer_start;
 } AnItem;
 
+/* Sub-layers skipped together (their outputs zeroed), under a name. */
+typedef struct AnSkipSet {
+    char name[64];
+    int n;
+    int subs[3 * DM_MAX_LAYERS];
+} AnSkipSet;
+
+/* dst := coef * src within one run (e.g. M3.out := -C3.out). */
+typedef struct AnReplace {
+    char name[96];     /* as given: "M3.out:=-C3.out" */
+    AnSite dst, src;
+    float coef;
+} AnReplace;
+
 typedef struct AnCfg {
     /* transcription subset: the layer of the cross-attention and its heads
      * (keep[h] by original index); layer < 0: no subset */
     int subset_layer;
     int subset_keep[DM_MAX_HEADS];
     int transcribe_logits;   /* also write transcribe.*.logits [N, V] */
+    /* more interventions, each written as one NLL (docs/analyze.md):
+     * nll.skip_set.<name>, nll.patch.<site>.{clean_into_corrupt,
+     * corrupt_into_clean} (needs a corrupted page), nll.replace.<name> */
+    const AnSkipSet *skip_sets;
+    int nskip_sets;
+    const AnSite *patch_sites;
+    int npatch;
+    int patch_all_positions; /* patch every position, not only the scored ones */
+    const AnReplace *replaces;
+    int nreplace;
 } AnCfg;
+
+/* Parse "M3.out:=-C3.out", "M3.out:=0.5*C3.out", "S1.out:=C0.out" (an
+ * AN_IN or AN_OUT site set from an earlier one). */
+int an_replace_parse(const DonutModel *m, const char *spec, AnReplace *out, DmErr *err);
+/* Parse "NAME=S0,C1,M3". */
+int an_skip_set_parse(const DonutModel *m, const char *spec, AnSkipSet *out, DmErr *err);
 
 int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err);
 
