@@ -89,6 +89,34 @@ print(f"{g:.6g} vs {want:.6g}")
 sys.exit(0 if abs(g - want) <= 1e-4 else 1)
 EOF2
 if [ $? -eq 0 ]; then ok "analyze-item skip set of every sub-layer = embedding lens: $(cat "$T/cmp")"; else bad "analyze-item skip all: $(cat "$T/cmp")"; fi
+# the figures: every one drawn, and the skip heat map red where the
+# reference's NLL rises most, blue where it falls most (cells of 92 x 40
+# pixels from (110, 78), as coordinator/analyze_plot.c lays them out)
+if "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in0.st" --corrupt "$T/in1.st" --answer-start 3 \
+    --png "$T/fig" --out "$T/fig.st" >/dev/null &&
+    python3 - "$T/fig" $MI >"$T/cmp" 2>&1 <<'EOF2'
+import sys
+sys.path.insert(0, "tests/tools")
+import png, st
+d = sys.argv[1]
+for f in ["skip", "reproject", "sa_entropy", "ca_variance", "head_ablation", "lens", "patch_head", "atp_head"]:
+    png.load(f"{d}/{f}.png")
+ref = st.load(sys.argv[2])
+clean = ref["case0.nll.clean"][2][0]
+rise = [v - clean for v in ref["case0.nll.skip"][2]]
+w, h, bpp, rows = png.load(f"{d}/skip.png")
+def cell(i):
+    x, y = 110 + (i % 3) * 92 + 8, 78 + (i // 3) * 40 + 8
+    return rows[y][x * bpp:x * bpp + 3]
+hi, lo = cell(rise.index(max(rise))), cell(rise.index(min(rise)))
+print(f"8 figures; largest rise {list(hi)}, largest fall {list(lo)}")
+sys.exit(0 if hi[0] > hi[2] + 40 and lo[2] > lo[0] + 40 else 1)
+EOF2
+then
+    ok "analyze-item figures: $(cat "$T/cmp")"
+else
+    bad "analyze-item figures: $(tail -3 "$T/cmp")"
+fi
 expect_error "analyze-item: bad replacement" "earlier" "$DOCMINT" analyze-item $DATA/tiny-a \
     --in "$T/in0.st" --answer-start 3 --replace 'C1.out:=-M1.out' --out "$T/x.st"
 expect_error "analyze-item: unknown head" "C1 has no head 7" "$DOCMINT" analyze-item $DATA/tiny-a \

@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/analyze_plot.h"
 #include "coordinator/cli/commands.h"
+#include "common/dm_fs.h"
 #include "worker/analyze/analyze.h"
+#include "worker/text/tokenizer.h"
 
 static void s_usage(FILE *f)
 {
@@ -26,17 +29,49 @@ static void s_usage(FILE *f)
             "                       and .corrupt_into_clean (repeatable; needs --corrupt)\n"
             "  --patch-scope S      scored (default: the scored positions) or all (every position)\n"
             "  --replace DST:=SRC   e.g. M1.out:=-C1.out or S1.out:=0.5*C0.out: nll.replace.SPEC (repeatable)\n"
+            "  --png DIR            also draw the figures (heat maps, logit-lens grid) into DIR; default: none\n"
             "  --out FILE           every result, named as in the reference (docs/analyze.md)\n");
 }
 
+/* Results go to the output file, and are kept for the figures. */
+typedef struct Out {
+    StWriter *w;
+    AnTensors kept;
+    int oom;
+} Out;
+
 static void s_f32(void *ctx, const char *name, int ndim, const int64_t *shape, const float *d)
 {
-    st_writer_add_f32(ctx, name, ndim, shape, d);
+    Out *o = ctx;
+    st_writer_add_f32(o->w, name, ndim, shape, d);
+    if (!strstr(name, ".logits"))
+        o->oom |= an_tensors_add(&o->kept, name, ndim, shape, d, NULL);
 }
 
 static void s_i64(void *ctx, const char *name, int ndim, const int64_t *shape, const int64_t *d)
 {
-    st_writer_add(ctx, name, DM_I64, ndim, shape, d);
+    Out *o = ctx;
+    st_writer_add(o->w, name, DM_I64, ndim, shape, d);
+    o->oom |= an_tensors_add(&o->kept, name, ndim, shape, NULL, d);
+}
+
+/* The figures into dir, with the model folder's tokenizer when it has one. */
+static int s_figures(const char *model_dir, const AnTensors *kept, const int32_t *ids, int T,
+                     int a, const char *dir, DmErr *err)
+{
+    Tokenizer *tok = NULL;
+    DmErr terr = {{0}};
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        if (tokenizer_load(model_dir, &tok, &terr))
+            tok = NULL; /* the figures then name tokens by id */
+    }
+    int rc = dm_mkdirs(dir, err) ? -1 : analyze_figures(kept, ids, T, a, tok, dir, err);
+    tokenizer_free(&tok);
+    return rc;
 }
 
 /* pixel_values of a file as float32 [C, H, W]. */
@@ -95,7 +130,7 @@ static int s_subset(const DonutModel *m, const char *spec, AnCfg *cfg, DmErr *er
 
 int cmd_analyze_item(int argc, char **argv)
 {
-    const char *dir = NULL, *in = NULL, *cor = NULL, *out = NULL, *subset = NULL;
+    const char *dir = NULL, *in = NULL, *cor = NULL, *out = NULL, *subset = NULL, *png = NULL;
     int a = -1;
     AnCfg cfg = {.subset_layer = -1};
     enum { MAXN = 64 };
@@ -114,6 +149,8 @@ int cmd_analyze_item(int argc, char **argv)
             cor = argv[++i];
         } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
             out = argv[++i];
+        } else if (!strcmp(argv[i], "--png") && i + 1 < argc) {
+            png = argv[++i];
         } else if (!strcmp(argv[i], "--subset") && i + 1 < argc) {
             subset = argv[++i];
         } else if (!strcmp(argv[i], "--skip-set") && i + 1 < argc && nskip < MAXN) {
@@ -219,8 +256,15 @@ int cmd_analyze_item(int argc, char **argv)
                  s_page(m, cpix, cH, cW, &cenc, &cpage, &err)))
         goto done;
     AnItem it = {&page, tcor ? &cpage : NULL, ids, T, a};
-    AnSink sink = {s_f32, s_i64, w};
-    if (an_item(&it, &cfg, &sink, &err) || st_writer_save(w, out, &err))
+    Out o = {w, {0}, 0};
+    AnSink sink = {s_f32, s_i64, &o};
+    int bad = an_item(&it, &cfg, &sink, &err) || st_writer_save(w, out, &err);
+    if (!bad && o.oom)
+        bad = dm_err(&err, "out of memory") != 0;
+    if (!bad && png)
+        bad = s_figures(dir, &o.kept, ids, T, a, png, &err) != 0;
+    an_tensors_free(&o.kept);
+    if (bad)
         goto done;
     rc = 0;
 done:
