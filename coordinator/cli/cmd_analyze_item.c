@@ -132,7 +132,7 @@ int cmd_analyze_item(int argc, char **argv)
 {
     const char *dir = NULL, *in = NULL, *cor = NULL, *out = NULL, *subset = NULL, *png = NULL;
     int a = -1;
-    AnCfg cfg = {.subset_layer = -1};
+    AnCfg cfg = {.analyses = AN_A_ALL, .subset_layer = -1};
     enum { MAXN = 64 };
     const char *skip_spec[MAXN], *patch_spec[MAXN], *repl_spec[MAXN];
     int nskip = 0, npatch = 0, nrepl = 0;

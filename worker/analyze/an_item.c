@@ -67,8 +67,10 @@ static int s_nll(Item *x, const DecPage *page, const AnOp *ops, int nops, double
 }
 
 /* nll.skip and nll.reproject */
-static int s_skip_reproject(Item *x, const AnTrace *clean)
+static int s_skip_reproject(Item *x, const AnTrace *clean, unsigned A)
 {
+    if (!(A & (AN_A_SKIP | AN_A_REPROJECT)))
+        return 0;
     int nsub = x->nsub;
     float *skip = malloc(nsub * sizeof(float)), *rep = malloc((nsub + 1) * sizeof(float));
     float *y = malloc((size_t)x->T * x->D * sizeof(float));
@@ -84,14 +86,21 @@ static int s_skip_reproject(Item *x, const AnTrace *clean)
         if (!s_present(x->m, i))
             continue;
         AnOp op = {.site = {i, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = x->T};
-        if (s_nll(x, x->it->clean, &op, 1, &v, NULL))
+        if ((A & AN_A_SKIP) && s_nll(x, x->it->clean, &op, 1, &v, NULL))
             goto done;
-        skip[i] = (float)v;
+        skip[i] = (A & AN_A_SKIP) ? (float)v : NAN;
         op.site.point = AN_IN;
         op.op = AN_REPROJECT;
-        if (s_nll(x, x->it->clean, &op, 1, &v, NULL))
+        if ((A & AN_A_REPROJECT) && s_nll(x, x->it->clean, &op, 1, &v, NULL))
             goto done;
-        rep[i] = (float)v;
+        rep[i] = (A & AN_A_REPROJECT) ? (float)v : NAN;
+    }
+    int64_t n1 = nsub, n2 = nsub + 1;
+    if (A & AN_A_SKIP)
+        s_f32(x, "nll.skip", 1, &n1, skip);
+    if (!(A & AN_A_REPROJECT)) {
+        rc = 0;
+        goto done;
     }
     /* the final residual reprojected, then the head */
     const float *fin = clean->resid + (size_t)nsub * x->T * x->D;
@@ -99,8 +108,6 @@ static int s_skip_reproject(Item *x, const AnTrace *clean)
         an_lens(x->m, y + (size_t)x->a * x->D, x->P, lg, x->err))
         goto done;
     rep[nsub] = (float)an_nll(lg, x->P, x->V, x->targets);
-    int64_t n1 = nsub, n2 = nsub + 1;
-    s_f32(x, "nll.skip", 1, &n1, skip);
     s_f32(x, "nll.reproject", 1, &n2, rep);
     rc = 0;
 done:
@@ -268,14 +275,14 @@ done:
 
 /* nll.corrupt, nll.patch_query, logits.patch_query, nll.patch_head and
  * atp.head against the clean trace */
-static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor)
+static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor, unsigned A)
 {
     const DecPage *cp = x->it->corrupt;
     int L = x->L, H = x->H, hd = x->hd, T = x->T, rc = -1;
     float **g = NULL, *lg = NULL, *atp = NULL;
     s_scalar(x, "nll.corrupt", cor->nll);
     int lc = s_last_cross(x->m);
-    if (lc >= 0) {
+    if ((A & AN_A_PATCHING) && lc >= 0) {
         int sub = 3 * lc + DM_SUB_C;
         AnOp op = {.site = {sub, AN_QUERY, 0}, .op = AN_SET, .src = clean->query[sub],
                    .row0 = x->a, .row1 = T - 1};
@@ -290,8 +297,13 @@ static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor)
         int64_t sh[2] = {x->P, x->V};
         s_f32(x, "logits.patch_query", 2, sh, lg);
     }
-    if (s_per_head(x, cp, clean, "nll.patch_head") ||
-        an_head_grads(cp, x->it->ids, x->a, cor, &g, x->err))
+    if ((A & AN_A_PATCHING) && s_per_head(x, cp, clean, "nll.patch_head"))
+        goto done;
+    if (!(A & AN_A_ATTRIBUTION)) {
+        rc = 0;
+        goto done;
+    }
+    if (an_head_grads(cp, x->it->ids, x->a, cor, &g, x->err))
         goto done;
     if (!(atp = malloc((size_t)L * 2 * H * sizeof(float)))) {
         dm_err(x->err, "analyze: out of memory");
@@ -385,8 +397,28 @@ static int s_more(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace
     return 0;
 }
 
+static const char *const s_analysis_names[] = {"skip", "reproject", "lens", "heads",
+                                                "ablation", "patching", "attribution",
+                                                "transcribe"};
+
+unsigned an_analysis_bit(const char *name)
+{
+    for (int i = 0; i < (int)(sizeof s_analysis_names / sizeof *s_analysis_names); i++)
+        if (!strcmp(name, s_analysis_names[i]))
+            return 1u << i;
+    return 0;
+}
+
+const char *an_analysis_name(int i)
+{
+    return i >= 0 && i < (int)(sizeof s_analysis_names / sizeof *s_analysis_names)
+               ? s_analysis_names[i]
+               : NULL;
+}
+
 int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
 {
+    unsigned A = cfg->analyses;
     const DonutModel *m = it->clean->m;
     const MBartConfig *c = &m->cfg.dec;
     Item x = {it, m, sink, c->layers, c->heads, 3 * c->layers, it->T, it->answer_start,
@@ -399,12 +431,13 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
         return -1;
     int rc = -1;
     s_scalar(&x, "nll.clean", clean.nll);
-    if (s_skip_reproject(&x, &clean) || s_lens(&x, &clean))
+    if (s_skip_reproject(&x, &clean, A) || ((A & AN_A_LENS) && s_lens(&x, &clean)))
         goto done;
-    if (s_head_stats(&x, &clean) || s_per_head(&x, it->clean, NULL, "nll.head_ablation"))
+    if (((A & AN_A_HEADS) && s_head_stats(&x, &clean)) ||
+        ((A & AN_A_ABLATION) && s_per_head(&x, it->clean, NULL, "nll.head_ablation")))
         goto done;
     /* the last feed-forward replaced by minus the last cross-attention */
-    {
+    if (A & AN_A_SKIP) {
         int l = x.L - 1;
         double v = NAN;
         AnOp op = {.site = {3 * l + DM_SUB_M, AN_OUT, 0}, .op = AN_SCALE_SITE,
@@ -415,14 +448,16 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
         s_scalar(&x, "nll.m_last_cancels_c_last", v);
     }
     int lc = s_last_cross(m);
-    if (lc >= 0 && s_transcribe(&x, lc, NULL, "all", cfg->transcribe_logits))
+    if ((A & AN_A_TRANSCRIBE) && lc >= 0 &&
+        s_transcribe(&x, lc, NULL, "all", cfg->transcribe_logits))
         goto done;
-    if (cfg->subset_layer >= 0 &&
+    if ((A & AN_A_TRANSCRIBE) && cfg->subset_layer >= 0 &&
         s_transcribe(&x, cfg->subset_layer, cfg->subset_keep, "subset", cfg->transcribe_logits))
         goto done;
-    if (it->corrupt && an_run(it->corrupt, it->ids, it->T, it->answer_start, NULL, 0, 1, &cor, err))
+    int corrupted = it->corrupt && ((A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) || cfg->npatch);
+    if (corrupted && an_run(it->corrupt, it->ids, it->T, it->answer_start, NULL, 0, 1, &cor, err))
         goto done;
-    if ((it->corrupt && s_patching(&x, &clean, &cor)) ||
+    if ((corrupted && (A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) && s_patching(&x, &clean, &cor, A)) ||
         s_more(&x, cfg, &clean, it->corrupt ? &cor : NULL))
         goto done;
     rc = 0;

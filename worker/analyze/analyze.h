@@ -145,7 +145,27 @@ typedef struct AnReplace {
     float coef;
 } AnReplace;
 
+/* The analyses an item runs (AnCfg.analyses); nll.clean always. */
+enum {
+    AN_A_SKIP = 1 << 0,        /* nll.skip, nll.m_last_cancels_c_last */
+    AN_A_REPROJECT = 1 << 1,   /* nll.reproject */
+    AN_A_LENS = 1 << 2,        /* lens.* */
+    AN_A_HEADS = 1 << 3,       /* heads.sa_entropy, heads.ca_variance */
+    AN_A_ABLATION = 1 << 4,    /* nll.head_ablation */
+    AN_A_PATCHING = 1 << 5,    /* nll.corrupt, nll.patch_query, logits.patch_query, nll.patch_head */
+    AN_A_ATTRIBUTION = 1 << 6, /* nll.corrupt, atp.head */
+    AN_A_TRANSCRIBE = 1 << 7,  /* transcribe.* */
+    AN_A_ALL = (1 << 8) - 1
+};
+
+/* The bit of an analysis named as in a job ("skip", "reproject", "lens",
+ * "heads", "ablation", "patching", "attribution", "transcribe"); 0 when
+ * unknown.  an_analysis_name is its inverse (NULL past the last). */
+unsigned an_analysis_bit(const char *name);
+const char *an_analysis_name(int i);
+
 typedef struct AnCfg {
+    unsigned analyses;       /* AN_A_* bits */
     /* transcription subset: the layer of the cross-attention and its heads
      * (keep[h] by original index); layer < 0: no subset */
     int subset_layer;
