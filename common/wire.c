@@ -51,6 +51,14 @@ int wire_join_to_json(const WireJoin *j, char **text, DmErr *err)
         json_object_set_new(o, "first_answer_only", json_boolean(j->first_answer_only));
     if (o)
         json_object_set_new(o, "precision", json_string(j->precision ? "bf16" : "fp32"));
+    if (o && j->analyze[0]) {
+        json_t *an = json_loads(j->analyze, 0, NULL);
+        if (!an) {
+            json_decref(o);
+            return dm_err(err, "join document: the analyze settings are not JSON");
+        }
+        json_object_set_new(o, "analyze", an);
+    }
     if (!o)
         return dm_err(err, "join document: cannot build JSON (bad UTF-8 in a path?)");
     *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -148,6 +156,19 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         goto done;
     }
     j->precision = prs && !strcmp(prs, "bf16");
+    json_t *an = json_object_get(o, "analyze"); /* optional */
+    j->analyze[0] = '\0';
+    if (an) {
+        char *t = json_is_object(an) ? json_dumps(an, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        if (!t || strlen(t) >= sizeof j->analyze) {
+            free(t);
+            dm_err(err, "%s: \"analyze\" is not an object of at most %zu bytes", what,
+                   sizeof j->analyze - 1);
+            goto done;
+        }
+        memcpy(j->analyze, t, strlen(t) + 1);
+        free(t);
+    }
     if (!wire_key_valid(j->server_public) || !wire_key_valid(j->client_public) ||
         !wire_key_valid(j->client_secret)) {
         dm_err(err, "%s: a key is not 40 characters of Z85", what);

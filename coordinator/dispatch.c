@@ -19,6 +19,7 @@
 #include "worker/stages/stage_infer.h"
 #include "common/store.h"
 #include "coordinator/zap_auth.h"
+#include "worker/analyze/stage_analyze.h"
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
@@ -58,6 +59,7 @@ struct Dispatch {
     void *failed_ctx;
     /* cache-logits: records per (question, answer), and the store's extra meta */
     int cache;
+    int analyze;  /* stage analyze: records per (question, answer) as well */
     char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
     const char *extra[16];
 };
@@ -87,6 +89,46 @@ static void s_cache_meta(Dispatch *d, const char *fp)
 }
 
 static int s_held(void *ctx, int64_t qid) { return results_held(ctx, qid); }
+
+/* The analyze stage's job keys into the join document (one JSON object),
+ * checked here so a bad key is one error before any worker starts; the
+ * sites are checked against the model when it is loaded. */
+static int s_analyze_settings(Dispatch *d, DmErr *err)
+{
+    static const char *const keys[] = {"analyses", "skip_sets", "patch_sites", "patch_scope",
+                                       "replacements", "noise_scale", "seed"};
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
+        json_t *v = json_object_get(d->job->doc, keys[i]);
+        if (v)
+            json_object_set(o, keys[i], v);
+    }
+    char *t = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    if (!t || strlen(t) >= sizeof d->join.analyze) {
+        free(t);
+        return dm_err(err, "%s: the analyze settings are too long", d->job->path);
+    }
+    snprintf(d->join.analyze, sizeof d->join.analyze, "%s", t);
+    free(t);
+    AnalyzeOpts ao;
+    return analyze_opts_parse(d->join.analyze, d->job->path, &ao, err);
+}
+
+/* The analyze stage's sites and sub-layers against the model. */
+static int s_analyze_check_model(Dispatch *d, const char *model_dir, DmErr *err)
+{
+    AnalyzeOpts ao;
+    DonutModel *m = NULL;
+    if (analyze_opts_parse(d->join.analyze, d->job->path, &ao, err) ||
+        donut_load(model_dir, &m, err))
+        return -1;
+    int rc = analyze_opts_check(m, &ao, err);
+    if (rc)
+        dm_err_prefix(err, "%s", d->job->path);
+    donut_free(&m);
+    return rc;
+}
 
 /* ---------------------------------------------------------------- set-up */
 
@@ -141,11 +183,15 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->liveness = job->heartbeat_liveness;
     d->lease_s = job->lease_seconds;
     d->cache = strcmp(job->stage, "cache-logits") == 0;
-    if (strcmp(job->stage, "infer") != 0 && !d->cache) {
-        dm_err(err, "%s: stage \"%s\": docmint run computes \"infer\" and \"cache-logits\" so far",
+    d->analyze = strcmp(job->stage, "analyze") == 0;
+    if (strcmp(job->stage, "infer") != 0 && !d->cache && !d->analyze) {
+        dm_err(err, "%s: stage \"%s\": docmint run computes \"infer\", \"cache-logits\" and "
+                    "\"analyze\"",
                job->path, job->stage);
         goto fail;
     }
+    if (d->analyze && s_analyze_settings(d, err))
+        goto fail;
     if (!realpath(job->model, model_abs)) {
         dm_err_errno(err, "%s: model %s", job->path, job->model);
         goto fail;
@@ -156,6 +202,8 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
         goto fail;
+    if (d->analyze && s_analyze_check_model(d, model_abs, err))
+        goto fail;
     char fp[17], tok_fp[17];
     snprintf(fp, sizeof fp, "%s", infer_fingerprint(stage));
     snprintf(tok_fp, sizeof tok_fp, "%s", infer_tokenizer_fingerprint(stage));
@@ -164,6 +212,11 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
         goto fail;
     if (results_open(d->store, job->commit_every, &d->res, err))
         goto fail;
+    if (d->analyze) {
+        const char *const kv[] = {"analyze", d->join.analyze, "corpus", job->corpus.path, NULL};
+        memcpy(d->extra, kv, sizeof kv);
+        results_set_kind(d->res, "analysis", "analyze", d->extra);
+    }
     if (d->cache) {
         s_cache_meta(d, fp);
         results_set_kind(d->res, "logits", "cache-logits", d->extra);
@@ -425,7 +478,7 @@ static int s_cmp_want(const void *a, const void *b)
 
 static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, DmErr *err)
 {
-    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_errors);
+    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_analyses + r->n_errors);
     int st = lease_complete(d->plan, r->shard_id, r->lease_id);
     if (st != LEASE_ACCEPT) {
         d->st.dropped += nitems;
@@ -444,26 +497,32 @@ static int s_result(Dispatch *d, int i, const Docmint__Result *r, double now, Dm
     }
     qsort(want, (size_t)n, sizeof *want, s_cmp_want);
     int rc = -1;
-    size_t na = r->n_answers, nl = r->n_logits;
-    for (size_t a = 0; a < na + nl + r->n_errors; a++) {
+    size_t na = r->n_answers, nl = r->n_logits, ny = r->n_analyses;
+    int per_answer = d->cache || d->analyze;
+    for (size_t a = 0; a < na + nl + ny + r->n_errors; a++) {
         const Docmint__AnswerRecord *ar = a < na ? r->answers[a] : NULL;
         const Docmint__LogitRecord *lr = a >= na && a < na + nl ? r->logits[a - na] : NULL;
-        Docmint__ErrorRecord *er = a >= na + nl ? r->errors[a - na - nl] : NULL;
-        Want key = {ar ? ar->question_id : lr ? lr->question_id : er->question_id, 0};
+        const Docmint__AnalysisRecord *yr =
+            a >= na + nl && a < na + nl + ny ? r->analyses[a - na - nl] : NULL;
+        Docmint__ErrorRecord *er = a >= na + nl + ny ? r->errors[a - na - nl - ny] : NULL;
+        Want key = {ar ? ar->question_id : lr ? lr->question_id : yr ? yr->question_id
+                                                                     : er->question_id, 0};
         Want *w = bsearch(&key, want, (size_t)n, sizeof *want, s_cmp_want);
-        /* infer: one record per question; cache-logits: one per answer (and
-         * errors per answer), so only unknown questions are dropped there. */
-        if (!w || (w->taken && !d->cache)) {
+        /* infer: one record per question; cache-logits and analyze: one per
+         * answer (and errors per answer), so only unknown questions are
+         * dropped there. */
+        if (!w || (w->taken && !per_answer)) {
             d->st.dropped++;
             continue;
         }
         w->taken = 1;
         if (ar ? results_add_answer(d->res, ar, now, err)
                : lr ? results_add_logit(d->res, lr, now, err)
-                    /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
+               : yr ? results_add_analysis(d->res, yr, now, err)
+                    /* a per-answer error keeps its item ("QID" or "QID/INDEX"),
                      * so one bad answer does not hide the question's others */
-                    : d->cache ? results_add_error_item(d->res, er, now, err)
-                               : results_add_error(d->res, key.qid, er, NULL, now, err))
+                    : per_answer ? results_add_error_item(d->res, er, now, err)
+                                 : results_add_error(d->res, key.qid, er, NULL, now, err))
             goto done;
     }
     /* Features: only of the shard's pages, and only when the job keeps them. */

@@ -36,7 +36,11 @@
 #include "coordinator/distill.h"
 #include "coordinator/job.h"
 #include "worker/stages/worker_loop.h"
+#include "worker/analyze/stage_analyze.h"
 
+
+/* The stages of worker/analyze, which worker_run cannot name itself. */
+static const WorkerStageOps *const s_more_stages[] = {&analyze_stage_ops, NULL};
 #define PREFIX "docmint run"
 
 enum { RUN_FAILED = 0, RUN_WORK = 1, RUN_NOTHING = 2 };
@@ -114,6 +118,7 @@ static void *s_local_thread(void *arg)
 {
     LocalWorker *lw = arg;
     WorkerOpts o = {0};
+    o.stages = s_more_stages;
     o.join = &lw->join;
     o.endpoint = lw->endpoint;
     o.zctx = lw->zctx;
@@ -316,6 +321,7 @@ static int s_worker_rank(int rank, int local_workers)
     wire_process_name(host, sizeof host);
     snprintf(name, sizeof name, "rank%d@%s", rank, host);
     WorkerOpts o = {0};
+    o.stages = s_more_stages;
     o.join = &join;
     o.name = name;
     o.log_prefix = PREFIX;

@@ -12,6 +12,8 @@
 #include "worker/stages/qa.h"
 #include "worker/stages/stage_cache.h" /* cache_sequence */
 #include "worker/stages/stage_result.h"
+#include "worker/stages/worker_loop.h"
+#include <jansson.h>
 
 struct AnalyzeStage {
     QaModel qa;
@@ -411,3 +413,145 @@ int analyze_shard(AnalyzeStage *st, const Docmint__Shard *shard, Docmint__Result
 {
     return stage_shard(st, s_page, shard, res, cancel, err);
 }
+
+/* ------------------------------------------------------------ job keys */
+
+int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr *err)
+{
+    memset(o, 0, sizeof *o);
+    o->analyses = AN_A_ALL;
+    o->noise_scale = 0.5;
+    if (!json || !json[0])
+        return 0;
+    json_error_t je;
+    json_t *root = json_loads(json, 0, &je), *v;
+    int rc = -1;
+    if (!json_is_object(root)) {
+        dm_err(err, "%s: the analyze settings are not a JSON object", what);
+        goto done;
+    }
+    if ((v = json_object_get(root, "analyses"))) {
+        size_t i;
+        json_t *e;
+        if (!json_is_array(v) || !json_array_size(v)) {
+            dm_err(err, "%s: \"analyses\" is not a non-empty array of names", what);
+            goto done;
+        }
+        o->analyses = 0;
+        json_array_foreach(v, i, e) {
+            unsigned bit = json_is_string(e) ? an_analysis_bit(json_string_value(e)) : 0;
+            if (!bit) {
+                dm_err(err, "%s: \"analyses\"[%zu]: unknown analysis (one of skip, reproject, lens, "
+                            "heads, ablation, patching, attribution, transcribe)", what, i);
+                goto done;
+            }
+            o->analyses |= bit;
+        }
+    }
+    if ((v = json_object_get(root, "skip_sets"))) {
+        const char *name;
+        json_t *subs;
+        if (!json_is_object(v) || json_object_size(v) > ANALYZE_MAX_NAMED) {
+            dm_err(err, "%s: \"skip_sets\" is not an object of at most %d named lists", what,
+                   ANALYZE_MAX_NAMED);
+            goto done;
+        }
+        json_object_foreach(v, name, subs) {
+            char *d = o->skip[o->nskip];
+            size_t n = (size_t)snprintf(d, sizeof o->skip[0], "%s=", name), i;
+            json_t *e;
+            if (!json_is_array(subs) || !json_array_size(subs)) {
+                dm_err(err, "%s: \"skip_sets\".%s is not a non-empty array of sub-layer names",
+                       what, name);
+                goto done;
+            }
+            json_array_foreach(subs, i, e) {
+                if (!json_is_string(e) || n >= sizeof o->skip[0]) {
+                    dm_err(err, "%s: \"skip_sets\".%s[%zu] is not a sub-layer name", what, name, i);
+                    goto done;
+                }
+                n += (size_t)snprintf(d + n, sizeof o->skip[0] - n, "%s%s", i ? "," : "",
+                                      json_string_value(e));
+            }
+            if (n >= sizeof o->skip[0]) {
+                dm_err(err, "%s: \"skip_sets\".%s is too long", what, name);
+                goto done;
+            }
+            o->nskip++;
+        }
+    }
+    const char *lists[2] = {"patch_sites", "replacements"};
+    for (int k = 0; k < 2; k++) {
+        if (!(v = json_object_get(root, lists[k])))
+            continue;
+        size_t i;
+        json_t *e;
+        if (!json_is_array(v) || json_array_size(v) > ANALYZE_MAX_NAMED) {
+            dm_err(err, "%s: \"%s\" is not an array of at most %d strings", what, lists[k],
+                   ANALYZE_MAX_NAMED);
+            goto done;
+        }
+        json_array_foreach(v, i, e) {
+            char *d = k ? o->replace[i] : o->patch[i];
+            size_t cap = k ? sizeof o->replace[0] : sizeof o->patch[0];
+            if (!json_is_string(e) || strlen(json_string_value(e)) >= cap) {
+                dm_err(err, "%s: \"%s\"[%zu] is not a string of at most %zu bytes", what,
+                       lists[k], i, cap - 1);
+                goto done;
+            }
+            strcpy(d, json_string_value(e));
+        }
+        *(k ? &o->nreplace : &o->npatch) = (int)json_array_size(v);
+    }
+    if ((v = json_object_get(root, "patch_scope"))) {
+        const char *sc = json_is_string(v) ? json_string_value(v) : "";
+        if (strcmp(sc, "scored") && strcmp(sc, "all")) {
+            dm_err(err, "%s: \"patch_scope\" must be \"scored\" or \"all\"", what);
+            goto done;
+        }
+        o->patch_all_positions = !strcmp(sc, "all");
+    }
+    if ((v = json_object_get(root, "noise_scale"))) {
+        if (!json_is_number(v) || json_number_value(v) < 0) {
+            dm_err(err, "%s: \"noise_scale\" is not a non-negative number", what);
+            goto done;
+        }
+        o->noise_scale = json_number_value(v);
+    }
+    if ((v = json_object_get(root, "seed"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            dm_err(err, "%s: \"seed\" is not a non-negative integer", what);
+            goto done;
+        }
+        o->seed = (uint64_t)json_integer_value(v);
+    }
+    rc = 0;
+done:
+    json_decref(root);
+    return rc;
+}
+
+/* ------------------------------------------------------------ worker */
+
+static int s_ops_open(const WireJoin *j, void **st, DmErr *err)
+{
+    AnalyzeOpts o;
+    if (analyze_opts_parse(j->analyze, j->job, &o, err))
+        return -1;
+    o.first_answer_only = j->first_answer_only;
+    o.pdf_dpi = j->pdf_dpi;
+    return analyze_open(j->model, &o, (AnalyzeStage **)st, err);
+}
+
+static int s_ops_shard(void *st, const Docmint__Shard *sh, Docmint__Result *res,
+                       const atomic_int *cancel, DmErr *err)
+{
+    return analyze_shard(st, sh, res, cancel, err);
+}
+
+static void s_ops_close(void **st) { analyze_close((AnalyzeStage **)st); }
+
+static const char *s_ops_fingerprint(const void *st) { return analyze_fingerprint(st); }
+
+const WorkerStageOps analyze_stage_ops = {"analyze", s_ops_open, s_ops_shard,
+                                          analyze_result_clear, s_ops_close, s_ops_fingerprint};

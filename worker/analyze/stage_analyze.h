@@ -35,6 +35,16 @@ typedef struct AnalyzeOpts {
     int patch_all_positions;
 } AnalyzeOpts;
 
+/* The job keys of the stage (schemas/job.schema.json) from a JSON object's
+ * text ("" or NULL: every analysis, the defaults): "analyses",
+ * "skip_sets", "patch_sites", "patch_scope", "replacements", "noise_scale",
+ * "seed".  `what` names the source in messages, which name the key. */
+int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr *err);
+
+/* The stage for worker_run (worker_loop.h). */
+struct WorkerStageOps;
+extern const struct WorkerStageOps analyze_stage_ops;
+
 typedef struct AnalyzeStage AnalyzeStage;
 
 int analyze_open(const char *model_dir, const AnalyzeOpts *o, AnalyzeStage **out, DmErr *err);

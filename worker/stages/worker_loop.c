@@ -27,6 +27,8 @@ typedef struct Compute {
     void *pipe;          /* this thread's end, connected before it starts */
     InferStage *stage;   /* the job's stage: one of these two */
     CacheStage *cache;
+    const WorkerStageOps *ops; /* or a stage from WorkerOpts.stages */
+    void *ext;
     const char *name;
     const char *prefix;
     int verbose;
@@ -58,13 +60,17 @@ static void s_send_fatal(void *pipe, const char *msg)
 /* The stage the job names computes the shard. */
 static int s_stage_shard(Compute *c, const Docmint__Shard *sh, Docmint__Result *res, DmErr *err)
 {
+    if (c->ops)
+        return c->ops->shard(c->ext, sh, res, &c->cancel, err);
     return c->cache ? cache_shard(c->cache, sh, res, &c->cancel, err)
                     : infer_shard(c->stage, sh, res, &c->cancel, err);
 }
 
 static void s_stage_clear(Compute *c, Docmint__Result *res)
 {
-    if (c->cache)
+    if (c->ops)
+        c->ops->clear(res);
+    else if (c->cache)
         cache_result_clear(res);
     else
         infer_result_clear(res);
@@ -137,7 +143,8 @@ static void *s_compute(void *arg)
                 docmint__envelope__pack(&out, buf + 1);
                 if (c->verbose)
                     fprintf(stderr, "%s: shard %" PRIu64 ": %zu records, %zu errors in %.2f s\n",
-                            c->prefix, sh->shard_id, res.n_answers + res.n_logits, res.n_errors,
+                            c->prefix, sh->shard_id, res.n_answers + res.n_logits + res.n_analyses,
+                            res.n_errors,
                             dm_now() - t0);
                 zmq_send(pipe, buf, len + 1, 0);
                 free(buf);
@@ -312,7 +319,7 @@ static int s_from_compute(Net *n, void *pipe, DmErr *err)
     Docmint__Envelope *e = docmint__envelope__unpack(NULL, len - 1, (const uint8_t *)d + 1);
     if (e && e->result) {
         n->st.shards++;
-        n->st.answers += e->result->n_answers + e->result->n_logits;
+        n->st.answers += e->result->n_answers + e->result->n_logits + e->result->n_analyses;
         n->st.errors += e->result->n_errors;
     }
     if (e)
@@ -366,14 +373,23 @@ int worker_run(const WorkerOpts *o, DmErr *err)
 {
     const WireJoin *j = o->join;
     int is_cache = strcmp(j->stage, "cache-logits") == 0;
-    if (strcmp(j->stage, "infer") != 0 && !is_cache)
-        return dm_err(err, "stage \"%s\": this worker computes \"infer\" and \"cache-logits\"",
-                      j->stage);
+    const WorkerStageOps *ops = NULL;
+    for (int i = 0; o->stages && o->stages[i]; i++)
+        if (!strcmp(o->stages[i]->stage, j->stage))
+            ops = o->stages[i];
+    if (strcmp(j->stage, "infer") != 0 && !is_cache && !ops)
+        return dm_err(err, "stage \"%s\": this worker computes \"infer\", \"cache-logits\"%s",
+                      j->stage, o->stages ? " and \"analyze\"" : "");
     Compute c;
     memset(&c, 0, sizeof c);
     c.threads = o->threads;
     const char *fp;
-    if (is_cache) {
+    if (ops) {
+        if (ops->open(j, &c.ext, err))
+            return -1;
+        c.ops = ops;
+        fp = ops->fingerprint(c.ext);
+    } else if (is_cache) {
         CacheOpts co = {.top_k = j->top_k, .n_temps = j->n_temps,
                         .first_answer_only = j->first_answer_only, .pdf_dpi = j->pdf_dpi};
         memcpy(co.temps, j->temps, sizeof co.temps);
@@ -390,6 +406,8 @@ int worker_run(const WorkerOpts *o, DmErr *err)
                j->model, fp, j->model_fingerprint);
         infer_close(&c.stage);
         cache_close(&c.cache);
+        if (c.ops)
+            c.ops->close(&c.ext);
         return -1;
     }
     const char *stall = getenv("DOCMINT_TEST_STALL_SECONDS");
@@ -512,6 +530,8 @@ done:
         zmq_ctx_term(n.zctx);
     infer_close(&c.stage);
     cache_close(&c.cache);
+    if (c.ops)
+        c.ops->close(&c.ext);
     if (o->stats)
         *o->stats = n.st;
     return rc;
