@@ -410,7 +410,7 @@ static int s_send_shard(Dispatch *d, int i, int k)
             docmint__question__init(&qs[nq]);
             qs[nq].question_id = cq->qid;
             qs[nq].text = cq->text;
-            if (d->cache) { /* the gold answers are the teacher's input */
+            if (d->cache || d->analyze) { /* the gold answers are the teacher's input */
                 qs[nq].answers = cq->answers;
                 qs[nq].n_answers = (size_t)cq->nanswers;
             }
