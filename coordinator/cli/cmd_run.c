@@ -33,6 +33,7 @@
 #include "kernels/comm/coll.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/dispatch.h"
+#include "coordinator/analyze_report.h"
 #include "coordinator/distill.h"
 #include "coordinator/job.h"
 #include "worker/stages/worker_loop.h"
@@ -143,6 +144,18 @@ static int s_local_failed(void *ctx, DmErr *err)
 
 /* ---------------------------------------------------------- SPMD stages */
 
+/* 1 with the job's output folder when the job is an analyze job. */
+static int s_analyze_output(const char *path, char *out, size_t n)
+{
+    Job *j = NULL;
+    DmErr err = {{0}};
+    int is = job_load(path, &j, &err) == 0 && !strcmp(j->stage, "analyze");
+    if (is)
+        snprintf(out, n, "%s", j->output);
+    job_free(&j);
+    return is;
+}
+
 /* Rank 0: the job document when the job is a distill job, else NULL (a
  * job that does not load goes the batch way, which reports why). */
 static char *s_spmd_job(const char *path)
@@ -193,6 +206,7 @@ static int s_coordinator(const char *job_path, int quiet, int size, int local_wo
 
     DmErr err = {{0}};
     void *zctx = zmq_ctx_new();
+    char out_dir[4200];
     LocalWorker *lw = NULL;
     Dispatch *d = NULL;
     WireJoin join;
@@ -258,6 +272,9 @@ done:
         s_bcast(&end, 1, MPI_INT);
     }
     dispatch_close(&d);
+    /* an analyze job ends with its aggregates, figures and report */
+    if (rc == 0 && !*interrupted && s_analyze_output(job_path, out_dir, sizeof out_dir))
+        rc = analyze_report(out_dir, &err);
     memset(&join, 0, sizeof join);
     if (zctx)
         zmq_ctx_term(zctx);
