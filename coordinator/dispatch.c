@@ -90,29 +90,43 @@ static void s_cache_meta(Dispatch *d, const char *fp)
 
 static int s_held(void *ctx, int64_t qid) { return results_held(ctx, qid); }
 
-/* The analyze stage's job keys into the join document (one JSON object),
- * checked here so a bad key is one error before any worker starts; the
- * sites are checked against the model when it is loaded. */
-static int s_analyze_settings(Dispatch *d, DmErr *err)
+long dispatch_corpus_answers(const Corpus *c)
+{
+    long n = 0;
+    for (int p = 0; p < c->npages; p++)
+        for (int q = 0; q < c->pages[p].nq; q++)
+            n += c->pages[p].q[q].nanswers > 0;
+    return n;
+}
+
+int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
 {
     static const char *const keys[] = {"analyses", "skip_sets", "patch_sites", "patch_scope",
                                        "replacements", "noise_scale", "seed"};
     json_t *o = json_object();
     for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
-        json_t *v = json_object_get(d->job->doc, keys[i]);
+        json_t *v = json_object_get(job->doc, keys[i]);
         if (v)
             json_object_set(o, keys[i], v);
     }
     char *t = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(o);
-    if (!t || strlen(t) >= sizeof d->join.analyze) {
+    if (!t || strlen(t) >= n) {
         free(t);
-        return dm_err(err, "%s: the analyze settings are too long", d->job->path);
+        return dm_err(err, "%s: the analyze settings are too long", job->path);
     }
-    snprintf(d->join.analyze, sizeof d->join.analyze, "%s", t);
+    snprintf(out, n, "%s", t);
     free(t);
     AnalyzeOpts ao;
-    return analyze_opts_parse(d->join.analyze, d->job->path, &ao, err);
+    return analyze_opts_parse(out, job->path, &ao, err);
+}
+
+/* The analyze stage's job keys into the join document, checked here so a
+ * bad key is one error before any worker starts; the sites are checked
+ * against the model when it is loaded. */
+static int s_analyze_settings(Dispatch *d, DmErr *err)
+{
+    return dispatch_analyze_settings(d->job, d->join.analyze, sizeof d->join.analyze, err);
 }
 
 /* The analyze stage's sites and sub-layers against the model. */
@@ -198,6 +212,11 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     }
     if (corpus_load(&job->corpus, &d->corpus, err))
         goto fail;
+    if (d->analyze && dispatch_corpus_answers(d->corpus) == 0) {
+        dm_err(err, "%s: corpus %s has no gold answers: stage analyze teacher-forces them",
+               job->path, job->corpus.path);
+        goto fail;
+    }
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))

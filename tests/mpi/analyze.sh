@@ -6,7 +6,8 @@
 # analyze-item` (checked against the reference file by tests/cli.sh) on
 # the same page and sequence; `mpirun -n 3` gives the same store as the
 # in-process run; a run over part of the corpus is resumed by the full
-# job; a site the model lacks is refused with one line naming the key.
+# job; a site the model lacks is refused with one line naming the key, by
+# run and by validate, and so is a corpus without gold answers.
 . tests/mpi/lib.sh
 echo "mpi: analyze in-process and with 3 ranks, report, resume"
 make_model "$T/model"
@@ -204,5 +205,21 @@ if [ $st -ne 0 ] && [ "$(wc -l <"$T/bad.err")" -eq 1 ] && grep -q "patch_sites" 
     ok "unknown site refused: $(cat "$T/bad.err" | cut -c1-120)"
 else
     bad "unknown site (status $st): $(head -3 "$T/bad.err")"
+fi
+if "$DOCMINT" validate "$T/bad-job.json" >/dev/null 2>"$T/vbad.err"; then
+    bad "validate accepted a site the model lacks"
+elif [ "$(wc -l <"$T/vbad.err")" -eq 1 ] && grep -q "patch_sites: site C7.H3" "$T/vbad.err"; then
+    ok "validate refuses the unknown site too"
+else
+    bad "validate on an unknown site: $(head -2 "$T/vbad.err")"
+fi
+# a corpus without gold answers (the test split): refused at validate time
+write_job "$T/noans-job.json" "$T/model" "$T/corpus/test_v1.0.json" "$T/noans" '"stage": "analyze"'
+if "$DOCMINT" validate "$T/noans-job.json" --corpus >/dev/null 2>"$T/noans.err"; then
+    bad "validate accepted a corpus without answers"
+elif [ "$(wc -l <"$T/noans.err")" -eq 1 ] && grep -q "no gold answers" "$T/noans.err"; then
+    ok "a corpus without gold answers refused by validate: $(cut -c1-90 "$T/noans.err")"
+else
+    bad "corpus without answers: $(head -2 "$T/noans.err")"
 fi
 finish
