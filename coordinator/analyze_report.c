@@ -11,6 +11,7 @@
 #include "common/dm_fs.h"
 #include "common/store.h"
 #include "coordinator/analyze_plot.h"
+#include "worker/data/corpus.h"
 #include "records.pb-c.h"
 
 /* ------------------------------------------------------------ JSON line */
@@ -152,12 +153,8 @@ static void s_addf(Aggs *g, const char *name, const float *v, size_t n)
 
 static void s_add1(Aggs *g, const char *name, double v) { s_addv(g, name, &v, 1); }
 
-static int s_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+static void s_add_record(Aggs *g, const Docmint__AnalysisRecord *r)
 {
-    Aggs *g = ctx;
-    Docmint__AnalysisRecord *r = docmint__analysis_record__unpack(NULL, vlen, val);
-    if (!r)
-        return 0; /* not a record of this stage */
     g->records++;
     g->layers = (int)r->layers;
     g->heads = (int)r->heads;
@@ -226,6 +223,71 @@ static int s_visit(void *ctx, const void *key, size_t klen, const void *val, siz
         snprintf(name, sizeof name, "named.%s", r->named[i]->name);
         s_add1(g, name, r->named[i]->value);
     }
+}
+
+/* The question types of a questionId (the corpus's question_types). */
+typedef struct QTypes {
+    int64_t qid;
+    char **types;
+    int n;
+} QTypes;
+
+/* Aggregates by question type. */
+typedef struct Group {
+    char name[64];
+    Aggs g;
+} Group;
+
+typedef struct Report {
+    Aggs all;
+    QTypes *qt;
+    int nqt;
+    Group *groups;
+    int ngroups, capgroups;
+} Report;
+
+static int s_cmp_qt(const void *a, const void *b)
+{
+    int64_t x = ((const QTypes *)a)->qid, y = ((const QTypes *)b)->qid;
+    return x < y ? -1 : x > y;
+}
+
+static Aggs *s_group(Report *rp, const char *name)
+{
+    for (int i = 0; i < rp->ngroups; i++)
+        if (!strcmp(rp->groups[i].name, name))
+            return &rp->groups[i].g;
+    if (rp->ngroups == rp->capgroups) {
+        int cap = rp->capgroups ? 2 * rp->capgroups : 8;
+        Group *v = realloc(rp->groups, (size_t)cap * sizeof *v);
+        if (!v)
+            return NULL;
+        rp->groups = v;
+        rp->capgroups = cap;
+    }
+    Group *gr = &rp->groups[rp->ngroups++];
+    memset(gr, 0, sizeof *gr);
+    snprintf(gr->name, sizeof gr->name, "%s", name);
+    return &gr->g;
+}
+
+static int s_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    Report *rp = ctx;
+    Docmint__AnalysisRecord *r = docmint__analysis_record__unpack(NULL, vlen, val);
+    if (!r)
+        return 0; /* not a record of this stage */
+    s_add_record(&rp->all, r);
+    QTypes k = {r->question_id, NULL, 0};
+    const QTypes *q = rp->nqt ? bsearch(&k, rp->qt, rp->nqt, sizeof k, s_cmp_qt) : NULL;
+    for (int i = 0; q && i < q->n; i++) {
+        Aggs *g = s_group(rp, q->types[i]);
+        if (!g) {
+            rp->all.oom = 1;
+            break;
+        }
+        s_add_record(g, r);
+    }
     docmint__analysis_record__free_unpacked(r, NULL);
     (void)key;
     (void)klen;
@@ -289,7 +351,7 @@ static json_t *s_json(const Aggs *g)
         }
         json_object_set_new(fields, a->name, f);
     }
-    json_object_set_new(root, "overall", fields);
+    json_object_set_new(root, "fields", fields);
     /* attribution against exhaustive patching */
     if (g->pairs > 1) {
         double n = (double)g->pairs, cov = g->sxy - g->sx * g->sy / n;
@@ -397,6 +459,18 @@ static int s_markdown(const Aggs *g, const json_t *rep, const char *path, DmErr 
                    "over %lld (sequence, head) pairs\n",
                 json_number_value(json_object_get(ap, "pearson")),
                 (long long)json_integer_value(json_object_get(ap, "pairs")));
+    json_t *by = json_object_get(rep, "by_question_type");
+    const char *ty;
+    json_t *tv;
+    if (json_object_size(by))
+        fprintf(f, "\n| question type | sequences | clean NLL |\n|---|---|---|\n");
+    json_object_foreach(by, ty, tv) {
+        json_t *cl = json_object_get(json_object_get(json_object_get(tv, "fields"), "nll_clean"),
+                                     "mean");
+        fprintf(f, "| %s | %lld | %.4f |\n", ty,
+                (long long)json_integer_value(json_object_get(tv, "records")),
+                json_number_value(cl));
+    }
     fprintf(f, "\nEvery mean, standard error and count: [report.json](report.json).\n\n"
                "## Figures (means over the sequences)\n\n");
     static const char *const figs[][2] = {
@@ -410,21 +484,65 @@ static int s_markdown(const Aggs *g, const json_t *rep, const char *path, DmErr 
     return fclose(f) ? dm_err_errno(err, "%s: cannot write", path) : 0;
 }
 
-int analyze_report(const char *output, DmErr *err)
+static void s_aggs_free(Aggs *g)
+{
+    for (int i = 0; i < g->n; i++) {
+        free(g->a[i].s);
+        free(g->a[i].s2);
+        free(g->a[i].cnt);
+    }
+    free(g->a);
+}
+
+/* report.json: the aggregates over every record, then by question type. */
+static json_t *s_report_json(const Report *rp)
+{
+    json_t *root = s_json(&rp->all), *by = json_object();
+    if (!root || !by) {
+        json_decref(root);
+        json_decref(by);
+        return NULL;
+    }
+    for (int i = 0; i < rp->ngroups; i++) {
+        json_t *g = s_json(&rp->groups[i].g);
+        if (!g) {
+            json_decref(root);
+            json_decref(by);
+            return NULL;
+        }
+        json_object_set_new(by, rp->groups[i].name, g);
+    }
+    json_object_set_new(root, "by_question_type", by);
+    return root;
+}
+
+int analyze_report(const char *output, const CorpusSpec *corpus, DmErr *err)
 {
     Store *st = NULL;
-    Aggs g = {0};
+    Report rp = {{0}};
+    Aggs *gp = &rp.all;
+    Corpus *c = NULL;
     json_t *rep = NULL;
     char *text = NULL;
     char path[4200];
     int rc = -1;
-    if (store_open(output, STORE_WRITE, &st, err) ||
-        store_foreach(st, STORE_RECORDS, s_visit, &g, err) < 0)
-        goto done;
-    if (g.oom || !(rep = s_json(&g)) || !(text = json_dumps(rep, JSON_INDENT(1)))) {
-        dm_err(err, "out of memory aggregating %s", output);
-        goto done;
+    if (corpus) {
+        if (corpus_load(corpus, &c, err))
+            goto done;
+        if (!(rp.qt = calloc((size_t)c->nquestions + 1, sizeof *rp.qt)))
+            goto oom;
+        for (int p = 0; p < c->npages; p++)
+            for (int q = 0; q < c->pages[p].nq && rp.nqt < c->nquestions; q++) {
+                const CorpusQuestion *cq = &c->pages[p].q[q];
+                rp.qt[rp.nqt++] = (QTypes){cq->qid, cq->qtypes, cq->nqtypes};
+            }
+        qsort(rp.qt, rp.nqt, sizeof *rp.qt, s_cmp_qt);
     }
+    if (store_open(output, STORE_WRITE, &st, err) ||
+        store_foreach(st, STORE_RECORDS, s_visit, &rp, err) < 0)
+        goto done;
+    if (gp->oom || !(rep = s_report_json(&rp)) || !(text = json_dumps(rep, JSON_INDENT(1))))
+        goto oom;
     snprintf(path, sizeof path, "%s/report.json", output);
     FILE *f = fopen(path, "w");
     if (!f || fputs(text, f) < 0 || fputc('\n', f) < 0) {
@@ -440,17 +558,20 @@ int analyze_report(const char *output, DmErr *err)
     if (store_meta_set(st, "aggregates", text, err))
         goto done;
     snprintf(path, sizeof path, "%s/figures", output);
-    if (g.records && s_figures(&g, path, err))
+    if (gp->records && s_figures(gp, path, err))
         goto done;
     snprintf(path, sizeof path, "%s/report.md", output);
-    rc = s_markdown(&g, rep, path, err);
+    rc = s_markdown(gp, rep, path, err);
+    goto done;
+oom:
+    dm_err(err, "out of memory aggregating %s", output);
 done:
-    for (int i = 0; i < g.n; i++) {
-        free(g.a[i].s);
-        free(g.a[i].s2);
-        free(g.a[i].cnt);
-    }
-    free(g.a);
+    s_aggs_free(&rp.all);
+    for (int i = 0; i < rp.ngroups; i++)
+        s_aggs_free(&rp.groups[i].g);
+    free(rp.groups);
+    free(rp.qt);
+    corpus_free(&c);
     free(text);
     json_decref(rep);
     store_close(&st);

@@ -9,9 +9,11 @@
 #include <stddef.h>
 
 #include "common/dm_error.h"
+#include "worker/data/corpus.h"
 
-/* Aggregate the analysis store at output (the job's output folder). */
-int analyze_report(const char *output, DmErr *err);
+/* Aggregate the analysis store at output (the job's output folder); the
+ * corpus (may be NULL) gives the question types. */
+int analyze_report(const char *output, const CorpusSpec *corpus, DmErr *err);
 
 /* An AnalysisRecord's bytes as one JSON line (every field; NaN as null);
  * NULL with err set when they are not one. */

@@ -144,16 +144,16 @@ static int s_local_failed(void *ctx, DmErr *err)
 
 /* ---------------------------------------------------------- SPMD stages */
 
-/* 1 with the job's output folder when the job is an analyze job. */
-static int s_analyze_output(const char *path, char *out, size_t n)
+/* The aggregates, figures and report of an analyze job (nothing for the
+ * other stages). */
+static int s_analyze_report(const char *path, DmErr *err)
 {
     Job *j = NULL;
-    DmErr err = {{0}};
-    int is = job_load(path, &j, &err) == 0 && !strcmp(j->stage, "analyze");
-    if (is)
-        snprintf(out, n, "%s", j->output);
+    int rc = job_load(path, &j, err) ? -1 : 0;
+    if (rc == 0 && !strcmp(j->stage, "analyze"))
+        rc = analyze_report(j->output, &j->corpus, err);
     job_free(&j);
-    return is;
+    return rc;
 }
 
 /* Rank 0: the job document when the job is a distill job, else NULL (a
@@ -206,7 +206,6 @@ static int s_coordinator(const char *job_path, int quiet, int size, int local_wo
 
     DmErr err = {{0}};
     void *zctx = zmq_ctx_new();
-    char out_dir[4200];
     LocalWorker *lw = NULL;
     Dispatch *d = NULL;
     WireJoin join;
@@ -273,8 +272,8 @@ done:
     }
     dispatch_close(&d);
     /* an analyze job ends with its aggregates, figures and report */
-    if (rc == 0 && !*interrupted && s_analyze_output(job_path, out_dir, sizeof out_dir))
-        rc = analyze_report(out_dir, &err);
+    if (rc == 0 && !*interrupted)
+        rc = s_analyze_report(job_path, &err);
     memset(&join, 0, sizeof join);
     if (zctx)
         zmq_ctx_term(zctx);

@@ -42,7 +42,7 @@ fi
 
 # report.json against the records: every mean, standard error and count
 "$DOCMINT" store dump "$T/full" >"$T/full.rec" 2>/dev/null
-if python3 - "$T/full.rec" "$T/full/report.json" <<'PY'; then
+if python3 - "$T/full.rec" "$T/full/report.json" "$C" <<'PY'; then
 import json, math, sys
 recs = [json.loads(l) for l in open(sys.argv[1])]
 rep = json.load(open(sys.argv[2]))
@@ -57,12 +57,12 @@ checked = 0
 assert rep["records"] == len(recs), "record count"
 for field in ["nll_clean", "nll_corrupt", "nll_patch_query", "nll_m_last_cancels_c_last"]:
     m, se, n = stats([r[field] for r in recs])
-    f = rep["overall"][field]
+    f = rep["fields"][field]
     checked += 1
     if abs(f["mean"] - m) > 1e-9 * max(1, abs(m)) or f["count"] != n or abs(f["stderr"] - se) > 1e-9:
         bad.append(field)
 for field in ["nll_skip", "nll_reproject", "sa_entropy", "ca_variance", "nll_head_ablation", "atp_head"]:
-    f = rep["overall"][field]
+    f = rep["fields"][field]
     for i in range(len(recs[0][field])):
         m, se, n = stats([r[field][i] for r in recs])
         checked += 1
@@ -70,7 +70,7 @@ for field in ["nll_skip", "nll_reproject", "sa_entropy", "ca_variance", "nll_hea
             bad.append(f"{field}[{i}]")
 m, se, n = stats([r["named"]["skip_set.late"] for r in recs])
 checked += 1
-if abs(rep["overall"]["named.skip_set.late"]["mean"] - m) > 1e-9 * max(1, abs(m)):
+if abs(rep["fields"]["named.skip_set.late"]["mean"] - m) > 1e-9 * max(1, abs(m)):
     bad.append("named.skip_set.late")
 # the patching effect against the attribution estimate
 xs = [a for r in recs for a in r["atp_head"]]
@@ -81,10 +81,21 @@ r = cov / math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in 
 checked += 1
 if abs(rep["attribution_vs_patching"]["pearson"] - r) > 1e-6:
     bad.append("pearson")
-print(f"{checked} aggregates of {len(recs)} records", ", ".join(bad[:5]))
+# by question type, from the corpus's question_types
+types = {q["questionId"]: q.get("question_types", []) for q in json.load(open(sys.argv[3]))["data"]}
+names = sorted({t for ts in types.values() for t in ts})
+if sorted(rep["by_question_type"]) != names:
+    bad.append("question types")
+for t in names:
+    m, se, n = stats([r["nll_clean"] for r in recs if t in types[r["questionId"]]])
+    g = rep["by_question_type"][t]
+    checked += 1
+    if abs(g["fields"]["nll_clean"]["mean"] - m) > 1e-9 * max(1, abs(m)) or g["records"] != n:
+        bad.append("type " + t)
+print(f"{checked} aggregates of {len(recs)} records, {len(names)} question types", ", ".join(bad[:5]))
 sys.exit(1 if bad else 0)
 PY
-    ok "report.json equals the aggregates recomputed from the records"
+    ok "report.json equals the aggregates recomputed from the records (overall and by question type)"
 else
     bad "report.json against the records"
 fi
