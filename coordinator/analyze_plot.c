@@ -238,6 +238,17 @@ static void s_piece(const struct Tokenizer *tok, int64_t id, char *out, size_t n
         snprintf(out, n, "#%lld", (long long)id);
 }
 
+/* "%+.3f", or an exponent form when every value is small (an untrained
+ * model's effects are): the cells must not all read +0.000. */
+static const char *s_signed_fmt(const double *v, int n)
+{
+    double m = 0;
+    for (int i = 0; i < n; i++)
+        if (isfinite(v[i]) && fabs(v[i]) > m)
+            m = fabs(v[i]);
+    return m > 0 && m < 0.05 ? "%+.2e" : "%+.3f";
+}
+
 /* A [L, 3] figure of sub-layer NLLs minus a baseline (skip, reproject). */
 static int s_sublayer_map(const AnTensor *t, double base, const char *title, const char *legend,
                           const char *png, DmErr *err)
@@ -258,7 +269,7 @@ static int s_sublayer_map(const AnTensor *t, double base, const char *title, con
     snprintf(cols.s[0], sizeof cols.s[0], "S (self)");
     snprintf(cols.s[1], sizeof cols.s[1], "C (cross)");
     snprintf(cols.s[2], sizeof cols.s[2], "M (FFN)");
-    HeatMap h = {title, legend, L, 3, rows.p, cols.p, v, NULL, "%+.3f", 1};
+    HeatMap h = {title, legend, L, 3, rows.p, cols.p, v, NULL, s_signed_fmt(v, L * 3), 1};
     rc = analyze_heatmap(&h, png, err);
 done:
     free(v);
@@ -289,7 +300,8 @@ static int s_head_map(const AnTensor *t, int kind, double base, const char *fmt,
     }
     for (int h = 0; h < H; h++)
         snprintf(cols.s[h], sizeof cols.s[h], "head %d", h);
-    HeatMap hm = {title, legend, R, H, rows.p, cols.p, v, NULL, fmt, diverging};
+    HeatMap hm = {title, legend, R, H, rows.p, cols.p, v, NULL,
+                  diverging ? s_signed_fmt(v, R * H) : fmt, diverging};
     rc = analyze_heatmap(&hm, png, err);
 done:
     free(v);
