@@ -6,7 +6,7 @@
 # analyze-item` (checked against the reference file by tests/cli.sh) on
 # the same page and sequence; `mpirun -n 3` gives the same store as the
 # in-process run; a run over part of the corpus is resumed by the full
-# job; a site the model lacks is refused with one line naming the key, by
+# job, and so is a run killed with SIGKILL; a site the model lacks is refused with one line naming the key, by
 # run and by validate, and so is a corpus without gold answers.
 . tests/mpi/lib.sh
 echo "mpi: analyze in-process and with 3 ranks, report, resume"
@@ -205,6 +205,27 @@ if "$DOCMINT" run "$T/half-job.json" >"$T/half.log" 2>&1 &&
     ok "the full job resumes the half one: $(grep 'done:' "$T/res.log" | tail -1 | cut -c1-80)"
 else
     bad "resume: $(tail -2 "$T/res.log") ${msg:-}"
+fi
+
+# kill -9 in the middle (every shard stalls 3 s, so the kill lands after
+# the first page's records), then the same command: every pair once
+write_job "$T/kill-job.json" "$T/model" "$C" "$T/kill" "$CHEAP"
+DOCMINT_TEST_STALL_SECONDS=3 "$DOCMINT" run "$T/kill-job.json" --quiet >"$T/kill1.log" 2>&1 &
+kp=$!
+PIDS="$PIDS $kp"
+if wait_stored "$T/kill" 1 120; then
+    kill -9 "$kp"
+    wait "$kp" 2>/dev/null
+    n1=$(stored "$T/kill")
+    if "$DOCMINT" run "$T/kill-job.json" >"$T/kill2.log" 2>&1 && msg=$(check_pairs "$T/kill" "$C") &&
+        [ "$(meta "$T/kill" held_at_start)" -gt 0 ]; then
+        ok "kill -9 with $n1 records stored, rerun resumes: $msg, $(meta "$T/kill" held_at_start) questions held"
+    else
+        bad "rerun after kill -9: $(tail -2 "$T/kill2.log") ${msg:-}"
+    fi
+else
+    bad "no analysis record within 120 s: $(tail -3 "$T/kill1.log")"
+    kill -9 "$kp" 2>/dev/null
 fi
 
 # a site the model lacks: one line naming the key
