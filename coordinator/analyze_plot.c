@@ -406,3 +406,103 @@ int analyze_figures(const AnTensors *ts, const int32_t *ids, int T, int answer_s
     return s_lens_map(ts, ids, answer_start, tok, PNG("lens.png"), err);
 #undef PNG
 }
+
+/* ------------------------------------------------------------ overlay */
+
+/* Patch indices ordered by entropy, then index (ties in order). */
+static const double *s_sort_ent;
+static int s_cmp_patch(const void *a, const void *b)
+{
+    int i = *(const int *)a, j = *(const int *)b;
+    double x = s_sort_ent[i], y = s_sort_ent[j];
+    return x < y ? -1 : x > y ? 1 : i - j;
+}
+
+int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw,
+                               const int64_t *top1, const double *entropy,
+                               const struct Tokenizer *tok, const char *png, DmErr *err)
+{
+    if (image_vips_init(err))
+        return -1;
+    int N = gh * gw, k = W < 800 ? (800 + W - 1) / W : 1; /* small pages drawn larger */
+    int OW = W * k, OH = H * k, top = 40;
+    int *order = malloc((size_t)N * sizeof *order);
+    unsigned char *low = calloc((size_t)N, 1);
+    unsigned char *buf = malloc((size_t)OW * (OH + top) * 3);
+    if (!order || !low || !buf) {
+        free(order);
+        free(low);
+        free(buf);
+        return dm_err(err, "%s: out of memory", png);
+    }
+    /* the lowest quarter by rank, leaving out patches at the page's
+     * largest entropy (an undecided patch is not a transcription) */
+    double emax = -INFINITY, cut = -INFINITY;
+    for (int j = 0; j < N; j++) {
+        order[j] = j;
+        emax = fmax(emax, entropy[j]);
+    }
+    s_sort_ent = entropy;
+    qsort(order, N, sizeof *order, s_cmp_patch);
+    for (int r = 0; r < (N + 3) / 4; r++)
+        if (entropy[order[r]] < emax) {
+            low[order[r]] = 1;
+            cut = entropy[order[r]];
+        }
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < (size_t)3 * H * W; i++) {
+        lo = fminf(lo, pixels[i]);
+        hi = fmaxf(hi, pixels[i]);
+    }
+    float span = hi > lo ? hi - lo : 1;
+    memset(buf, 255, (size_t)OW * (OH + top) * 3);
+    for (int y = 0; y < OH; y++)
+        for (int x = 0; x < OW; x++) {
+            int sy = y / k, sx = x / k, j = (sy * gh / H) * gw + sx * gw / W;
+            for (int c = 0; c < 3; c++) {
+                double v = (pixels[((size_t)c * H + sy) * W + sx] - lo) / span * 255.0;
+                /* low-entropy patches tinted orange */
+                static const double tint[3] = {255, 140, 0};
+                if (low[j])
+                    v = 0.45 * v + 0.55 * tint[c];
+                buf[((size_t)(y + top) * OW + x) * 3 + c] = (unsigned char)lrint(v);
+            }
+        }
+    VipsImage *img =
+        vips_image_new_from_memory(buf, (size_t)OW * (OH + top) * 3, OW, OH + top, 3, VIPS_FORMAT_UCHAR);
+    int rc = img ? 0 : s_fail(err, png);
+    static const double black[3] = {0, 0, 0}, grid[3] = {120, 120, 120};
+    char title[200];
+    snprintf(title, sizeof title,
+             "Transcription map: the lowest quarter of patch entropies (up to %.3f nats) "
+             "coloured, top token written",
+             cut);
+    if (!rc)
+        rc = s_text(img, title, 8, top / 2, -1, black, "DejaVu Sans Bold 11", png, err);
+    for (int j = 0; !rc && j < N; j++) {
+        int gy = j / gw, gx = j % gw;
+        int x0 = gx * W / gw * k, x1 = (gx + 1) * W / gw * k, y0 = gy * H / gh * k + top,
+            y1 = (gy + 1) * H / gh * k + top;
+        if (vips_draw_rect(img, (double *)grid, 3, x0, y0, x1 - x0 + 1, y1 - y0 + 1, NULL)) {
+            rc = s_fail(err, png);
+            break;
+        }
+        if (!low[j])
+            continue;
+        char piece[32];
+        s_piece(tok, top1[j], piece, sizeof piece);
+        rc = s_text(img, piece, (x0 + x1) / 2, (y0 + y1) / 2, 0, black, "DejaVu Sans 8", png, err);
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.png", png);
+    if (!rc && vips_pngsave(img, tmp, NULL))
+        rc = s_fail(err, png);
+    if (!rc && rename(tmp, png) != 0)
+        rc = dm_err_errno(err, "%s: cannot rename", tmp);
+    if (img)
+        g_object_unref(img);
+    free(buf);
+    free(order);
+    free(low);
+    return rc;
+}

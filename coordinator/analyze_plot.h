@@ -54,4 +54,12 @@ struct Tokenizer;
 int analyze_figures(const AnTensors *ts, const int32_t *ids, int T, int answer_start,
                     const struct Tokenizer *tok, const char *dir, DmErr *err);
 
+/* Fig. 4 of the paper: the page (pixels [3, H, W] as the encoder saw them,
+ * shown min-max scaled) with each encoder token's patch (a grid of gh x gw
+ * tokens over the page) coloured when its transcription entropy is among
+ * the lowest quarter of the page's, and its top token written on it. */
+int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw,
+                               const int64_t *top1, const double *entropy,
+                               const struct Tokenizer *tok, const char *png, DmErr *err);
+
 #endif

@@ -99,7 +99,7 @@ import sys
 sys.path.insert(0, "tests/tools")
 import png, st
 d = sys.argv[1]
-for f in ["skip", "reproject", "sa_entropy", "ca_variance", "head_ablation", "lens", "patch_head", "atp_head"]:
+for f in ["skip", "reproject", "sa_entropy", "ca_variance", "head_ablation", "lens", "patch_head", "atp_head", "transcribe"]:
     png.load(f"{d}/{f}.png")
 ref = st.load(sys.argv[2])
 clean = ref["case0.nll.clean"][2][0]
@@ -109,7 +109,7 @@ def cell(i):
     x, y = 110 + (i % 3) * 92 + 8, 78 + (i // 3) * 40 + 8
     return rows[y][x * bpp:x * bpp + 3]
 hi, lo = cell(rise.index(max(rise))), cell(rise.index(min(rise)))
-print(f"8 figures; largest rise {list(hi)}, largest fall {list(lo)}")
+print(f"9 figures; largest rise {list(hi)}, largest fall {list(lo)}")
 sys.exit(0 if hi[0] > hi[2] + 40 and lo[2] > lo[0] + 40 else 1)
 EOF2
 then

@@ -57,7 +57,8 @@ static void s_i64(void *ctx, const char *name, int ndim, const int64_t *shape, c
 
 /* The figures into dir, with the model folder's tokenizer when it has one. */
 static int s_figures(const char *model_dir, const AnTensors *kept, const int32_t *ids, int T,
-                     int a, const char *dir, DmErr *err)
+                     int a, const float *pix, int H, int W, int gh, int gw, const char *dir,
+                     DmErr *err)
 {
     Tokenizer *tok = NULL;
     DmErr terr = {{0}};
@@ -70,6 +71,20 @@ static int s_figures(const char *model_dir, const AnTensors *kept, const int32_t
             tok = NULL; /* the figures then name tokens by id */
     }
     int rc = dm_mkdirs(dir, err) ? -1 : analyze_figures(kept, ids, T, a, tok, dir, err);
+    /* the transcription map over the page */
+    const AnTensor *top = an_tensors_find(kept, "transcribe.all.top1");
+    const AnTensor *ent = an_tensors_find(kept, "transcribe.all.entropy");
+    if (!rc && top && ent && top->shape[0] == (int64_t)gh * gw) {
+        int64_t *ids1 = malloc((size_t)top->shape[0] * sizeof *ids1);
+        if (!ids1)
+            rc = dm_err(err, "out of memory");
+        for (int64_t j = 0; ids1 && j < top->shape[0]; j++)
+            ids1[j] = (int64_t)top->v[j];
+        snprintf(path, sizeof path, "%s/transcribe.png", dir);
+        if (ids1)
+            rc = analyze_transcribe_overlay(pix, H, W, gh, gw, ids1, ent->v, tok, path, err);
+        free(ids1);
+    }
     tokenizer_free(&tok);
     return rc;
 }
@@ -261,8 +276,11 @@ int cmd_analyze_item(int argc, char **argv)
     int bad = an_item(&it, &cfg, &sink, &err) || st_writer_save(w, out, &err);
     if (!bad && o.oom)
         bad = dm_err(&err, "out of memory") != 0;
-    if (!bad && png)
-        bad = s_figures(dir, &o.kept, ids, T, a, png, &err) != 0;
+    if (!bad && png) {
+        int gh, gw;
+        swin_output_grid(&m->cfg.enc, H, W, &gh, &gw);
+        bad = s_figures(dir, &o.kept, ids, T, a, pix, H, W, gh, gw, png, &err) != 0;
+    }
     an_tensors_free(&o.kept);
     if (bad)
         goto done;
