@@ -25,18 +25,11 @@ static int s_fail(DmErr *err, const char *what)
     return -1;
 }
 
-/* Text centred on (x, y) (align 0), or ending at x (align 1), or starting
- * at x (align -1). */
-static int s_text(VipsImage *img, const char *s, int x, int y, int align, const double *ink,
-                  const char *font, const char *png, DmErr *err)
+/* vips_text reads Pango markup: tokens such as <s_answer> are escaped. */
+static void s_escape(const char *s, char *esc, size_t cap)
 {
-    VipsImage *t = NULL;
-    if (!s[0])
-        return 0;
-    /* vips_text reads Pango markup: tokens such as <s_answer> are escaped */
-    char esc[512];
     size_t n = 0;
-    for (const char *p = s; *p && n + 6 < sizeof esc; p++) {
+    for (const char *p = s; *p && n + 6 < cap; p++) {
         const char *e = *p == '<' ? "&lt;" : *p == '>' ? "&gt;" : *p == '&' ? "&amp;" : NULL;
         if (e) {
             memcpy(esc + n, e, strlen(e));
@@ -46,6 +39,18 @@ static int s_text(VipsImage *img, const char *s, int x, int y, int align, const 
         }
     }
     esc[n] = 0;
+}
+
+/* Text centred on (x, y) (align 0), or ending at x (align 1), or starting
+ * at x (align -1). */
+static int s_text(VipsImage *img, const char *s, int x, int y, int align, const double *ink,
+                  const char *font, const char *png, DmErr *err)
+{
+    VipsImage *t = NULL;
+    if (!s[0])
+        return 0;
+    char esc[512];
+    s_escape(s, esc, sizeof esc);
     if (vips_text(&t, esc, "font", font, "dpi", 96, NULL))
         return s_fail(err, png);
     int w = vips_image_get_width(t), h = vips_image_get_height(t);
@@ -59,7 +64,10 @@ static int s_text(VipsImage *img, const char *s, int x, int y, int align, const 
 static int s_text_width(const char *s, const char *font)
 {
     VipsImage *t = NULL;
-    if (!s || !s[0] || vips_text(&t, s, "font", font, "dpi", 96, NULL)) {
+    char esc[512];
+    if (s)
+        s_escape(s, esc, sizeof esc);
+    if (!s || !s[0] || vips_text(&t, esc, "font", font, "dpi", 96, NULL)) {
         vips_error_clear();
         return 0;
     }
@@ -94,7 +102,17 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
     if (image_vips_init(err))
         return -1;
     const char *font = "DejaVu Sans 10", *bold = "DejaVu Sans Bold 12";
-    int W = LEFT + h->cols * CELL_W + RIGHT, H = TOP + h->rows * CELL_H + BOTTOM;
+    /* cells wide enough for the longest label or cell text */
+    int CW = CELL_W;
+    for (int c = 0; c < h->cols; c++) {
+        int w = s_text_width(h->col_labels[c], font) + 12;
+        CW = w > CW ? w : CW;
+    }
+    for (int i = 0; h->cell_text && i < h->rows * h->cols; i++) {
+        int w = s_text_width(h->cell_text[i], font) + 12;
+        CW = w > CW ? w : CW;
+    }
+    int W = LEFT + h->cols * CW + RIGHT, H = TOP + h->rows * CELL_H + BOTTOM;
     int wt = 2 * MARGIN + s_text_width(h->title, bold), wl = 2 * MARGIN + s_text_width(h->legend, font);
     W = W > wt ? W : wt;
     W = W > wl ? W : wl;
@@ -117,21 +135,21 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
                         grey[3] = {215, 215, 215}, edge[3] = {160, 160, 160};
     int rc = s_text(img, h->title, MARGIN, 22, -1, black, bold, png, err);
     for (int c = 0; !rc && c < h->cols; c++)
-        rc = s_text(img, h->col_labels[c], LEFT + c * CELL_W + CELL_W / 2, TOP - 14, 0, black,
+        rc = s_text(img, h->col_labels[c], LEFT + c * CW + CW / 2, TOP - 14, 0, black,
                     font, png, err);
     for (int r = 0; !rc && r < h->rows; r++) {
         int y = TOP + r * CELL_H;
         rc = s_text(img, h->row_labels[r], LEFT - 10, y + CELL_H / 2, 1, black, font, png, err);
         for (int c = 0; !rc && c < h->cols; c++) {
-            int x = LEFT + c * CELL_W;
+            int x = LEFT + c * CW;
             double v = h->values[r * h->cols + c], rgb[3];
             int empty = !isfinite(v);
             if (empty)
                 memcpy(rgb, grey, sizeof rgb);
             else
                 s_colour(h, v, lo, hi, rgb);
-            if (vips_draw_rect(img, rgb, 3, x, y, CELL_W, CELL_H, "fill", TRUE, NULL) ||
-                vips_draw_rect(img, (double *)edge, 3, x, y, CELL_W + 1, CELL_H + 1, NULL)) {
+            if (vips_draw_rect(img, rgb, 3, x, y, CW, CELL_H, "fill", TRUE, NULL) ||
+                vips_draw_rect(img, (double *)edge, 3, x, y, CW + 1, CELL_H + 1, NULL)) {
                 rc = s_fail(err, png);
                 break;
             }
@@ -141,7 +159,7 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
                 snprintf(label, sizeof label, empty ? "-" : h->fmt, v);
             /* light text on dark cells */
             double lum = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
-            rc = s_text(img, txt ? txt : "", x + CELL_W / 2, y + CELL_H / 2, 0,
+            rc = s_text(img, txt ? txt : "", x + CW / 2, y + CELL_H / 2, 0,
                         lum < 128 ? white : black, font, png, err);
         }
     }

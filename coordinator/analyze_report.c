@@ -12,6 +12,7 @@
 #include "common/store.h"
 #include "coordinator/analyze_plot.h"
 #include "worker/data/corpus.h"
+#include "worker/text/tokenizer.h"
 #include "records.pb-c.h"
 
 /* ------------------------------------------------------------ JSON line */
@@ -240,6 +241,8 @@ typedef struct Group {
 
 typedef struct Report {
     Aggs all;
+    int64_t lens_qid;          /* -1: the first record */
+    Docmint__AnalysisRecord *lens; /* the record of the lens figure */
     QTypes *qt;
     int nqt;
     Group *groups;
@@ -278,6 +281,7 @@ static int s_visit(void *ctx, const void *key, size_t klen, const void *val, siz
     if (!r)
         return 0; /* not a record of this stage */
     s_add_record(&rp->all, r);
+    int keep = !rp->lens && (rp->lens_qid < 0 || rp->lens_qid == r->question_id);
     QTypes k = {r->question_id, NULL, 0};
     const QTypes *q = rp->nqt ? bsearch(&k, rp->qt, rp->nqt, sizeof k, s_cmp_qt) : NULL;
     for (int i = 0; q && i < q->n; i++) {
@@ -288,7 +292,10 @@ static int s_visit(void *ctx, const void *key, size_t klen, const void *val, siz
         }
         s_add_record(g, r);
     }
-    docmint__analysis_record__free_unpacked(r, NULL);
+    if (keep)
+        rp->lens = r;
+    else
+        docmint__analysis_record__free_unpacked(r, NULL);
     (void)key;
     (void)klen;
     return 0;
@@ -425,8 +432,46 @@ static int s_figures(const Aggs *g, const char *dir, DmErr *err)
     return rc;
 }
 
+/* figures/lens.png: the logit-lens grid of one record, tokens named by
+ * the model's tokenizer when it has one. */
+static int s_lens_figure(const Docmint__AnalysisRecord *r, const char *model, const char *dir,
+                         DmErr *err)
+{
+    int R = 3 * (int)r->layers + 1;
+    if (!r->n_lens_target_logprob || r->n_lens_target_logprob % R ||
+        r->n_lens_top1 != r->n_lens_target_logprob)
+        return 0;
+    int64_t sh[2] = {R, (int64_t)(r->n_lens_target_logprob / R)};
+    int64_t *top = malloc(r->n_lens_top1 * sizeof *top);
+    AnTensors ts = {0};
+    Tokenizer *tok = NULL;
+    DmErr terr = {{0}};
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", model);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        if (tokenizer_load(model, &tok, &terr))
+            tok = NULL; /* tokens then named by id */
+    }
+    int rc = top ? 0 : dm_err(err, "out of memory");
+    for (size_t i = 0; top && i < r->n_lens_top1; i++)
+        top[i] = r->lens_top1[i];
+    if (!rc && (an_tensors_add(&ts, "lens.target_logprob", 2, sh, r->lens_target_logprob, NULL) ||
+                an_tensors_add(&ts, "lens.top1", 2, sh, NULL, top)))
+        rc = dm_err(err, "out of memory");
+    if (!rc)
+        rc = analyze_figures(&ts, r->token_ids, (int)r->n_token_ids, (int)r->answer_start, tok,
+                             dir, err);
+    an_tensors_free(&ts);
+    tokenizer_free(&tok);
+    free(top);
+    return rc;
+}
+
 /* report.md: the headline numbers and links to the figures. */
-static int s_markdown(const Aggs *g, const json_t *rep, const char *path, DmErr *err)
+static int s_markdown(const Aggs *g, const json_t *rep, const Docmint__AnalysisRecord *lens,
+                      const char *path, DmErr *err)
 {
     FILE *f = fopen(path, "w");
     if (!f)
@@ -481,6 +526,9 @@ static int s_markdown(const Aggs *g, const json_t *rep, const char *path, DmErr 
         {"atp_head", "Attribution patching"}};
     for (size_t i = 0; i < sizeof figs / sizeof *figs; i++)
         fprintf(f, "### %s\n\n![%s](figures/%s.png)\n\n", figs[i][1], figs[i][1], figs[i][0]);
+    if (lens)
+        fprintf(f, "### Logit lens of question %lld (answer \"%s\")\n\n![Logit lens](figures/lens.png)\n\n",
+                (long long)lens->question_id, lens->answer);
     return fclose(f) ? dm_err_errno(err, "%s: cannot write", path) : 0;
 }
 
@@ -516,10 +564,12 @@ static json_t *s_report_json(const Report *rp)
     return root;
 }
 
-int analyze_report(const char *output, const CorpusSpec *corpus, DmErr *err)
+int analyze_report(const char *output, const CorpusSpec *corpus, const char *model,
+                   int64_t lens_qid, DmErr *err)
 {
     Store *st = NULL;
     Report rp = {{0}};
+    rp.lens_qid = lens_qid;
     Aggs *gp = &rp.all;
     Corpus *c = NULL;
     json_t *rep = NULL;
@@ -560,8 +610,10 @@ int analyze_report(const char *output, const CorpusSpec *corpus, DmErr *err)
     snprintf(path, sizeof path, "%s/figures", output);
     if (gp->records && s_figures(gp, path, err))
         goto done;
+    if (rp.lens && s_lens_figure(rp.lens, model, path, err))
+        goto done;
     snprintf(path, sizeof path, "%s/report.md", output);
-    rc = s_markdown(gp, rep, path, err);
+    rc = s_markdown(gp, rep, rp.lens, path, err);
     goto done;
 oom:
     dm_err(err, "out of memory aggregating %s", output);
@@ -571,6 +623,8 @@ done:
         s_aggs_free(&rp.groups[i].g);
     free(rp.groups);
     free(rp.qt);
+    if (rp.lens)
+        docmint__analysis_record__free_unpacked(rp.lens, NULL);
     corpus_free(&c);
     free(text);
     json_decref(rep);

@@ -7,13 +7,17 @@
 #define DM_ANALYZE_REPORT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/dm_error.h"
 #include "worker/data/corpus.h"
 
 /* Aggregate the analysis store at output (the job's output folder); the
- * corpus (may be NULL) gives the question types. */
-int analyze_report(const char *output, const CorpusSpec *corpus, DmErr *err);
+ * corpus (may be NULL) gives the question types; the logit-lens grid is
+ * drawn for question lens_qid (-1: the first record), its tokens named by
+ * the tokenizer of the model folder. */
+int analyze_report(const char *output, const CorpusSpec *corpus, const char *model,
+                   int64_t lens_qid, DmErr *err);
 
 /* An AnalysisRecord's bytes as one JSON line (every field; NaN as null);
  * NULL with err set when they are not one. */

@@ -150,8 +150,11 @@ static int s_analyze_report(const char *path, DmErr *err)
 {
     Job *j = NULL;
     int rc = job_load(path, &j, err) ? -1 : 0;
-    if (rc == 0 && !strcmp(j->stage, "analyze"))
-        rc = analyze_report(j->output, &j->corpus, err);
+    if (rc == 0 && !strcmp(j->stage, "analyze")) {
+        json_t *lq = json_object_get(j->doc, "lens_question");
+        rc = analyze_report(j->output, &j->corpus, j->model,
+                            json_is_integer(lq) ? (int64_t)json_integer_value(lq) : -1, err);
+    }
     job_free(&j);
     return rc;
 }

@@ -13,7 +13,7 @@ echo "mpi: analyze in-process and with 3 ranks, report, resume"
 make_model "$T/model"
 make_corpus "$T/corpus" 2
 C="$T/corpus/train_v1.0_withQT.json"
-FULL='"stage": "analyze", "skip_sets": {"late": ["S1", "M1"]}, "patch_sites": ["C1.query"], "replacements": ["M1.out:=-C1.out"]'
+FULL='"stage": "analyze", "skip_sets": {"late": ["S1", "M1"]}, "patch_sites": ["C1.query"], "replacements": ["M1.out:=-C1.out"], "lens_question": 2'
 write_job "$T/full-job.json" "$T/model" "$C" "$T/full" "$FULL"
 
 # every (questionId, answer index) once, no errors
@@ -100,10 +100,11 @@ else
     bad "report.json against the records"
 fi
 if [ -s "$T/full/report.md" ] && grep -q "figures/skip.png" "$T/full/report.md" &&
-    for f in skip reproject sa_entropy ca_variance head_ablation patch_head atp_head; do
+    grep -q "Logit lens of question 2" "$T/full/report.md" &&
+    for f in skip reproject sa_entropy ca_variance head_ablation patch_head atp_head lens; do
         python3 tests/tools/png.py size "$T/full/figures/$f.png" >/dev/null || exit 1
     done; then
-    ok "report.md and the 7 figures of the means"
+    ok "report.md, the 7 figures of the means and question 2's logit-lens grid"
 else
     bad "report.md or figures missing"
 fi
