@@ -60,6 +60,8 @@ struct Dispatch {
     /* cache-logits: records per (question, answer), and the store's extra meta */
     int cache;
     int analyze;  /* stage analyze: records per (question, answer) as well */
+    int corrupt_page; /* analyze: another page corrupts each page */
+    uint64_t seed;
     char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
     const char *extra[16];
 };
@@ -101,8 +103,9 @@ long dispatch_corpus_answers(const Corpus *c)
 
 int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
 {
-    static const char *const keys[] = {"analyses", "skip_sets", "patch_sites", "patch_scope",
-                                       "replacements", "noise_scale", "seed"};
+    static const char *const keys[] = {"analyses",     "skip_sets",   "patch_sites",
+                                       "patch_scope",  "replacements", "corruption",
+                                       "noise_scale", "seed"};
     json_t *o = json_object();
     for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
         json_t *v = json_object_get(job->doc, keys[i]);
@@ -126,7 +129,25 @@ int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
  * against the model when it is loaded. */
 static int s_analyze_settings(Dispatch *d, DmErr *err)
 {
-    return dispatch_analyze_settings(d->job, d->join.analyze, sizeof d->join.analyze, err);
+    AnalyzeOpts ao;
+    if (dispatch_analyze_settings(d->job, d->join.analyze, sizeof d->join.analyze, err) ||
+        analyze_opts_parse(d->join.analyze, d->job->path, &ao, err))
+        return -1;
+    d->corrupt_page = ao.corrupt_page;
+    d->seed = ao.seed;
+    return 0;
+}
+
+/* The page that corrupts page p (analyze, "corruption": "page"): another
+ * page of the corpus, the same for a page in every run, chosen from the
+ * seed and the page id. */
+static int s_corrupt_page(const Dispatch *d, int p)
+{
+    int n = d->corpus->npages;
+    uint64_t h = 0xcbf29ce484222325ull ^ d->seed;
+    for (const char *s = d->corpus->pages[p].page_id; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return (int)((p + 1 + h % (uint64_t)(n - 1)) % (uint64_t)n);
 }
 
 /* The analyze stage's sites and sub-layers against the model. */
@@ -212,6 +233,11 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     }
     if (corpus_load(&job->corpus, &d->corpus, err))
         goto fail;
+    if (d->analyze && d->corrupt_page && d->corpus->npages < 2) {
+        dm_err(err, "%s: corruption \"page\" needs a corpus of two pages or more (%s has %d)",
+               job->path, job->corpus.path, d->corpus->npages);
+        goto fail;
+    }
     if (d->analyze && dispatch_corpus_answers(d->corpus) == 0) {
         dm_err(err, "%s: corpus %s has no gold answers: stage analyze teacher-forces them",
                job->path, job->corpus.path);
@@ -394,8 +420,9 @@ static int s_send_shard(Dispatch *d, int i, int k)
     Docmint__Question *qs = calloc((size_t)ls->nq, sizeof *qs);
     Docmint__Question **qp = calloc((size_t)ls->nq, sizeof *qp);
     char **paths = calloc((size_t)ls->npages, sizeof *paths);
+    char **cpaths = calloc((size_t)ls->npages, sizeof *cpaths);
     int rc = -1, nq = 0;
-    if (!pages || !pp || !qs || !qp || !paths)
+    if (!pages || !pp || !qs || !qp || !paths || !cpaths)
         goto done;
     for (int p = 0; p < ls->npages; p++) {
         const PlanPage *plp = &d->plan->pages[ls->first + p];
@@ -415,6 +442,16 @@ static int s_send_shard(Dispatch *d, int i, int k)
             pages[p].image_path = cp->image_path;
         }
         pages[p].page_no = cp->page_no;
+        if (d->corrupt_page) {
+            const CorpusPage *op = &d->corpus->pages[s_corrupt_page(d, plp->page)];
+            size_t n = strlen(d->cwd) + strlen(op->image_path) + 2;
+            if (!(cpaths[p] = malloc(n)))
+                goto done;
+            snprintf(cpaths[p], n, "%s%s%s", op->image_path[0] == '/' ? "" : d->cwd,
+                     op->image_path[0] == '/' ? "" : "/", op->image_path);
+            pages[p].corrupt_image_path = cpaths[p];
+            pages[p].corrupt_page_no = op->page_no;
+        }
         /* A page whose features a committed batch holds is not asked for
          * them again (a failed look-up asks: the write is idempotent). */
         if (d->job->keep_features) {
@@ -446,7 +483,10 @@ static int s_send_shard(Dispatch *d, int i, int k)
 done:
     for (int p = 0; paths && p < ls->npages; p++)
         free(paths[p]);
+    for (int p = 0; cpaths && p < ls->npages; p++)
+        free(cpaths[p]);
     free(paths);
+    free(cpaths);
     free(pages);
     free(pp);
     free(qs);

@@ -154,6 +154,37 @@ else
     bad "a stored record against analyze-item"
 fi
 
+# corruption by another page: with two pages each corrupts the other, so
+# the first record's corrupted and patched NLLs are analyze-item's with the
+# other page as --corrupt
+write_job "$T/page-job.json" "$T/model" "$C" "$T/page" '"stage": "analyze", "analyses": ["patching"], "corruption": "page"'
+OTHER=$(python3 -c '
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+pages = sorted({r["page_id"] for r in recs})
+print(sys.argv[2] + "/" + [p for p in pages if p != recs[0]["page_id"]][0])' "$T/full.rec" "$T/corpus")
+if "$DOCMINT" run "$T/page-job.json" >"$T/page.log" 2>&1 &&
+    "$DOCMINT" store dump "$T/page" >"$T/page.rec" &&
+    "$DOCMINT" preprocess "$T/model" "$OTHER" -o "$T/other.st" >/dev/null 2>&1 &&
+    "$DOCMINT" analyze-item "$T/model" --in "$T/item-in.st" --corrupt "$T/other.st" --answer-start "$A" \
+        --out "$T/item2.st" &&
+    python3 - "$T/page.rec" "$T/item2.st" <<'PY'
+import json, sys
+sys.path.insert(0, "tests/tools")
+import st
+r = json.loads(open(sys.argv[1]).readline())
+g = st.load(sys.argv[2])
+d = max(abs(r["nll_corrupt"] - g["nll.corrupt"][2][0]), abs(r["nll_patch_query"] - g["nll.patch_query"][2][0]),
+        max(abs(x - y) for x, y in zip(r["nll_patch_head"], g["nll.patch_head"][2])))
+print(f"worst difference {d:.2e}")
+sys.exit(0 if d <= 1e-4 else 1)
+PY
+then
+    ok "corruption by another page: the record equals analyze-item with that page as --corrupt"
+else
+    bad "corruption by another page: $(tail -2 "$T/page.log")"
+fi
+
 # three ranks against one process, cheaper analyses
 CHEAP='"stage": "analyze", "analyses": ["skip", "heads", "attribution"], "commit_every": 1'
 write_job "$T/one-job.json" "$T/model" "$C" "$T/one" "$CHEAP"

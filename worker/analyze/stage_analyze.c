@@ -9,6 +9,7 @@
 
 #include "worker/image/image.h"
 #include "worker/image/preprocess.h"
+#include "worker/model/page_encode.h"
 #include "worker/stages/qa.h"
 #include "worker/stages/stage_cache.h" /* cache_sequence */
 #include "worker/stages/stage_result.h"
@@ -291,6 +292,22 @@ static int s_encode(AnalyzeStage *st, const Docmint__Page *pg, float **enc, floa
         swin_encode(m, pix, geo.out_h, geo.out_w, *enc, NULL, err) ||
         dec_page_init(page, m, *enc, oh * ow, err))
         goto done;
+    if (st->o.corrupt_page) {
+        /* another page of the corpus */
+        int cn;
+        if (!pg->corrupt_image_path || !pg->corrupt_image_path[0]) {
+            dm_err(err, "page %s: the shard names no page to corrupt it with", pg->page_id);
+            goto done;
+        }
+        free(*cenc);
+        *cenc = NULL;
+        if (page_encode(m, &st->pc, pg->corrupt_image_path, pg->corrupt_page_no, st->o.pdf_dpi,
+                        cenc, &cn, err) ||
+            dec_page_init(cpage, m, *cenc, cn, err))
+            goto done;
+        rc = 0;
+        goto done;
+    }
     analyze_add_noise(pix, np, st->o.noise_scale, st->o.seed, pg->page_id);
     if (swin_encode(m, pix, geo.out_h, geo.out_w, *cenc, NULL, err) ||
         dec_page_init(cpage, m, *cenc, oh * ow, err))
@@ -510,6 +527,14 @@ int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr
             goto done;
         }
         o->patch_all_positions = !strcmp(sc, "all");
+    }
+    if ((v = json_object_get(root, "corruption"))) {
+        const char *k = json_is_string(v) ? json_string_value(v) : "";
+        if (strcmp(k, "noise") && strcmp(k, "page")) {
+            dm_err(err, "%s: \"corruption\" must be \"noise\" or \"page\"", what);
+            goto done;
+        }
+        o->corrupt_page = !strcmp(k, "page");
     }
     if ((v = json_object_get(root, "noise_scale"))) {
         if (!json_is_number(v) || json_number_value(v) < 0) {

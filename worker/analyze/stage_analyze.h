@@ -1,6 +1,6 @@
 /* stage_analyze.h - the `analyze` stage on one shard: for each page, one
  * encoder pass for the page and one for its corrupted twin (the same
- * pixels with Gaussian noise), then for each question and gold answer the
+ * pixels with Gaussian noise, or another page the coordinator chose), then for each question and gold answer the
  * Donut training sequence (built as the cache-logits stage builds it,
  * cache_sequence) analysed by an_item (analyze.h) into an AnalysisRecord
  * (schemas/records.proto).
@@ -24,6 +24,8 @@ typedef struct AnalyzeOpts {
     unsigned analyses;          /* AN_A_* bits */
     int first_answer_only;
     int pdf_dpi;
+    int corrupt_page;           /* the corrupted page is another page (the shard names
+                                 * it), not the page with noise */
     double noise_scale;         /* the corrupted page: pixels + noise_scale * N(0, 1) */
     uint64_t seed;              /* with the page id, seeds the noise */
     /* named skip sets, patched sites, replacements as analyze-item takes
@@ -37,8 +39,8 @@ typedef struct AnalyzeOpts {
 
 /* The job keys of the stage (schemas/job.schema.json) from a JSON object's
  * text ("" or NULL: every analysis, the defaults): "analyses",
- * "skip_sets", "patch_sites", "patch_scope", "replacements", "noise_scale",
- * "seed".  `what` names the source in messages, which name the key. */
+ * "skip_sets", "patch_sites", "patch_scope", "replacements", "corruption",
+ * "noise_scale", "seed".  `what` names the source in messages, which name the key. */
 int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr *err);
 
 /* The stage for worker_run (worker_loop.h). */
