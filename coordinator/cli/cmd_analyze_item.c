@@ -29,6 +29,10 @@ static void s_usage(FILE *f)
             "                       and .corrupt_into_clean (repeatable; needs --corrupt)\n"
             "  --patch-scope S      scored (default: the scored positions) or all (every position)\n"
             "  --replace DST:=SRC   e.g. M1.out:=-C1.out or S1.out:=0.5*C0.out: nll.replace.SPEC (repeatable)\n"
+            "  --analyses A,B,...   only these (skip, reproject, lens, heads, ablation, patching,\n"
+            "                       attribution, transcribe); default: all\n"
+            "  --stats              print what the item cost as one JSON line: teacher-forced passes,\n"
+            "                       backward passes, seconds, and the cost in clean passes\n"
             "  --png DIR            also draw the figures (heat maps, logit-lens grid) into DIR; default: none\n"
             "  --out FILE           every result, named as in the reference (docs/analyze.md)\n");
 }
@@ -118,6 +122,31 @@ static int s_page(const DonutModel *m, const float *pix, int H, int W, float **e
     return dec_page_init(page, m, *enc, N, err);
 }
 
+/* Seconds of one teacher-forced pass of ids with the LM head at the scored
+ * rows (the second of two). */
+static int s_plain_pass(const DecPage *page, const int32_t *ids, int T, int a, double *secs,
+                        DmErr *err)
+{
+    float *logits = malloc((size_t)T * page->m->cfg.dec.vocab * sizeof *logits);
+    if (!logits)
+        return dm_err(err, "out of memory");
+    int rc = 0;
+    for (int k = 0; k < 2 && !rc; k++) {
+        DecSeq seq;
+        if (dec_seq_init(&seq, page->m, T, err)) {
+            rc = -1;
+            break;
+        }
+        DecSeq *sp = &seq;
+        double t0 = dm_now();
+        rc = dec_forward_rows(page, &sp, &ids, &T, &a, 1, logits, err);
+        *secs = dm_now() - t0;
+        dec_seq_free(&seq);
+    }
+    free(logits);
+    return rc;
+}
+
 /* "C1:1,3" into cfg (checked against the model). */
 static int s_subset(const DonutModel *m, const char *spec, AnCfg *cfg, DmErr *err)
 {
@@ -146,8 +175,9 @@ static int s_subset(const DonutModel *m, const char *spec, AnCfg *cfg, DmErr *er
 int cmd_analyze_item(int argc, char **argv)
 {
     const char *dir = NULL, *in = NULL, *cor = NULL, *out = NULL, *subset = NULL, *png = NULL;
-    int a = -1;
-    AnCfg cfg = {.analyses = AN_A_ALL, .subset_layer = -1};
+    int a = -1, want_stats = 0;
+    AnStats stats = {0};
+    AnCfg cfg = {.analyses = AN_A_ALL, .subset_layer = -1, .stats = &stats};
     enum { MAXN = 64 };
     const char *skip_spec[MAXN], *patch_spec[MAXN], *repl_spec[MAXN];
     int nskip = 0, npatch = 0, nrepl = 0;
@@ -164,6 +194,20 @@ int cmd_analyze_item(int argc, char **argv)
             cor = argv[++i];
         } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
             out = argv[++i];
+        } else if (!strcmp(argv[i], "--stats")) {
+            want_stats = 1;
+        } else if (!strcmp(argv[i], "--analyses") && i + 1 < argc) {
+            char list[256], *save = NULL;
+            snprintf(list, sizeof list, "%s", argv[++i]);
+            cfg.analyses = 0;
+            for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                unsigned bit = an_analysis_bit(t);
+                if (!bit) {
+                    fprintf(stderr, "docmint analyze-item: --analyses: unknown analysis %s (see --help)\n", t);
+                    return 2;
+                }
+                cfg.analyses |= bit;
+            }
         } else if (!strcmp(argv[i], "--png") && i + 1 < argc) {
             png = argv[++i];
         } else if (!strcmp(argv[i], "--subset") && i + 1 < argc) {
@@ -273,7 +317,17 @@ int cmd_analyze_item(int argc, char **argv)
     AnItem it = {&page, tcor ? &cpage : NULL, ids, T, a};
     Out o = {w, {0}, 0};
     AnSink sink = {s_f32, s_i64, &o};
+    /* the unit of cost: one plain teacher-forced pass (as the cache stage
+     * runs it), timed after one to warm up */
+    double pass_s = 0;
+    if (want_stats && s_plain_pass(&page, ids, T, a, &pass_s, &err))
+        goto done;
     int bad = an_item(&it, &cfg, &sink, &err) || st_writer_save(w, out, &err);
+    if (!bad && want_stats)
+        printf("{\"tokens\": %d, \"passes\": %ld, \"backward\": %ld, \"seconds\": %.6f, "
+               "\"teacher_forced_pass_seconds\": %.6f, \"cost_in_passes\": %.2f}\n",
+               T, stats.passes, stats.backward, stats.seconds, pass_s,
+               pass_s > 0 ? stats.seconds / pass_s : 0.0);
     if (!bad && o.oom)
         bad = dm_err(&err, "out of memory") != 0;
     if (!bad && png) {

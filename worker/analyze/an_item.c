@@ -20,6 +20,7 @@ typedef struct Item {
     int L, H, nsub, T, a, P, V, D, hd;
     const int32_t *targets;
     DmErr *err;
+    AnStats *stats;
 } Item;
 
 static void s_f32(Item *x, const char *name, int ndim, const int64_t *shape, const float *d)
@@ -57,6 +58,8 @@ static int s_nll(Item *x, const DecPage *page, const AnOp *ops, int nops, double
                  float *logits)
 {
     AnTrace tr;
+    if (x->stats)
+        x->stats->passes++;
     if (an_run(page, x->it->ids, x->T, x->a, ops, nops, 0, &tr, x->err))
         return -1;
     *nll = tr.nll;
@@ -303,6 +306,8 @@ static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor, unsigne
         rc = 0;
         goto done;
     }
+    if (x->stats)
+        x->stats->backward++;
     if (an_head_grads(cp, x->it->ids, x->a, cor, &g, x->err))
         goto done;
     if (!(atp = malloc((size_t)L * 2 * H * sizeof(float)))) {
@@ -423,12 +428,17 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
     const MBartConfig *c = &m->cfg.dec;
     Item x = {it, m, sink, c->layers, c->heads, 3 * c->layers, it->T, it->answer_start,
               it->T - 1 - it->answer_start, c->vocab, c->d_model, m->dec.head_dim,
-              it->ids + it->answer_start + 1, err};
+              it->ids + it->answer_start + 1, err, cfg->stats};
     if (it->corrupt && it->corrupt->m != m)
         return dm_err(err, "analyze: the clean and corrupted pages are of different models");
     AnTrace clean, cor = {0};
+    double t0 = dm_now();
     if (an_run(it->clean, it->ids, it->T, it->answer_start, NULL, 0, 1, &clean, err))
         return -1;
+    if (x.stats) {
+        x.stats->passes++;
+        x.stats->clean_seconds = dm_now() - t0;
+    }
     int rc = -1;
     s_scalar(&x, "nll.clean", clean.nll);
     if (s_skip_reproject(&x, &clean, A) || ((A & AN_A_LENS) && s_lens(&x, &clean)))
@@ -457,10 +467,14 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
     int corrupted = it->corrupt && ((A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) || cfg->npatch);
     if (corrupted && an_run(it->corrupt, it->ids, it->T, it->answer_start, NULL, 0, 1, &cor, err))
         goto done;
+    if (corrupted && x.stats)
+        x.stats->passes++;
     if ((corrupted && (A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) && s_patching(&x, &clean, &cor, A)) ||
         s_more(&x, cfg, &clean, it->corrupt ? &cor : NULL))
         goto done;
     rc = 0;
+    if (x.stats)
+        x.stats->seconds = dm_now() - t0;
 done:
     an_trace_free(&clean);
     an_trace_free(&cor);

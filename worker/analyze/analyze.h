@@ -181,7 +181,15 @@ typedef struct AnCfg {
     int patch_all_positions; /* patch every position, not only the scored ones */
     const AnReplace *replaces;
     int nreplace;
+    struct AnStats *stats;   /* may be NULL: what the item cost */
 } AnCfg;
+
+/* The cost of an item: teacher-forced passes (each an_run), backward
+ * passes, and the seconds of all and of the clean pass alone. */
+typedef struct AnStats {
+    long passes, backward;
+    double seconds, clean_seconds;
+} AnStats;
 
 /* Parse "M3.out:=-C3.out", "M3.out:=0.5*C3.out", "S1.out:=C0.out" (an
  * AN_IN or AN_OUT site set from an earlier one). */
