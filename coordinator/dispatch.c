@@ -443,12 +443,13 @@ static int s_send_shard(Dispatch *d, int i, int k)
         }
         pages[p].page_no = cp->page_no;
         if (d->corrupt_page) {
+            /* absolute, as the page's own path */
             const CorpusPage *op = &d->corpus->pages[s_corrupt_page(d, plp->page)];
+            int rel = op->image_path[0] != '/' && d->cwd[0];
             size_t n = strlen(d->cwd) + strlen(op->image_path) + 2;
             if (!(cpaths[p] = malloc(n)))
                 goto done;
-            snprintf(cpaths[p], n, "%s%s%s", op->image_path[0] == '/' ? "" : d->cwd,
-                     op->image_path[0] == '/' ? "" : "/", op->image_path);
+            snprintf(cpaths[p], n, "%s%s%s", rel ? d->cwd : "", rel ? "/" : "", op->image_path);
             pages[p].corrupt_image_path = cpaths[p];
             pages[p].corrupt_page_no = op->page_no;
         }
