@@ -260,6 +260,28 @@ else
     kill -9 "$kp" 2>/dev/null
 fi
 
+# the store of one setting is not resumed with another
+write_job "$T/other-job.json" "$T/model" "$C" "$T/res" '"stage": "analyze", "analyses": ["skip"]'
+if "$DOCMINT" run "$T/other-job.json" >/dev/null 2>"$T/other.err"; then
+    bad "a store of other analyze settings was resumed"
+elif [ "$(wc -l <"$T/other.err")" -eq 1 ] && grep -q 'the store was made with analyze {"analyses":\["skip","heads","attribution"\]' "$T/other.err"; then
+    ok "a store of other analyze settings refused, naming both"
+else
+    bad "other settings: $(head -2 "$T/other.err")"
+fi
+
+# nor with another model (seed 8): the message names both
+"$DOCMINT" init "$T/model8" --config jobs/configs/tiny.json --seed 8 >/dev/null
+write_job "$T/m8-job.json" "$T/model8" "$C" "$T/res" "$CHEAP"
+if "$DOCMINT" run "$T/m8-job.json" >/dev/null 2>"$T/m8.err"; then
+    bad "an analysis store resumed with another model"
+elif [ "$(wc -l <"$T/m8.err")" -eq 1 ] && grep -q "$(meta "$T/res" model_fingerprint)" "$T/m8.err" &&
+    grep -q "model8 is " "$T/m8.err"; then
+    ok "an analysis store refused to another model, naming both"
+else
+    bad "another model: $(head -2 "$T/m8.err")"
+fi
+
 # a site the model lacks: one line naming the key
 write_job "$T/bad-job.json" "$T/model" "$C" "$T/bad" '"stage": "analyze", "patch_sites": ["C7.H3"]'
 "$DOCMINT" run "$T/bad-job.json" >"$T/bad.out" 2>"$T/bad.err"
