@@ -56,6 +56,14 @@ int wire_join_to_json(const WireJoin *j, char **text, DmErr *err)
         json_object_set_new(o, "page_timeout_seconds", json_real(j->page_timeout_seconds));
     if (o && j->max_page_pixels > 0)
         json_object_set_new(o, "max_page_pixels", json_integer((json_int_t)j->max_page_pixels));
+    if (o && j->analyze[0]) {
+        json_t *an = json_loads(j->analyze, 0, NULL);
+        if (!an) {
+            json_decref(o);
+            return dm_err(err, "join document: the analyze settings are not JSON");
+        }
+        json_object_set_new(o, "analyze", an);
+    }
     if (!o)
         return dm_err(err, "join document: cannot build JSON (bad UTF-8 in a path?)");
     *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -166,6 +174,19 @@ int wire_join_parse(const char *text, const char *what, WireJoin *j, DmErr *err)
         goto done;
     }
     j->precision = prs && !strcmp(prs, "bf16");
+    json_t *an = json_object_get(o, "analyze"); /* optional */
+    j->analyze[0] = '\0';
+    if (an) {
+        char *t = json_is_object(an) ? json_dumps(an, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        if (!t || strlen(t) >= sizeof j->analyze) {
+            free(t);
+            dm_err(err, "%s: \"analyze\" is not an object of at most %zu bytes", what,
+                   sizeof j->analyze - 1);
+            goto done;
+        }
+        memcpy(j->analyze, t, strlen(t) + 1);
+        free(t);
+    }
     int no_client = !j->client_public[0] && !j->client_secret[0];
     if (!wire_key_valid(j->server_public) ||
         (!no_client && (!wire_key_valid(j->client_public) || !wire_key_valid(j->client_secret)))) {

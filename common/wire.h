@@ -53,6 +53,9 @@ typedef struct WireJoin {
     int n_temps;
     double temps[16];
     int first_answer_only;
+    /* stage analyze: its job keys as one JSON object (compact text; "" when
+     * the job has none), read by the stage (stage_analyze.h) */
+    char analyze[8192];
 } WireJoin;
 
 /* Serialise to JSON text (malloc'ed) / parse it back (`what` names the

@@ -25,6 +25,7 @@
 #include "coordinator/zap_auth.h"
 #include "worker/image/image.h"
 #include "common/dm_fs.h"
+#include "worker/analyze/stage_analyze.h"
 
 #define GRACE_SECONDS 0.5  /* after NO_MORE, answer stragglers this long */
 #define KEYS_FILE "worker.keys"
@@ -109,6 +110,79 @@ static int s_check_corpus(Dispatch *d, DmErr *err)
 
 static int s_held(void *ctx, int64_t qid) { return results_held(ctx, qid); }
 
+long dispatch_corpus_answers(const Corpus *c)
+{
+    long n = 0;
+    for (int p = 0; p < c->npages; p++)
+        for (int q = 0; q < c->pages[p].nq; q++)
+            n += c->pages[p].q[q].nanswers > 0;
+    return n;
+}
+
+int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
+{
+    static const char *const keys[] = {"analyses",     "skip_sets",   "patch_sites",
+                                       "patch_scope",  "replacements", "corruption",
+                                       "noise_scale", "seed"};
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
+        json_t *v = json_object_get(job->doc, keys[i]);
+        if (v)
+            json_object_set(o, keys[i], v);
+    }
+    char *t = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    if (!t || strlen(t) >= n) {
+        free(t);
+        return dm_err(err, "%s: the analyze settings are too long", job->path);
+    }
+    snprintf(out, n, "%s", t);
+    free(t);
+    AnalyzeOpts ao;
+    return analyze_opts_parse(out, job->path, &ao, err);
+}
+
+/* The analyze stage's job keys into the join document, checked here so a
+ * bad key is one error before any worker starts; the sites are checked
+ * against the model when it is loaded. */
+static int s_analyze_settings(Dispatch *d, DmErr *err)
+{
+    AnalyzeOpts ao;
+    if (dispatch_analyze_settings(d->job, d->join.analyze, sizeof d->join.analyze, err) ||
+        analyze_opts_parse(d->join.analyze, d->job->path, &ao, err))
+        return -1;
+    d->corrupt_page = ao.corrupt_page;
+    d->seed = ao.seed;
+    return 0;
+}
+
+/* The page that corrupts page p (analyze, "corruption": "page"): another
+ * page of the corpus, the same for a page in every run, chosen from the
+ * seed and the page id. */
+static int s_corrupt_page(const Dispatch *d, int p)
+{
+    int n = d->corpus->npages;
+    uint64_t h = 0xcbf29ce484222325ull ^ d->seed;
+    for (const char *s = d->corpus->pages[p].page_id; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return (int)((p + 1 + h % (uint64_t)(n - 1)) % (uint64_t)n);
+}
+
+/* The analyze stage's sites and sub-layers against the model. */
+static int s_analyze_check_model(Dispatch *d, const char *model_dir, DmErr *err)
+{
+    AnalyzeOpts ao;
+    DonutModel *m = NULL;
+    if (analyze_opts_parse(d->join.analyze, d->job->path, &ao, err) ||
+        donut_load(model_dir, &m, err))
+        return -1;
+    int rc = analyze_opts_check(m, &ao, err);
+    if (rc)
+        dm_err_prefix(err, "%s", d->job->path);
+    donut_free(&m);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- set-up */
 
 static int s_bind(Dispatch *d, const char *server_secret, DmErr *err)
@@ -167,12 +241,16 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     d->lease_s = job->lease_seconds;
     d->max_expiries = job->max_lease_expiries > 0 ? job->max_lease_expiries : 3;
     d->cache = strcmp(job->stage, "cache-logits") == 0;
-    if (strcmp(job->stage, "infer") != 0 && !d->cache) {
+    d->analyze = strcmp(job->stage, "analyze") == 0;
+    if (strcmp(job->stage, "infer") != 0 && !d->cache && !d->analyze) {
         /* distill runs on every rank (distill.h), not through dispatch */
-        dm_err(err, "%s: stage \"%s\" is not a stage the coordinator hands out", job->path,
-               job->stage);
+        dm_err(err, "%s: stage \"%s\" is not a stage the coordinator hands out (infer, "
+                    "cache-logits, analyze)",
+               job->path, job->stage);
         goto fail;
     }
+    if (d->analyze && s_analyze_settings(d, err))
+        goto fail;
     if (!realpath(job->model, model_abs)) {
         dm_err_errno(err, "%s: model %s", job->path, job->model);
         goto fail;
@@ -197,9 +275,21 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
                 d->corpus->scan_counted + d->corpus->scan_reused, d->corpus->npages,
                 d->corpus->scan_counted, d->corpus->scan_reused);
     image_set_max_pixels(job->corpus.max_page_pixels);
+    if (d->analyze && d->corrupt_page && d->corpus->npages < 2) {
+        dm_err(err, "%s: corruption \"page\" needs a corpus of two pages or more (%s has %d)",
+               job->path, job->corpus.path, d->corpus->npages);
+        goto fail;
+    }
+    if (d->analyze && dispatch_corpus_answers(d->corpus) == 0) {
+        dm_err(err, "%s: corpus %s has no gold answers: stage analyze teacher-forces them",
+               job->path, job->corpus.path);
+        goto fail;
+    }
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
+        goto fail;
+    if (d->analyze && s_analyze_check_model(d, model_abs, err))
         goto fail;
     char fp[17], tok_fp[17];
     snprintf(fp, sizeof fp, "%s", infer_fingerprint(stage));
@@ -207,6 +297,7 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
     /* What a worker's result may hold comes from this model and job. */
     infer_limits(stage, &d->lim.m);
     d->lim.cache = d->cache;
+    d->lim.analyze = d->analyze;
     d->lim.top_k = job->top_k;
     d->lim.n_temps = job->n_temps;
     memcpy(d->lim.temps, job->temps, sizeof d->lim.temps);
@@ -220,9 +311,14 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
         goto fail;
     if (results_open(d->store, job->commit_every, o->retry_errors, &d->res, err))
         goto fail;
-    if (!d->cache) {
+    if (!d->cache && !d->analyze) {
         s_infer_meta(d, max_length);
         results_set_kind(d->res, "answers", "infer", d->extra);
+    }
+    if (d->analyze) {
+        const char *const kv[] = {"analyze", d->join.analyze, "corpus", job->corpus.path, NULL};
+        memcpy(d->extra, kv, sizeof kv);
+        results_set_kind(d->res, "analysis", "analyze", d->extra);
     }
     if (d->cache) {
         s_cache_meta(d, fp);
@@ -428,8 +524,9 @@ static int s_send_shard(Dispatch *d, int i, int k)
     Docmint__Question *qs = calloc((size_t)ls->nq, sizeof *qs);
     Docmint__Question **qp = calloc((size_t)ls->nq, sizeof *qp);
     char **paths = calloc((size_t)ls->npages, sizeof *paths);
+    char **cpaths = calloc((size_t)ls->npages, sizeof *cpaths);
     int rc = -1, nq = 0;
-    if (!pages || !pp || !qs || !qp || !paths)
+    if (!pages || !pp || !qs || !qp || !paths || !cpaths)
         goto done;
     for (int p = 0; p < ls->npages; p++) {
         const PlanPage *plp = &d->plan->pages[ls->first + p];
@@ -450,6 +547,17 @@ static int s_send_shard(Dispatch *d, int i, int k)
             pages[p].image_path = cp->image_path;
         }
         pages[p].page_no = cp->page_no;
+        if (d->corrupt_page) {
+            /* absolute, as the page's own path */
+            const CorpusPage *op = &d->corpus->pages[s_corrupt_page(d, plp->page)];
+            int rel = op->image_path[0] != '/' && d->cwd[0];
+            size_t n = strlen(d->cwd) + strlen(op->image_path) + 2;
+            if (!(cpaths[p] = malloc(n)))
+                goto done;
+            snprintf(cpaths[p], n, "%s%s%s", rel ? d->cwd : "", rel ? "/" : "", op->image_path);
+            pages[p].corrupt_image_path = cpaths[p];
+            pages[p].corrupt_page_no = op->page_no;
+        }
         /* A page whose features a committed batch holds is not asked for
          * them again (a failed look-up asks: the write is idempotent). */
         if (d->job->keep_features) {
@@ -464,7 +572,7 @@ static int s_send_shard(Dispatch *d, int i, int k)
             docmint__question__init(&qs[nq]);
             qs[nq].question_id = cq->qid;
             qs[nq].text = cq->text;
-            if (d->cache) { /* the gold answers are the teacher's input */
+            if (d->cache || d->analyze) { /* the gold answers are the teacher's input */
                 qs[nq].answers = cq->answers;
                 qs[nq].n_answers = (size_t)cq->nanswers;
             }
@@ -481,7 +589,10 @@ static int s_send_shard(Dispatch *d, int i, int k)
 done:
     for (int p = 0; paths && p < ls->npages; p++)
         free(paths[p]);
+    for (int p = 0; cpaths && p < ls->npages; p++)
+        free(cpaths[p]);
     free(paths);
+    free(cpaths);
     free(pages);
     free(pp);
     free(qs);

@@ -59,6 +59,8 @@
 
 #include "common/dm_error.h"
 #include "common/wire.h"
+#include "coordinator/job.h"
+#include "worker/data/corpus.h"
 
 typedef struct Dispatch Dispatch;
 
@@ -121,5 +123,12 @@ const DispatchStats *dispatch_stats(const Dispatch *d);
 
 /* Close sockets, the ZAP thread and the store; remove the keys file. */
 void dispatch_close(Dispatch **d);
+
+/* The analyze stage's job keys ("analyses", "skip_sets", ...) as one
+ * compact JSON object into out (the join document's "analyze"), checked
+ * (stage_analyze.h); an error names the job file and the key. */
+int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err);
+/* Questions of a corpus with at least one gold answer. */
+long dispatch_corpus_answers(const Corpus *c);
 
 #endif

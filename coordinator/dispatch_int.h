@@ -62,6 +62,9 @@ struct Dispatch {
     void *failed_ctx;
     /* cache-logits: records per (question, answer), and the store's extra meta */
     int cache;
+    int analyze;      /* stage analyze: records per (question, answer) as well */
+    int corrupt_page; /* analyze: another page corrupts each page */
+    uint64_t seed;
     char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
     /* infer: the settings that change answers */
     char m_maxlen[16];

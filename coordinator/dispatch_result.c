@@ -77,7 +77,7 @@ ShardQuestion *dispatch_shard_questions(const Dispatch *d, const LeaseShard *ls,
 int dispatch_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, double now,
                     DmErr *err)
 {
-    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_errors);
+    int64_t nitems = (int64_t)(r->n_answers + r->n_logits + r->n_analyses + r->n_errors);
     LeaseIssue *issue = NULL;
     int st = lease_check(d->plan, r->shard_id, r->lease_token.data, r->lease_token.len, i, &issue);
     if (st == LEASE_UNKNOWN || st == LEASE_FOREIGN) {
@@ -113,10 +113,12 @@ int dispatch_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
      * (when it is busy, the shard waits for it; s_may_take gives it back
      * to this one only when no other can take it). */
     int nerr = (int)r->n_errors;
-    for (size_t a = 0; a < r->n_answers + r->n_logits + r->n_errors; a++) {
-        int64_t qid = a < r->n_answers ? r->answers[a]->question_id
-                      : a < r->n_answers + r->n_logits ? r->logits[a - r->n_answers]->question_id
-                      : r->errors[a - r->n_answers - r->n_logits]->question_id;
+    size_t na = r->n_answers, nl = r->n_logits, ny = r->n_analyses;
+    for (size_t a = 0; a < na + nl + ny + r->n_errors; a++) {
+        int64_t qid = a < na             ? r->answers[a]->question_id
+                      : a < na + nl      ? r->logits[a - na]->question_id
+                      : a < na + nl + ny ? r->analyses[a - na - nl]->question_id
+                                         : r->errors[a - na - nl - ny]->question_id;
         ShardQuestion key = {.qid = qid};
         ShardQuestion *w = bsearch(&key, want, (size_t)n, sizeof *want, shard_question_cmp);
         w->taken = 1;
@@ -144,12 +146,14 @@ int dispatch_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
     for (int q = 0; q < n; q++)
         want[q].taken = 0;
     int rc = -1;
-    size_t na = r->n_answers, nl = r->n_logits;
-    for (size_t a = 0; a < na + nl + r->n_errors; a++) {
+    int per_answer = d->cache || d->analyze;
+    for (size_t a = 0; a < na + nl + ny + r->n_errors; a++) {
         const Docmint__AnswerRecord *ar = a < na ? r->answers[a] : NULL;
         const Docmint__LogitRecord *lr = a >= na && a < na + nl ? r->logits[a - na] : NULL;
-        Docmint__ErrorRecord *er = a >= na + nl ? r->errors[a - na - nl] : NULL;
-        ShardQuestion key = {.qid = ar ? ar->question_id : lr ? lr->question_id : er->question_id};
+        const Docmint__AnalysisRecord *yr = a >= na + nl && a < na + nl + ny ? r->analyses[a - na - nl] : NULL;
+        Docmint__ErrorRecord *er = a >= na + nl + ny ? r->errors[a - na - nl - ny] : NULL;
+        ShardQuestion key = {.qid = ar ? ar->question_id : lr ? lr->question_id
+                                  : yr ? yr->question_id : er->question_id};
         ShardQuestion *w = bsearch(&key, want, (size_t)n, sizeof *want, shard_question_cmp);
         w->taken = 1;
         if (ar) {
@@ -159,11 +163,12 @@ int dispatch_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
             own.question = w->cq->text;
             if (results_add_answer(d->res, &own, now, err))
                 goto done;
-        } else if (lr ? results_add_logit(d->res, lr, now, err)
-                      /* a cache-logits error keeps its item ("QID" or "QID/INDEX"),
-                       * so one bad answer does not hide the question's others */
-                      : d->cache ? results_add_error_item(d->res, er, now, err)
-                                 : results_add_error(d->res, key.qid, er, NULL, now, err)) {
+        } else if (lr   ? results_add_logit(d->res, lr, now, err)
+                   : yr ? results_add_analysis(d->res, yr, now, err)
+                        /* a per-answer error keeps its item ("QID" or "QID/INDEX"),
+                         * so one bad answer does not hide the question's others */
+                   : per_answer ? results_add_error_item(d->res, er, now, err)
+                                : results_add_error(d->res, key.qid, er, NULL, now, err)) {
             goto done;
         }
     }

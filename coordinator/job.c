@@ -359,7 +359,8 @@ void job_free(Job **job)
 
 int job_stage_runnable(const char *stage)
 {
-    return !strcmp(stage, "infer") || !strcmp(stage, "cache-logits") || !strcmp(stage, "distill");
+    return !strcmp(stage, "infer") || !strcmp(stage, "cache-logits") || !strcmp(stage, "distill") ||
+           !strcmp(stage, "analyze");
 }
 
 /* The kind of document a file starts with, when it is an image or a PDF
@@ -442,7 +443,7 @@ int job_check(const Job *j, DmErr *err)
     struct stat st;
     if (!job_stage_runnable(j->stage))
         return dm_err(err, "%s: stage \"%s\": this build of docmint cannot run it (it runs "
-                           "infer, cache-logits and distill)",
+                           "infer, cache-logits, analyze and distill)",
                       j->path, j->stage);
     if (stat(j->model, &st) != 0)
         return dm_err_errno(err, "%s: model %s", j->path, j->model);

@@ -54,11 +54,35 @@ static size_t s_logit_max(const ResultLimits *lim, size_t answer_len, size_t pag
            + 4 * T + answer_len + page_len + 256;
 }
 
+/* Elements any repeated field of an analysis record may hold: the lens
+ * and reprojection rows are per site and position, head rows per site and
+ * head, transcription rows per encoder token. */
+static size_t s_analysis_elems(const ResultLimits *lim)
+{
+    size_t L = (size_t)(lim->m.dec_layers > 0 ? lim->m.dec_layers : 1);
+    size_t H = (size_t)(lim->m.dec_heads > 0 ? lim->m.dec_heads : 1);
+    size_t per_pos = (3 * L + 2) * (H + 1) * (size_t)(lim->m.max_pos > 0 ? lim->m.max_pos : 1);
+    size_t enc = (size_t)lim->m.enc_tokens_max;
+    return per_pos > enc ? per_pos : enc;
+}
+
+static size_t s_analysis_max(const ResultLimits *lim)
+{
+    /* 13 repeated fields of at most 4-byte elements (varints up to 10), the
+     * named values, and the strings */
+    return 65536 + 13 * 10 * s_analysis_elems(lim);
+}
+
 size_t result_max_bytes(const ResultLimits *lim, const ShardQuestion *qs, int nq, int npages)
 {
     size_t total = 4096;
     for (int i = 0; i < nq; i++) {
         size_t pl = s_len(qs[i].page_id), ql = s_len(qs[i].cq->text);
+        if (lim->analyze) {
+            int na = qs[i].cq->nanswers > 0 ? qs[i].cq->nanswers : 1;
+            total += (size_t)na * (s_analysis_max(lim) + pl + ql + s_error_max() + 16) + s_error_max();
+            continue;
+        }
         if (!lim->cache) {
             size_t ans = s_answer_max(lim) + 6 * (size_t)lim->m.max_length + pl + ql + 64;
             total += (ans > s_error_max() ? ans : s_error_max()) + 16;
@@ -209,6 +233,60 @@ static int s_logit(const ResultLimits *lim, const Docmint__LogitRecord *r, const
     return 0;
 }
 
+static int s_floats_ok(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (isnan(v[i]))
+            return 0;
+    return 1;
+}
+
+/* An analysis record: its answer among the question's, the decoder's shape,
+ * ids within the vocabulary, no NaN, arrays within their bound. */
+static int s_analysis(const ResultLimits *lim, const Docmint__AnalysisRecord *y, const ShardQuestion *sq,
+                      char *why, size_t n)
+{
+    long long q = (long long)y->question_id;
+    int nans = sq->cq->nanswers > 0 ? sq->cq->nanswers : 1;
+    if (y->answer_index >= (uint32_t)nans)
+        return s_why(why, n, "analysis %lld: answer %u of %d", q, y->answer_index, nans);
+    if (y->layers > (uint32_t)lim->m.dec_layers || y->heads > (uint32_t)lim->m.dec_heads)
+        return s_why(why, n, "analysis %lld: %u layers x %u heads, the decoder has %d x %d", q,
+                     y->layers, y->heads, lim->m.dec_layers, lim->m.dec_heads);
+    if (y->n_token_ids > (size_t)lim->m.max_pos || y->answer_start > y->n_token_ids)
+        return s_why(why, n, "analysis %lld: %zu token ids (answer from %u), at most %d", q,
+                     y->n_token_ids, y->answer_start, lim->m.max_pos);
+    if (!s_ids_ok(y->token_ids, y->n_token_ids, lim->m.vocab) ||
+        !s_ids_ok(y->lens_top1, y->n_lens_top1, lim->m.vocab) ||
+        !s_ids_ok(y->transcribe_top1, y->n_transcribe_top1, lim->m.vocab) ||
+        !s_ids_ok(y->lens_target_rank, y->n_lens_target_rank, lim->m.vocab))
+        return s_why(why, n, "analysis %lld: a token id or rank outside the vocabulary", q);
+    size_t cap = s_analysis_elems(lim);
+    const size_t sizes[] = {y->n_nll_skip, y->n_nll_reproject, y->n_lens_target_logprob,
+                            y->n_lens_top1, y->n_lens_target_rank, y->n_sa_entropy,
+                            y->n_ca_variance, y->n_nll_head_ablation, y->n_transcribe_top1,
+                            y->n_transcribe_entropy, y->n_nll_patch_head, y->n_atp_head,
+                            y->n_named};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        if (sizes[i] > cap)
+            return s_why(why, n, "analysis %lld: a field of %zu values, at most %zu", q, sizes[i], cap);
+    const float one[] = {y->nll_clean, y->nll_m_last_cancels_c_last, y->nll_corrupt, y->nll_patch_query};
+    if (!s_floats_ok(one, 4) || !s_floats_ok(y->nll_skip, y->n_nll_skip) ||
+        !s_floats_ok(y->nll_reproject, y->n_nll_reproject) ||
+        !s_floats_ok(y->lens_target_logprob, y->n_lens_target_logprob) ||
+        !s_floats_ok(y->sa_entropy, y->n_sa_entropy) || !s_floats_ok(y->ca_variance, y->n_ca_variance) ||
+        !s_floats_ok(y->nll_head_ablation, y->n_nll_head_ablation) ||
+        !s_floats_ok(y->transcribe_entropy, y->n_transcribe_entropy) ||
+        !s_floats_ok(y->nll_patch_head, y->n_nll_patch_head) || !s_floats_ok(y->atp_head, y->n_atp_head))
+        return s_why(why, n, "analysis %lld/%u: a NaN value", q, y->answer_index);
+    for (size_t i = 0; i < y->n_named; i++)
+        if (!y->named[i] || !y->named[i]->name || strlen(y->named[i]->name) > 256)
+            return s_why(why, n, "analysis %lld: a named value without a name (or one too long)", q);
+    if (s_len(y->answer) > s_answer_max(lim) || s_len(y->page_id) > 4096 || s_len(y->question) > 65536)
+        return s_why(why, n, "analysis %lld: a string too long", q);
+    return 0;
+}
+
 int result_check(const ResultLimits *lim, const Docmint__Result *r, size_t bytes,
                  ShardQuestion *qs, int nq, int npages, char *why, size_t whyn)
 {
@@ -217,29 +295,34 @@ int result_check(const ResultLimits *lim, const Docmint__Result *r, size_t bytes
         return s_why(why, whyn, "a message of %zu bytes, at most %zu for %d questions", bytes, cap,
                      nq);
     int rc = -1;
-    size_t na = r->n_answers, nl = r->n_logits;
-    for (size_t i = 0; i < na + nl + r->n_errors; i++) {
+    size_t na = r->n_answers, nl = r->n_logits, ny = r->n_analyses;
+    int per_answer = lim->cache || lim->analyze;
+    for (size_t i = 0; i < na + nl + ny + r->n_errors; i++) {
         const Docmint__AnswerRecord *ar = i < na ? r->answers[i] : NULL;
         const Docmint__LogitRecord *lr = i >= na && i < na + nl ? r->logits[i - na] : NULL;
-        const Docmint__ErrorRecord *er = i >= na + nl ? r->errors[i - na - nl] : NULL;
-        int64_t qid = ar ? ar->question_id : lr ? lr->question_id : er->question_id;
+        const Docmint__AnalysisRecord *yr = i >= na + nl && i < na + nl + ny ? r->analyses[i - na - nl] : NULL;
+        const Docmint__ErrorRecord *er = i >= na + nl + ny ? r->errors[i - na - nl - ny] : NULL;
+        int64_t qid = ar ? ar->question_id : lr ? lr->question_id : yr ? yr->question_id : er->question_id;
         ShardQuestion *sq = s_find(qs, nq, qid);
         if (!sq) {
             s_why(why, whyn, "a record for question %" PRId64 ", which is not in the shard", qid);
             goto done;
         }
-        if ((ar && lim->cache) || (lr && !lim->cache)) {
-            s_why(why, whyn, "%s", ar ? "an answer record in a cache-logits shard"
-                                      : "a logit record in an infer shard");
+        if ((ar && per_answer) || (lr && !lim->cache) || (yr && !lim->analyze)) {
+            s_why(why, whyn, "%s", ar ? "an answer record in a cache-logits or analyze shard"
+                                   : lr ? "a logit record outside a cache-logits shard"
+                                        : "an analysis record outside an analyze shard");
             goto done;
         }
-        if (!lim->cache && sq->taken) {
+        if (!per_answer && sq->taken) {
             s_why(why, whyn, "two records for question %" PRId64, qid);
             goto done;
         }
         sq->taken = 1;
-        if (ar ? s_answer(lim, ar, why, whyn)
-               : lr ? s_logit(lim, lr, sq, why, whyn) : s_error(lim, er, sq, why, whyn))
+        if (ar   ? s_answer(lim, ar, why, whyn)
+            : lr ? s_logit(lim, lr, sq, why, whyn)
+            : yr ? s_analysis(lim, yr, sq, why, whyn)
+                 : s_error(lim, er, sq, why, whyn))
             goto done;
     }
     for (size_t f = 0; f < r->n_features; f++) {

@@ -35,6 +35,7 @@
 
 typedef struct ResultLimits {
     int cache;           /* stage cache-logits (else infer) */
+    int analyze;         /* stage analyze (records per answer, as cache-logits) */
     InferLimits m;       /* of the job's model */
     int top_k;           /* the job's (0: full) */
     int n_temps;

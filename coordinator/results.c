@@ -362,6 +362,18 @@ int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmE
     return s_queue(r, STORE_RECORDS, key, sizeof key, buf, len, now, err);
 }
 
+int results_add_analysis(Results *r, const Docmint__AnalysisRecord *a, double now, DmErr *err)
+{
+    size_t n = docmint__analysis_record__get_packed_size(a);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return dm_err(err, "out of memory packing an analysis record");
+    size_t len = docmint__analysis_record__pack(a, buf);
+    unsigned char key[LOGIT_KEY_LEN];
+    logit_key(a->question_id, a->answer_index, key);
+    return s_queue(r, STORE_RECORDS, key, sizeof key, buf, len, now, err);
+}
+
 int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now, DmErr *err)
 {
     uint8_t *buf = NULL;

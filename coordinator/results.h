@@ -54,6 +54,9 @@ int results_add_logit(Results *r, const Docmint__LogitRecord *l, double now, DmE
 /* Queue a page's encoder output (features database, key: page id).  A
  * record that cannot be stored as it is becomes an error record with item
  * "features of page ID". */
+/* Queue an AnalysisRecord (stage analyze) under its question and answer
+ * index, as a logit record's key. */
+int results_add_analysis(Results *r, const Docmint__AnalysisRecord *a, double now, DmErr *err);
 int results_add_feature(Results *r, const Docmint__FeatureRecord *f, double now, DmErr *err);
 
 /* Whether the store held qid when results_open ran. */

@@ -189,3 +189,34 @@ sh "$ROOT/tests/bench_busy.sh" "$DOCMINT"
 # config and on a full-size pruned student, with the all-reduce's share of
 # the step (tests/bench_train.sh; about 1 minute, 5 the first time).
 sh "$ROOT/tests/bench_train.sh" "$DOCMINT" "$FULL" "$TINY"
+
+# The analyses of one question (docmint analyze-item --stats, on the demo
+# page with a 24-token training sequence, the page itself with noise as the
+# corrupted one): teacher-forced passes, backward passes, seconds, and the
+# cost in units of one plain teacher-forced pass of the same sequence.
+echo
+echo "==== analyze: one question, every analysis (tiny) and skip + heads + attribution (full size) ===="
+AN=$(mktemp -d "${TMPDIR:-/tmp}/docmint-bench-an.XXXXXX")
+for m in tiny full; do
+    dir=$TINY
+    sel=""
+    [ "$m" = full ] && dir=$FULL && sel="--analyses skip,heads,attribution"
+    "$DOCMINT" preprocess "$dir" "$ROOT/jobs/demo/page.png" -o "$AN/px.st" >/dev/null
+    python3 - "$ROOT/tests/tools" "$AN/px.st" "$AN/in.st" "$AN/cor.st" <<'PY'
+import random, sys
+from array import array
+sys.path.insert(0, sys.argv[1])
+import st
+px = st.load(sys.argv[2])["pixel_values"]
+ids = array("q", [5 + (i * 37) % 200 for i in range(24)])
+st.save(sys.argv[3], {"pixel_values": px, "decoder_input_ids": ("I64", [1, 24], ids)})
+rng = random.Random(0)
+noisy = array("f", (v + rng.gauss(0, 0.5) for v in px[2]))
+st.save(sys.argv[4], {"pixel_values": (px[0], px[1], noisy)})
+PY
+    printf '%s: ' "$m"
+    # shellcheck disable=SC2086
+    "$DOCMINT" analyze-item "$dir" --in "$AN/in.st" --corrupt "$AN/cor.st" --answer-start 12 \
+        $sel --stats --out "$AN/out.st" | tee -a "$RESULTS"
+done
+rm -rf "$AN"

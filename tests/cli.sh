@@ -42,6 +42,90 @@ for k in 0 1 2; do
     fi
 done
 
+echo "cli: analyze-item against the interpretability reference"
+# answer start, corrupting page and transcription heads as mi.json states them
+for k in 0 1 2; do
+    set -- $(python3 -c "
+import json, sys
+d = json.load(open('$DATA/tiny-a/mi.json'))
+c = d['cases'][$k]
+(l, heads), = d['transcribe_subset_heads'].items()
+print(c['answer_start'], c['corrupt_pixels_from'][4:], l + ':' + ','.join(map(str, heads)))")
+    if "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in$k.st" --corrupt "$T/in$2.st" --answer-start "$1" \
+        --subset "$3" --transcribe-logits --out "$T/mi$k.st" &&
+        python3 tests/tools/st.py compare "$T/mi$k.st" $DATA/tiny-a/mi.safetensors "case$k." >"$T/cmp"; then
+        ok "analyze-item case$k: $(tail -1 "$T/cmp")"
+    else
+        bad "analyze-item case$k: $(cat "$T/cmp" 2>/dev/null | tail -5)"
+    fi
+done
+# the general interventions reproduce the fixed ones of the reference:
+# a skip set of one sub-layer, the query patched at the scored positions,
+# the replacement, a head patched at every position
+MI=$DATA/tiny-a/mi.safetensors
+if "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in0.st" --corrupt "$T/in1.st" --answer-start 3 \
+    --skip-set c0=C0 --skip-set all=S0,C0,M0,S1,C1,M1 --patch C1.query --replace 'M1.out:=-C1.out' --out "$T/gen0.st" &&
+    python3 tests/tools/st.py match "$T/gen0.st" nll.skip_set.c0 $MI case0.nll.skip 1 >"$T/cmp" &&
+    python3 tests/tools/st.py match "$T/gen0.st" nll.patch.C1.query.clean_into_corrupt $MI case0.nll.patch_query >>"$T/cmp" &&
+    python3 tests/tools/st.py match "$T/gen0.st" nll.replace.M1.out:=-C1.out $MI case0.nll.m_last_cancels_c_last >>"$T/cmp" &&
+    "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in0.st" --corrupt "$T/in1.st" --answer-start 3 \
+        --patch C0.H3 --patch S1.H2 --patch-scope all --out "$T/gen1.st" &&
+    python3 tests/tools/st.py match "$T/gen1.st" nll.patch.C0.H3.clean_into_corrupt $MI case0.nll.patch_head 7 >>"$T/cmp" &&
+    python3 tests/tools/st.py match "$T/gen1.st" nll.patch.S1.H2.clean_into_corrupt $MI case0.nll.patch_head 10 >>"$T/cmp"; then
+    ok "analyze-item skip sets, patched sites, replacements: $(wc -l <"$T/cmp") values as the reference's"
+else
+    bad "analyze-item skip sets, patched sites, replacements: $(cat "$T/cmp" 2>/dev/null | tail -3)"
+fi
+# every sub-layer skipped leaves the embedding alone: its lens is the NLL
+python3 - "$T/gen0.st" $MI >"$T/cmp" <<'EOF2'
+import sys
+sys.path.insert(0, "tests/tools")
+import st
+got, ref = st.load(sys.argv[1]), st.load(sys.argv[2])
+lp = ref["case0.lens.target_logprob"][2][:3]
+want = -sum(lp) / 3
+g = got["nll.skip_set.all"][2][0]
+print(f"{g:.6g} vs {want:.6g}")
+sys.exit(0 if abs(g - want) <= 1e-4 else 1)
+EOF2
+if [ $? -eq 0 ]; then ok "analyze-item skip set of every sub-layer = embedding lens: $(cat "$T/cmp")"; else bad "analyze-item skip all: $(cat "$T/cmp")"; fi
+# the figures: every one drawn, and the skip heat map red where the
+# reference's NLL rises most, blue where it falls most (cells of 92 x 40
+# pixels from (110, 78), as coordinator/analyze_plot.c lays them out)
+if "$DOCMINT" analyze-item $DATA/tiny-a --in "$T/in0.st" --corrupt "$T/in1.st" --answer-start 3 \
+    --png "$T/fig" --out "$T/fig.st" >/dev/null &&
+    python3 - "$T/fig" $MI >"$T/cmp" 2>&1 <<'EOF2'
+import sys
+sys.path.insert(0, "tests/tools")
+import png, st
+d = sys.argv[1]
+for f in ["skip", "reproject", "sa_entropy", "ca_variance", "head_ablation", "lens", "patch_head", "atp_head", "transcribe"]:
+    png.load(f"{d}/{f}.png")
+ref = st.load(sys.argv[2])
+clean = ref["case0.nll.clean"][2][0]
+rise = [v - clean for v in ref["case0.nll.skip"][2]]
+w, h, bpp, rows = png.load(f"{d}/skip.png")
+def cell(i):
+    x, y = 110 + (i % 3) * 92 + 8, 78 + (i // 3) * 40 + 8
+    return rows[y][x * bpp:x * bpp + 3]
+hi, lo = cell(rise.index(max(rise))), cell(rise.index(min(rise)))
+print(f"9 figures; largest rise {list(hi)}, largest fall {list(lo)}")
+sys.exit(0 if hi[0] > hi[2] + 40 and lo[2] > lo[0] + 40 else 1)
+EOF2
+then
+    ok "analyze-item figures: $(cat "$T/cmp")"
+else
+    bad "analyze-item figures: $(tail -3 "$T/cmp")"
+fi
+expect_error "analyze-item: bad replacement" "earlier" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 3 --replace 'C1.out:=-M1.out' --out "$T/x.st"
+expect_error "analyze-item: unknown head" "C1 has no head 7" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 3 --subset C1:1,7 --out "$T/x.st"
+expect_error "analyze-item: layer outside the model" "layer 5 outside" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 3 --subset C5:1 --out "$T/x.st"
+expect_error "analyze-item: no scored position" "--answer-start 6" "$DOCMINT" analyze-item $DATA/tiny-a \
+    --in "$T/in0.st" --answer-start 6 --out "$T/x.st"
+
 echo "cli: tokenize / detokenize against the tokenizer reference"
 python3 - "$DATA/tokenizer-a/cases.jsonl" "$T" <<'PY'
 import json, sys
@@ -786,11 +870,9 @@ expect_error "run: cache-logits without gold answers, refused before any work" "
 [ ! -e "$R/out/cl" ] && ok "the refused cache-logits job made no store" || bad "refused job left $R/out/cl"
 job clarch '"stage": "cache-logits", "output": "out/cl", "corpus": {"path": "arch", "format": "archive", "questions": "q1.txt"}'
 expect_error "validate: cache-logits on an archive" "an archive has none" "$DOCMINT" validate "$R/clarch.json"
-job an '"stage": "analyze", "output": "out/an", "corpus": {"path": "c/train_v1.0_withQT.json"}'
-expect_error "validate: a stage this build cannot run" 'stage "analyze": this build of docmint cannot run it' \
-    "$DOCMINT" validate "$R/an.json"
-expect_error "run: the same stage, the same message" 'stage "analyze": this build of docmint cannot run it' \
-    "$DOCMINT" run "$R/an.json"
+job an '"stage": "analyze", "output": "out/an", "corpus": {"path": "c/test_v1.0.json"}'
+expect_error "validate --corpus: analyze without gold answers" "no gold answer" \
+    "$DOCMINT" validate "$R/an.json" --corpus
 printf '{"model": "%s/nomodel", "output": "out/x", "corpus": {"path": "c/train_v1.0_withQT.json"}}\n' "$R" >"$R/nomodel.json"
 expect_error "validate: a model folder that does not exist" "model $R/nomodel: No such file or directory" \
     "$DOCMINT" validate "$R/nomodel.json"
@@ -818,7 +900,7 @@ else
     bad "OpenMP wait policy: default $(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT), user 4321 -> $(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)"
 fi
 
-for c in ask forward tokenize detokenize init preprocess bench prune params export worker-key run validate; do
+for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

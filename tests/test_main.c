@@ -32,6 +32,7 @@
     X(tests_mask) \
     X(tests_train) \
     X(tests_distill) \
+    X(tests_analyze) \
     /* end */
 
 #define DECLARE(fn) void fn(void) __attribute__((weak));

@@ -33,10 +33,15 @@
 #include "kernels/comm/coll.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/dispatch.h"
+#include "coordinator/analyze_report.h"
 #include "coordinator/distill.h"
 #include "coordinator/job.h"
 #include "worker/stages/worker_loop.h"
+#include "worker/analyze/stage_analyze.h"
 
+
+/* The stages of worker/analyze, which worker_run cannot name itself. */
+static const WorkerStageOps *const s_more_stages[] = {&analyze_stage_ops, NULL};
 #define PREFIX "docmint run"
 
 enum { RUN_FAILED = 0, RUN_WORK = 1, RUN_NOTHING = 2 };
@@ -145,6 +150,7 @@ static void *s_local_thread(void *arg)
 {
     LocalWorker *lw = arg;
     WorkerOpts o = {0};
+    o.stages = s_more_stages;
     o.join = &lw->join;
     o.endpoint = lw->endpoint;
     o.zctx = lw->zctx;
@@ -168,6 +174,21 @@ static int s_local_failed(void *ctx, DmErr *err)
 }
 
 /* ---------------------------------------------------------- SPMD stages */
+
+/* The aggregates, figures and report of an analyze job (nothing for the
+ * other stages). */
+static int s_analyze_report(const char *path, DmErr *err)
+{
+    Job *j = NULL;
+    int rc = job_load(path, &j, err) ? -1 : 0;
+    if (rc == 0 && !strcmp(j->stage, "analyze")) {
+        json_t *lq = json_object_get(j->doc, "lens_question");
+        rc = analyze_report(j->output, &j->corpus, j->model,
+                            json_is_integer(lq) ? (int64_t)json_integer_value(lq) : -1, err);
+    }
+    job_free(&j);
+    return rc;
+}
 
 /* Rank 0: the job document when the job is a distill job, else NULL (a
  * job that does not load goes the batch way, which reports why). */
@@ -315,6 +336,9 @@ done:
     }
     s_armed = 0;
     dispatch_close(&d);
+    /* an analyze job ends with its aggregates, figures and report */
+    if (rc == 0 && !*interrupted)
+        rc = s_analyze_report(job_path, &err);
     memset(&join, 0, sizeof join);
     if (zctx)
         zmq_ctx_term(zctx);
@@ -376,6 +400,7 @@ static int s_worker_rank(int rank, int local_workers)
     wire_process_name(host, sizeof host);
     snprintf(name, sizeof name, "rank%d@%s", rank, host);
     WorkerOpts o = {0};
+    o.stages = s_more_stages;
     o.join = &join;
     o.name = name;
     o.log_prefix = PREFIX;

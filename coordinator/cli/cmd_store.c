@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/analyze_report.h"
 #include "coordinator/cli/commands.h"
 #include "common/logit_store.h"
 #include "common/records.h"
@@ -324,6 +325,7 @@ typedef struct Dump {
     const char *path;
     int errors, features;
     int logits; /* a logit store (meta kind "logits") */
+    int analysis; /* an analysis store (meta kind "analysis") */
     int failed;
     DmErr err;
 } Dump;
@@ -406,6 +408,7 @@ static int s_dump_visit(void *ctx, const void *key, size_t klen, const void *val
     dm_err_clear(&d->err);
     char *line = d->features              ? s_feature_json(val, vlen, &d->err)
                  : d->logits && !d->errors ? s_logit_json(val, vlen, &d->err)
+                 : d->analysis && !d->errors ? analyze_record_json(val, vlen, &d->err)
                                            : s_json_of(val, vlen, d->errors, &d->err);
     if (!line) {
         if (d->features)
@@ -431,9 +434,10 @@ static int s_dump_visit(void *ctx, const void *key, size_t klen, const void *val
 
 static int s_dump(Store *s, int errors, int features, DmErr *err)
 {
-    Dump d = {store_path(s), errors, features, 0, 0, {{0}}};
+    Dump d = {store_path(s), errors, features, 0, 0, 0, {{0}}};
     char *kind = store_meta_get(s, "kind", err);
     d.logits = kind && !strcmp(kind, "logits");
+    d.analysis = kind && !strcmp(kind, "analysis");
     free(kind);
     const char *db = features ? STORE_FEATURES : errors ? STORE_ERRORS : STORE_RECORDS;
     if (store_foreach(s, db, s_dump_visit, &d, err) < 0)

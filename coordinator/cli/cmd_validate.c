@@ -7,6 +7,8 @@
 
 #include "coordinator/cli/commands.h"
 #include "worker/data/corpus.h"
+#include "coordinator/dispatch.h"
+#include "worker/analyze/stage_analyze.h"
 #include "coordinator/job.h"
 #include "coordinator/store_ids.h"
 #include "common/jsonschema.h"
@@ -78,6 +80,26 @@ int cmd_validate(int argc, char **argv)
         return 1;
     }
     Corpus *c = NULL;
+    char analyze[8192];
+    if (!strcmp(job->stage, "analyze") &&
+        dispatch_analyze_settings(job, analyze, sizeof analyze, &err)) {
+        fprintf(stderr, "docmint validate: %s\n", err.msg);
+        job_free(&job);
+        return 1;
+    }
+    /* the sites and sub-layers against the model */
+    if (!strcmp(job->stage, "analyze")) {
+        DonutModel *m = NULL;
+        AnalyzeOpts ao;
+        int bad = analyze_opts_parse(analyze, path, &ao, &err) || donut_load(job->model, &m, &err) ||
+                  analyze_opts_check(m, &ao, &err);
+        donut_free(&m);
+        if (bad) {
+            fprintf(stderr, "docmint validate: %s: %s\n", path, err.msg);
+            job_free(&job);
+            return 1;
+        }
+    }
     /* an archive: progress while scanning, and the page counts of the
      * output store's last scan for unchanged documents */
     char *scan = NULL;
@@ -93,6 +115,14 @@ int cmd_validate(int argc, char **argv)
     if (bad) {
         corpus_free(&c);
         fprintf(stderr, "docmint validate: %s\n", err.msg);
+        job_free(&job);
+        return 1;
+    }
+    /* the analyses teacher-force the gold answers */
+    if (c && !strcmp(job->stage, "analyze") && dispatch_corpus_answers(c) == 0) {
+        fprintf(stderr, "docmint validate: %s: corpus %s has no gold answers: stage analyze "
+                        "teacher-forces them\n", path, job->corpus.path);
+        corpus_free(&c);
         job_free(&job);
         return 1;
     }

@@ -17,7 +17,11 @@
 #include "coordinator/cli/commands.h"
 #include "kernels/cpu/kern.h"
 #include "worker/stages/worker_loop.h"
+#include "worker/analyze/stage_analyze.h"
 
+
+/* The stages of worker/analyze, which worker_run cannot name itself. */
+static const WorkerStageOps *const s_more_stages[] = {&analyze_stage_ops, NULL};
 #define PREFIX "docmint worker"
 
 static volatile sig_atomic_t s_stop;
@@ -169,6 +173,7 @@ int cmd_worker(int argc, char **argv)
     wire_process_name(host, sizeof host);
     WorkerStats st = {0};
     WorkerOpts o = {0};
+    o.stages = s_more_stages;
     o.join = &join;
     o.endpoint = endpoint;
     o.name = name ? name : host;

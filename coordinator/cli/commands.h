@@ -5,6 +5,7 @@
 
 int cmd_ask(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
+int cmd_analyze_item(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_init(int argc, char **argv);

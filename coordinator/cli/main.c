@@ -58,6 +58,7 @@ typedef struct Command {
 /* Weak references let a build leave a command out. */
 #pragma weak cmd_ask
 #pragma weak cmd_forward
+#pragma weak cmd_analyze_item
 #pragma weak cmd_tokenize
 #pragma weak cmd_detokenize
 #pragma weak cmd_init
@@ -79,6 +80,7 @@ typedef struct Command {
 static const Command s_commands[] = {
     {"ask", cmd_ask, "MODEL_DIR IMAGE... -- QUESTION...   answer questions about pages (--json)"},
     {"forward", cmd_forward, "MODEL_DIR --in IN --out OUT   run the model on tensors, write every intermediate"},
+    {"analyze-item", cmd_analyze_item, "MODEL_DIR --in IN --answer-start A --out OUT   every analysis of one item"},
     {"tokenize", cmd_tokenize, "DIR [--no-special]   JSON lines {\"text\"} on stdin -> {\"ids\",\"pieces\"}"},
     {"detokenize", cmd_detokenize, "DIR [--skip-special]   JSON lines {\"ids\"} on stdin -> {\"text\"}"},
     {"preprocess", cmd_preprocess, "MODEL_DIR IMAGE -o OUT.safetensors   image -> pixel_values"},

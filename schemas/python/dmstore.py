@@ -266,7 +266,9 @@ class Store:
                 yield k, self._parse(cls, k, v)
 
     def __iter__(self):
-        cls = records_pb2.LogitRecord if self.meta().get("kind") == "logits" else records_pb2.AnswerRecord
+        kind = self.meta().get("kind")
+        cls = (records_pb2.LogitRecord if kind == "logits" else
+               records_pb2.AnalysisRecord if kind == "analysis" else records_pb2.AnswerRecord)
         for _, rec in self._iter(self._records, cls):
             yield rec
 
@@ -275,6 +277,14 @@ class Store:
         index) order (layout: schemas/records.proto).  Readers must check
         meta()["teacher_fingerprint"] and ["tokenizer_fingerprint"]."""
         for _, rec in self._iter(self._records, records_pb2.LogitRecord):
+            yield rec
+
+    def analysis_records(self):
+        """An analysis store's AnalysisRecords (stage analyze) in
+        (questionId, answer index) order; the fields and their shapes are
+        described in schemas/records.proto, the aggregates are in
+        meta()["aggregates"] (the job's report.json)."""
+        for _, rec in self._iter(self._records, records_pb2.AnalysisRecord):
             yield rec
 
     def records(self):

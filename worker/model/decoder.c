@@ -301,6 +301,18 @@ static int s_attn_report(const DecHooks *hooks, const DmProbe *probe, int layer,
     return 0;
 }
 
+/* An attention sub-layer's output projection of the heads' context, which
+ * the hook sees first. */
+static int s_out_proj(const DecAttn *a, Scratch *sc, int R, const DecHooks *hooks, int layer,
+                      int is_self, int pos0, DmErr *err)
+{
+    if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_HEADS, sc->ctx, 2, R, a->o.in,
+               0, pos0, err))
+        return -1;
+    donut_linear(&a->o, sc->ctx, R, sc->out);
+    return 0;
+}
+
 /* One attention sub-layer over all rows.  For self-attention the new keys
  * and values are appended to each sequence's cache first; causal masking
  * lets row i of sequence b see cache positions <= len_b + i. */
@@ -316,6 +328,9 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
 
     kern_layernorm(sc->x, R, D, a->ln.g, a->ln.b, c->ln_eps, sc->h);
     donut_linear(&a->q, sc->h, R, sc->q);
+    if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_QUERY, sc->q, 2, R, inner, 0,
+               seqs[0]->len, err))
+        return -1;
     for (size_t i = 0; i < (size_t)R * inner; i++)
         sc->q[i] *= scale;
     if (is_self) {
@@ -354,8 +369,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                                 sc->ctx + (size_t)r0 * inner + h * hd, inner);
             }
         }
-        donut_linear(&a->o, sc->ctx, R, sc->out);
-        return 0;
+        return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
     }
     const float *cK = NULL, *cV = NULL;
     if (!is_self && s_cross_kv(p, layer, inner, sc, &cK, &cV, err))
@@ -389,8 +403,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                              cV + (size_t)h * S * hd, hd, 0.0f,
                              sc->ctx + (size_t)r0 * inner + h * hd, inner);
         }
-        donut_linear(&a->o, sc->ctx, R, sc->out);
-        return 0;
+        return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
     }
     /* Self-attention of several fresh sequences (prompts, teacher-forced
      * sequences): their keys are the block's own rows, so one GEMM per head
@@ -415,8 +428,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             kern_gemm_nn(R, hd, R, 1.0f, P, R, sc->v + h * hd, inner, 0.0f, sc->ctx + h * hd,
                          inner);
         }
-        donut_linear(&a->o, sc->ctx, R, sc->out);
-        return 0;
+        return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
     }
     /* Self-attention of each sequence against its own cache. */
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
@@ -454,8 +466,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             kern_gemm_nn(T, hd, S, 1.0f, sc->probs + (size_t)h * T * S, S, V + h * hd, inner,
                          0.0f, sc->ctx + (size_t)r * inner + h * hd, inner);
     }
-    donut_linear(&a->o, sc->ctx, R, sc->out);
-    return 0;
+    return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
 }
 
 static int s_ffn(const DonutModel *m, int layer, Scratch *sc, int R)

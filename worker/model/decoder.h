@@ -35,11 +35,21 @@ typedef struct DecSeq {
 
 /* Where a hook is called, for each present sub-layer (S, C, M) of a layer:
  * INPUT: the residual stream entering the sub-layer [T, d];
+ * QUERY: the queries q_proj(LayerNorm(x)) before their 1/sqrt(head_dim)
+ *   scaling [T, heads*hd] (attention sub-layers only);
  * ATTN: attention probabilities [heads, T, S] (attention sub-layers only);
+ * HEADS: each head's attention output before out_proj [T, heads*hd], head
+ *   h in columns h*hd .. (attention sub-layers only);
  * OUTPUT: the sub-layer's output before it is added to the residual [T, d]
  *   (zeroing it skips the sub-layer).
  * The hook may read and overwrite `data` in place. */
-typedef enum { DEC_HOOK_INPUT, DEC_HOOK_ATTN, DEC_HOOK_OUTPUT } DecHookPoint;
+typedef enum {
+    DEC_HOOK_INPUT,
+    DEC_HOOK_ATTN,
+    DEC_HOOK_OUTPUT,
+    DEC_HOOK_QUERY,
+    DEC_HOOK_HEADS
+} DecHookPoint;
 
 typedef struct DecHookEvent {
     int layer;

@@ -67,6 +67,8 @@ void infer_limits(const InferStage *st, InferLimits *out)
     out->enc_dim = c->enc.hidden_size;
     int p = c->enc.patch > 0 ? c->enc.patch : 1;
     out->enc_tokens_max = (c->enc.image_h / p + 1) * (c->enc.image_w / p + 1);
+    out->dec_layers = c->dec.layers;
+    out->dec_heads = c->dec.heads;
 }
 
 int infer_max_length(const InferStage *st) { return st->qa.gen.max_length; }

@@ -43,6 +43,7 @@ typedef struct InferLimits {
     int max_piece_bytes; /* the longest token piece: answer bytes <= max_length x this */
     int enc_dim;         /* the encoder's output width (features) */
     int enc_tokens_max;  /* more encoder tokens than this cannot be (features) */
+    int dec_layers, dec_heads; /* the decoder's (analysis records) */
 } InferLimits;
 void infer_limits(const InferStage *st, InferLimits *out);
 

@@ -34,6 +34,8 @@ typedef struct Compute {
     InferStage *stage;   /* the job's stage: one of these two (NULL: the thread opens it) */
     CacheStage *cache;
     const WireJoin *join;
+    const WorkerStageOps *ops; /* or a stage from WorkerOpts.stages (ext: its state) */
+    void *ext;
     const char *name;
     const char *prefix;
     const char *hang;    /* test hook DOCMINT_TEST_HANG_PAGE */
@@ -76,13 +78,17 @@ static void s_send_fatal(void *pipe, const char *msg)
 /* The stage the job names computes the shard. */
 static int s_stage_shard(Compute *c, const Docmint__Shard *sh, Docmint__Result *res, DmErr *err)
 {
+    if (c->ops)
+        return c->ops->shard(c->ext, sh, res, &c->cancel, err);
     return c->cache ? cache_shard(c->cache, sh, res, &c->cancel, err)
                     : infer_shard(c->stage, sh, res, &c->cancel, err);
 }
 
 static void s_stage_clear(Compute *c, Docmint__Result *res)
 {
-    if (c->cache)
+    if (c->ops)
+        c->ops->clear(res);
+    else if (c->cache)
         cache_result_clear(res);
     else
         infer_result_clear(res);
@@ -93,6 +99,8 @@ static void s_stage_clear(Compute *c, Docmint__Result *res)
 static int s_stage_open(Compute *c, DmErr *err)
 {
     const WireJoin *j = c->join;
+    if (c->ops)
+        return c->ops->open(j, &c->ext, err);
     if (!strcmp(j->stage, "cache-logits")) {
         CacheOpts co = {.top_k = j->top_k, .n_temps = j->n_temps,
                         .first_answer_only = j->first_answer_only, .pdf_dpi = j->pdf_dpi};
@@ -106,6 +114,8 @@ static void s_compute_free(Compute *c)
 {
     infer_close(&c->stage);
     cache_close(&c->cache);
+    if (c->ops && c->ext)
+        c->ops->close(&c->ext);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -130,7 +140,7 @@ static void *s_compute(void *arg)
     if (c->threads > 0)
         kern_set_threads(c->threads);
     void *pipe = c->pipe;
-    if (!c->stage && !c->cache) {
+    if (!c->stage && !c->cache && !c->ext) {
         DmErr e = {{0}};
         if (s_stage_open(c, &e)) {
             /* the network thread ends the worker on this; compute nothing */
@@ -219,7 +229,8 @@ static void *s_compute(void *arg)
                 docmint__envelope__pack(&out, buf + 1);
                 if (c->verbose)
                     fprintf(stderr, "%s: shard %" PRIu64 ": %zu records, %zu errors in %.2f s\n",
-                            c->prefix, sh->shard_id, res.n_answers + res.n_logits, res.n_errors,
+                            c->prefix, sh->shard_id, res.n_answers + res.n_logits + res.n_analyses,
+                            res.n_errors,
                             dm_now() - t0);
                 zmq_send(pipe, buf, len + 1, 0);
                 free(buf);
@@ -455,7 +466,7 @@ static int s_from_compute(Net *n, void *pipe, DmErr *err)
     if (e && e->result) {
         s_held_drop(n, e->result->shard_id, e->result->lease_id);
         n->st.shards++;
-        n->st.answers += e->result->n_answers + e->result->n_logits;
+        n->st.answers += e->result->n_answers + e->result->n_logits + e->result->n_analyses;
         n->st.errors += e->result->n_errors;
     }
     if (e)
@@ -534,6 +545,7 @@ static Compute *s_compute_new(const Compute *tmpl, void *zctx, void **pipe, DmEr
         return NULL;
     }
     c->join = tmpl->join;
+    c->ops = tmpl->ops;
     c->name = tmpl->name;
     c->prefix = tmpl->prefix;
     c->hang = tmpl->hang;
@@ -581,7 +593,7 @@ static int s_report_hung(Net *n, const Compute *c, const struct Held *h, double 
             docmint__envelope__free_unpacked(in, NULL);
         return dm_err(err, "cannot read back shard %" PRIu64, h->shard);
     }
-    const char *stage = strcmp(c->join->stage, "cache-logits") ? "infer" : "cache-logits";
+    const char *stage = c->join->stage;
     Docmint__Result res;
     docmint__result__init(&res);
     res.shard_id = h->shard;
@@ -637,6 +649,7 @@ static int s_watchdog(Net *n, Compute **cp, void **pipe, double limit, DmErr *er
     Compute t;
     memset(&t, 0, sizeof t);
     t.join = c->join;
+    t.ops = c->ops;
     t.name = c->name;
     t.prefix = c->prefix;
     t.hang = c->hang;
@@ -685,9 +698,13 @@ int worker_run(const WorkerOpts *o, DmErr *err)
 {
     const WireJoin *j = o->join;
     int is_cache = strcmp(j->stage, "cache-logits") == 0;
-    if (strcmp(j->stage, "infer") != 0 && !is_cache)
-        return dm_err(err, "stage \"%s\": this worker computes \"infer\" and \"cache-logits\"",
-                      j->stage);
+    const WorkerStageOps *ops = NULL;
+    for (int i = 0; o->stages && o->stages[i]; i++)
+        if (!strcmp(o->stages[i]->stage, j->stage))
+            ops = o->stages[i];
+    if (strcmp(j->stage, "infer") != 0 && !is_cache && !ops)
+        return dm_err(err, "stage \"%s\": this worker computes \"infer\", \"cache-logits\"%s",
+                      j->stage, o->stages ? " and \"analyze\"" : "");
     image_set_max_pixels(j->max_page_pixels); /* decompression bombs: refused from the header */
     Compute *c = calloc(1, sizeof *c);
     if (!c)
@@ -695,11 +712,13 @@ int worker_run(const WorkerOpts *o, DmErr *err)
     pthread_mutex_init(&c->mu, NULL);
     c->threads = o->threads;
     c->join = j;
+    c->ops = ops;
     if (s_stage_open(c, err)) {
         s_compute_free(c);
         return -1;
     }
-    const char *fp = is_cache ? cache_fingerprint(c->cache) : infer_fingerprint(c->stage);
+    const char *fp = c->ops ? c->ops->fingerprint(c->ext)
+                     : is_cache ? cache_fingerprint(c->cache) : infer_fingerprint(c->stage);
     if (j->model_fingerprint[0] && strcmp(j->model_fingerprint, fp)) {
         dm_err(err, "%s: weights fingerprint %s, but the job's model is %s (the checkpoint changed?)",
                j->model, fp, j->model_fingerprint);

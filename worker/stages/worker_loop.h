@@ -32,6 +32,7 @@
 #ifndef DM_WORKER_LOOP_H
 #define DM_WORKER_LOOP_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "common/dm_error.h"
@@ -43,6 +44,18 @@ typedef struct WorkerStats {
     uint64_t errors;    /* error records sent */
     uint64_t reconnects;
 } WorkerStats;
+
+/* A stage of a layer above this one (worker/analyze), handed to worker_run
+ * by the command that starts the worker. */
+typedef struct WorkerStageOps {
+    const char *stage; /* the job's "stage" */
+    int (*open)(const WireJoin *j, void **st, DmErr *err);
+    int (*shard)(void *st, const Docmint__Shard *sh, Docmint__Result *res,
+                 const atomic_int *cancel, DmErr *err);
+    void (*clear)(Docmint__Result *res);
+    void (*close)(void **st);
+    const char *(*fingerprint)(const void *st);
+} WorkerStageOps;
 
 typedef struct WorkerOpts {
     const WireJoin *join;    /* keys, model, stage settings */
@@ -58,6 +71,7 @@ typedef struct WorkerOpts {
     int (*should_stop)(void *ctx);
     void *stop_ctx;
     WorkerStats *stats;      /* may be NULL */
+    const WorkerStageOps *const *stages; /* more stages, NULL-terminated; may be NULL */
 } WorkerOpts;
 
 /* Run until NO_MORE, should_stop, or a fatal error (model cannot load,

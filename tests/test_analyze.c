@@ -1,0 +1,223 @@
+/* test_analyze.c - the analyses of worker/analyze through the stage's
+ * record (analyze_record_sink) against the interpretability reference
+ * (data/tiny-a/mi.safetensors, made with the Hugging Face modules) for its
+ * three cases; site names and their errors; the corrupting noise. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tutil.h"
+#include "worker/analyze/stage_analyze.h"
+
+#define MI TU_TINY "/mi.safetensors"
+#define EXPECTED TU_TINY "/expected.safetensors"
+
+/* Max |got - ref| over n values (NaN on either side alone counts as
+ * infinite), ref read from the reference file. */
+static double s_diff_f(const TensorFile *tf, const char *name, const float *got, size_t n)
+{
+    const DmTensor *t = tensorfile_find(tf, name);
+    if (!t || (size_t)dm_tensor_numel(t) != n)
+        return INFINITY;
+    float *ref = malloc(n * sizeof *ref);
+    DmErr err = {{0}};
+    double d = ref && !dm_tensor_to_f32(t, ref, &err) ? tu_maxdiff(got, ref, n) : INFINITY;
+    free(ref);
+    return d;
+}
+
+/* 1 when the int64 reference equals got exactly. */
+static int s_same_i(const TensorFile *tf, const char *name, const int32_t *got, size_t n)
+{
+    const DmTensor *t = tensorfile_find(tf, name);
+    if (!t || (size_t)dm_tensor_numel(t) != n)
+        return 0;
+    int64_t *ref = malloc(n * sizeof *ref);
+    DmErr err = {{0}};
+    int same = ref && !dm_tensor_to_i64(t, ref, &err);
+    for (size_t i = 0; same && i < n; i++)
+        same = ref[i] == got[i];
+    free(ref);
+    return same;
+}
+
+/* The largest |value| of a reference tensor. */
+static double s_absmax(const TensorFile *tf, const char *name)
+{
+    const DmTensor *t = tensorfile_find(tf, name);
+    size_t n = t ? (size_t)dm_tensor_numel(t) : 0;
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    DmErr err = {{0}};
+    double m = 0;
+    if (v && t && !dm_tensor_to_f32(t, v, &err))
+        for (size_t i = 0; i < n; i++)
+            m = fabs(v[i]) > m ? fabs(v[i]) : m;
+    free(v);
+    return m;
+}
+
+/* The encoder output of case k's pixels. */
+static float *s_encode(const DonutModel *m, const TensorFile *ex, int k, int *n_enc)
+{
+    char name[64];
+    snprintf(name, sizeof name, "case%d.pixel_values", k);
+    const DmTensor *t = tensorfile_find(ex, name);
+    if (!t)
+        return NULL;
+    int H = (int)t->shape[2], W = (int)t->shape[3], oh, ow;
+    swin_output_grid(&m->cfg.enc, H, W, &oh, &ow);
+    float *pix = malloc((size_t)dm_tensor_numel(t) * sizeof *pix);
+    float *enc = malloc((size_t)oh * ow * m->cfg.enc.hidden_size * sizeof *enc);
+    DmErr err = {{0}};
+    if (!pix || !enc || dm_tensor_to_f32(t, pix, &err) || swin_encode(m, pix, H, W, enc, NULL, &err)) {
+        free(enc);
+        enc = NULL;
+    }
+    free(pix);
+    *n_enc = oh * ow;
+    return enc;
+}
+
+static void test_golden_records(void)
+{
+    DonutModel *m = NULL;
+    TensorFile *mi = NULL, *ex = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_FATAL(donut_load(TU_TINY, &m, &err) == 0);
+    CU_ASSERT_FATAL(tensorfile_open(MI, &mi, &err) == 0);
+    CU_ASSERT_FATAL(tensorfile_open(EXPECTED, &ex, &err) == 0);
+    float *enc[3];
+    int n_enc[3];
+    DecPage page[3];
+    for (int k = 0; k < 3; k++) {
+        enc[k] = s_encode(m, ex, k, &n_enc[k]);
+        CU_ASSERT_FATAL(enc[k] != NULL);
+        CU_ASSERT_FATAL(dec_page_init(&page[k], m, enc[k], n_enc[k], &err) == 0);
+    }
+    double worst = 0;
+    for (int k = 0; k < 3; k++) {
+        char name[96];
+        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+        const DmTensor *ti = tensorfile_find(ex, name);
+        CU_ASSERT_FATAL(ti != NULL);
+        int T = (int)ti->shape[1];
+        int64_t ids64[64];
+        int32_t ids[64];
+        CU_ASSERT_FATAL(T <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
+        for (int i = 0; i < T; i++)
+            ids[i] = (int32_t)ids64[i];
+        /* the reference's answer start, T // 2, and its corrupting page */
+        AnItem it = {&page[k], &page[(k + 1) % 3], ids, T, T / 2};
+        AnCfg cfg = {.analyses = AN_A_ALL, .subset_layer = -1};
+        Docmint__AnalysisRecord r;
+        docmint__analysis_record__init(&r);
+        AnSink sink;
+        analyze_record_sink(&r, &sink);
+        CU_ASSERT_FATAL(an_item(&it, &cfg, &sink, &err) == 0);
+        struct {
+            const char *ref;
+            const float *got;
+            size_t n;
+        } f[] = {
+            {"nll.clean", &r.nll_clean, 1},
+            {"nll.skip", r.nll_skip, r.n_nll_skip},
+            {"nll.reproject", r.nll_reproject, r.n_nll_reproject},
+            {"lens.target_logprob", r.lens_target_logprob, r.n_lens_target_logprob},
+            {"heads.sa_entropy", r.sa_entropy, r.n_sa_entropy},
+            {"nll.head_ablation", r.nll_head_ablation, r.n_nll_head_ablation},
+            {"nll.m_last_cancels_c_last", &r.nll_m_last_cancels_c_last, 1},
+            {"transcribe.all.entropy", r.transcribe_entropy, r.n_transcribe_entropy},
+            {"nll.corrupt", &r.nll_corrupt, 1},
+            {"nll.patch_query", &r.nll_patch_query, 1},
+            {"nll.patch_head", r.nll_patch_head, r.n_nll_patch_head},
+            {"atp.head", r.atp_head, r.n_atp_head},
+        };
+        for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
+            snprintf(name, sizeof name, "case%d.%s", k, f[i].ref);
+            double d = s_diff_f(mi, name, f[i].got, f[i].n);
+            if (d > 1e-4)
+                fprintf(stderr, "\n  %s: %g\n", name, d);
+            CU_ASSERT(d <= 1e-4);
+            worst = d > worst ? d : worst;
+        }
+        /* variances: relative to their size */
+        snprintf(name, sizeof name, "case%d.heads.ca_variance", k);
+        CU_ASSERT(s_diff_f(mi, name, r.ca_variance, r.n_ca_variance) <= 1e-4 * s_absmax(mi, name));
+        snprintf(name, sizeof name, "case%d.lens.top1", k);
+        CU_ASSERT(s_same_i(mi, name, r.lens_top1, r.n_lens_top1));
+        snprintf(name, sizeof name, "case%d.lens.target_rank", k);
+        CU_ASSERT(s_same_i(mi, name, r.lens_target_rank, r.n_lens_target_rank));
+        snprintf(name, sizeof name, "case%d.transcribe.all.top1", k);
+        CU_ASSERT(s_same_i(mi, name, r.transcribe_top1, r.n_transcribe_top1));
+        analyze_record_clear(&r);
+    }
+    CU_ASSERT(worst > 0); /* computed, not copied */
+    for (int k = 0; k < 3; k++) {
+        dec_page_free(&page[k]);
+        free(enc[k]);
+    }
+    tensorfile_close(&mi);
+    tensorfile_close(&ex);
+    donut_free(&m);
+}
+
+static void test_sites(void)
+{
+    DonutModel *m = NULL;
+    DmErr err = {{0}};
+    AnSite s;
+    CU_ASSERT_FATAL(donut_load(TU_TINY, &m, &err) == 0);
+    CU_ASSERT(an_site_parse(m, "C1.H3", &s, &err) == 0 && s.sub == 4 && s.point == AN_HEAD &&
+              s.head == 3);
+    CU_ASSERT(an_site_parse(m, "M0.out", &s, &err) == 0 && s.sub == 2 && s.point == AN_OUT);
+    CU_ASSERT(an_site_parse(m, "S1.query", &s, &err) == 0 && s.sub == 3 && s.point == AN_QUERY);
+    const char *bad[][2] = {{"C7.H3", "layer 7"}, {"S0.H4", "no head 4"}, {"M1.query", "M1"},
+                            {"X0.in", "expected"}, {"C0", "expected"}, {"C0.H", "expected"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        dm_err_clear(&err);
+        CU_ASSERT(an_site_parse(m, bad[i][0], &s, &err) != 0 && strstr(err.msg, bad[i][1]));
+    }
+    AnReplace r;
+    CU_ASSERT(an_replace_parse(m, "M1.out:=-C1.out", &r, &err) == 0 && r.coef == -1.0f &&
+              r.dst.sub == 5 && r.src.sub == 4);
+    CU_ASSERT(an_replace_parse(m, "M1.out:=0.25*S0.in", &r, &err) == 0 && r.coef == 0.25f);
+    CU_ASSERT(an_replace_parse(m, "C1.out:=-M1.out", &r, &err) != 0 && strstr(err.msg, "earlier"));
+    AnSkipSet k;
+    CU_ASSERT(an_skip_set_parse(m, "late=S1,M1", &k, &err) == 0 && k.n == 2 && k.subs[0] == 3 &&
+              k.subs[1] == 5 && !strcmp(k.name, "late"));
+    CU_ASSERT(an_skip_set_parse(m, "x=S2", &k, &err) != 0 && strstr(err.msg, "layer 2"));
+    donut_free(&m);
+}
+
+static void test_noise(void)
+{
+    enum { N = 200000 };
+    float *a = calloc(N, sizeof *a), *b = calloc(N, sizeof *b), *c = calloc(N, sizeof *c);
+    CU_ASSERT_FATAL(a && b && c);
+    analyze_add_noise(a, N, 0.5, 7, "page-1");
+    analyze_add_noise(b, N, 0.5, 7, "page-1");
+    analyze_add_noise(c, N, 0.5, 7, "page-2");
+    CU_ASSERT(memcmp(a, b, N * sizeof *a) == 0);
+    CU_ASSERT(memcmp(a, c, N * sizeof *a) != 0);
+    double s = 0, s2 = 0;
+    for (int i = 0; i < N; i++) {
+        s += a[i];
+        s2 += (double)a[i] * a[i];
+    }
+    double mean = s / N, sd = sqrt(s2 / N - mean * mean);
+    /* N(0, 0.25): the sample mean within 5 standard errors, the sample
+     * standard deviation within 1% */
+    CU_ASSERT(fabs(mean) < 5 * 0.5 / sqrt(N));
+    CU_ASSERT(fabs(sd - 0.5) < 0.005);
+    free(a);
+    free(b);
+    free(c);
+}
+
+void tests_analyze(void)
+{
+    TU_SUITE("analyze", {"the reference's three cases through the stage's record",
+                         test_golden_records},
+             {"site names and their errors", test_sites},
+             {"corrupting noise: seeded by page, normal", test_noise});
+}
