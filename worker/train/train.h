@@ -29,7 +29,7 @@ typedef struct TrainParam {
     size_t offset;     /* in floats, into TrainParams.data and .grad */
     size_t count;
     int ndim;
-    int64_t shape[2];
+    int64_t shape[4];
 } TrainParam;
 
 /* How train_item_grad computes cross-attention.  With keys K = E Wk^T + bk
@@ -52,6 +52,7 @@ typedef struct TrainParams {
     uint8_t *keep;     /* [total]: 0 for weights a mask holds at zero (a
                         * masked student, mask.h); NULL when none */
     long long held;    /* how many */
+    int whole;         /* 1: the encoder and token embeddings are trained too */
 } TrainParams;
 
 /* Copy the trainable decoder weights of m into one buffer and repoint m's
@@ -60,6 +61,12 @@ typedef struct TrainParams {
  * weights (their second copy would not follow training); pre-packed GEMM
  * forms are dropped and, with m->training set, never made again. */
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
+/* The whole model instead (distill's "train": "all"): every encoder weight
+ * (worker/train/swin_grad.h computes their gradients), the token
+ * embeddings with the tied LM head, and the decoder weights above, in one
+ * buffer in that order; the encoder's packed GEMM forms are dropped too.
+ * tp->whole is 1. */
+int train_params_init_all(DonutModel *m, TrainParams *tp, DmErr *err);
 void train_params_free(TrainParams *tp);
 
 /* Take the mask of a masked student (mask.h; NULL: none).  From then on
