@@ -181,3 +181,8 @@ sh "$ROOT/tests/bench_batch.sh" "$DOCMINT"
 # config and on a full-size pruned student, with the all-reduce's share of
 # the step (tests/bench_train.sh; about 1 minute, 5 the first time).
 sh "$ROOT/tests/bench_train.sh" "$DOCMINT" "$FULL" "$TINY"
+
+# Whole-model training: samples per second, decoder only against the
+# whole model with the Swin backward, on the tiny config
+# (tests/bench_whole.sh; about half a minute).
+sh "$ROOT/tests/bench_whole.sh" "$DOCMINT" "$TINY"

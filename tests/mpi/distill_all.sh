@@ -66,13 +66,13 @@ fi
 # checkpoint and its student; the rerun resumes from step 2 and must end
 # with the same bits as before.
 all_job "$T/res.json" "$T/res" ', "steps": 4, "checkpoint_every": 2'
-if $MPIRUN -n 2 "$DOCMINT" run "$T/res.json" >"$T/res1.log" 2>&1; then
+if "$DOCMINT" run "$T/res.json" >"$T/res1.log" 2>&1; then
     cp "$T/res/student/model.safetensors" "$T/first.safetensors"
     cp "$T/res/student/optimizer.safetensors" "$T/first.opt"
     cp "$T/res/train.jsonl" "$T/first.jsonl"
     rm -rf "$T/res/student" "$T/res/checkpoints/step-4"
     why=""
-    $MPIRUN -n 2 "$DOCMINT" run "$T/res.json" >"$T/res2.log" 2>&1 || why="rerun failed: $(tail -2 "$T/res2.log")"
+    "$DOCMINT" run "$T/res.json" >"$T/res2.log" 2>&1 || why="rerun failed: $(tail -2 "$T/res2.log")"
     [ -z "$why" ] && ! grep -q "resuming from .*step-2 " "$T/res2.log" && why="did not resume from step-2: $(head -3 "$T/res2.log")"
     [ -z "$why" ] && ! cmp -s "$T/first.safetensors" "$T/res/student/model.safetensors" && why="weights differ: $(maxdiff "$T/first.safetensors" "$T/res/student/model.safetensors")"
     [ -z "$why" ] && ! cmp -s "$T/first.opt" "$T/res/student/optimizer.safetensors" && why="AdamW moments differ"
@@ -100,6 +100,21 @@ sys.exit(0 if "exp_avg.encoder.embeddings.patch_embeddings.projection.weight" in
 PY
 then ok "optimizer.safetensors holds the encoder's AdamW moments (patch embedding [16, 3, 4, 4])"
 else bad "optimizer.safetensors lacks the encoder's moments"; fi
+# 3. The other combinations run: the decoder alone without a teacher, and
+# the whole model with a teacher's logit store (its KD term, alpha 0.5).
+all_job "$T/dec.json" "$T/dec" ', "steps": 2'
+sed -i 's/"train": "all"/"train": "decoder"/' "$T/dec.json"
+# (the teacher: the whole-model student of part 1, same tokenizer)
+write_job "$T/cache.json" "$T/one/student" "$C" "$T/logits" '"stage": "cache-logits", "top_k": 16, "temperatures": [2.0]'
+all_job "$T/kd.json" "$T/kd" ', "steps": 2, "logits": "'"$T"'/logits", "temperature": 2.0, "alpha": 0.5'
+if "$DOCMINT" run "$T/dec.json" >"$T/dec.log" 2>&1 && [ "$(wc -l <"$T/dec/train.jsonl")" = 2 ] &&
+    "$DOCMINT" run "$T/cache.json" --quiet >"$T/cache.log" 2>&1 &&
+    "$DOCMINT" run "$T/kd.json" >"$T/kd.log" 2>&1 &&
+    $PY -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; sys.exit(0 if len(r)==2 and all(x["kd"]>0 for x in r) else 1)' "$T/kd/train.jsonl"; then
+    ok "train decoder without a teacher, and train all with a logit store (kd > 0), both run"
+else
+    bad "other combinations: $(tail -1 "$T/dec.log") $(tail -3 "$T/cache.log") $(tail -3 "$T/kd.log")"
+fi
 # The trained student reads back as a model and answers.
 img="$T/corpus/$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"][0]["image"])' "$C")"
 if "$DOCMINT" ask "$T/res/student" "$img" "What is the date?" >/dev/null 2>"$T/ask.err"; then

@@ -99,6 +99,7 @@ static int s_scan(void *ctx, const void *key, size_t klen, const void *val, size
     }
     if (!rc) {
         DistillItem *it = &d->items[d->n++];
+        memset(it, 0, sizeof *it);
         memcpy(it->key, key, LOGIT_KEY_LEN);
         it->page = hit->page;
         it->tokens = (int)r->n_token_ids;
@@ -280,7 +281,7 @@ static int s_features(DistillData *d, int p, float **enc, int *n_enc, DmErr *err
 {
     const CorpusPage *pg = &d->corpus->pages[p];
     int dim = 0, hidden = d->model->cfg.enc.hidden_size;
-    int got = logit_store_features(d->store, pg->page_id, enc, n_enc, &dim, err);
+    int got = d->store ? logit_store_features(d->store, pg->page_id, enc, n_enc, &dim, err) : 0;
     if (got < 0)
         return -1;
     if (got == 1 && dim != hidden) {
