@@ -1,6 +1,8 @@
 /* distill_data.h - the training items of the distill stage: one per
- * (question, gold answer) record of a teacher-logit store, with the page
- * it is asked of, and the frozen encoder output of those pages.
+ * (question, gold answer) record of a teacher-logit store (or, without a
+ * store, per gold answer of the corpus), with the page it is asked of,
+ * and the frozen encoder output of those pages (their pixel values when
+ * the whole model trains).
  *
  * Items are the store's records in key order (questionId, answer index),
  * so every rank numbers them the same way; the records themselves are read

@@ -1,7 +1,11 @@
-/* train.h - training the decoder of a (possibly pruned) student.
+/* train.h - training the decoder of a (possibly pruned) student, or the
+ * whole model.
  *
  * The trainable parameters are every decoder weight except the token
- * embeddings and the tied LM head, which stay frozen with the encoder.
+ * embeddings and the tied LM head, which stay frozen with the encoder
+ * (train_params_init); or every weight (train_params_init_all: the
+ * encoder's gradients come from worker/train/swin_grad.h, the token
+ * embeddings' from both of their uses here).
  * TrainParams holds them in one contiguous float32 buffer (so one
  * all-reduce sums every gradient) and repoints the model's decoder weights
  * into it, so the ordinary forward, generation and checkpoint writing see
