@@ -477,11 +477,10 @@ static void s_batch_bounds(Run *r, long step, int *base, int *lo, int *hi)
  * each block's activations are recomputed in the backward (swin_grad.h). */
 #define WHOLE_KEEP_ALL_BYTES ((size_t)2 << 30)
 
-/* One item of whole-model training: the encoder forward on its page with
- * a tape, the decoder's forward and backward (which gives d loss / d
- * encoder output), then the encoder's backward. */
-static int s_whole_item_grad(Run *r, DistillLoaded *l, const LossCfg *cfg, double scale,
-                             LossParts *lp, DmErr *err)
+/* Whole-model training: the encoder forward with a tape on the page of
+ * loaded item l, into r->enc (grown as needed), r->denc zeroed. */
+static int s_whole_forward(Run *r, const DistillLoaded *l, SwinTape **tape, int *n_enc,
+                           DmErr *err)
 {
     const SwinConfig *ec = &r->m->cfg.enc;
     int oh, ow;
@@ -500,16 +499,59 @@ static int s_whole_item_grad(Run *r, DistillLoaded *l, const LossCfg *cfg, doubl
     SwinKeep keep = swin_tape_bytes(ec, l->H, l->W, SWIN_KEEP_ALL) <= WHOLE_KEEP_ALL_BYTES
                         ? SWIN_KEEP_ALL
                         : SWIN_KEEP_INPUTS;
-    SwinTape *tape = NULL;
-    if (swin_tape_forward(r->m, l->pix, l->H, l->W, keep, r->enc, &tape, err))
-        return -1;
     memset(r->denc, 0, n * sizeof *r->denc);
-    l->it.enc = r->enc;
-    l->it.n_enc = oh * ow;
-    int rc = train_item_grad(r->m, &r->tp, &l->it, cfg, scale, lp, r->denc, err);
-    if (rc == 0)
-        rc = swin_tape_backward(r->m, tape, r->denc, &r->tp, NULL, err);
-    swin_tape_free(&tape);
+    *n_enc = oh * ow;
+    return swin_tape_forward(r->m, l->pix, l->H, l->W, keep, r->enc, tape, err);
+}
+
+/* This rank's items [lo, hi) of the batch at base, whole model: the
+ * items of one page share one encoder forward and backward (the
+ * gradients of the page's encoder output are summed first), pages in the
+ * order of their first item. */
+static int s_whole_batch(Run *r, int base, int lo, int hi, const LossCfg *cfg, double npos,
+                         BatchSums *bs, DmErr *err)
+{
+    unsigned char *done = calloc((size_t)(hi - lo) + 1, 1);
+    if (!done)
+        return dm_err(err, "out of memory");
+    int rc = 0;
+    for (int i = lo; i < hi && !rc; i++) {
+        if (done[i - lo])
+            continue;
+        int page = distill_data_item(r->data, r->perm[base + i])->page, n_enc = 0;
+        SwinTape *tape = NULL;
+        for (int j = i; j < hi && !rc; j++) {
+            int idx = r->perm[base + j];
+            const DistillItem *it = distill_data_item(r->data, idx);
+            if (done[j - lo] || it->page != page)
+                continue;
+            done[j - lo] = 1;
+            DistillLoaded l;
+            LossParts lp;
+            if (distill_item_load(r->data, idx, &l, err)) {
+                rc = -1;
+                break;
+            }
+            if (j == i)
+                rc = s_whole_forward(r, &l, &tape, &n_enc, err);
+            l.it.enc = r->enc;
+            l.it.n_enc = n_enc;
+            if (!rc)
+                rc = train_item_grad(r->m, &r->tp, &l.it, cfg, it->positions / npos, &lp, r->denc,
+                                     err);
+            distill_item_clear(&l);
+            if (rc)
+                break;
+            bs->v[0] += lp.ce * it->positions;
+            bs->v[1] += lp.kd * it->positions;
+            bs->v[2] += it->positions;
+            bs->v[3] += it->tokens;
+        }
+        if (!rc)
+            rc = swin_tape_backward(r->m, tape, r->denc, &r->tp, NULL, err);
+        swin_tape_free(&tape);
+    }
+    free(done);
     return rc;
 }
 
@@ -524,6 +566,8 @@ static int s_batch_grad(Run *r, long step, double alpha, BatchSums *bs, DmErr *e
         npos += distill_data_item(r->data, r->perm[base + i])->positions;
     LossCfg cfg = {alpha, r->d->temperature};
     memset(bs, 0, sizeof *bs);
+    if (r->d->train_all)
+        return s_whole_batch(r, base, lo, hi, &cfg, npos, bs, err);
     for (int i = lo; i < hi; i++) {
         int idx = r->perm[base + i];
         const DistillItem *it = distill_data_item(r->data, idx);
@@ -531,10 +575,7 @@ static int s_batch_grad(Run *r, long step, double alpha, BatchSums *bs, DmErr *e
         LossParts lp;
         if (distill_item_load(r->data, idx, &l, err))
             return -1;
-        int rc = r->d->train_all
-                     ? s_whole_item_grad(r, &l, &cfg, it->positions / npos, &lp, err)
-                     : train_item_grad(r->m, &r->tp, &l.it, &cfg, it->positions / npos, &lp,
-                                       NULL, err);
+        int rc = train_item_grad(r->m, &r->tp, &l.it, &cfg, it->positions / npos, &lp, NULL, err);
         distill_item_clear(&l);
         if (rc)
             return -1;
