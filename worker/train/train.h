@@ -120,8 +120,8 @@ int train_loss_row(const float *s, int V, int label, const KdTarget *t, const Lo
 
 /* Forward and backward of one item with the current weights: adds
  * scale * d total / d w into tp->grad and, when enc_grad is not NULL,
- * adds scale * d total / d enc into enc_grad [n_enc, d_model] (for checks;
- * the encoder is frozen).  m must be the model whose decoder tp repoints;
+ * adds scale * d total / d enc into enc_grad [n_enc, d_model] (the
+ * encoder's backward starts from it when the whole model trains).  m must be the model whose decoder tp repoints;
  * the gradient of a weight is found at its offset from tp->data, so
  * threads may share data with their own grad buffers. */
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,
