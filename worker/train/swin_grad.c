@@ -179,9 +179,10 @@ static void s_linear_bwd(const DmLinear *l, const TrainParams *tp, const float *
         kern_gemm_nn(R, l->in, l->out, 1.0f, dy, l->out, l->w, l->in, beta, dx, l->in);
 }
 
-static double s_gelu_grad(double x)
+/* d/dx [x Phi(x)] = Phi(x) + x phi(x), the exact GELU's derivative */
+static inline float s_gelu_grad(float x)
 {
-    return 0.5 * (1.0 + erf(x * M_SQRT1_2)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+    return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * expf(-0.5f * x * x) * 0.39894228f;
 }
 
 static float *s_new(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
@@ -326,7 +327,8 @@ static int s_block_bwd(const Geo *g, int shift, const SwinBlock *bl, const Block
     s_linear_bwd(&bl->fc2, tp, gl, dx, T, dg, 0.0f);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (size_t i = 0; i < TF; i++)
-        dg[i] = (float)(dg[i] * s_gelu_grad(a->a1[i]));
+        dg[i] *= s_gelu_grad(a->a1[i]);
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (int r = 0; r < T; r++)
         for (int k = 0; k < C; k++)
             t[(size_t)r * C + k] =
