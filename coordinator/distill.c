@@ -18,8 +18,10 @@
 #include "common/dm_fs.h"
 #include "kernels/cpu/kern.h"
 #include "coordinator/progress.h"
+#include "worker/stages/stage_cache.h"
 #include "worker/text/tokenizer.h"
 #include "worker/image/image.h"
+#include "worker/train/swin_grad.h"
 
 #define PREFIX "docmint run"
 
@@ -52,6 +54,9 @@ typedef struct Run {
     DistillCurve curve;     /* rank 0: the losses so far, for the plot */
     double t_start, last_line;
     double tokens_done;
+    QaModel qa;             /* no teacher: the sequences of the gold answers */
+    float *enc, *denc;      /* whole model: one page's encoder output and its gradient */
+    size_t enc_n;
 } Run;
 
 /* ------------------------------------------------------------ schedule */
@@ -186,6 +191,9 @@ static json_t *s_trajectory(const Run *r)
     return t;
 }
 
+static int s_setup_gold(Run *r, DmErr *err);
+static int s_setup_training(Run *r, DmErr *err);
+
 static int s_setup(Run *r, DmErr *err)
 {
     const Job *j = r->job;
@@ -198,6 +206,8 @@ static int s_setup(Run *r, DmErr *err)
     snprintf(path, sizeof path, "%s/preprocessor_config.json", j->model);
     if (preproc_config_load(path, &r->pc, err))
         return -1;
+    if (!d->logits) /* no teacher: cross-entropy on the corpus's gold answers */
+        return s_setup_gold(r, err);
     if (s_teacher_record(j->model, r->teacher_fp, sizeof r->teacher_fp, err))
         return -1;
     /* The tokenizer always (token ids mean nothing across tokenizers); the
@@ -238,13 +248,42 @@ static int s_setup(Run *r, DmErr *err)
         distill_data_open(r->store, r->corpus, r->m, &r->pc, j->corpus.pdf_dpi, d->temperature,
                           (size_t)d->feature_cache_mb << 20, d->skip_damaged, &r->data, err))
         return -1;
+    return s_setup_training(r, err);
+}
+
+static int s_gold_seq(void *ctx, const char *question, const char *answer, int32_t **ids, int *n,
+                      int *answer_start, DmErr *err)
+{
+    return cache_sequence(ctx, question, answer, ids, n, answer_start, err);
+}
+
+/* No logit store: the items are the corpus's gold answers, tokenized as
+ * cache-logits would, and the loss is their cross-entropy. */
+static int s_setup_gold(Run *r, DmErr *err)
+{
+    const Job *j = r->job;
+    if (qa_from(r->m, r->tok, j->model, &r->qa, err) || corpus_load(&j->corpus, &r->corpus, err) ||
+        distill_data_open_gold(r->corpus, r->m, &r->pc, j->corpus.pdf_dpi,
+                               (size_t)r->d->feature_cache_mb << 20, s_gold_seq, &r->qa, &r->data,
+                               err))
+        return -1;
+    return s_setup_training(r, err);
+}
+
+/* What follows the items: the schedule, the parameters, AdamW. */
+static int s_setup_training(Run *r, DmErr *err)
+{
+    const Job *j = r->job;
+    const DistillSpec *d = r->d;
+    char path[4200];
+    const char *items_from = d->logits ? d->logits : j->corpus.path;
     r->n_items = distill_data_count(r->data);
     if (distill_data_skipped(r->data) && r->rank == 0)
         fprintf(stderr, "%s: %s: skipped %ld damaged records (distill.skip_damaged); training on %d\n",
                 PREFIX, d->logits, distill_data_skipped(r->data), r->n_items);
     if (d->batch_size > r->n_items)
         return dm_err(err, "distill.batch_size: %d is more than the %d items of %s", d->batch_size,
-                      r->n_items, d->logits);
+                      r->n_items, items_from);
     if (d->batch_size < r->size)
         return dm_err(err, "distill.batch_size: %d is less than the %d ranks (each rank needs an "
                            "item per step)", d->batch_size, r->size);
@@ -260,9 +299,21 @@ static int s_setup(Run *r, DmErr *err)
     r->perm_epoch = -1;
     if (!r->perm)
         return dm_err(err, "out of memory");
-    if (train_params_init(r->m, &r->tp, err))
+    if ((d->train_all ? train_params_init_all(r->m, &r->tp, err)
+                      : train_params_init(r->m, &r->tp, err)))
         return -1;
     r->have_tp = 1;
+    if (d->train_all) {
+        distill_data_set_whole(r->data);
+        const SwinConfig *ec = &r->m->cfg.enc;
+        int oh, ow;
+        swin_output_grid(ec, r->pc.height, r->pc.width, &oh, &ow);
+        r->enc_n = (size_t)oh * ow * ec->hidden_size;
+        r->enc = malloc(r->enc_n * sizeof *r->enc);
+        r->denc = malloc(r->enc_n * sizeof *r->denc);
+        if (!r->enc || !r->denc)
+            return dm_err(err, "out of memory");
+    }
     /* a masked student: its pruned weights stay zero through training */
     DmMask *mask = NULL;
     if (mask_load(r->m, j->model, &mask, err))
@@ -272,7 +323,7 @@ static int s_setup(Run *r, DmErr *err)
     if (adamw_init(&r->opt, r->tp.total, d->beta1, d->beta2, d->eps, d->weight_decay, err))
         return -1;
     r->have_opt = 1;
-    r->alpha = d->alpha;
+    r->alpha = d->logits ? d->alpha : 0.0;
     r->trajectory = s_trajectory(r);
     if (!r->trajectory)
         return dm_err(err, "out of memory");
@@ -291,6 +342,8 @@ static void s_teardown(Run *r)
     distill_curve_free(&r->curve);
     json_decref(r->trajectory);
     free(r->perm);
+    free(r->enc);
+    free(r->denc);
     if (r->have_opt)
         adamw_free(&r->opt);
     if (r->have_tp)
@@ -425,6 +478,88 @@ static void s_batch_bounds(Run *r, long step, int *base, int *lo, int *hi)
     *hi = (int)((long)(r->rank + 1) * B / r->size);
 }
 
+/* Whole-model training: the largest encoder tape kept whole; past it
+ * each block's activations are recomputed in the backward (swin_grad.h). */
+#define WHOLE_KEEP_ALL_BYTES ((size_t)2 << 30)
+
+/* Whole-model training: the encoder forward with a tape on the page of
+ * loaded item l, into r->enc (grown as needed), r->denc zeroed. */
+static int s_whole_forward(Run *r, const DistillLoaded *l, SwinTape **tape, int *n_enc,
+                           DmErr *err)
+{
+    const SwinConfig *ec = &r->m->cfg.enc;
+    int oh, ow;
+    swin_output_grid(ec, l->H, l->W, &oh, &ow);
+    size_t n = (size_t)oh * ow * ec->hidden_size;
+    if (n > r->enc_n) {
+        float *a = realloc(r->enc, n * sizeof *a), *b = a ? realloc(r->denc, n * sizeof *b) : NULL;
+        if (a)
+            r->enc = a;
+        if (b)
+            r->denc = b;
+        if (!a || !b)
+            return dm_err(err, "out of memory for an encoder output of %d rows", oh * ow);
+        r->enc_n = n;
+    }
+    SwinKeep keep = swin_tape_bytes(ec, l->H, l->W, SWIN_KEEP_ALL) <= WHOLE_KEEP_ALL_BYTES
+                        ? SWIN_KEEP_ALL
+                        : SWIN_KEEP_INPUTS;
+    memset(r->denc, 0, n * sizeof *r->denc);
+    *n_enc = oh * ow;
+    return swin_tape_forward(r->m, l->pix, l->H, l->W, keep, r->enc, tape, err);
+}
+
+/* This rank's items [lo, hi) of the batch at base, whole model: the
+ * items of one page share one encoder forward and backward (the
+ * gradients of the page's encoder output are summed first), pages in the
+ * order of their first item. */
+static int s_whole_batch(Run *r, int base, int lo, int hi, const LossCfg *cfg, double npos,
+                         BatchSums *bs, DmErr *err)
+{
+    unsigned char *done = calloc((size_t)(hi - lo) + 1, 1);
+    if (!done)
+        return dm_err(err, "out of memory");
+    int rc = 0;
+    for (int i = lo; i < hi && !rc; i++) {
+        if (done[i - lo])
+            continue;
+        int page = distill_data_item(r->data, r->perm[base + i])->page, n_enc = 0;
+        SwinTape *tape = NULL;
+        for (int j = i; j < hi && !rc; j++) {
+            int idx = r->perm[base + j];
+            const DistillItem *it = distill_data_item(r->data, idx);
+            if (done[j - lo] || it->page != page)
+                continue;
+            done[j - lo] = 1;
+            DistillLoaded l;
+            LossParts lp;
+            if (distill_item_load(r->data, idx, &l, err)) {
+                rc = -1;
+                break;
+            }
+            if (j == i)
+                rc = s_whole_forward(r, &l, &tape, &n_enc, err);
+            l.it.enc = r->enc;
+            l.it.n_enc = n_enc;
+            if (!rc)
+                rc = train_item_grad(r->m, &r->tp, &l.it, cfg, it->positions / npos, &lp, r->denc,
+                                     err);
+            distill_item_clear(&l);
+            if (rc)
+                break;
+            bs->v[0] += lp.ce * it->positions;
+            bs->v[1] += lp.kd * it->positions;
+            bs->v[2] += it->positions;
+            bs->v[3] += it->tokens;
+        }
+        if (!rc)
+            rc = swin_tape_backward(r->m, tape, r->denc, &r->tp, NULL, err);
+        swin_tape_free(&tape);
+    }
+    free(done);
+    return rc;
+}
+
 /* This rank's share of the global batch of `step`: gradients (scaled by
  * positions over the global batch's positions) added into tp.grad. */
 static int s_batch_grad(Run *r, long step, double alpha, BatchSums *bs, DmErr *err)
@@ -436,6 +571,8 @@ static int s_batch_grad(Run *r, long step, double alpha, BatchSums *bs, DmErr *e
         npos += distill_data_item(r->data, r->perm[base + i])->positions;
     LossCfg cfg = {alpha, r->d->temperature};
     memset(bs, 0, sizeof *bs);
+    if (r->d->train_all)
+        return s_whole_batch(r, base, lo, hi, &cfg, npos, bs, err);
     for (int i = lo; i < hi; i++) {
         int idx = r->perm[base + i];
         const DistillItem *it = distill_data_item(r->data, idx);
@@ -499,7 +636,7 @@ static json_t *s_state(const Run *r, double lr)
 
 static json_t *s_record(const Run *r)
 {
-    return json_pack("{s:s, s:s, s:s, s:f, s:f, s:I}", "teacher_fingerprint", r->teacher_fp,
+    return json_pack("{s:s, s:s, s:s?, s:f, s:f, s:I}", "teacher_fingerprint", r->teacher_fp,
                      "tokenizer_fingerprint", r->tok_fp, "logits", r->d->logits, "temperature",
                      r->d->temperature, "alpha", r->alpha, "step", (json_int_t)r->step);
 }
@@ -678,7 +815,7 @@ int distill_run(const Job *job, Coll *coll, int threads, int quiet)
     }
     if (s_resume(r))
         goto done;
-    if (r->step == 0 && r->d->alpha_auto && s_auto_alpha(r, &err)) {
+    if (r->step == 0 && r->d->alpha_auto && r->d->logits && s_auto_alpha(r, &err)) {
         s_abort(r, &err);
         goto done;
     }
@@ -689,7 +826,10 @@ int distill_run(const Job *job, Coll *coll, int threads, int quiet)
     int bad = r->rank == 0 && s_save(r, dir, distill_lr(r->d, r->total - 1, r->total), &err);
     if (s_agree(r, bad, &err))
         goto done;
-    if (r->rank == 0 && !r->quiet) {
+    if (r->rank == 0 && !r->quiet && r->d->train_all) {
+        fprintf(stderr, "%s: done: %ld steps (whole model), student in %s\n", PREFIX, r->total,
+                dir);
+    } else if (r->rank == 0 && !r->quiet) {
         long enc, stored, hits;
         distill_data_cache_stats(r->data, &enc, &stored, &hits);
         fprintf(stderr, "%s: done: %ld steps, alpha %.6g, student in %s (rank 0: %ld pages "

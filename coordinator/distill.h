@@ -1,5 +1,7 @@
 /* distill.h - the distill stage: data-parallel training of a student's
- * decoder from a teacher-logit store, SPMD over the ranks of the job.
+ * decoder (or the whole model, "train": "all") from a teacher-logit store
+ * or, without one, on the corpus's gold answers (cross-entropy alone),
+ * SPMD over the ranks of the job.
  *
  * Every rank loads the student, the store's item list and the corpus; each
  * epoch is a permutation of the items seeded by (seed, epoch); step s of

@@ -73,6 +73,8 @@ static int s_write_model(const char *path, const DonutModel *m, const TrainParam
         if (s_removed(m, t->name))
             continue;
         const TrainParam *p = train_param_find(tp, t->name);
+        if (!p && !strcmp(t->name, "decoder.lm_head.weight")) /* tied: the trained embedding */
+            p = train_param_find(tp, "decoder.model.decoder.embed_tokens.weight");
         if (p)
             st_writer_add_f32(w, t->name, p->ndim, p->shape, tp->data + p->offset);
         else

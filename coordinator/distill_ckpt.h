@@ -5,7 +5,8 @@
  *   config.json, preprocessor_config.json, tokenizer files, pruning.json
  *       copied from the student's folder;
  *   model.safetensors   every tensor of the student under its Hugging Face
- *       name: the trained decoder weights (float32) and the frozen rest as
+ *       name: the trained weights (float32; the decoder's, or all of them
+ *       with "train": "all", the tied LM head included) and the frozen rest as
  *       the student's file holds them (tensors of removed sub-layers left
  *       out);
  *   optimizer.safetensors  AdamW's exp_avg.NAME and exp_avg_sq.NAME per

@@ -112,7 +112,7 @@ static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
         o = NULL;
     int is_distill = !strcmp(j->stage, "distill");
     if (!o && is_distill)
-        return dm_err(err, "distill: missing (required object for stage \"distill\": at least "
+        return dm_err(err, "distill: missing (required object for stage \"distill\", e.g. "
                            "{\"logits\": STORE})");
     if (o && !is_distill)
         return dm_err(err, "distill: only for stage \"distill\" (this job's stage is \"%s\")",
@@ -150,6 +150,7 @@ static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
     d->feature_cache_mb = (long)json_number_value(json_object_get(o, "feature_cache_mb"));
     d->plot = json_is_true(json_object_get(o, "plot"));
     d->skip_damaged = json_is_true(json_object_get(o, "skip_damaged"));
+    d->train_all = !strcmp(json_string_value(json_object_get(o, "train")), "all");
     if (d->micro_batch > d->batch_size)
         return dm_err(err, "distill.micro_batch: %d is more than batch_size %d", d->micro_batch,
                       d->batch_size);

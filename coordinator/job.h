@@ -15,7 +15,9 @@
 typedef enum { DISTILL_DECAY_LINEAR, DISTILL_DECAY_COSINE, DISTILL_DECAY_CONSTANT } DistillDecay;
 
 typedef struct DistillSpec {
-    char *logits;          /* teacher-logit store (path resolved like model) */
+    char *logits;          /* teacher-logit store (path resolved like model); NULL: no
+                            * teacher, cross-entropy on the corpus's gold answers */
+    int train_all;         /* "train": "all" (1) or "decoder" (0) */
     long steps;            /* 0: epochs * floor(items / batch_size) */
     int epochs;
     int batch_size;        /* items per optimizer step, all ranks together */

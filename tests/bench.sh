@@ -220,3 +220,8 @@ PY
         $sel --stats --out "$AN/out.st" | tee -a "$RESULTS"
 done
 rm -rf "$AN"
+
+# Whole-model training: samples per second, decoder only against the
+# whole model with the Swin backward, on the tiny config
+# (tests/bench_whole.sh; about half a minute).
+sh "$ROOT/tests/bench_whole.sh" "$DOCMINT" "$TINY"

@@ -119,6 +119,13 @@ static void t_job(void)
     CU_ASSERT_DOUBLE_EQUAL(d->temperature, 1.0, 0);
     CU_ASSERT(d->checkpoint_every == 100 && d->keep_checkpoints == 3 && d->hash_check_every == 50);
     CU_ASSERT(d->plot && d->feature_cache_mb == 2048);
+    CU_ASSERT(d->train_all == 0);
+    job_free(&j);
+    /* no store: no teacher (cross-entropy on the gold answers); the whole model */
+    rc = job_parse("{\"stage\": \"distill\", " S_MIN ", \"distill\": {\"train\": \"all\"}}",
+                   "job.json", &j, &err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT(j->distill.logits == NULL && j->distill.train_all == 1);
     job_free(&j);
     rc = job_parse("{\"stage\": \"distill\", " S_MIN ", \"distill\": {\"logits\": \"L\", \"alpha\": 0.25, "
                    "\"decay\": \"cosine\", \"seed\": 9007199254740991, \"adam_betas\": [0.8, 0.99]}}",
@@ -134,7 +141,8 @@ static void t_job(void)
     } bad[] = {
         {"{\"stage\": \"distill\", " S_MIN "}", "distill: missing"},
         {"{" S_MIN ", \"distill\": {\"logits\": \"L\"}}", "distill: only for stage \"distill\""},
-        {"{\"stage\": \"distill\", " S_MIN ", \"distill\": {}}", "distill.logits: missing"},
+        {"{\"stage\": \"distill\", " S_MIN ", \"distill\": {\"train\": \"encoder\"}}",
+         "distill.train: expected one of \"decoder\", \"all\""},
         {"{\"stage\": \"distill\", " S_MIN ", \"distill\": {\"logits\": \"L\", \"lr\": 0}}", "distill.lr"},
         {"{\"stage\": \"distill\", " S_MIN ", \"distill\": {\"logits\": \"L\", \"batch_size\": 4, "
          "\"micro_batch\": 8}}", "distill.micro_batch: 8 is more than batch_size 4"},

@@ -31,6 +31,7 @@
     X(tests_flops) \
     X(tests_mask) \
     X(tests_train) \
+    X(tests_swin_grad) \
     X(tests_distill) \
     X(tests_analyze) \
     /* end */

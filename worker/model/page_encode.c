@@ -45,3 +45,37 @@ done:
     image_free(&img);
     return rc;
 }
+
+int page_pixels(const PreprocConfig *pc, const char *image_path, int page_no, int pdf_dpi,
+                float **pix, int *H, int *W, DmErr *err)
+{
+    DmImage img = {0};
+    PreprocGeometry geo;
+    *pix = NULL;
+    int rc = -1;
+    if (image_load_page(image_path, page_no, pdf_dpi, &img, err))
+        goto done;
+    if (preproc_geometry(pc, img.w, img.h, &geo, err)) {
+        dm_err_prefix(err, "%s", image_path);
+        goto done;
+    }
+    *pix = malloc((size_t)3 * geo.out_h * geo.out_w * sizeof(float));
+    if (!*pix) {
+        dm_err(err, "out of memory reading %s", image_path);
+        goto done;
+    }
+    if (preproc_run(pc, &img, *pix, err)) {
+        dm_err_prefix(err, "%s", image_path);
+        goto done;
+    }
+    *H = geo.out_h;
+    *W = geo.out_w;
+    rc = 0;
+done:
+    if (rc) {
+        free(*pix);
+        *pix = NULL;
+    }
+    image_free(&img);
+    return rc;
+}

@@ -12,4 +12,9 @@
 int page_encode(const DonutModel *m, const PreprocConfig *pc, const char *image_path, int page_no,
                 int pdf_dpi, float **enc, int *n_enc, DmErr *err);
 
+/* The page's pixel values only: *pix (malloc'ed) [3, *H, *W], normalised
+ * as the encoder takes them (training runs the encoder itself). */
+int page_pixels(const PreprocConfig *pc, const char *image_path, int page_no, int pdf_dpi,
+                float **pix, int *H, int *W, DmErr *err);
+
 #endif

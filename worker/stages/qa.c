@@ -22,6 +22,18 @@ int qa_open_as(const char *dir, DmPrecision prec, QaModel *qa, DmErr *err)
         donut_free(&qa->model);
         return -1;
     }
+    if (qa_from(qa->model, qa->tok, dir, qa, err)) {
+        qa_close(qa);
+        return -1;
+    }
+    return 0;
+}
+
+int qa_from(DonutModel *m, Tokenizer *tok, const char *dir, QaModel *qa, DmErr *err)
+{
+    memset(qa, 0, sizeof *qa);
+    qa->model = m;
+    qa->tok = tok;
     gen_config_default(qa->model, &qa->gen);
     int32_t unk = tokenizer_piece_to_id(qa->tok, "<unk>");
     if (unk >= 0)
@@ -30,17 +42,12 @@ int qa_open_as(const char *dir, DmPrecision prec, QaModel *qa, DmErr *err)
     qa->id_answer_close = tokenizer_piece_to_id(qa->tok, "</s_answer>");
     qa->id_yes = tokenizer_piece_to_id(qa->tok, "<yes/>");
     qa->id_no = tokenizer_piece_to_id(qa->tok, "<no/>");
-    if (tokenizer_vocab_size(qa->tok) > qa->model->cfg.dec.vocab) {
-        dm_err(err, "%s: the tokenizer has %d ids but the model's vocabulary is %d", dir,
-               tokenizer_vocab_size(qa->tok), qa->model->cfg.dec.vocab);
-        qa_close(qa);
-        return -1;
-    }
-    if (qa->id_answer_open < 0 || tokenizer_piece_to_id(qa->tok, "<s_docvqa>") < 0) {
-        dm_err(err, "%s: the tokenizer lacks Donut's DocVQA tokens (<s_docvqa>, <s_answer>)", dir);
-        qa_close(qa);
-        return -1;
-    }
+    if (tokenizer_vocab_size(qa->tok) > qa->model->cfg.dec.vocab)
+        return dm_err(err, "%s: the tokenizer has %d ids but the model's vocabulary is %d", dir,
+                      tokenizer_vocab_size(qa->tok), qa->model->cfg.dec.vocab);
+    if (qa->id_answer_open < 0 || tokenizer_piece_to_id(qa->tok, "<s_docvqa>") < 0)
+        return dm_err(err, "%s: the tokenizer lacks Donut's DocVQA tokens (<s_docvqa>, <s_answer>)",
+                      dir);
     return 0;
 }
 

@@ -26,6 +26,9 @@ int qa_open(const char *dir, QaModel *qa, DmErr *err);
 /* The same with the model in the given precision (donut_load_as). */
 int qa_open_as(const char *dir, DmPrecision prec, QaModel *qa, DmErr *err);
 void qa_close(QaModel *qa);
+/* A QaModel over a model and tokenizer loaded elsewhere (dir names them in
+ * messages); it does not own them: do not qa_close it. */
+int qa_from(DonutModel *m, Tokenizer *tok, const char *dir, QaModel *qa, DmErr *err);
 
 /* Token ids of the DocVQA prompt for a question (no <s>). */
 int qa_prompt(const QaModel *qa, const char *question, int32_t **ids, int *n, DmErr *err);

@@ -25,8 +25,10 @@ struct DistillData {
     DistillItem *items;
     int n, cap;
     /* page cache: one slot per corpus page */
-    float **enc;
-    int *n_enc;
+    float **enc;     /* encoder outputs, or pixels in whole-model mode */
+    int *n_enc;      /* rows, or the pixel height */
+    int *pw;         /* whole-model mode: the pixel width */
+    int whole;
     uint64_t *used;  /* clock of the last use, 0 = not cached */
     uint64_t clock;
     size_t bytes, budget;
@@ -118,6 +120,7 @@ static int s_scan(void *ctx, const void *key, size_t klen, const void *val, size
     }
     if (!rc) {
         DistillItem *it = &d->items[d->n++];
+        memset(it, 0, sizeof *it);
         memcpy(it->key, key, LOGIT_KEY_LEN);
         it->page = hit->page;
         it->tokens = (int)r->n_token_ids;
@@ -150,7 +153,8 @@ int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const Prep
     d->enc = calloc((size_t)(np ? np : 1), sizeof *d->enc);
     d->n_enc = calloc((size_t)(np ? np : 1), sizeof *d->n_enc);
     d->used = calloc((size_t)(np ? np : 1), sizeof *d->used);
-    if (!d->refs || !d->enc || !d->n_enc || !d->used) {
+    d->pw = calloc((size_t)(np ? np : 1), sizeof *d->pw);
+    if (!d->refs || !d->enc || !d->n_enc || !d->used || !d->pw) {
         distill_data_close(&d);
         return dm_err(err, "out of memory");
     }
@@ -178,6 +182,68 @@ long distill_data_skipped(const DistillData *d)
     return d->skipped;
 }
 
+int distill_data_open_gold(const Corpus *c, const DonutModel *m, const PreprocConfig *pc,
+                           int pdf_dpi, size_t cache_bytes, DistillSeqFn seq, void *ctx,
+                           DistillData **out, DmErr *err)
+{
+    *out = NULL;
+    DistillData *d = calloc(1, sizeof *d);
+    int np = c->npages;
+    if (d) {
+        d->corpus = c;
+        d->model = m;
+        d->pc = pc;
+        d->pdf_dpi = pdf_dpi;
+        d->budget = cache_bytes;
+        d->enc = calloc((size_t)(np ? np : 1), sizeof *d->enc);
+        d->n_enc = calloc((size_t)(np ? np : 1), sizeof *d->n_enc);
+        d->used = calloc((size_t)(np ? np : 1), sizeof *d->used);
+        d->pw = calloc((size_t)(np ? np : 1), sizeof *d->pw);
+    }
+    if (!d || !d->enc || !d->n_enc || !d->used || !d->pw) {
+        distill_data_close(&d);
+        return dm_err(err, "out of memory");
+    }
+    for (int p = 0; p < np; p++)
+        for (int q = 0; q < c->pages[p].nq; q++) {
+            const CorpusQuestion *cq = &c->pages[p].q[q];
+            for (int a = 0; a < cq->nanswers; a++) {
+                if (!cq->answers[a] || !cq->answers[a][0])
+                    continue;
+                if (d->n == d->cap) {
+                    d->cap = d->cap ? 2 * d->cap : 1024;
+                    DistillItem *ni = realloc(d->items, (size_t)d->cap * sizeof *ni);
+                    if (!ni) {
+                        distill_data_close(&d);
+                        return dm_err(err, "out of memory listing the items");
+                    }
+                    d->items = ni;
+                }
+                DistillItem *it = &d->items[d->n];
+                memset(it, 0, sizeof *it);
+                int n = 0, a0 = 0;
+                if (seq(ctx, cq->text, cq->answers[a], &it->ids, &n, &a0, err)) {
+                    dm_err_prefix(err, "%s: question %lld", c->pages[p].page_id,
+                                  (long long)cq->qid);
+                    distill_data_close(&d);
+                    return -1;
+                }
+                d->n++;
+                logit_key(cq->qid, (unsigned)a, it->key);
+                it->page = p;
+                it->tokens = n;
+                it->answer_start = a0;
+                it->positions = n - 1 - a0;
+            }
+        }
+    if (d->n == 0) {
+        distill_data_close(&d);
+        return dm_err(err, "the corpus has no questions with gold answers to train on");
+    }
+    *out = d;
+    return 0;
+}
+
 void distill_data_close(DistillData **pd)
 {
     DistillData *d = *pd;
@@ -189,7 +255,10 @@ void distill_data_close(DistillData **pd)
     free(d->enc);
     free(d->n_enc);
     free(d->used);
+    free(d->pw);
     free(d->refs);
+    for (int i = 0; i < d->n; i++)
+        free(d->items[i].ids);
     free(d->items);
     free(d);
     *pd = NULL;
@@ -205,6 +274,15 @@ void distill_data_cache_stats(const DistillData *d, long *encoded, long *stored,
     *hits = d->hits;
 }
 
+static size_t s_slot_bytes(const DistillData *d, int p)
+{
+    if (d->whole)
+        return (size_t)3 * d->n_enc[p] * d->pw[p] * sizeof(float);
+    return (size_t)d->n_enc[p] * d->model->cfg.enc.hidden_size * sizeof(float);
+}
+
+void distill_data_set_whole(DistillData *d) { d->whole = 1; }
+
 /* Drop least recently used pages (never `keep`) until `need` more bytes
  * fit the budget. */
 static void s_evict(DistillData *d, size_t need, int keep)
@@ -216,7 +294,7 @@ static void s_evict(DistillData *d, size_t need, int keep)
                 victim = p;
         if (victim < 0)
             return;
-        d->bytes -= (size_t)d->n_enc[victim] * d->model->cfg.enc.hidden_size * sizeof(float);
+        d->bytes -= s_slot_bytes(d, victim);
         free(d->enc[victim]);
         d->enc[victim] = NULL;
         d->used[victim] = 0;
@@ -231,7 +309,7 @@ static int s_features(DistillData *d, int p, float **enc, int *n_enc, DmErr *err
 {
     const CorpusPage *pg = &d->corpus->pages[p];
     int dim = 0, hidden = d->model->cfg.enc.hidden_size;
-    int got = logit_store_features(d->store, pg->page_id, enc, n_enc, &dim, err);
+    int got = d->store ? logit_store_features(d->store, pg->page_id, enc, n_enc, &dim, err) : 0;
     if (got < 0)
         return -1;
     if (got == 1 && dim != hidden) {
@@ -265,13 +343,19 @@ int distill_page_features(DistillData *d, int p, const float **enc, int *n_enc, 
             d->enc[q] = NULL;
         }
     float *e = NULL;
-    int n = 0;
-    if (s_features(d, p, &e, &n, err))
+    int n = 0, w = 0;
+    if (d->whole) {
+        const CorpusPage *pg = &d->corpus->pages[p];
+        if (page_pixels(d->pc, pg->image_path, pg->page_no, d->pdf_dpi, &e, &n, &w, err))
+            return -1;
+    } else if (s_features(d, p, &e, &n, err)) {
         return -1;
-    size_t bytes = (size_t)n * d->model->cfg.enc.hidden_size * sizeof(float);
+    }
+    d->n_enc[p] = n;
+    d->pw[p] = w;
+    size_t bytes = s_slot_bytes(d, p);
     s_evict(d, bytes, p);
     d->enc[p] = e;
-    d->n_enc[p] = n;
     if (d->bytes + bytes <= d->budget) {
         d->used[p] = d->clock;
         d->bytes += bytes;
@@ -291,10 +375,37 @@ void distill_item_clear(DistillLoaded *l)
     memset(l, 0, sizeof *l);
 }
 
+/* The page of an item: encoder output, or pixels in whole-model mode. */
+static int s_item_page(DistillData *d, const DistillItem *item, DistillLoaded *l, DmErr *err)
+{
+    const float *e;
+    int n;
+    if (distill_page_features(d, item->page, &e, &n, err))
+        return -1;
+    if (d->whole) {
+        l->pix = e;
+        l->H = n;
+        l->W = d->pw[item->page];
+    } else {
+        l->it.enc = e;
+        l->it.n_enc = n;
+    }
+    return 0;
+}
+
 int distill_item_load(DistillData *d, int i, DistillLoaded *l, DmErr *err)
 {
     memset(l, 0, sizeof *l);
     const DistillItem *item = &d->items[i];
+    if (item->ids) { /* a gold item: no teacher */
+        if (s_item_page(d, item, l, err))
+            return -1;
+        l->it.ids = item->ids;
+        l->it.T = item->tokens;
+        l->it.answer_start = item->answer_start;
+        l->it.teacher = NULL;
+        return 0;
+    }
     void *val = NULL;
     size_t vlen = 0;
     int64_t qid;
@@ -339,7 +450,7 @@ int distill_item_load(DistillData *d, int i, DistillLoaded *l, DmErr *err)
                        : r->n_lse_rest == (size_t)P * nT ? r->lse_rest[(size_t)p * nT + ti]
                                                          : NAN;
     }
-    if (distill_page_features(d, item->page, &l->it.enc, &l->it.n_enc, err)) {
+    if (s_item_page(d, item, l, err)) {
         distill_item_clear(l);
         return -1;
     }

@@ -1,6 +1,8 @@
 /* distill_data.h - the training items of the distill stage: one per
- * (question, gold answer) record of a teacher-logit store, with the page
- * it is asked of, and the frozen encoder output of those pages.
+ * (question, gold answer) record of a teacher-logit store (or, without a
+ * store, per gold answer of the corpus), with the page it is asked of,
+ * and the frozen encoder output of those pages (their pixel values when
+ * the whole model trains).
  *
  * Items are the store's records in key order (questionId, answer index),
  * so every rank numbers them the same way; the records themselves are read
@@ -25,6 +27,8 @@ typedef struct DistillItem {
     int page;       /* index into the corpus */
     int tokens;     /* sequence length T */
     int positions;  /* loss positions T - 1 - answer_start */
+    int32_t *ids;   /* gold items (no store): the sequence, else NULL */
+    int answer_start;
 } DistillItem;
 
 typedef struct DistillData DistillData;
@@ -43,6 +47,23 @@ int distill_data_open(Store *s, const Corpus *c, const DonutModel *m, const Prep
 long distill_data_skipped(const DistillData *d);
 void distill_data_close(DistillData **d);
 
+/* Items without a teacher: every (question, gold answer) of corpus c, in
+ * corpus order, keyed (questionId, answer index) like a logit store's,
+ * each sequence made by seq (the caller's tokenizer: prompt and answer,
+ * *answer_start the position of <s_answer>).  Items are trained on
+ * cross-entropy alone (no teacher).  An answer seq refuses is an error
+ * naming the question. */
+typedef int (*DistillSeqFn)(void *ctx, const char *question, const char *answer, int32_t **ids,
+                            int *n, int *answer_start, DmErr *err);
+int distill_data_open_gold(const Corpus *c, const DonutModel *m, const PreprocConfig *pc,
+                           int pdf_dpi, size_t cache_bytes, DistillSeqFn seq, void *ctx,
+                           DistillData **out, DmErr *err);
+
+/* Whole-model training: the encoder is trained, so no encoder output is
+ * cached or read from the feature store; distill_item_load gives the
+ * page's pixel values instead (cached within the same budget). */
+void distill_data_set_whole(DistillData *d);
+
 int distill_data_count(const DistillData *d);
 const DistillItem *distill_data_item(const DistillData *d, int i);
 /* Pages encoded so far, read from the feature store, and cache hits (for
@@ -58,7 +79,9 @@ typedef struct DistillLoaded {
     KdTarget *kt;
     uint32_t *kid;
     float *klogits;
-    TrainItem it;
+    TrainItem it;          /* it.enc NULL in whole-model mode */
+    const float *pix;      /* whole-model mode: pixels [3, H, W] (in the cache) */
+    int H, W;
 } DistillLoaded;
 
 int distill_item_load(DistillData *d, int i, DistillLoaded *out, DmErr *err);

@@ -1,7 +1,11 @@
-/* train.h - training the decoder of a (possibly pruned) student.
+/* train.h - training the decoder of a (possibly pruned) student, or the
+ * whole model.
  *
  * The trainable parameters are every decoder weight except the token
- * embeddings and the tied LM head, which stay frozen with the encoder.
+ * embeddings and the tied LM head, which stay frozen with the encoder
+ * (train_params_init); or every weight (train_params_init_all: the
+ * encoder's gradients come from worker/train/swin_grad.h, the token
+ * embeddings' from both of their uses here).
  * TrainParams holds them in one contiguous float32 buffer (so one
  * all-reduce sums every gradient) and repoints the model's decoder weights
  * into it, so the ordinary forward, generation and checkpoint writing see
@@ -29,7 +33,7 @@ typedef struct TrainParam {
     size_t offset;     /* in floats, into TrainParams.data and .grad */
     size_t count;
     int ndim;
-    int64_t shape[2];
+    int64_t shape[4];
 } TrainParam;
 
 /* How train_item_grad computes cross-attention.  With keys K = E Wk^T + bk
@@ -52,6 +56,7 @@ typedef struct TrainParams {
     uint8_t *keep;     /* [total]: 0 for weights a mask holds at zero (a
                         * masked student, mask.h); NULL when none */
     long long held;    /* how many */
+    int whole;         /* 1: the encoder and token embeddings are trained too */
 } TrainParams;
 
 /* Copy the trainable decoder weights of m into one buffer and repoint m's
@@ -60,6 +65,12 @@ typedef struct TrainParams {
  * weights (their second copy would not follow training); pre-packed GEMM
  * forms are dropped and, with m->training set, never made again. */
 int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err);
+/* The whole model instead (distill's "train": "all"): every encoder weight
+ * (worker/train/swin_grad.h computes their gradients), the token
+ * embeddings with the tied LM head, and the decoder weights above, in one
+ * buffer in that order; the encoder's packed GEMM forms are dropped too.
+ * tp->whole is 1. */
+int train_params_init_all(DonutModel *m, TrainParams *tp, DmErr *err);
 void train_params_free(TrainParams *tp);
 
 /* Take the mask of a masked student (mask.h; NULL: none).  From then on
@@ -109,8 +120,8 @@ int train_loss_row(const float *s, int V, int label, const KdTarget *t, const Lo
 
 /* Forward and backward of one item with the current weights: adds
  * scale * d total / d w into tp->grad and, when enc_grad is not NULL,
- * adds scale * d total / d enc into enc_grad [n_enc, d_model] (for checks;
- * the encoder is frozen).  m must be the model whose decoder tp repoints;
+ * adds scale * d total / d enc into enc_grad [n_enc, d_model] (the
+ * encoder's backward starts from it when the whole model trains).  m must be the model whose decoder tp repoints;
  * the gradient of a weight is found at its offset from tp->data, so
  * threads may share data with their own grad buffers. */
 int train_item_grad(const DonutModel *m, TrainParams *tp, const TrainItem *it,

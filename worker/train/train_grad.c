@@ -7,8 +7,9 @@
  * forward; only the factored cross-attention (TrainCross in train.h)
  * associates its products differently.  Gradients are linear in the logits' gradient, so `scale` is
  * applied there once and every later product accumulates into tp->grad.
- * Weight gradients dW += dY^T X are sgemm calls; the frozen tied LM head
- * only passes the gradient back to the final hidden states. */
+ * Weight gradients dW += dY^T X are sgemm calls; the tied LM head, frozen
+ * unless the whole model trains (tp->whole), passes the gradient back to
+ * the final hidden states. */
 #include "worker/train/train.h"
 
 #include <math.h>
@@ -524,6 +525,9 @@ static int s_item(const DonutModel *m, TrainParams *tp, const TrainItem *it, con
     /* ---- backward ---- */
     memset(dh, 0, TD * sizeof(float));
     kern_gemm_nn(n, D, V, 1.0f, logits, V, w->lm_head, D, 0.0f, dh + (size_t)a0 * D, D);
+    float *demb = tp->whole ? s_g(tp, w->embed_tokens) : NULL;
+    if (demb) /* the tied LM head's use of the token embeddings */
+        s_gemm_tn(V, D, n, logits, V, hf + (size_t)a0 * D, D, 1.0f, demb, D);
     memset(dx, 0, TD * sizeof(float));
     s_ln_bwd(dh, T, D, &w->ln_final, &ps.ln_final, tp, dx);
     for (int l = c->layers - 1; l >= 0; l--)
@@ -548,6 +552,13 @@ static int s_item(const DonutModel *m, TrainParams *tp, const TrainItem *it, con
     float *dpos = s_g(tp, w->embed_positions);
     for (int i = 0; i < T; i++)
         kern_add(dpos + (size_t)(i + 2) * D, dh + (size_t)i * D, D);
+    if (demb) /* and its use as the (scaled) input embedding */
+        for (int i = 0; i < T; i++) {
+            float *g = demb + (size_t)it->ids[i] * D;
+            const float *d = dh + (size_t)i * D;
+            for (int k = 0; k < D; k++)
+                g[k] += escale * d[k];
+        }
     rc = 0;
 done:
     free(gd);

@@ -19,6 +19,24 @@ typedef struct Walk {
     int n, cap;
 } Walk;
 
+static void s_add4(Walk *w, const char *name, const float **ptr, int ndim, const int64_t *shape)
+{
+    if (w->n == w->cap) {
+        w->cap = w->cap ? 2 * w->cap : 64;
+        w->s = dm_xrealloc(w->s, (size_t)w->cap * sizeof *w->s);
+    }
+    Slot *s = &w->s[w->n++];
+    memset(s, 0, sizeof *s);
+    s->ptr = ptr;
+    snprintf(s->p.name, sizeof s->p.name, "%s", name);
+    s->p.ndim = ndim;
+    s->p.count = 1;
+    for (int i = 0; i < ndim; i++) {
+        s->p.shape[i] = shape[i];
+        s->p.count *= (size_t)shape[i];
+    }
+}
+
 static void s_add(Walk *w, const char *name, const float **ptr, int ndim, int64_t d0, int64_t d1)
 {
     if (w->n == w->cap) {
@@ -49,6 +67,8 @@ static void s_linear(Walk *w, const char *prefix, DmLinear *l)
     char nm[160];
     snprintf(nm, sizeof nm, "%s.weight", prefix);
     s_add(w, nm, &l->w, 2, l->out, l->in);
+    if (!l->b) /* the encoder's q/k/v without qkv_bias, patch merging */
+        return;
     snprintf(nm, sizeof nm, "%s.bias", prefix);
     s_add(w, nm, &l->b, 1, l->out, 0);
 }
@@ -101,6 +121,71 @@ static void s_walk(DonutModel *m, Walk *w)
     }
 }
 
+/* The encoder's tensors in the checkpoint loader's binding order. */
+static void s_walk_encoder(DonutModel *m, Walk *w)
+{
+    const SwinConfig *c = &m->cfg.enc;
+    SwinWeights *e = &m->enc;
+    int64_t psh[4] = {c->embed_dim, c->channels, c->patch, c->patch};
+    s_add4(w, "encoder.embeddings.patch_embeddings.projection.weight", &e->patch_w, 4, psh);
+    s_add(w, "encoder.embeddings.patch_embeddings.projection.bias", &e->patch_b, 1, c->embed_dim,
+          0);
+    s_norm(w, "encoder.embeddings.norm", &e->patch_norm);
+    int nrel = (2 * c->window - 1) * (2 * c->window - 1);
+    char p[160], nm[200];
+    for (int s = 0; s < c->nstages; s++) {
+        SwinStage *st = &e->stages[s];
+        for (int k = 0; k < st->depth; k++) {
+            SwinBlock *bl = &st->blocks[k];
+            snprintf(p, sizeof p, "encoder.encoder.layers.%d.blocks.%d", s, k);
+#define PFX(suffix) (snprintf(nm, sizeof nm, "%s.%s", p, suffix), nm)
+            s_norm(w, PFX("layernorm_before"), &bl->ln_before);
+            s_linear(w, PFX("attention.self.query"), &bl->q);
+            s_linear(w, PFX("attention.self.key"), &bl->k);
+            s_linear(w, PFX("attention.self.value"), &bl->v);
+            s_add(w, PFX("attention.self.relative_position_bias_table"), &bl->rel_bias, 2, nrel,
+                  st->heads);
+            s_linear(w, PFX("attention.output.dense"), &bl->proj);
+            s_norm(w, PFX("layernorm_after"), &bl->ln_after);
+            s_linear(w, PFX("intermediate.dense"), &bl->fc1);
+            s_linear(w, PFX("output.dense"), &bl->fc2);
+#undef PFX
+        }
+        if (st->has_merge) {
+            snprintf(p, sizeof p, "encoder.encoder.layers.%d.downsample.norm", s);
+            s_norm(w, p, &st->merge_norm);
+            snprintf(p, sizeof p, "encoder.encoder.layers.%d.downsample.reduction", s);
+            s_linear(w, p, &st->merge);
+        }
+    }
+    s_add(w, "decoder.model.decoder.embed_tokens.weight", &m->dec.embed_tokens, 2,
+          m->cfg.dec.vocab, m->cfg.dec.d_model);
+}
+
+/* Drop the encoder's packed GEMM forms (q.packed holds q|k|v fused): they
+ * would keep serving the weights they were packed from.  swin_encode packs
+ * again from the current weights on its next page. */
+static int s_drop_encoder_forms(DonutModel *m)
+{
+    int bf = 0;
+    for (int s = 0; s < m->cfg.enc.nstages; s++) {
+        SwinStage *st = &m->enc.stages[s];
+        for (int k = 0; k < st->depth; k++) {
+            SwinBlock *bl = &st->blocks[k];
+            DmLinear *ls[6] = {&bl->q, &bl->k, &bl->v, &bl->proj, &bl->fc1, &bl->fc2};
+            for (int i = 0; i < 6; i++) {
+                bf |= ls[i]->wbf != NULL;
+                donut_unpack_linear(m, ls[i]);
+            }
+        }
+        if (st->has_merge) {
+            bf |= st->merge.wbf != NULL;
+            donut_unpack_linear(m, &st->merge);
+        }
+    }
+    return bf;
+}
+
 /* A weight stored in a second form would keep serving the old values
  * after repointing: pre-packed GEMM operands are dropped (the decoder packs
  * for passes over many rows) and, with m->training set, not made again;
@@ -116,15 +201,18 @@ static int s_drop_second_forms(DonutModel *m)
     return bf;
 }
 
-int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
+static int s_init(DonutModel *m, TrainParams *tp, int whole, DmErr *err)
 {
     memset(tp, 0, sizeof *tp);
     if (!m->cfg.dec.tie_word_embeddings)
         return dm_err(err, "%s: training needs the LM head tied to the token embeddings", m->dir);
-    if (m->precision != DM_PREC_F32 || s_drop_second_forms(m))
+    if (m->precision != DM_PREC_F32 || s_drop_second_forms(m) ||
+        (whole && s_drop_encoder_forms(m)))
         return dm_err(err, "%s: the model is loaded with bfloat16 weights; training needs plain "
                       "float32", m->dir);
     Walk w = {0};
+    if (whole)
+        s_walk_encoder(m, &w);
     s_walk(m, &w);
     size_t total = 0;
     for (int i = 0; i < w.n; i++) {
@@ -147,8 +235,21 @@ int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
     }
     tp->n = w.n;
     tp->total = total;
+    tp->whole = whole;
+    if (whole) /* the tied LM head is the token embedding */
+        m->dec.lm_head = m->dec.embed_tokens;
     free(w.s);
     return 0;
+}
+
+int train_params_init(DonutModel *m, TrainParams *tp, DmErr *err)
+{
+    return s_init(m, tp, 0, err);
+}
+
+int train_params_init_all(DonutModel *m, TrainParams *tp, DmErr *err)
+{
+    return s_init(m, tp, 1, err);
 }
 
 void train_params_set_mask(TrainParams *tp, const DmMask *k)
