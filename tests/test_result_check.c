@@ -120,7 +120,7 @@ static void test_answers(void)
     r.logits = lv;
     r.n_logits = 1;
     CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
-    CU_ASSERT_PTR_NOT_NULL(strstr(why, "a logit record in an infer shard"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "a logit record outside a cache-logits shard"));
 }
 
 static void test_errors(void)
