@@ -312,10 +312,78 @@ static void test_logits(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(why, "the encoder gives at most"));
 }
 
+/* Analysis records (stage analyze): one per (question, answer), the
+ * decoder's shape, ids within the vocabulary, no NaN, bounded arrays; an
+ * analysis record outside an analyze shard and an answer record inside
+ * one are refused. */
+static void test_analyses(void)
+{
+    s_questions();
+    ResultLimits l = s_lim(0);
+    l.analyze = 1;
+    l.m.dec_layers = 2;
+    l.m.dec_heads = 4;
+    int32_t ids[6] = {1, 2, 3, 4, 5, 6}, top1[4] = {7, 8, 9, 10};
+    float skip[6] = {0.5f, 0.25f, 0.125f, 1, 2, 3};
+    Docmint__AnalysisRecord y0, y1;
+    docmint__analysis_record__init(&y0);
+    y0.question_id = 11;
+    y0.token_ids = ids;
+    y0.n_token_ids = 6;
+    y0.answer_start = 3;
+    y0.layers = 2;
+    y0.heads = 4;
+    y0.nll_clean = 1.5f;
+    y0.nll_skip = skip;
+    y0.n_nll_skip = 6;
+    y0.lens_top1 = top1;
+    y0.n_lens_top1 = 4;
+    y1 = y0;
+    y1.answer_index = 1; /* the second gold answer of question 11 */
+    Docmint__AnalysisRecord *v[2] = {&y0, &y1};
+    Docmint__Result r;
+    docmint__result__init(&r);
+    r.analyses = v;
+    r.n_analyses = 2;
+    char why[300];
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), 0);
+    y1.answer_index = 2; /* question 11 has two answers */
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "answer 2 of 2"));
+    y1.answer_index = 1;
+    skip[4] = NAN;
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "a NaN value"));
+    skip[4] = 2;
+    top1[2] = 100; /* the vocabulary is 100 */
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "outside the vocabulary"));
+    top1[2] = 9;
+    y0.heads = 5;
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "the decoder has 2 x 4"));
+    y0.heads = 4;
+    /* the bound on any array: (3 L + 2) (H + 1) max_pos = 8 * 5 * 20 */
+    float *big = calloc(801, sizeof *big);
+    y0.nll_skip = big;
+    y0.n_nll_skip = 800;
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), 0);
+    y0.n_nll_skip = 801;
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "a field of 801 values, at most 800"));
+    free(big);
+    y0.nll_skip = skip;
+    y0.n_nll_skip = 6;
+    l.analyze = 0; /* an infer shard */
+    CU_ASSERT_EQUAL(s_check(&l, &r, why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "an analysis record outside an analyze shard"));
+}
+
 void tests_result_check(void)
 {
     TU_SUITE("result check", {"answers: ids, vocabulary, log-probability, text, questions, size",
                                test_answers},
              {"error records: reason length, items", test_errors},
-             {"logit and feature records against the job", test_logits});
+             {"logit and feature records against the job", test_logits},
+             {"analysis records: answers, shape, vocabulary, NaN, sizes", test_analyses});
 }
