@@ -492,8 +492,7 @@ int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw
     static const double black[3] = {0, 0, 0}, grid[3] = {120, 120, 120};
     char title[200];
     snprintf(title, sizeof title,
-             "Transcription map: the lowest quarter of patch entropies (up to %.3f nats) "
-             "coloured, top token written",
+             "Transcription: patches of lowest entropy (<= %.3f nats) coloured, top token",
              cut);
     if (!rc)
         rc = s_text(img, title, 8, top / 2, -1, black, "DejaVu Sans Bold 11", png, err);
