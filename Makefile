@@ -149,7 +149,10 @@ $(BUILD)/%.o: %.cu
 # The unit and golden tests (CUnit), then the command-line tests.  A part
 # still running after TEST_LIMIT seconds is stopped and fails (a hang is
 # a failure with a name, not a run that never ends).
-export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
+# fast_unwind_on_malloc=0: the full stack of each allocation, so that the
+# suppressions match allocations made inside Open MPI's plugins, whose
+# frames the fast unwinder does not walk (it stops at "<unknown module>").
+export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0:fast_unwind_on_malloc=0
 TEST_LIMIT ?= 1800
 test: $(BUILD)/test_docmint $(BUILD)/docmint $(BUILD)/rogue_worker $(PY_SCHEMAS)
 	sh tests/layering.sh

@@ -36,7 +36,7 @@ fi
 # 1, so its own lease never waits behind another of its shards.
 write_job "$T/job.json" "$T/model" "$C" "$T/out" \
     "\"lease_seconds\": 4, \"credit\": $CREDIT, \"commit_every\": 4"
-DOCMINT_TEST_STALL_SECONDS=0.3 $MPIRUN -n 2 "$DOCMINT" run "$T/job.json" >"$T/run.log" 2>&1 &
+DOCMINT_TEST_STALL_SECONDS=0.6 $MPIRUN -n 2 "$DOCMINT" run "$T/job.json" >"$T/run.log" 2>&1 &
 mp=$!
 PIDS="$PIDS $mp"
 wait_for 60 test -f "$T/out/worker.keys" || bad "no keys file within 60 s: $(tail -3 "$T/run.log")"
