@@ -1,19 +1,12 @@
-/* synth.c - synthetic document pages: content from a seeded generator,
- * rendered with libvips' text operation (see synth.h). */
+/* synth.c - synthetic document pages: content from a seeded generator
+ * (see synth.h); rendering is in synth_render.c. */
 #define _GNU_SOURCE /* vasprintf */
 #include "worker/image/synth.h"
 
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <vips/vips.h>
-
-#include "worker/image/image.h"
-
-#define S_FONT "DejaVu Sans"
 
 /* ------------------------------------------------------------------ */
 /* word lists */
@@ -25,46 +18,81 @@ static const char *const s_titles[] = {"INVOICE",        "PURCHASE ORDER", "EXPE
                                        "ORDER CONFIRMATION", "CREDIT NOTE"};
 static const char *const s_first[] = {"James", "Mary",   "Robert", "Patricia", "John",  "Linda",
                                       "David", "Barbara", "Thomas", "Susan",   "Helen", "George",
-                                      "Alice", "Edward", "Ruth",   "Frank",    "Grace", "Walter"};
+                                      "Alice", "Edward", "Ruth",   "Frank",    "Grace", "Walter",
+                                      "Irene", "Victor", "Nora",   "Samuel",   "Clara", "Oscar"};
 static const char *const s_last[] = {"Harlow",  "Whitfield", "Bennett", "Okafor",  "Lindqvist",
                                      "Moreau",  "Castillo",  "Nakamura", "Brennan", "Fischer",
-                                     "Delgado", "Kowalski",  "Hughes",  "Marsh",   "Ashworth"};
+                                     "Delgado", "Kowalski",  "Hughes",  "Marsh",   "Ashworth",
+                                     "Pereira", "Sorensen",  "Adeyemi", "Quinn",   "Varga"};
 static const char *const s_suffix[] = {"Industries", "Supply Co.", "& Sons", "Laboratories",
                                        "Trading",    "Holdings",   "Corp.",  "Associates"};
-static const char *const s_cities[] = {"Richmond", "Winston-Salem", "Louisville", "Denver",
-                                       "Portland", "Baltimore",     "Tucson",     "Omaha",
-                                       "Raleigh",  "San Francisco", "Columbus",   "Madison"};
+static const char *const s_shops[] = {"Market", "Hardware", "Pharmacy", "Bakery", "Books",
+                                      "Grocery", "Stationers", "Deli"};
+static const char *const s_cities[] = {
+    "Richmond", "Winston-Salem", "Louisville", "Denver",   "Portland", "Baltimore", "Tucson",
+    "Omaha",    "Raleigh",       "San Francisco", "Columbus", "Madison", "Boise",   "Savannah",
+    "Spokane",  "Albany",        "Durham",   "Fresno",   "Toledo",   "Wichita",   "Lansing",
+    "Reno",     "Eugene",        "Dayton",   "Tacoma",   "Akron",    "Macon",     "Provo"};
 static const char *const s_depts[] = {"Accounts Payable", "Research",  "Purchasing", "Legal",
                                       "Marketing",        "Logistics", "Quality Control",
-                                      "Human Resources"};
-static const char *const s_terms[] = {"Net 30", "Net 60", "Due on receipt", "Net 15", "2/10 Net 30"};
-static const char *const s_ship[] = {"UPS Ground", "FedEx Priority", "Air freight", "Rail",
-                                     "Courier", "Pickup"};
-static const char *const s_items[] = {"Paper clips",    "Toner cartridge", "Envelopes",
-                                      "Binders",        "Desk lamp",       "Stapler",
-                                      "Printer paper",  "Filing cabinet",  "Ledger book",
-                                      "Ink ribbon",     "Index cards",     "Folders",
-                                      "Calculator",     "Tape dispenser",  "Label maker"};
+                                      "Human Resources",  "Facilities", "Engineering", "Sales",
+                                      "Customer Service", "Compliance", "Internal Audit",
+                                      "Procurement",      "Training"};
+static const char *const s_terms[] = {"Net 30", "Net 60", "Due on receipt", "Net 15", "2/10 Net 30",
+                                      "Net 45", "Net 90", "Cash on delivery", "Prepaid", "1/10 Net 30",
+                                      "Net 10", "End of month"};
+static const char *const s_ship[] = {"UPS Ground", "FedEx Priority", "Air freight", "Rail", "Courier",
+                                     "Pickup", "Sea freight", "USPS Priority", "DHL Express", "Truck",
+                                     "Overnight", "Second day air"};
+static const char *const s_items[] = {"Paper clips",   "Toner cartridge", "Envelopes",   "Binders",
+                                      "Desk lamp",     "Stapler",         "Printer paper", "Filing cabinet",
+                                      "Ledger book",   "Ink ribbon",      "Index cards", "Folders",
+                                      "Calculator",    "Tape dispenser",  "Label maker", "Notepads",
+                                      "Marker pens",   "Rubber stamps",   "Scissors",    "Desk chair"};
 static const char *const s_months[] = {"January", "February", "March",     "April",   "May",
                                        "June",    "July",     "August",    "September", "October",
                                        "November", "December"};
 static const char *const s_colours[] = {
-    "red",    "blue",   "green",  "yellow",  "orange",  "purple", "pink",   "brown",
-    "black",  "white",  "grey",   "violet",  "indigo",  "cyan",   "magenta", "maroon",
-    "olive",  "navy",   "teal",   "silver",  "gold",    "beige",  "coral",  "crimson",
-    "lavender", "ivory", "khaki", "lime",    "salmon",  "turquoise"};
+    "red",      "blue",     "green",     "yellow",  "orange",   "purple",   "pink",     "brown",
+    "black",    "white",    "grey",      "violet",  "indigo",   "cyan",     "magenta",  "maroon",
+    "olive",    "navy",     "teal",      "silver",  "gold",     "beige",    "coral",    "crimson",
+    "lavender", "ivory",    "khaki",     "lime",    "salmon",   "turquoise", "amber",   "azure",
+    "bronze",   "charcoal", "chartreuse", "cobalt", "copper",   "cream",    "emerald",  "fuchsia",
+    "jade",     "lilac",    "mauve",     "mint",    "mustard",  "ochre",    "peach",    "plum",
+    "ruby",     "rust",     "sapphire",  "scarlet", "sepia",    "tan",      "taupe",    "ultramarine",
+    "vermilion", "wheat"};
 static const char *const s_nouns[] = {
-    "table",  "river",  "apple",  "house",  "window", "garden", "bottle", "chair",
-    "mountain", "pencil", "horse", "bridge", "candle", "forest", "kettle", "ladder",
-    "mirror", "needle", "ocean",  "pillow", "rabbit", "saddle", "tower",  "wagon",
-    "basket", "castle", "drum",   "engine", "feather", "hammer", "island", "jacket",
-    "lemon",  "market", "orchard", "pepper", "button", "cloud", "tunnel", "violin"};
+    "table",   "river",   "apple",   "house",    "window",  "garden",  "bottle",  "chair",
+    "mountain", "pencil", "horse",   "bridge",   "candle",  "forest",  "kettle",  "ladder",
+    "mirror",  "needle",  "ocean",   "pillow",   "rabbit",  "saddle",  "tower",   "wagon",
+    "basket",  "castle",  "drum",    "engine",   "feather", "hammer",  "island",  "jacket",
+    "lemon",   "market",  "orchard", "pepper",   "button",  "cloud",   "tunnel",  "violin",
+    "anchor",  "barrel",  "blanket", "cabinet",  "canoe",   "carpet",  "cottage", "desert",
+    "doorway", "falcon",  "fountain", "glacier", "harbour", "helmet",  "lantern", "meadow",
+    "monkey",  "napkin",  "oven",    "parrot",   "pebble",  "piano",   "pocket",  "puzzle",
+    "quilt",   "rocket",  "shovel",  "sponge",   "statue",  "teapot",  "thimble", "tractor",
+    "trumpet", "umbrella", "valley", "walnut",   "whistle", "zipper",  "compass", "lobster"};
 static const char *const s_ones[] = {"zero",    "one",     "two",       "three",    "four",
                                      "five",    "six",     "seven",     "eight",    "nine",
                                      "ten",     "eleven",  "twelve",    "thirteen", "fourteen",
                                      "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"};
 static const char *const s_tens[] = {"", "", "twenty", "thirty", "forty", "fifty", "sixty",
                                      "seventy", "eighty", "ninety"};
+static const char *const s_regions[] = {"North", "South", "East", "West", "Central", "Pacific",
+                                        "Atlantic", "Mountain", "Midwest", "Gulf"};
+static const char *const s_samples[] = {"Sample A", "Sample B", "Sample C", "Sample D", "Sample E",
+                                        "Sample F", "Sample G", "Sample H", "Sample J", "Sample K"};
+static const char *const s_memo_titles[] = {"MEMORANDUM", "MINUTES", "NOTICE", "INTERNAL NOTE",
+                                            "BULLETIN"};
+static const char *const s_fillers[] = {
+    "All figures are preliminary and subject to revision.",
+    "Please keep this note with the project records.",
+    "Questions may be directed to the office of the secretary.",
+    "The committee thanked everyone for their careful work.",
+    "Copies of the full report are available on request.",
+    "No other business was raised at the meeting.",
+    "The schedule will be reviewed again next quarter.",
+    "Staff are reminded to file their expenses on time."};
 
 /* Form fields: the label on the page, the question asking for it, and how
  * its value is made. */
@@ -88,6 +116,20 @@ static const struct {
     {"Ship via", "How is the order shipped?", F_SHIP},
     {"Approved by", "Who approved it?", F_PERSON},
 };
+
+const SynthFont synth_fonts[] = {
+    {"DejaVu Sans", "dejavu/DejaVuSans.ttf", "fonts-dejavu-core", 0},
+    {"DejaVu Serif", "dejavu/DejaVuSerif.ttf", "fonts-dejavu-core", 0},
+    {"Liberation Sans", "liberation/LiberationSans-Regular.ttf", "fonts-liberation", 0},
+    {"Liberation Serif", "liberation/LiberationSerif-Regular.ttf", "fonts-liberation", 0},
+    {"FreeSans", "freefont/FreeSans.ttf", "fonts-freefont-ttf", 0},
+    {"FreeSerif", "freefont/FreeSerif.ttf", "fonts-freefont-ttf", 0},
+    {"DejaVu Sans Mono", "dejavu/DejaVuSansMono.ttf", "fonts-dejavu-core", 1},
+    {"Liberation Mono", "liberation/LiberationMono-Regular.ttf", "fonts-liberation", 1},
+    {"FreeMono", "freefont/FreeMono.ttf", "fonts-freefont-ttf", 1},
+};
+const int synth_nfonts = S_N(synth_fonts);
+#define S_NPROP 6 /* synth_fonts[0..6) are proportional, the rest monospaced */
 
 /* ------------------------------------------------------------------ */
 /* generator */
@@ -115,10 +157,18 @@ static const char *s_pick(S_Rng *r, const char *const *list, int n)
     return list[s_below(r, n)];
 }
 
+/* The document's look: fonts, body size, left margin, field layout. */
+typedef struct S_Style {
+    int font, mono, size, x, aligned;
+} S_Style;
+
 /* A growing page under construction. */
 typedef struct S_Page {
     SynthPage *p;
-    int lcap, bcap, qcap;
+    int lcap, bcap, qcap, vcap;
+    S_Rng *r;
+    SynthSplit split;
+    S_Style st;
 } S_Page;
 
 static char *s_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -158,14 +208,19 @@ static int s_line(S_Page *sp, char *text)
     return 0;
 }
 
-/* Start a block at the next line. */
-static int s_block(S_Page *sp, int x, int same_row, int size_pt, int bold)
+/* Start a block at the next line, in the document's font. */
+static int s_block_f(S_Page *sp, int x, int same_row, int size_pt, int bold, int font, int right)
 {
     SynthPage *p = sp->p;
     if (s_grow((void **)&p->blocks, &sp->bcap, p->nblocks, sizeof *p->blocks))
         return -1;
-    p->blocks[p->nblocks++] = (SynthBlock){x, same_row, size_pt, bold, p->nlines, 0};
+    p->blocks[p->nblocks++] = (SynthBlock){x, same_row, size_pt, bold, p->nlines, 0, font, right};
     return 0;
+}
+
+static int s_block(S_Page *sp, int x, int same_row, int size_pt, int bold)
+{
+    return s_block_f(sp, x, same_row, size_pt, bold, sp->st.font, 0);
 }
 
 /* Close the current block at the current line. */
@@ -175,18 +230,69 @@ static void s_block_end(S_Page *sp)
     b->n = sp->p->nlines - b->first;
 }
 
-/* Offer a question (both strings taken over). */
+/* Record a printed value (copied). */
+static int s_note(S_Page *sp, const char *v)
+{
+    SynthPage *p = sp->p;
+    char *c = strdup(v);
+    if (!c || s_grow((void **)&p->values, &sp->vcap, p->nvalues, sizeof *p->values)) {
+        free(c);
+        return -1;
+    }
+    p->values[p->nvalues++] = c;
+    return 0;
+}
+
+/* Offer a question (both strings taken over) whose answer is on the line
+ * just added; the answer is recorded as a printed value. */
 static int s_qa(S_Page *sp, char *q, char *a, const char *qtype)
 {
     SynthPage *p = sp->p;
-    if (!q || !a || s_grow((void **)&p->qa, &sp->qcap, p->nqa, sizeof *p->qa)) {
+    if (!q || !a || s_note(sp, a) || s_grow((void **)&p->qa, &sp->qcap, p->nqa, sizeof *p->qa)) {
         free(q);
         free(a);
         return -1;
     }
-    p->qa[p->nqa++] = (SynthQA){q, a, qtype};
+    p->qa[p->nqa++] = (SynthQA){q, a, qtype, p->nlines - 1, NULL, NULL};
     return 0;
 }
+
+SynthSplit synth_value_split(const char *value)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a, then a final mix */
+    for (const unsigned char *c = (const unsigned char *)value; *c; c++)
+        h = (h ^ *c) * 0x100000001b3ULL;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    int k = (int)(h % 10);
+    return k == 0 ? SYNTH_VAL : k == 1 ? SYNTH_TEST : SYNTH_TRAIN;
+}
+
+/* Keep v when it belongs to the page's split, else free it and return NULL
+ * (set *oom when v itself is NULL). */
+static char *s_keep(S_Page *sp, char *v, int *oom)
+{
+    if (!v) {
+        *oom = 1;
+        return NULL;
+    }
+    if (synth_value_split(v) == sp->split)
+        return v;
+    free(v);
+    return NULL;
+}
+
+/* Draw with make() until the value belongs to the page's split: NULL after
+ * 4000 tries (the set has none of this split) or when memory runs out
+ * (*oom set). */
+#define S_DRAW(sp, oom, expr)                                                                      \
+    ({                                                                                             \
+        char *v_ = NULL;                                                                           \
+        for (int t_ = 0; t_ < 4000 && !v_ && !*(oom); t_++)                                        \
+            v_ = s_keep((sp), (expr), (oom));                                                      \
+        v_;                                                                                        \
+    })
 
 static char *s_spelled(int n)
 {
@@ -224,20 +330,31 @@ static char *s_money(long long cents)
     return s_fmt("$%s.%02lld", grouped, cents % 100);
 }
 
+static char *s_person(S_Rng *r)
+{
+    const char *a = s_pick(r, s_first, S_N(s_first));
+    return s_fmt("%s %s", a, s_pick(r, s_last, S_N(s_last)));
+}
+
+static char *s_company(S_Rng *r)
+{
+    const char *a = s_pick(r, s_last, S_N(s_last));
+    return s_fmt("%s %s", a, s_pick(r, s_suffix, S_N(s_suffix)));
+}
+
+static char *s_phone(S_Rng *r)
+{
+    int x = 200 + s_below(r, 790), y = 200 + s_below(r, 790), z = s_below(r, 10000);
+    return s_fmt("(%03d) %03d-%04d", x, y, z);
+}
+
 static char *s_field_value(S_Rng *r, S_FieldKind k)
 {
     const char *a, *b;
     switch (k) {
-    case F_COMPANY:
-        a = s_pick(r, s_last, S_N(s_last));
-        return s_fmt("%s %s", a, s_pick(r, s_suffix, S_N(s_suffix)));
-    case F_PERSON:
-        a = s_pick(r, s_first, S_N(s_first));
-        return s_fmt("%s %s", a, s_pick(r, s_last, S_N(s_last)));
-    case F_PHONE: {
-        int x = 200 + s_below(r, 790), y = 200 + s_below(r, 790), z = s_below(r, 10000);
-        return s_fmt("(%03d) %03d-%04d", x, y, z);
-    }
+    case F_COMPANY: return s_company(r);
+    case F_PERSON: return s_person(r);
+    case F_PHONE: return s_phone(r);
     case F_NUMBER: return s_fmt("INV-%05d", s_below(r, 100000));
     case F_ACCOUNT: {
         int x = s_below(r, 10000);
@@ -264,7 +381,7 @@ static char *s_field_value(S_Rng *r, S_FieldKind k)
     return NULL;
 }
 
-/* k distinct indices out of n, in random order. */
+/* k distinct indices out of n (n <= 64), in random order. */
 static void s_choose(S_Rng *r, int *idx, int n, int k)
 {
     int all[64];
@@ -279,93 +396,533 @@ static void s_choose(S_Rng *r, int *idx, int n, int k)
     }
 }
 
-static int s_form_page(S_Rng *r, const char *title, int page, int npages, S_Page *sp)
+static char *s_lower_first(const char *s)
 {
-    /* title, and the date beside it */
-    if (s_block(sp, 80, 0, 34, 1) || s_line(sp, strdup(title)))
+    char *c = strdup(s);
+    if (c && c[0] >= 'A' && c[0] <= 'Z')
+        c[0] = (char)(c[0] - 'A' + 'a');
+    return c;
+}
+
+/* A footer code ("Form QX-4471"), asked about as a layout question. */
+static int s_footer(S_Page *sp, const char *what)
+{
+    int oom = 0;
+    S_Rng *r = sp->r;
+    char *code = S_DRAW(sp, &oom, s_fmt("%c%c-%04d", 'A' + s_below(r, 26), 'A' + s_below(r, 26),
+                                        s_below(r, 10000)));
+    if (!code)
+        return oom ? -1 : 0;
+    if (s_block(sp, sp->st.x, 0, sp->st.size - 6, 0) || s_line(sp, s_fmt("%s %s", what, code)) ||
+        s_qa(sp, s_fmt("What is the %s code at the bottom of the page?", what), code, "layout"))
         return -1;
     s_block_end(sp);
-    char *date = s_date(r);
-    if (!date || s_block(sp, 600, 1, 22, 3) || s_line(sp, s_fmt("Date: %s", date)) ||
-        s_qa(sp, strdup("What is the date?"), date, "form"))
-        return -1;
-    s_block_end(sp);
-    /* key: value lines */
-    int nf = 5 + s_below(r, 3), idx[16];
-    s_choose(r, idx, S_N(s_fields), nf);
-    if (s_block(sp, 80, 0, 22, 3))
-        return -1;
-    for (int i = 0; i < nf; i++) {
-        char *v = s_field_value(r, s_fields[idx[i]].kind);
-        if (!v || s_line(sp, s_fmt("%s: %s", s_fields[idx[i]].label, v)) ||
-            s_qa(sp, strdup(s_fields[idx[i]].question), v, "form"))
+    return 0;
+}
+
+/* Items with quantities and prices whose total also belongs to the split. */
+static int s_items_total(S_Page *sp, int n, int *items, int *qty, long long *price, long long *total,
+                         char **qs, char **ps, char **ts)
+{
+    S_Rng *r = sp->r;
+    int oom = 0;
+    for (int tries = 0; tries < 100000; tries++) {
+        s_choose(r, items, S_N(s_items), n);
+        *total = 0;
+        int ok = 1;
+        for (int i = 0; i < n; i++) {
+            qs[i] = S_DRAW(sp, &oom, s_fmt("%d", 1 + s_below(r, 48)));
+            ps[i] = S_DRAW(sp, &oom, s_money(price[i] = 50 + s_below(r, 25000)));
+            if (!qs[i] || !ps[i])
+                ok = 0;
+            qty[i] = qs[i] ? atoi(qs[i]) : 0;
+            *total += (long long)qty[i] * price[i];
+        }
+        *ts = ok ? s_keep(sp, s_money(*total), &oom) : NULL;
+        if (ok && *ts)
+            return 0;
+        for (int i = 0; i < n; i++) {
+            free(qs[i]);
+            free(ps[i]);
+            qs[i] = ps[i] = NULL;
+        }
+        if (oom)
             return -1;
     }
+    return -1;
+}
+
+static int s_form_page(S_Page *sp, const char *title, int page, int npages)
+{
+    S_Rng *r = sp->r;
+    const S_Style *st = &sp->st;
+    int oom = 0, sz = st->size;
+    /* title, and the date beside it */
+    if (s_block(sp, st->x, 0, sz + 10, 1) || s_line(sp, strdup(title)))
+        return -1;
+    s_block_end(sp);
+    char *date = S_DRAW(sp, &oom, s_date(r));
+    if (date) {
+        if (s_block(sp, 600, 1, sz, 3) || s_line(sp, s_fmt("Date: %s", date)) ||
+            s_qa(sp, strdup("What is the date?"), date, "form"))
+            return -1;
+        s_block_end(sp);
+    } else if (oom) {
+        return -1;
+    }
+    /* the fields: "Key: value" lines, or keys and values in two columns */
+    int nf = 5 + s_below(r, 3), idx[16], kept = 0;
+    char *vals[16];
+    s_choose(r, idx, S_N(s_fields), S_N(s_fields));
+    for (int i = 0; i < S_N(s_fields) && kept < nf; i++) {
+        char *v = S_DRAW(sp, &oom, s_field_value(r, s_fields[idx[i]].kind));
+        if (oom)
+            break;
+        if (v) {
+            idx[kept] = idx[i];
+            vals[kept++] = v;
+        }
+    }
+    int rc = oom ? -1 : 0;
+    if (!rc && st->aligned) {
+        rc = s_block(sp, st->x, 0, sz, 1);
+        for (int i = 0; i < kept && !rc; i++)
+            rc = s_line(sp, s_fmt("%s:", s_fields[idx[i]].label));
+        if (!rc) {
+            s_block_end(sp);
+            rc = s_block(sp, st->x + 300, 1, sz, 0);
+        }
+        for (int i = 0; i < kept && !rc; i++) {
+            rc = s_line(sp, strdup(vals[i])) || s_qa(sp, strdup(s_fields[idx[i]].question), vals[i], "form");
+            vals[i] = NULL;
+        }
+    } else if (!rc) {
+        rc = s_block(sp, st->x, 0, sz, 3);
+        for (int i = 0; i < kept && !rc; i++) {
+            rc = s_line(sp, s_fmt("%s: %s", s_fields[idx[i]].label, vals[i])) ||
+                 s_qa(sp, strdup(s_fields[idx[i]].question), vals[i], "form");
+            vals[i] = NULL;
+        }
+    }
+    for (int i = 0; i < kept; i++)
+        if (vals[i] && rc)
+            free(vals[i]);
+    if (rc)
+        return -1;
     s_block_end(sp);
     /* the table: three columns, header bold */
     int items[3], qty[3];
-    long long price[3], total = 0;
-    s_choose(r, items, S_N(s_items), 3);
-    for (int i = 0; i < 3; i++) {
-        qty[i] = 1 + s_below(r, 48);
-        price[i] = 50 + s_below(r, 25000);
-        total += qty[i] * price[i];
+    long long price[3], total;
+    char *qs[3] = {0}, *ps[3] = {0}, *ts = NULL;
+    if (s_items_total(sp, 3, items, qty, price, &total, qs, ps, &ts))
+        return -1;
+    rc = s_block(sp, st->x, 0, sz, 2) || s_line(sp, strdup("Item"));
+    for (int i = 0; i < 3 && !rc; i++)
+        rc = s_line(sp, strdup(s_items[items[i]]));
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block(sp, 560, 1, sz, 2) || s_line(sp, strdup("Qty"));
     }
-    if (s_block(sp, 80, 0, 22, 2) || s_line(sp, strdup("Item")))
-        return -1;
-    for (int i = 0; i < 3; i++)
-        if (s_line(sp, strdup(s_items[items[i]])))
-            return -1;
-    s_block_end(sp);
-    if (s_block(sp, 560, 1, 22, 2) || s_line(sp, strdup("Qty")))
-        return -1;
-    for (int i = 0; i < 3; i++)
-        if (s_line(sp, s_fmt("%d", qty[i])))
-            return -1;
-    s_block_end(sp);
-    if (s_block(sp, 720, 1, 22, 2) || s_line(sp, strdup("Unit price")))
-        return -1;
-    for (int i = 0; i < 3; i++)
-        if (s_line(sp, s_money(price[i])))
-            return -1;
-    s_block_end(sp);
-    for (int i = 0; i < 3; i++) {
-        const char *it = s_items[items[i]];
-        char lower[64];
-        snprintf(lower, sizeof lower, "%s", it);
-        lower[0] = (char)(lower[0] - 'A' + 'a');
-        if (s_qa(sp, s_fmt("What is the quantity of %s?", lower), s_fmt("%d", qty[i]), "table/list") ||
-            s_qa(sp, s_fmt("What is the unit price of %s?", lower), s_money(price[i]), "table/list"))
-            return -1;
+    for (int i = 0; i < 3 && !rc; i++) {
+        char *q = s_lower_first(s_items[items[i]]);
+        rc = s_line(sp, strdup(qs[i])) ||
+             s_qa(sp, s_fmt("What is the quantity of %s?", q ? q : ""), qs[i], "table/list");
+        qs[i] = NULL;
+        free(q);
     }
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block(sp, 720, 1, sz, 2) || s_line(sp, strdup("Unit price"));
+    }
+    for (int i = 0; i < 3 && !rc; i++) {
+        char *q = s_lower_first(s_items[items[i]]);
+        rc = s_line(sp, strdup(ps[i])) ||
+             s_qa(sp, s_fmt("What is the unit price of %s?", q ? q : ""), ps[i], "table/list");
+        ps[i] = NULL;
+        free(q);
+    }
+    if (rc) {
+        for (int i = 0; i < 3; i++) {
+            free(qs[i]);
+            free(ps[i]);
+        }
+        free(ts);
+        return -1;
+    }
+    s_block_end(sp);
     /* the total, under the price column */
-    char *amount = s_money(total);
-    if (!amount || s_block(sp, 560, 0, 22, 3) || s_line(sp, s_fmt("Total amount: %s", amount)) ||
-        s_qa(sp, strdup("What is the total amount?"), amount, "form"))
+    if (s_block(sp, 560, 0, sz, 3) || s_line(sp, s_fmt("Total amount: %s", ts)) ||
+        s_qa(sp, strdup("What is the total amount?"), ts, "form"))
         return -1;
     s_block_end(sp);
+    if (s_footer(sp, "Form"))
+        return -1;
     if (npages > 1) {
-        if (s_block(sp, 80, 0, 16, 0) || s_line(sp, s_fmt("Page %d of %d", page + 1, npages)))
+        if (s_block(sp, st->x, 0, 16, 0) || s_line(sp, s_fmt("Page %d of %d", page + 1, npages)))
             return -1;
         s_block_end(sp);
     }
     return 0;
 }
 
-static char *s_kv_word(S_Rng *r, SynthKind kind)
+/* A table of 4-7 rows: row labels and three value columns. */
+static int s_table_page(S_Page *sp, int page, int npages)
 {
-    if (kind == SYNTH_KV_COLOURS)
-        return strdup(s_pick(r, s_colours, S_N(s_colours)));
-    if (kind == SYNTH_KV_NOUNS)
-        return strdup(s_pick(r, s_nouns, S_N(s_nouns)));
-    return s_spelled(1 + s_below(r, 99));
+    static const struct {
+        const char *title, *head0, *const *rows;
+        int nrows;
+        const char *col[3];
+    } schemas[] = {
+        {"REGIONAL SALES", "Region", s_regions, S_N(s_regions), {"Units", "Revenue", "Share"}},
+        {"INVENTORY", "Item", s_items, S_N(s_items), {"In stock", "Unit cost", "Reorder"}},
+        {"LABORATORY RESULTS", "Sample", s_samples, S_N(s_samples), {"Weight (g)", "pH", "Yield"}},
+    };
+    S_Rng *r = sp->r;
+    const S_Style *st = &sp->st;
+    int s = s_below(r, S_N(schemas)), nrows = 4 + s_below(r, 4), rows[16], oom = 0, rc = 0;
+    int sz = st->size - 2;
+    s_choose(r, rows, schemas[s].nrows, nrows);
+    char *cell[16][3] = {{0}};
+    for (int i = 0; i < nrows; i++)
+        for (int c = 0; c < 3 && !oom; c++) {
+            int k = s * 3 + c;
+            cell[i][c] = S_DRAW(sp, &oom,
+                k == 0 ? s_fmt("%d", 10 + s_below(r, 9990)) :
+                k == 1 ? s_money(100 + s_below(r, 999900)) :
+                k == 2 || k == 8 ? s_fmt("%d.%d%%", 1 + s_below(r, 60), s_below(r, 10)) :
+                k == 3 || k == 5 ? s_fmt("%d", s_below(r, 500)) :
+                k == 4 ? s_money(5 + s_below(r, 20000)) :
+                k == 6 ? s_fmt("%d.%d", 1 + s_below(r, 200), s_below(r, 10)) :
+                s_fmt("%d.%d", 3 + s_below(r, 8), s_below(r, 10)));
+        }
+    if (oom)
+        rc = -1;
+    if (!rc)
+        rc = s_block(sp, st->x, 0, sz + 8, 1) || s_line(sp, strdup(schemas[s].title));
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block(sp, st->x, 0, sz, 2) || s_line(sp, strdup(schemas[s].head0));
+    }
+    for (int i = 0; i < nrows && !rc; i++)
+        rc = s_line(sp, strdup(schemas[s].rows[rows[i]]));
+    static const int colx[3] = {440, 620, 790};
+    for (int c = 0; c < 3 && !rc; c++) {
+        s_block_end(sp);
+        rc = s_block(sp, colx[c], 1, sz, 2) || s_line(sp, strdup(schemas[s].col[c]));
+        for (int i = 0; i < nrows && !rc; i++) {
+            char *col = s_lower_first(schemas[s].col[c]);
+            rc = s_line(sp, strdup(cell[i][c])) ||
+                 s_qa(sp, s_fmt("What is the %s for %s?", col ? col : "", schemas[s].rows[rows[i]]),
+                      cell[i][c], "table/list");
+            cell[i][c] = NULL;
+            free(col);
+        }
+    }
+    for (int i = 0; i < nrows; i++)
+        for (int c = 0; c < 3; c++)
+            free(cell[i][c]);
+    if (rc)
+        return -1;
+    s_block_end(sp);
+    if (s_footer(sp, "Table"))
+        return -1;
+    if (npages > 1) {
+        if (s_block(sp, st->x, 0, 16, 0) || s_line(sp, s_fmt("Page %d of %d", page + 1, npages)))
+            return -1;
+        s_block_end(sp);
+    }
+    return 0;
 }
 
-static int s_kv_page(S_Rng *r, SynthKind kind, S_Page *sp)
+/* A shop's receipt, monospaced, in a centred column. */
+static int s_receipt_page(S_Page *sp)
+{
+    S_Rng *r = sp->r;
+    int oom = 0, sz = sp->st.size - 2, f = sp->st.mono, x = 250, xr = 760;
+    char *shop = S_DRAW(sp, &oom, s_fmt("%s's %s", s_pick(r, s_last, S_N(s_last)),
+                                        s_pick(r, s_shops, S_N(s_shops))));
+    char *city = shop ? S_DRAW(sp, &oom, strdup(s_pick(r, s_cities, S_N(s_cities)))) : NULL;
+    char *date = city ? S_DRAW(sp, &oom, s_date(r)) : NULL;
+    char *no = date ? S_DRAW(sp, &oom, s_fmt("%04d-%03d", s_below(r, 10000), s_below(r, 1000))) : NULL;
+    int n = 3 + s_below(r, 5), items[8], rate = 5 + s_below(r, 5), rc = 0;
+    char *ps[8] = {0}, *sub = NULL, *tax = NULL, *tot = NULL;
+    if (no) {
+        rc = -1;
+        for (int tries = 0; tries < 200000 && rc && !oom; tries++) {
+            s_choose(r, items, S_N(s_items), n);
+            long long s = 0;
+            int ok = 1;
+            for (int i = 0; i < n && ok; i++) {
+                long long c = 99 + s_below(r, 9900);
+                ps[i] = s_keep(sp, s_money(c), &oom);
+                ok = ps[i] != NULL;
+                s += c;
+            }
+            long long t = (s * rate + 50) / 100;
+            if (ok && (sub = s_keep(sp, s_money(s), &oom)) && (tax = s_keep(sp, s_money(t), &oom)) &&
+                (tot = s_keep(sp, s_money(s + t), &oom))) {
+                rc = 0;
+                break;
+            }
+            for (int i = 0; i < n; i++) {
+                free(ps[i]);
+                ps[i] = NULL;
+            }
+            free(sub);
+            free(tax);
+            sub = tax = NULL;
+        }
+    }
+    if (!no || rc) {
+        free(shop);
+        free(city);
+        free(date);
+        free(no);
+        return -1; /* out of memory, or a split with none of these values */
+    }
+    rc = s_block_f(sp, x, 0, sz + 6, 1, f, 0) || s_line(sp, strdup(shop)) ||
+         s_qa(sp, strdup("What is the name of the store?"), shop, "layout");
+    shop = NULL;
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block_f(sp, x, 0, sz, 0, f, 0) || s_line(sp, strdup(city)) ||
+             s_qa(sp, strdup("In which city is the store?"), city, "layout");
+        city = NULL;
+    }
+    if (!rc)
+        rc = s_line(sp, s_fmt("Date: %s", date)) || s_qa(sp, strdup("What is the date of the receipt?"), date, "form");
+    date = NULL;
+    if (!rc)
+        rc = s_line(sp, s_fmt("Receipt no: %s", no)) || s_qa(sp, strdup("What is the receipt number?"), no, "form");
+    no = NULL;
+    if (!rc)
+        rc = s_line(sp, strdup("--------------------------"));
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block_f(sp, x, 0, sz, 0, f, 0);
+    }
+    for (int i = 0; i < n && !rc; i++)
+        rc = s_line(sp, strdup(s_items[items[i]]));
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block_f(sp, xr, 1, sz, 0, f, 1);
+    }
+    for (int i = 0; i < n && !rc; i++) {
+        char *q = s_lower_first(s_items[items[i]]);
+        rc = s_line(sp, strdup(ps[i])) ||
+             s_qa(sp, s_fmt("What is the price of %s?", q ? q : ""), ps[i], "table/list");
+        ps[i] = NULL;
+        free(q);
+    }
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block_f(sp, x, 0, sz, 1, f, 0) || s_line(sp, strdup("Subtotal")) ||
+             s_line(sp, s_fmt("Tax %d%%", rate)) || s_line(sp, strdup("TOTAL"));
+    }
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block_f(sp, xr, 1, sz, 1, f, 1) || s_line(sp, strdup(sub)) ||
+             s_qa(sp, strdup("What is the subtotal?"), sub, "form");
+        sub = NULL;
+    }
+    if (!rc)
+        rc = s_line(sp, strdup(tax)) || s_qa(sp, strdup("How much is the tax?"), tax, "form");
+    tax = NULL;
+    if (!rc)
+        rc = s_line(sp, strdup(tot)) || s_qa(sp, strdup("What is the total?"), tot, "form");
+    tot = NULL;
+    if (!rc) {
+        s_block_end(sp);
+        rc = s_block_f(sp, x, 0, sz - 2, 0, f, 0) || s_line(sp, strdup("Thank you for shopping!"));
+        if (!rc)
+            s_block_end(sp);
+    }
+    for (int i = 0; i < n; i++)
+        free(ps[i]);
+    free(shop);
+    free(city);
+    free(date);
+    free(no);
+    free(sub);
+    free(tax);
+    free(tot);
+    return rc;
+}
+
+/* A memo: header fields, then sentences wrapped into lines.  A value is
+ * one unbreakable token, so an answer never straddles two lines. */
+typedef struct S_Tok {
+    char *text;     /* as printed (a value may carry a full stop) */
+    char *value;    /* the printed value, or NULL for plain words */
+    char *question; /* the value's question, or NULL (a value asked about nowhere) */
+} S_Tok;
+
+static int s_text_page(S_Page *sp, const char *title)
+{
+    S_Rng *r = sp->r;
+    const S_Style *st = &sp->st;
+    int oom = 0, sz = st->size;
+    if (s_block(sp, st->x, 0, sz + 8, 1) || s_line(sp, strdup(title)))
+        return -1;
+    s_block_end(sp);
+    char *to = S_DRAW(sp, &oom, s_person(r));
+    char *from = to ? S_DRAW(sp, &oom, s_person(r)) : NULL;
+    char *date = from ? S_DRAW(sp, &oom, s_date(r)) : NULL;
+    if (!date || !strcmp(to, from)) {
+        free(to);
+        free(from);
+        free(date);
+        return oom ? -1 : 0;
+    }
+    int rc = s_block(sp, st->x, 0, sz, 3) || s_line(sp, s_fmt("To: %s", to)) ||
+             s_qa(sp, strdup("To whom is the memo addressed?"), to, "form");
+    if (!rc)
+        rc = s_line(sp, s_fmt("From: %s", from)) || s_qa(sp, strdup("Who wrote the memo?"), from, "form");
+    else
+        free(from);
+    if (!rc)
+        rc = s_line(sp, s_fmt("Date: %s", date)) || s_qa(sp, strdup("What is the date of the memo?"), date, "form");
+    else
+        free(date);
+    if (rc)
+        return -1;
+    s_block_end(sp);
+    /* sentences: each template at most once, so every question has one answer */
+    enum { NT = 5, MAXTOK = 64 };
+    int order[NT], nt = 3 + s_below(r, 3), ntok = 0;
+    s_choose(r, order, NT, nt);
+    S_Tok tok[MAXTOK];
+    char *v[3];
+#define S_W(str) (tok[ntok++] = (S_Tok){strdup(str), NULL, NULL})
+#define S_V(val, stop, q) (tok[ntok++] = (S_Tok){(stop) ? s_fmt("%s.", val) : strdup(val), strdup(val), (q)})
+    for (int k = 0; k < nt && !oom; k++) {
+        if (s_below(r, 2))
+            S_W(s_fillers[s_below(r, S_N(s_fillers))]);
+        v[0] = v[1] = v[2] = NULL;
+        switch (order[k]) {
+        case 0:
+            v[0] = S_DRAW(sp, &oom, s_company(r));
+            v[1] = v[0] ? S_DRAW(sp, &oom, strdup(s_pick(r, s_cities, S_N(s_cities)))) : NULL;
+            v[2] = v[1] ? S_DRAW(sp, &oom, s_date(r)) : NULL;
+            if (!v[2])
+                break;
+            S_W("The annual meeting of");
+            S_V(v[0], 0, NULL);
+            S_W("was held in");
+            S_V(v[1], 0, s_fmt("Where was the annual meeting of %s held?", v[0]));
+            S_W("on");
+            S_V(v[2], 1, s_fmt("When was the annual meeting of %s held?", v[0]));
+            break;
+        case 1:
+            v[0] = S_DRAW(sp, &oom, s_person(r));
+            v[1] = v[0] ? S_DRAW(sp, &oom, strdup(s_pick(r, s_depts, S_N(s_depts)))) : NULL;
+            if (!v[1])
+                break;
+            S_V(v[0], 0, s_fmt("Who was appointed head of %s?", v[1]));
+            S_W("was appointed head of");
+            S_V(v[1], 0, s_fmt("Which department does %s now lead?", v[0]));
+            S_W("after a long search.");
+            break;
+        case 2:
+            v[0] = S_DRAW(sp, &oom, s_fmt("%d", 12 + s_below(r, 988)));
+            v[1] = v[0] ? S_DRAW(sp, &oom, s_money(100000 + (long long)s_below(r, 90000000))) : NULL;
+            if (!v[1])
+                break;
+            S_W("The study enrolled");
+            S_V(v[0], 0, strdup("How many participants did the study enroll?"));
+            S_W("participants and cost");
+            S_V(v[1], 0, strdup("How much did the study cost?"));
+            S_W("in total.");
+            break;
+        case 3:
+            v[0] = S_DRAW(sp, &oom, s_person(r));
+            v[1] = v[0] ? S_DRAW(sp, &oom, s_phone(r)) : NULL;
+            if (!v[1])
+                break;
+            S_W("Shipments are handled by");
+            S_V(v[0], 0, strdup("Who handles shipments?"));
+            S_W("who can be reached at");
+            S_V(v[1], 1, s_fmt("What is the phone number of %s?", v[0]));
+            break;
+        default:
+            v[0] = S_DRAW(sp, &oom, s_fmt("%d", 1990 + s_below(r, 30)));
+            v[1] = v[0] ? S_DRAW(sp, &oom, strdup(s_pick(r, s_cities, S_N(s_cities)))) : NULL;
+            if (!v[1])
+                break;
+            S_W("The company was founded in");
+            S_V(v[0], 0, strdup("In which year was the company founded?"));
+            S_W("and moved its offices to");
+            S_V(v[1], 1, strdup("Where did the company move its offices?"));
+            break;
+        }
+        for (int i = 0; i < 3; i++)
+            free(v[i]);
+    }
+#undef S_W
+#undef S_V
+    /* wrap: characters per line from the usable width and the size */
+    int width = (940 - st->x) * SYNTH_WIDTH_DEFAULT / 1000;
+    int cpl = (int)(width / (0.62 * sz));
+    char line[512] = "";
+    int first = 0; /* tokens [first, i) are on the line being filled */
+    rc = oom || s_block(sp, st->x, 0, sz, 0);
+    for (int i = 0; i < ntok && !rc; i++)
+        rc = !tok[i].text || (tok[i].value && !tok[i].question && s_note(sp, tok[i].value));
+    for (int i = 0; i <= ntok && !rc; i++) {
+        size_t len = strlen(line), tl = i < ntok ? strlen(tok[i].text) : 0;
+        if (i == ntok || (len && (int)(len + 1 + tl) > cpl)) {
+            rc = s_line(sp, strdup(line));
+            for (int k = first; k < i && !rc; k++)
+                if (tok[k].question) {
+                    rc = s_qa(sp, tok[k].question, tok[k].value, "free_text");
+                    tok[k].question = tok[k].value = NULL;
+                }
+            line[0] = '\0';
+            len = 0;
+            first = i;
+        }
+        if (i < ntok && len + tl + 2 < sizeof line) {
+            if (len)
+                strcat(line, " ");
+            strcat(line, tok[i].text);
+        }
+    }
+    for (int i = 0; i < ntok; i++) {
+        free(tok[i].text);
+        free(tok[i].value);
+        free(tok[i].question);
+    }
+    if (rc)
+        return -1;
+    s_block_end(sp);
+    return 0;
+}
+
+static const char *const *s_kv_list(SynthKind kind, int *n)
+{
+    if (kind == SYNTH_KV_COLOURS) {
+        *n = S_N(s_colours);
+        return s_colours;
+    }
+    *n = S_N(s_nouns);
+    return s_nouns;
+}
+
+static char *s_kv_word(S_Rng *r, SynthKind kind)
+{
+    if (kind == SYNTH_KV_NUMBERS)
+        return s_spelled(1 + s_below(r, 99));
+    int n;
+    const char *const *list = s_kv_list(kind, &n);
+    return strdup(s_pick(r, list, n));
+}
+
+static int s_kv_page(S_Page *sp, SynthKind kind)
 {
     enum { NPAIRS = 12 };
+    S_Rng *r = sp->r;
     char *keys[NPAIRS] = {0};
-    int rc = s_block(sp, 80, 0, 22, 3);
+    int rc = s_block(sp, sp->st.x, 0, sp->st.size, 3), oom = 0;
     for (int i = 0; i < NPAIRS && !rc; i++) {
         char *k;
         int again;
@@ -380,15 +937,16 @@ static int s_kv_page(S_Rng *r, SynthKind kind, S_Page *sp)
         char *v = NULL;
         do {
             free(v);
-            v = s_kv_word(r, kind);
+            v = S_DRAW(sp, &oom, s_kv_word(r, kind));
         } while (k && v && !strcmp(k, v));
         keys[i] = k;
-        if (!k || !v || s_line(sp, s_fmt("%s: %s", k, v)) ||
-            s_qa(sp, s_fmt("What is the %s?", k), v, "form"))
+        if (!k || !v || s_line(sp, s_fmt("%s: %s", k, v)) || s_qa(sp, s_fmt("What is %s?", k), v, "form")) {
             rc = -1;
+        }
     }
     if (!rc)
         s_block_end(sp);
+    sp->p->kv = 1;
     for (int i = 0; i < NPAIRS; i++)
         free(keys[i]);
     return rc;
@@ -398,39 +956,48 @@ void synth_options_default(SynthOptions *o)
 {
     memset(o, 0, sizeof *o);
     o->seed = 1;
-    o->kind = SYNTH_FORM;
+    o->kind = SYNTH_MIX;
     o->pages_per_doc = 1;
     o->questions_per_page = 3;
     o->width = SYNTH_WIDTH_DEFAULT;
     o->height = SYNTH_HEIGHT_DEFAULT;
 }
 
+static const char *const s_kind_names[] = {"form", "colours", "nouns", "numbers", "table",
+                                           "receipt", "text", "mix"};
+
 int synth_kind_parse(const char *s, SynthKind *k)
 {
-    if (!strcmp(s, "form"))
-        *k = SYNTH_FORM;
-    else if (!strcmp(s, "colours") || !strcmp(s, "colors"))
+    for (int i = 0; i < S_N(s_kind_names); i++)
+        if (!strcmp(s, s_kind_names[i])) {
+            *k = (SynthKind)i;
+            return 0;
+        }
+    if (!strcmp(s, "colors")) {
         *k = SYNTH_KV_COLOURS;
-    else if (!strcmp(s, "nouns"))
-        *k = SYNTH_KV_NOUNS;
-    else if (!strcmp(s, "numbers"))
-        *k = SYNTH_KV_NUMBERS;
-    else
-        return -1;
-    return 0;
+        return 0;
+    }
+    return -1;
 }
 
 const char *synth_kind_name(SynthKind k)
 {
-    switch (k) {
-    case SYNTH_KV_COLOURS: return "colours";
-    case SYNTH_KV_NOUNS: return "nouns";
-    case SYNTH_KV_NUMBERS: return "numbers";
-    default: return "form";
-    }
+    return (int)k >= 0 && (int)k < S_N(s_kind_names) ? s_kind_names[k] : "form";
 }
 
-static void s_page_free(SynthPage *p)
+const char *synth_split_name(SynthSplit s)
+{
+    return s == SYNTH_VAL ? "val" : s == SYNTH_TEST ? "test" : "train";
+}
+
+SynthSplit synth_split_of(int ndocs, int index)
+{
+    int nheld = ndocs >= 3 ? (ndocs / 10 > 1 ? ndocs / 10 : 1) : 0;
+    int ntrain = ndocs - 2 * nheld;
+    return index < ntrain ? SYNTH_TRAIN : index < ntrain + nheld ? SYNTH_VAL : SYNTH_TEST;
+}
+
+void synth_page_free(SynthPage *p)
 {
     for (int i = 0; i < p->nlines; i++)
         free(p->lines[i]);
@@ -439,8 +1006,13 @@ static void s_page_free(SynthPage *p)
     for (int i = 0; i < p->nqa; i++) {
         free(p->qa[i].question);
         free(p->qa[i].answer);
+        free(p->qa[i].v_clean);
+        free(p->qa[i].v_pos);
     }
     free(p->qa);
+    for (int i = 0; i < p->nvalues; i++)
+        free(p->values[i]);
+    free(p->values);
     memset(p, 0, sizeof *p);
 }
 
@@ -449,7 +1021,7 @@ void synth_doc_free(SynthDoc *doc)
     if (!doc)
         return;
     for (int i = 0; i < doc->npages; i++)
-        s_page_free(&doc->pages[i]);
+        synth_page_free(&doc->pages[i]);
     free(doc->pages);
     free(doc->title);
     memset(doc, 0, sizeof *doc);
@@ -463,7 +1035,7 @@ static void s_keep_questions(S_Rng *r, SynthPage *p, int q)
         return;
     char keep[256] = {0};
     int n = p->nqa < 256 ? p->nqa : 256;
-    for (int i = 0; i < q; i++) {
+    for (int i = 0; i < q && i < n; i++) {
         int j;
         do
             j = s_below(r, n);
@@ -482,7 +1054,7 @@ static void s_keep_questions(S_Rng *r, SynthPage *p, int q)
     p->nqa = k;
 }
 
-int synth_doc_make(const SynthOptions *o, int index, SynthDoc *doc, DmErr *err)
+int synth_doc_make(const SynthOptions *o, int index, SynthSplit split, SynthDoc *doc, DmErr *err)
 {
     memset(doc, 0, sizeof *doc);
     if (o->pages_per_doc < 1 || o->pages_per_doc > 1000)
@@ -491,24 +1063,44 @@ int synth_doc_make(const SynthOptions *o, int index, SynthDoc *doc, DmErr *err)
         return dm_err(err, "synth: questions per page %d must be at least 1", o->questions_per_page);
     if (index < 0)
         return dm_err(err, "synth: document index %d is negative", index);
+    if ((int)o->kind < 0 || (int)o->kind > SYNTH_MIX)
+        return dm_err(err, "synth: unknown page kind %d", (int)o->kind);
     /* One stream per document, independent of the others. */
     S_Rng r = {o->seed * 0x9e3779b97f4a7c15ULL ^ ((uint64_t)index + 1) * 0xd1b54a32d192ed03ULL};
     s_next(&r);
     doc->index = index;
+    doc->split = split;
+    doc->kind = o->kind == SYNTH_MIX ? (SynthKind)s_below(&r, SYNTH_NKINDS) : o->kind;
+    S_Style st;
+    st.font = s_below(&r, S_NPROP);
+    st.mono = S_NPROP + s_below(&r, synth_nfonts - S_NPROP);
+    st.size = 18 + 2 * s_below(&r, 4);
+    st.x = 60 + 15 * s_below(&r, 5);
+    st.aligned = s_below(&r, 2);
+    const char *title = doc->kind == SYNTH_FORM   ? s_pick(&r, s_titles, S_N(s_titles))
+                        : doc->kind == SYNTH_TEXT ? s_pick(&r, s_memo_titles, S_N(s_memo_titles))
+                                                  : "";
     doc->pages = calloc((size_t)o->pages_per_doc, sizeof *doc->pages);
-    doc->title = strdup(o->kind == SYNTH_FORM ? s_pick(&r, s_titles, S_N(s_titles)) : "");
+    doc->title = strdup(title);
     if (!doc->pages || !doc->title) {
         synth_doc_free(doc);
         return dm_err(err, "synth: out of memory");
     }
     for (int p = 0; p < o->pages_per_doc; p++) {
-        S_Page sp = {&doc->pages[p], 0, 0, 0};
+        S_Page sp = {&doc->pages[p], 0, 0, 0, 0, &r, split, st};
         doc->npages = p + 1;
-        int rc = o->kind == SYNTH_FORM ? s_form_page(&r, doc->title, p, o->pages_per_doc, &sp)
-                                       : s_kv_page(&r, o->kind, &sp);
+        int rc;
+        switch (doc->kind) {
+        case SYNTH_FORM: rc = s_form_page(&sp, doc->title, p, o->pages_per_doc); break;
+        case SYNTH_TABLE: rc = s_table_page(&sp, p, o->pages_per_doc); break;
+        case SYNTH_RECEIPT: rc = s_receipt_page(&sp); break;
+        case SYNTH_TEXT: rc = s_text_page(&sp, doc->title); break;
+        default: rc = s_kv_page(&sp, doc->kind); break;
+        }
         if (rc) {
             synth_doc_free(doc);
-            return dm_err(err, "synth: out of memory");
+            return dm_err(err, "synth: document %d (%s, %s): out of memory or no value of this split",
+                          index, synth_kind_name(doc->kind), synth_split_name(split));
         }
         s_keep_questions(&r, &doc->pages[p], o->questions_per_page);
     }
@@ -516,161 +1108,82 @@ int synth_doc_make(const SynthOptions *o, int index, SynthDoc *doc, DmErr *err)
 }
 
 /* ------------------------------------------------------------------ */
-/* rendering */
+/* corrupted twins */
 
-static int s_vips_fail(DmErr *err, const char *what)
+static void s_derange(S_Rng *r, int *perm, int n)
 {
-    const char *m = vips_error_buffer();
-    char line[300];
-    size_t i = 0;
-    while (m[i] && m[i] != '\n' && i + 1 < sizeof line) {
-        line[i] = m[i];
-        i++;
+    for (int tries = 0; tries < 1000; tries++) {
+        for (int i = 0; i < n; i++)
+            perm[i] = i;
+        for (int i = n - 1; i > 0; i--) {
+            int j = s_below(r, i + 1), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        int fixed = 0;
+        for (int i = 0; i < n; i++)
+            fixed |= perm[i] == i;
+        if (!fixed || n < 2)
+            return;
     }
-    line[i] = '\0';
-    vips_error_clear();
-    return dm_err(err, "%s: %s", what, line[0] ? line : "libvips failed");
 }
 
-/* The Pango markup of one block. */
-static char *s_markup(const SynthPage *p, const SynthBlock *b)
+int synth_page_corrupt(const SynthPage *clean, uint64_t seed, SynthPage *twin, DmErr *err)
 {
-    GString *g = g_string_new(NULL);
-    for (int i = 0; i < b->n; i++) {
-        const char *line = p->lines[b->first + i];
-        const char *colon = strchr(line, ':');
-        int bold = b->bold == 1 || (b->bold == 2 && i == 0);
-        if (i)
-            g_string_append_c(g, '\n');
-        if (b->bold == 3 && colon) {
-            gchar *k = g_markup_escape_text(line, colon - line + 1);
-            gchar *v = g_markup_escape_text(colon + 1, -1);
-            g_string_append_printf(g, "<b>%s</b>%s", k, v);
-            g_free(k);
-            g_free(v);
-        } else {
-            gchar *t = g_markup_escape_text(line, -1);
-            g_string_append_printf(g, bold ? "<b>%s</b>" : "%s", t);
-            g_free(t);
+    memset(twin, 0, sizeof *twin);
+    if (!clean->kv)
+        return dm_err(err, "synth: only key-value pages have corrupted twins");
+    int n = clean->nlines;
+    char **key = calloc((size_t)n, sizeof *key), **val = calloc((size_t)n, sizeof *val);
+    int *pk = malloc((size_t)n * sizeof *pk), *pv = malloc((size_t)n * sizeof *pv);
+    int rc = !key || !val || !pk || !pv;
+    for (int i = 0; i < n && !rc; i++) {
+        const char *sep = strstr(clean->lines[i], ": ");
+        if (!sep) {
+            rc = dm_err(err, "synth: line \"%s\" is not \"key: value\"", clean->lines[i]);
+            break;
+        }
+        key[i] = strndup(clean->lines[i], (size_t)(sep - clean->lines[i]));
+        val[i] = strdup(sep + 2);
+        rc = !key[i] || !val[i];
+    }
+    if (!rc) {
+        S_Rng r = {seed ^ 0x5851f42d4c957f2dULL};
+        s_next(&r);
+        s_derange(&r, pk, n); /* twin line i shows key pk[i] ... */
+        s_derange(&r, pv, n); /* ... and value pv[i] */
+        twin->nlines = n;
+        twin->lines = calloc((size_t)n, sizeof *twin->lines);
+        twin->nblocks = clean->nblocks;
+        twin->blocks = malloc((size_t)clean->nblocks * sizeof *twin->blocks);
+        twin->qa = calloc((size_t)(clean->nqa ? clean->nqa : 1), sizeof *twin->qa);
+        twin->kv = 1;
+        rc = !twin->lines || !twin->blocks || !twin->qa;
+        if (!rc)
+            memcpy(twin->blocks, clean->blocks, (size_t)clean->nblocks * sizeof *twin->blocks);
+        for (int i = 0; i < n && !rc; i++)
+            rc = !(twin->lines[i] = s_fmt("%s: %s", key[pk[i]], val[pv[i]]));
+        for (int q = 0; q < clean->nqa && !rc; q++) {
+            int c = clean->qa[q].line, j = 0;
+            while (j < n && pk[j] != c)
+                j++;
+            SynthQA *t = &twin->qa[twin->nqa++];
+            *t = (SynthQA){strdup(clean->qa[q].question), strdup(val[pv[j]]), clean->qa[q].qtype, j,
+                           strdup(val[c]), strdup(val[pv[c]])};
+            rc = !t->question || !t->answer || !t->v_clean || !t->v_pos;
         }
     }
-    return g_string_free(g, FALSE);
-}
-
-/* Render to a one-band uchar image, white page, black text. */
-static int s_render(const SynthOptions *o, const SynthPage *p, VipsImage **out, DmErr *err)
-{
-    *out = NULL;
-    if (image_vips_init(err))
-        return -1;
-    int W = o->width, H = o->height;
-    if (W < 64 || H < 64 || W > 20000 || H > 20000)
-        return dm_err(err, "synth: page size %dx%d out of range 64..20000", W, H);
-    double scale = fmin((double)W / SYNTH_WIDTH_DEFAULT, (double)H / SYNTH_HEIGHT_DEFAULT);
-    /* Font sizes are designed at 72 dpi on the default page; smaller or
-     * larger pages scale through the rendering resolution. */
-    int dpi = (int)floor(72.0 * scale);
-    if (dpi < 4)
-        dpi = 4;
-    int margin_x = W / 24, margin_y = H / 20;
-    VipsImage *canvas = NULL;
-    if (vips_black(&canvas, W, H, NULL))
-        return s_vips_fail(err, "synth: canvas");
-    int cursor = margin_y, row_y = margin_y, prev_right = 0;
-    for (int i = 0; i < p->nblocks; i++) {
-        const SynthBlock *b = &p->blocks[i];
-        char font[64];
-        snprintf(font, sizeof font, S_FONT " %d", b->size_pt);
-        char *markup = s_markup(p, b);
-        VipsImage *t = NULL, *c2 = NULL;
-        int rc = vips_text(&t, markup, "font", font, "dpi", dpi, NULL);
-        g_free(markup);
-        if (rc) {
-            g_object_unref(canvas);
-            return s_vips_fail(err, "synth: text");
-        }
-        int x = (int)((int64_t)b->x_permille * W / 1000);
-        int y = b->same_row ? row_y : cursor;
-        int tw = vips_image_get_width(t), th = vips_image_get_height(t);
-        const char *why = NULL;
-        if (b->same_row && x < prev_right + margin_x / 4)
-            why = "overlaps the text beside it";
-        else if (x + tw > W - margin_x / 2)
-            why = "is too wide";
-        else if (y + th > H - margin_y / 2)
-            why = "does not fit";
-        if (why) {
-            g_object_unref(t);
-            g_object_unref(canvas);
-            return dm_err(err, "synth: page %dx%d too small: \"%s\" %s", W, H, p->lines[b->first], why);
-        }
-        rc = vips_insert(canvas, t, &c2, x, y, NULL);
-        g_object_unref(t);
-        g_object_unref(canvas);
-        if (rc)
-            return s_vips_fail(err, "synth: insert");
-        canvas = c2;
-        if (!b->same_row)
-            row_y = y;
-        prev_right = x + tw;
-        int gap = (int)lround(b->size_pt * scale * 0.9);
-        if (y + th + gap > cursor)
-            cursor = y + th + gap;
+    for (int i = 0; i < n && key; i++) {
+        free(key[i]);
+        free(val ? val[i] : NULL);
     }
-    VipsImage *inv = NULL;
-    int rc = vips_invert(canvas, &inv, NULL);
-    g_object_unref(canvas);
-    if (rc)
-        return s_vips_fail(err, "synth: invert");
-    VipsImage *u8 = NULL;
-    rc = vips_cast(inv, &u8, VIPS_FORMAT_UCHAR, NULL);
-    g_object_unref(inv);
-    if (rc)
-        return s_vips_fail(err, "synth: cast");
-    *out = u8;
+    free(key);
+    free(val);
+    free(pk);
+    free(pv);
+    if (rc) {
+        synth_page_free(twin);
+        return err && err->msg[0] ? -1 : dm_err(err, "synth: out of memory");
+    }
     return 0;
-}
-
-int synth_page_save(const SynthOptions *o, const SynthPage *page, const char *path, DmErr *err)
-{
-    VipsImage *img;
-    if (s_render(o, page, &img, err))
-        return -1;
-    int rc = vips_image_write_to_file(img, path, NULL);
-    g_object_unref(img);
-    if (rc)
-        return s_vips_fail(err, path);
-    return 0;
-}
-
-int synth_doc_save_tiff(const SynthOptions *o, const SynthDoc *doc, const char *path, DmErr *err)
-{
-    if (doc->npages < 1)
-        return dm_err(err, "%s: document has no pages", path);
-    VipsImage **pages = calloc((size_t)doc->npages, sizeof *pages);
-    if (!pages)
-        return dm_err(err, "%s: out of memory", path);
-    int rc = 0;
-    for (int i = 0; i < doc->npages && !rc; i++)
-        rc = s_render(o, &doc->pages[i], &pages[i], err);
-    VipsImage *joined = NULL, *tall = NULL;
-    if (!rc && vips_arrayjoin(pages, &joined, doc->npages, "across", 1, NULL))
-        rc = s_vips_fail(err, path);
-    for (int i = 0; i < doc->npages; i++)
-        if (pages[i])
-            g_object_unref(pages[i]);
-    free(pages);
-    /* A tall image with page-height set is saved as one TIFF directory
-     * per page. */
-    if (!rc && vips_copy(joined, &tall, NULL))
-        rc = s_vips_fail(err, path);
-    if (joined)
-        g_object_unref(joined);
-    if (rc)
-        return -1;
-    vips_image_set_int(tall, VIPS_META_PAGE_HEIGHT, o->height);
-    if (vips_tiffsave(tall, path, "compression", VIPS_FOREIGN_TIFF_COMPRESSION_DEFLATE, NULL))
-        rc = s_vips_fail(err, path);
-    g_object_unref(tall);
-    return rc;
 }
