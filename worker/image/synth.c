@@ -431,7 +431,7 @@ static int s_items_total(S_Page *sp, int n, int *items, int *qty, long long *pri
         *total = 0;
         int ok = 1;
         for (int i = 0; i < n; i++) {
-            qs[i] = S_DRAW(sp, &oom, s_fmt("%d", 1 + s_below(r, 48)));
+            qs[i] = S_DRAW(sp, &oom, s_fmt("%d", 1 + s_below(r, 120)));
             ps[i] = S_DRAW(sp, &oom, s_money(price[i] = 50 + s_below(r, 25000)));
             if (!qs[i] || !ps[i])
                 ok = 0;
@@ -653,8 +653,8 @@ static int s_receipt_page(S_Page *sp)
             long long s = 0;
             int ok = 1;
             for (int i = 0; i < n && ok; i++) {
-                long long c = 99 + s_below(r, 9900);
-                ps[i] = s_keep(sp, s_money(c), &oom);
+                long long c = 0;
+                ps[i] = S_DRAW(sp, &oom, s_money(c = 99 + s_below(r, 9900)));
                 ok = ps[i] != NULL;
                 s += c;
             }
@@ -1098,9 +1098,10 @@ int synth_doc_make(const SynthOptions *o, int index, SynthSplit split, SynthDoc 
         default: rc = s_kv_page(&sp, doc->kind); break;
         }
         if (rc) {
+            SynthKind kind = doc->kind;
             synth_doc_free(doc);
             return dm_err(err, "synth: document %d (%s, %s): out of memory or no value of this split",
-                          index, synth_kind_name(doc->kind), synth_split_name(split));
+                          index, synth_kind_name(kind), synth_split_name(split));
         }
         s_keep_questions(&r, &doc->pages[p], o->questions_per_page);
     }
