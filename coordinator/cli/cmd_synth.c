@@ -140,10 +140,12 @@ static int s_render_doc(const S_Work *w, int d, S_Slot *s)
         if (synth_page_save(w->o, &doc->pages[p], synth_aug_key(d, p), path, &s->err))
             return -1;
         if (s->twins) {
+            /* the twin is augmented like its clean page, so its lines
+             * stay where the clean page's are */
             uint64_t seed = w->o->seed * 0x94d049bb133111ebULL ^ synth_aug_key(d, p);
             snprintf(path, sizeof path, "%s/documents/syn%05d_%d_corrupt.png", w->out, d, p + 1);
             if (synth_page_corrupt(&doc->pages[p], seed, &s->twins[p], &s->err) ||
-                synth_page_save(w->o, &s->twins[p], synth_aug_key(d, p) | (1ULL << 62), path, &s->err))
+                synth_page_save(w->o, &s->twins[p], synth_aug_key(d, p), path, &s->err))
                 return -1;
         }
     }

@@ -180,7 +180,8 @@ int synth_page_save(const SynthOptions *o, const SynthPage *page, uint64_t aug_k
  * synth_aug_key(doc->index, p)). */
 int synth_doc_save_tiff(const SynthOptions *o, const SynthDoc *doc, const char *path, DmErr *err);
 
-/* The augmentation key of page `page` of document `index` (twins add 1<<62). */
+/* The augmentation key of page `page` of document `index` (a corrupted
+ * twin takes its clean page's key, so both get the same transform). */
 uint64_t synth_aug_key(int index, int page);
 
 #endif
