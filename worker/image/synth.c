@@ -584,7 +584,7 @@ static int s_table_page(S_Page *sp, int page, int npages)
     s_choose(r, rows, schemas[s].nrows, nrows);
     char *cell[16][3] = {{0}};
     for (int i = 0; i < nrows; i++)
-        for (int c = 0; c < 3 && !oom; c++) {
+        for (int c = 0; c < 3 && !rc; c++) {
             int k = s * 3 + c;
             cell[i][c] = S_DRAW(sp, &oom,
                 k == 0 ? s_fmt("%d", 10 + s_below(r, 9990)) :
@@ -594,6 +594,8 @@ static int s_table_page(S_Page *sp, int page, int npages)
                 k == 4 ? s_money(5 + s_below(r, 20000)) :
                 k == 6 ? s_fmt("%d.%d", 1 + s_below(r, 200), s_below(r, 10)) :
                 s_fmt("%d.%d", 3 + s_below(r, 8), s_below(r, 10)));
+            if (!cell[i][c])
+                rc = -1; /* out of memory, or no value of this split */
         }
     if (oom)
         rc = -1;
