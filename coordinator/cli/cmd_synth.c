@@ -436,7 +436,12 @@ int cmd_synth(int argc, char **argv)
         threads = n < 1 ? 1 : n > 16 ? 16 : (int)n;
     }
     char note[2048];
-    if (synth_fonts_check(&o, note, sizeof note))
+    int missing = synth_fonts_check(&o, note, sizeof note);
+    if (missing == synth_nfonts) {
+        fprintf(stderr, "docmint synth: %s\n", note);
+        return 1;
+    }
+    if (missing)
         fprintf(stderr, "docmint synth: %s\n", note);
     DmErr err = {{0}};
     S_Out so;
