@@ -7,7 +7,8 @@
 # and FMA peak of this machine measured in the same runs; the decoder in fp32
 # and in bf16 (the same weights converted) with the step's memory bound; a
 # page end to end through `docmint ask` in both precisions with the peak RSS
-# (/usr/bin/time -v); fp32 against bf16 answers on a synthetic corpus.
+# (/usr/bin/time -v); fp32 against bf16 answers on a synthetic corpus;
+# synthetic pages per second (tests/bench_synth.sh).
 #
 # The checkpoints are written once (build/bench-model-full, ~800 MB, and
 # build/bench-model-tiny) and reused.  When OPENBLAS_CORETYPE is set in the
@@ -176,6 +177,10 @@ fi
 # (docmint bench-dispatch) and infer throughput with 1 and 2 worker ranks
 # (tests/bench_batch.sh; about 30 s more).
 sh "$ROOT/tests/bench_batch.sh" "$DOCMINT"
+
+# Synthetic pages per second on 1 and 2 threads (tests/bench_synth.sh;
+# about 1 minute).
+sh "$ROOT/tests/bench_synth.sh" "$DOCMINT"
 
 # Training: distill tokens per second with 1 and 2 ranks on the tiny
 # config and on a full-size pruned student, with the all-reduce's share of

@@ -96,75 +96,149 @@ static int s_fail(DmErr *err, const char *what)
     return dm_err(err, "augment: %s: %s", what, line[0] ? line : "libvips failed");
 }
 
-/* Replace *img by out (taking it over). */
-static void s_swap(VipsImage **img, VipsImage *out)
+static inline uint8_t s_u8(double v)
 {
-    g_object_unref(*img);
-    *img = out;
+    return (uint8_t)(v <= 0 ? 0 : v >= 255 ? 255 : (int)(v + 0.5));
 }
 
-int image_augment_vips(void *vin, const ImageAugment *a, uint64_t seed, void **vout, DmErr *err)
+/* Rotation and scaling about the centre, bilinear, white outside: output
+ * pixel centre (X, Y) takes the input at M^-1 ((X, Y) - c) + c, M = scale
+ * times the rotation by angle. */
+static void s_affine(const uint8_t *in, uint8_t *out, int w, int h, int nb, double angle, double scale)
 {
-    VipsImage *img = vin, *t = NULL;
-    *vout = NULL;
+    double r = angle * M_PI / 180, c = cos(r) / scale, s = sin(r) / scale;
+    double cx = w / 2.0, cy = h / 2.0;
+    for (int Y = 0; Y < h; Y++) {
+        double dy = Y + 0.5 - cy, dx = 0.5 - cx;
+        double ix = cx + c * dx + s * dy - 0.5, iy = cy - s * dx + c * dy - 0.5;
+        uint8_t *o = out + (size_t)Y * w * nb;
+        for (int X = 0; X < w; X++, ix += c, iy -= s, o += nb) {
+            int x0 = (int)floor(ix), y0 = (int)floor(iy);
+            double fx = ix - x0, fy = iy - y0;
+            double w00 = (1 - fx) * (1 - fy), w01 = fx * (1 - fy), w10 = (1 - fx) * fy, w11 = fx * fy;
+            if (x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h) {
+                const uint8_t *p = in + ((size_t)y0 * w + x0) * nb, *q = p + (size_t)w * nb;
+                for (int b = 0; b < nb; b++)
+                    o[b] = s_u8(w00 * p[b] + w01 * p[nb + b] + w10 * q[b] + w11 * q[nb + b]);
+                continue;
+            }
+            for (int b = 0; b < nb; b++) { /* at the edge: white outside */
+                double v = 0;
+                for (int k = 0; k < 4; k++) {
+                    int x = x0 + (k & 1), y = y0 + (k >> 1);
+                    double wk = k == 0 ? w00 : k == 1 ? w01 : k == 2 ? w10 : w11;
+                    v += wk * (x >= 0 && x < w && y >= 0 && y < h ? in[((size_t)y * w + x) * nb + b] : 255.0);
+                }
+                o[b] = s_u8(v);
+            }
+        }
+    }
+}
+
+/* Separable Gaussian blur, edges clamped. */
+static int s_blur(uint8_t *px, int w, int h, int nb, double sigma)
+{
+    int rad = (int)ceil(3 * sigma);
+    if (rad > 31)
+        rad = 31;
+    float k[64];
+    double sum = 0;
+    for (int i = -rad; i <= rad; i++)
+        sum += exp(-0.5 * i * i / (sigma * sigma));
+    for (int i = -rad; i <= rad; i++)
+        k[i + rad] = (float)(exp(-0.5 * i * i / (sigma * sigma)) / sum);
+    size_t row = (size_t)w * nb;
+    float *tmp = malloc(row * h * sizeof *tmp);
+    if (!tmp)
+        return -1;
+    for (int y = 0; y < h; y++) { /* along rows */
+        const uint8_t *src = px + y * row;
+        float *dst = tmp + y * row;
+        for (int x = 0; x < w; x++)
+            for (int b = 0; b < nb; b++) {
+                float v = 0;
+                if (x >= rad && x + rad < w) {
+                    const uint8_t *p = src + (size_t)(x - rad) * nb + b;
+                    for (int i = 0; i <= 2 * rad; i++)
+                        v += k[i] * p[(size_t)i * nb];
+                } else {
+                    for (int i = -rad; i <= rad; i++) {
+                        int xx = x + i < 0 ? 0 : x + i >= w ? w - 1 : x + i;
+                        v += k[i + rad] * src[(size_t)xx * nb + b];
+                    }
+                }
+                dst[(size_t)x * nb + b] = v;
+            }
+    }
+    for (int y = 0; y < h; y++) { /* along columns, a row at a time */
+        uint8_t *dst = px + y * row;
+        for (size_t j = 0; j < row; j++) {
+            float v = 0;
+            for (int i = -rad; i <= rad; i++) {
+                int yy = y + i < 0 ? 0 : y + i >= h ? h - 1 : y + i;
+                v += k[i + rad] * tmp[yy * row + j];
+            }
+            dst[j] = s_u8(v);
+        }
+    }
+    free(tmp);
+    return 0;
+}
+
+/* JPEG compression and back, through libvips. */
+static int s_jpeg(uint8_t *px, int w, int h, int nb, int quality, DmErr *err)
+{
+    if (image_vips_init(err))
+        return -1;
+    size_t n = (size_t)w * h * nb;
+    VipsImage *in = vips_image_new_from_memory(px, n, w, h, nb, VIPS_FORMAT_UCHAR);
+    if (!in)
+        return s_fail(err, "jpeg");
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = vips_jpegsave_buffer(in, &buf, &len, "Q", quality, "strip", TRUE, NULL);
+    g_object_unref(in);
+    if (rc)
+        return s_fail(err, "jpeg");
+    VipsImage *j = NULL;
+    rc = vips_jpegload_buffer(buf, len, &j, NULL);
+    void *mem = NULL;
+    size_t got = 0;
+    if (!rc) {
+        mem = vips_image_write_to_memory(j, &got);
+        g_object_unref(j);
+    }
+    g_free(buf);
+    if (rc || !mem)
+        return s_fail(err, "jpeg");
+    if (got != n) {
+        g_free(mem);
+        return dm_err(err, "augment: jpeg: the page came back in another shape");
+    }
+    memcpy(px, mem, n);
+    g_free(mem);
+    return 0;
+}
+
+int image_augment_pixels(uint8_t *px, int w, int h, int bands, const ImageAugment *a, uint64_t seed, DmErr *err)
+{
+    if (w < 1 || h < 1 || (bands != 1 && bands != 3))
+        return dm_err(err, "augment: a %dx%d page of %d bands (expected 1 or 3)", w, h, bands);
     ImageAugmentDraw d;
     image_augment_draw(a, seed, &d);
-    g_object_ref(img);
-    int W = vips_image_get_width(img), H = vips_image_get_height(img);
-    int bands = vips_image_get_bands(img);
+    size_t n = (size_t)w * h * bands;
     if (d.angle != 0 || d.scale != 1) {
-        /* Output pixel (X, Y) = M (x - cx, y - cy) + (cx, cy): rotation
-         * and scaling about the centre, white where the page was not. */
-        double r = d.angle * M_PI / 180, c = cos(r) * d.scale, s = sin(r) * d.scale;
-        double cx = W / 2.0, cy = H / 2.0;
-        double white[3] = {255, 255, 255};
-        VipsArrayDouble *bg = vips_array_double_new(white, bands);
-        VipsArrayInt *area = vips_array_int_newv(4, 0, 0, W, H);
-        VipsInterpolate *bil = vips_interpolate_new("bilinear");
-        int rc = vips_affine(img, &t, c, -s, s, c, "oarea", area, "idx", -cx, "idy", -cy, "odx", cx,
-                             "ody", cy, "background", bg, "extend", VIPS_EXTEND_BACKGROUND,
-                             "interpolate", bil, NULL);
-        vips_area_unref(VIPS_AREA(bg));
-        vips_area_unref(VIPS_AREA(area));
-        g_object_unref(bil);
-        if (rc) {
-            g_object_unref(img);
-            return s_fail(err, "rotate");
-        }
-        s_swap(&img, t);
-        if (vips_cast(img, &t, VIPS_FORMAT_UCHAR, NULL)) {
-            g_object_unref(img);
-            return s_fail(err, "cast");
-        }
-        s_swap(&img, t);
+        uint8_t *in = malloc(n);
+        if (!in)
+            return dm_err(err, "augment: out of memory");
+        memcpy(in, px, n);
+        s_affine(in, px, w, h, bands, d.angle, d.scale);
+        free(in);
     }
-    if (d.sigma > 0) {
-        if (vips_gaussblur(img, &t, d.sigma, "precision", VIPS_PRECISION_INTEGER, NULL)) {
-            g_object_unref(img);
-            return s_fail(err, "blur");
-        }
-        s_swap(&img, t);
-    }
-    if (d.quality > 0) {
-        void *buf = NULL;
-        size_t len = 0;
-        if (vips_jpegsave_buffer(img, &buf, &len, "Q", d.quality, "strip", TRUE, NULL)) {
-            g_object_unref(img);
-            return s_fail(err, "jpeg");
-        }
-        g_object_unref(img);
-        img = NULL;
-        VipsImage *j = NULL;
-        int rc = vips_jpegload_buffer(buf, len, &j, NULL);
-        if (!rc) { /* decode now, so the buffer can go */
-            rc = (img = vips_image_copy_memory(j)) == NULL;
-            g_object_unref(j);
-        }
-        g_free(buf);
-        if (rc)
-            return s_fail(err, "jpeg");
-    }
-    *vout = img;
+    if (d.sigma > 0 && s_blur(px, w, h, bands, d.sigma))
+        return dm_err(err, "augment: out of memory");
+    if (d.quality > 0 && s_jpeg(px, w, h, bands, d.quality, err))
+        return -1;
     return 0;
 }
 
@@ -172,28 +246,5 @@ int image_augment(DmImage *im, const ImageAugment *a, uint64_t seed, DmErr *err)
 {
     if (!image_augment_active(a))
         return 0;
-    if (image_vips_init(err))
-        return -1;
-    VipsImage *in = vips_image_new_from_memory(im->rgb, (size_t)im->w * im->h * 3, im->w, im->h, 3,
-                                               VIPS_FORMAT_UCHAR);
-    if (!in)
-        return s_fail(err, "wrap");
-    void *vout = NULL;
-    int rc = image_augment_vips(in, a, seed, &vout, err);
-    g_object_unref(in);
-    if (rc)
-        return -1;
-    VipsImage *out = vout;
-    size_t len = 0;
-    void *mem = vips_image_write_to_memory(out, &len);
-    g_object_unref(out);
-    if (!mem)
-        return s_fail(err, "write");
-    if (len != (size_t)im->w * im->h * 3) {
-        g_free(mem);
-        return dm_err(err, "augment: the page changed size");
-    }
-    memcpy(im->rgb, mem, len);
-    g_free(mem);
-    return 0;
+    return image_augment_pixels(im->rgb, im->w, im->h, 3, a, seed, err);
 }

@@ -7,7 +7,9 @@
  * in [-rotate, rotate] degrees, the scale in [1 - scale, 1 + scale], the
  * blur sigma in [0, blur] pixels (none below 0.3), the JPEG quality in
  * [jpeg, 95] (no JPEG when jpeg is 0).  The same image, spec and seed give
- * the same bytes; the page keeps its size. */
+ * the same bytes; the page keeps its size.  Rotation, scaling (bilinear)
+ * and blur (separable Gaussian, edges clamped) are plain C; JPEG goes
+ * through libvips. */
 #ifndef DM_AUGMENT_H
 #define DM_AUGMENT_H
 
@@ -43,8 +45,7 @@ void image_augment_draw(const ImageAugment *a, uint64_t seed, ImageAugmentDraw *
 /* Augment img in place. */
 int image_augment(DmImage *img, const ImageAugment *a, uint64_t seed, DmErr *err);
 
-/* The same on a libvips image of one or three uchar bands (void * to keep
- * libvips out of this header: a VipsImage *); *out is a new reference. */
-int image_augment_vips(void *in, const ImageAugment *a, uint64_t seed, void **out, DmErr *err);
+/* The same on h rows of w pixels of 1 (grey) or 3 (RGB) interleaved bytes. */
+int image_augment_pixels(uint8_t *px, int w, int h, int bands, const ImageAugment *a, uint64_t seed, DmErr *err);
 
 #endif

@@ -208,20 +208,17 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
     }
     for (size_t k = 0; k < (size_t)W * H; k++)
         ink[k] = (uint8_t)(255 - ink[k]);
+    if (image_augment_active(&o->augment)) {
+        uint64_t seed = o->seed * 0xd6e8feb86659fd93ULL ^ aug_key * 0x9e3779b97f4a7c15ULL;
+        if (image_augment_pixels(ink, W, H, 1, &o->augment, seed, err)) {
+            free(ink);
+            return -1;
+        }
+    }
     VipsImage *u8 = vips_image_new_from_memory_copy(ink, (size_t)W * H, W, H, 1, VIPS_FORMAT_UCHAR);
     free(ink);
     if (!u8)
         return s_vips_fail(err, "synth: page");
-    int rc = 0;
-    if (image_augment_active(&o->augment)) {
-        void *aug = NULL;
-        uint64_t seed = o->seed * 0xd6e8feb86659fd93ULL ^ aug_key * 0x9e3779b97f4a7c15ULL;
-        rc = image_augment_vips(u8, &o->augment, seed, &aug, err);
-        g_object_unref(u8);
-        if (rc)
-            return -1;
-        u8 = aug;
-    }
     *out = u8;
     return 0;
 }
