@@ -768,7 +768,11 @@ static int s_text_page(S_Page *sp, const char *title)
         return -1;
     s_block_end(sp);
     char *to = S_DRAW(sp, &oom, s_person(r));
-    char *from = to ? S_DRAW(sp, &oom, s_person(r)) : NULL;
+    char *from = NULL;
+    for (int t = 0; to && t < 100 && !oom && (!from || !strcmp(from, to)); t++) {
+        free(from);
+        from = S_DRAW(sp, &oom, s_person(r));
+    }
     char *date = from ? S_DRAW(sp, &oom, s_date(r)) : NULL;
     if (!date || !strcmp(to, from)) {
         free(to);
