@@ -463,7 +463,8 @@ static int s_form_page(S_Page *sp, const char *title, int page, int npages)
     s_block_end(sp);
     char *date = S_DRAW(sp, &oom, s_date(r));
     if (date) {
-        if (s_block(sp, 600, 1, sz, 3) || s_line(sp, s_fmt("Date: %s", date)) ||
+        /* beside a short title, under a long one */
+        if (s_block(sp, 600, strlen(title) <= 12, sz, 3) || s_line(sp, s_fmt("Date: %s", date)) ||
             s_qa(sp, strdup("What is the date?"), date, "form"))
             return -1;
         s_block_end(sp);
@@ -551,7 +552,7 @@ static int s_form_page(S_Page *sp, const char *title, int page, int npages)
     }
     s_block_end(sp);
     /* the total, under the price column */
-    if (s_block(sp, 560, 0, sz, 3) || s_line(sp, s_fmt("Total amount: %s", ts)) ||
+    if (s_block(sp, 480, 0, sz, 3) || s_line(sp, s_fmt("Total amount: %s", ts)) ||
         s_qa(sp, strdup("What is the total amount?"), ts, "form"))
         return -1;
     s_block_end(sp);
