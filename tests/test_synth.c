@@ -741,12 +741,21 @@ static void t_augment(void)
     CU_ASSERT(a.rotate == 1.5 && a.jpeg == 50);
 }
 
+/* The font folder of t_fonts stays until the process ends: fontconfig
+ * keeps the files it was given for as long as the process runs. */
+static char s_font_dir[] = "/tmp/docmint-synth-XXXXXX";
+static void s_font_dir_remove(void)
+{
+    s_rmtree(s_font_dir);
+}
+
 /* Missing fonts: a note naming them and their packages; drawn in another
  * font while one is left, a clear error when none is. */
 static void t_fonts(void)
 {
-    char dir[] = "/tmp/docmint-synth-XXXXXX";
+    char *dir = s_font_dir;
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    atexit(s_font_dir_remove);
     SynthOptions o;
     synth_options_default(&o);
     char note[4096], cmd[1600], path[800];
@@ -782,7 +791,6 @@ static void t_fonts(void)
         printf("\n  %s", err.msg);
     CU_ASSERT_EQUAL(access(path, F_OK), 0);
     synth_doc_free(&doc);
-    s_rmtree(dir);
 }
 
 static void t_tiff(void)

@@ -77,6 +77,16 @@ int synth_fonts_check(const SynthOptions *o, char *note, int cap)
     return missing;
 }
 
+/* Font files outside fontconfig's folders are handed to libvips once each
+ * per process, before any text uses them: libvips 8.14 keeps the name it
+ * was given in its table of added files without a copy of its own, so the
+ * same file named again would be looked up against freed memory. */
+static GMutex s_fonts_mu;
+static char *s_fonts_added[256];
+static int s_nfonts_added;
+
+static int s_fonts_register(const SynthOptions *o, const int *present, DmErr *err);
+
 static int s_vips_fail(DmErr *err, const char *what)
 {
     const char *m = vips_error_buffer();
@@ -89,6 +99,33 @@ static int s_vips_fail(DmErr *err, const char *what)
     line[i] = '\0';
     vips_error_clear();
     return dm_err(err, "%s: %s", what, line[0] ? line : "libvips failed");
+}
+
+static int s_fonts_register(const SynthOptions *o, const int *present, DmErr *err)
+{
+    int rc = 0;
+    g_mutex_lock(&s_fonts_mu);
+    for (int f = 0; f < synth_nfonts && !rc; f++) {
+        char file[1024];
+        s_font_path(o, f, file, sizeof file);
+        int known = !present[f];
+        for (int i = 0; i < s_nfonts_added && !known; i++)
+            known = !strcmp(s_fonts_added[i], file);
+        if (known || s_nfonts_added == (int)(sizeof s_fonts_added / sizeof *s_fonts_added))
+            continue;
+        VipsImage *t = NULL;
+        if (vips_text(&t, "x", "fontfile", file, NULL)) {
+            rc = s_vips_fail(err, file);
+            break;
+        }
+        g_object_unref(t);
+        if (!(s_fonts_added[s_nfonts_added] = strdup(file)))
+            rc = dm_err(err, "synth: out of memory");
+        else
+            s_nfonts_added++;
+    }
+    g_mutex_unlock(&s_fonts_mu);
+    return rc;
 }
 
 /* The Pango markup of one block. */
@@ -127,6 +164,8 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
         return dm_err(err, "synth: page size %dx%d out of range 64..20000", W, H);
     int present[64];
     s_fonts_present(o, present);
+    if (o->font_dir && s_fonts_register(o, present, err))
+        return -1;
     double scale = fmin((double)W / SYNTH_WIDTH_DEFAULT, (double)H / SYNTH_HEIGHT_DEFAULT);
     /* Font sizes are designed at 72 dpi on the default page; smaller or
      * larger pages scale through the rendering resolution. */
@@ -149,17 +188,12 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
             free(ink);
             return dm_err(err, "synth: %s", note);
         }
-        char font[96], file[1024];
+        char font[96];
         snprintf(font, sizeof font, "%s %d", synth_fonts[f].family, b->size_pt);
-        s_font_path(o, f, file, sizeof file);
         char *markup = s_markup(p, b);
         VipsImage *t = NULL;
         int align = b->align_right ? VIPS_ALIGN_HIGH : VIPS_ALIGN_LOW;
-        /* fontconfig knows the fonts of its own folders already; others
-         * are added by file */
-        int rc = o->font_dir ? vips_text(&t, markup, "font", font, "fontfile", file, "dpi", dpi, "align",
-                                         align, NULL)
-                             : vips_text(&t, markup, "font", font, "dpi", dpi, "align", align, NULL);
+        int rc = vips_text(&t, markup, "font", font, "dpi", dpi, "align", align, NULL);
         g_free(markup);
         if (rc) {
             free(ink);
