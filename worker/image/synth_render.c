@@ -82,6 +82,12 @@ int synth_fonts_check(const SynthOptions *o, char *note, int cap)
  * was given in its table of added files without a copy of its own, so the
  * same file named again would be looked up against freed memory. */
 static GMutex s_fonts_mu;
+
+/* vips_text is not safe to call from several threads at once in libvips
+ * 8.14 (shared Pango and cairo state: rare crashes in cairo_show_glyphs
+ * with two rendering threads), so every text image is made and read out
+ * under this lock; the rest of a page runs in parallel. */
+static GMutex s_text_mu;
 static char *s_fonts_added[256];
 static int s_nfonts_added;
 
@@ -114,11 +120,15 @@ static int s_fonts_register(const SynthOptions *o, const int *present, DmErr *er
         if (known || s_nfonts_added == (int)(sizeof s_fonts_added / sizeof *s_fonts_added))
             continue;
         VipsImage *t = NULL;
-        if (vips_text(&t, "x", "fontfile", file, NULL)) {
+        g_mutex_lock(&s_text_mu);
+        int bad = vips_text(&t, "x", "fontfile", file, NULL);
+        if (!bad)
+            g_object_unref(t);
+        g_mutex_unlock(&s_text_mu);
+        if (bad) {
             rc = s_vips_fail(err, file);
             break;
         }
-        g_object_unref(t);
         if (!(s_fonts_added[s_nfonts_added] = strdup(file)))
             rc = dm_err(err, "synth: out of memory");
         else
@@ -193,9 +203,11 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
         char *markup = s_markup(p, b);
         VipsImage *t = NULL;
         int align = b->align_right ? VIPS_ALIGN_HIGH : VIPS_ALIGN_LOW;
+        g_mutex_lock(&s_text_mu);
         int rc = vips_text(&t, markup, "font", font, "dpi", dpi, "align", align, NULL);
         g_free(markup);
         if (rc) {
+            g_mutex_unlock(&s_text_mu);
             free(ink);
             return s_vips_fail(err, "synth: text");
         }
@@ -213,6 +225,7 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
             why = "does not fit";
         if (why) {
             g_object_unref(t);
+            g_mutex_unlock(&s_text_mu);
             free(ink);
             return dm_err(err, "synth: page %dx%d too small: \"%s\" %s", W, H, p->lines[b->first], why);
         }
@@ -221,6 +234,7 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
                           ? vips_image_write_to_memory(t, &len)
                           : NULL;
         g_object_unref(t);
+        g_mutex_unlock(&s_text_mu);
         if (!px || len != (size_t)tw * th) {
             g_free(px);
             free(ink);
