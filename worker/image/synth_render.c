@@ -85,8 +85,9 @@ static GMutex s_fonts_mu;
 
 /* vips_text is not safe to call from several threads at once in libvips
  * 8.14 (shared Pango and cairo state: rare crashes in cairo_show_glyphs
- * with two rendering threads), so every text image is made and read out
- * under this lock; the rest of a page runs in parallel. */
+ * with two rendering threads), so every text image is made under this
+ * lock.  It draws its pixels while it is built; reading them out and the
+ * rest of a page run in parallel. */
 static GMutex s_text_mu;
 static char *s_fonts_added[256];
 static int s_nfonts_added;
@@ -205,9 +206,9 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
         int align = b->align_right ? VIPS_ALIGN_HIGH : VIPS_ALIGN_LOW;
         g_mutex_lock(&s_text_mu);
         int rc = vips_text(&t, markup, "font", font, "dpi", dpi, "align", align, NULL);
+        g_mutex_unlock(&s_text_mu);
         g_free(markup);
         if (rc) {
-            g_mutex_unlock(&s_text_mu);
             free(ink);
             return s_vips_fail(err, "synth: text");
         }
@@ -225,7 +226,6 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
             why = "does not fit";
         if (why) {
             g_object_unref(t);
-            g_mutex_unlock(&s_text_mu);
             free(ink);
             return dm_err(err, "synth: page %dx%d too small: \"%s\" %s", W, H, p->lines[b->first], why);
         }
@@ -234,7 +234,6 @@ static int s_render(const SynthOptions *o, const SynthPage *p, uint64_t aug_key,
                           ? vips_image_write_to_memory(t, &len)
                           : NULL;
         g_object_unref(t);
-        g_mutex_unlock(&s_text_mu);
         if (!px || len != (size_t)tw * th) {
             g_free(px);
             free(ink);
