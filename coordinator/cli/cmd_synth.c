@@ -300,10 +300,14 @@ static int s_synth(const char *out, const SynthOptions *o, int ndocs, int tiff, 
     so->qid = 1;
     S_Slot *slots = calloc(S_CHUNK, sizeof *slots);
     int rc = slots ? 0 : dm_err(err, "synth: out of memory");
-    /* libvips' own threads would only compete with ours */
-    int vips_threads = vips_concurrency_get();
-    if (threads > 1)
+    /* libvips' own threads would only compete with ours.  No operation
+     * cache: a cached text operation let go later, on another thread, would
+     * free its Pango layout outside the text lock of synth_render.c. */
+    int vips_threads = vips_concurrency_get(), vips_cache = vips_cache_get_max();
+    if (threads > 1) {
         vips_concurrency_set(1);
+        vips_cache_set_max(0);
+    }
     for (int first = 0; first < ndocs && !rc; first += S_CHUNK) {
         S_Work w = {o, out, ndocs, first, ndocs - first < S_CHUNK ? ndocs - first : S_CHUNK, tiff, corrupt,
                     slots, 0, PTHREAD_MUTEX_INITIALIZER};
@@ -328,6 +332,7 @@ static int s_synth(const char *out, const SynthOptions *o, int ndocs, int tiff, 
         }
     }
     vips_concurrency_set(vips_threads);
+    vips_cache_set_max(vips_cache);
     free(slots);
     if (fclose(so->lines) && !rc)
         rc = dm_err(err, "%s/synth_lines.jsonl: write failed", out);
