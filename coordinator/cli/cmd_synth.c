@@ -23,6 +23,7 @@
 #include "coordinator/cli/commands.h"
 #include "common/dm_error.h"
 #include "worker/image/augment.h"
+#include "worker/image/image.h"
 #include "worker/image/synth.h"
 
 #define S_CHUNK 64
@@ -282,6 +283,8 @@ static int s_synth(const char *out, const SynthOptions *o, int ndocs, int tiff, 
                    S_Out *so, DmErr *err)
 {
     char path[PATH_MAX];
+    if (image_vips_init(err))
+        return -1;
     snprintf(path, sizeof path, "%s/documents", out);
     if (s_mkdir(out, err) || s_mkdir(path, err))
         return -1;
