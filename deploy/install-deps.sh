@@ -6,7 +6,8 @@ set -eu
 PKGS="build-essential pkg-config git ca-certificates
 libopenblas-dev libdnnl-dev libblis-dev libxsmm-dev libjansson-dev libvips-dev libvips-tools poppler-utils libcunit1-dev libutf8proc-dev
 libzmq3-dev liblmdb-dev lmdb-utils libopenmpi-dev openmpi-bin python3-lmdb python3-protobuf python3-numpy protobuf-compiler
-libprotobuf-c-dev protobuf-c-compiler python3"
+libprotobuf-c-dev protobuf-c-compiler python3
+fonts-dejavu-core fonts-liberation fonts-freefont-ttf"
 
 missing=""
 for p in $PKGS; do

@@ -25,7 +25,7 @@ REAL=models/donut-docvqa
 mkdir -p "$OUT"
 
 if [ ! -f "$OUT/corpus/train_v1.0_withQT.json" ]; then
-    "$DOCMINT" synth "$OUT/corpus" --docs 6 --seed 1
+    "$DOCMINT" synth "$OUT/corpus" --docs 6 --seed 1 --kind form
 fi
 
 if [ -f "$REAL/config.json" ]; then

@@ -9,7 +9,8 @@
 # page end to end through `docmint ask` in both precisions with the peak RSS
 # (/usr/bin/time -v); fp32 against bf16 answers on a synthetic corpus; a
 # batch run with OpenMP spinning and passive, on the node as found and with a
-# busy loop on every CPU (tests/bench_busy.sh).
+# busy loop on every CPU (tests/bench_busy.sh); synthetic pages per second
+# (tests/bench_synth.sh).
 #
 # The checkpoints are written once (build/bench-model-full, ~800 MB, and
 # build/bench-model-tiny) and reused.  When OPENBLAS_CORETYPE is set in the
@@ -184,6 +185,9 @@ sh "$ROOT/tests/bench_batch.sh" "$DOCMINT"
 echo
 echo "==== threads on a busy node: OpenMP waiting, as found and with busy loops ===="
 sh "$ROOT/tests/bench_busy.sh" "$DOCMINT"
+# Synthetic pages per second on 1 and 2 threads (tests/bench_synth.sh;
+# about 1 minute).
+sh "$ROOT/tests/bench_synth.sh" "$DOCMINT"
 
 # Training: distill tokens per second with 1 and 2 ranks on the tiny
 # config and on a full-size pruned student, with the all-reduce's share of

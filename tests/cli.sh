@@ -756,6 +756,41 @@ else
     bad "a failed prune left files: $(ls -a "$T")"
 fi
 
+echo "cli: synth"
+# A mixed corpus with corrupted twins on 1 and 2 threads: the same files;
+# every split file and the twins' file read as a corpus by `validate`, with
+# the pages and questions the files hold; a font folder without fonts is
+# one clear line.
+syn_ok=1
+for t in 1 2; do
+    "$DOCMINT" synth "$T/syn$t" --docs 24 --seed 4 --width 480 --height 640 --corrupt \
+        --threads $t >"$T/synout$t" 2>&1 || syn_ok=0
+done
+if [ $syn_ok -eq 1 ] && diff -r "$T/syn1" "$T/syn2" >/dev/null &&
+    grep -q "24 documents (train 20, val 2, test 2), 24 pages of 480x640, 72 questions" "$T/synout1"; then
+    ok "synth: $(head -1 "$T/synout1" | sed 's/^[^:]*: //'); the same files on 1 and 2 threads"
+else
+    bad "synth on 1 and 2 threads: $(cat "$T/synout1" "$T/synout2" | head -5)"
+fi
+for f in train_v1.0_withQT.json val_v1.0_withQT.json test_v1.0.json corrupt_v1.0_withQT.json; do
+    want=$(python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))['data']
+print('%d pages, %d questions' % (len({e['image'] for e in d}), len(d)))" "$T/syn1/$f")
+    printf '{"stage": "infer", "model": "%s", "output": "%s", "corpus": {"format": "docvqa", "path": "%s"}}\n' \
+        "$T/model" "$T/synans" "$T/syn1/$f" >"$T/synjob.json"
+    if "$DOCMINT" validate "$T/synjob.json" --corpus >"$T/synval" 2>&1 && grep -q ": $want\$" "$T/synval"; then
+        ok "synth: $f reads as a corpus ($want)"
+    else
+        bad "synth: $f as a corpus: expected $want: $(cat "$T/synval")"
+    fi
+done
+expect_error "synth without fonts names them and their packages" \
+    "font missing: DejaVu Sans ($T/nofonts/dejavu/DejaVuSans.ttf, Debian package fonts-dejavu-core)" \
+    "$DOCMINT" synth "$T/synx" --docs 1 --font-dir "$T/nofonts"
+expect_error "synth --augment with a bad item" "unknown item \"tilt\"" \
+    "$DOCMINT" synth "$T/synx" --augment tilt=2
+
 echo "cli: bad input"
 printf 'not an image' >"$T/corrupt.png"
 : >"$T/empty.png"
@@ -900,7 +935,7 @@ else
     bad "OpenMP wait policy: default $(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT), user 4321 -> $(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)"
 fi
 
-for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate; do
+for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate synth; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

@@ -90,7 +90,7 @@ static const Command s_commands[] = {
     {"init", cmd_init, "OUT_DIR --config CONFIG.json [--seed N]   write a random-weight checkpoint"},
     {"export", cmd_export, "STORE -o FILE [--format jsonl|csv|json]   results table (or --annotations: DocVQA submission)"},
     {"eval", cmd_eval, "--predictions FILE --annotations FILE   ANLS, overall and by question type"},
-    {"synth", cmd_synth, "OUT_DIR [--docs N] [--seed S] [--kv colours|nouns|numbers]   a synthetic DocVQA corpus"},
+    {"synth", cmd_synth, "OUT_DIR [--docs N] [--seed S] [--kind K] [--corrupt] [--augment SPEC]   a synthetic DocVQA corpus"},
     {"validate", cmd_validate, "JOB.json [--corpus] [--print]   check a job file (--schema prints the schema)"},
     {"bench", cmd_bench, "MODEL_DIR   encoder/decoder timings against measured machine bounds"},
     {"bench-dispatch", cmd_bench_dispatch, "[--questions N] [--workers W]   coordinator overhead with no-op workers"},
