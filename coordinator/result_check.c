@@ -233,16 +233,10 @@ static int s_logit(const ResultLimits *lim, const Docmint__LogitRecord *r, const
     return 0;
 }
 
-static int s_floats_ok(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (isnan(v[i]))
-            return 0;
-    return 1;
-}
-
 /* An analysis record: its answer among the question's, the decoder's shape,
- * ids within the vocabulary, no NaN, arrays within their bound. */
+ * ids within the vocabulary, arrays within their bound.  Values are not
+ * checked: NaN is the stage's mark for an analysis the job did not ask for
+ * (worker/analyze), and an NLL may be infinite. */
 static int s_analysis(const ResultLimits *lim, const Docmint__AnalysisRecord *y, const ShardQuestion *sq,
                       char *why, size_t n)
 {
@@ -270,15 +264,6 @@ static int s_analysis(const ResultLimits *lim, const Docmint__AnalysisRecord *y,
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
         if (sizes[i] > cap)
             return s_why(why, n, "analysis %lld: a field of %zu values, at most %zu", q, sizes[i], cap);
-    const float one[] = {y->nll_clean, y->nll_m_last_cancels_c_last, y->nll_corrupt, y->nll_patch_query};
-    if (!s_floats_ok(one, 4) || !s_floats_ok(y->nll_skip, y->n_nll_skip) ||
-        !s_floats_ok(y->nll_reproject, y->n_nll_reproject) ||
-        !s_floats_ok(y->lens_target_logprob, y->n_lens_target_logprob) ||
-        !s_floats_ok(y->sa_entropy, y->n_sa_entropy) || !s_floats_ok(y->ca_variance, y->n_ca_variance) ||
-        !s_floats_ok(y->nll_head_ablation, y->n_nll_head_ablation) ||
-        !s_floats_ok(y->transcribe_entropy, y->n_transcribe_entropy) ||
-        !s_floats_ok(y->nll_patch_head, y->n_nll_patch_head) || !s_floats_ok(y->atp_head, y->n_atp_head))
-        return s_why(why, n, "analysis %lld/%u: a NaN value", q, y->answer_index);
     for (size_t i = 0; i < y->n_named; i++)
         if (!y->named[i] || !y->named[i]->name || strlen(y->named[i]->name) > 256)
             return s_why(why, n, "analysis %lld: a named value without a name (or one too long)", q);
