@@ -111,6 +111,23 @@ else
     bad "mint --budget-params 250000 over the budget: $msg"
 fi
 
+# the FLOPs budget, counted by `docmint params --flops` on the student and
+# the teacher (docmint's cached convention, 42 + 35 tokens)
+if python3 - <<PY
+import json, subprocess, sys
+def layers(d):
+    out = subprocess.run(["$DOCMINT", "params", d, "--flops", "--json"], capture_output=True, check=True).stdout
+    return json.loads(out)["flops"]["docmint"]["layers"]
+s, t = layers("$T/st-mint-flops"), layers("$T/model")
+print(f"  ..    student {s} of {t} multiply-adds ({s / t:.4f}), limit 0.6")
+sys.exit(0 if s <= 0.6 * t else 1)
+PY
+then
+    ok "mint --budget-flops 0.6 within the budget by docmint params --flops"
+else
+    bad "mint --budget-flops 0.6 over the budget"
+fi
+
 # enumerate: the best 3 plans; the best is the best subset found here
 if "$DOCMINT" plan "$T/an" --method enumerate --budget 0.5 --top 3 -o "$T/enum" >"$T/enum.log" 2>&1 &&
     [ -s "$T/enum/plan-2.json" ] && [ -s "$T/enum/plan-3.json" ] &&
