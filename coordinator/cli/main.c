@@ -76,6 +76,7 @@ typedef struct Command {
 #pragma weak cmd_cache_check
 #pragma weak cmd_prune
 #pragma weak cmd_params
+#pragma weak cmd_plan
 
 static const Command s_commands[] = {
     {"ask", cmd_ask, "MODEL_DIR IMAGE... -- QUESTION...   answer questions about pages (--json)"},
@@ -97,6 +98,7 @@ static const Command s_commands[] = {
     {"cache-check", cmd_cache_check, "TEACHER_DIR STORE [--student DIR] [--T X]   a logit store against the live teacher"},
     {"prune", cmd_prune, "MODEL_DIR --plan PLAN.json -o OUT_DIR   write a pruned student checkpoint"},
     {"params", cmd_params, "MODEL_DIR [--json]   parameters per module, as shares of the teacher's decoder"},
+    {"plan", cmd_plan, "ANALYSIS_STORE --budget B [--method mint|enumerate] -o PLAN_DIR   a pruning plan from analyses"},
     {"store", cmd_store, "stat|get|dump|import STORE [KEY]   look inside an output store"},
 };
 #define NCOMMANDS (int)(sizeof s_commands / sizeof *s_commands)

@@ -12,7 +12,7 @@ total_pass=0
 total_fail=0
 status=0
 limit=${DOCMINT_MPI_TEST_LIMIT:-900}
-for t in run_basic bad_images damaged_stores kill_resume interrupt lease_expiry watchdog wrong_keys rogue_worker worker_keys coordinator_pause cache_logits analyze distill distill_e2e distill_all masked; do
+for t in run_basic bad_images damaged_stores kill_resume interrupt lease_expiry watchdog wrong_keys rogue_worker worker_keys coordinator_pause cache_logits analyze plan distill distill_e2e distill_all masked; do
     t0=$(date +%s)
     out=$(timeout -k 10 "$limit" sh "tests/mpi/$t.sh" 2>&1)
     rc=$?
