@@ -1,5 +1,4 @@
 /* mask.c - masked students (mask.h). */
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -167,22 +166,6 @@ static const char *const s_copied[] = {
     "tokenizer_config.json", "generation_config.json",  "pruning.json",
 };
 
-static void s_remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[4200];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            unlink(path);
-        }
-    closedir(d);
-    rmdir(dir);
-}
-
 int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double sparsity,
                           const float *const *xnorms, const char *out_dir, DmErr *err)
 {
@@ -195,7 +178,7 @@ int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double spa
         return dm_err(err, "%s: exists (the masked student needs a new folder)", out_dir);
     char tmp[4200], path[4300], src[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp-%d", out_dir, (int)getpid());
-    s_remove_tree(tmp);
+    dm_rm_tree(tmp);
     DonutModel *m = NULL, *check = NULL;
     DmMask *k = NULL;
     StWriter *ww = NULL, *mw = NULL;
@@ -291,7 +274,7 @@ int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double spa
     rc = 0;
 done:
     if (made)
-        s_remove_tree(tmp);
+        dm_rm_tree(tmp);
     free(zero);
     free(keep);
     free(names);

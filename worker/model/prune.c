@@ -24,23 +24,6 @@ static const char *const s_copied[] = {
     "tokenizer_config.json", "generation_config.json",
 };
 
-/* Remove a folder holding only plain files (the temporary student). */
-static void s_remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[4096];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            unlink(path);
-        }
-    closedir(d);
-    rmdir(dir);
-}
-
 /* out_dir must be absent, or an empty folder. */
 static int s_check_out(const char *out_dir, DmErr *err)
 {
@@ -250,7 +233,7 @@ int prune_checkpoint(const char *model_dir, const char *plan_path, const char *o
     rc = 0;
 done:
     if (tmp[0])
-        s_remove_tree(tmp);
+        dm_rm_tree(tmp);
     donut_free(&check);
     donut_free(&m);
     return rc;
