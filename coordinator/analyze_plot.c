@@ -7,6 +7,7 @@
 #include <string.h>
 #include <vips/vips.h>
 
+#include "coordinator/plot.h"
 #include "worker/image/image.h" /* image_vips_init */
 #include "worker/text/tokenizer.h"
 
@@ -17,13 +18,6 @@
 #define TOP 78
 #define BOTTOM 48
 #define MARGIN 14
-
-static int s_fail(DmErr *err, const char *what)
-{
-    dm_err(err, "%s: libvips: %s", what, vips_error_buffer());
-    vips_error_clear();
-    return -1;
-}
 
 /* vips_text reads Pango markup: tokens such as <s_answer> are escaped. */
 static void s_escape(const char *s, char *esc, size_t cap)
@@ -52,12 +46,12 @@ static int s_text(VipsImage *img, const char *s, int x, int y, int align, const 
     char esc[512];
     s_escape(s, esc, sizeof esc);
     if (vips_text(&t, esc, "font", font, "dpi", 96, NULL))
-        return s_fail(err, png);
+        return plot_vips_fail(err, png);
     int w = vips_image_get_width(t), h = vips_image_get_height(t);
     int x0 = align == 0 ? x - w / 2 : align > 0 ? x - w : x;
     int rc = vips_draw_mask(img, (double *)ink, 3, t, x0, y - h / 2, NULL);
     g_object_unref(t);
-    return rc ? s_fail(err, png) : 0;
+    return rc ? plot_vips_fail(err, png) : 0;
 }
 
 /* Width in pixels of s in font (0 when it cannot be drawn). */
@@ -129,7 +123,7 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
     VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
     if (!img) {
         free(buf);
-        return s_fail(err, png);
+        return plot_vips_fail(err, png);
     }
     static const double black[3] = {0, 0, 0}, white[3] = {255, 255, 255},
                         grey[3] = {215, 215, 215}, edge[3] = {160, 160, 160};
@@ -150,7 +144,7 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
                 s_colour(h, v, lo, hi, rgb);
             if (vips_draw_rect(img, rgb, 3, x, y, CW, CELL_H, "fill", TRUE, NULL) ||
                 vips_draw_rect(img, (double *)edge, 3, x, y, CW + 1, CELL_H + 1, NULL)) {
-                rc = s_fail(err, png);
+                rc = plot_vips_fail(err, png);
                 break;
             }
             char label[64];
@@ -166,12 +160,7 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
     if (!rc)
         rc = s_text(img, h->legend, MARGIN, TOP + h->rows * CELL_H + BOTTOM / 2, -1, black, font,
                     png, err);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.png", png);
-    if (!rc && vips_pngsave(img, tmp, NULL))
-        rc = s_fail(err, png);
-    if (!rc && rename(tmp, png) != 0)
-        rc = dm_err_errno(err, "%s: cannot rename", tmp);
+    rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
     free(buf);
     return rc;
@@ -488,7 +477,7 @@ int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw
         }
     VipsImage *img =
         vips_image_new_from_memory(buf, (size_t)OW * (OH + top) * 3, OW, OH + top, 3, VIPS_FORMAT_UCHAR);
-    int rc = img ? 0 : s_fail(err, png);
+    int rc = img ? 0 : plot_vips_fail(err, png);
     static const double black[3] = {0, 0, 0}, grid[3] = {120, 120, 120};
     char title[200];
     snprintf(title, sizeof title,
@@ -501,7 +490,7 @@ int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw
         int x0 = gx * W / gw * k, x1 = (gx + 1) * W / gw * k, y0 = gy * H / gh * k + top,
             y1 = (gy + 1) * H / gh * k + top;
         if (vips_draw_rect(img, (double *)grid, 3, x0, y0, x1 - x0 + 1, y1 - y0 + 1, NULL)) {
-            rc = s_fail(err, png);
+            rc = plot_vips_fail(err, png);
             break;
         }
         if (!low[j])
@@ -510,12 +499,7 @@ int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw
         s_piece(tok, top1[j], piece, sizeof piece);
         rc = s_text(img, piece, (x0 + x1) / 2, (y0 + y1) / 2, 0, black, "DejaVu Sans 8", png, err);
     }
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.png", png);
-    if (!rc && vips_pngsave(img, tmp, NULL))
-        rc = s_fail(err, png);
-    if (!rc && rename(tmp, png) != 0)
-        rc = dm_err_errno(err, "%s: cannot rename", tmp);
+    rc = plot_save_png(img, png, rc, err);
     if (img)
         g_object_unref(img);
     free(buf);

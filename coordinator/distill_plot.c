@@ -7,6 +7,7 @@
 #include <string.h>
 #include <vips/vips.h>
 
+#include "coordinator/plot.h"
 #include "worker/image/image.h" /* image_vips_init */
 
 #define W 960
@@ -41,13 +42,6 @@ void distill_curve_free(DistillCurve *c)
     memset(c, 0, sizeof *c);
 }
 
-static int s_fail(DmErr *err, const char *what)
-{
-    dm_err(err, "%s: libvips: %s", what, vips_error_buffer());
-    vips_error_clear();
-    return -1;
-}
-
 /* A tick spacing of 1, 2 or 5 times a power of ten giving about n ticks. */
 static double s_nice(double span, int n)
 {
@@ -60,11 +54,11 @@ static int s_text(VipsImage *img, const char *s, int x, int y, int right_align, 
 {
     VipsImage *t = NULL;
     if (vips_text(&t, s, "font", "DejaVu Sans 11", "dpi", 96, NULL))
-        return s_fail(err, "losses.png: text");
+        return plot_vips_fail(err, "losses.png: text");
     int w = vips_image_get_width(t), h = vips_image_get_height(t);
     int rc = vips_draw_mask(img, (double *)ink, 3, t, right_align ? x - w : x, y - h / 2, NULL);
     g_object_unref(t);
-    return rc ? s_fail(err, "losses.png: text") : 0;
+    return rc ? plot_vips_fail(err, "losses.png: text") : 0;
 }
 
 int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *err)
@@ -96,7 +90,7 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
     VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
     if (!img) {
         free(buf);
-        return s_fail(err, png);
+        return plot_vips_fail(err, png);
     }
     static const double black[3] = {0, 0, 0}, grey[3] = {225, 225, 225};
     static const double colour[3][3] = {{20, 20, 20}, {31, 119, 180}, {214, 39, 40}};
@@ -109,16 +103,16 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
         rc |= vips_draw_line(img, (double *)grey, 3, LEFT, PY(y), LEFT + pw, PY(y), NULL);
         rc |= vips_draw_line(img, (double *)black, 3, LEFT - 5, PY(y), LEFT, PY(y), NULL);
         snprintf(label, sizeof label, "%g", y);
-        rc = rc ? s_fail(err, png) : s_text(img, label, LEFT - 8, PY(y), 1, black, err);
+        rc = rc ? plot_vips_fail(err, png) : s_text(img, label, LEFT - 8, PY(y), 1, black, err);
     }
     for (double s = ceil(x0 / xtick) * xtick; !rc && s <= x1; s += xtick) {
         rc |= vips_draw_line(img, (double *)black, 3, PX(s), TOP + ph, PX(s), TOP + ph + 5, NULL);
         snprintf(label, sizeof label, "%ld", (long)s);
-        rc = rc ? s_fail(err, png) : s_text(img, label, PX(s) - 4 * (int)strlen(label), TOP + ph + 16, 0, black, err);
+        rc = rc ? plot_vips_fail(err, png) : s_text(img, label, PX(s) - 4 * (int)strlen(label), TOP + ph + 16, 0, black, err);
     }
     if (!rc && (vips_draw_line(img, (double *)black, 3, LEFT, TOP, LEFT, TOP + ph, NULL) ||
                 vips_draw_line(img, (double *)black, 3, LEFT, TOP + ph, LEFT + pw, TOP + ph, NULL)))
-        rc = s_fail(err, png);
+        rc = plot_vips_fail(err, png);
     /* ce first and five pixels wide, then alpha * kd, then the loss last
      * and one pixel wide: where loss and ce coincide (always when alpha is
      * 0) the loss runs along the middle of the ce band and both show. */
@@ -139,12 +133,12 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
             for (int d = -(width / 2); !rc && d <= width / 2; d++)
                 if (vips_draw_line(img, (double *)colour[k], 3, PX(c->step[i - 1]), PY(a) + d,
                                    PX(c->step[i]), PY(b) + d, NULL))
-                    rc = s_fail(err, png);
+                    rc = plot_vips_fail(err, png);
         }
         int ly = TOP + 12 + 20 * row;
         if (!rc && vips_draw_rect(img, (double *)colour[k], 3, LEFT + pw - 170, ly - (width - 1) / 2,
                                   24, width, "fill", TRUE, NULL))
-            rc = s_fail(err, png);
+            rc = plot_vips_fail(err, png);
         const char *label_k = k == 0 && teach ? "loss (= ce: alpha is 0)" : name[k];
         rc = rc ? rc : s_text(img, label_k, LEFT + pw - 140, ly + 1, 0, colour[k], err);
         row++;
@@ -160,12 +154,7 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
                      LEFT, TOP / 2, 0, black, err);
     rc = rc ? rc : s_text(img, label, LEFT + pw - 170, TOP + 13 + 20 * row, 0, black, err);
     rc = rc ? rc : s_text(img, "step", LEFT + pw / 2, H - 18, 0, black, err);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.png", png);
-    if (!rc && vips_pngsave(img, tmp, NULL))
-        rc = s_fail(err, png);
-    if (!rc && rename(tmp, png) != 0)
-        rc = dm_err_errno(err, "%s: cannot rename", tmp);
+    rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
     free(buf);
     return rc;

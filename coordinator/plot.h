@@ -1,0 +1,19 @@
+/* plot.h - what the PNG figures of the coordinator share (distill_plot.c,
+ * analyze_plot.c): libvips errors as DmErr, and a PNG written whole or not
+ * at all. */
+#ifndef DM_PLOT_H
+#define DM_PLOT_H
+
+#include <vips/vips.h>
+
+#include "common/dm_error.h"
+
+/* err = "WHAT: libvips: <its error buffer>" (the buffer is cleared); -1. */
+int plot_vips_fail(DmErr *err, const char *what);
+
+/* Save img as png through PNG.tmp.png and a rename, so that png is either
+ * the whole new figure or what was there before.  rc: the caller's status
+ * so far; nothing is written unless it is 0.  Returns the new status. */
+int plot_save_png(VipsImage *img, const char *png, int rc, DmErr *err);
+
+#endif
