@@ -137,6 +137,11 @@ static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an,
             }
         }
     }
+    if (code[0] == '5')
+        snprintf(why, wn, "%s", text);
+    /* Counted before the reply leaves: whoever sees the outcome on the
+     * connection also sees it in the counters. */
+    atomic_fetch_add(code[0] == '2' ? &z->accepted : &z->refused, 1);
     if (fr->n >= 2) {
         s_send_str(rep, "1.0", 3, 1);
         s_send_str(rep, zmq_msg_data(&fr->f[1]), zmq_msg_size(&fr->f[1]), 1);
@@ -145,8 +150,6 @@ static int s_handle(ZapAuth *z, void *rep, ZapFrames *fr, char *addr, size_t an,
         s_send_str(rep, user, code[0] == '2' ? strlen(user) : 0, 1);
         s_send_str(rep, "", 0, 0);
     }
-    if (code[0] == '5')
-        snprintf(why, wn, "%s", text);
     return code[0] != '2';
 }
 
@@ -186,12 +189,9 @@ static void *s_thread(void *arg)
                 break;
             char addr[64], why[160] = "";
             if (s_handle(z, rep, &fr, addr, sizeof addr, why, sizeof why)) {
-                atomic_fetch_add(&z->refused, 1);
                 unlogged++;
                 snprintf(last_addr, sizeof last_addr, "%s", addr[0] ? addr : "?");
                 snprintf(last_why, sizeof last_why, "%s", why);
-            } else {
-                atomic_fetch_add(&z->accepted, 1);
             }
             for (int i = 0; i < fr.n; i++)
                 zmq_msg_close(&fr.f[i]);
