@@ -7,8 +7,8 @@
 # 2 cores (the distill tests take 3 to 4 of them).  A script still running
 # after LIMIT seconds (DOCMINT_MPI_TEST_LIMIT, 900) is stopped and fails:
 # a hang shows as a named failure, not as a suite that never ends.
-# DOCMINT_MPI_SKIP="a b" leaves out scripts a.sh and b.sh, saying so (CI
-# leaves the long numerical ones out of its sanitizer run: .ci/run).
+# DOCMINT_MPI_SKIP="a b" leaves out scripts a.sh and b.sh, saying so;
+# DOCMINT_MPI_ONLY="a b" runs only those (CI's sanitizer run: .ci/run).
 set -u
 total_pass=0
 total_fail=0
@@ -21,6 +21,15 @@ for t in run_basic bad_images damaged_stores kill_resume interrupt lease_expiry 
         continue
         ;;
     esac
+    if [ -n "${DOCMINT_MPI_ONLY:-}" ]; then
+        case " $DOCMINT_MPI_ONLY " in
+        *" $t "*) ;;
+        *)
+            echo "  skip  $t.sh (not in DOCMINT_MPI_ONLY)"
+            continue
+            ;;
+        esac
+    fi
     t0=$(date +%s)
     out=$(timeout -k 10 "$limit" sh "tests/mpi/$t.sh" 2>&1)
     rc=$?
