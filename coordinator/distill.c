@@ -14,6 +14,7 @@
 
 #include "coordinator/distill_ckpt.h"
 #include "worker/train/distill_data.h"
+#include "coordinator/distill_eval.h"
 #include "coordinator/distill_plot.h"
 #include "common/dm_fs.h"
 #include "kernels/cpu/kern.h"
@@ -28,7 +29,7 @@
 /* Keys of the distill block that do not change the trajectory: a rerun
  * may change them and still resume. */
 static const char *s_operational[] = {"checkpoint_every", "keep_checkpoints", "hash_check_every",
-                                      "feature_cache_mb", "plot"};
+                                      "feature_cache_mb", "plot", "eval"};
 
 typedef struct Run {
     const Job *job;
@@ -48,6 +49,7 @@ typedef struct Run {
     int n_items, share_max, passes;
     long spe, total, step, perm_epoch;
     int *perm;
+    int *page_of, npages, *group_work; /* "order": "pages" */
     double alpha;
     json_t *trajectory;
     FILE *log;              /* rank 0: OUTPUT/train.jsonl */
@@ -55,6 +57,8 @@ typedef struct Run {
     double t_start, last_line;
     double tokens_done;
     QaModel qa;             /* no teacher: the sequences of the gold answers */
+    DistillEval *eval;      /* "eval": answers scored during training */
+    QaModel eval_qa;
     float *enc, *denc;      /* whole model: one page's encoder output and its gradient */
     size_t enc_n;
 } Run;
@@ -93,6 +97,28 @@ void distill_permutation(uint64_t seed, long epoch, int n, int *perm)
         perm[i] = perm[j];
         perm[j] = t;
     }
+}
+
+void distill_group_pages(int n, int *perm, const int *page_of, int npages, int *work)
+{
+    /* Counting sort by the rank of each page's first appearance: stable,
+     * so a page's items keep their order. */
+    int *out = work, *rank = work + n, *start = work + n + npages;
+    for (int p = 0; p < npages; p++)
+        rank[p] = -1;
+    memset(start, 0, ((size_t)npages + 1) * sizeof *start);
+    int nr = 0;
+    for (int i = 0; i < n; i++) {
+        int p = page_of[perm[i]];
+        if (rank[p] < 0)
+            rank[p] = nr++;
+        start[rank[p] + 1]++;
+    }
+    for (int k = 0; k < nr; k++)
+        start[k + 1] += start[k];
+    for (int i = 0; i < n; i++)
+        out[start[rank[page_of[perm[i]]]]++] = perm[i];
+    memcpy(perm, out, (size_t)n * sizeof *perm);
 }
 
 /* 64-bit hash of the trainable weights' bits (the same multiply-xor fold
@@ -277,6 +303,10 @@ static int s_setup_training(Run *r, DmErr *err)
     const DistillSpec *d = r->d;
     char path[4200];
     const char *items_from = d->logits ? d->logits : j->corpus.path;
+    if (d->eval_corpus && (distill_eval_open(d->eval_corpus, d->eval_questions,
+                                             j->corpus.pdf_dpi, &r->eval, err) ||
+                           qa_from(r->m, r->tok, j->model, &r->eval_qa, err)))
+        return -1;
     r->n_items = distill_data_count(r->data);
     if (distill_data_skipped(r->data) && r->rank == 0)
         fprintf(stderr, "%s: %s: skipped %ld damaged records (distill.skip_damaged); training on %d\n",
@@ -299,6 +329,20 @@ static int s_setup_training(Run *r, DmErr *err)
     r->perm_epoch = -1;
     if (!r->perm)
         return dm_err(err, "out of memory");
+    if (d->order_pages) {
+        r->page_of = malloc((size_t)r->n_items * sizeof *r->page_of);
+        if (!r->page_of)
+            return dm_err(err, "out of memory");
+        for (int i = 0; i < r->n_items; i++) {
+            r->page_of[i] = distill_data_item(r->data, i)->page;
+            if (r->page_of[i] + 1 > r->npages)
+                r->npages = r->page_of[i] + 1;
+        }
+        r->group_work = malloc(((size_t)r->n_items + 2 * (size_t)r->npages + 1) *
+                               sizeof *r->group_work);
+        if (!r->group_work)
+            return dm_err(err, "out of memory");
+    }
     if ((d->train_all ? train_params_init_all(r->m, &r->tp, err)
                       : train_params_init(r->m, &r->tp, err)))
         return -1;
@@ -340,8 +384,11 @@ static void s_teardown(Run *r)
     if (r->log)
         fclose(r->log);
     distill_curve_free(&r->curve);
+    distill_eval_free(&r->eval);
     json_decref(r->trajectory);
     free(r->perm);
+    free(r->page_of);
+    free(r->group_work);
     free(r->enc);
     free(r->denc);
     if (r->have_opt)
@@ -433,6 +480,8 @@ static int s_resume(Run *r)
             rc = s_resume_read(r, dir, step, &err);
         if (!rc)
             rc = s_log_open(r, found ? step : 0, &err);
+        if (!rc && r->eval)
+            rc = distill_eval_log_open(r->eval, r->job->output, found ? step : 0, &err);
     }
     if (s_agree(r, rc, &err))
         return -1;
@@ -470,6 +519,8 @@ static void s_batch_bounds(Run *r, long step, int *base, int *lo, int *hi)
     long epoch = step / r->spe;
     if (epoch != r->perm_epoch) {
         distill_permutation(r->d->seed, epoch, r->n_items, r->perm);
+        if (r->page_of)
+            distill_group_pages(r->n_items, r->perm, r->page_of, r->npages, r->group_work);
         r->perm_epoch = epoch;
     }
     int B = r->d->batch_size;
@@ -700,6 +751,24 @@ static double s_test_env(const char *name, double none)
     return v && *v ? atof(v) : none;
 }
 
+/* distill.eval: the model as it is now answers the chosen questions;
+ * collective.  A failure to score stops the run as any other does. */
+static int s_eval(Run *r)
+{
+    if (!r->eval)
+        return 0;
+    DmErr err = {{0}};
+    double t0 = dm_now(), anls = 0;
+    int rc = distill_eval_score(r->eval, &r->eval_qa, &r->pc, r->coll, r->rank, r->size, r->step,
+                                &anls, &err);
+    if (s_agree(r, rc, &err))
+        return -1;
+    if (r->rank == 0 && !r->quiet)
+        fprintf(stderr, "%s: step %ld: %s (%.1f s)\n", PREFIX, r->step,
+                distill_eval_summary(r->eval), dm_now() - t0);
+    return 0;
+}
+
 static int s_train(Run *r)
 {
     DmErr err = {{0}};
@@ -707,6 +776,8 @@ static int s_train(Run *r)
     double stall = r->rank == 0 ? s_test_env("DOCMINT_TEST_STALL_SECONDS", 0) : 0;
     int desync = (int)s_test_env("DOCMINT_TEST_DESYNC_RANK", -1) == r->rank;
     double lr = distill_lr(d, r->step, r->total);
+    if (r->step == 0 && r->step < r->total && s_eval(r))
+        return -1;
     r->t_start = r->last_line = dm_now();
     while (r->step < r->total) {
         double t0 = dm_now();
@@ -771,6 +842,9 @@ static int s_train(Run *r)
             if (s_agree(r, rc, &err))
                 return -1;
         }
+        long every = d->eval_every > 0 ? d->eval_every : d->checkpoint_every;
+        if (r->eval && ((every > 0 && r->step % every == 0) || last) && s_eval(r))
+            return -1;
         s_progress(r, loss, ce, kd, dm_now(), last);
         if (stall > 0)
             usleep((useconds_t)(stall * 1e6));

@@ -32,4 +32,10 @@ double distill_lr(const DistillSpec *d, long s, long total);
 /* Epoch permutation of n items: perm[i] for seed and epoch. */
 void distill_permutation(uint64_t seed, long epoch, int n, int *perm);
 
+/* Reorder perm (n item indices) so that the items of one page are
+ * contiguous: pages in the order of their first item in perm, a page's
+ * items in their order in perm.  page_of[i] is item i's page, 0 <=
+ * page_of[i] < npages.  work: room for n + 2 * npages + 1 ints. */
+void distill_group_pages(int n, int *perm, const int *page_of, int npages, int *work);
+
 #endif

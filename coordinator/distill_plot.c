@@ -42,23 +42,10 @@ void distill_curve_free(DistillCurve *c)
     memset(c, 0, sizeof *c);
 }
 
-/* A tick spacing of 1, 2 or 5 times a power of ten giving about n ticks. */
-static double s_nice(double span, int n)
-{
-    double raw = span / n, p = pow(10, floor(log10(raw))), f = raw / p;
-    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
-}
-
 static int s_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
                   DmErr *err)
 {
-    VipsImage *t = NULL;
-    if (vips_text(&t, s, "font", "DejaVu Sans 11", "dpi", 96, NULL))
-        return plot_vips_fail(err, "losses.png: text");
-    int w = vips_image_get_width(t), h = vips_image_get_height(t);
-    int rc = vips_draw_mask(img, (double *)ink, 3, t, right_align ? x - w : x, y - h / 2, NULL);
-    g_object_unref(t);
-    return rc ? plot_vips_fail(err, "losses.png: text") : 0;
+    return plot_text(img, s, x, y, right_align, ink, "losses.png: text", err);
 }
 
 int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *err)
@@ -76,10 +63,10 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
     }
     if (ymax <= 0)
         ymax = 1;
-    double ytick = s_nice(ymax, 5);
+    double ytick = plot_nice_step(ymax, 5);
     ymax = ceil(ymax / ytick) * ytick;
     long x0 = c->step[0], x1 = c->step[c->n - 1] > x0 ? c->step[c->n - 1] : x0 + 1;
-    double xtick = s_nice((double)(x1 - x0), 8);
+    double xtick = plot_nice_step((double)(x1 - x0), 8);
     if (xtick < 1)
         xtick = 1;
     int pw = W - LEFT - RIGHT, ph = H - TOP - BOTTOM;

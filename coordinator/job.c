@@ -151,6 +151,15 @@ static int s_fill_distill(Job *j, json_t *doc, const char *dir, DmErr *err)
     d->plot = json_is_true(json_object_get(o, "plot"));
     d->skip_damaged = json_is_true(json_object_get(o, "skip_damaged"));
     d->train_all = !strcmp(json_string_value(json_object_get(o, "train")), "all");
+    d->order_pages = !strcmp(json_string_value(json_object_get(o, "order")), "pages");
+    json_t *ev = json_object_get(o, "eval");
+    if (json_is_object(ev)) {
+        if (s_path_key(ev, "corpus", dir, &d->eval_corpus, err))
+            return dm_err_prefix(err, "distill.eval");
+        json_t *q = json_object_get(ev, "questions"), *every = json_object_get(ev, "every");
+        d->eval_questions = q ? (int)json_integer_value(q) : 200;
+        d->eval_every = every ? (long)json_integer_value(every) : 0;
+    }
     if (d->micro_batch > d->batch_size)
         return dm_err(err, "distill.micro_batch: %d is more than batch_size %d", d->micro_batch,
                       d->batch_size);
@@ -351,6 +360,7 @@ void job_free(Job **job)
     free((char *)j->corpus.questions);
     free(j->endpoint);
     free(j->distill.logits);
+    free(j->distill.eval_corpus);
     json_decref(j->doc);
     free(j);
     *job = NULL;

@@ -18,6 +18,7 @@ typedef struct DistillSpec {
     char *logits;          /* teacher-logit store (path resolved like model); NULL: no
                             * teacher, cross-entropy on the corpus's gold answers */
     int train_all;         /* "train": "all" (1) or "decoder" (0) */
+    int order_pages;       /* "order": "pages" (1) or "items" (0) */
     long steps;            /* 0: epochs * floor(items / batch_size) */
     int epochs;
     int batch_size;        /* items per optimizer step, all ranks together */
@@ -39,6 +40,9 @@ typedef struct DistillSpec {
     long feature_cache_mb;
     int plot;
     int skip_damaged;      /* leave out (and count) logit records that fail verification */
+    char *eval_corpus;     /* "eval": {"corpus"}: answers scored during training (NULL: none) */
+    int eval_questions;    /* its first N questions (0: all) */
+    long eval_every;       /* steps between scorings (0: at each checkpoint) */
 } DistillSpec;
 
 typedef struct Job {

@@ -1,7 +1,12 @@
 /* plot.c - shared by the coordinator's figures (plot.h). */
 #include "coordinator/plot.h"
 
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/image/image.h" /* image_vips_init */
 
 int plot_vips_fail(DmErr *err, const char *what)
 {
@@ -18,5 +23,96 @@ int plot_save_png(VipsImage *img, const char *png, int rc, DmErr *err)
         rc = plot_vips_fail(err, png);
     if (!rc && rename(tmp, png) != 0)
         rc = dm_err_errno(err, "%s: cannot rename", tmp);
+    return rc;
+}
+
+double plot_nice_step(double span, int n)
+{
+    double raw = span / n, p = pow(10, floor(log10(raw))), f = raw / p;
+    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
+}
+
+int plot_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
+              const char *what, DmErr *err)
+{
+    VipsImage *t = NULL;
+    if (vips_text(&t, s, "font", "DejaVu Sans 11", "dpi", 96, NULL))
+        return plot_vips_fail(err, what);
+    int w = vips_image_get_width(t), h = vips_image_get_height(t);
+    int rc = vips_draw_mask(img, (double *)ink, 3, t, right_align ? x - w : x, y - h / 2, NULL);
+    g_object_unref(t);
+    return rc ? plot_vips_fail(err, what) : 0;
+}
+
+enum { SW = 960, SH = 540, SLEFT = 90, SRIGHT = 40, STOP = 50, SBOTTOM = 60 };
+
+int plot_series_png(const char *png, const char *title, const char *xname, const char *yname,
+                    const long *x, const double *y, int n, double ymin, double ymax,
+                    const char *label_fmt, DmErr *err)
+{
+    if (image_vips_init(err))
+        return -1;
+    if (n <= 0)
+        return 0;
+    if (!(ymax > ymin))
+        ymax = ymin + 1;
+    long x0 = x[0] < 0 ? x[0] : 0, x1 = x[n - 1] > x0 ? x[n - 1] : x0 + 1;
+    double xtick = fmax(1, plot_nice_step((double)(x1 - x0), 8)), ytick = plot_nice_step(ymax - ymin, 5);
+    int pw = SW - SLEFT - SRIGHT, ph = SH - STOP - SBOTTOM;
+    size_t bytes = (size_t)SW * SH * 3;
+    unsigned char *buf = malloc(bytes);
+    if (!buf)
+        return dm_err(err, "%s: out of memory", png);
+    memset(buf, 255, bytes);
+    VipsImage *img = vips_image_new_from_memory(buf, bytes, SW, SH, 3, VIPS_FORMAT_UCHAR);
+    if (!img) {
+        free(buf);
+        return plot_vips_fail(err, png);
+    }
+    static const double black[3] = {0, 0, 0}, grey[3] = {225, 225, 225}, blue[3] = {31, 119, 180};
+    char label[64];
+    int rc = 0;
+#define PX(v) (SLEFT + (int)lround((double)((v) - x0) / (double)(x1 - x0) * pw))
+#define PY(v) (STOP + ph - (int)lround(((v) - ymin) / (ymax - ymin) * ph))
+    for (double v = ymin; !rc && v <= ymax + 1e-9 * (ymax - ymin); v += ytick) {
+        rc |= vips_draw_line(img, (double *)grey, 3, SLEFT, PY(v), SLEFT + pw, PY(v), NULL);
+        rc |= vips_draw_line(img, (double *)black, 3, SLEFT - 5, PY(v), SLEFT, PY(v), NULL);
+        snprintf(label, sizeof label, "%g", fabs(v) < 1e-12 ? 0 : v);
+        rc = rc ? plot_vips_fail(err, png) : plot_text(img, label, SLEFT - 8, PY(v), 1, black, png, err);
+    }
+    for (double v = ceil(x0 / xtick) * xtick; !rc && v <= x1; v += xtick) {
+        rc |= vips_draw_line(img, (double *)black, 3, PX(v), STOP + ph, PX(v), STOP + ph + 5, NULL);
+        snprintf(label, sizeof label, "%ld", (long)v);
+        rc = rc ? plot_vips_fail(err, png)
+                : plot_text(img, label, PX(v) - 4 * (int)strlen(label), STOP + ph + 16, 0, black,
+                            png, err);
+    }
+    if (!rc && (vips_draw_line(img, (double *)black, 3, SLEFT, STOP, SLEFT, STOP + ph, NULL) ||
+                vips_draw_line(img, (double *)black, 3, SLEFT, STOP + ph, SLEFT + pw, STOP + ph, NULL)))
+        rc = plot_vips_fail(err, png);
+    for (int i = 0; !rc && i < n; i++) {
+        double v = fmin(ymax, fmax(ymin, y[i]));
+        if (i > 0) {
+            double u = fmin(ymax, fmax(ymin, y[i - 1]));
+            for (int d = -1; !rc && d <= 1; d++)
+                if (vips_draw_line(img, (double *)blue, 3, PX(x[i - 1]), PY(u) + d, PX(x[i]),
+                                   PY(v) + d, NULL))
+                    rc = plot_vips_fail(err, png);
+        }
+        if (!rc && vips_draw_circle(img, (double *)blue, 3, PX(x[i]), PY(v), 4, "fill", TRUE, NULL))
+            rc = plot_vips_fail(err, png);
+        if (!rc && label_fmt && (n <= 24 || i == n - 1)) {
+            snprintf(label, sizeof label, label_fmt, y[i]);
+            rc = plot_text(img, label, PX(x[i]) - 12, PY(v) - 14, 0, black, png, err);
+        }
+    }
+#undef PX
+#undef PY
+    rc = rc ? rc : plot_text(img, title, SLEFT, STOP / 2, 0, black, png, err);
+    rc = rc ? rc : plot_text(img, xname, SLEFT + pw / 2, SH - 18, 0, black, png, err);
+    rc = rc ? rc : plot_text(img, yname, 8, STOP - 14, 0, black, png, err);
+    rc = plot_save_png(img, png, rc, err);
+    g_object_unref(img);
+    free(buf);
     return rc;
 }

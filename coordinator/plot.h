@@ -16,4 +16,22 @@ int plot_vips_fail(DmErr *err, const char *what);
  * so far; nothing is written unless it is 0.  Returns the new status. */
 int plot_save_png(VipsImage *img, const char *png, int rc, DmErr *err);
 
+/* A tick spacing of 1, 2 or 5 times a power of ten giving about n ticks
+ * over span. */
+double plot_nice_step(double span, int n);
+
+/* Draw s in DejaVu Sans 11 at 96 dpi, vertically centred on y, starting
+ * at x (or ending there when right_align); what names the figure in
+ * errors. */
+int plot_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
+              const char *what, DmErr *err);
+
+/* One series y against x (n points, x increasing) as a 960x540 PNG: a
+ * line through dots, each dot labelled with its value when label_fmt is
+ * not NULL (e.g. "%.3f"), axes with ticks, a title and the axis names.
+ * y is drawn over [ymin, ymax]. */
+int plot_series_png(const char *png, const char *title, const char *xname, const char *yname,
+                    const long *x, const double *y, int n, double ymin, double ymax,
+                    const char *label_fmt, DmErr *err);
+
 #endif

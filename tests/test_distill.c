@@ -97,6 +97,38 @@ static void t_permutation(void)
     CU_ASSERT(chi < 67.99);
 }
 
+/* Items grouped by page: checked against the definition, pages in the
+ * order of their first item and each page's items in permutation order,
+ * computed here by a quadratic scan. */
+static void t_group_pages(void)
+{
+    enum { N = 41, P = 9 };
+    int page_of[N], perm[N], grouped[N], want[N], work[N + 2 * P + 1];
+    for (int i = 0; i < N; i++)
+        page_of[i] = (i * 7 + i / 3) % P;
+    page_of[N - 1] = P - 1;
+    distill_permutation(3, 2, N, perm);
+    memcpy(grouped, perm, sizeof perm);
+    distill_group_pages(N, grouped, page_of, P, work);
+    int k = 0, taken[N] = {0};
+    for (int i = 0; i < N; i++) {
+        if (taken[i])
+            continue;
+        for (int j = i; j < N; j++)
+            if (!taken[j] && page_of[perm[j]] == page_of[perm[i]]) {
+                want[k++] = perm[j];
+                taken[j] = 1;
+            }
+    }
+    CU_ASSERT_EQUAL(k, N);
+    CU_ASSERT(memcmp(grouped, want, sizeof want) == 0);
+    /* a page's items are contiguous: the page changes at most P - 1 times */
+    int changes = 0;
+    for (int i = 1; i < N; i++)
+        changes += page_of[grouped[i]] != page_of[grouped[i - 1]];
+    CU_ASSERT_EQUAL(changes, P - 1);
+}
+
 static void t_job(void)
 {
     Job *j = NULL;
@@ -242,6 +274,7 @@ void tests_distill(void)
     DmErr err;
     image_vips_init(&err);
     TU_SUITE("distill", {"lr schedules as transformers'", t_schedule},
-             {"epoch permutation", t_permutation}, {"distill block of job files", t_job},
+             {"epoch permutation", t_permutation},
+             {"items grouped by page", t_group_pages}, {"distill block of job files", t_job},
              {"loss plot", t_plot}, {"teach loss plot: loss and ce both visible", t_plot_teach});
 }

@@ -71,7 +71,7 @@ static int s_synth(const char *out, const char *seed, const char *extra1, const 
     return cmd_synth(argc, argv);
 }
 
-static const char *const s_files[] = {"train_v1.0_withQT.json", "val_v1.0_withQT.json", "test_v1.0.json",
+static const char *const s_files[] = {"train_v1.0_withQT.json", "val_v1.0_withQT.json", "test_v1.0.json", "test_v1.0_withQT.json",
                                       "synth_lines.jsonl", "documents/syn00000_1.png",
                                       "documents/syn00002_2.png"};
 
@@ -164,21 +164,37 @@ static int s_on_page(const SynthPage *p, const char *answer)
 
 /* Every entry of every split: the question is one the generator made for
  * that page, its answer is the generator's and is printed on the page. */
+static const char *s_path(const char *out, const char *file, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/%s", out, file);
+    return buf;
+}
+
 static void s_check_answers(const char *out, const SynthOptions *o)
 {
-    static const char *const files[] = {"train_v1.0_withQT.json", "val_v1.0_withQT.json", "test_v1.0.json"};
+    static const char *const files[] = {"train_v1.0_withQT.json", "val_v1.0_withQT.json",
+                                        "test_v1.0.json", "test_v1.0_withQT.json"};
     char path[700];
-    int checked = 0;
+    int checked = 0, nq[4] = {0};
     SynthDoc doc = {0};
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 4; s++) {
         snprintf(path, sizeof path, "%s/%s", out, files[s]);
         json_t *root = json_load_file(path, 0, NULL);
         CU_ASSERT_PTR_NOT_NULL_FATAL(root);
         const json_t *data = json_object_get(root, "data");
         CU_ASSERT(json_array_size(data) > 0);
+        nq[s] = (int)json_array_size(data);
         size_t i;
         json_t *e;
         json_array_foreach(data, i, e) {
+            if (s == 3) {
+                /* the test split again, the same questions in the same order */
+                json_t *t = json_load_file(s_path(out, files[2], path, sizeof path), 0, NULL);
+                json_t *te = json_array_get(json_object_get(t, "data"), i);
+                CU_ASSERT(json_equal(json_object_get(te, "questionId"),
+                                     json_object_get(e, "questionId")));
+                json_decref(t);
+            }
             const SynthPage *p = s_page_of(e, o, &doc);
             CU_ASSERT_PTR_NOT_NULL_FATAL(p);
             const char *q = json_string_value(json_object_get(e, "question"));
@@ -205,6 +221,7 @@ static void s_check_answers(const char *out, const SynthOptions *o)
     }
     synth_doc_free(&doc);
     CU_ASSERT(checked > 0);
+    CU_ASSERT_EQUAL(nq[3], nq[2]);
 }
 
 static void t_answers_on_page(void)

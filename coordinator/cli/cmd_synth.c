@@ -1,6 +1,7 @@
 /* cmd_synth.c - `docmint synth OUT_DIR`: a synthetic corpus in the
  * official DocVQA layout (documents/DOC_PAGE.png, train_v1.0_withQT.json,
- * val_v1.0_withQT.json, test_v1.0.json without answers), whose answers are
+ * val_v1.0_withQT.json, test_v1.0.json without answers, and the test
+ * split with its answers in test_v1.0_withQT.json), whose answers are
  * all printed on their pages.  Pages come from worker/image/synth.c; this file
  * splits, renders them on a pool of threads, numbers and writes them.
  *
@@ -36,8 +37,9 @@ static void s_usage(FILE *f)
             "\n"
             "Render a synthetic DocVQA-style corpus: OUT_DIR/documents/<doc>_<page>.png,\n"
             "OUT_DIR/train_v1.0_withQT.json, val_v1.0_withQT.json, test_v1.0.json (the\n"
-            "official layout; test has no answers) and OUT_DIR/synth_lines.jsonl (every\n"
-            "rendered line and printed value of every page).  The same seed gives the same\n"
+            "official layout: test has no answers), test_v1.0_withQT.json (the test split\n"
+            "with its answers, to score it) and OUT_DIR/synth_lines.jsonl (every rendered\n"
+            "line and printed value of every page).  The same seed gives the same\n"
             "corpus, for any number of threads.  No exact value string (an answer, a cell,\n"
             "an amount) appears in two splits.  See docs/synth.md.\n"
             "\n"
@@ -173,6 +175,7 @@ static void *s_thread(void *arg)
 
 typedef struct S_Out {
     json_t *split[3];
+    json_t *test_gold; /* the test split with its answers */
     json_t *corrupt;
     FILE *lines;
     long long qid;
@@ -225,6 +228,9 @@ static int s_append(S_Out *so, const char *out, const S_Slot *s, DmErr *err)
             long long qid = so->qid++;
             json_array_append_new(so->split[si],
                                   s_entry(qid, &pg->qa[q], rel, d, ucsf, pno, doc->split, si != SYNTH_TEST));
+            if (si == SYNTH_TEST)
+                json_array_append_new(so->test_gold,
+                                      s_entry(qid, &pg->qa[q], rel, d, ucsf, pno, doc->split, 1));
             so->nq++;
             if (tw) {
                 const SynthQA *t = &tw->qa[q];
@@ -300,6 +306,7 @@ static int s_synth(const char *out, const SynthOptions *o, int ndocs, int tiff, 
     for (int s = 0; s < 3; s++)
         so->split[s] = json_array();
     so->corrupt = json_array();
+    so->test_gold = json_array();
     so->qid = 1;
     S_Slot *slots = calloc(S_CHUNK, sizeof *slots);
     int rc = slots ? 0 : dm_err(err, "synth: out of memory");
@@ -342,11 +349,14 @@ static int s_synth(const char *out, const SynthOptions *o, int ndocs, int tiff, 
     static const char *const files[3] = {"train_v1.0_withQT.json", "val_v1.0_withQT.json", "test_v1.0.json"};
     for (int s = 0; s < 3 && !rc; s++)
         rc = s_write_split(out, files[s], synth_split_name((SynthSplit)s), so->split[s], err);
+    if (!rc)
+        rc = s_write_split(out, "test_v1.0_withQT.json", "test", so->test_gold, err);
     if (!rc && corrupt)
         rc = s_write_split(out, "corrupt_v1.0_withQT.json", "corrupt", so->corrupt, err);
     for (int s = 0; s < 3; s++)
         json_decref(so->split[s]);
     json_decref(so->corrupt);
+    json_decref(so->test_gold);
     return rc;
 }
 
