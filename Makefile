@@ -89,7 +89,7 @@ NVCCFLAGS += -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter $(I
 $(BUILD)/kernels/cuda/cuda_nccl.o: NVCC_GENCODE := -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
 endif
 
-.PHONY: all test demo bench clean deps python-schemas
+.PHONY: all test demo reader bench clean deps python-schemas
 # `make` also writes the Python modules of the record schemas (for
 # schemas/python/dmstore.py) where protoc is installed.
 PROTOC ?= protoc
@@ -170,6 +170,12 @@ $(BUILD)/rogue_worker: $(BUILD)/tests/tools/rogue_worker.o $(LIB_OBJ)
 # it a question (no download needed).
 demo: $(BUILD)/docmint $(PY_SCHEMAS)
 	sh jobs/demo.sh $(BUILD)/docmint
+
+# The reader shipped in models/reader, trained again from random weights
+# on synthetic pages (jobs/reader.sh; its time here is in
+# models/reader/README.md).  Resumable: a rerun goes on where it stopped.
+reader: $(BUILD)/docmint $(PY_SCHEMAS)
+	sh jobs/reader.sh $(BUILD)/docmint
 
 bench: $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench $(BUILD)/dec_bench
 	sh tests/bench.sh $(BUILD)/docmint $(BUILD)/gemm_bench $(BUILD)/enc_bench $(BUILD)/dec_bench

@@ -4,11 +4,11 @@
 # models/reader/README.md is its card).  Seeded and resumable: a rerun
 # skips what is complete and training goes on from its newest checkpoint.
 #   1. a corpus: `docmint synth` with its default pages (every kind, 960x1280),
-#      8000 documents of one page, 6 questions each, split by document and
+#      8000 documents of one page, 12 questions each, split by document and
 #      by value (train 6400, val 800, test 800 pages);
 #   2. the model: jobs/configs/reader.json with random weights (seed 1);
 #   3. training: jobs/reader-train.json, cross-entropy on the gold answers,
-#      3000 steps of 24 questions on 2 ranks, the val split's first 240
+#      1200 steps of 24 questions (2 pages) on 2 ranks, the val split's first 240
 #      questions answered every 250 steps (build/reader/train/val_anls.png);
 #   4. the test split answered (jobs/reader-test.json) and scored by
 #      question type (build/reader/test-report.json);
@@ -25,7 +25,7 @@ echo "reader: $(date -u +%Y-%m-%dT%H:%M:%SZ) $DOCMINT ($(git rev-parse --short H
 
 if [ ! -f "$OUT/corpus/test_v1.0_withQT.json" ]; then
     rm -rf "$OUT/corpus"
-    "$DOCMINT" synth "$OUT/corpus" --docs 8000 --seed 2026 --questions-per-page 6 2>&1 | tee -a "$log"
+    "$DOCMINT" synth "$OUT/corpus" --docs 8000 --seed 2026 --questions-per-page 12 2>&1 | tee -a "$log"
 fi
 [ -f "$OUT/init/config.json" ] ||
     "$DOCMINT" init "$OUT/init" --config jobs/configs/reader.json --seed 1 2>&1 | tee -a "$log"

@@ -226,6 +226,7 @@ done
 rm -rf "$AN"
 
 # Whole-model training: samples per second, decoder only against the
-# whole model with the Swin backward, on the tiny config
-# (tests/bench_whole.sh; about half a minute).
+# whole model with the Swin backward, on the tiny config and the reader's,
+# the reader's items in any order and grouped by page, and the time of
+# `make reader` (tests/bench_whole.sh; about two minutes).
 sh "$ROOT/tests/bench_whole.sh" "$DOCMINT" "$TINY"

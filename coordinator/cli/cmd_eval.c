@@ -14,7 +14,8 @@ static void s_usage(FILE *f)
     fprintf(f, "usage: docmint eval --predictions SUBMISSION.json --annotations FILE [--report REPORT.json]\n"
                "  --predictions FILE  [{\"questionId\": int, \"answer\": str}, ...] (export's format)\n"
                "  --annotations FILE  DocVQA annotation file with answers (train/val)\n"
-               "  --report FILE       also write the figures as JSON (default: none)\n"
+               "  --report FILE       also write the figures as JSON, with every question's\n"
+               "                      score and answer (default: none)\n"
                "  every question of the annotation file counts; a missing prediction scores 0\n");
 }
 
@@ -63,6 +64,7 @@ int cmd_eval(int argc, char **argv)
     json_t *preds = json_load_file(pred_path, 0, &jerr);
     Pred *p = NULL;
     TypeSum *types = NULL;
+    json_t *perq = NULL;
     int ntypes = 0, rc = 1, np = 0, missing = 0;
     if (!preds) {
         dm_err(&err, "%s: %s (line %d)", pred_path, jerr.text, jerr.line);
@@ -94,6 +96,7 @@ int cmd_eval(int argc, char **argv)
         goto done;
     double total = 0.0;
     int scored = 0;
+    perq = json_array();
     for (int i = 0; i < an->n; i++) {
         const AnnotQuestion *q = &an->q[i];
         if (q->nanswers == 0) {
@@ -107,6 +110,8 @@ int cmd_eval(int argc, char **argv)
                        : 0.0;
         missing += !hit;
         total += s;
+        json_array_append_new(perq, json_pack("{s:I, s:f, s:s?}", "questionId", (json_int_t)q->qid,
+                                              "anls", s, "answer", hit ? hit->answer : NULL));
         scored++;
         for (int t = 0; t < q->nqtypes; t++) {
             int k = 0;
@@ -130,9 +135,9 @@ int cmd_eval(int argc, char **argv)
             json_object_set_new(bt, types[k].name,
                                 json_pack("{s:f, s:i}", "anls", types[k].sum / types[k].n,
                                           "count", types[k].n));
-        json_t *r = json_pack("{s:f, s:i, s:i, s:o, s:s, s:s}", "anls", anls, "questions", scored,
-                              "missing", missing, "by_question_type", bt, "predictions",
-                              pred_path, "annotations", annot);
+        json_t *r = json_pack("{s:f, s:i, s:i, s:o, s:s, s:s, s:O}", "anls", anls, "questions",
+                              scored, "missing", missing, "by_question_type", bt, "predictions",
+                              pred_path, "annotations", annot, "per_question", perq);
         int bad = json_dump_file(r, report, JSON_INDENT(2));
         json_decref(r);
         if (bad) {
@@ -147,6 +152,7 @@ done:
     free(types);
     free(p);
     json_decref(preds);
+    json_decref(perq);
     annotations_free(&an);
     return rc;
 }
