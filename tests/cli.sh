@@ -373,9 +373,12 @@ r = json.load(open(sys.argv[1]))
 ok = abs(r["anls"] - 0.6) < 1e-9 and r["missing"] == 1 and r["questions"] == 3
 ok = ok and abs(r["by_question_type"]["form"]["anls"] - 0.9) < 1e-9
 ok = ok and abs(r["by_question_type"]["free_text"]["anls"] - 0.4) < 1e-9
+per = {q["questionId"]: (q["anls"], q.get("answer")) for q in r["per_question"]}
+ok = ok and sorted(per) == [10, 20, 30] and per[20] == (0.0, None)
+ok = ok and abs(per[10][0] - 0.8) < 1e-9 and per[30] == (1.0, "12 march 1998")
 sys.exit(0 if ok else 1)
 PY
-    then ok "eval: ANLS 0.6 and per-type figures as computed by hand"; else bad "eval: $(cat "$T/eval")"; fi
+    then ok "eval: ANLS 0.6, per-type and per-question figures as computed by hand"; else bad "eval: $(cat "$T/eval")"; fi
 else
     bad "store import"
 fi

@@ -115,6 +115,55 @@ if "$DOCMINT" run "$T/dec.json" >"$T/dec.log" 2>&1 && [ "$(wc -l <"$T/dec/train.
 else
     bad "other combinations: $(tail -1 "$T/dec.log") $(tail -3 "$T/cache.log") $(tail -3 "$T/kd.log")"
 fi
+# 4. Items grouped by page, and answers scored during training: the
+# ANLS that the last scoring logs must be the one the infer stage and
+# docmint eval give the saved student on the same questions.
+$PY - "$C" "$T/corpus/first6.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["data"] = d["data"][:6]
+json.dump(d, open(sys.argv[2], "w"))
+PY
+all_job "$T/ev.json" "$T/ev" ', "steps": 3, "order": "pages", "eval": {"corpus": "'"$T"'/corpus/first6.json", "questions": 6, "every": 2}'
+write_job "$T/evinf.json" "$T/ev/student" "$T/corpus/first6.json" "$T/evans" '"stage": "infer"'
+if $MPIRUN -n 2 "$DOCMINT" run "$T/ev.json" >"$T/ev.log" 2>&1 &&
+    "$DOCMINT" run "$T/evinf.json" --quiet >"$T/evinf.log" 2>&1 &&
+    "$DOCMINT" export "$T/evans" --annotations "$T/corpus/first6.json" -o "$T/evsub.json" 2>>"$T/evinf.log" &&
+    "$DOCMINT" eval --predictions "$T/evsub.json" --annotations "$T/corpus/first6.json" --report "$T/evrep.json" >/dev/null &&
+    r=$($PY - "$T/ev/val.jsonl" "$T/evrep.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rep = json.load(open(sys.argv[2]))
+ok = [r["step"] for r in rows] == [0, 2, 3] and all(r["questions"] == 6 for r in rows)
+ok = ok and abs(rows[-1]["anls"] - rep["anls"]) < 1e-9
+print("%.4f %.4f" % (rows[-1]["anls"], rep["anls"]))
+sys.exit(0 if ok else 1)
+PY
+) && [ -s "$T/ev/val_anls.png" ]; then
+    ok "order pages + eval: scored at steps 0, 2, 3; the last ANLS ($r) is infer + eval's on the saved student; val_anls.png drawn"
+else
+    bad "eval during training: ${r:-} $(tail -3 "$T/ev.log") $(tail -2 "$T/evinf.log")"
+fi
+# The same training again (deterministic), scored against the infer
+# stage's own answers as gold: every answer given during training must be
+# the infer stage's, so the ANLS is exactly 1.
+$PY - "$T/corpus/first6.json" "$T/evsub.json" "$T/corpus/self6.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+got = {p["questionId"]: p["answer"] for p in json.load(open(sys.argv[2]))}
+for q in d["data"]:
+    q["answers"] = [got[q["questionId"]]]
+json.dump(d, open(sys.argv[3], "w"))
+PY
+all_job "$T/ev2.json" "$T/ev2" ', "steps": 3, "order": "pages", "eval": {"corpus": "'"$T"'/corpus/self6.json", "questions": 6, "every": 3}'
+if $MPIRUN -n 2 "$DOCMINT" run "$T/ev2.json" >"$T/ev2.log" 2>&1 &&
+    cmp -s "$T/ev/student/model.safetensors" "$T/ev2/student/model.safetensors" &&
+    $PY -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; sys.exit(0 if r[-1]["step"] == 3 and r[-1]["anls"] == 1.0 else 1)' "$T/ev2/val.jsonl"; then
+    ok "eval during training answers as the infer stage does: ANLS 1 against the infer stage's answers to the same 6 questions"
+else
+    bad "eval against infer's answers: $(tail -1 "$T/ev2/val.jsonl" 2>/dev/null) $(tail -2 "$T/ev2.log")"
+fi
+
 # The trained student reads back as a model and answers.
 img="$T/corpus/$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"][0]["image"])' "$C")"
 if "$DOCMINT" ask "$T/res/student" "$img" "What is the date?" >/dev/null 2>"$T/ask.err"; then
