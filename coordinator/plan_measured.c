@@ -72,6 +72,28 @@ static void s_corpus_line(const Pe *e, FILE *f)
 
 /* ------------------------------------------------------------ finercut */
 
+/* The smallest plan removals can reach from p: one of its sub-layers
+ * alone, an attention sub-layer with one head. */
+static long long s_floor(const Pe *e, const DmPlan *p)
+{
+    long long best = -1;
+    for (int l = 0; l < e->L; l++)
+        for (int k = 0; k < 3; k++) {
+            if (!p->keep[l][k])
+                continue;
+            DmPlan c = *p;
+            for (int m = 0; m < e->L; m++)
+                for (int j = 0; j < 3; j++)
+                    if (m != l || j != k)
+                        pe_drop_sub(&c, m, j);
+            if (k < 2)
+                c.nheads[l][k] = 1;
+            long long s = pe_size(e, &c);
+            best = best < 0 || s < best ? s : best;
+        }
+    return best;
+}
+
 int pe_finercut(Pe *e, const char *dir, DmErr *err)
 {
     const DmPlan *b = e->in->base;
@@ -96,7 +118,7 @@ int pe_finercut(Pe *e, const char *dir, DmErr *err)
         int bl = -1, bk = -1, bh = -1, rl = -1, rk = -1, rh = -1;
         double bkl = INFINITY, bnll = NAN, rkl = INFINITY;
         long long bfreed = 0;
-        int units = 0;
+        int units = 0, skipped = 0;
         for (int l = 0; l < L && !rc; l++)
             for (int k = 0; k < 3 && !rc; k++) {
                 if (!cur.keep[l][k])
@@ -113,6 +135,12 @@ int pe_finercut(Pe *e, const char *dir, DmErr *err)
                         pe_drop_sub(&c, l, k);
                     } else {
                         pe_drop_head(&c, l, k, h);
+                    }
+                    /* a removal after which no plan within the budget
+                     * can be reached is not a candidate */
+                    if (s_floor(e, &c) > e->limit) {
+                        skipped++;
+                        continue;
                     }
                     double ckl, cnll;
                     if (pe_measure(e, &c, &cnll, &ckl, err)) {
@@ -148,9 +176,16 @@ int pe_finercut(Pe *e, const char *dir, DmErr *err)
         size -= bfreed;
         nll = bnll;
         kl = bkl;
-        fprintf(lf, "%d. remove %s %s: KL %.6g (NLL %.6f); runner-up %s, KL %.6g; %d units "
-                    "scored; frees %lld %s, %lld left\n", ++step, bh < 0 ? "sub-layer" : "head",
-                name, bkl, bnll, other, rkl, units, bfreed, pe_unit(e), size);
+        fprintf(lf, "%d. remove %s %s: KL %.6g (NLL %.6f); ", ++step, bh < 0 ? "sub-layer" : "head",
+                name, bkl, bnll);
+        if (rl < 0)
+            fprintf(lf, "no runner-up");
+        else
+            fprintf(lf, "runner-up %s, KL %.6g", other, rkl);
+        fprintf(lf, "; %d units scored", units);
+        if (skipped)
+            fprintf(lf, " (%d not: no plan within the budget would remain reachable)", skipped);
+        fprintf(lf, "; frees %lld %s, %lld left\n", bfreed, pe_unit(e), size);
     }
     fclose(lf);
     long passes = sel->passes - p0;
@@ -173,7 +208,9 @@ int pe_finercut(Pe *e, const char *dir, DmErr *err)
                    "removals so far applied, and the one whose removal changes the next-token "
                    "distributions least goes: the least mean KL(teacher || candidate) over the "
                    "corpus's sequences, each sequence's KL the mean over its scored positions.  "
-                   "Ties go to the unit that frees more.  %ld teacher-forced passes after the "
+                   "Ties go to the unit that frees more; a unit after whose removal no plan within the budget "
+                   "can be reached (its smallest, one kept sub-layer with one head, is over) is "
+                   "not a candidate.  %ld teacher-forced passes after the "
                    "teacher's %d; the encoder ran once per page.\n\n## Steps\n\n%s",
                 passes, sel->nitems, log ? log : "");
         fprintf(f, "\n## Check\n\nThe plan's removals together on the selection corpus: NLL "
