@@ -225,6 +225,28 @@ static long long s_smallest(const Pe *e, int whole, char *name, size_t n)
     return best;
 }
 
+/* The smallest plan removals can reach from p: one of its sub-layers
+ * alone, an attention sub-layer with one head. */
+long long pe_floor(const Pe *e, const DmPlan *p)
+{
+    long long best = -1;
+    for (int l = 0; l < e->L; l++)
+        for (int k = 0; k < 3; k++) {
+            if (!p->keep[l][k])
+                continue;
+            DmPlan c = *p;
+            for (int m = 0; m < e->L; m++)
+                for (int j = 0; j < 3; j++)
+                    if (m != l || j != k)
+                        pe_drop_sub(&c, m, j);
+            if (k < 2)
+                c.nheads[l][k] = 1;
+            long long s = pe_size(e, &c);
+            best = best < 0 || s < best ? s : best;
+        }
+    return best;
+}
+
 int pe_refuse_budget(const Pe *e, int whole, DmErr *err)
 {
     char name[48];
@@ -400,6 +422,8 @@ static int s_mint(Pe *e, const char *dir, DmErr *err)
                 if (pe_nsubs(&cur) > 1) {
                     DmPlan c = cur;
                     pe_drop_sub(&c, l, k);
+                    if (pe_floor(e, &c) > e->limit)
+                        continue; /* no plan within the budget would remain reachable */
                     long long fr = size - pe_size(e, &c);
                     double r = fr > 0 ? e->sub_eff[l * 3 + k] / fr : INFINITY;
                     if (r < best || (r == best && fr > bfreed)) {
@@ -419,8 +443,12 @@ static int s_mint(Pe *e, const char *dir, DmErr *err)
                     }
                 }
             }
-        if (bl < 0)
-            break; /* cannot happen: the budget was checked against the smallest plan */
+        if (bl < 0) {
+            fclose(lf);
+            free(log);
+            return dm_err(err, "--method mint: no unit left to remove at %lld %s (budget %lld)",
+                          size, pe_unit(e), e->limit);
+        }
         char name[32];
         if (bh < 0) {
             pe_drop_sub(&cur, bl, bk);

@@ -58,6 +58,10 @@ void pe_add_head(DmPlan *p, int l, int k, int h);
 void pe_drop_sub(DmPlan *p, int l, int k);
 void pe_head_name(int l, int k, int h, char *out, size_t n);
 
+/* The smallest plan removals can reach from p: one of its sub-layers
+ * alone, an attention sub-layer with one head. */
+long long pe_floor(const Pe *e, const DmPlan *p);
+
 /* An error naming the smallest plan possible when the budget is below it
  * (whole: whole sub-layers only). */
 int pe_refuse_budget(const Pe *e, int whole, DmErr *err);

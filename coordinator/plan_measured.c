@@ -72,27 +72,6 @@ static void s_corpus_line(const Pe *e, FILE *f)
 
 /* ------------------------------------------------------------ finercut */
 
-/* The smallest plan removals can reach from p: one of its sub-layers
- * alone, an attention sub-layer with one head. */
-static long long s_floor(const Pe *e, const DmPlan *p)
-{
-    long long best = -1;
-    for (int l = 0; l < e->L; l++)
-        for (int k = 0; k < 3; k++) {
-            if (!p->keep[l][k])
-                continue;
-            DmPlan c = *p;
-            for (int m = 0; m < e->L; m++)
-                for (int j = 0; j < 3; j++)
-                    if (m != l || j != k)
-                        pe_drop_sub(&c, m, j);
-            if (k < 2)
-                c.nheads[l][k] = 1;
-            long long s = pe_size(e, &c);
-            best = best < 0 || s < best ? s : best;
-        }
-    return best;
-}
 
 int pe_finercut(Pe *e, const char *dir, DmErr *err)
 {
@@ -138,7 +117,7 @@ int pe_finercut(Pe *e, const char *dir, DmErr *err)
                     }
                     /* a removal after which no plan within the budget
                      * can be reached is not a candidate */
-                    if (s_floor(e, &c) > e->limit) {
+                    if (pe_floor(e, &c) > e->limit) {
                         skipped++;
                         continue;
                     }

@@ -176,7 +176,7 @@ fi
 # loads through prune, its student runs forward, and it is within budget
 # (one thread: finercut's many small passes on the tiny model lose more to
 # thread start-up than they gain on a busy machine)
-for spec in "finercut:0.31" "finercut:0.07" "michel:0.31" "michel:0.07" "mint:0.31"; do
+for spec in "finercut:0.31" "finercut:0.07" "michel:0.31" "michel:0.07" "mint:0.31" "mint:0.07"; do
     meth=${spec%%:*}
     bud=${spec#*:}
     name="$meth-$bud"
