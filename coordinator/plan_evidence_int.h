@@ -1,6 +1,7 @@
 /* plan_evidence_int.h - what the methods of `docmint plan` share
- * (plan_evidence.c: mint and enumerate; plan_measured.c: finercut,
- * michel and mint's check on a selection corpus): the evidence read from
+ * (plan_evidence.c: reading, sizes, files, enumerate; plan_mint.c: mint;
+ * plan_measured.c: finercut, michel and the measurement of a plan on a
+ * selection corpus): the evidence read from
  * the store, the budget, plan surgery and the files written. */
 #ifndef DM_PLAN_EVIDENCE_INT_H
 #define DM_PLAN_EVIDENCE_INT_H
@@ -70,6 +71,9 @@ int pe_refuse_budget(const Pe *e, int whole, DmErr *err);
 int pe_write_plan(const Pe *e, const DmPlan *p, const char *desc, const char *path, DmErr *err);
 void pe_header(const Pe *e, FILE *f, const char *method);
 void pe_result(const Pe *e, FILE *f, const DmPlan *p);
+
+/* plan_mint.c: method mint. */
+int pe_mint(Pe *e, const char *dir, DmErr *err);
 
 /* plan_measured.c: the methods scored on the selection corpus, and mint's
  * check of a chosen plan (measured NLL into *nll). */
