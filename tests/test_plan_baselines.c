@@ -5,7 +5,8 @@
  * first step against the KL of every single removal computed
  * independently (each removal pruned into a student checkpoint, run
  * through the decoder, against the Hugging Face teacher logits of
- * expected.safetensors); a no-op removal's KL; the refusals. */
+ * expected.safetensors), every single removal as the selection corpus
+ * scores it against the same; a no-op removal's KL; the refusals. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -277,6 +278,23 @@ static void test_finercut_first_step(void)
                 nu++;
             }
     CU_ASSERT(nu == L * (3 + 2 * H));
+    /* and every single removal as the selection corpus scores it */
+    double worst = 0;
+    for (int u = 0, l = 0; l < L; l++)
+        for (int k = 0; k < 3; k++)
+            for (int h = -1; h < (k < 2 ? H : 0); h++, u++) {
+                AnRemoval r = {{0}};
+                if (h < 0)
+                    r.sub[3 * l + k] = 1;
+                else
+                    r.head[3 * l + k][h] = 1;
+                double ukl;
+                CU_ASSERT_FATAL(an_sel_eval(f.sel, &r, NULL, &ukl, &err) == 0);
+                double d = fabs(ukl - kls[u]) / (1e-6 + kls[u]);
+                worst = d > worst ? d : worst;
+            }
+    fprintf(stderr, "\n  %d single removals: worst relative KL difference %.3g\n", nu, worst);
+    CU_ASSERT(worst <= 1e-3);
 
     /* finercut with a budget one parameter under the teacher: one step */
     json_t *agg = json_pack("{s:i, s:i, s:i, s:{s:{s:f}}}", "layers", L, "heads", H, "records",
