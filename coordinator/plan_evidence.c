@@ -1,7 +1,9 @@
 /* plan_evidence.c - pruning plans from an analysis store's aggregates
  * (plan_evidence.h; the rules are in docs/pruning.md, "Plans from
- * evidence"). */
-#include "coordinator/plan_evidence.h"
+ * evidence"): the evidence read, sizes, plan surgery, the files written,
+ * method enumerate and the entry; mint is plan_mint.c, the measured
+ * methods plan_measured.c. */
+#include "coordinator/plan_evidence_int.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -11,42 +13,8 @@
 #include "common/dm_fs.h"
 #include "worker/model/flops.h"
 
-#define PE_SUBS (3 * DM_MAX_LAYERS)
-#define PE_HEADS (2 * DM_MAX_LAYERS * DM_MAX_HEADS)
 
-/* One question type's numbers. */
-typedef struct PeType {
-    const char *name;
-    long records;
-    double clean;
-    double *abl; /* [L, 2, H] means, NaN where absent */
-} PeType;
-
-/* The evidence, read from the aggregates, and what the methods work with. */
-typedef struct Pe {
-    const PeInput *in;
-    const PeOptions *o;
-    int L, H;
-    long records;
-    double clean;
-    double skip[PE_SUBS], skip_se[PE_SUBS];
-    double repro[PE_SUBS + 1];
-    int has_skip, has_repro, has_heads, has_abl, has_atp;
-    double ent[DM_MAX_LAYERS * DM_MAX_HEADS], var[DM_MAX_LAYERS * DM_MAX_HEADS];
-    double abl[PE_HEADS], atp[PE_HEADS];
-    PeType *types;
-    int ntypes;
-    long long full, limit; /* size of the teacher's layers; the budget in the same unit */
-    /* mint */
-    int replaceable[PE_SUBS];
-    double sub_eff[PE_SUBS];
-    double head_eff[PE_HEADS], head_p[PE_HEADS], head_w[PE_HEADS];
-    char head_note[PE_HEADS][48];
-} Pe;
-
-static const char s_kind[3] = {'S', 'C', 'M'};
-
-static int s_hidx(const Pe *e, int l, int k, int h) { return (l * 2 + k) * e->H + h; }
+const char pe_kind[3] = {'S', 'C', 'M'};
 
 /* ------------------------------------------------------------- reading */
 
@@ -77,9 +45,17 @@ static const char *const s_needs[][3] = {
     {"nll_head_ablation", "ablation", "m"},
 };
 
+const char *pe_method_name(PeMethod m)
+{
+    static const char *const names[] = {"mint", "enumerate", "finercut", "michel"};
+    return m >= PE_MINT && m <= PE_MICHEL ? names[m] : "?";
+}
+
 void pe_missing_analyses(const json_t *agg, PeMethod m, char *out, size_t n)
 {
     out[0] = 0;
+    if (m == PE_FINERCUT || m == PE_MICHEL)
+        return; /* measured on the selection corpus */
     for (size_t i = 0; i < sizeof s_needs / sizeof *s_needs; i++) {
         if (m == PE_ENUMERATE && !strchr(s_needs[i][2], 'e'))
             continue;
@@ -143,7 +119,7 @@ static int s_read(Pe *e, DmErr *err)
 
 /* --------------------------------------------------------------- sizes */
 
-static long long s_size(const Pe *e, const DmPlan *p)
+long long pe_size(const Pe *e, const DmPlan *p)
 {
     if (e->o->kind == PE_BUDGET_FLOPS) {
         static FlopsTable t; /* large; the planner is single-threaded */
@@ -155,7 +131,7 @@ static long long s_size(const Pe *e, const DmPlan *p)
     return t.layers;
 }
 
-static long long s_params(const Pe *e, const DmPlan *p)
+long long pe_params(const Pe *e, const DmPlan *p)
 {
     ParamTable t;
     params_count(e->in->cfg, p, &t);
@@ -169,14 +145,14 @@ static long long s_flops(const Pe *e, const DmPlan *p)
     return t.layers;
 }
 
-static const char *s_unit(const Pe *e)
+const char *pe_unit(const Pe *e)
 {
     return e->o->kind == PE_BUDGET_FLOPS ? "multiply-adds" : "parameters";
 }
 
 /* ------------------------------------------------------ plan surgery */
 
-static int s_nsubs(const DmPlan *p)
+int pe_nsubs(const DmPlan *p)
 {
     int n = 0;
     for (int l = 0; l < p->layers; l++)
@@ -185,7 +161,7 @@ static int s_nsubs(const DmPlan *p)
     return n;
 }
 
-static int s_has_head(const DmPlan *p, int l, int k, int h)
+int pe_has_head(const DmPlan *p, int l, int k, int h)
 {
     for (int i = 0; i < p->nheads[l][k]; i++)
         if (p->head_ids[l][k][i] == h)
@@ -193,7 +169,7 @@ static int s_has_head(const DmPlan *p, int l, int k, int h)
     return 0;
 }
 
-static void s_drop_head(DmPlan *p, int l, int k, int h)
+void pe_drop_head(DmPlan *p, int l, int k, int h)
 {
     int n = p->nheads[l][k], *ids = p->head_ids[l][k], j = 0;
     for (int i = 0; i < n; i++)
@@ -202,7 +178,7 @@ static void s_drop_head(DmPlan *p, int l, int k, int h)
     p->nheads[l][k] = j;
 }
 
-static void s_add_head(DmPlan *p, int l, int k, int h)
+void pe_add_head(DmPlan *p, int l, int k, int h)
 {
     int n = p->nheads[l][k], *ids = p->head_ids[l][k], i = n;
     while (i > 0 && ids[i - 1] > h) {
@@ -213,7 +189,7 @@ static void s_add_head(DmPlan *p, int l, int k, int h)
     p->nheads[l][k] = n + 1;
 }
 
-static void s_drop_sub(DmPlan *p, int l, int k)
+void pe_drop_sub(DmPlan *p, int l, int k)
 {
     p->keep[l][k] = 0;
     if (k < 2)
@@ -234,22 +210,44 @@ static long long s_smallest(const Pe *e, int whole, char *name, size_t n)
             for (int m = 0; m < e->L; m++)
                 for (int j = 0; j < 3; j++)
                     if (m != l || j != k)
-                        s_drop_sub(&p, m, j);
+                        pe_drop_sub(&p, m, j);
             if (k < 2 && !whole)
                 p.nheads[l][k] = 1;
-            long long s = s_size(e, &p);
+            long long s = pe_size(e, &p);
             if (best < 0 || s < best) {
                 best = s;
                 if (k < 2 && !whole)
-                    snprintf(name, n, "%c%d with one head", s_kind[k], l);
+                    snprintf(name, n, "%c%d with one head", pe_kind[k], l);
                 else
-                    snprintf(name, n, "%c%d alone", s_kind[k], l);
+                    snprintf(name, n, "%c%d alone", pe_kind[k], l);
             }
         }
     return best;
 }
 
-static int s_refuse_budget(const Pe *e, int whole, DmErr *err)
+/* The smallest plan removals can reach from p: one of its sub-layers
+ * alone, an attention sub-layer with one head. */
+long long pe_floor(const Pe *e, const DmPlan *p)
+{
+    long long best = -1;
+    for (int l = 0; l < e->L; l++)
+        for (int k = 0; k < 3; k++) {
+            if (!p->keep[l][k])
+                continue;
+            DmPlan c = *p;
+            for (int m = 0; m < e->L; m++)
+                for (int j = 0; j < 3; j++)
+                    if (m != l || j != k)
+                        pe_drop_sub(&c, m, j);
+            if (k < 2)
+                c.nheads[l][k] = 1;
+            long long s = pe_size(e, &c);
+            best = best < 0 || s < best ? s : best;
+        }
+    return best;
+}
+
+int pe_refuse_budget(const Pe *e, int whole, DmErr *err)
 {
     char name[48];
     long long s = s_smallest(e, whole, name, sizeof name);
@@ -257,13 +255,13 @@ static int s_refuse_budget(const Pe *e, int whole, DmErr *err)
         return 0;
     return dm_err(err, "budget of %lld %s (%.4f of the teacher's decoder layers) is below the "
                        "smallest plan possible%s: %s, %lld %s (%.4f)",
-                  e->limit, s_unit(e), (double)e->limit / e->full,
-                  whole ? " with whole sub-layers" : "", name, s, s_unit(e), (double)s / e->full);
+                  e->limit, pe_unit(e), (double)e->limit / e->full,
+                  whole ? " with whole sub-layers" : "", name, s, pe_unit(e), (double)s / e->full);
 }
 
 /* ------------------------------------------------------------- writing */
 
-static int s_write_plan(const Pe *e, const DmPlan *p, const char *desc, const char *path,
+int pe_write_plan(const Pe *e, const DmPlan *p, const char *desc, const char *path,
                         DmErr *err)
 {
     json_t *j = plan_to_json(p);
@@ -284,7 +282,7 @@ static int s_write_plan(const Pe *e, const DmPlan *p, const char *desc, const ch
     return rc;
 }
 
-static void s_header(const Pe *e, FILE *f, const char *method)
+void pe_header(const Pe *e, FILE *f, const char *method)
 {
     const char *kinds[] = {"a share of the teacher's decoder layers' parameters",
                            "a parameter count of the decoder layers",
@@ -296,334 +294,26 @@ static void s_header(const Pe *e, FILE *f, const char *method)
     fprintf(f, "- model: `%s`, fingerprint %s, %d layers of %d heads\n", e->in->model,
             e->in->fingerprint, e->L, e->H);
     fprintf(f, "- budget: %g, %s: at most %lld of %lld %s",
-            e->o->budget, kinds[e->o->kind], e->limit, e->full, s_unit(e));
+            e->o->budget, kinds[e->o->kind], e->limit, e->full, pe_unit(e));
     if (e->o->kind == PE_BUDGET_FLOPS)
         fprintf(f, " (%d prompt tokens, %d new tokens)", e->o->prompt, e->o->new_tokens);
     fprintf(f, "\n");
 }
 
-static void s_result(const Pe *e, FILE *f, const DmPlan *p)
+void pe_result(const Pe *e, FILE *f, const DmPlan *p)
 {
     DmPlan full;
     plan_full(&e->in->cfg->dec, &full);
-    long long pk = s_params(e, p), pf = s_params(e, &full);
+    long long pk = pe_params(e, p), pf = pe_params(e, &full);
     long long fk = s_flops(e, p), ff = s_flops(e, &full);
     fprintf(f, "- kept: %lld of %lld parameters of the decoder layers (%.4f), %lld of %lld "
                "multiply-adds of the decoder layers (%.4f; %d prompt + %d new tokens, cached)\n",
             pk, pf, (double)pk / pf, fk, ff, (double)fk / ff, e->o->prompt, e->o->new_tokens);
 }
 
-/* ---------------------------------------------------------------- mint */
-
-/* The head weights w = e * (1.5 - p) of docs/pruning.md. */
-static void s_head_weights(Pe *e)
+void pe_head_name(int l, int k, int h, char *out, size_t n)
 {
-    const DmPlan *b = e->in->base;
-    for (int k = 0; k < 2; k++) {
-        /* the pattern share p: rank of the head among the base's heads of
-         * this kind, 1 the most diffuse (highest entropy, lowest variance) */
-        int n = 0;
-        for (int l = 0; l < e->L; l++)
-            for (int h = 0; h < e->H; h++)
-                n += b->keep[l][k] && s_has_head(b, l, k, h);
-        for (int l = 0; l < e->L; l++)
-            for (int h = 0; h < e->H; h++) {
-                int i = s_hidx(e, l, k, h);
-                double v = k == 0 ? e->ent[l * e->H + h] : -e->var[l * e->H + h];
-                int below = 0, tie = 0;
-                for (int m = 0; m < e->L; m++)
-                    for (int g = 0; g < e->H; g++) {
-                        if (!b->keep[m][k] || !s_has_head(b, m, k, g) || (m == l && g == h))
-                            continue;
-                        double u = k == 0 ? e->ent[m * e->H + g] : -e->var[m * e->H + g];
-                        below += u < v;
-                        tie += u == v;
-                    }
-                e->head_p[i] = n > 1 ? (below + 0.5 * tie) / (n - 1) : 0.5;
-                double a = e->abl[i] - e->clean;
-                double eff = isfinite(a) && a > 0 ? a : 0;
-                if (e->has_atp && isfinite(e->atp[i]))
-                    eff += fabs(e->atp[i]);
-                e->head_eff[i] = eff;
-                e->head_w[i] = eff * (1.5 - e->head_p[i]);
-            }
-    }
-}
-
-/* Does head i hurt one question type much more than the others?  The
- * type's name into `type` when so. */
-static int s_type_flag(const Pe *e, int i, double *top1, double *top2, const char **type)
-{
-    double a = -INFINITY, b = -INFINITY;
-    const char *name = NULL;
-    int n = 0;
-    for (int t = 0; t < e->ntypes; t++) {
-        double v = e->types[t].abl[i] - e->types[t].clean;
-        if (!isfinite(v))
-            continue;
-        n++;
-        if (v > a) {
-            b = a;
-            a = v;
-            name = e->types[t].name;
-        } else if (v > b) {
-            b = v;
-        }
-    }
-    *top1 = a;
-    *top2 = b;
-    *type = name;
-    return n >= 2 && a >= e->o->type_min && a >= e->o->type_ratio * (b > 0 ? b : 0);
-}
-
-static void s_head_name(int l, int k, int h, char *out, size_t n)
-{
-    snprintf(out, n, "%c%d.H%d", s_kind[k], l, h);
-}
-
-static int s_mint(Pe *e, const char *dir, DmErr *err)
-{
-    const DmPlan *b = e->in->base;
-    int L = e->L, H = e->H;
-    if (s_refuse_budget(e, 0, err))
-        return -1;
-    /* replaceable sub-layers: those before the last input, in an unbroken
-     * run from S0, whose token reprojection costs at most the tolerance */
-    int kmax = 0;
-    for (int j = 0; j < 3 * L; j++) {
-        double d = e->repro[j] - e->clean;
-        if (!isfinite(d) || d > e->o->reproject_tol)
-            break;
-        kmax = j;
-    }
-    for (int i = 0; i < 3 * L; i++) {
-        e->replaceable[i] = i < kmax;
-        double d = e->skip[i] - e->clean;
-        e->sub_eff[i] = e->replaceable[i] ? 0 : isfinite(d) && d > 0 ? d : 0;
-    }
-    s_head_weights(e);
-
-    char *log = NULL;
-    size_t loglen = 0;
-    FILE *lf = open_memstream(&log, &loglen);
-    if (!lf)
-        return dm_err(err, "out of memory");
-    DmPlan cur = *b;
-    int removed_heads[PE_HEADS], nrem = 0, step = 0;
-    long long size = s_size(e, &cur);
-    fprintf(lf, "Start: the analysed model, %lld %s.\n\n", size, s_unit(e));
-    /* 1. remove, cheapest evidence per unit freed first */
-    while (size > e->limit) {
-        int bl = -1, bk = -1, bh = -1;
-        double best = INFINITY, beff = 0;
-        long long bfreed = 0;
-        for (int l = 0; l < L; l++)
-            for (int k = 0; k < 3; k++) {
-                if (!cur.keep[l][k])
-                    continue;
-                if (s_nsubs(&cur) > 1) {
-                    DmPlan c = cur;
-                    s_drop_sub(&c, l, k);
-                    long long fr = size - s_size(e, &c);
-                    double r = fr > 0 ? e->sub_eff[l * 3 + k] / fr : INFINITY;
-                    if (r < best || (r == best && fr > bfreed)) {
-                        best = r, bl = l, bk = k, bh = -1, bfreed = fr;
-                        beff = e->sub_eff[l * 3 + k];
-                    }
-                }
-                for (int i = 0; k < 2 && cur.nheads[l][k] > 1 && i < cur.nheads[l][k]; i++) {
-                    int h = cur.head_ids[l][k][i];
-                    DmPlan c = cur;
-                    s_drop_head(&c, l, k, h);
-                    long long fr = size - s_size(e, &c);
-                    double w = e->head_w[s_hidx(e, l, k, h)];
-                    double r = fr > 0 ? w / fr : INFINITY;
-                    if (r < best || (r == best && fr > bfreed)) {
-                        best = r, bl = l, bk = k, bh = h, bfreed = fr, beff = w;
-                    }
-                }
-            }
-        if (bl < 0)
-            break; /* cannot happen: the budget was checked against the smallest plan */
-        char name[32];
-        if (bh < 0) {
-            s_drop_sub(&cur, bl, bk);
-            snprintf(name, sizeof name, "%c%d", s_kind[bk], bl);
-            size -= bfreed;
-            fprintf(lf, "%d. remove sub-layer %s: skip NLL increase %+.6f%s, counted %.6f; frees "
-                        "%lld %s (%.3g nats per million); %lld left\n",
-                    ++step, name, e->skip[bl * 3 + bk] - e->clean,
-                    e->replaceable[bl * 3 + bk] ? " (replaceable: counted 0)" : "", beff, bfreed,
-                    s_unit(e), 1e6 * best, size);
-        } else {
-            s_drop_head(&cur, bl, bk, bh);
-            removed_heads[nrem++] = s_hidx(e, bl, bk, bh);
-            s_head_name(bl, bk, bh, name, sizeof name);
-            size -= bfreed;
-            fprintf(lf, "%d. drop head %s: weight %.6f (effect %.6f, pattern share %.3f); frees "
-                        "%lld %s (%.3g nats per million); %lld left\n",
-                    ++step, name, beff, e->head_eff[s_hidx(e, bl, bk, bh)],
-                    e->head_p[s_hidx(e, bl, bk, bh)], bfreed, s_unit(e), 1e6 * best, size);
-        }
-    }
-    /* 2. fill: heads back, last dropped first, while they fit */
-    for (int r = nrem - 1; r >= 0; r--) {
-        int i = removed_heads[r], h = i % H, k = (i / H) % 2, l = i / H / 2;
-        if (!cur.keep[l][k] || s_has_head(&cur, l, k, h))
-            continue;
-        DmPlan c = cur;
-        s_add_head(&c, l, k, h);
-        long long s = s_size(e, &c);
-        if (s <= e->limit) {
-            char name[32];
-            s_head_name(l, k, h, name, sizeof name);
-            cur = c;
-            size = s;
-            fprintf(lf, "%d. fill: head %s back (weight %.6f), it fits: %lld %s\n", ++step, name,
-                    e->head_w[i], size, s_unit(e));
-        }
-    }
-    /* 3. take back a head one question type needs */
-    int flagged[PE_HEADS] = {0};
-    for (int l = 0; l < L; l++)
-        for (int k = 0; k < 2; k++)
-            for (int h = 0; h < H; h++) {
-                int i = s_hidx(e, l, k, h);
-                double t1, t2;
-                const char *ty;
-                if (!b->keep[l][k] || !s_has_head(b, l, k, h) || !s_type_flag(e, i, &t1, &t2, &ty))
-                    continue;
-                flagged[i] = 1;
-                snprintf(e->head_note[i], sizeof e->head_note[i], "%s %+.4f, next %+.4f", ty, t1,
-                         t2);
-            }
-    for (int l = 0; l < L; l++)
-        for (int k = 0; k < 2; k++)
-            for (int h = 0; h < H; h++) {
-                int i = s_hidx(e, l, k, h);
-                if (!flagged[i] || !cur.keep[l][k] || s_has_head(&cur, l, k, h))
-                    continue;
-                char name[32], other[32];
-                s_head_name(l, k, h, name, sizeof name);
-                DmPlan c = cur;
-                s_add_head(&c, l, k, h);
-                long long s = s_size(e, &c);
-                if (s <= e->limit) {
-                    cur = c;
-                    size = s;
-                    fprintf(lf, "%d. take back head %s: one question type needs it (%s); it "
-                                "fits: %lld %s\n", ++step, name, e->head_note[i], size,
-                            s_unit(e));
-                    continue;
-                }
-                /* swap with the kept head of least weight that makes room */
-                int gi = -1;
-                long long gs = 0;
-                for (int m = 0; m < L; m++)
-                    for (int j = 0; j < 2; j++)
-                        for (int x = 0; x < c.nheads[m][j]; x++) {
-                            int g = c.head_ids[m][j][x], q = s_hidx(e, m, j, g);
-                            if (q == i || flagged[q] || c.nheads[m][j] < 2)
-                                continue;
-                            DmPlan d = c;
-                            s_drop_head(&d, m, j, g);
-                            long long ds = s_size(e, &d);
-                            if (ds <= e->limit && (gi < 0 || e->head_w[q] < e->head_w[gi]))
-                                gi = q, gs = ds;
-                        }
-                if (gi < 0) {
-                    fprintf(lf, "%d. head %s would be taken back for one question type (%s), but "
-                                "no kept head makes room for it\n", ++step, name,
-                            e->head_note[i]);
-                    continue;
-                }
-                int gh = gi % H, gk = (gi / H) % 2, gl = gi / H / 2;
-                s_drop_head(&c, gl, gk, gh);
-                s_head_name(gl, gk, gh, other, sizeof other);
-                cur = c;
-                size = gs;
-                removed_heads[nrem++] = gi;
-                fprintf(lf, "%d. take back head %s: one question type needs it (%s); head %s "
-                            "(weight %.6f) dropped to make room: %lld %s\n",
-                        ++step, name, e->head_note[i], other, e->head_w[gi], size, s_unit(e));
-            }
-    fclose(lf);
-
-    char path[4200];
-    int rc = 0;
-    char desc[512];
-    snprintf(desc, sizeof desc, "docmint plan --method mint from %s, budget %g: %lld %s of %lld",
-             e->in->store, e->o->budget, size, s_unit(e), e->full);
-    snprintf(path, sizeof path, "%s/plan.json", dir);
-    rc = s_write_plan(e, &cur, desc, path, err);
-    snprintf(path, sizeof path, "%s/plan.md", dir);
-    FILE *f = rc ? NULL : fopen(path, "w");
-    if (!rc && !f)
-        rc = dm_err_errno(err, "%s: cannot write", path);
-    if (f) {
-        s_header(e, f, "mint");
-        s_result(e, f, &cur);
-        fprintf(f, "\nThe rule is docs/pruning.md, \"Plans from evidence\": units (sub-layers and "
-                   "heads) are removed in order of their evidence per %s freed until the plan "
-                   "fits, heads are put back while they fit, and a head one question type needs "
-                   "is taken back.  Reprojection tolerance %g nats; type rule: at least %g nats "
-                   "and %g times the next type.\n",
-                s_unit(e), e->o->reproject_tol, e->o->type_min, e->o->type_ratio);
-        fprintf(f, "\n## Sub-layers\n\n| sub-layer | skip NLL increase | stderr | input "
-                   "reprojection NLL increase | replaceable | counted | parameters | decision "
-                   "|\n|---|---|---|---|---|---|---|---|\n");
-        ParamTable pt, pb;
-        params_count(e->in->cfg, &cur, &pt);
-        params_count(e->in->cfg, b, &pb);
-        for (int l = 0; l < L; l++)
-            for (int k = 0; k < 3; k++) {
-                int i = l * 3 + k;
-                const ParamRow *r = &pt.rows[DM_PMOD_FIXED + i];
-                fprintf(f, "| %c%d | %+.6f | %.6f | %+.6f | %s | %.6f | %lld of %lld | %s |\n",
-                        s_kind[k], l, e->skip[i] - e->clean, e->skip_se[i],
-                        e->repro[i] - e->clean, e->replaceable[i] ? "yes" : "no", e->sub_eff[i],
-                        r->count, r->teacher,
-                        !b->keep[l][k]      ? "absent from the analysed model"
-                        : !cur.keep[l][k]   ? "removed"
-                        : k < 2 && cur.nheads[l][k] < pb.rows[DM_PMOD_FIXED + i].nheads
-                            ? "kept, some heads dropped"
-                            : "kept");
-            }
-        fprintf(f, "\nThe final stream's reprojection: NLL increase %+.6f.\n",
-                e->repro[3 * L] - e->clean);
-        fprintf(f, "\n## Heads\n\nSelf-attention heads by entropy (high: diffuse), cross-attention "
-                   "heads by variance (low: spread evenly); p is the head's rank share among its "
-                   "kind (1 the most diffuse), the effect is the ablation NLL increase (at least "
-                   "0)%s, and the weight w = effect * (1.5 - p).\n\n"
-                   "| head | entropy / variance | p | ablation NLL increase | attribution | weight "
-                   "w | by question type | decision |\n|---|---|---|---|---|---|---|---|\n",
-                e->has_atp ? " plus |attribution|" : "");
-        for (int l = 0; l < L; l++)
-            for (int k = 0; k < 2; k++)
-                for (int h = 0; h < H; h++) {
-                    int i = s_hidx(e, l, k, h);
-                    if (!b->keep[l][k] || !s_has_head(b, l, k, h))
-                        continue;
-                    char name[32];
-                    s_head_name(l, k, h, name, sizeof name);
-                    const char *dec = !cur.keep[l][k]            ? "removed with its sub-layer"
-                                      : !s_has_head(&cur, l, k, h) ? "dropped"
-                                      : flagged[i]                 ? "kept (needed by a type)"
-                                                                   : "kept";
-                    fprintf(f, "| %s | %.6g | %.3f | %+.6f | %s%.6f | %.6f | %s | %s |\n", name,
-                            k == 0 ? e->ent[l * H + h] : e->var[l * H + h], e->head_p[i],
-                            e->abl[i] - e->clean, e->has_atp ? "" : "(none) ",
-                            e->has_atp ? e->atp[i] : 0.0, e->head_w[i],
-                            flagged[i] ? e->head_note[i] : "-", dec);
-                }
-        fprintf(f, "\n## Steps\n\n%s", log ? log : "");
-        if (e->ntypes)
-            fprintf(f, "\n%d question types in the store's breakdown.\n", e->ntypes);
-        if (fclose(f) && !rc)
-            rc = dm_err_errno(err, "%s: cannot write", path);
-    }
-    free(log);
-    return rc;
+    snprintf(out, n, "%c%d.H%d", pe_kind[k], l, h);
 }
 
 /* ----------------------------------------------------------- enumerate */
@@ -687,7 +377,7 @@ static void s_subset_names(const Pe *e, unsigned long mask, int want, char *out,
     for (int i = 0; i < 3 * e->L; i++)
         if (!!(mask >> i & 1) == want) {
             size_t len = strlen(out);
-            snprintf(out + len, n - len, "%s%c%d", len ? " " : "", s_kind[i % 3], i / 3);
+            snprintf(out + len, n - len, "%s%c%d", len ? " " : "", pe_kind[i % 3], i / 3);
         }
     if (!out[0])
         snprintf(out, n, "-");
@@ -700,7 +390,7 @@ static int s_enumerate(Pe *e, const char *dir, DmErr *err)
     if (n > 20)
         return dm_err(err, "--method enumerate: %d sub-layers give 2^%d subsets; it takes at most "
                            "20 sub-layers", n, n);
-    if (s_refuse_budget(e, 1, err))
+    if (pe_refuse_budget(e, 1, err))
         return -1;
     SkipSet sets[64];
     int nsets = s_skip_sets(e, sets, 64);
@@ -721,8 +411,8 @@ static int s_enumerate(Pe *e, const char *dir, DmErr *err)
         DmPlan p = *b;
         for (int i = 0; i < n; i++)
             if (rm >> i & 1)
-                s_drop_sub(&p, i / 3, i % 3);
-        long long s = s_size(e, &p);
+                pe_drop_sub(&p, i / 3, i % 3);
+        long long s = pe_size(e, &p);
         if (s > e->limit)
             continue;
         within++;
@@ -767,16 +457,16 @@ static int s_enumerate(Pe *e, const char *dir, DmErr *err)
             snprintf(path, sizeof path, "%s/plan.json", dir);
         else
             snprintf(path, sizeof path, "%s/plan-%d.json", dir, r + 1);
-        rc = s_write_plan(e, &top[r].p, desc, path, err);
+        rc = pe_write_plan(e, &top[r].p, desc, path, err);
     }
     snprintf(path, sizeof path, "%s/plan.md", dir);
     FILE *f = rc ? NULL : fopen(path, "w");
     if (!rc && !f)
         rc = dm_err_errno(err, "%s: cannot write", path);
     if (f) {
-        s_header(e, f, "enumerate");
+        pe_header(e, f, "enumerate");
         if (ntop)
-            s_result(e, f, &top[0].p);
+            pe_result(e, f, &top[0].p);
         fprintf(f, "\nEvery subset of the analysed model's sub-layers (whole sub-layers, heads "
                    "as they are) was considered: %ld subsets keeping at least one sub-layer, "
                    "%ld within the budget.  Each is scored without training by its predicted "
@@ -791,7 +481,7 @@ static int s_enumerate(Pe *e, const char *dir, DmErr *err)
         for (int r = 0; r < ntop; r++) {
             s_subset_names(e, top[r].removed, 0, keep, sizeof keep);
             s_subset_names(e, top[r].removed, 1, rmn, sizeof rmn);
-            long long pk = s_params(e, &top[r].p);
+            long long pk = pe_params(e, &top[r].p);
             char file[32];
             if (r == 0)
                 snprintf(file, sizeof file, "plan.json");
@@ -800,12 +490,12 @@ static int s_enumerate(Pe *e, const char *dir, DmErr *err)
             DmPlan full;
             plan_full(&e->in->cfg->dec, &full);
             fprintf(f, "| %d | %s | %s | %s | %.6f | %s | %lld | %.4f |\n", r + 1, file, keep,
-                    rmn, top[r].score, top[r].how, pk, (double)pk / s_params(e, &full));
+                    rmn, top[r].score, top[r].how, pk, (double)pk / pe_params(e, &full));
         }
         fprintf(f, "\n## Single-skip NLL increases\n\n| sub-layer | NLL increase | stderr |\n"
                    "|---|---|---|\n");
         for (int i = 0; i < n; i++)
-            fprintf(f, "| %c%d | %+.6f | %.6f |\n", s_kind[i % 3], i / 3, e->skip[i] - e->clean,
+            fprintf(f, "| %c%d | %+.6f | %.6f |\n", pe_kind[i % 3], i / 3, e->skip[i] - e->clean,
                     e->skip_se[i]);
         for (int k = 0; k < nsets; k++) {
             s_subset_names(e, sets[k].mask, 1, rmn, sizeof rmn);
@@ -828,7 +518,10 @@ int pe_make_plan(const PeInput *in, const PeOptions *o, const char *out_dir, DmE
     if (miss[0])
         return dm_err(err, "%s: the store lacks the analyses --method %s needs: run the analyze "
                            "stage with \"analyses\" including [%s]",
-                      in->store, o->method == PE_MINT ? "mint" : "enumerate", miss);
+                      in->store, pe_method_name(o->method), miss);
+    if ((o->method == PE_FINERCUT || o->method == PE_MICHEL) && !in->sel)
+        return dm_err(err, "--method %s needs --corpus SEL.json: a DocVQA-format selection corpus "
+                           "with gold answers", pe_method_name(o->method));
     Pe *e = calloc(1, sizeof *e);
     if (!e)
         return dm_err(err, "out of memory");
@@ -838,13 +531,18 @@ int pe_make_plan(const PeInput *in, const PeOptions *o, const char *out_dir, DmE
     if (!rc) {
         DmPlan full;
         plan_full(&in->cfg->dec, &full);
-        e->full = s_size(e, &full);
+        e->full = pe_size(e, &full);
         e->limit = o->kind == PE_BUDGET_PARAMS ? (long long)o->budget
                                                : (long long)floor(o->budget * (double)e->full);
         rc = dm_mkdirs(out_dir, err);
     }
     if (!rc)
-        rc = o->method == PE_MINT ? s_mint(e, out_dir, err) : s_enumerate(e, out_dir, err);
+        switch (o->method) {
+        case PE_MINT: rc = pe_mint(e, out_dir, err); break;
+        case PE_ENUMERATE: rc = s_enumerate(e, out_dir, err); break;
+        case PE_FINERCUT: rc = pe_finercut(e, out_dir, err); break;
+        case PE_MICHEL: rc = pe_michel(e, out_dir, err); break;
+        }
     for (int t = 0; t < e->ntypes; t++)
         free(e->types[t].abl);
     free(e->types);

@@ -1,12 +1,14 @@
 /* plan_evidence.h - pruning plans made from an analysis store's
  * aggregates (`docmint plan`): the budget, the two methods (mint and
- * enumerate) and the files they write.  docs/pruning.md, section "Plans
+ * enumerate, which read the store; finercut and michel, which measure
+ * on a selection corpus) and the files they write.  docs/pruning.md, section "Plans
  * from evidence", states every rule. */
 #ifndef DM_PLAN_EVIDENCE_H
 #define DM_PLAN_EVIDENCE_H
 
 #include <jansson.h>
 
+#include "worker/analyze/an_select.h"
 #include "worker/model/plan.h"
 
 typedef enum {
@@ -15,7 +17,10 @@ typedef enum {
     PE_BUDGET_FLOPS      /* a share of the decoder layers' multiply-adds (cached) */
 } PeBudgetKind;
 
-typedef enum { PE_MINT = 0, PE_ENUMERATE = 1 } PeMethod;
+typedef enum { PE_MINT = 0, PE_ENUMERATE = 1, PE_FINERCUT = 2, PE_MICHEL = 3 } PeMethod;
+
+/* The method's name as --method spells it. */
+const char *pe_method_name(PeMethod m);
 
 typedef struct PeOptions {
     PeMethod method;
@@ -37,6 +42,10 @@ typedef struct PeInput {
     const json_t *aggregates;
     const json_t *analyze;
     const char *store, *model, *fingerprint;
+    /* the selection corpus on the analysed model (--corpus; NULL: none):
+     * finercut and michel need it, mint checks its plan on it */
+    AnSel *sel;
+    const char *corpus;
 } PeInput;
 
 /* The analyses (job key "analyses") a method needs that the aggregates

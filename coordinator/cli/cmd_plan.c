@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/store.h"
+#include "worker/image/image.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/plan_evidence.h"
 
@@ -14,7 +16,8 @@ static void s_usage(FILE *f)
 {
     fprintf(f,
             "usage: docmint plan ANALYSIS_STORE (--budget B | --budget-params N | --budget-flops F)\n"
-            "                    [--method mint|enumerate] [--top K] [--model DIR] -o PLAN_DIR\n"
+            "                    [--method mint|enumerate|finercut|michel] [--corpus SEL.json]\n"
+            "                    [--top K] [--model DIR] -o PLAN_DIR\n"
             "  --budget B         keep at most this share of the teacher's decoder layers'\n"
             "                     parameters (the paper's base; 0.31 for its MINT31%%)\n"
             "  --budget-params N  keep at most N parameters of the decoder layers\n"
@@ -24,7 +27,16 @@ static void s_usage(FILE *f)
             "  --new M            FLOPs: new tokens (default 35)\n"
             "  --method M         mint (default): sub-layers and heads by the store's evidence;\n"
             "                     enumerate: every sub-layer subset within the budget, scored by\n"
-            "                     the store's skip sets or the sum of single-skip NLL increases\n"
+            "                     the store's skip sets or the sum of single-skip NLL increases;\n"
+            "                     finercut: greedily the sub-layer or head whose removal changes\n"
+            "                     the next-token distributions least (KL on --corpus), each step\n"
+            "                     scoring every unit left: sequences x units passes per step;\n"
+            "                     michel: heads by |dL/dgate| on --corpus (one forward and one\n"
+            "                     backward pass per sequence), least important first\n"
+            "  --corpus SEL.json  a DocVQA-format selection corpus with gold answers (images\n"
+            "                     beside it), run on the analysed model: needed by finercut and\n"
+            "                     michel; with mint, the chosen plan's removals are measured\n"
+            "                     together on it (one pass per sequence; default: none)\n"
             "  --top K            enumerate: the best K plans written (default 3)\n"
             "  --model DIR        the analysed model (default: the store's job \"model\"); its\n"
             "                     fingerprint must be the store's\n"
@@ -52,7 +64,7 @@ static int s_number(const char *flag, const char *s, double lo, double hi, doubl
 int cmd_plan(int argc, char **argv)
 {
     const char *store = NULL, *out = NULL, *model = NULL, *method = "mint";
-    const char *budget = NULL, *bparams = NULL, *bflops = NULL;
+    const char *budget = NULL, *bparams = NULL, *bflops = NULL, *corpus = NULL;
     PeOptions o = {.top = 3, .prompt = 42, .new_tokens = 35, .reproject_tol = 0.01,
                    .type_ratio = 3, .type_min = 0.02};
     double v;
@@ -70,6 +82,8 @@ int cmd_plan(int argc, char **argv)
             bflops = argv[++i];
         } else if (!strcmp(a, "--method") && more) {
             method = argv[++i];
+        } else if (!strcmp(a, "--corpus") && more) {
+            corpus = argv[++i];
         } else if (!strcmp(a, "--model") && more) {
             model = argv[++i];
         } else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && more) {
@@ -114,8 +128,23 @@ int cmd_plan(int argc, char **argv)
         o.method = PE_MINT;
     else if (!strcmp(method, "enumerate"))
         o.method = PE_ENUMERATE;
+    else if (!strcmp(method, "finercut"))
+        o.method = PE_FINERCUT;
+    else if (!strcmp(method, "michel"))
+        o.method = PE_MICHEL;
     else {
-        fprintf(stderr, "docmint plan: --method %s: the methods are mint and enumerate\n", method);
+        fprintf(stderr, "docmint plan: --method %s: the methods are mint, enumerate, finercut and "
+                        "michel\n", method);
+        return 2;
+    }
+    if ((o.method == PE_FINERCUT || o.method == PE_MICHEL) && !corpus) {
+        fprintf(stderr, "docmint plan: --method %s needs --corpus SEL.json: a DocVQA-format "
+                        "selection corpus with gold answers\n", method);
+        return 2;
+    }
+    if (o.method == PE_ENUMERATE && corpus) {
+        fprintf(stderr, "docmint plan: --corpus: --method enumerate scores from the store alone "
+                        "(mint, finercut and michel take a corpus)\n");
         return 2;
     }
     if (budget) {
@@ -137,6 +166,10 @@ int cmd_plan(int argc, char **argv)
     char *kind = NULL, *aggs = NULL, *job = NULL, *an = NULL, *fp = NULL;
     json_t *jaggs = NULL, *jjob = NULL, *jan = NULL;
     DonutModel *m = NULL;
+    QaModel qa = {0};
+    AnSel *sel = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = 1;
     if (store_open(store, STORE_READ, &st, &err)) {
         fprintf(stderr, "docmint plan: %s\n", err.msg);
@@ -174,29 +207,53 @@ int cmd_plan(int argc, char **argv)
                         "with --model DIR\n", store);
         goto done;
     }
-    if (donut_load(model, &m, &err)) {
+    /* with a corpus, the tokenizer too (the sequences are built from it) */
+    if (corpus ? qa_open(model, &qa, &err) : donut_load(model, &m, &err)) {
         fprintf(stderr, "docmint plan: %s\n", err.msg);
         goto done;
     }
+    if (corpus)
+        m = qa.model;
     if (fp && fp[0] && strcmp(fp, m->fingerprint)) {
         fprintf(stderr, "docmint plan: %s: the store analysed model %s, but %s is %s: give the "
                         "analysed model with --model DIR\n",
                 store, fp, model, m->fingerprint);
         goto done;
     }
+    if (corpus) {
+        char path[4200];
+        PreprocConfig pc;
+        snprintf(path, sizeof path, "%s/preprocessor_config.json", model);
+        if (preproc_config_load(path, &pc, &err) ||
+            an_sel_load(&qa, &pc, corpus, IMAGE_PDF_DPI_DEFAULT, &sel, &err)) {
+            fprintf(stderr, "docmint plan: %s\n", err.msg);
+            goto done;
+        }
+    }
     DmPlan base;
     plan_of_model(m, &base);
     PeInput in = {.cfg = &m->cfg, .base = &base, .aggregates = jaggs, .analyze = jan,
-                  .store = store, .model = model, .fingerprint = m->fingerprint};
+                  .store = store, .model = model, .fingerprint = m->fingerprint, .sel = sel,
+                  .corpus = corpus};
     if (pe_make_plan(&in, &o, out, &err)) {
         fprintf(stderr, "docmint plan: %s\n", err.msg);
         goto done;
     }
-    printf("%s: plan.json and plan.md written (--method %s); docmint prune %s --plan "
-           "%s/plan.json -o STUDENT\n", out, method, model, out);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%s: plan.json and plan.md written (--method %s", out, method);
+    if (sel)
+        printf("; %s: %d sequences on %d pages, %ld encoder, %ld teacher-forced and %ld backward "
+               "passes", corpus, sel->nitems, sel->npages, sel->encoded, sel->passes,
+               sel->backward);
+    printf("; %.2f s); docmint prune %s --plan %s/plan.json -o STUDENT\n",
+           (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec), model, out);
     rc = 0;
 done:
-    donut_free(&m);
+    an_sel_free(&sel);
+    if (corpus)
+        qa_close(&qa);
+    else
+        donut_free(&m);
     json_decref(jaggs);
     json_decref(jjob);
     json_decref(jan);

@@ -1,15 +1,18 @@
 #!/bin/sh
 # docmint plan: an analysis store of the tiny model (two synthetic pages)
-# turned into plans by both methods; each plan loads through `docmint
-# prune` and its student runs through `docmint forward`; the kept
+# turned into plans by every method (mint, enumerate; finercut, michel and
+# mint's check with the analysed corpus as selection corpus); each plan
+# loads through `docmint prune` and its student runs through `docmint
+# forward`; the kept
 # parameters are within the budget, counted here from config.json's
 # shapes; enumerate's best plan is the best subset found here from
 # report.json (the store's skip set where one matches, else the sum of
 # single-skip increases); refusals: a budget below the smallest plan, a
 # store that is not an analysis store, one lacking the analyses a method
-# needs, one of another model.
+# needs, one of another model, a measured method without --corpus, a
+# selection corpus without answers.
 . tests/mpi/lib.sh
-echo "mpi: plan from an analysis store (mint, enumerate, refusals)"
+echo "mpi: plan from an analysis store (mint, enumerate, finercut, michel, refusals)"
 make_model "$T/model"
 make_corpus "$T/corpus" 2
 C="$T/corpus/train_v1.0_withQT.json"
@@ -167,6 +170,34 @@ else
     bad "enumerate: $(tail -2 "$T/enum.log") ${msg:-} ${msg2:-}"
 fi
 
+
+# the measured methods on the analysed corpus as selection corpus: finercut
+# and michel at the paper's two budgets, mint with its check; each plan
+# loads through prune, its student runs forward, and it is within budget
+# (one thread: finercut's many small passes on the tiny model lose more to
+# thread start-up than they gain on a busy machine)
+for spec in "finercut:0.31" "finercut:0.07" "michel:0.31" "michel:0.07" "mint:0.31" "mint:0.07"; do
+    meth=${spec%%:*}
+    bud=${spec#*:}
+    name="$meth-$bud"
+    if OMP_NUM_THREADS=1 "$DOCMINT" plan "$T/an" --method "$meth" --budget "$bud" --corpus "$C" -o "$T/plan-$name" \
+        >"$T/plan-$name.log" 2>&1 &&
+        grep -q "## Check" "$T/plan-$name/plan.md" &&
+        grep -q "measured NLL" "$T/plan-$name/plan.json" &&
+        student_runs "$name" "$T/plan-$name/plan.json" &&
+        msg=$(params_ok "$T/model" "$T/plan-$name/plan.json" "$bud"); then
+        ok "$meth --budget $bud --corpus: pruned, runs forward, $msg; $(sed -n 's/.*(--method [a-z]*; //p' "$T/plan-$name.log" | cut -d')' -f1)"
+    else
+        bad "$meth --budget $bud --corpus: $(tail -2 "$T/plan-$name.log") $(tail -2 "$T/st-$name.err" 2>/dev/null) ${msg:-}"
+    fi
+done
+if grep -q "Measured on the selection corpus" "$T/plan-mint-0.31/plan.md" &&
+    grep -q "predicted NLL" "$T/plan-mint-0.31/plan.json"; then
+    ok "mint --corpus: $(grep -o 'predicted NLL [0-9.]*.*measured NLL [0-9.]*' "$T/plan-mint-0.31/plan.json")"
+else
+    bad "mint --corpus: no check in plan.md"
+fi
+
 # refusals, each one line
 refused() { # NAME EXPECTED_SUBSTRING COMMAND...
     n=$1 want=$2
@@ -216,4 +247,16 @@ refused "an answer store" "not an analysis store" "$DOCMINT" plan "$T/inf" --bud
 "$DOCMINT" init "$T/model8" --config jobs/configs/tiny.json --seed 8 >/dev/null
 refused "another model" "$(meta "$T/an" model_fingerprint), but $T/model8 is " \
     "$DOCMINT" plan "$T/an" --budget 0.5 --model "$T/model8" -o "$T/r6"
+refused "finercut without a corpus" "--method finercut needs --corpus SEL.json" \
+    "$DOCMINT" plan "$T/an" --method finercut --budget 0.5 -o "$T/r7"
+refused "michel without a corpus" "--method michel needs --corpus SEL.json" \
+    "$DOCMINT" plan "$T/an" --method michel --budget 0.5 -o "$T/r8"
+python3 - "$C" "$T/corpus/noanswers.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+del d["data"][1]["answers"]
+json.dump(d, open(sys.argv[2], "w"))
+PY
+refused "a selection corpus without answers" "$T/corpus/noanswers.json: questionId" \
+    "$DOCMINT" plan "$T/an" --method michel --budget 0.5 --corpus "$T/corpus/noanswers.json" -o "$T/r9"
 finish

@@ -158,6 +158,12 @@ static void s_ffn_bwd(const DonutModel *m, int l, const AnTrace *tr, Bufs *b)
 int an_head_grads(const DecPage *page, const int32_t *ids, int answer_start, const AnTrace *tr,
                   float ***grads, DmErr *err)
 {
+    return an_grads(page, ids, answer_start, tr, grads, NULL, err);
+}
+
+int an_grads(const DecPage *page, const int32_t *ids, int answer_start, const AnTrace *tr,
+             float ***grads, float ***out_grads, DmErr *err)
+{
     const DonutModel *m = page->m;
     const MBartConfig *c = &m->cfg.dec;
     const MBartWeights *w = &m->dec;
@@ -191,7 +197,8 @@ int an_head_grads(const DecPage *page, const int32_t *ids, int answer_start, con
     b.Kt = malloc((size_t)hd * page->n_enc * sizeof(float));
     b.Vh = malloc((size_t)hd * page->n_enc * sizeof(float));
     float **g = calloc(tr->nsub, sizeof *g);
-    int rc = -1, ok = g != NULL;
+    float **og = out_grads ? calloc(tr->nsub, sizeof *og) : NULL;
+    int rc = -1, ok = g != NULL && (!out_grads || og);
     float **pb = (float **)&b;
     for (size_t i = 0; i < sizeof b / sizeof(float *); i++)
         ok &= pb[i] != NULL;
@@ -224,6 +231,14 @@ int an_head_grads(const DecPage *page, const int32_t *ids, int answer_start, con
                                                                              : L->ffn.present;
         if (!present)
             continue;
+        /* the sub-layer's output is added to the stream: its gradient is
+         * the stream's below here */
+        if (og && !(og[sub] = malloc(TD * sizeof(float)))) {
+            dm_err(err, "analyze: out of memory for the gradients of %d tokens", T);
+            goto done;
+        }
+        if (og)
+            memcpy(og[sub], b.dres, TD * sizeof(float));
         const float *x = tr->resid + (size_t)sub * TD;
         kern_layernorm(x, T, D, ln->g, ln->b, c->ln_eps, b.h);
         if (kind == DM_SUB_M)
@@ -236,13 +251,19 @@ int an_head_grads(const DecPage *page, const int32_t *ids, int answer_start, con
     }
     *grads = g;
     g = NULL;
+    if (out_grads)
+        *out_grads = og;
+    og = NULL;
     rc = 0;
 done:
-    if (g) {
-        for (int i = 0; i < tr->nsub; i++)
+    for (int i = 0; i < tr->nsub; i++) {
+        if (g)
             free(g[i]);
-        free(g);
+        if (og)
+            free(og[i]);
     }
+    free(g);
+    free(og);
     s_bufs_free(&b);
     return rc;
 }

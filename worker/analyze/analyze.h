@@ -106,6 +106,10 @@ int an_reproject(const DonutModel *m, const float *x, int T, float *y, DmErr *er
  * attention sub-layer i (NULL for others), allocated here. */
 int an_head_grads(const DecPage *page, const int32_t *ids, int answer_start, const AnTrace *tr,
                   float ***grads, DmErr *err);
+/* The same, and (out_grads not NULL) d NLL / d (each present sub-layer's
+ * output) [T, d] in (*out_grads)[i] (NULL for absent ones). */
+int an_grads(const DecPage *page, const int32_t *ids, int answer_start, const AnTrace *tr,
+             float ***grads, float ***out_grads, DmErr *err);
 
 /* ------------------------------------------------------- transcription */
 
