@@ -123,7 +123,7 @@ int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
 {
     static const char *const keys[] = {"analyses",     "skip_sets",   "patch_sites",
                                        "patch_scope",  "replacements", "corruption",
-                                       "noise_scale", "seed"};
+                                       "noise_scale", "seed",        "kv_max_tokens"};
     json_t *o = json_object();
     for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
         json_t *v = json_object_get(job->doc, keys[i]);
