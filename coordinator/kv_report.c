@@ -164,7 +164,6 @@ json_t *kv_record_json(const Docmint__AnalysisRecord *r)
 #define LEFT 70
 #define TOP 76
 #define BOTTOM 70
-#define LEGEND_W 190
 
 static void s_fill(VipsImage *img, const double *ink, int x, int y, int w, int h)
 {
@@ -180,8 +179,16 @@ int kv_report_figure(const KvReport *k, const char *png, DmErr *err)
     static const double black[3] = {0, 0, 0}, white[3] = {255, 255, 255},
                         axis[3] = {120, 120, 120}, rule[3] = {225, 225, 225};
     const char *font = "DejaVu Sans 10", *bold = "DejaVu Sans Bold 12";
+    static const char *const what[4] = {"positional (= v_pos)", "semantic (= v_new)",
+                                        "memorised (= v_clean)", "failure"};
+    int legend_w = 0;
+    for (int i = 0; i < 4; i++) {
+        int w = plot_text_width(what[i], font);
+        legend_w = w > legend_w ? w : legend_w;
+    }
+    legend_w += 60;
     int groups = k->nsets + 1, gw = 2 * BAR_W + BAR_GAP;
-    int W = LEFT + groups * gw + (groups + 1) * GROUP_GAP + LEGEND_W, H = TOP + PLOT_H + BOTTOM;
+    int W = LEFT + groups * gw + (groups + 1) * GROUP_GAP + legend_w, H = TOP + PLOT_H + BOTTOM;
     const char *title = "Key-value retrieval: the last cross-attention's query patched from "
                         "the clean run";
     int wt = 28 + plot_text_width(title, bold);
@@ -204,7 +211,7 @@ int kv_report_figure(const KvReport *k, const char *png, DmErr *err)
         int y = TOP + PLOT_H - t * PLOT_H / 4;
         char lab[16];
         snprintf(lab, sizeof lab, "%d%%", 25 * t);
-        s_fill(img, t ? rule : axis, LEFT, y, W - LEFT - LEGEND_W, 1);
+        s_fill(img, t ? rule : axis, LEFT, y, W - LEFT - legend_w, 1);
         rc = plot_text(img, lab, LEFT - 8, y, 1, black, font, png, err);
     }
     for (int g = 0; !rc && g < groups; g++) {
@@ -242,12 +249,10 @@ int kv_report_figure(const KvReport *k, const char *png, DmErr *err)
             rc = plot_text(img, lab, x0 + gw / 2, TOP + PLOT_H + 40, 0, black, bold, png, err);
     }
     /* the legend, top class first as the bars stack */
-    int lx = W - LEGEND_W + 20;
+    int lx = W - legend_w + 20;
     for (int i = 3; !rc && i >= 0; i--) {
         int ly = TOP + 10 + (3 - i) * 26;
         s_fill(img, colour[i], lx, ly - 8, 16, 16);
-        static const char *const what[4] = {"positional (= v_pos)", "semantic (= v_new)",
-                                            "memorised (= v_clean)", "failure"};
         rc = plot_text(img, what[i], lx + 24, ly, -1, black, font, png, err);
     }
     rc = plot_save_png(img, png, rc, err);
