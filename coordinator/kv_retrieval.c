@@ -99,7 +99,7 @@ int kv_table_load(const char *path, KvTable **out, DmErr *err)
         goto done;
     }
     json_array_foreach(data, i, e) {
-        KvItem *it = &t->items[t->n];
+        KvItem *it = &t->items[t->n++]; /* counted now: freed with the table on any error */
         const json_t *qv = json_object_get(e, "questionId");
         if (!json_is_integer(qv) || json_integer_value(qv) < 0) {
             dm_err(err, "%s: data[%zu]: no questionId (a non-negative integer)", path, i);
@@ -130,11 +130,9 @@ int kv_table_load(const char *path, KvTable **out, DmErr *err)
         }
         if (!(it->v_clean = strdup(s_str(e, "v_clean"))) || !(it->v_new = strdup(s_str(e, "v_new"))) ||
             !(it->v_pos = strdup(s_str(e, "v_pos"))) || !(it->set = strdup(set ? set : "other"))) {
-            t->n++;
             dm_err(err, "%s: out of memory", path);
             goto done;
         }
-        t->n++;
     }
     qsort(t->items, (size_t)t->n, sizeof *t->items, s_cmp_item);
     for (int k = 1; k < t->n; k++)
