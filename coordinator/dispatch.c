@@ -320,7 +320,10 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
         results_set_kind(d->res, "answers", "infer", d->extra);
     }
     if (d->analyze) {
-        const char *const kv[] = {"analyze", d->join.analyze, "corpus", job->corpus.path, NULL};
+        /* kv_retrieval: the twins' file too, so a store is not resumed with another */
+        const char *const kv[] = {"analyze", d->join.analyze, "corpus", job->corpus.path,
+                                  job->kv_retrieval ? "corrupt_corpus" : NULL,
+                                  job->corrupt_corpus, NULL};
         memcpy(d->extra, kv, sizeof kv);
         results_set_kind(d->res, "analysis", "analyze", d->extra);
     }

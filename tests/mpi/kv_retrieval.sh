@@ -5,7 +5,8 @@
 # (from the corrupt corpus) and classes (recomputed here with the DocVQA
 # normalisation); report.json's counts add up to the paired questions, by
 # set and in all, and its shares sum to 1; report.md and the figure are
-# written; `mpirun -n 2` gives the same answers.  Bad input is one line
+# written; `mpirun -n 2` gives the same answers; a store is not resumed
+# with another corrupt corpus.  Bad input is one line
 # naming the file: a twin page that does not exist, entries without their
 # v_* fields, kv_retrieval without corrupt_corpus.
 . tests/mpi/lib.sh
@@ -106,6 +107,19 @@ PY
     ok "mpirun -n 2 gives the same answers and classes"
 else
     bad "mpirun -n 2: $(tail -3 "$T/mpi.log")"
+fi
+
+# the store is resumed by the same job (nothing recomputed), not by one
+# with another twins' file
+cp "$K" "$T/corpus/other.json"
+write_job "$T/other-job.json" "$T/model" "$C" "$T/one" \
+    '"stage": "analyze", "analyses": ["kv_retrieval", "skip"], "corrupt_corpus": "'"$T/corpus/other.json"'", "kv_max_tokens": 8'
+if "$DOCMINT" run "$T/job.json" >"$T/again.log" 2>&1 && grep -q " 0 computed" "$T/again.log" &&
+    ! "$DOCMINT" run "$T/other-job.json" >/dev/null 2>"$T/other.err" &&
+    [ "$(wc -l <"$T/other.err")" -eq 1 ] && grep -q "made with corrupt_corpus" "$T/other.err"; then
+    ok "resumed by the same job, refused with another corrupt_corpus"
+else
+    bad "resume: $(tail -1 "$T/again.log") $(head -2 "$T/other.err" 2>/dev/null)"
 fi
 
 # bad input: one line naming the file, from validate and from run
