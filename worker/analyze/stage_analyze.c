@@ -271,8 +271,9 @@ void analyze_result_clear(Docmint__Result *res)
 
 /* ------------------------------------------------------------ pages */
 
-/* The page's pixels encoded, then the same pixels with noise: both
- * DecPages.  On failure err names the image. */
+/* The page's pixels encoded, then the same pixels with noise (or the
+ * page the shard names), when an analysis reads a corrupted run: both
+ * DecPages (cpage left zeroed otherwise).  On failure err names the image. */
 static int s_encode(AnalyzeStage *st, const Docmint__Page *pg, float **enc, float **cenc,
                     DecPage *page, DecPage *cpage, DmErr *err)
 {
@@ -299,6 +300,11 @@ static int s_encode(AnalyzeStage *st, const Docmint__Page *pg, float **enc, floa
         swin_encode(m, pix, geo.out_h, geo.out_w, *enc, NULL, err) ||
         dec_page_init(page, m, *enc, oh * ow, err))
         goto done;
+    if (!(st->o.analyses & (AN_A_PATCHING | AN_A_ATTRIBUTION)) && !st->o.npatch) {
+        /* no analysis reads a corrupted run (kv_retrieval has its own twin) */
+        rc = 0;
+        goto done;
+    }
     if (st->o.corrupt_page) {
         /* another page of the corpus */
         int cn;
@@ -385,7 +391,7 @@ static int s_item(AnalyzeStage *st, const Docmint__Page *pg, const Docmint__Ques
     }
     memcpy(r->token_ids, ids, (size_t)n * sizeof *ids);
     r->n_token_ids = (size_t)n;
-    AnItem it = {page, cpage, ids, n, a0};
+    AnItem it = {page, cpage->m ? cpage : NULL, ids, n, a0};
     DmErr ie = {{0}};
     if (an_item(&it, &st->cfg, &sink, &ie) ||
         (kpage && a == 0 && q->kv && s_kv(st, q, page, kpage, r, &ie))) {
