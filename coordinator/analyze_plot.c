@@ -56,7 +56,8 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
         CW = w > CW ? w : CW;
     }
     int W = LEFT + h->cols * CW + RIGHT, H = TOP + h->rows * CELL_H + BOTTOM;
-    int wt = 2 * MARGIN + plot_text_width(h->title, bold), wl = 2 * MARGIN + plot_text_width(h->legend, font);
+    int wt = 2 * MARGIN + plot_text_width(h->title, bold),
+        wl = 2 * MARGIN + plot_text_width(h->legend, font);
     W = W > wt ? W : wt;
     W = W > wl ? W : wl;
     double lo = INFINITY, hi = -INFINITY;
