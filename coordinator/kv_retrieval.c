@@ -128,8 +128,9 @@ int kv_table_load(const char *path, KvTable **out, DmErr *err)
                    i, (long long)it->qid, clean);
             goto done;
         }
-        if (!(it->v_clean = strdup(s_str(e, "v_clean"))) || !(it->v_new = strdup(s_str(e, "v_new"))) ||
-            !(it->v_pos = strdup(s_str(e, "v_pos"))) || !(it->set = strdup(set ? set : "other"))) {
+        if (!(it->v_clean = strdup(s_str(e, "v_clean"))) ||
+            !(it->v_new = strdup(s_str(e, "v_new"))) || !(it->v_pos = strdup(s_str(e, "v_pos"))) ||
+            !(it->set = strdup(set ? set : "other"))) {
             dm_err(err, "%s: out of memory", path);
             goto done;
         }

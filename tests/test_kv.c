@@ -89,7 +89,8 @@ static float *s_encode(const DonutModel *m, const TensorFile *ex, int k, int *n_
     float *pix = malloc((size_t)dm_tensor_numel(t) * sizeof *pix);
     float *enc = malloc((size_t)oh * ow * m->cfg.enc.hidden_size * sizeof *enc);
     DmErr err = {{0}};
-    if (!pix || !enc || dm_tensor_to_f32(t, pix, &err) || swin_encode(m, pix, H, W, enc, NULL, &err)) {
+    if (!pix || !enc || dm_tensor_to_f32(t, pix, &err) ||
+        swin_encode(m, pix, H, W, enc, NULL, &err)) {
         free(enc);
         enc = NULL;
     }
@@ -324,7 +325,8 @@ static void test_corrupt_corpus(void)
     r.question_id = 8;
     r.kv_v_pos = "forged";
     kv_record_fill(t, &r);
-    CU_ASSERT(r.kv_class == DOCMINT__KV_CLASS__KV_NONE && !r.kv_v_pos[0] && !r.kv_answer_patched[0]);
+    CU_ASSERT(r.kv_class == DOCMINT__KV_CLASS__KV_NONE && !r.kv_v_pos[0] &&
+              !r.kv_answer_patched[0]);
     /* a file that pairs nothing */
     kv_table_free(&t);
     CU_ASSERT_FATAL(kv_table_load(path, &t, &err) == 0);
@@ -349,7 +351,8 @@ static void s_add(KvReport *k, const char *set, Docmint__KvClass p, Docmint__KvC
 
 static double s_share(const json_t *g, const char *run, const char *cls)
 {
-    return json_number_value(json_object_get(json_object_get(json_object_get(g, run), cls), "share"));
+    const json_t *c = json_object_get(json_object_get(g, run), cls);
+    return json_number_value(json_object_get(c, "share"));
 }
 
 static void test_report(void)
