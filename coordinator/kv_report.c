@@ -7,6 +7,7 @@
 #include <string.h>
 #include <vips/vips.h>
 
+#include "coordinator/anls.h"
 #include "coordinator/kv_retrieval.h"
 #include "coordinator/plot.h"
 #include "worker/image/image.h" /* image_vips_init */
@@ -37,6 +38,12 @@ void kv_report_add(KvReport *k, const Docmint__AnalysisRecord *r)
         return;
     int s = s_set(k, r->kv_set && r->kv_set[0] ? r->kv_set : "other");
     k->count[s][0][p]++;
+    if (p != DOCMINT__KV_CLASS__KV_TIED && r->kv_answer_clean && r->kv_v_clean) {
+        char *a = anls_normalize(r->kv_answer_clean), *v = anls_normalize(r->kv_v_clean);
+        k->clean_correct[s] += !strcmp(a, v);
+        free(a);
+        free(v);
+    }
     k->count[s][1][c > DOCMINT__KV_CLASS__KV_NONE && c <= DOCMINT__KV_CLASS__KV_TIED
                        ? c
                        : DOCMINT__KV_CLASS__KV_FAILURE]++;
@@ -82,13 +89,16 @@ static json_t *s_shares(const long c[6])
 
 static json_t *s_group(const KvReport *k, int s)
 {
-    long p[6], c[6];
+    long p[6], c[6], ok = 0;
     s_counts(k, s, 0, p);
     s_counts(k, s, 1, c);
-    return json_pack("{s:I s:I s:I s:o s:o}", "items",
+    for (int i = 0; i < k->nsets; i++)
+        ok += s < 0 || s == i ? k->clean_correct[i] : 0;
+    return json_pack("{s:I s:I s:I s:I s:o s:o}", "items",
                      (json_int_t)(s_counted(p) + p[DOCMINT__KV_CLASS__KV_TIED]), "tied",
                      (json_int_t)p[DOCMINT__KV_CLASS__KV_TIED], "counted", (json_int_t)s_counted(p),
-                     "patched", s_shares(p), "control", s_shares(c));
+                     "clean_correct", (json_int_t)ok, "patched", s_shares(p), "control",
+                     s_shares(c));
 }
 
 json_t *kv_report_json(const KvReport *k)
@@ -107,9 +117,10 @@ json_t *kv_report_json(const KvReport *k)
 
 static void s_md_row(FILE *f, const char *name, const json_t *g)
 {
-    fprintf(f, "| %s | %lld | %lld |", name,
+    fprintf(f, "| %s | %lld | %lld | %lld |", name,
             (long long)json_integer_value(json_object_get(g, "counted")),
-            (long long)json_integer_value(json_object_get(g, "tied")));
+            (long long)json_integer_value(json_object_get(g, "tied")),
+            (long long)json_integer_value(json_object_get(g, "clean_correct")));
     for (int w = 0; w < 2; w++) {
         const json_t *run = json_object_get(g, w ? "control" : "patched");
         for (int i = 0; i < 4; i++) {
@@ -132,10 +143,11 @@ void kv_report_markdown(FILE *f, const json_t *kv)
                "patched from the clean run at the answer positions (patched), and unpatched "
                "(control): the share of each class among the counted items (an item whose "
                "v_clean, v_new and v_pos are not all different is not counted), the count in "
-               "brackets.\n\n"
-               "| set | counted | not counted | patched: positional | semantic | memorised | "
-               "failure | control: positional | semantic | memorised | failure |\n"
-               "|---|---|---|---|---|---|---|---|---|---|---|\n");
+               "brackets; clean correct: counted items whose greedy answer on the clean page "
+               "is v_clean.\n\n"
+               "| set | counted | not counted | clean correct | patched: positional | semantic | "
+               "memorised | failure | control: positional | semantic | memorised | failure |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const char *name;
     json_t *g;
     json_object_foreach(json_object_get(kv, "by_set"), name, g)

@@ -20,6 +20,8 @@ typedef struct KvReport {
     char set[KV_REPORT_MAX_SETS][32];
     /* [set][0 patched, 1 control][class: DOCMINT__KV_CLASS__*] */
     long count[KV_REPORT_MAX_SETS][2][6];
+    /* [set]: counted items whose clean greedy answer is v_clean */
+    long clean_correct[KV_REPORT_MAX_SETS];
 } KvReport;
 
 /* Count a record (nothing when it is not a key-value item).  Sets past
@@ -29,9 +31,10 @@ void kv_report_add(KvReport *k, const Docmint__AnalysisRecord *r);
 /* Items counted in all (every set, tied included). */
 long kv_report_items(const KvReport *k);
 
-/* {"items", "tied", "counted", "patched": {CLASS: {"count", "share"}},
- * "control": {...}, "by_set": {SET: the same}}; share = count / counted
- * (null when nothing is counted). */
+/* {"items", "tied", "counted", "clean_correct", "patched": {CLASS:
+ * {"count", "share"}}, "control": {...}, "by_set": {SET: the same}};
+ * share = count / counted (null when nothing is counted); clean_correct:
+ * counted items whose clean greedy answer is v_clean (normalised). */
 json_t *kv_report_json(const KvReport *k);
 
 /* The report.md section, from that JSON. */

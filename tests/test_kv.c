@@ -343,6 +343,8 @@ static void s_add(KvReport *k, const char *set, Docmint__KvClass p, Docmint__KvC
     Docmint__AnalysisRecord r;
     docmint__analysis_record__init(&r);
     r.kv_set = (char *)set;
+    r.kv_v_clean = "Forty-two";
+    r.kv_answer_clean = !strcmp(set, "numbers") ? " forty-TWO" : "";
     r.kv_class = p;
     r.kv_control_class = c;
     for (int i = 0; i < times; i++)
@@ -369,6 +371,8 @@ static void test_report(void)
     CU_ASSERT_FATAL(j != NULL);
     CU_ASSERT(json_integer_value(json_object_get(j, "counted")) == 12);
     CU_ASSERT(json_integer_value(json_object_get(j, "tied")) == 1);
+    /* the four counted numbers items answered v_clean on the clean page */
+    CU_ASSERT(json_integer_value(json_object_get(j, "clean_correct")) == 4);
     json_t *by = json_object_get(j, "by_set"), *col = json_object_get(by, "colours");
     CU_ASSERT(json_object_size(by) == 2 && !json_object_get(by, "nouns"));
     CU_ASSERT(fabs(s_share(col, "patched", "positional") - 6.0 / 8) < 1e-12);

@@ -53,7 +53,8 @@ for r in recs:
     for w, ans in (("class", "answer_patched"), ("control_class", "answer_control")):
         if kv[w] != cls(kv[ans], e):
             problems.append("%s of %d: %s, recomputed %s" % (w, r["questionId"], kv[w], cls(kv[ans], e)))
-    s = count.setdefault(kv["set"], {"patched": {}, "control": {}})
+    s = count.setdefault(kv["set"], {"patched": {}, "control": {}, "clean_ok": 0})
+    s["clean_ok"] += kv["class"] != "tied" and norm(kv["answer_clean"]) == norm(e["v_clean"])
     s["patched"][kv["class"]] = s["patched"].get(kv["class"], 0) + 1
     s["control"][kv["control_class"]] = s["control"].get(kv["control_class"], 0) + 1
 if rep["items"] != len(paired):
@@ -72,6 +73,8 @@ for name, g in list(rep["by_set"].items()) + [("all", rep)]:
             for c in classes:
                 if g[run][c]["count"] != count[name][run].get(c, 0):
                     problems.append("%s %s %s: report %d, records %d" % (name, run, c, g[run][c]["count"], count[name][run].get(c, 0)))
+    if name != "all" and g["clean_correct"] != count[name]["clean_ok"]:
+        problems.append("%s: clean_correct %d, records %d" % (name, g["clean_correct"], count[name]["clean_ok"]))
     if name != "all" and g["tied"] != count[name]["patched"].get("tied", 0):
         problems.append("%s: tied" % name)
 sets = sorted(rep["by_set"])
