@@ -19,57 +19,6 @@
 #define BOTTOM 48
 #define MARGIN 14
 
-/* vips_text reads Pango markup: tokens such as <s_answer> are escaped. */
-static void s_escape(const char *s, char *esc, size_t cap)
-{
-    size_t n = 0;
-    for (const char *p = s; *p && n + 6 < cap; p++) {
-        const char *e = *p == '<' ? "&lt;" : *p == '>' ? "&gt;" : *p == '&' ? "&amp;" : NULL;
-        if (e) {
-            memcpy(esc + n, e, strlen(e));
-            n += strlen(e);
-        } else {
-            esc[n++] = *p;
-        }
-    }
-    esc[n] = 0;
-}
-
-/* Text centred on (x, y) (align 0), or ending at x (align 1), or starting
- * at x (align -1). */
-static int s_text(VipsImage *img, const char *s, int x, int y, int align, const double *ink,
-                  const char *font, const char *png, DmErr *err)
-{
-    VipsImage *t = NULL;
-    if (!s[0])
-        return 0;
-    char esc[512];
-    s_escape(s, esc, sizeof esc);
-    if (vips_text(&t, esc, "font", font, "dpi", 96, NULL))
-        return plot_vips_fail(err, png);
-    int w = vips_image_get_width(t), h = vips_image_get_height(t);
-    int x0 = align == 0 ? x - w / 2 : align > 0 ? x - w : x;
-    int rc = vips_draw_mask(img, (double *)ink, 3, t, x0, y - h / 2, NULL);
-    g_object_unref(t);
-    return rc ? plot_vips_fail(err, png) : 0;
-}
-
-/* Width in pixels of s in font (0 when it cannot be drawn). */
-static int s_text_width(const char *s, const char *font)
-{
-    VipsImage *t = NULL;
-    char esc[512];
-    if (s)
-        s_escape(s, esc, sizeof esc);
-    if (!s || !s[0] || vips_text(&t, esc, "font", font, "dpi", 96, NULL)) {
-        vips_error_clear();
-        return 0;
-    }
-    int w = vips_image_get_width(t);
-    g_object_unref(t);
-    return w;
-}
-
 /* The colour of value v: diverging blue - white - red over [-s, s], or
  * white to dark blue over [lo, hi]. */
 static void s_colour(const HeatMap *h, double v, double lo, double hi, double rgb[3])
@@ -99,15 +48,16 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
     /* cells wide enough for the longest label or cell text */
     int CW = CELL_W;
     for (int c = 0; c < h->cols; c++) {
-        int w = s_text_width(h->col_labels[c], font) + 12;
+        int w = plot_text_width(h->col_labels[c], font) + 12;
         CW = w > CW ? w : CW;
     }
     for (int i = 0; h->cell_text && i < h->rows * h->cols; i++) {
-        int w = s_text_width(h->cell_text[i], font) + 12;
+        int w = plot_text_width(h->cell_text[i], font) + 12;
         CW = w > CW ? w : CW;
     }
     int W = LEFT + h->cols * CW + RIGHT, H = TOP + h->rows * CELL_H + BOTTOM;
-    int wt = 2 * MARGIN + s_text_width(h->title, bold), wl = 2 * MARGIN + s_text_width(h->legend, font);
+    int wt = 2 * MARGIN + plot_text_width(h->title, bold),
+        wl = 2 * MARGIN + plot_text_width(h->legend, font);
     W = W > wt ? W : wt;
     W = W > wl ? W : wl;
     double lo = INFINITY, hi = -INFINITY;
@@ -127,13 +77,13 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
     }
     static const double black[3] = {0, 0, 0}, white[3] = {255, 255, 255},
                         grey[3] = {215, 215, 215}, edge[3] = {160, 160, 160};
-    int rc = s_text(img, h->title, MARGIN, 22, -1, black, bold, png, err);
+    int rc = plot_text(img, h->title, MARGIN, 22, -1, black, bold, png, err);
     for (int c = 0; !rc && c < h->cols; c++)
-        rc = s_text(img, h->col_labels[c], LEFT + c * CW + CW / 2, TOP - 14, 0, black,
+        rc = plot_text(img, h->col_labels[c], LEFT + c * CW + CW / 2, TOP - 14, 0, black,
                     font, png, err);
     for (int r = 0; !rc && r < h->rows; r++) {
         int y = TOP + r * CELL_H;
-        rc = s_text(img, h->row_labels[r], LEFT - 10, y + CELL_H / 2, 1, black, font, png, err);
+        rc = plot_text(img, h->row_labels[r], LEFT - 10, y + CELL_H / 2, 1, black, font, png, err);
         for (int c = 0; !rc && c < h->cols; c++) {
             int x = LEFT + c * CW;
             double v = h->values[r * h->cols + c], rgb[3];
@@ -153,12 +103,12 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
                 snprintf(label, sizeof label, empty ? "-" : h->fmt, v);
             /* light text on dark cells */
             double lum = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
-            rc = s_text(img, txt ? txt : "", x + CW / 2, y + CELL_H / 2, 0,
+            rc = plot_text(img, txt ? txt : "", x + CW / 2, y + CELL_H / 2, 0,
                         lum < 128 ? white : black, font, png, err);
         }
     }
     if (!rc)
-        rc = s_text(img, h->legend, MARGIN, TOP + h->rows * CELL_H + BOTTOM / 2, -1, black, font,
+        rc = plot_text(img, h->legend, MARGIN, TOP + h->rows * CELL_H + BOTTOM / 2, -1, black, font,
                     png, err);
     rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
@@ -484,7 +434,7 @@ int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw
              "Transcription: patches of lowest entropy (<= %.3f nats) coloured, top token",
              cut);
     if (!rc)
-        rc = s_text(img, title, 8, top / 2, -1, black, "DejaVu Sans Bold 11", png, err);
+        rc = plot_text(img, title, 8, top / 2, -1, black, "DejaVu Sans Bold 11", png, err);
     for (int j = 0; !rc && j < N; j++) {
         int gy = j / gw, gx = j % gw;
         int x0 = gx * W / gw * k, x1 = (gx + 1) * W / gw * k, y0 = gy * H / gh * k + top,
@@ -497,7 +447,7 @@ int analyze_transcribe_overlay(const float *pixels, int H, int W, int gh, int gw
             continue;
         char piece[32];
         s_piece(tok, top1[j], piece, sizeof piece);
-        rc = s_text(img, piece, (x0 + x1) / 2, (y0 + y1) / 2, 0, black, "DejaVu Sans 8", png, err);
+        rc = plot_text(img, piece, (x0 + x1) / 2, (y0 + y1) / 2, 0, black, "DejaVu Sans 8", png, err);
     }
     rc = plot_save_png(img, png, rc, err);
     if (img)

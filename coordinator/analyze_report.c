@@ -11,6 +11,7 @@
 #include "common/dm_fs.h"
 #include "common/store.h"
 #include "coordinator/analyze_plot.h"
+#include "coordinator/kv_report.h"
 #include "worker/data/corpus.h"
 #include "worker/text/tokenizer.h"
 #include "records.pb-c.h"
@@ -47,7 +48,7 @@ char *analyze_record_json(const void *val, size_t vlen, DmErr *err)
         json_object_set_new(named, r->named[i]->name, s_num(r->named[i]->value));
     json_t *o = json_pack(
         "{s:I s:i s:s s:s s:s s:o s:i s:i s:i s:o s:o s:o s:o s:o s:o s:o s:o s:o s:o s:o s:o s:o "
-        "s:o s:o s:o s:o}",
+        "s:o s:o s:o s:o s:o}",
         "questionId", (json_int_t)r->question_id, "answer_index", (int)r->answer_index, "answer",
         r->answer, "page_id", r->page_id, "question", r->question, "token_ids",
         s_ints(r->token_ids, r->n_token_ids), "answer_start", (int)r->answer_start, "layers",
@@ -65,7 +66,7 @@ char *analyze_record_json(const void *val, size_t vlen, DmErr *err)
         s_floats(r->transcribe_entropy, r->n_transcribe_entropy), "nll_corrupt",
         s_num(r->nll_corrupt), "nll_patch_query", s_num(r->nll_patch_query), "nll_patch_head",
         s_floats(r->nll_patch_head, r->n_nll_patch_head), "atp_head",
-        s_floats(r->atp_head, r->n_atp_head), "named", named);
+        s_floats(r->atp_head, r->n_atp_head), "named", named, "kv_retrieval", kv_record_json(r));
     char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     docmint__analysis_record__free_unpacked(r, NULL);
@@ -247,6 +248,7 @@ typedef struct Report {
     int nqt;
     Group *groups;
     int ngroups, capgroups;
+    KvReport kv;
 } Report;
 
 static int s_cmp_qt(const void *a, const void *b)
@@ -281,6 +283,7 @@ static int s_visit(void *ctx, const void *key, size_t klen, const void *val, siz
     if (!r)
         return 0; /* not a record of this stage */
     s_add_record(&rp->all, r);
+    kv_report_add(&rp->kv, r);
     int keep = !rp->lens && (rp->lens_qid < 0 || rp->lens_qid == r->question_id);
     QTypes k = {r->question_id, NULL, 0};
     const QTypes *q = rp->nqt ? bsearch(&k, rp->qt, rp->nqt, sizeof k, s_cmp_qt) : NULL;
@@ -529,6 +532,9 @@ static int s_markdown(const Aggs *g, const json_t *rep, const Docmint__AnalysisR
     if (lens)
         fprintf(f, "### Logit lens of question %lld (answer \"%s\")\n\n![Logit lens](figures/lens.png)\n\n",
                 (long long)lens->question_id, lens->answer);
+    json_t *kv = json_object_get(rep, "kv_retrieval");
+    if (kv)
+        kv_report_markdown(f, kv);
     return fclose(f) ? dm_err_errno(err, "%s: cannot write", path) : 0;
 }
 
@@ -561,6 +567,14 @@ static json_t *s_report_json(const Report *rp)
         json_object_set_new(by, rp->groups[i].name, g);
     }
     json_object_set_new(root, "by_question_type", by);
+    if (kv_report_items(&rp->kv)) {
+        json_t *kv = kv_report_json(&rp->kv);
+        if (!kv) {
+            json_decref(root);
+            return NULL;
+        }
+        json_object_set_new(root, "kv_retrieval", kv);
+    }
     return root;
 }
 
@@ -612,6 +626,12 @@ int analyze_report(const char *output, const CorpusSpec *corpus, const char *mod
         goto done;
     if (rp.lens && s_lens_figure(rp.lens, model, path, err))
         goto done;
+    if (kv_report_items(&rp.kv)) {
+        char png[4300];
+        snprintf(png, sizeof png, "%s/kv_retrieval.png", path);
+        if (dm_mkdirs(path, err) || kv_report_figure(&rp.kv, png, err))
+            goto done;
+    }
     snprintf(path, sizeof path, "%s/report.md", output);
     rc = s_markdown(gp, rep, rp.lens, path, err);
     goto done;

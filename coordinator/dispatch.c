@@ -123,7 +123,7 @@ int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
 {
     static const char *const keys[] = {"analyses",     "skip_sets",   "patch_sites",
                                        "patch_scope",  "replacements", "corruption",
-                                       "noise_scale", "seed"};
+                                       "noise_scale", "seed",        "kv_max_tokens"};
     json_t *o = json_object();
     for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
         json_t *v = json_object_get(job->doc, keys[i]);
@@ -285,6 +285,10 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
                job->path, job->corpus.path);
         goto fail;
     }
+    if (d->analyze && job->kv_retrieval &&
+        (kv_table_load(job->corrupt_corpus, &d->kv, err) ||
+         kv_table_pair(d->kv, d->corpus, job->corpus.path, err)))
+        goto fail;
     /* The model must load here, so a bad checkpoint is one clear error
      * before any worker starts; its fingerprint guards resumed stores. */
     if (infer_open(model_abs, job->max_length, job->corpus.pdf_dpi, job->precision, &stage, err))
@@ -316,7 +320,10 @@ int dispatch_open(const DispatchOpts *o, Dispatch **out, WireJoin *join, DmErr *
         results_set_kind(d->res, "answers", "infer", d->extra);
     }
     if (d->analyze) {
-        const char *const kv[] = {"analyze", d->join.analyze, "corpus", job->corpus.path, NULL};
+        /* kv_retrieval: the twins' file too, so a store is not resumed with another */
+        const char *const kv[] = {"analyze", d->join.analyze, "corpus", job->corpus.path,
+                                  job->kv_retrieval ? "corrupt_corpus" : NULL,
+                                  job->corrupt_corpus, NULL};
         memcpy(d->extra, kv, sizeof kv);
         results_set_kind(d->res, "analysis", "analyze", d->extra);
     }
@@ -558,6 +565,10 @@ static int s_send_shard(Dispatch *d, int i, int k)
             pages[p].corrupt_image_path = cpaths[p];
             pages[p].corrupt_page_no = op->page_no;
         }
+        if (d->kv && d->kv->twin_of_page[plp->page]) {
+            pages[p].kv_image_path = d->kv->twin_of_page[plp->page]; /* absolute */
+            pages[p].kv_page_no = 0;
+        }
         /* A page whose features a committed batch holds is not asked for
          * them again (a failed look-up asks: the write is idempotent). */
         if (d->job->keep_features) {
@@ -572,6 +583,7 @@ static int s_send_shard(Dispatch *d, int i, int k)
             docmint__question__init(&qs[nq]);
             qs[nq].question_id = cq->qid;
             qs[nq].text = cq->text;
+            qs[nq].kv = d->kv && kv_table_find(d->kv, cq->qid);
             if (d->cache || d->analyze) { /* the gold answers are the teacher's input */
                 qs[nq].answers = cq->answers;
                 qs[nq].n_answers = (size_t)cq->nanswers;
@@ -932,6 +944,7 @@ void dispatch_close(Dispatch **pd)
     store_close(&d->store);
     plan_free(&d->plan);
     corpus_free(&d->corpus);
+    kv_table_free(&d->kv);
     job_free(&d->job);
     progress_free(&d->prog);
     free(d->w);

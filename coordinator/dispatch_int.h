@@ -8,6 +8,7 @@
 
 #include "coordinator/dispatch.h"
 #include "coordinator/job.h"
+#include "coordinator/kv_retrieval.h"
 #include "coordinator/lease.h"
 #include "coordinator/progress.h"
 #include "coordinator/result_check.h"
@@ -64,6 +65,7 @@ struct Dispatch {
     int cache;
     int analyze;      /* stage analyze: records per (question, answer) as well */
     int corrupt_page; /* analyze: another page corrupts each page */
+    KvTable *kv;      /* analyze kv_retrieval: the corrupt corpus, paired with the corpus */
     uint64_t seed;
     char m_fp[17], m_topk[16], m_temps[400], m_foa[8], m_kf[8];
     /* infer: the settings that change answers */

@@ -163,8 +163,14 @@ int dispatch_result(Dispatch *d, int i, const Docmint__Result *r, size_t bytes, 
             own.question = w->cq->text;
             if (results_add_answer(d->res, &own, now, err))
                 goto done;
+        } else if (yr) {
+            /* The key-value values and classes are the coordinator's (kv_retrieval.h). */
+            Docmint__AnalysisRecord own = *yr;
+            if (d->kv)
+                kv_record_fill(d->kv, &own);
+            if (results_add_analysis(d->res, &own, now, err))
+                goto done;
         } else if (lr   ? results_add_logit(d->res, lr, now, err)
-                   : yr ? results_add_analysis(d->res, yr, now, err)
                         /* a per-answer error keeps its item ("QID" or "QID/INDEX"),
                          * so one bad answer does not hide the question's others */
                    : per_answer ? results_add_error_item(d->res, er, now, err)

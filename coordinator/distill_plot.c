@@ -45,7 +45,7 @@ void distill_curve_free(DistillCurve *c)
 static int s_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
                   DmErr *err)
 {
-    return plot_text(img, s, x, y, right_align, ink, "losses.png: text", err);
+    return plot_text(img, s, x, y, right_align ? 1 : -1, ink, "DejaVu Sans 11", "losses.png: text", err);
 }
 
 int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *err)

@@ -245,6 +245,19 @@ static int s_fill(Job *j, json_t *doc, const char *dir, DmErr *err)
                       j->pages_per_shard);
     if (s_fill_distill(j, doc, dir, err))
         return -1;
+    if (s_path_key(doc, "corrupt_corpus", dir, &j->corrupt_corpus, err))
+        return -1;
+    size_t ai;
+    json_t *av;
+    json_array_foreach(json_object_get(doc, "analyses"), ai, av)
+        j->kv_retrieval |= json_is_string(av) && !strcmp(json_string_value(av), "kv_retrieval");
+    if (j->kv_retrieval && strcmp(j->stage, "analyze") != 0)
+        return dm_err(err, "analyses: \"kv_retrieval\" is for stage \"analyze\"");
+    if (j->kv_retrieval && !j->corrupt_corpus)
+        return dm_err(err, "corrupt_corpus: required by \"kv_retrieval\" (the corrupted twins' "
+                           "questions, corrupt_v1.0_withQT.json of docmint synth --corrupt)");
+    if (!j->kv_retrieval && j->corrupt_corpus)
+        return dm_err(err, "corrupt_corpus: only with \"kv_retrieval\" in \"analyses\"");
     /* Rules across keys, which the schema does not express. */
     if (j->precision && strcmp(j->stage, "infer") != 0)
         return dm_err(err, "precision: \"bf16\" is for the infer stage; stage \"%s\" keeps "
@@ -355,6 +368,7 @@ void job_free(Job **job)
     free(j->model);
     free(j->output);
     free(j->worker_keys);
+    free(j->corrupt_corpus);
     free((char *)j->corpus.path);
     free((char *)j->corpus.image_root);
     free((char *)j->corpus.questions);

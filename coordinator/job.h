@@ -71,6 +71,9 @@ typedef struct Job {
     double temps[16];
     int first_answer_only;
     int keep_features;     /* also store each page's encoder output (features database) */
+    /* analyze */
+    char *corrupt_corpus;  /* kv_retrieval's twins (corrupt_v1.0_withQT.json), resolved; or NULL */
+    int kv_retrieval;      /* "kv_retrieval" is among "analyses" */
     DistillSpec distill;   /* stage "distill" */
     char *endpoint;        /* coordinator bind address (default: every interface, port 0 = any free port) */
     json_t *doc;           /* the validated document with defaults filled in and paths resolved

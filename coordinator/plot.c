@@ -26,23 +26,61 @@ int plot_save_png(VipsImage *img, const char *png, int rc, DmErr *err)
     return rc;
 }
 
+/* vips_text reads Pango markup: tokens such as <s_answer> are escaped. */
+static void s_escape(const char *s, char *esc, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = s; *p && n + 6 < cap; p++) {
+        const char *e = *p == '<' ? "&lt;" : *p == '>' ? "&gt;" : *p == '&' ? "&amp;" : NULL;
+        if (e) {
+            memcpy(esc + n, e, strlen(e));
+            n += strlen(e);
+        } else {
+            esc[n++] = *p;
+        }
+    }
+    esc[n] = 0;
+}
+
+int plot_text(VipsImage *img, const char *s, int x, int y, int align, const double *ink,
+              const char *font, const char *png, DmErr *err)
+{
+    VipsImage *t = NULL;
+    if (!s[0])
+        return 0;
+    char esc[512];
+    s_escape(s, esc, sizeof esc);
+    if (vips_text(&t, esc, "font", font, "dpi", 96, NULL))
+        return plot_vips_fail(err, png);
+    int w = vips_image_get_width(t), h = vips_image_get_height(t);
+    int x0 = align == 0 ? x - w / 2 : align > 0 ? x - w : x;
+    int rc = vips_draw_mask(img, (double *)ink, 3, t, x0, y - h / 2, NULL);
+    g_object_unref(t);
+    return rc ? plot_vips_fail(err, png) : 0;
+}
+
+int plot_text_width(const char *s, const char *font)
+{
+    VipsImage *t = NULL;
+    char esc[512];
+    if (s)
+        s_escape(s, esc, sizeof esc);
+    if (!s || !s[0] || vips_text(&t, esc, "font", font, "dpi", 96, NULL)) {
+        vips_error_clear();
+        return 0;
+    }
+    int w = vips_image_get_width(t);
+    g_object_unref(t);
+    return w;
+}
+
 double plot_nice_step(double span, int n)
 {
     double raw = span / n, p = pow(10, floor(log10(raw))), f = raw / p;
     return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
 }
 
-int plot_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
-              const char *what, DmErr *err)
-{
-    VipsImage *t = NULL;
-    if (vips_text(&t, s, "font", "DejaVu Sans 11", "dpi", 96, NULL))
-        return plot_vips_fail(err, what);
-    int w = vips_image_get_width(t), h = vips_image_get_height(t);
-    int rc = vips_draw_mask(img, (double *)ink, 3, t, right_align ? x - w : x, y - h / 2, NULL);
-    g_object_unref(t);
-    return rc ? plot_vips_fail(err, what) : 0;
-}
+#define S_FONT "DejaVu Sans 11"
 
 enum { SW = 960, SH = 540, SLEFT = 90, SRIGHT = 40, STOP = 50, SBOTTOM = 60 };
 
@@ -78,14 +116,13 @@ int plot_series_png(const char *png, const char *title, const char *xname, const
         rc |= vips_draw_line(img, (double *)grey, 3, SLEFT, PY(v), SLEFT + pw, PY(v), NULL);
         rc |= vips_draw_line(img, (double *)black, 3, SLEFT - 5, PY(v), SLEFT, PY(v), NULL);
         snprintf(label, sizeof label, "%g", fabs(v) < 1e-12 ? 0 : v);
-        rc = rc ? plot_vips_fail(err, png) : plot_text(img, label, SLEFT - 8, PY(v), 1, black, png, err);
+        rc = rc ? plot_vips_fail(err, png) : plot_text(img, label, SLEFT - 8, PY(v), 1, black, S_FONT, png, err);
     }
     for (double v = ceil(x0 / xtick) * xtick; !rc && v <= x1; v += xtick) {
         rc |= vips_draw_line(img, (double *)black, 3, PX(v), STOP + ph, PX(v), STOP + ph + 5, NULL);
         snprintf(label, sizeof label, "%ld", (long)v);
         rc = rc ? plot_vips_fail(err, png)
-                : plot_text(img, label, PX(v) - 4 * (int)strlen(label), STOP + ph + 16, 0, black,
-                            png, err);
+                : plot_text(img, label, PX(v), STOP + ph + 16, 0, black, S_FONT, png, err);
     }
     if (!rc && (vips_draw_line(img, (double *)black, 3, SLEFT, STOP, SLEFT, STOP + ph, NULL) ||
                 vips_draw_line(img, (double *)black, 3, SLEFT, STOP + ph, SLEFT + pw, STOP + ph, NULL)))
@@ -103,14 +140,14 @@ int plot_series_png(const char *png, const char *title, const char *xname, const
             rc = plot_vips_fail(err, png);
         if (!rc && label_fmt && (n <= 24 || i == n - 1)) {
             snprintf(label, sizeof label, label_fmt, y[i]);
-            rc = plot_text(img, label, PX(x[i]) - 12, PY(v) - 14, 0, black, png, err);
+            rc = plot_text(img, label, PX(x[i]), PY(v) - 14, 0, black, S_FONT, png, err);
         }
     }
 #undef PX
 #undef PY
-    rc = rc ? rc : plot_text(img, title, SLEFT, STOP / 2, 0, black, png, err);
-    rc = rc ? rc : plot_text(img, xname, SLEFT + pw / 2, SH - 18, 0, black, png, err);
-    rc = rc ? rc : plot_text(img, yname, 8, STOP - 14, 0, black, png, err);
+    rc = rc ? rc : plot_text(img, title, SLEFT, STOP / 2, -1, black, S_FONT, png, err);
+    rc = rc ? rc : plot_text(img, xname, SLEFT + pw / 2, SH - 18, 0, black, S_FONT, png, err);
+    rc = rc ? rc : plot_text(img, yname, 8, STOP - 14, -1, black, S_FONT, png, err);
     rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
     free(buf);

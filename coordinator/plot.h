@@ -16,15 +16,18 @@ int plot_vips_fail(DmErr *err, const char *what);
  * so far; nothing is written unless it is 0.  Returns the new status. */
 int plot_save_png(VipsImage *img, const char *png, int rc, DmErr *err);
 
+/* Text s (Pango markup characters escaped) in font at (x, y): centred
+ * (align 0), ending at x (align 1) or starting at x (align -1), vertically
+ * centred on y; png names the figure in messages. */
+int plot_text(VipsImage *img, const char *s, int x, int y, int align, const double *ink,
+              const char *font, const char *png, DmErr *err);
+
+/* Width in pixels of s in font (0 when it cannot be drawn). */
+int plot_text_width(const char *s, const char *font);
+
 /* A tick spacing of 1, 2 or 5 times a power of ten giving about n ticks
  * over span. */
 double plot_nice_step(double span, int n);
-
-/* Draw s in DejaVu Sans 11 at 96 dpi, vertically centred on y, starting
- * at x (or ending there when right_align); what names the figure in
- * errors. */
-int plot_text(VipsImage *img, const char *s, int x, int y, int right_align, const double *ink,
-              const char *what, DmErr *err);
 
 /* One series y against x (n points, x increasing) as a 960x540 PNG: a
  * line through dots, each dot labelled with its value when label_fmt is

@@ -80,7 +80,9 @@ size_t result_max_bytes(const ResultLimits *lim, const ShardQuestion *qs, int nq
         size_t pl = s_len(qs[i].page_id), ql = s_len(qs[i].cq->text);
         if (lim->analyze) {
             int na = qs[i].cq->nanswers > 0 ? qs[i].cq->nanswers : 1;
-            total += (size_t)na * (s_analysis_max(lim) + pl + ql + s_error_max() + 16) + s_error_max();
+            /* + the key-value retrieval's three answers */
+            total += (size_t)na * (s_analysis_max(lim) + pl + ql + s_error_max() + 16) + s_error_max() +
+                     3 * (s_answer_max(lim) + 8);
             continue;
         }
         if (!lim->cache) {
@@ -267,7 +269,9 @@ static int s_analysis(const ResultLimits *lim, const Docmint__AnalysisRecord *y,
     for (size_t i = 0; i < y->n_named; i++)
         if (!y->named[i] || !y->named[i]->name || strlen(y->named[i]->name) > 256)
             return s_why(why, n, "analysis %lld: a named value without a name (or one too long)", q);
-    if (s_len(y->answer) > s_answer_max(lim) || s_len(y->page_id) > 4096 || s_len(y->question) > 65536)
+    if (s_len(y->answer) > s_answer_max(lim) || s_len(y->page_id) > 4096 || s_len(y->question) > 65536 ||
+        s_len(y->kv_answer_clean) > s_answer_max(lim) || s_len(y->kv_answer_patched) > s_answer_max(lim) ||
+        s_len(y->kv_answer_control) > s_answer_max(lim))
         return s_why(why, n, "analysis %lld: a string too long", q);
     return 0;
 }

@@ -35,6 +35,7 @@
     X(tests_distill) \
     X(tests_analyze) \
     X(tests_plan_baselines) \
+    X(tests_kv) \
     /* end */
 
 #define DECLARE(fn) void fn(void) __attribute__((weak));

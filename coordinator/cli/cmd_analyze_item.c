@@ -206,6 +206,12 @@ int cmd_analyze_item(int argc, char **argv)
                     fprintf(stderr, "docmint analyze-item: --analyses: unknown analysis %s (see --help)\n", t);
                     return 2;
                 }
+                if (bit == AN_A_KV) {
+                    fprintf(stderr, "docmint analyze-item: --analyses: kv_retrieval decodes greedily "
+                                    "on corrupted twins: run it in the analyze stage "
+                                    "(docs/analyze.md)\n");
+                    return 2;
+                }
                 cfg.analyses |= bit;
             }
         } else if (!strcmp(argv[i], "--png") && i + 1 < argc) {

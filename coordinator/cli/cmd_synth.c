@@ -239,6 +239,7 @@ static int s_append(S_Out *so, const char *out, const S_Slot *s, DmErr *err)
                 json_object_set_new(e, "v_clean", json_string(t->v_clean));
                 json_object_set_new(e, "v_new", json_string(t->answer));
                 json_object_set_new(e, "v_pos", json_string(t->v_pos));
+                json_object_set_new(e, "kv_set", json_string(synth_kind_name(doc->kind)));
                 json_array_append_new(so->corrupt, e);
             }
         }

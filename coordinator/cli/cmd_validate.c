@@ -10,6 +10,7 @@
 #include "coordinator/dispatch.h"
 #include "worker/analyze/stage_analyze.h"
 #include "coordinator/job.h"
+#include "coordinator/kv_retrieval.h"
 #include "coordinator/store_ids.h"
 #include "common/jsonschema.h"
 
@@ -125,6 +126,19 @@ int cmd_validate(int argc, char **argv)
         corpus_free(&c);
         job_free(&job);
         return 1;
+    }
+    /* kv_retrieval: the corrupt corpus, and with --corpus its pairing */
+    if (job->kv_retrieval) {
+        KvTable *kv = NULL;
+        bad = kv_table_load(job->corrupt_corpus, &kv, &err) ||
+              (c && kv_table_pair(kv, c, job->corpus.path, &err));
+        kv_table_free(&kv);
+        if (bad) {
+            fprintf(stderr, "docmint validate: %s\n", err.msg);
+            corpus_free(&c);
+            job_free(&job);
+            return 1;
+        }
     }
     if (print) {
         char *s = json_dumps(job->doc, JSON_INDENT(2));

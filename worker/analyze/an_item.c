@@ -404,7 +404,7 @@ static int s_more(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace
 
 static const char *const s_analysis_names[] = {"skip", "reproject", "lens", "heads",
                                                 "ablation", "patching", "attribution",
-                                                "transcribe"};
+                                                "transcribe", "kv_retrieval"};
 
 unsigned an_analysis_bit(const char *name)
 {

@@ -159,11 +159,13 @@ enum {
     AN_A_PATCHING = 1 << 5,    /* nll.corrupt, nll.patch_query, logits.patch_query, nll.patch_head */
     AN_A_ATTRIBUTION = 1 << 6, /* nll.corrupt, atp.head */
     AN_A_TRANSCRIBE = 1 << 7,  /* transcribe.* */
-    AN_A_ALL = (1 << 8) - 1
+    AN_A_ALL = (1 << 8) - 1,   /* the default: every analysis above */
+    AN_A_KV = 1 << 8           /* kv_retrieval: greedy answers (an_kv), asked for by name */
 };
 
 /* The bit of an analysis named as in a job ("skip", "reproject", "lens",
- * "heads", "ablation", "patching", "attribution", "transcribe"); 0 when
+ * "heads", "ablation", "patching", "attribution", "transcribe",
+ * "kv_retrieval"); 0 when
  * unknown.  an_analysis_name is its inverse (NULL past the last). */
 unsigned an_analysis_bit(const char *name);
 const char *an_analysis_name(int i);
@@ -202,5 +204,36 @@ int an_replace_parse(const DonutModel *m, const char *spec, AnReplace *out, DmEr
 int an_skip_set_parse(const DonutModel *m, const char *spec, AnSkipSet *out, DmErr *err);
 
 int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err);
+
+/* ------------------------------------------------------- key-value retrieval */
+
+/* Greedy decoding through the analysis pass. */
+typedef struct AnGreedyCfg {
+    int max_new;      /* at most this many generated tokens */
+    int stop1, stop2; /* tokens that end the answer (</s_answer>, </s>); -1: none */
+    int unk_id;       /* never chosen; -1: none */
+} AnGreedyCfg;
+
+/* Greedy-decode prompt [plen] on page, one hooked pass a token; with qsrc,
+ * the queries of attention sub-layer qsub at positions q0 <= t < q1 are
+ * replaced by row t of qsrc [*, heads*hd].  out: the generated ids
+ * (malloc'ed), the stop token included when one came. */
+int an_greedy(const DecPage *page, const int32_t *prompt, int plen, const AnGreedyCfg *g,
+              int qsub, const float *qsrc, int q0, int q1, int32_t **out, int *nout, DmErr *err);
+
+/* The generated ids of one key-value question. */
+typedef struct AnKv {
+    int32_t *clean, *patched, *control;
+    int nclean, npatched, ncontrol;
+} AnKv;
+
+/* The experiment (docs/analyze.md "Key-value retrieval"): the greedy
+ * answer on the clean page; the clean page teacher-forced on prompt + that
+ * answer, whose last cross-attention queries at positions a .. T-2 (a =
+ * plen - 1, T = plen + answer length) patch the greedy decoding on the
+ * twin (`patched`); the twin unpatched (`control`). */
+int an_kv(const DecPage *clean, const DecPage *twin, const int32_t *prompt, int plen,
+          const AnGreedyCfg *g, AnKv *out, AnStats *stats, DmErr *err);
+void an_kv_free(AnKv *k);
 
 #endif

@@ -247,6 +247,13 @@ void analyze_record_clear(Docmint__AnalysisRecord *r)
         free(r->named[i]);
     }
     free(r->named);
+    stage_free_str(r->kv_answer_clean);
+    stage_free_str(r->kv_answer_patched);
+    stage_free_str(r->kv_answer_control);
+    stage_free_str(r->kv_set);
+    stage_free_str(r->kv_v_clean);
+    stage_free_str(r->kv_v_new);
+    stage_free_str(r->kv_v_pos);
     docmint__analysis_record__init(r);
 }
 
@@ -264,8 +271,9 @@ void analyze_result_clear(Docmint__Result *res)
 
 /* ------------------------------------------------------------ pages */
 
-/* The page's pixels encoded, then the same pixels with noise: both
- * DecPages.  On failure err names the image. */
+/* The page's pixels encoded, then the same pixels with noise (or the
+ * page the shard names), when an analysis reads a corrupted run: both
+ * DecPages (cpage left zeroed otherwise).  On failure err names the image. */
 static int s_encode(AnalyzeStage *st, const Docmint__Page *pg, float **enc, float **cenc,
                     DecPage *page, DecPage *cpage, DmErr *err)
 {
@@ -292,6 +300,11 @@ static int s_encode(AnalyzeStage *st, const Docmint__Page *pg, float **enc, floa
         swin_encode(m, pix, geo.out_h, geo.out_w, *enc, NULL, err) ||
         dec_page_init(page, m, *enc, oh * ow, err))
         goto done;
+    if (!(st->o.analyses & (AN_A_PATCHING | AN_A_ATTRIBUTION)) && !st->o.npatch) {
+        /* no analysis reads a corrupted run (kv_retrieval has its own twin) */
+        rc = 0;
+        goto done;
+    }
     if (st->o.corrupt_page) {
         /* another page of the corpus */
         int cn;
@@ -319,10 +332,38 @@ done:
     return rc;
 }
 
-/* One record of (question q, answer a) on the encoded pages. */
+/* The key-value retrieval answers of question q into r (an_kv): 0, -1
+ * with err set (a message for the question's error record). */
+static int s_kv(AnalyzeStage *st, const Docmint__Question *q, const DecPage *page,
+                const DecPage *kpage, Docmint__AnalysisRecord *r, DmErr *err)
+{
+    const QaModel *qa = &st->qa;
+    int32_t *prompt = NULL;
+    int plen, rc = -1;
+    AnKv kv = {0};
+    AnGreedyCfg g = {st->o.kv_max_tokens > 0 ? st->o.kv_max_tokens : ANALYZE_KV_MAX_TOKENS,
+                     qa->id_answer_close, qa->gen.eos_id, qa->gen.unk_id};
+    if (qa_prompt(qa, q->text ? q->text : "", &prompt, &plen, err) ||
+        an_kv(page, kpage, prompt, plen, &g, &kv, st->cfg.stats, err) ||
+        qa_extract_answer(qa, kv.clean, kv.nclean, &r->kv_answer_clean, err) ||
+        qa_extract_answer(qa, kv.patched, kv.npatched, &r->kv_answer_patched, err) ||
+        qa_extract_answer(qa, kv.control, kv.ncontrol, &r->kv_answer_control, err)) {
+        dm_err_prefix(err, "kv_retrieval");
+        goto done;
+    }
+    rc = 0;
+done:
+    free(prompt);
+    an_kv_free(&kv);
+    return rc;
+}
+
+/* One record of (question q, answer a) on the encoded pages; kpage (may be
+ * NULL) is the page's key-value twin, for the first answer of a question
+ * the twin pairs. */
 static int s_item(AnalyzeStage *st, const Docmint__Page *pg, const Docmint__Question *q,
                   size_t a, const int32_t *ids, int n, int a0, const DecPage *page,
-                  const DecPage *cpage, Docmint__Result *res, DmErr *err)
+                  const DecPage *cpage, const DecPage *kpage, Docmint__Result *res, DmErr *err)
 {
     Docmint__AnalysisRecord **v = realloc(res->analyses, (res->n_analyses + 1) * sizeof *v);
     if (!v)
@@ -350,9 +391,10 @@ static int s_item(AnalyzeStage *st, const Docmint__Page *pg, const Docmint__Ques
     }
     memcpy(r->token_ids, ids, (size_t)n * sizeof *ids);
     r->n_token_ids = (size_t)n;
-    AnItem it = {page, cpage, ids, n, a0};
+    AnItem it = {page, cpage->m ? cpage : NULL, ids, n, a0};
     DmErr ie = {{0}};
-    if (an_item(&it, &st->cfg, &sink, &ie)) {
+    if (an_item(&it, &st->cfg, &sink, &ie) ||
+        (kpage && a == 0 && q->kv && s_kv(st, q, page, kpage, r, &ie))) {
         analyze_record_clear(r);
         free(r);
         if (strstr(ie.msg, "out of memory"))
@@ -366,10 +408,10 @@ static int s_item(AnalyzeStage *st, const Docmint__Page *pg, const Docmint__Ques
 static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, DmErr *err)
 {
     AnalyzeStage *st = stage;
-    float *enc = NULL, *cenc = NULL;
-    DecPage page = {0}, cpage = {0};
-    int rc = -1, encoded = 0;
-    DmErr pe = {{0}};
+    float *enc = NULL, *cenc = NULL, *kenc = NULL;
+    DecPage page = {0}, cpage = {0}, kpage = {0};
+    int rc = -1, encoded = 0, kencoded = 0;
+    DmErr pe = {{0}}, ke = {{0}};
     for (size_t i = 0; i < pg->n_questions; i++) {
         const Docmint__Question *q = pg->questions[i];
         if (q->n_answers == 0) {
@@ -393,6 +435,27 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
                 goto oom;
             continue;
         }
+        int kv = q->kv && (st->o.analyses & AN_A_KV) && pg->kv_image_path && pg->kv_image_path[0];
+        if (kv && !kencoded) {
+            /* the key-value twin, once for the page */
+            int kn;
+            kencoded = 1;
+            if (page_encode(st->qa.model, &st->pc, pg->kv_image_path, pg->kv_page_no,
+                            st->o.pdf_dpi, &kenc, &kn, &ke) ||
+                dec_page_init(&kpage, st->qa.model, kenc, kn, &ke)) {
+                if (strstr(ke.msg, "out of memory")) {
+                    dm_err(err, "%s", ke.msg);
+                    goto done;
+                }
+                dm_err_prefix(&ke, "kv_retrieval: the twin of page %s", pg->page_id);
+                kencoded = -1;
+            }
+        }
+        if (kv && kencoded < 0) {
+            if (stage_add_error(res, "analyze", q->question_id, -1, ke.msg))
+                goto oom;
+            continue;
+        }
         size_t na = st->o.first_answer_only ? 1 : q->n_answers;
         for (size_t a = 0; a < na; a++) {
             int32_t *ids = NULL;
@@ -407,7 +470,7 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
                     goto oom;
                 continue;
             }
-            int r = s_item(st, pg, q, a, ids, n, a0, &page, &cpage, res, err);
+            int r = s_item(st, pg, q, a, ids, n, a0, &page, &cpage, kv ? &kpage : NULL, res, err);
             free(ids);
             if (r)
                 goto done;
@@ -420,8 +483,10 @@ oom:
 done:
     dec_page_free(&page);
     dec_page_free(&cpage);
+    dec_page_free(&kpage);
     free(enc);
     free(cenc);
+    free(kenc);
     return rc;
 }
 
@@ -438,6 +503,7 @@ int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr
     memset(o, 0, sizeof *o);
     o->analyses = AN_A_ALL;
     o->noise_scale = 0.5;
+    o->kv_max_tokens = ANALYZE_KV_MAX_TOKENS;
     if (!json || !json[0])
         return 0;
     json_error_t je;
@@ -459,7 +525,8 @@ int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr
             unsigned bit = json_is_string(e) ? an_analysis_bit(json_string_value(e)) : 0;
             if (!bit) {
                 dm_err(err, "%s: \"analyses\"[%zu]: unknown analysis (one of skip, reproject, lens, "
-                            "heads, ablation, patching, attribution, transcribe)", what, i);
+                            "heads, ablation, patching, attribution, transcribe, kv_retrieval)",
+                       what, i);
                 goto done;
             }
             o->analyses |= bit;
@@ -542,6 +609,13 @@ int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr
             goto done;
         }
         o->noise_scale = json_number_value(v);
+    }
+    if ((v = json_object_get(root, "kv_max_tokens"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1024) {
+            dm_err(err, "%s: \"kv_max_tokens\" is not an integer from 1 to 1024", what);
+            goto done;
+        }
+        o->kv_max_tokens = (int)json_integer_value(v);
     }
     if ((v = json_object_get(root, "seed"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 0) {

@@ -35,12 +35,15 @@ typedef struct AnalyzeOpts {
     char patch[ANALYZE_MAX_NAMED][32];
     char replace[ANALYZE_MAX_NAMED][96];
     int patch_all_positions;
+    int kv_max_tokens;          /* kv_retrieval: greedy answers of at most this many tokens */
 } AnalyzeOpts;
+
+#define ANALYZE_KV_MAX_TOKENS 32
 
 /* The job keys of the stage (schemas/job.schema.json) from a JSON object's
  * text ("" or NULL: every analysis, the defaults): "analyses",
  * "skip_sets", "patch_sites", "patch_scope", "replacements", "corruption",
- * "noise_scale", "seed".  `what` names the source in messages, which name the key. */
+ * "noise_scale", "seed", "kv_max_tokens".  `what` names the source in messages, which name the key. */
 int analyze_opts_parse(const char *json, const char *what, AnalyzeOpts *o, DmErr *err);
 
 /* The stage for worker_run (worker_loop.h). */
