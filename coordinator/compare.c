@@ -86,7 +86,10 @@ int compare_spec_load(const char *path, json_t **out, DmErr *err)
     if (!doc)
         return dm_err(err, "%s: line %d: %s", path, je.line, je.text);
     const json_t *schema = jsonschema_get("compare.schema.json", err);
-    if (!schema || jsonschema_validate(schema, doc, 1, err)) {
+    /* twice: the first pass adds the default {} of an absent object, the
+     * second fills that object's own defaults */
+    if (!schema || jsonschema_validate(schema, doc, 1, err) ||
+        jsonschema_validate(schema, doc, 1, err)) {
         json_decref(doc);
         return schema ? dm_err_prefix(err, "%s", path) : -1;
     }
@@ -336,7 +339,7 @@ static void s_last_line(const char *path, char *out, size_t cap)
 }
 
 int compare_step(Compare *c, const char *dir, const char *name, char *const *argv,
-                 const char *job_path, const char *stdout_path, DmErr *err)
+                 const char *job_path, const char *stdout_path, int also_ok, DmErr *err)
 {
     char marker[PATH_MAX], logp[PATH_MAX];
     snprintf(marker, sizeof marker, "%s/steps/%s.done", dir, name);
@@ -395,7 +398,8 @@ int compare_step(Compare *c, const char *dir, const char *name, char *const *arg
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
-    int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    int ok = WIFEXITED(status) &&
+             (WEXITSTATUS(status) == 0 || (also_ok && WEXITSTATUS(status) == also_ok));
     if (!ok) {
         free(sig);
         char last[600];
@@ -413,7 +417,8 @@ int compare_step(Compare *c, const char *dir, const char *name, char *const *arg
 
 /* A `docmint run` step: the job written to DIR/jobs/NAME.json, run
  * in-process or under the spec's launcher. */
-static int s_run_job(Compare *c, const char *dir, const char *name, json_t *job, DmErr *err)
+static int s_run_job(Compare *c, const char *dir, const char *name, json_t *job, int also_ok,
+                     DmErr *err)
 {
     char jp[PATH_MAX];
     snprintf(jp, sizeof jp, "%s/jobs", dir);
@@ -435,7 +440,7 @@ static int s_run_job(Compare *c, const char *dir, const char *name, json_t *job,
     argv[a++] = "run";
     argv[a++] = jp;
     argv[a] = NULL;
-    int rc = compare_step(c, dir, name, argv, jp, NULL, err);
+    int rc = compare_step(c, dir, name, argv, jp, NULL, also_ok, err);
     free(argv);
     return rc;
 }
@@ -465,23 +470,26 @@ static int s_measure(Compare *c, CompareRow *r, DmErr *err)
                             "tcp://127.0.0.1:0");
     if (c->max_length > 0)
         json_object_set_new(job, "max_length", json_integer(c->max_length));
-    int rc = s_run_job(c, r->dir, "infer", job, err);
+    /* exit 3: done, but some questions hold error records (a prompt too
+     * long, an unreadable page): they score 0, as a missing answer does */
+    int rc = s_run_job(c, r->dir, "infer", job, 3, err);
     json_decref(job);
     if (rc)
         return -1;
     snprintf(p[1], sizeof p[1], "%s/predictions.json", r->dir);
-    char *ex[] = {(char *)c->exe, "export", p[0], "--annotations", c->part_path[2], "-o", p[1], NULL};
-    if (compare_step(c, r->dir, "export", ex, NULL, NULL, err))
+    char *ex[] = {(char *)c->exe, "export", p[0], "--annotations", c->part_path[2], "-o", p[1],
+                  "--partial", NULL};
+    if (compare_step(c, r->dir, "export", ex, NULL, NULL, 0, err))
         return -1;
     snprintf(p[2], sizeof p[2], "%s/eval.json", r->dir);
     char *ev[] = {(char *)c->exe, "eval", "--predictions", p[1], "--annotations", c->part_path[2],
                   "--report", p[2], NULL};
-    if (compare_step(c, r->dir, "eval", ev, NULL, NULL, err))
+    if (compare_step(c, r->dir, "eval", ev, NULL, NULL, 0, err))
         return -1;
     char out[PATH_MAX];
     snprintf(out, sizeof out, "%s/params.json", r->dir);
     char *pa[] = {(char *)c->exe, "params", r->model, "--flops", "--json", NULL};
-    if (compare_step(c, r->dir, "params", pa, NULL, out, err))
+    if (compare_step(c, r->dir, "params", pa, NULL, out, 0, err))
         return -1;
     /* the timed decodes: one page given `repeat` times, its first question */
     snprintf(out, sizeof out, "%s/timing.jsonl", r->dir);
@@ -506,7 +514,7 @@ static int s_measure(Compare *c, CompareRow *r, DmErr *err)
     tv[a++] = "--";
     tv[a++] = c->eval_question;
     tv[a] = NULL;
-    rc = compare_step(c, r->dir, "timing", tv, NULL, out, err);
+    rc = compare_step(c, r->dir, "timing", tv, NULL, out, 0, err);
     free(tv);
     return rc;
 }
@@ -534,14 +542,14 @@ static int s_student(Compare *c, CompareRow *r, DmErr *err)
             char *pv[] = {(char *)c->exe, "plan", c->analysis_store, "--budget", budget,
                           "--method", r->method, "--model", (char *)c->teacher, "-o", plan_dir,
                           NULL};
-            if (compare_step(c, r->dir, "plan", pv, NULL, NULL, err))
+            if (compare_step(c, r->dir, "plan", pv, NULL, NULL, 0, err))
                 return -1;
         } else if (access(plan, F_OK) != 0) {
             return dm_err(err, "the plan of %s is missing", r->plan_owner);
         }
         char *pv[] = {(char *)c->exe, "prune", (char *)c->teacher, "--plan", plan, "-o", pruned,
                       r->lowercase ? "--lowercase-questions" : NULL, NULL};
-        if (compare_step(c, r->dir, "prune", pv, NULL, NULL, err))
+        if (compare_step(c, r->dir, "prune", pv, NULL, NULL, 0, err))
             return -1;
     } else {
         if (r->kind == ROW_WANDA && c->cache_error[0])
@@ -550,7 +558,7 @@ static int s_student(Compare *c, CompareRow *r, DmErr *err)
                       "--budget", budget, "-o", pruned,
                       r->kind == ROW_WANDA ? "--calibration" : NULL, c->logits,
                       "--corpus", c->part_path[1], NULL};
-        if (compare_step(c, r->dir, "prune", pv, NULL, NULL, err))
+        if (compare_step(c, r->dir, "prune", pv, NULL, NULL, 0, err))
             return -1;
     }
     if (c->cache_error[0])
@@ -561,7 +569,7 @@ static int s_student(Compare *c, CompareRow *r, DmErr *err)
     json_object_set_new(d, "logits", json_string(c->logits));
     json_t *job = json_pack("{s:s, s:s, s:s, s:o, s:o}", "stage", "distill", "model", pruned,
                             "output", out, "corpus", s_corpus(c, 1), "distill", d);
-    int rc = s_run_job(c, r->dir, "distill", job, err);
+    int rc = s_run_job(c, r->dir, "distill", job, 0, err);
     json_decref(job);
     if (rc)
         return -1;
@@ -668,7 +676,7 @@ int compare_run(const CompareOpts *o, DmErr *err)
                                 c.teacher, "output", c.analysis_store, "corpus", s_corpus(&c, 0),
                                 "endpoint", "tcp://127.0.0.1:0");
         json_object_update(job, json_object_get(c.spec, "analysis"));
-        if (s_run_job(&c, shared, "analyze", job, &e2))
+        if (s_run_job(&c, shared, "analyze", job, 0, &e2))
             snprintf(c.analysis_error, sizeof c.analysis_error, "%s", e2.msg);
         json_decref(job);
     }
@@ -681,7 +689,7 @@ int compare_run(const CompareOpts *o, DmErr *err)
                                 "temperatures", json_is_number(t) ? json_number_value(t) : 1.0,
                                 "keep_features", 1, "endpoint", "tcp://127.0.0.1:0");
         memset(&e2, 0, sizeof e2);
-        if (s_run_job(&c, shared, "cache-logits", job, &e2))
+        if (s_run_job(&c, shared, "cache-logits", job, 0, &e2))
             snprintf(c.cache_error, sizeof c.cache_error, "%s", e2.msg);
         json_decref(job);
     }

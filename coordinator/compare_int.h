@@ -40,11 +40,12 @@ typedef struct Compare {
 int compare_split(Compare *c, DmErr *err);
 
 /* Run one step: argv (argv[0] found on PATH or a path), stderr (and
- * stdout unless stdout_path) into DIR/steps/NAME.log.  Skipped when
+ * stdout unless stdout_path) into DIR/steps/NAME.log; exit status 0, or
+ * also_ok when that is not 0, is success.  Skipped when
  * DIR/steps/NAME.done records the same command line and job file
  * (job_path, or NULL); refused when it records another. */
 int compare_step(Compare *c, const char *dir, const char *name, char *const *argv,
-                 const char *job_path, const char *stdout_path, DmErr *err);
+                 const char *job_path, const char *stdout_path, int also_ok, DmErr *err);
 
 /* compare.json, compare.md and pareto.png from the rows' files
  * (compare_report.c). */

@@ -141,9 +141,16 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
         if (vips_draw_rect(img, (double *)ink, 3, cx - 5, cy - 5, 11, 11, "fill", TRUE, NULL) ||
             (front[i] && vips_draw_rect(img, (double *)s_ink(4), 3, cx - 8, cy - 8, 17, 17, NULL)))
             rc = plot_vips_fail(err, png);
-        /* labels alternate above and below, so neighbours do not overlap */
-        int dy = (i % 2) ? 16 : -16;
-        rc = rc ? rc : s_text(img, pt[i].label, cx + 10, cy + dy, 1, ink, err);
+        /* a label above its marker, stacked over the labels of markers
+         * drawn at the same place; left of it near the right edge */
+        int k = 0;
+        for (int j = 0; j < i; j++)
+            k += abs(PX(pt[j].x) - cx) < 8 && abs(PY(pt[j].y) - cy) < 8;
+        int ly = cy - 14 - 16 * k;
+        if (ly < TOP)
+            ly = cy + 14 + 16 * k;
+        int right = cx > LEFT + pw * 3 / 4;
+        rc = rc ? rc : s_text(img, pt[i].label, right ? cx - 10 : cx + 10, ly, right ? -1 : 1, ink, err);
     }
     rc = rc ? rc
             : s_text(img, "ANLS on the evaluation part against decoder-layer FLOPs (share of the "

@@ -96,6 +96,9 @@ static json_t *s_row(const Compare *c, const CompareRow *r, const json_t *teache
     double anls = r->error[0] ? NAN : s_num(ev, "anls");
     json_object_set_new(o, "anls", s_real(anls));
     json_object_set_new(o, "questions", s_real(r->error[0] ? NAN : s_num(ev, "questions")));
+    /* questions without an answer (their error records are in the answer
+     * store): they score 0 */
+    json_object_set_new(o, "unanswered", s_real(r->error[0] ? NAN : s_num(ev, "missing")));
     json_t *params = json_object();
     if (pa && !r->error[0]) {
         int masked = json_is_true(json_object_get(pa, "masked"));
