@@ -427,7 +427,6 @@ static int s_run_job(Compare *c, const char *dir, const char *name, json_t *job,
     snprintf(jp, sizeof jp, "%s/jobs/%s.json", dir, name);
     if (c->threads > 0)
         json_object_set_new(job, "threads", json_integer(c->threads));
-    json_object_set_new(job, "quiet", json_true());
     if (s_write_json(jp, job, 0, err))
         return -1;
     json_t *mp = json_object_get(c->spec, "mpirun");
