@@ -935,7 +935,7 @@ else
     bad "OpenMP wait policy: default $(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT), user 4321 -> $(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)"
 fi
 
-for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate synth; do
+for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate synth compare; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 
