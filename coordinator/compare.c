@@ -73,7 +73,7 @@ static int s_check_block(const char *path, const char *key, const char *stage, j
             break;
     }
     if (!rc && jsonschema_validate(schema, job, 0, err))
-        rc = dm_err_prefix(err, "%s: %s (as a %s job)", path, key, stage);
+        rc = dm_err_prefix(err, "%s: %s (as the %s job takes it)", path, key, stage);
     json_decref(job);
     return rc;
 }

@@ -34,6 +34,7 @@
     X(tests_swin_grad) \
     X(tests_distill) \
     X(tests_analyze) \
+    X(tests_compare) \
     /* end */
 
 #define DECLARE(fn) void fn(void) __attribute__((weak));
