@@ -10,10 +10,17 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/logit_store.h"
+#include "common/store.h"
 #include "coordinator/compare.h"
 #include "tests/tutil.h"
+#include "worker/data/corpus.h"
+#include "worker/image/preprocess.h"
+#include "worker/model/donut.h"
 #include "worker/stages/qa.h"
+#include "worker/stages/stage_cache.h"
 #include "worker/text/tokenizer.h"
+#include "worker/train/distill_data.h"
 
 /* The front by a sweep: sorted by x (ties: higher y first), a point is on
  * it when its y beats every y of a point with smaller or equal x. */
@@ -205,6 +212,95 @@ static void test_spec(void)
     }
 }
 
+static int s_prompt(void *ctx, const char *question, int32_t **ids, int *n, DmErr *err)
+{
+    return qa_prompt(ctx, question, ids, n, err);
+}
+
+/* A teacher-logit store made by cache-logits on a synthetic corpus whose
+ * questions start with capitals, read for a student that lowercases: every
+ * item must be exactly the sequence cache_sequence makes for the
+ * lowercasing student (its prompt from the lowercased question, then the
+ * record's answer), with the teacher's targets on its answer positions. */
+static void test_distill_restated(void)
+{
+    const char *bin = getenv("DOCMINT");
+    if (!bin || access(bin, X_OK) != 0) {
+        fprintf(stderr, "\n    DOCMINT not set or not executable, not tested ");
+        return;
+    }
+    s_mkdir();
+    char cmd[2048], path[512];
+    snprintf(cmd, sizeof cmd,
+             "%s init %s/m --config ../jobs/configs/tiny.json --seed 7 >/dev/null && "
+             "%s synth %s/c --docs 4 --seed 3 --quiet && "
+             "printf '{\"stage\": \"cache-logits\", \"model\": \"m\", \"output\": \"l\", "
+             "\"corpus\": {\"path\": \"c/train_v1.0_withQT.json\"}, \"top_k\": 4, "
+             "\"temperatures\": [2.0], \"threads\": 1, \"endpoint\": \"tcp://127.0.0.1:0\"}' "
+             "> %s/job.json && %s run %s/job.json --quiet",
+             bin, s_dir, bin, s_dir, s_dir, bin, s_dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    DmErr err = {{0}};
+    DonutModel *m = NULL;
+    Tokenizer *tok = NULL;
+    PreprocConfig pc;
+    Corpus *c = NULL;
+    Store *st = NULL;
+    DistillData *d = NULL;
+    char mdir[300], cpath[300];
+    snprintf(mdir, sizeof mdir, "%s/m", s_dir);
+    snprintf(cpath, sizeof cpath, "%s/c/train_v1.0_withQT.json", s_dir);
+    snprintf(path, sizeof path, "%s/m/preprocessor_config.json", s_dir);
+    CorpusSpec cs = {.format = CORPUS_DOCVQA, .path = cpath, .pdf_dpi = 200};
+    CU_ASSERT_EQUAL_FATAL(donut_load(mdir, &m, &err) || tokenizer_load(mdir, &tok, &err) ||
+                              preproc_config_load(path, &pc, &err) || corpus_load(&cs, &c, &err),
+                          0);
+    snprintf(path, sizeof path, "%s/l", s_dir);
+    CU_ASSERT_EQUAL_FATAL(store_open(path, STORE_READ, &st, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(distill_data_open(st, c, m, &pc, 200, 2.0, 64u << 20, 0, &d, &err), 0);
+    QaModel teacher, student;
+    CU_ASSERT_EQUAL_FATAL(qa_from(m, tok, mdir, &teacher, &err), 0);
+    student = teacher;
+    student.lowercase_questions = 1;
+    distill_data_set_prompt(d, s_prompt, &student);
+    int n = distill_data_count(d), changed = 0;
+    CU_ASSERT(n >= 6);
+    for (int i = 0; i < n; i++) {
+        DistillLoaded l;
+        CU_ASSERT_EQUAL_FATAL(distill_item_load(d, i, &l, &err), 0);
+        int64_t qid;
+        unsigned ai;
+        logit_key_parse(distill_data_item(d, i)->key, &qid, &ai);
+        const CorpusQuestion *q = NULL;
+        for (int p = 0; p < c->npages && !q; p++)
+            for (int k = 0; k < c->pages[p].nq; k++)
+                if (c->pages[p].q[k].qid == qid)
+                    q = &c->pages[p].q[k];
+        CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+        int32_t *want = NULL, *was = NULL;
+        int nw = 0, a0 = 0, nwas = 0, a0was = 0;
+        CU_ASSERT_EQUAL_FATAL(cache_sequence(&student, q->text, q->answers[ai], &want, &nw, &a0, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(cache_sequence(&teacher, q->text, q->answers[ai], &was, &nwas, &a0was, &err), 0);
+        CU_ASSERT_EQUAL(l.it.T, nw);
+        CU_ASSERT_EQUAL(l.it.answer_start, a0);
+        CU_ASSERT(l.it.T == nw && !memcmp(l.it.ids, want, (size_t)nw * sizeof *want));
+        /* the teacher's record had its own prompt; the answer part is the same */
+        CU_ASSERT_EQUAL(nw - a0, nwas - a0was);
+        CU_ASSERT_EQUAL(logit_record_positions(l.rec), nw - 1 - a0);
+        CU_ASSERT_PTR_EQUAL(l.it.teacher, l.kt);
+        changed += nw != nwas || memcmp(want, was, (size_t)nw * sizeof *want) != 0;
+        free(want);
+        free(was);
+        distill_item_clear(&l);
+    }
+    CU_ASSERT_EQUAL(changed, n); /* every synthetic question starts with a capital */
+    distill_data_close(&d);
+    store_close(&st);
+    corpus_free(&c);
+    tokenizer_free(&tok);
+    donut_free(&m);
+}
+
 static void test_zz_cleanup(void)
 {
     if (s_dir[0]) {
@@ -219,5 +315,6 @@ void tests_compare(void)
     TU_SUITE("compare", {"Pareto front against a sweep", test_pareto},
              {"lowercasing against Python's str.lower", test_lowercase},
              {"prompt.json", test_prompt_config}, {"the spec check", test_spec},
+             {"distill items restated for a lowercasing student", test_distill_restated},
              {"remove temporary files", test_zz_cleanup});
 }
