@@ -213,7 +213,7 @@ int compare_report(Compare *c, DmErr *err)
         json_array_append_new(split, json_pack("{s:s, s:s, s:i, s:i}", "part", names[k], "file",
                                                c->part_path[k], "pages", c->part_pages[k],
                                                "questions", c->part_questions[k]));
-    json_t *doc = json_pack("{s:O, s:o, s:O}", "spec", c->spec, "split", split, "rows", rows);
+    json_t *doc = json_pack("{s:O, s:o, s:o}", "spec", c->spec, "split", split, "rows", rows);
     char p[PATH_MAX + 32];
     snprintf(p, sizeof p, "%s/compare.json", c->out);
     int rc = json_dump_file(doc, p, JSON_INDENT(2) | JSON_PRESERVE_ORDER)
