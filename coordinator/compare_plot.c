@@ -56,6 +56,15 @@ typedef struct Pt {
     int teacher, masked;
 } Pt;
 
+typedef struct Box {
+    int x, y, w, h;
+} Box;
+
+static int s_overlap(const Box *a, const Box *b)
+{
+    return a->x < b->x + b->w && b->x < a->x + a->w && a->y < b->y + b->h && b->y < a->y + a->h;
+}
+
 static int s_by_x(const void *a, const void *b)
 {
     const Pt *p = a, *q = b;
@@ -135,23 +144,50 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
                     rc = plot_vips_fail(err, png);
         prev = i;
     }
+    /* markers first, so that labels can be kept off all of them */
+    Box *taken = calloc((size_t)(2 * m + 1), sizeof *taken);
+    int nt = 0;
+    if (!taken && !rc)
+        rc = dm_err(err, "%s: out of memory", png);
     for (int i = 0; !rc && i < m; i++) {
         const double *ink = s_ink(pt[i].teacher ? 0 : pt[i].masked ? 5 : 3);
         int cx = PX(pt[i].x), cy = PY(pt[i].y);
         if (vips_draw_rect(img, (double *)ink, 3, cx - 5, cy - 5, 11, 11, "fill", TRUE, NULL) ||
             (front[i] && vips_draw_rect(img, (double *)s_ink(4), 3, cx - 8, cy - 8, 17, 17, NULL)))
             rc = plot_vips_fail(err, png);
-        /* a label above its marker, stacked over the labels of markers
-         * drawn at the same place; left of it near the right edge */
-        int k = 0;
-        for (int j = 0; j < i; j++)
-            k += abs(PX(pt[j].x) - cx) < 8 && abs(PY(pt[j].y) - cy) < 8;
-        int ly = cy - 14 - 16 * k;
-        if (ly < TOP)
-            ly = cy + 14 + 16 * k;
-        int right = cx > LEFT + pw * 3 / 4;
-        rc = rc ? rc : s_text(img, pt[i].label, right ? cx - 10 : cx + 10, ly, right ? -1 : 1, ink, err);
+        taken[nt++] = (Box){cx - 8, cy - 8, 17, 17};
     }
+    /* each label at the first of eight places around its marker that
+     * overlaps no marker, no label placed before it and no edge (the first
+     * place when none is free) */
+    for (int i = 0; !rc && i < m; i++) {
+        const double *ink = s_ink(pt[i].teacher ? 0 : pt[i].masked ? 5 : 3);
+        int cx = PX(pt[i].x), cy = PY(pt[i].y);
+        VipsImage *t = NULL;
+        if (vips_text(&t, pt[i].label, "font", "DejaVu Sans 11", "dpi", 96, NULL)) {
+            rc = plot_vips_fail(err, "pareto.png: text");
+            break;
+        }
+        int w = vips_image_get_width(t), h = vips_image_get_height(t);
+        static const int dx[8] = {10, 10, 10, -10, -10, -10, 0, 0}, dy[8] = {-14, 14, 0, -14, 14, 0, -22, 22};
+        Box best = {0};
+        for (int k = 0; k < 8; k++) {
+            int x0 = dx[k] > 0 ? cx + dx[k] : dx[k] < 0 ? cx + dx[k] - w : cx - w / 2;
+            Box b = {x0, cy + dy[k] - h / 2, w, h};
+            int free_ = b.x >= LEFT + 2 && b.x + b.w <= W - 2 && b.y >= TOP && b.y + b.h <= TOP + ph;
+            for (int j = 0; free_ && j < nt; j++)
+                free_ = !s_overlap(&b, &taken[j]);
+            if (k == 0 || free_)
+                best = b;
+            if (free_)
+                break;
+        }
+        if (vips_draw_mask(img, (double *)ink, 3, t, best.x, best.y, NULL))
+            rc = plot_vips_fail(err, "pareto.png: text");
+        g_object_unref(t);
+        taken[nt++] = best;
+    }
+    free(taken);
     rc = rc ? rc
             : s_text(img, "ANLS on the evaluation part against decoder-layer FLOPs (share of the "
                           "teacher's, docmint's convention)",
