@@ -350,16 +350,23 @@ int compare_step(Compare *c, const char *dir, const char *name, char *const *arg
         if (dm_mkdirs(sdir, err))
             return -1;
     }
-    /* what the step is: its command line and its job file */
-    size_t cap = 256;
+    /* what the step is: its command line from the docmint binary on, and
+     * its job file (not the launcher, nor where the binary lives: a rebuilt
+     * or installed docmint, or more ranks, resume the same steps) */
+    int from = 0;
     for (int i = 0; argv[i]; i++)
+        if (argv[i] == c->exe)
+            from = i;
+    size_t cap = 256;
+    for (int i = from; argv[i]; i++)
         cap += strlen(argv[i]) + 3;
     char *job = job_path ? s_read_text(job_path) : NULL;
     cap += job ? strlen(job) : 0;
     char *sig = dm_xmalloc(cap);
     size_t k = 0;
-    for (int i = 0; argv[i]; i++)
-        k += (size_t)snprintf(sig + k, cap - k, "%s%s", i ? " " : "", argv[i]);
+    for (int i = from; argv[i]; i++)
+        k += (size_t)snprintf(sig + k, cap - k, "%s%s", i > from ? " " : "",
+                              i == from ? "docmint" : argv[i]);
     k += (size_t)snprintf(sig + k, cap - k, "\n%s", job ? job : "");
     free(job);
     char *done = s_read_text(marker);
