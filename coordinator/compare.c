@@ -291,6 +291,14 @@ int compare_split(Compare *c, DmErr *err)
         for (size_t p = 0; p < np; p++)
             pg += part[p] == k;
         json_object_set_new(sub, "data", d);
+        if (k == 1) /* the distill items: one per non-empty gold answer */
+            for (size_t i = 0; i < json_array_size(d); i++) {
+                json_t *ans = json_object_get(json_array_get(d, i), "answers");
+                for (size_t a = 0; a < json_array_size(ans); a++) {
+                    const char *t = json_string_value(json_array_get(ans, a));
+                    c->selection_items += t && t[0];
+                }
+            }
         c->part_pages[k] = pg;
         c->part_questions[k] = qs;
         rc = s_write_json(c->part_path[k], sub, 1, err);
@@ -641,6 +649,28 @@ int compare_run(const CompareOpts *o, DmErr *err)
         snprintf(c.part_path[k], sizeof c.part_path[k], "%s/%s.json", splitdir, parts[k]);
     if (compare_split(&c, err))
         goto done;
+    /* a batch larger than the selection part would fail every distill */
+    {
+        json_t *job = json_pack("{s:s, s:s, s:s, s:{s:s}, s:O}", "stage", "distill", "model", "m",
+                                "output", "o", "corpus", "path", "c", "distill",
+                                json_object_get(c.spec, "distill"));
+        json_t *copy = json_deep_copy(job);
+        const json_t *schema = jsonschema_get("job.schema.json", err);
+        int bad = !schema || jsonschema_validate(schema, copy, 1, err);
+        long batch = bad ? 0 : (long)json_integer_value(
+                                  json_object_get(json_object_get(copy, "distill"), "batch_size"));
+        json_decref(copy);
+        json_decref(job);
+        if (bad)
+            goto done;
+        if (batch > c.selection_items) {
+            dm_err(err, "%s: distill.batch_size: %ld is more than the %d (question, answer) items "
+                        "of the selection part (%d page%s): lower it or raise split.selection",
+                   o->spec_path, batch, c.selection_items, c.part_pages[1],
+                   c.part_pages[1] == 1 ? "" : "s");
+            goto done;
+        }
+    }
     /* the copy of the spec as it was run, defaults filled and paths resolved */
     char sp[PATH_MAX];
     snprintf(sp, sizeof sp, "%s/spec.json", c.out);

@@ -29,6 +29,7 @@ typedef struct Compare {
     int quiet, threads, max_length, timing_repeat, timing_threads;
     char part_path[3][PATH_MAX]; /* analysis, selection, evaluation */
     int part_pages[3], part_questions[3];
+    int selection_items; /* non-empty gold answers of the selection part */
     char eval_image[PATH_MAX], eval_question[1024];
     char analysis_store[PATH_MAX], logits[PATH_MAX];
     char analysis_error[1200], cache_error[1200];

@@ -158,8 +158,9 @@ static int s_markdown(const Compare *c, const json_t *rows, const char *path, Dm
     {
         const char *id = json_string_value(json_object_get(r, "id"));
         if (!strcmp(json_string_value(json_object_get(r, "status")), "failed")) {
-            fprintf(f, "| %s | %s | %g | failed: %s | | | | | | |\n", id,
+            fprintf(f, "| %s | %s%s | %g | failed: %s | | | | | | |\n", id,
                     json_string_value(json_object_get(r, "method")),
+                    json_is_true(json_object_get(r, "lowercase_questions")) ? " (lowercase)" : "",
                     json_number_value(json_object_get(r, "budget")),
                     json_string_value(json_object_get(r, "error")));
             continue;

@@ -310,6 +310,13 @@ expect_error "DOCMINT_MAX_PIXELS lowers the limit" \
     env DOCMINT_MAX_PIXELS=1000 "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
 expect_error "DOCMINT_MAX_PIXELS not a number" "DOCMINT_MAX_PIXELS=lots: expected a number of pixels" \
     env DOCMINT_MAX_PIXELS=lots "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
+# The shipped compare spec: valid, its paths resolved against jobs/
+if "$DOCMINT" compare jobs/demo-compare.json --check >"$T/cspec" 2>&1 &&
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["teacher"].endswith("/jobs/../build/demo/model") and d["split"]["seed"] == 1 else 1)' "$T/cspec"; then
+    ok "jobs/demo-compare.json passes compare --check"
+else
+    bad "jobs/demo-compare.json: $(head -c 300 "$T/cspec")"
+fi
 # The Slurm script's job file: valid as a job file, and validate names the
 # placeholder model path (it checks that the model exists); with the
 # placeholders pointed at a model and a DocVQA val layout

@@ -190,10 +190,12 @@ else
     bad "rerun: exit $rc, $(grep -c 'done before' "$T/cmp2.log") skipped; $(tail -2 "$T/cmp2.log")"
 fi
 
-# a spec with an unknown key, and shares that do not add up
+# a spec with an unknown key, shares that do not add up, a batch larger
+# than the selection part
 sed 's/"top_k": 8/"top_k": 8, "topk": 3/' "$T/spec.json" >"$T/bad1.json"
 sed 's/"seed": 5/"seed": 5, "evaluation": 0.5/' "$T/spec.json" >"$T/bad2.json"
-for b in "bad1:topk" "bad2:must be 1, got 0.9"; do
+sed 's/"batch_size": 2/"batch_size": 100/' "$T/spec.json" >"$T/bad3.json"
+for b in "bad1:topk" "bad2:must be 1, got 0.9" "bad3:distill.batch_size: 100 is more than the"; do
     f=${b%%:*}
     if "$DOCMINT" compare "$T/$f.json" -o "$T/$f" >/dev/null 2>"$T/$f.err"; then
         bad "$f: accepted"
