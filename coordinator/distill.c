@@ -251,9 +251,12 @@ static int s_setup(Run *r, DmErr *err)
         return -1;
     /* a student that lowercases its questions reads the teacher's answers
      * after its own prompt */
-    if (qa_from(r->m, r->tok, j->model, &r->qa, err))
+    int lowercase = 0;
+    if (qa_prompt_config(j->model, &lowercase, err))
         return -1;
-    if (r->qa.lowercase_questions) {
+    if (lowercase) {
+        if (qa_from(r->m, r->tok, j->model, &r->qa, err))
+            return -1;
         distill_data_set_prompt(r->data, s_student_prompt, &r->qa);
         if (r->rank == 0 && !r->quiet)
             fprintf(stderr, "%s: %s lowercases its questions (%s): each item's prompt is made "
