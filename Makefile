@@ -197,8 +197,9 @@ $(BUILD)/dec_bench: $(BUILD)/tests/bench/dec_bench.o $(LIB_OBJ)
 deps:
 	sh deploy/install-deps.sh
 
-# The key lists of docs/jobs.md and docs/pruning.md, rendered from
-# schemas/job.schema.json and schemas/plan.schema.json; `make test` fails
+# The key lists of docs/jobs.md, docs/pruning.md and docs/compare.md,
+# rendered from schemas/job.schema.json, plan.schema.json and
+# compare.schema.json; `make test` fails
 # when they are out of date (tests/docs.sh).
 .PHONY: docs
 docs:

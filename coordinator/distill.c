@@ -218,6 +218,7 @@ static json_t *s_trajectory(const Run *r)
 }
 
 static int s_setup_gold(Run *r, DmErr *err);
+static int s_student_prompt(void *ctx, const char *question, int32_t **ids, int *n, DmErr *err);
 static int s_setup_training(Run *r, DmErr *err);
 
 static int s_setup(Run *r, DmErr *err)
@@ -274,7 +275,26 @@ static int s_setup(Run *r, DmErr *err)
         distill_data_open(r->store, r->corpus, r->m, &r->pc, j->corpus.pdf_dpi, d->temperature,
                           (size_t)d->feature_cache_mb << 20, d->skip_damaged, &r->data, err))
         return -1;
+    /* a student that lowercases its questions reads the teacher's answers
+     * after its own prompt */
+    int lowercase = 0;
+    if (qa_prompt_config(j->model, &lowercase, err))
+        return -1;
+    if (lowercase) {
+        if (qa_from(r->m, r->tok, j->model, &r->qa, err))
+            return -1;
+        distill_data_set_prompt(r->data, s_student_prompt, &r->qa);
+        if (r->rank == 0 && !r->quiet)
+            fprintf(stderr, "%s: %s lowercases its questions (%s): each item's prompt is made "
+                            "again from the corpus's question\n",
+                    PREFIX, j->model, QA_PROMPT_FILE);
+    }
     return s_setup_training(r, err);
+}
+
+static int s_student_prompt(void *ctx, const char *question, int32_t **ids, int *n, DmErr *err)
+{
+    return qa_prompt(ctx, question, ids, n, err);
 }
 
 static int s_gold_seq(void *ctx, const char *question, const char *answer, int32_t **ids, int *n,

@@ -310,6 +310,13 @@ expect_error "DOCMINT_MAX_PIXELS lowers the limit" \
     env DOCMINT_MAX_PIXELS=1000 "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
 expect_error "DOCMINT_MAX_PIXELS not a number" "DOCMINT_MAX_PIXELS=lots: expected a number of pixels" \
     env DOCMINT_MAX_PIXELS=lots "$DOCMINT" ask --threads 1 "$T/model" jobs/demo/page.png "$Q1"
+# The shipped compare spec: valid, its paths resolved against jobs/
+if "$DOCMINT" compare jobs/demo-compare.json --check >"$T/cspec" 2>&1 &&
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["teacher"].endswith("/jobs/../build/demo/model") and d["split"]["seed"] == 1 else 1)' "$T/cspec"; then
+    ok "jobs/demo-compare.json passes compare --check"
+else
+    bad "jobs/demo-compare.json: $(head -c 300 "$T/cspec")"
+fi
 # The Slurm script's job file: valid as a job file, and validate names the
 # placeholder model path (it checks that the model exists); with the
 # placeholders pointed at a model and a DocVQA val layout
@@ -603,6 +610,28 @@ if "$DOCMINT" prune $DATA/tiny-a --plan $DATA/tiny-a/plan1.json -o "$T/student1"
 else
     bad "prune"
 fi
+# a student that lowercases its questions: with the Donut tokenizer
+# (tokenizer-a) beside its prompt.json, its prompt for a question in
+# capitals is the teacher's for the same question in lowercase
+mkdir -p "$T/tok-lc"
+cp $DATA/tokenizer-a/*.json $DATA/tokenizer-a/*.model "$T/tok-lc/"
+if "$DOCMINT" prune $DATA/tiny-a --plan $DATA/tiny-a/plan1.json -o "$T/student-lc" --lowercase-questions >/dev/null &&
+    cp "$T/student-lc/prompt.json" "$T/tok-lc/" &&
+    printf '%s\n' '{"text": "WHAT IS THE DATE ON ÉCOLE FORM X?"}' >"$T/qu.jsonl" &&
+    printf '%s\n' '{"text": "what is the date on école form x?"}' >"$T/ql.jsonl" &&
+    "$DOCMINT" tokenize "$T/tok-lc" --prompt <"$T/qu.jsonl" >"$T/lc_upper" &&
+    "$DOCMINT" tokenize $DATA/tokenizer-a --prompt <"$T/ql.jsonl" >"$T/t_lower" &&
+    "$DOCMINT" tokenize $DATA/tokenizer-a --prompt <"$T/qu.jsonl" >"$T/t_upper" &&
+    cmp -s "$T/lc_upper" "$T/t_lower" && ! cmp -s "$T/t_upper" "$T/t_lower" &&
+    grep -q '"pieces":\["<s_docvqa>","<s_question>",' "$T/lc_upper" && grep -q '"</s_question>","<s_answer>"\]' "$T/lc_upper" &&
+    [ "$(cat "$T/student-lc/prompt.json")" = '{"lowercase_questions": true}' ] && [ ! -e "$T/student1/prompt.json" ]; then
+    ok "prune --lowercase-questions: prompt.json; the prompt for a question in capitals is the teacher's for it in lowercase"
+else
+    bad "lowercase student: $(cat "$T/lc_upper" "$T/t_lower" 2>&1 | head -c 400)"
+fi
+printf '%s\n' '{"lowercase_questions": "yes"}' >"$T/tok-lc/prompt.json"
+expect_error "tokenize --prompt: a prompt.json whose flag is not a boolean" "tok-lc/prompt.json: lowercase_questions must be true or false" \
+    "$DOCMINT" tokenize "$T/tok-lc" --prompt
 for pl in 1 2; do
     for k in 0 1 2; do
         python3 tests/tools/st.py extract $DATA/tiny-a/expected.safetensors "$T/pin$k.st" "case$k." \
@@ -938,7 +967,7 @@ else
     bad "OpenMP wait policy: default $(spin -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT), user 4321 -> $(spin -u OMP_WAIT_POLICY GOMP_SPINCOUNT=4321)"
 fi
 
-for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate synth; do
+for c in ask forward analyze-item tokenize detokenize init preprocess bench prune params export worker-key run validate synth compare; do
     if "$DOCMINT" $c --help >"$T/help" 2>&1 && [ -s "$T/help" ]; then ok "$c --help"; else bad "$c --help"; fi
 done
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # docs.sh - the documentation agrees with the code it describes:
-#   - docs/jobs.md lists every key of schemas/job.schema.json, and
-#     docs/pruning.md every key of schemas/plan.schema.json, as
+#   - docs/jobs.md lists every key of schemas/job.schema.json,
+#     docs/pruning.md every key of schemas/plan.schema.json, and
+#     docs/compare.md every key of schemas/compare.schema.json, as
 #     tests/tools/jobdoc.py renders them (type, default, description);
 #   - every relative link of README.md, docs/*.md and the folder READMEs
 #     resolves, and every #fragment names a heading (tests/tools/doclinks.py).
@@ -13,7 +14,7 @@ PY=${PYTHON:-python3}
 mode=--check
 [ "${1:-}" = --write ] && mode=
 fail=0
-for pair in schemas/job.schema.json:docs/jobs.md schemas/plan.schema.json:docs/pruning.md; do
+for pair in schemas/job.schema.json:docs/jobs.md schemas/plan.schema.json:docs/pruning.md schemas/compare.schema.json:docs/compare.md; do
     "$PY" tests/tools/jobdoc.py "${pair%%:*}" "${pair#*:}" $mode || fail=1
 done
 if [ -n "$mode" ]; then

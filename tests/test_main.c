@@ -36,6 +36,7 @@
     X(tests_analyze) \
     X(tests_plan_baselines) \
     X(tests_kv) \
+    X(tests_compare) \
     /* end */
 
 #define DECLARE(fn) void fn(void) __attribute__((weak));

@@ -355,12 +355,12 @@ static void test_corpus_refusals(void)
     /* questionId 14 has no "answers", 15 an empty list (the first met is
      * named): refused before
      * any page is read */
-    CU_ASSERT(an_sel_load(&qa, NULL, "data/corpus/docvqa_small.json", 200, &sel, &err) != 0);
+    CU_ASSERT(an_sel_load(&qa, NULL, "data/corpus/docvqa_small.json", NULL, 200, &sel, &err) != 0);
     CU_ASSERT(sel == NULL);
     fprintf(stderr, "\n  %s\n", err.msg);
     CU_ASSERT(strstr(err.msg, "data/corpus/docvqa_small.json: questionId 1") !=
               NULL);
-    CU_ASSERT(an_sel_load(&qa, NULL, "data/corpus/nonexistent.json", 200, &sel, &err) != 0);
+    CU_ASSERT(an_sel_load(&qa, NULL, "data/corpus/nonexistent.json", NULL, 200, &sel, &err) != 0);
     CU_ASSERT(strstr(err.msg, "data/corpus/nonexistent.json") != NULL);
     donut_free(&m);
 }

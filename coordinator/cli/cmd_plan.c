@@ -37,6 +37,7 @@ static void s_usage(FILE *f)
             "                     beside it), run on the analysed model: needed by finercut and\n"
             "                     michel; with mint, the chosen plan's removals are measured\n"
             "                     together on it (one pass per sequence; default: none)\n"
+            "  --image-root DIR   where --corpus's image paths resolve (default: its folder)\n"
             "  --top K            enumerate: the best K plans written (default 3)\n"
             "  --model DIR        the analysed model (default: the store's job \"model\"); its\n"
             "                     fingerprint must be the store's\n"
@@ -64,7 +65,7 @@ static int s_number(const char *flag, const char *s, double lo, double hi, doubl
 int cmd_plan(int argc, char **argv)
 {
     const char *store = NULL, *out = NULL, *model = NULL, *method = "mint";
-    const char *budget = NULL, *bparams = NULL, *bflops = NULL, *corpus = NULL;
+    const char *budget = NULL, *bparams = NULL, *bflops = NULL, *corpus = NULL, *image_root = NULL;
     PeOptions o = {.top = 3, .prompt = 42, .new_tokens = 35, .reproject_tol = 0.01,
                    .type_ratio = 3, .type_min = 0.02};
     double v;
@@ -84,6 +85,8 @@ int cmd_plan(int argc, char **argv)
             method = argv[++i];
         } else if (!strcmp(a, "--corpus") && more) {
             corpus = argv[++i];
+        } else if (!strcmp(a, "--image-root") && more) {
+            image_root = argv[++i];
         } else if (!strcmp(a, "--model") && more) {
             model = argv[++i];
         } else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && more) {
@@ -225,7 +228,7 @@ int cmd_plan(int argc, char **argv)
         PreprocConfig pc;
         snprintf(path, sizeof path, "%s/preprocessor_config.json", model);
         if (preproc_config_load(path, &pc, &err) ||
-            an_sel_load(&qa, &pc, corpus, IMAGE_PDF_DPI_DEFAULT, &sel, &err)) {
+            an_sel_load(&qa, &pc, corpus, image_root, IMAGE_PDF_DPI_DEFAULT, &sel, &err)) {
             fprintf(stderr, "docmint plan: %s\n", err.msg);
             goto done;
         }

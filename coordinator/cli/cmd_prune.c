@@ -8,6 +8,7 @@
 #include "coordinator/cli/commands.h"
 #include "worker/model/mask.h"
 #include "worker/model/plan.h"
+#include "worker/stages/qa.h"
 #include "worker/train/calibrate.h"
 
 static void s_usage(FILE *f)
@@ -36,6 +37,10 @@ static void s_usage(FILE *f)
             "  --corpus FILE the DocVQA-style annotations the store was made from\n"
             "  --corpus-format F  docvqa (default), jsonl or archive\n"
             "  --items N     wanda: calibration items used, from the first (default 128; 0 all)\n"
+            "  --lowercase-questions  the student lowercases every question before it is\n"
+            "                tokenized (OUT_DIR/prompt.json; ask and every stage honour it: the\n"
+            "                paper's compensation for removing M0); default: off, or the\n"
+            "                MODEL_DIR's own prompt.json, which is copied\n"
             "MODEL_DIR may itself be a student: the plan then removes more (pruning composes).\n");
 }
 
@@ -78,6 +83,7 @@ int cmd_prune(int argc, char **argv)
     const char *dir = NULL, *plan = NULL, *out = NULL, *unstructured = NULL, *sparsity = NULL;
     const char *calib = NULL, *corpus = NULL, *items_s = "128", *cformat = "docvqa";
     const char *budget = NULL;
+    int lowercase = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             s_usage(stdout);
@@ -100,6 +106,8 @@ int cmd_prune(int argc, char **argv)
             items_s = argv[++i];
         } else if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) && i + 1 < argc) {
             out = argv[++i];
+        } else if (!strcmp(argv[i], "--lowercase-questions")) {
+            lowercase = 1;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "docmint prune: unknown or incomplete option %s (see --help)\n", argv[i]);
             return 2;
@@ -178,6 +186,10 @@ int cmd_prune(int argc, char **argv)
             fprintf(stderr, "docmint prune: %s\n", err.msg);
             return 1;
         }
+        if (lowercase && qa_prompt_config_write(out, 1, &err)) {
+            fprintf(stderr, "docmint prune: %s\n", err.msg);
+            return 1;
+        }
         char how[64] = "magnitude";
         if (wanda)
             snprintf(how, sizeof how, "wanda over %d calibration items", used);
@@ -192,6 +204,10 @@ int cmd_prune(int argc, char **argv)
     DmErr err = {{0}};
     DmPlan p;
     if (prune_checkpoint(dir, plan, out, &p, &err)) {
+        fprintf(stderr, "docmint prune: %s\n", err.msg);
+        return 1;
+    }
+    if (lowercase && qa_prompt_config_write(out, 1, &err)) {
         fprintf(stderr, "docmint prune: %s\n", err.msg);
         return 1;
     }

@@ -7,14 +7,18 @@
 #include <string.h>
 
 #include "coordinator/cli/commands.h"
+#include "worker/stages/qa.h"
 #include "worker/text/tokenizer.h"
 
 static void s_tokenize_help(FILE *f)
 {
     fprintf(f,
-            "usage: docmint tokenize DIR [--no-special] < IN.jsonl > OUT.jsonl\n"
+            "usage: docmint tokenize DIR [--no-special | --prompt] < IN.jsonl > OUT.jsonl\n"
             "  DIR           tokenizer folder (reads DIR/tokenizer.json) or a tokenizer .json file\n"
             "  --no-special  do not add the post-processor's special tokens (default: add <s> ... </s>)\n"
+            "  --prompt      each text is a question: the ids of the DocVQA prompt every stage\n"
+            "                builds for it with model folder DIR (lowercased when DIR/prompt.json\n"
+            "                says \"lowercase_questions\": true; no <s>); default: off\n"
             "  -h, --help    this help\n"
             "stdin:  one JSON object per line, {\"text\": \"...\"}; an optional \"text_pair\" encodes a pair\n"
             "stdout: one line per input line, {\"ids\": [...], \"pieces\": [...]} (pieces = vocabulary\n"
@@ -107,15 +111,21 @@ static int s_print(json_t *o)
 
 int cmd_tokenize(int argc, char **argv)
 {
-    static const char *const names[] = {"--no-special"};
-    int flags[1] = {0}, code;
+    static const char *const names[] = {"--no-special", "--prompt"};
+    int flags[2] = {0, 0}, code;
     const char *dir;
-    if (s_args(argc, argv, "tokenize", names, flags, 1, &dir, s_tokenize_help, &code) < 0)
+    if (s_args(argc, argv, "tokenize", names, flags, 2, &dir, s_tokenize_help, &code) < 0)
         return code;
     DmErr err = {{0}};
     Tokenizer *t;
     if (tokenizer_load(dir, &t, &err) < 0) {
         fprintf(stderr, "docmint tokenize: %s\n", err.msg);
+        return 1;
+    }
+    QaModel qa;
+    if (flags[1] && qa_prompt_only(t, dir, &qa, &err) < 0) {
+        fprintf(stderr, "docmint tokenize: %s\n", err.msg);
+        tokenizer_free(&t);
         return 1;
     }
     char *line = NULL;
@@ -138,7 +148,9 @@ int cmd_tokenize(int argc, char **argv)
         }
         int32_t *ids = NULL;
         int n = 0;
-        int e = pair ? tokenizer_encode_pair_n(t, json_string_value(text), json_string_length(text),
+        int e = flags[1] ? (pair ? dm_err(&err, "--prompt takes no text_pair")
+                                 : qa_prompt(&qa, json_string_value(text), &ids, &n, &err))
+              : pair ? tokenizer_encode_pair_n(t, json_string_value(text), json_string_length(text),
                                                json_string_value(pair), json_string_length(pair),
                                                !flags[0], &ids, &n, &err)
                      : tokenizer_encode_n(t, json_string_value(text), json_string_length(text),

@@ -24,5 +24,6 @@ int cmd_cache_check(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_params(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 #endif

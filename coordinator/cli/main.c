@@ -77,6 +77,7 @@ typedef struct Command {
 #pragma weak cmd_prune
 #pragma weak cmd_params
 #pragma weak cmd_plan
+#pragma weak cmd_compare
 
 static const Command s_commands[] = {
     {"ask", cmd_ask, "MODEL_DIR IMAGE... -- QUESTION...   answer questions about pages (--json)"},
@@ -99,6 +100,7 @@ static const Command s_commands[] = {
     {"prune", cmd_prune, "MODEL_DIR --plan PLAN.json -o OUT_DIR   write a pruned student checkpoint"},
     {"params", cmd_params, "MODEL_DIR [--json]   parameters per module, as shares of the teacher's decoder"},
     {"plan", cmd_plan, "ANALYSIS_STORE --budget B [--method mint|enumerate] -o PLAN_DIR   a pruning plan from analyses"},
+    {"compare", cmd_compare, "SPEC.json -o OUT_DIR   methods x budgets: plan or mask, distill, score; table and Pareto figure"},
     {"store", cmd_store, "stat|get|dump|import STORE [KEY]   look inside an output store"},
 };
 #define NCOMMANDS (int)(sizeof s_commands / sizeof *s_commands)

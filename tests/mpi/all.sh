@@ -14,7 +14,7 @@ total_pass=0
 total_fail=0
 status=0
 limit=${DOCMINT_MPI_TEST_LIMIT:-900}
-for t in run_basic bad_images damaged_stores kill_resume interrupt lease_expiry watchdog wrong_keys rogue_worker worker_keys coordinator_pause cache_logits analyze kv_retrieval plan distill distill_e2e distill_all masked; do
+for t in run_basic bad_images damaged_stores kill_resume interrupt lease_expiry watchdog wrong_keys rogue_worker worker_keys coordinator_pause cache_logits analyze kv_retrieval plan compare distill distill_e2e distill_all masked; do
     case " ${DOCMINT_MPI_SKIP:-} " in
     *" $t "*)
         echo "  skip  $t.sh (DOCMINT_MPI_SKIP)"

@@ -83,10 +83,11 @@ int an_sel_add_item(AnSel *s, int page, const int32_t *ids, int T, int answer_st
     return 0;
 }
 
-int an_sel_load(const QaModel *qa, const PreprocConfig *pc, const char *path, int pdf_dpi,
-                AnSel **out, DmErr *err)
+int an_sel_load(const QaModel *qa, const PreprocConfig *pc, const char *path,
+                const char *image_root, int pdf_dpi, AnSel **out, DmErr *err)
 {
-    CorpusSpec spec = {.format = CORPUS_DOCVQA, .path = path, .pdf_dpi = pdf_dpi};
+    CorpusSpec spec = {.format = CORPUS_DOCVQA, .path = path, .image_root = image_root,
+                       .pdf_dpi = pdf_dpi};
     Corpus *c = NULL;
     *out = NULL;
     if (corpus_load(&spec, &c, err))

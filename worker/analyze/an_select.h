@@ -54,8 +54,8 @@ int an_sel_add_item(AnSel *s, int page, const int32_t *ids, int T, int answer_st
 /* A DocVQA-format corpus (every question with at least one gold answer;
  * images resolved against its folder): each page encoded once, each
  * (question, answer) added.  Errors name the file. */
-int an_sel_load(const QaModel *qa, const PreprocConfig *pc, const char *path, int pdf_dpi,
-                AnSel **out, DmErr *err);
+int an_sel_load(const QaModel *qa, const PreprocConfig *pc, const char *path,
+                const char *image_root, int pdf_dpi, AnSel **out, DmErr *err);
 
 /* The teacher's runs: clean_nll and each item's log-probabilities. */
 int an_sel_teacher(AnSel *s, DmErr *err);

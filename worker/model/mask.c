@@ -163,7 +163,7 @@ const uint8_t *mask_find(const DmMask *k, const char *name, size_t *count)
 static const char *const s_copied[] = {
     "config.json",          "preprocessor_config.json", "tokenizer.json",
     "sentencepiece.bpe.model", "added_tokens.json",     "special_tokens_map.json",
-    "tokenizer_config.json", "generation_config.json",  "pruning.json",
+    "tokenizer_config.json", "generation_config.json", "prompt.json",  "pruning.json",
 };
 
 int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double sparsity,

@@ -21,7 +21,7 @@
 static const char *const s_copied[] = {
     "config.json",          "preprocessor_config.json", "tokenizer.json",
     "sentencepiece.bpe.model", "added_tokens.json",     "special_tokens_map.json",
-    "tokenizer_config.json", "generation_config.json",
+    "tokenizer_config.json", "generation_config.json", "prompt.json",
 };
 
 /* out_dir must be absent, or an empty folder. */

@@ -2,9 +2,13 @@
 #include "worker/stages/qa.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "worker/model/decoder.h"
 
@@ -48,7 +52,78 @@ int qa_from(DonutModel *m, Tokenizer *tok, const char *dir, QaModel *qa, DmErr *
     if (qa->id_answer_open < 0 || tokenizer_piece_to_id(qa->tok, "<s_docvqa>") < 0)
         return dm_err(err, "%s: the tokenizer lacks Donut's DocVQA tokens (<s_docvqa>, <s_answer>)",
                       dir);
+    return qa_prompt_config(dir, &qa->lowercase_questions, err);
+}
+
+int qa_prompt_only(Tokenizer *tok, const char *dir, QaModel *qa, DmErr *err)
+{
+    memset(qa, 0, sizeof *qa);
+    qa->tok = tok;
+    qa->gen.max_length = INT_MAX;
+    qa->id_answer_open = tokenizer_piece_to_id(tok, "<s_answer>");
+    qa->id_answer_close = tokenizer_piece_to_id(tok, "</s_answer>");
+    qa->id_yes = tokenizer_piece_to_id(tok, "<yes/>");
+    qa->id_no = tokenizer_piece_to_id(tok, "<no/>");
+    if (qa->id_answer_open < 0 || tokenizer_piece_to_id(tok, "<s_docvqa>") < 0)
+        return dm_err(err, "%s: the tokenizer lacks Donut's DocVQA tokens (<s_docvqa>, <s_answer>)",
+                      dir);
+    return qa_prompt_config(dir, &qa->lowercase_questions, err);
+}
+
+int qa_prompt_config(const char *dir, int *lowercase, DmErr *err)
+{
+    char path[4200];
+    *lowercase = 0;
+    snprintf(path, sizeof path, "%s/%s", dir, QA_PROMPT_FILE);
+    if (access(path, F_OK) != 0)
+        return 0;
+    json_error_t je;
+    json_t *doc = json_load_file(path, 0, &je);
+    if (!doc)
+        return dm_err(err, "%s: line %d: %s", path, je.line, je.text);
+    int rc = 0;
+    const char *key;
+    json_t *v;
+    if (!json_is_object(doc))
+        rc = dm_err(err, "%s: must be a JSON object such as {\"lowercase_questions\": true}", path);
+    else
+        json_object_foreach(doc, key, v)
+        {
+            if (strcmp(key, "lowercase_questions"))
+                rc = dm_err(err, "%s: unknown key \"%s\" (the only key is lowercase_questions)",
+                            path, key);
+            else if (!json_is_boolean(v))
+                rc = dm_err(err, "%s: lowercase_questions must be true or false", path);
+            else
+                *lowercase = json_is_true(v);
+            if (rc)
+                break;
+        }
+    json_decref(doc);
+    return rc;
+}
+
+int qa_prompt_config_write(const char *dir, int lowercase, DmErr *err)
+{
+    char path[4200], text[64];
+    snprintf(path, sizeof path, "%s/%s", dir, QA_PROMPT_FILE);
+    int n = snprintf(text, sizeof text, "{\"lowercase_questions\": %s}\n",
+                     lowercase ? "true" : "false");
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return dm_err_errno(err, "%s: cannot create", path);
+    int bad = fwrite(text, 1, (size_t)n, f) != (size_t)n;
+    if (fclose(f) != 0 || bad)
+        return dm_err_errno(err, "%s: cannot write", path);
     return 0;
+}
+
+int qa_question_text(const QaModel *qa, const char *question, char **out, DmErr *err)
+{
+    if (qa->lowercase_questions)
+        return tok_lowercase(question, out, err);
+    *out = strdup(question);
+    return *out ? 0 : dm_err(err, "out of memory");
 }
 
 void qa_close(QaModel *qa)
@@ -64,11 +139,17 @@ int qa_prompt(const QaModel *qa, const char *question, int32_t **ids, int *n, Dm
         q++;
     if (!*q)
         return dm_err(err, "empty question");
-    size_t len = strlen(question) + 64;
+    char *qt = NULL;
+    if (qa_question_text(qa, question, &qt, err))
+        return -1;
+    size_t len = strlen(qt) + 64;
     char *text = malloc(len);
-    if (!text)
+    if (!text) {
+        free(qt);
         return dm_err(err, "out of memory");
-    snprintf(text, len, "<s_docvqa><s_question>%s</s_question><s_answer>", question);
+    }
+    snprintf(text, len, "<s_docvqa><s_question>%s</s_question><s_answer>", qt);
+    free(qt);
     int rc = tokenizer_encode(qa->tok, text, 0, ids, n, err);
     free(text);
     if (rc == 0 && *n >= qa->gen.max_length) {

@@ -13,6 +13,7 @@ typedef struct QaModel {
     Tokenizer *tok;
     GenConfig gen;
     int32_t id_answer_open, id_answer_close, id_yes, id_no; /* -1 if absent */
+    int lowercase_questions; /* the folder's prompt.json asks for it */
 } QaModel;
 
 typedef struct QaAnswer {
@@ -30,7 +31,27 @@ void qa_close(QaModel *qa);
  * messages); it does not own them: do not qa_close it. */
 int qa_from(DonutModel *m, Tokenizer *tok, const char *dir, QaModel *qa, DmErr *err);
 
-/* Token ids of the DocVQA prompt for a question (no <s>). */
+/* A QaModel for prompts alone (no weights: qa_prompt and
+ * qa_question_text only), over a tokenizer loaded from dir, whose
+ * prompt.json it reads. */
+int qa_prompt_only(Tokenizer *tok, const char *dir, QaModel *qa, DmErr *err);
+
+/* A model folder's prompt settings: DIR/prompt.json, when present, is
+ * {"lowercase_questions": true|false} (docs/pruning.md); *lowercase is 0
+ * without the file.  A file that is not such an object is an error naming
+ * it.  qa_open and qa_from read it, so every stage that builds a prompt
+ * honours it. */
+#define QA_PROMPT_FILE "prompt.json"
+int qa_prompt_config(const char *dir, int *lowercase, DmErr *err);
+/* Write DIR/prompt.json with the flag. */
+int qa_prompt_config_write(const char *dir, int lowercase, DmErr *err);
+
+/* The question as the prompt carries it: lowercased when the folder asks
+ * for it, else a copy (malloc'ed). */
+int qa_question_text(const QaModel *qa, const char *question, char **out, DmErr *err);
+
+/* Token ids of the DocVQA prompt for a question (no <s>), the one place a
+ * question is tokenized (cache_sequence builds on it). */
 int qa_prompt(const QaModel *qa, const char *question, int32_t **ids, int *n, DmErr *err);
 
 /* Answer n questions about one page given its encoder output. */

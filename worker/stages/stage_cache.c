@@ -94,14 +94,22 @@ int cache_sequence(const QaModel *qa, const char *question, const char *answer, 
         a = "<yes/>";
     else if (!strcmp(answer, "no") && qa->id_no >= 0)
         a = "<no/>";
-    size_t len = strlen(question) + strlen(a) + 96;
+    /* the question as qa_prompt put it (lowercased when the folder asks) */
+    char *qt = NULL;
+    if (qa_question_text(qa, question, &qt, err)) {
+        free(prompt);
+        return -1;
+    }
+    size_t len = strlen(qt) + strlen(a) + 96;
     char *text = malloc(len);
     if (!text) {
         free(prompt);
+        free(qt);
         return dm_err(err, "out of memory");
     }
-    snprintf(text, len, "<s_docvqa><s_question>%s</s_question><s_answer>%s</s_answer></s>",
-             question, a);
+    snprintf(text, len, "<s_docvqa><s_question>%s</s_question><s_answer>%s</s_answer></s>", qt,
+             a);
+    free(qt);
     int rc = tokenizer_encode(qa->tok, text, 0, ids, n, err);
     free(text);
     if (rc) {

@@ -70,6 +70,12 @@ int tokenizer_default_cleanup(const Tokenizer *t);
 int tokenizer_normalize(const Tokenizer *t, const char *text, size_t len, char **out,
                         size_t *out_len, DmErr *err);
 
+/* text lowercased code point by code point (Unicode's simple case
+ * mapping, utf8proc_tolower), malloc'ed into *out; invalid UTF-8 is an
+ * error.  The prompt of a model folder that asks for lowercased questions
+ * (qa.h) goes through it. */
+int tok_lowercase(const char *text, char **out, DmErr *err);
+
 /* Vocabulary string or added-token content of id; NULL if there is none. */
 const char *tokenizer_id_to_piece(const Tokenizer *t, int32_t id);
 /* Id of an added token's content or a vocabulary piece; -1 if absent. */

@@ -39,6 +39,8 @@ struct DistillData {
     int scan_failed;
     int skip_damaged;
     long skipped;
+    DistillPromptFn prompt; /* the student's own prompt, or NULL */
+    void *prompt_ctx;
 };
 
 static int s_ref_cmp(const void *a, const void *b)
@@ -283,6 +285,57 @@ static size_t s_slot_bytes(const DistillData *d, int p)
 
 void distill_data_set_whole(DistillData *d) { d->whole = 1; }
 
+void distill_data_set_prompt(DistillData *d, DistillPromptFn fn, void *ctx)
+{
+    d->prompt = fn;
+    d->prompt_ctx = ctx;
+}
+
+/* l->ids (the record's sequence) with its prompt replaced by the
+ * student's: the answer tokens after <s_answer> are kept as they are. */
+static int s_restate_prompt(DistillData *d, const DistillItem *item, int64_t qid, unsigned ai,
+                            DistillLoaded *l, DmErr *err)
+{
+    const CorpusPage *pg = &d->corpus->pages[item->page];
+    const char *question = NULL;
+    for (int q = 0; q < pg->nq && !question; q++)
+        if (pg->q[q].qid == qid)
+            question = pg->q[q].text ? pg->q[q].text : "";
+    if (!question)
+        return dm_err(err, "%s: record %" PRId64 "/%u: question %" PRId64 " is not on page \"%s\""
+                           " of the corpus", store_path(d->store), qid, ai, qid, pg->page_id);
+    int32_t *p = NULL;
+    int np = 0, T = (int)l->rec->n_token_ids, a0 = (int)l->rec->answer_start;
+    if (d->prompt(d->prompt_ctx, question, &p, &np, err))
+        return dm_err_prefix(err, "question %" PRId64, qid);
+    int nt = np + T - a0 - 1;
+    if (np < 1 || a0 >= T || p[np - 1] != l->ids[a0]) {
+        free(p);
+        return dm_err(err, "%s: record %" PRId64 "/%u: the student's prompt does not end with the "
+                           "record's <s_answer>", store_path(d->store), qid, ai);
+    }
+    if (nt > d->model->cfg.dec.max_pos) {
+        free(p);
+        return dm_err(err, "%s: record %" PRId64 "/%u: %d tokens with the student's prompt, its "
+                           "positions end at %d", store_path(d->store), qid, ai, nt,
+                      d->model->cfg.dec.max_pos);
+    }
+    int32_t *ids = malloc((size_t)nt * sizeof *ids);
+    if (!ids) {
+        free(p);
+        return dm_err(err, "out of memory");
+    }
+    memcpy(ids, p, (size_t)np * sizeof *ids);
+    memcpy(ids + np, l->ids + a0 + 1, (size_t)(T - a0 - 1) * sizeof *ids);
+    free(p);
+    free(l->ids);
+    l->ids = ids;
+    l->it.ids = ids;
+    l->it.T = nt;
+    l->it.answer_start = np - 1;
+    return 0;
+}
+
 /* Drop least recently used pages (never `keep`) until `need` more bytes
  * fit the budget. */
 static void s_evict(DistillData *d, size_t need, int keep)
@@ -458,5 +511,9 @@ int distill_item_load(DistillData *d, int i, DistillLoaded *l, DmErr *err)
     l->it.T = (int)r->n_token_ids;
     l->it.answer_start = (int)r->answer_start;
     l->it.teacher = l->kt;
+    if (d->prompt && s_restate_prompt(d, item, qid, ai, l, err)) {
+        distill_item_clear(l);
+        return -1;
+    }
     return 0;
 }

@@ -64,6 +64,15 @@ int distill_data_open_gold(const Corpus *c, const DonutModel *m, const PreprocCo
  * page's pixel values instead (cached within the same budget). */
 void distill_data_set_whole(DistillData *d);
 
+/* A student that words its prompt differently from the teacher (its
+ * folder lowercases questions: qa.h): fn gives the student's prompt ids
+ * for a question, ending with <s_answer>, and each store item's sequence
+ * becomes that prompt followed by the record's answer tokens; the
+ * teacher's targets stay with the answer positions they belong to. */
+typedef int (*DistillPromptFn)(void *ctx, const char *question, int32_t **ids, int *n,
+                               DmErr *err);
+void distill_data_set_prompt(DistillData *d, DistillPromptFn fn, void *ctx);
+
 int distill_data_count(const DistillData *d);
 const DistillItem *distill_data_item(const DistillData *d, int i);
 /* Pages encoded so far, read from the feature store, and cache hits (for
