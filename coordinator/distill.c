@@ -449,40 +449,24 @@ static int s_resume_read(Run *r, const char *dir, long step, DmErr *err)
     return rc;
 }
 
+static int s_log_line(void *ctx, long s, json_t *o)
+{
+    Run *r = ctx;
+    if (s < 1)
+        return 1; /* not a step's line */
+    distill_curve_add(&r->curve, s, json_number_value(json_object_get(o, "loss")),
+                      json_number_value(json_object_get(o, "ce")),
+                      json_number_value(json_object_get(o, "kd")));
+    return 0;
+}
+
 /* Rank 0: keep the log lines of the steps up to `step` (a killed run may
  * have logged steps after its last checkpoint) and load them for the plot. */
 static int s_log_open(Run *r, long step, DmErr *err)
 {
-    char path[4200], tmp[4300];
+    char path[4200];
     snprintf(path, sizeof path, "%s/train.jsonl", r->job->output);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *in = step > 0 ? fopen(path, "r") : NULL;
-    FILE *out = fopen(tmp, "w");
-    if (!out) {
-        if (in)
-            fclose(in);
-        return dm_err_errno(err, "%s: cannot write", tmp);
-    }
-    char line[4096];
-    while (in && fgets(line, sizeof line, in)) {
-        json_t *o = json_loads(line, 0, NULL);
-        long s = o ? (long)json_integer_value(json_object_get(o, "step")) : 0;
-        if (o && s >= 1 && s <= step) {
-            fputs(line, out);
-            distill_curve_add(&r->curve, s, json_number_value(json_object_get(o, "loss")),
-                              json_number_value(json_object_get(o, "ce")),
-                              json_number_value(json_object_get(o, "kd")));
-        }
-        json_decref(o);
-    }
-    if (in)
-        fclose(in);
-    if (fclose(out) != 0 || rename(tmp, path) != 0)
-        return dm_err_errno(err, "%s: cannot write", path);
-    r->log = fopen(path, "a");
-    if (!r->log)
-        return dm_err_errno(err, "%s: cannot append", path);
-    return 0;
+    return distill_jsonl_keep(path, step, s_log_line, r, &r->log, err);
 }
 
 /* Newest checkpoint on rank 0, shared with every rank. */

@@ -139,11 +139,10 @@ static int s_point(DistillEval *e, long step, double anls)
     return 0;
 }
 
-int distill_eval_log_open(DistillEval *e, const char *output, long step, DmErr *err)
+int distill_jsonl_keep(const char *path, long step, int (*each)(void *ctx, long s, json_t *o),
+                       void *ctx, FILE **append, DmErr *err)
 {
-    char path[4200], tmp[4300];
-    snprintf(path, sizeof path, "%s/val.jsonl", output);
-    snprintf(e->png, sizeof e->png, "%s/val_anls.png", output);
+    char tmp[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *in = step > 0 ? fopen(path, "r") : NULL;
     FILE *out = fopen(tmp, "w");
@@ -153,24 +152,40 @@ int distill_eval_log_open(DistillEval *e, const char *output, long step, DmErr *
         return dm_err_errno(err, "%s: cannot write", tmp);
     }
     char line[8192];
-    int oom = 0;
-    while (in && fgets(line, sizeof line, in)) {
+    int rc = 0;
+    while (in && !rc && fgets(line, sizeof line, in)) {
         json_t *o = json_loads(line, 0, NULL);
         long s = o ? (long)json_integer_value(json_object_get(o, "step")) : -1;
         if (o && s >= 0 && s <= step) {
-            fputs(line, out);
-            oom |= s_point(e, s, json_number_value(json_object_get(o, "anls")));
+            int r = each(ctx, s, o);
+            if (r < 0)
+                rc = dm_err(err, "out of memory");
+            else if (r == 0)
+                fputs(line, out);
         }
         json_decref(o);
     }
     if (in)
         fclose(in);
     if (fclose(out) != 0 || rename(tmp, path) != 0)
-        return dm_err_errno(err, "%s: cannot write", path);
-    if (oom)
-        return dm_err(err, "out of memory");
-    e->log = fopen(path, "a");
-    return e->log ? 0 : dm_err_errno(err, "%s: cannot append", path);
+        return rc ? rc : dm_err_errno(err, "%s: cannot write", path);
+    if (rc)
+        return rc;
+    *append = fopen(path, "a");
+    return *append ? 0 : dm_err_errno(err, "%s: cannot append", path);
+}
+
+static int s_val_line(void *ctx, long s, json_t *o)
+{
+    return s_point(ctx, s, json_number_value(json_object_get(o, "anls"))) ? -1 : 0;
+}
+
+int distill_eval_log_open(DistillEval *e, const char *output, long step, DmErr *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/val.jsonl", output);
+    snprintf(e->png, sizeof e->png, "%s/val_anls.png", output);
+    return distill_jsonl_keep(path, step, s_val_line, e, &e->log, err);
 }
 
 /* This rank's pages: their ANLS sums into v (see the layout below). */

@@ -5,12 +5,23 @@
 #ifndef DM_DISTILL_EVAL_H
 #define DM_DISTILL_EVAL_H
 
+#include <jansson.h>
+#include <stdio.h>
+
 #include "common/dm_error.h"
 #include "kernels/comm/coll.h"
 #include "worker/image/preprocess.h"
 #include "worker/stages/qa.h"
 
 typedef struct DistillEval DistillEval;
+
+/* A run resumed at `step` keeps the lines of the JSON-lines log at path
+ * whose "step" is at most step (none when step is 0: a new run), calling
+ * each(ctx, step, line) for every one (a non-zero return drops the line),
+ * then opens the log for appending (*append).  The file is rewritten
+ * through PATH.tmp and a rename. */
+int distill_jsonl_keep(const char *path, long step, int (*each)(void *ctx, long s, json_t *o),
+                       void *ctx, FILE **append, DmErr *err);
 
 /* Load the corpus (DocVQA format; every chosen question needs an answer)
  * and take its first max_q questions in file order (0: all). */
