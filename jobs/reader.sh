@@ -30,3 +30,24 @@ fi
 [ -f "$OUT/init/config.json" ] ||
     "$DOCMINT" init "$OUT/init" --config jobs/configs/reader.json --seed 1 2>&1 | tee -a "$log"
 mpirun -n 2 --oversubscribe "$DOCMINT" run jobs/reader-train.json 2>&1 | tee -a "$log"
+
+# The test split: pages and values the reader never saw in training.
+mpirun -n 3 --oversubscribe "$DOCMINT" run jobs/reader-test.json 2>&1 | tee -a "$log"
+"$DOCMINT" export "$OUT/test-answers" --annotations "$OUT/corpus/test_v1.0_withQT.json" \
+    -o "$OUT/test-submission.json"
+"$DOCMINT" eval --predictions "$OUT/test-submission.json" \
+    --annotations "$OUT/corpus/test_v1.0_withQT.json" --report "$OUT/test-report.json" | tee -a "$log"
+python3 jobs/reader_scores.py "$OUT/test-report.json" "$OUT/corpus/test_v1.0_withQT.json" \
+    "$OUT/corpus/synth_lines.jsonl" "$OUT/test-scores.json" | tee -a "$log"
+
+# Ship: the student folder (weights, config, tokenizer, image processor),
+# its curves and scores.
+M=models/reader
+mkdir -p "$M"
+for f in "$OUT"/train/student/*; do
+    case "${f##*/}" in optimizer.safetensors | state.json) ;; *) cp "$f" "$M/" ;; esac
+done
+cp "$OUT/train/val_anls.png" "$OUT/train/losses.png" "$OUT/train/val.jsonl" "$OUT/test-scores.json" "$M/"
+echo "reader: $(($(date +%s) - t0)) s this run" | tee -a "$log"
+cp "$log" "$M/reader.log"
+echo "reader: $M ready"
