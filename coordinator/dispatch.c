@@ -127,6 +127,11 @@ int dispatch_analyze_settings(const Job *job, char *out, size_t n, DmErr *err)
     json_t *o = json_object();
     for (size_t i = 0; o && i < sizeof keys / sizeof *keys; i++) {
         json_t *v = json_object_get(job->doc, keys[i]);
+        /* kv_max_tokens at its default is left out: the settings of stores
+         * made before the key existed stay the same */
+        if (v && !strcmp(keys[i], "kv_max_tokens") &&
+            json_integer_value(v) == ANALYZE_KV_MAX_TOKENS)
+            continue;
         if (v)
             json_object_set(o, keys[i], v);
     }
