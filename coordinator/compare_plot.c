@@ -85,7 +85,7 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
         return dm_err(err, "%s: out of memory", png);
     }
     int m = 0;
-    double xmax = 1.0;
+    double xmax = 1.0, ymax = 0.0;
     for (size_t i = 0; i < n; i++) {
         const json_t *r = json_array_get(rows, i);
         const json_t *fl = json_object_get(json_object_get(r, "flops"), "docmint");
@@ -99,6 +99,8 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
         pt[m].masked = json_is_true(json_object_get(json_object_get(r, "params"), "masked"));
         if (pt[m].x > xmax)
             xmax = pt[m].x;
+        if (pt[m].y > ymax)
+            ymax = pt[m].y;
         m++;
     }
     qsort(pt, (size_t)m, sizeof *pt, s_by_x);
@@ -108,18 +110,21 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
     }
     compare_pareto(xs, ys, m, front);
     xmax = ceil(xmax * 10.0 + 0.5) / 10.0;
+    /* ANLS up to 1, or to the next tenth above the best when every score
+     * is low, so that low scores stay apart */
+    ymax = fmin(1.0, fmax(0.1, ceil(ymax * 10.0 + 0.5) / 10.0));
     memset(buf, 255, (size_t)W * H * 3);
     VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
     int rc = img ? 0 : plot_vips_fail(err, png);
     int pw = W - LEFT - RIGHT, ph = H - TOP - BOTTOM;
 #define PX(v) (LEFT + (int)lround((v) / xmax * pw))
-#define PY(v) (TOP + ph - (int)lround((v)*ph))
+#define PY(v) (TOP + ph - (int)lround((v) / ymax * ph))
     char label[96];
     for (int k = 0; !rc && k <= 10; k++) {
-        double v = k / 10.0;
+        double v = ymax * k / 10.0;
         if (vips_draw_line(img, (double *)s_ink(1), 3, LEFT, PY(v), LEFT + pw, PY(v), NULL))
             rc = plot_vips_fail(err, png);
-        snprintf(label, sizeof label, "%.1f", v);
+        snprintf(label, sizeof label, ymax < 1.0 ? "%.2f" : "%.1f", v);
         rc = rc ? rc : s_text(img, label, LEFT - 8, PY(v), -1, s_ink(0), err);
     }
     for (double v = 0; !rc && v <= xmax + 1e-9; v += 0.1) {

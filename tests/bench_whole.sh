@@ -7,7 +7,7 @@
 # the reader's config (jobs/configs/reader.json, random weights) the same
 # way, batch 24 on pages of 12 questions, the whole model with the items in
 # any order and grouped by page ("order": "pages", the reader's recipe),
-# and the time `make reader` took (models/reader/reader.log).  Medians
+# and the time `make reader` took (models/reader/README.md).  Medians
 # over the steps after the first.
 #
 # usage: sh tests/bench_whole.sh DOCMINT TINY_MODEL_DIR
@@ -50,7 +50,7 @@ PY
 }
 run decoder "$TINY" corpus decoder items 8 "$STEPS"
 run all "$TINY" corpus all items 8 "$STEPS"
-RSTEPS=${BENCH_WHOLE_READER_STEPS:-5}
+RSTEPS=${BENCH_WHOLE_READER_STEPS:-3}
 run reader-decoder "$OUT/reader" corpus12 decoder items 24 "$RSTEPS"
 run reader-all-items "$OUT/reader" corpus12 all items 24 "$RSTEPS"
 run reader-all-pages "$OUT/reader" corpus12 all pages 24 "$RSTEPS"
@@ -76,8 +76,8 @@ print("grouped by page / any order: %.2fx the samples per second" % (
       rows["reader-all-pages"]["samples_per_s"] / rows["reader-all-items"]["samples_per_s"]))
 print("(load average now: %s.  JSON: %s)" % (open("/proc/loadavg").read().split()[0], sys.argv[1]))
 PY
-log=$ROOT/models/reader/reader.log
-if [ -f "$log" ]; then
-    echo "make reader, as recorded in models/reader/reader.log:"
-    grep -E "^reader: [0-9]+ s this run|^reader: 20" "$log" | tail -4
+card=$ROOT/models/reader/README.md
+if [ -f "$card" ]; then
+    echo "make reader, as its card records it (models/reader/README.md, log in reader.log):"
+    sed -n '/^Time on the 2-core machine/,/^$/p' "$card"
 fi
