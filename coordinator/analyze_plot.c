@@ -66,15 +66,9 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
             lo = fmin(lo, h->values[i]);
             hi = fmax(hi, h->values[i]);
         }
-    unsigned char *buf = malloc((size_t)W * H * 3);
-    if (!buf)
-        return dm_err(err, "%s: out of memory", png);
-    memset(buf, 255, (size_t)W * H * 3);
-    VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
-    if (!img) {
-        free(buf);
-        return plot_vips_fail(err, png);
-    }
+    VipsImage *img = plot_canvas(W, H, png, err);
+    if (!img)
+        return -1;
     static const double black[3] = {0, 0, 0}, white[3] = {255, 255, 255},
                         grey[3] = {215, 215, 215}, edge[3] = {160, 160, 160};
     int rc = plot_text(img, h->title, MARGIN, 22, -1, black, bold, png, err);
@@ -112,7 +106,6 @@ int analyze_heatmap(const HeatMap *h, const char *png, DmErr *err)
                     png, err);
     rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
-    free(buf);
     return rc;
 }
 

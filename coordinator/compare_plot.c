@@ -79,9 +79,8 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
     Pt *pt = calloc(n ? n : 1, sizeof *pt);
     double *xs = calloc(n ? n : 1, sizeof *xs), *ys = calloc(n ? n : 1, sizeof *ys);
     int *front = calloc(n ? n : 1, sizeof *front);
-    unsigned char *buf = malloc((size_t)W * H * 3);
-    if (!pt || !xs || !ys || !front || !buf) {
-        free(pt), free(xs), free(ys), free(front), free(buf);
+    if (!pt || !xs || !ys || !front) {
+        free(pt), free(xs), free(ys), free(front);
         return dm_err(err, "%s: out of memory", png);
     }
     int m = 0;
@@ -113,9 +112,8 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
     /* ANLS up to 1, or to the next tenth above the best when every score
      * is low, so that low scores stay apart */
     ymax = fmin(1.0, fmax(0.1, ceil(ymax * 10.0 + 0.5) / 10.0));
-    memset(buf, 255, (size_t)W * H * 3);
-    VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
-    int rc = img ? 0 : plot_vips_fail(err, png);
+    VipsImage *img = plot_canvas(W, H, png, err);
+    int rc = img ? 0 : -1;
     int pw = W - LEFT - RIGHT, ph = H - TOP - BOTTOM;
 #define PX(v) (LEFT + (int)lround((v) / xmax * pw))
 #define PY(v) (TOP + ph - (int)lround((v) / ymax * ph))
@@ -208,7 +206,6 @@ int compare_plot(const json_t *rows, const char *png, DmErr *err)
         rc = plot_save_png(img, png, rc, err);
         g_object_unref(img);
     }
-    free(buf);
     free(pt);
     free(xs);
     free(ys);

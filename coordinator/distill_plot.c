@@ -70,15 +70,9 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
     if (xtick < 1)
         xtick = 1;
     int pw = W - LEFT - RIGHT, ph = H - TOP - BOTTOM;
-    unsigned char *buf = malloc((size_t)W * H * 3);
-    if (!buf)
-        return dm_err(err, "%s: out of memory", png);
-    memset(buf, 255, (size_t)W * H * 3);
-    VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
-    if (!img) {
-        free(buf);
-        return plot_vips_fail(err, png);
-    }
+    VipsImage *img = plot_canvas(W, H, png, err);
+    if (!img)
+        return -1;
     static const double black[3] = {0, 0, 0}, grey[3] = {225, 225, 225};
     static const double colour[3][3] = {{20, 20, 20}, {31, 119, 180}, {214, 39, 40}};
     static const char *name[3] = {"loss", "ce", "alpha * kd"};
@@ -143,6 +137,5 @@ int distill_plot(const DistillCurve *c, double alpha, const char *png, DmErr *er
     rc = rc ? rc : s_text(img, "step", LEFT + pw / 2, H - 18, 0, black, err);
     rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
-    free(buf);
     return rc;
 }

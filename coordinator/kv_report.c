@@ -205,15 +205,9 @@ int kv_report_figure(const KvReport *k, const char *png, DmErr *err)
                         "the clean run";
     int wt = 28 + plot_text_width(title, bold);
     W = W > wt ? W : wt;
-    unsigned char *buf = malloc((size_t)W * H * 3);
-    if (!buf)
-        return dm_err(err, "%s: out of memory", png);
-    memset(buf, 255, (size_t)W * H * 3);
-    VipsImage *img = vips_image_new_from_memory(buf, (size_t)W * H * 3, W, H, 3, VIPS_FORMAT_UCHAR);
-    if (!img) {
-        free(buf);
-        return plot_vips_fail(err, png);
-    }
+    VipsImage *img = plot_canvas(W, H, png, err);
+    if (!img)
+        return -1;
     int rc = plot_text(img, title, 14, 20, -1, black, bold, png, err);
     if (!rc)
         rc = plot_text(img, "share of the counted items by answer class; n = counted items, "
@@ -269,6 +263,5 @@ int kv_report_figure(const KvReport *k, const char *png, DmErr *err)
     }
     rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
-    free(buf);
     return rc;
 }

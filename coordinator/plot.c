@@ -74,6 +74,22 @@ int plot_text_width(const char *s, const char *font)
     return w;
 }
 
+VipsImage *plot_canvas(int w, int h, const char *png, DmErr *err)
+{
+    size_t bytes = (size_t)w * h * 3;
+    unsigned char *buf = malloc(bytes);
+    if (!buf) {
+        dm_err(err, "%s: out of memory", png);
+        return NULL;
+    }
+    memset(buf, 255, bytes);
+    VipsImage *img = vips_image_new_from_memory_copy(buf, bytes, w, h, 3, VIPS_FORMAT_UCHAR);
+    free(buf);
+    if (!img)
+        plot_vips_fail(err, png);
+    return img;
+}
+
 double plot_nice_step(double span, int n)
 {
     double raw = span / n, p = pow(10, floor(log10(raw))), f = raw / p;
@@ -97,16 +113,9 @@ int plot_series_png(const char *png, const char *title, const char *xname, const
     long x0 = x[0] < 0 ? x[0] : 0, x1 = x[n - 1] > x0 ? x[n - 1] : x0 + 1;
     double xtick = fmax(1, plot_nice_step((double)(x1 - x0), 8)), ytick = plot_nice_step(ymax - ymin, 5);
     int pw = SW - SLEFT - SRIGHT, ph = SH - STOP - SBOTTOM;
-    size_t bytes = (size_t)SW * SH * 3;
-    unsigned char *buf = malloc(bytes);
-    if (!buf)
-        return dm_err(err, "%s: out of memory", png);
-    memset(buf, 255, bytes);
-    VipsImage *img = vips_image_new_from_memory(buf, bytes, SW, SH, 3, VIPS_FORMAT_UCHAR);
-    if (!img) {
-        free(buf);
-        return plot_vips_fail(err, png);
-    }
+    VipsImage *img = plot_canvas(SW, SH, png, err);
+    if (!img)
+        return -1;
     static const double black[3] = {0, 0, 0}, grey[3] = {225, 225, 225}, blue[3] = {31, 119, 180};
     char label[64];
     int rc = 0;
@@ -150,6 +159,5 @@ int plot_series_png(const char *png, const char *title, const char *xname, const
     rc = rc ? rc : plot_text(img, yname, 8, STOP - 14, -1, black, S_FONT, png, err);
     rc = plot_save_png(img, png, rc, err);
     g_object_unref(img);
-    free(buf);
     return rc;
 }

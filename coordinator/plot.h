@@ -25,6 +25,10 @@ int plot_text(VipsImage *img, const char *s, int x, int y, int align, const doub
 /* Width in pixels of s in font (0 when it cannot be drawn). */
 int plot_text_width(const char *s, const char *font);
 
+/* A white RGB canvas of w x h pixels that owns its pixels (drawn on in
+ * place, freed with g_object_unref); NULL with err naming png. */
+VipsImage *plot_canvas(int w, int h, const char *png, DmErr *err);
+
 /* A tick spacing of 1, 2 or 5 times a power of ten giving about n ticks
  * over span. */
 double plot_nice_step(double span, int n);
