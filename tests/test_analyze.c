@@ -56,28 +56,6 @@ static double s_absmax(const TensorFile *tf, const char *name)
     return m;
 }
 
-/* The encoder output of case k's pixels. */
-static float *s_encode(const DonutModel *m, const TensorFile *ex, int k, int *n_enc)
-{
-    char name[64];
-    snprintf(name, sizeof name, "case%d.pixel_values", k);
-    const DmTensor *t = tensorfile_find(ex, name);
-    if (!t)
-        return NULL;
-    int H = (int)t->shape[2], W = (int)t->shape[3], oh, ow;
-    swin_output_grid(&m->cfg.enc, H, W, &oh, &ow);
-    float *pix = malloc((size_t)dm_tensor_numel(t) * sizeof *pix);
-    float *enc = malloc((size_t)oh * ow * m->cfg.enc.hidden_size * sizeof *enc);
-    DmErr err = {{0}};
-    if (!pix || !enc || dm_tensor_to_f32(t, pix, &err) || swin_encode(m, pix, H, W, enc, NULL, &err)) {
-        free(enc);
-        enc = NULL;
-    }
-    free(pix);
-    *n_enc = oh * ow;
-    return enc;
-}
-
 static void test_golden_records(void)
 {
     DonutModel *m = NULL;
@@ -90,7 +68,7 @@ static void test_golden_records(void)
     int n_enc[3];
     DecPage page[3];
     for (int k = 0; k < 3; k++) {
-        enc[k] = s_encode(m, ex, k, &n_enc[k]);
+        enc[k] = tu_encode_case(m, ex, k, &n_enc[k]);
         CU_ASSERT_FATAL(enc[k] != NULL);
         CU_ASSERT_FATAL(dec_page_init(&page[k], m, enc[k], n_enc[k], &err) == 0);
     }

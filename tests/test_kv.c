@@ -76,29 +76,6 @@ static void test_classify(void)
 
 /* ------------------------------------------------------------ mechanics */
 
-/* Case k's page of the reference file, encoded. */
-static float *s_encode(const DonutModel *m, const TensorFile *ex, int k, int *n_enc)
-{
-    char name[64];
-    snprintf(name, sizeof name, "case%d.pixel_values", k);
-    const DmTensor *t = tensorfile_find(ex, name);
-    if (!t)
-        return NULL;
-    int H = (int)t->shape[2], W = (int)t->shape[3], oh, ow;
-    swin_output_grid(&m->cfg.enc, H, W, &oh, &ow);
-    float *pix = malloc((size_t)dm_tensor_numel(t) * sizeof *pix);
-    float *enc = malloc((size_t)oh * ow * m->cfg.enc.hidden_size * sizeof *enc);
-    DmErr err = {{0}};
-    if (!pix || !enc || dm_tensor_to_f32(t, pix, &err) ||
-        swin_encode(m, pix, H, W, enc, NULL, &err)) {
-        free(enc);
-        enc = NULL;
-    }
-    free(pix);
-    *n_enc = oh * ow;
-    return enc;
-}
-
 /* The last cross-attention's queries of a teacher-forced pass of prompt +
  * answer on page: [plen + n, width] (malloc'ed). */
 static float *s_query(const DecPage *page, const int32_t *prompt, int plen, const int32_t *ans,
@@ -134,7 +111,7 @@ static void test_mechanics(void)
     int n_enc[2];
     DecPage page[2];
     for (int k = 0; k < 2; k++) {
-        CU_ASSERT_FATAL((enc[k] = s_encode(m, ex, k, &n_enc[k])) != NULL);
+        CU_ASSERT_FATAL((enc[k] = tu_encode_case(m, ex, k, &n_enc[k])) != NULL);
         CU_ASSERT_FATAL(dec_page_init(&page[k], m, enc[k], n_enc[k], &err) == 0);
     }
     /* the prompt: the first half of case 0's decoder input */

@@ -197,3 +197,29 @@ static inline void tu_expect_open_fail(int (*open_fn)(const char *, TensorFile *
     if (rc == 0)
         tensorfile_close(&tf);
 }
+
+#include "worker/model/donut.h"
+
+/* The encoder output of case k's pixel_values in a reference file
+ * (malloc'ed, *n_enc tokens), or NULL. */
+static inline float *tu_encode_case(const DonutModel *m, const TensorFile *ex, int k, int *n_enc)
+{
+    char name[64];
+    snprintf(name, sizeof name, "case%d.pixel_values", k);
+    const DmTensor *t = tensorfile_find(ex, name);
+    if (!t)
+        return NULL;
+    int H = (int)t->shape[2], W = (int)t->shape[3], oh, ow;
+    swin_output_grid(&m->cfg.enc, H, W, &oh, &ow);
+    float *pix = malloc((size_t)dm_tensor_numel(t) * sizeof *pix);
+    float *enc = malloc((size_t)oh * ow * m->cfg.enc.hidden_size * sizeof *enc);
+    DmErr err = {{0}};
+    if (!pix || !enc || dm_tensor_to_f32(t, pix, &err) ||
+        swin_encode(m, pix, H, W, enc, NULL, &err)) {
+        free(enc);
+        enc = NULL;
+    }
+    free(pix);
+    *n_enc = oh * ow;
+    return enc;
+}
