@@ -8,6 +8,8 @@
 
 #include <vips/vips.h>
 
+#include "worker/image/image.h"
+
 static uint64_t s_mix(uint64_t *s)
 {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
@@ -84,15 +86,8 @@ void image_augment_draw(const ImageAugment *a, uint64_t seed, ImageAugmentDraw *
 
 static int s_fail(DmErr *err, const char *what)
 {
-    const char *m = vips_error_buffer();
     char line[300];
-    size_t i = 0;
-    while (m[i] && m[i] != '\n' && i + 1 < sizeof line) {
-        line[i] = m[i];
-        i++;
-    }
-    line[i] = '\0';
-    vips_error_clear();
+    image_vips_error(line, sizeof line);
     return dm_err(err, "augment: %s: %s", what, line[0] ? line : "libvips failed");
 }
 

@@ -64,9 +64,7 @@ int image_vips_init(DmErr *err)
     return 0;
 }
 
-/* The first line of libvips' error buffer, then clear it: vips accumulates
- * messages until cleared, and only the first names the actual failure. */
-static const char *s_vips_msg(char *buf, size_t n)
+const char *image_vips_error(char *buf, size_t n)
 {
     const char *s = vips_error_buffer();
     size_t i = 0;
@@ -76,7 +74,12 @@ static const char *s_vips_msg(char *buf, size_t n)
     }
     buf[i] = '\0';
     vips_error_clear();
-    if (!buf[0])
+    return buf;
+}
+
+static const char *s_vips_msg(char *buf, size_t n)
+{
+    if (!image_vips_error(buf, n)[0])
         snprintf(buf, n, "unknown libvips error");
     return buf;
 }

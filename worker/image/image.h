@@ -30,6 +30,7 @@
 #ifndef DM_IMAGE_H
 #define DM_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/dm_error.h"
@@ -90,5 +91,10 @@ int image_pdf_supported(void);
 /* Initialise libvips (idempotent, thread-safe).  Returns -1 if vips_init
  * fails. */
 int image_vips_init(DmErr *err);
+
+/* The first line of libvips' error buffer in buf ("" when it is empty),
+ * and the buffer cleared: vips accumulates messages until cleared, and
+ * only the first names the actual failure.  Returns buf. */
+const char *image_vips_error(char *buf, size_t n);
 
 #endif

@@ -96,15 +96,8 @@ static int s_fonts_register(const SynthOptions *o, const int *present, DmErr *er
 
 static int s_vips_fail(DmErr *err, const char *what)
 {
-    const char *m = vips_error_buffer();
     char line[300];
-    size_t i = 0;
-    while (m[i] && m[i] != '\n' && i + 1 < sizeof line) {
-        line[i] = m[i];
-        i++;
-    }
-    line[i] = '\0';
-    vips_error_clear();
+    image_vips_error(line, sizeof line);
     return dm_err(err, "%s: %s", what, line[0] ? line : "libvips failed");
 }
 
