@@ -160,12 +160,6 @@ const uint8_t *mask_find(const DmMask *k, const char *name, size_t *count)
 
 /* ------------------------------------------------------------- writing */
 
-static const char *const s_copied[] = {
-    "config.json",          "preprocessor_config.json", "tokenizer.json",
-    "sentencepiece.bpe.model", "added_tokens.json",     "special_tokens_map.json",
-    "tokenizer_config.json", "generation_config.json", "prompt.json",  "pruning.json",
-};
-
 int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double sparsity,
                           const float *const *xnorms, const char *out_dir, DmErr *err)
 {
@@ -255,12 +249,8 @@ int mask_prune_checkpoint(const char *model_dir, DmMaskMethod method, double spa
             goto done;
         }
     }
-    for (size_t i = 0; i < sizeof s_copied / sizeof *s_copied; i++) {
-        snprintf(src, sizeof src, "%s/%s", model_dir, s_copied[i]);
-        snprintf(path, sizeof path, "%s/%s", tmp, s_copied[i]);
-        if (access(src, F_OK) == 0 && dm_copy_file(src, path, err))
-            goto done;
-    }
+    if (prune_copy_side_files(model_dir, tmp, 1, err))
+        goto done;
     /* the student loads, and its mask checks against it */
     if (donut_load(tmp, &check, err) || mask_load(check, tmp, &k, err)) {
         dm_err_prefix(err, "the written student does not load");

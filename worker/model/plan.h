@@ -54,6 +54,11 @@ int plan_is_full(const DmPlan *p);
  * A new reference. */
 json_t *plan_to_json(const DmPlan *p);
 
+/* Copy the files of a model folder that a student keeps as they are
+ * (config, image processor, tokenizer, generation and prompt settings;
+ * with_pruning: pruning.json too) from src to dst, those that exist. */
+int prune_copy_side_files(const char *src, const char *dst, int with_pruning, DmErr *err);
+
 /* Write the student of model_dir under plan_path into out_dir: weights
  * physically cut, encoder and embeddings as they are, config, tokenizer and
  * processor files copied, the resulting structure in pruning.json.  Written

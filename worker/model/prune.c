@@ -21,8 +21,21 @@
 static const char *const s_copied[] = {
     "config.json",          "preprocessor_config.json", "tokenizer.json",
     "sentencepiece.bpe.model", "added_tokens.json",     "special_tokens_map.json",
-    "tokenizer_config.json", "generation_config.json", "prompt.json",
+    "tokenizer_config.json", "generation_config.json", "prompt.json",  "pruning.json",
 };
+
+int prune_copy_side_files(const char *src, const char *dst, int with_pruning, DmErr *err)
+{
+    char from[4200], to[4200];
+    size_t n = sizeof s_copied / sizeof *s_copied - (with_pruning ? 0 : 1);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(from, sizeof from, "%s/%s", src, s_copied[i]);
+        snprintf(to, sizeof to, "%s/%s", dst, s_copied[i]);
+        if (access(from, F_OK) == 0 && dm_copy_file(from, to, err))
+            return -1;
+    }
+    return 0;
+}
 
 /* out_dir must be absent, or an empty folder. */
 static int s_check_out(const char *out_dir, DmErr *err)
@@ -212,12 +225,8 @@ int prune_checkpoint(const char *model_dir, const char *plan_path, const char *o
     json_decref(rec);
     if (bad)
         goto done;
-    for (size_t i = 0; i < sizeof s_copied / sizeof *s_copied; i++) {
-        snprintf(src, sizeof src, "%s/%s", model_dir, s_copied[i]);
-        snprintf(path, sizeof path, "%s/%s", tmp, s_copied[i]);
-        if (access(src, F_OK) == 0 && dm_copy_file(src, path, err))
-            goto done;
-    }
+    if (prune_copy_side_files(model_dir, tmp, 0, err))
+        goto done;
     if (donut_load(tmp, &check, err)) {
         dm_err_prefix(err, "the written student does not load");
         goto done;
