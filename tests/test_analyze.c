@@ -73,6 +73,7 @@ static void test_golden_records(void)
         CU_ASSERT_FATAL(dec_page_init(&page[k], m, enc[k], n_enc[k], &err) == 0);
     }
     double worst = 0;
+    AnMemo memo = {0};
     for (int k = 0; k < 3; k++) {
         char name[96];
         snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
@@ -84,12 +85,20 @@ static void test_golden_records(void)
         CU_ASSERT_FATAL(T <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
         for (int i = 0; i < T; i++)
             ids[i] = (int32_t)ids64[i];
-        /* the reference's answer start, T // 2, and its corrupting page */
-        AnItem it = {&page[k], &page[(k + 1) % 3], ids, T, T / 2};
+        /* the reference's answer start, T // 2, and its corrupting page;
+         * a first item on the page fills the memo, so the checked one
+         * takes its transcription from there, as a page's later questions
+         * do in the stage */
+        AnItem it = {&page[k], &page[(k + 1) % 3], ids, T, T / 2, &memo};
         AnCfg cfg = {.analyses = AN_A_ALL, .subset_layer = -1};
         Docmint__AnalysisRecord r;
-        docmint__analysis_record__init(&r);
         AnSink sink;
+        docmint__analysis_record__init(&r);
+        analyze_record_sink(&r, &sink);
+        CU_ASSERT_FATAL(an_item(&it, &cfg, &sink, &err) == 0);
+        analyze_record_clear(&r);
+        CU_ASSERT(memo.page == &page[k] && memo.top1[0] && !memo.top1[1]);
+        docmint__analysis_record__init(&r);
         analyze_record_sink(&r, &sink);
         CU_ASSERT_FATAL(an_item(&it, &cfg, &sink, &err) == 0);
         struct {
@@ -129,6 +138,7 @@ static void test_golden_records(void)
         CU_ASSERT(s_same_i(mi, name, r.transcribe_top1, r.n_transcribe_top1));
         analyze_record_clear(&r);
     }
+    an_memo_free(&memo);
     CU_ASSERT(worst > 0); /* computed, not copied */
     for (int k = 0; k < 3; k++) {
         dec_page_free(&page[k]);
@@ -192,10 +202,90 @@ static void test_noise(void)
     free(c);
 }
 
+/* Block forwards against single passes: runs of the three cases (three
+ * pages, three lengths) mixed in one an_runs call, each with its own
+ * interventions, give the NLL and logits of an_run with the same
+ * interventions, one pass each. */
+static void test_blocks(void)
+{
+    DonutModel *m = NULL;
+    TensorFile *ex = NULL;
+    DmErr err = {{0}};
+    CU_ASSERT_FATAL(donut_load(TU_TINY, &m, &err) == 0);
+    CU_ASSERT_FATAL(tensorfile_open(EXPECTED, &ex, &err) == 0);
+    float *enc[3];
+    int n_enc[3], T[3];
+    int32_t ids[3][64];
+    DecPage page[3];
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        int64_t ids64[64];
+        enc[k] = tu_encode_case(m, ex, k, &n_enc[k]);
+        CU_ASSERT_FATAL(enc[k] && dec_page_init(&page[k], m, enc[k], n_enc[k], &err) == 0);
+        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+        const DmTensor *ti = tensorfile_find(ex, name);
+        CU_ASSERT_FATAL(ti && ti->shape[1] <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
+        T[k] = (int)ti->shape[1];
+        for (int i = 0; i < T[k]; i++)
+            ids[k][i] = (int32_t)ids64[i];
+    }
+    CU_ASSERT_FATAL(T[0] != T[1] || T[1] != T[2]);
+    /* per case: nothing, C1 skipped, S0's input reprojected, M1.out :=
+     * -C1.out, head 2 of C0 zeroed at the scored rows and S1 skipped */
+    AnOp ops[5][2] = {
+        {{0}},
+        {{.site = {4, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = 64}},
+        {{.site = {0, AN_IN, 0}, .op = AN_REPROJECT, .row0 = 0, .row1 = 64}},
+        {{.site = {5, AN_OUT, 0}, .op = AN_SCALE_SITE, .from = {4, AN_OUT, 0}, .coef = -1.0f,
+          .row0 = 0, .row1 = 64}},
+        {{.site = {1, AN_HEAD, 2}, .op = AN_ZERO, .row0 = 5, .row1 = 64},
+         {.site = {3, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = 64}},
+    };
+    int nops[5] = {0, 1, 1, 1, 2};
+    enum { NJ = 15 };
+    AnJob jobs[NJ];
+    float *lg[NJ];
+    int V = m->cfg.dec.vocab;
+    for (int j = 0; j < NJ; j++) {
+        int k = j % 3, a = T[k] / 2;
+        lg[j] = malloc((size_t)T[k] * V * sizeof(float));
+        jobs[j] = (AnJob){.page = &page[k], .ids = ids[k], .T = T[k], .answer_start = a,
+                          .ops = ops[j / 3], .nops = nops[j / 3], .logits = lg[j]};
+    }
+    AnStats st = {0};
+    CU_ASSERT_FATAL(an_runs(jobs, NJ, &st, &err) == 0);
+    CU_ASSERT(st.passes == NJ && st.blocks == 3);
+    double worst = 0;
+    for (int j = 0; j < NJ; j++) {
+        int k = j % 3, a = T[k] / 2, P = T[k] - 1 - a;
+        AnTrace tr;
+        CU_ASSERT_FATAL(an_run(&page[k], ids[k], T[k], a, ops[j / 3], nops[j / 3], 0, &tr, &err) ==
+                        0);
+        double d = fabs(tr.nll - jobs[j].nll);
+        for (size_t i = 0; i < (size_t)P * V; i++)
+            d = fmax(d, fabs(tr.logits[i] - lg[j][i]));
+        worst = fmax(worst, d);
+        /* an intervention changes the run (the first job of a case is clean) */
+        if (j >= 3)
+            CU_ASSERT(fabs(jobs[j].nll - jobs[k].nll) > 1e-4);
+        an_trace_free(&tr);
+        free(lg[j]);
+    }
+    fprintf(stderr, " [worst %.2g]", worst);
+    CU_ASSERT(worst < 1e-4);
+    for (int k = 0; k < 3; k++) {
+        dec_page_free(&page[k]);
+        free(enc[k]);
+    }
+    tensorfile_close(&ex);
+    donut_free(&m);
+}
+
 void tests_analyze(void)
 {
     TU_SUITE("analyze", {"the reference's three cases through the stage's record",
                          test_golden_records},
+             {"block forwards against single passes", test_blocks},
              {"site names and their errors", test_sites},
              {"corrupting noise: seeded by page, normal", test_noise});
 }

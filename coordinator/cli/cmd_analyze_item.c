@@ -32,7 +32,8 @@ static void s_usage(FILE *f)
             "  --analyses A,B,...   only these (skip, reproject, lens, heads, ablation, patching,\n"
             "                       attribution, transcribe); default: all\n"
             "  --stats              print what the item cost as one JSON line: teacher-forced passes,\n"
-            "                       backward passes, seconds, and the cost in clean passes\n"
+            "                       the block forwards that carried them, backward passes, seconds,\n"
+            "                       and the cost in clean passes\n"
             "  --png DIR            also draw the figures (heat maps, logit-lens grid) into DIR; default: none\n"
             "  --out FILE           every result, named as in the reference (docs/analyze.md)\n");
 }
@@ -139,7 +140,7 @@ static int s_plain_pass(const DecPage *page, const int32_t *ids, int T, int a, d
         }
         DecSeq *sp = &seq;
         double t0 = dm_now();
-        rc = dec_forward_rows(page, &sp, &ids, &T, &a, 1, logits, err);
+        rc = dec_forward_rows(page, &sp, &ids, &T, &a, 1, logits, NULL, err);
         *secs = dm_now() - t0;
         dec_seq_free(&seq);
     }
@@ -330,9 +331,10 @@ int cmd_analyze_item(int argc, char **argv)
         goto done;
     int bad = an_item(&it, &cfg, &sink, &err) || st_writer_save(w, out, &err);
     if (!bad && want_stats)
-        printf("{\"tokens\": %d, \"passes\": %ld, \"backward\": %ld, \"seconds\": %.6f, "
-               "\"teacher_forced_pass_seconds\": %.6f, \"cost_in_passes\": %.2f}\n",
-               T, stats.passes, stats.backward, stats.seconds, pass_s,
+        printf("{\"tokens\": %d, \"passes\": %ld, \"blocks\": %ld, \"backward\": %ld, "
+               "\"seconds\": %.6f, \"teacher_forced_pass_seconds\": %.6f, "
+               "\"cost_in_passes\": %.2f}\n",
+               T, stats.passes, stats.blocks, stats.backward, stats.seconds, pass_s,
                pass_s > 0 ? stats.seconds / pass_s : 0.0);
     if (!bad && o.oom)
         bad = dm_err(&err, "out of memory") != 0;

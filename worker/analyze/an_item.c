@@ -53,72 +53,74 @@ static int s_present(const DonutModel *m, int sub)
                                                                         : L->ffn.present;
 }
 
-/* NLL of one run on a page with the given interventions. */
-static int s_nll(Item *x, const DecPage *page, const AnOp *ops, int nops, double *nll,
+/* The item's intervention runs, gathered before any runs so that they go
+ * out as rows of block forwards (an_runs): each job's NLL lands in *dst
+ * once they have run. */
+typedef struct Jobs {
+    AnJob *job;
+    float **dst;
+    AnOp *ops;           /* every job's interventions, job k's from op0[k] */
+    int *op0;
+    int n, cap, nops, opcap;
+} Jobs;
+
+static void s_jobs_free(Jobs *j)
+{
+    free(j->job);
+    free(j->dst);
+    free(j->ops);
+    free(j->op0);
+    memset(j, 0, sizeof *j);
+}
+
+/* A run on page with interventions ops[0 .. nops-1], its NLL into *dst
+ * (and its scored logits into logits when not NULL). */
+static int s_job(Item *x, Jobs *j, const DecPage *page, const AnOp *ops, int nops, float *dst,
                  float *logits)
 {
-    AnTrace tr;
-    if (x->stats)
-        x->stats->passes++;
-    if (an_run(page, x->it->ids, x->T, x->a, ops, nops, 0, &tr, x->err))
-        return -1;
-    *nll = tr.nll;
-    if (logits)
-        memcpy(logits, tr.logits, (size_t)x->P * x->V * sizeof(float));
-    an_trace_free(&tr);
+    if (j->n == j->cap) {
+        int cap = j->cap ? 2 * j->cap : 64;
+        AnJob *nj = realloc(j->job, cap * sizeof *nj);
+        if (nj)
+            j->job = nj;
+        float **nd = nj ? realloc(j->dst, cap * sizeof *nd) : NULL;
+        if (nd)
+            j->dst = nd;
+        int *no = nd ? realloc(j->op0, cap * sizeof *no) : NULL;
+        if (!no)
+            return dm_err(x->err, "analyze: out of memory for %d runs", cap);
+        j->op0 = no;
+        j->cap = cap;
+    }
+    if (j->nops + nops > j->opcap) {
+        int cap = j->opcap ? 2 * j->opcap : 64;
+        while (cap < j->nops + nops)
+            cap *= 2;
+        AnOp *no = realloc(j->ops, cap * sizeof *no);
+        if (!no)
+            return dm_err(x->err, "analyze: out of memory for %d interventions", cap);
+        j->ops = no;
+        j->opcap = cap;
+    }
+    memcpy(j->ops + j->nops, ops, nops * sizeof *ops);
+    j->job[j->n] = (AnJob){.page = page, .ids = x->it->ids, .T = x->T, .answer_start = x->a,
+                           .nops = nops, .logits = logits};
+    j->dst[j->n] = dst;
+    j->op0[j->n++] = j->nops;
+    j->nops += nops;
     return 0;
 }
 
-/* nll.skip and nll.reproject */
-static int s_skip_reproject(Item *x, const AnTrace *clean, unsigned A)
+/* Every gathered run, in blocks; the NLLs to their places. */
+static int s_jobs_run(Item *x, Jobs *j)
 {
-    if (!(A & (AN_A_SKIP | AN_A_REPROJECT)))
-        return 0;
-    int nsub = x->nsub;
-    float *skip = malloc(nsub * sizeof(float)), *rep = malloc((nsub + 1) * sizeof(float));
-    float *y = malloc((size_t)x->T * x->D * sizeof(float));
-    float *lg = malloc((size_t)x->T * x->V * sizeof(float));
-    int rc = -1;
-    if (!skip || !rep || !y || !lg) {
-        dm_err(x->err, "analyze: out of memory");
-        goto done;
-    }
-    for (int i = 0; i < nsub; i++) {
-        double v;
-        skip[i] = rep[i] = NAN;
-        if (!s_present(x->m, i))
-            continue;
-        AnOp op = {.site = {i, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = x->T};
-        if ((A & AN_A_SKIP) && s_nll(x, x->it->clean, &op, 1, &v, NULL))
-            goto done;
-        skip[i] = (A & AN_A_SKIP) ? (float)v : NAN;
-        op.site.point = AN_IN;
-        op.op = AN_REPROJECT;
-        if ((A & AN_A_REPROJECT) && s_nll(x, x->it->clean, &op, 1, &v, NULL))
-            goto done;
-        rep[i] = (A & AN_A_REPROJECT) ? (float)v : NAN;
-    }
-    int64_t n1 = nsub, n2 = nsub + 1;
-    if (A & AN_A_SKIP)
-        s_f32(x, "nll.skip", 1, &n1, skip);
-    if (!(A & AN_A_REPROJECT)) {
-        rc = 0;
-        goto done;
-    }
-    /* the final residual reprojected, then the head */
-    const float *fin = clean->resid + (size_t)nsub * x->T * x->D;
-    if (an_reproject(x->m, fin, x->T, y, x->err) ||
-        an_lens(x->m, y + (size_t)x->a * x->D, x->P, lg, x->err))
-        goto done;
-    rep[nsub] = (float)an_nll(lg, x->P, x->V, x->targets);
-    s_f32(x, "nll.reproject", 1, &n2, rep);
-    rc = 0;
-done:
-    free(skip);
-    free(rep);
-    free(y);
-    free(lg);
-    return rc;
+    for (int k = 0; k < j->n; k++)
+        j->job[k].ops = j->ops + j->op0[k];
+    if (an_runs(j->job, j->n, x->stats, x->err))
+        return -1;
+    for (int k = 0; k < j->n; k++)
+        *j->dst[k] = (float)j->job[k].nll;
+    return 0;
 }
 
 /* lens.target_logprob, lens.top1, lens.target_rank over every residual */
@@ -200,37 +202,6 @@ static int s_head_stats(Item *x, const AnTrace *clean)
     return 0;
 }
 
-/* One NLL per head of every attention sub-layer, [L, 2, H]: the head's
- * output zeroed (src NULL) or set from src's heads, on the given page. */
-static int s_per_head(Item *x, const DecPage *page, const AnTrace *src, const char *name)
-{
-    int L = x->L, H = x->H;
-    float *out = malloc((size_t)L * 2 * H * sizeof(float));
-    if (!out)
-        return dm_err(x->err, "analyze: out of memory");
-    for (int i = 0; i < L * 2 * H; i++)
-        out[i] = NAN;
-    for (int l = 0; l < L; l++)
-        for (int kind = DM_SUB_S; kind <= DM_SUB_C; kind++) {
-            int sub = 3 * l + kind;
-            const DecAttn *a = s_attn(x->m, sub);
-            for (int k = 0; a->present && k < a->nheads; k++) {
-                AnOp op = {.site = {sub, AN_HEAD, a->head_ids[k]}, .op = src ? AN_SET : AN_ZERO,
-                           .src = src ? src->heads[sub] : NULL, .row0 = 0, .row1 = x->T};
-                double v;
-                if (s_nll(x, page, &op, 1, &v, NULL)) {
-                    free(out);
-                    return -1;
-                }
-                out[(l * 2 + kind) * H + a->head_ids[k]] = (float)v;
-            }
-        }
-    int64_t sh[3] = {L, 2, H};
-    s_f32(x, name, 3, sh, out);
-    free(out);
-    return 0;
-}
-
 /* The last present cross-attention's layer, or -1. */
 static int s_last_cross(const DonutModel *m)
 {
@@ -240,11 +211,28 @@ static int s_last_cross(const DonutModel *m)
     return -1;
 }
 
-/* transcribe.<tag>.top1 / .entropy (and .logits) */
-static int s_transcribe(Item *x, int layer, const int *keep, const char *tag, int logits)
+/* transcribe.<tag>.top1 / .entropy (and .logits); k = 0 for "all", 1 for
+ * "subset".  Without logits, what the item's memo holds for its page is
+ * used, and what is computed is kept there. */
+static int s_transcribe(Item *x, int layer, const int *keep, int k, int logits)
 {
     const DecPage *p = x->it->clean;
+    AnMemo *memo = x->it->memo;
+    const char *tag = k ? "subset" : "all";
     int N = p->n_enc, V = x->V;
+    char name[64];
+    int64_t n = N, sh[2] = {N, V};
+    if (memo && memo->page != p) {
+        an_memo_free(memo);
+        memo->page = p;
+    }
+    if (memo && !logits && memo->top1[k]) {
+        snprintf(name, sizeof name, "transcribe.%s.top1", tag);
+        s_i64(x, name, 1, &n, memo->top1[k]);
+        snprintf(name, sizeof name, "transcribe.%s.entropy", tag);
+        s_f32(x, name, 1, &n, memo->entropy[k]);
+        return 0;
+    }
     float *z = malloc((size_t)N * V * sizeof(float)), *ent = malloc(N * sizeof(float));
     int64_t *top = malloc(N * sizeof(int64_t));
     int rc = -1;
@@ -258,8 +246,6 @@ static int s_transcribe(Item *x, int layer, const int *keep, const char *tag, in
         top[j] = kern_argmax(z + (size_t)j * V, V);
         ent[j] = (float)an_entropy_logits(z + (size_t)j * V, V);
     }
-    char name[64];
-    int64_t n = N, sh[2] = {N, V};
     snprintf(name, sizeof name, "transcribe.%s.top1", tag);
     s_i64(x, name, 1, &n, top);
     snprintf(name, sizeof name, "transcribe.%s.entropy", tag);
@@ -267,6 +253,12 @@ static int s_transcribe(Item *x, int layer, const int *keep, const char *tag, in
     if (logits) {
         snprintf(name, sizeof name, "transcribe.%s.logits", tag);
         s_f32(x, name, 2, sh, z);
+    }
+    if (memo && !memo->top1[k]) {
+        memo->top1[k] = top;
+        memo->entropy[k] = ent;
+        top = NULL;
+        ent = NULL;
     }
     rc = 0;
 done:
@@ -276,46 +268,213 @@ done:
     return rc;
 }
 
-/* nll.corrupt, nll.patch_query, logits.patch_query, nll.patch_head and
- * atp.head against the clean trace */
-static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor, unsigned A)
+void an_memo_free(AnMemo *memo)
 {
-    const DecPage *cp = x->it->corrupt;
-    int L = x->L, H = x->H, hd = x->hd, T = x->T, rc = -1;
-    float **g = NULL, *lg = NULL, *atp = NULL;
-    s_scalar(x, "nll.corrupt", cor->nll);
+    for (int k = 0; k < 2; k++) {
+        free(memo->top1[k]);
+        free(memo->entropy[k]);
+    }
+    memset(memo, 0, sizeof *memo);
+}
+
+/* The NLLs of the item's intervention runs, by analysis (NaN where a
+ * pruned model lacks the sub-layer or head, or the analysis is off). */
+typedef struct Nlls {
+    float *skip, *rep;      /* [nsub], [nsub + 1] */
+    float *abl, *ph;        /* nll.head_ablation, nll.patch_head [L, 2, H] */
+    float *sets, *patch;    /* [nskip_sets], [npatch, 2] */
+    float *repl;            /* [nreplace] */
+    float *pq_logits;       /* logits.patch_query [P, V] */
+    float mlast, pq;        /* nll.m_last_cancels_c_last, nll.patch_query */
+} Nlls;
+
+static void s_nlls_free(Nlls *o)
+{
+    free(o->skip);
+    free(o->rep);
+    free(o->abl);
+    free(o->ph);
+    free(o->sets);
+    free(o->patch);
+    free(o->repl);
+    free(o->pq_logits);
+}
+
+static float *s_nans(size_t n)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; v && i < n; i++)
+        v[i] = NAN;
+    return v;
+}
+
+static int s_nlls_init(Item *x, const AnCfg *cfg, Nlls *o)
+{
+    size_t heads = (size_t)x->L * 2 * x->H;
+    memset(o, 0, sizeof *o);
+    o->mlast = o->pq = NAN;
+    o->skip = s_nans(x->nsub);
+    o->rep = s_nans(x->nsub + 1);
+    o->abl = s_nans(heads);
+    o->ph = s_nans(heads);
+    o->sets = s_nans(cfg->nskip_sets);
+    o->patch = s_nans(2 * (size_t)cfg->npatch);
+    o->repl = s_nans(cfg->nreplace);
+    o->pq_logits = s_nans((size_t)x->P * x->V);
+    if (!o->skip || !o->rep || !o->abl || !o->ph || !o->sets || !o->patch || !o->repl ||
+        !o->pq_logits)
+        return dm_err(x->err, "analyze: out of memory");
+    return 0;
+}
+
+/* One run per head of every attention sub-layer on page: the head's
+ * output zeroed (src NULL) or set from src's heads, into out [L, 2, H]. */
+static int s_per_head(Item *x, Jobs *j, const DecPage *page, const AnTrace *src, float *out)
+{
+    for (int l = 0; l < x->L; l++)
+        for (int kind = DM_SUB_S; kind <= DM_SUB_C; kind++) {
+            int sub = 3 * l + kind;
+            const DecAttn *a = s_attn(x->m, sub);
+            for (int k = 0; a->present && k < a->nheads; k++) {
+                AnOp op = {.site = {sub, AN_HEAD, a->head_ids[k]}, .op = src ? AN_SET : AN_ZERO,
+                           .src = src ? src->heads[sub] : NULL, .row0 = 0, .row1 = x->T};
+                if (s_job(x, j, page, &op, 1, &out[(l * 2 + kind) * x->H + a->head_ids[k]], NULL))
+                    return -1;
+            }
+        }
+    return 0;
+}
+
+/* A trace's array at a site (AN_HEAD: the sub-layer's heads). */
+static const float *s_site_values(const AnTrace *tr, const AnSite *s)
+{
+    switch (s->point) {
+    case AN_IN: return tr->resid + (size_t)s->sub * tr->T * tr->D;
+    case AN_OUT: return tr->out[s->sub];
+    case AN_HEAD: return tr->heads[s->sub];
+    default: return tr->query[s->sub];
+    }
+}
+
+/* Every intervention run of the item (cor: the corrupted run, or NULL
+ * when there is none), gathered into j with its place in o. */
+static int s_plan(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace *cor, Jobs *j,
+                  Nlls *o)
+{
+    unsigned A = cfg->analyses;
+    const DecPage *cp = x->it->clean, *xp = x->it->corrupt;
+    int T = x->T;
+    for (int i = 0; i < x->nsub; i++) {
+        if (!s_present(x->m, i))
+            continue;
+        AnOp zero = {.site = {i, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = T};
+        AnOp rep = {.site = {i, AN_IN, 0}, .op = AN_REPROJECT, .row0 = 0, .row1 = T};
+        if (((A & AN_A_SKIP) && s_job(x, j, cp, &zero, 1, &o->skip[i], NULL)) ||
+            ((A & AN_A_REPROJECT) && s_job(x, j, cp, &rep, 1, &o->rep[i], NULL)))
+            return -1;
+    }
+    if ((A & AN_A_ABLATION) && s_per_head(x, j, cp, NULL, o->abl))
+        return -1;
+    /* the last feed-forward replaced by minus the last cross-attention */
+    int l = x->L - 1;
+    AnOp ml = {.site = {3 * l + DM_SUB_M, AN_OUT, 0}, .op = AN_SCALE_SITE,
+               .from = {3 * l + DM_SUB_C, AN_OUT, 0}, .coef = -1.0f, .row0 = 0, .row1 = T};
+    if ((A & AN_A_SKIP) && s_present(x->m, ml.site.sub) && s_present(x->m, ml.from.sub) &&
+        s_job(x, j, cp, &ml, 1, &o->mlast, NULL))
+        return -1;
     int lc = s_last_cross(x->m);
-    if ((A & AN_A_PATCHING) && lc >= 0) {
+    if (cor && (A & AN_A_PATCHING) && lc >= 0) {
         int sub = 3 * lc + DM_SUB_C;
         AnOp op = {.site = {sub, AN_QUERY, 0}, .op = AN_SET, .src = clean->query[sub],
                    .row0 = x->a, .row1 = T - 1};
-        double v;
-        if (!(lg = malloc((size_t)x->P * x->V * sizeof(float)))) {
-            dm_err(x->err, "analyze: out of memory");
-            goto done;
+        if (s_job(x, j, xp, &op, 1, &o->pq, o->pq_logits))
+            return -1;
+    }
+    if (cor && (A & AN_A_PATCHING) && s_per_head(x, j, xp, clean, o->ph))
+        return -1;
+    for (int i = 0; i < cfg->nskip_sets; i++) {
+        const AnSkipSet *k = &cfg->skip_sets[i];
+        AnOp ops[3 * DM_MAX_LAYERS];
+        for (int s = 0; s < k->n; s++)
+            ops[s] = (AnOp){.site = {k->subs[s], AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = T};
+        if (s_job(x, j, cp, ops, k->n, &o->sets[i], NULL))
+            return -1;
+    }
+    for (int i = 0; cor && i < cfg->npatch; i++) {
+        const AnSite *s = &cfg->patch_sites[i];
+        for (int dir = 0; dir < 2; dir++) {
+            /* dir 0: the clean run's values into the corrupted run */
+            AnOp op = {.site = *s, .op = AN_SET, .src = s_site_values(dir ? cor : clean, s),
+                       .row0 = cfg->patch_all_positions ? 0 : x->a,
+                       .row1 = cfg->patch_all_positions ? T : T - 1};
+            if (s_job(x, j, dir ? cp : xp, &op, 1, &o->patch[2 * i + dir], NULL))
+                return -1;
         }
-        if (s_nll(x, cp, &op, 1, &v, lg))
-            goto done;
-        s_scalar(x, "nll.patch_query", v);
-        int64_t sh[2] = {x->P, x->V};
-        s_f32(x, "logits.patch_query", 2, sh, lg);
     }
-    if ((A & AN_A_PATCHING) && s_per_head(x, cp, clean, "nll.patch_head"))
-        goto done;
-    if (!(A & AN_A_ATTRIBUTION)) {
-        rc = 0;
+    for (int i = 0; i < cfg->nreplace; i++) {
+        const AnReplace *r = &cfg->replaces[i];
+        AnOp op = {.site = r->dst, .op = AN_SCALE_SITE, .from = r->src, .coef = r->coef,
+                   .row0 = 0, .row1 = T};
+        if (s_job(x, j, cp, &op, 1, &o->repl[i], NULL))
+            return -1;
+    }
+    return 0;
+}
+
+/* nll.skip and nll.reproject, the last entry of which is the final
+ * residual reprojected, then the head */
+static int s_skip_reproject(Item *x, const AnTrace *clean, unsigned A, Nlls *o)
+{
+    int64_t n1 = x->nsub, n2 = x->nsub + 1;
+    if (A & AN_A_SKIP)
+        s_f32(x, "nll.skip", 1, &n1, o->skip);
+    if (!(A & AN_A_REPROJECT))
+        return 0;
+    float *y = malloc((size_t)x->T * x->D * sizeof(float));
+    float *lg = malloc((size_t)x->P * x->V * sizeof(float));
+    int rc = -1;
+    if (!y || !lg) {
+        dm_err(x->err, "analyze: out of memory");
         goto done;
     }
+    const float *fin = clean->resid + (size_t)x->nsub * x->T * x->D;
+    if (an_reproject(x->m, fin, x->T, y, x->err) ||
+        an_lens(x->m, y + (size_t)x->a * x->D, x->P, lg, x->err))
+        goto done;
+    o->rep[x->nsub] = (float)an_nll(lg, x->P, x->V, x->targets);
+    s_f32(x, "nll.reproject", 1, &n2, o->rep);
+    rc = 0;
+done:
+    free(y);
+    free(lg);
+    return rc;
+}
+
+/* nll.corrupt, nll.patch_query, logits.patch_query, nll.patch_head and
+ * atp.head: atp from one backward pass of the corrupted run */
+static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor, unsigned A, Nlls *o)
+{
+    const DecPage *cp = x->it->corrupt;
+    int L = x->L, H = x->H, hd = x->hd, T = x->T, rc = -1;
+    float **g = NULL, *atp = NULL;
+    int64_t sh3[3] = {L, 2, H}, sh2[2] = {x->P, x->V};
+    s_scalar(x, "nll.corrupt", cor->nll);
+    if ((A & AN_A_PATCHING) && s_last_cross(x->m) >= 0) {
+        s_scalar(x, "nll.patch_query", o->pq);
+        s_f32(x, "logits.patch_query", 2, sh2, o->pq_logits);
+    }
+    if (A & AN_A_PATCHING)
+        s_f32(x, "nll.patch_head", 3, sh3, o->ph);
+    if (!(A & AN_A_ATTRIBUTION))
+        return 0;
     if (x->stats)
         x->stats->backward++;
     if (an_head_grads(cp, x->it->ids, x->a, cor, &g, x->err))
         goto done;
-    if (!(atp = malloc((size_t)L * 2 * H * sizeof(float)))) {
+    if (!(atp = s_nans((size_t)L * 2 * H))) {
         dm_err(x->err, "analyze: out of memory");
         goto done;
     }
-    for (int i = 0; i < L * 2 * H; i++)
-        atp[i] = NAN;
     for (int l = 0; l < L; l++)
         for (int kind = DM_SUB_S; kind <= DM_SUB_C; kind++) {
             int sub = 3 * l + kind;
@@ -333,7 +492,6 @@ static int s_patching(Item *x, const AnTrace *clean, const AnTrace *cor, unsigne
                 atp[(l * 2 + kind) * H + a->head_ids[k]] = (float)s;
             }
         }
-    int64_t sh3[3] = {L, 2, H};
     s_f32(x, "atp.head", 3, sh3, atp);
     rc = 0;
 done:
@@ -342,64 +500,30 @@ done:
             free(g[i]);
         free(g);
     }
-    free(lg);
     free(atp);
     return rc;
 }
 
-/* A trace's array at a site (AN_HEAD: the sub-layer's heads). */
-static const float *s_site_values(const AnTrace *tr, const AnSite *s)
-{
-    switch (s->point) {
-    case AN_IN: return tr->resid + (size_t)s->sub * tr->T * tr->D;
-    case AN_OUT: return tr->out[s->sub];
-    case AN_HEAD: return tr->heads[s->sub];
-    default: return tr->query[s->sub];
-    }
-}
-
 /* The named skip sets, patched sites and replacements of the job. */
-static int s_more(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace *cor)
+static void s_more(Item *x, const AnCfg *cfg, int corrupted, const Nlls *o)
 {
     char name[160], site[32];
-    double v;
     for (int i = 0; i < cfg->nskip_sets; i++) {
-        const AnSkipSet *k = &cfg->skip_sets[i];
-        AnOp ops[3 * DM_MAX_LAYERS];
-        for (int j = 0; j < k->n; j++)
-            ops[j] = (AnOp){.site = {k->subs[j], AN_OUT, 0}, .op = AN_ZERO, .row0 = 0,
-                            .row1 = x->T};
-        if (s_nll(x, x->it->clean, ops, k->n, &v, NULL))
-            return -1;
-        snprintf(name, sizeof name, "nll.skip_set.%s", k->name);
-        s_scalar(x, name, v);
+        snprintf(name, sizeof name, "nll.skip_set.%s", cfg->skip_sets[i].name);
+        s_scalar(x, name, o->sets[i]);
     }
-    for (int i = 0; cor && i < cfg->npatch; i++) {
-        const AnSite *s = &cfg->patch_sites[i];
-        an_site_name(s, site, sizeof site);
+    for (int i = 0; corrupted && i < cfg->npatch; i++) {
+        an_site_name(&cfg->patch_sites[i], site, sizeof site);
         for (int dir = 0; dir < 2; dir++) {
-            /* dir 0: the clean run's values into the corrupted run */
-            const AnTrace *src = dir ? cor : clean;
-            AnOp op = {.site = *s, .op = AN_SET, .src = s_site_values(src, s),
-                       .row0 = cfg->patch_all_positions ? 0 : x->a,
-                       .row1 = cfg->patch_all_positions ? x->T : x->T - 1};
-            if (s_nll(x, dir ? x->it->clean : x->it->corrupt, &op, 1, &v, NULL))
-                return -1;
             snprintf(name, sizeof name, "nll.patch.%s.%s", site,
                      dir ? "corrupt_into_clean" : "clean_into_corrupt");
-            s_scalar(x, name, v);
+            s_scalar(x, name, o->patch[2 * i + dir]);
         }
     }
     for (int i = 0; i < cfg->nreplace; i++) {
-        const AnReplace *r = &cfg->replaces[i];
-        AnOp op = {.site = r->dst, .op = AN_SCALE_SITE, .from = r->src, .coef = r->coef,
-                   .row0 = 0, .row1 = x->T};
-        if (s_nll(x, x->it->clean, &op, 1, &v, NULL))
-            return -1;
-        snprintf(name, sizeof name, "nll.replace.%s", r->name);
-        s_scalar(x, name, v);
+        snprintf(name, sizeof name, "nll.replace.%s", cfg->replaces[i].name);
+        s_scalar(x, name, o->repl[i]);
     }
-    return 0;
 }
 
 static const char *const s_analysis_names[] = {"skip", "reproject", "lens", "heads",
@@ -431,51 +555,53 @@ int an_item(const AnItem *it, const AnCfg *cfg, const AnSink *sink, DmErr *err)
               it->ids + it->answer_start + 1, err, cfg->stats};
     if (it->corrupt && it->corrupt->m != m)
         return dm_err(err, "analyze: the clean and corrupted pages are of different models");
-    AnTrace clean, cor = {0};
+    AnTrace clean = {0}, cor = {0};
+    Jobs jobs = {0};
+    Nlls o;
     double t0 = dm_now();
+    int rc = -1;
+    if (s_nlls_init(&x, cfg, &o))
+        goto done;
     if (an_run(it->clean, it->ids, it->T, it->answer_start, NULL, 0, 1, &clean, err))
-        return -1;
+        goto done;
     if (x.stats) {
         x.stats->passes++;
         x.stats->clean_seconds = dm_now() - t0;
     }
-    int rc = -1;
-    s_scalar(&x, "nll.clean", clean.nll);
-    if (s_skip_reproject(&x, &clean, A) || ((A & AN_A_LENS) && s_lens(&x, &clean)))
-        goto done;
-    if (((A & AN_A_HEADS) && s_head_stats(&x, &clean)) ||
-        ((A & AN_A_ABLATION) && s_per_head(&x, it->clean, NULL, "nll.head_ablation")))
-        goto done;
-    /* the last feed-forward replaced by minus the last cross-attention */
-    if (A & AN_A_SKIP) {
-        int l = x.L - 1;
-        double v = NAN;
-        AnOp op = {.site = {3 * l + DM_SUB_M, AN_OUT, 0}, .op = AN_SCALE_SITE,
-                   .from = {3 * l + DM_SUB_C, AN_OUT, 0}, .coef = -1.0f, .row0 = 0, .row1 = x.T};
-        if (s_present(m, op.site.sub) && s_present(m, op.from.sub) &&
-            s_nll(&x, it->clean, &op, 1, &v, NULL))
-            goto done;
-        s_scalar(&x, "nll.m_last_cancels_c_last", v);
-    }
-    int lc = s_last_cross(m);
-    if ((A & AN_A_TRANSCRIBE) && lc >= 0 &&
-        s_transcribe(&x, lc, NULL, "all", cfg->transcribe_logits))
-        goto done;
-    if ((A & AN_A_TRANSCRIBE) && cfg->subset_layer >= 0 &&
-        s_transcribe(&x, cfg->subset_layer, cfg->subset_keep, "subset", cfg->transcribe_logits))
-        goto done;
     int corrupted = it->corrupt && ((A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) || cfg->npatch);
     if (corrupted && an_run(it->corrupt, it->ids, it->T, it->answer_start, NULL, 0, 1, &cor, err))
         goto done;
     if (corrupted && x.stats)
         x.stats->passes++;
-    if ((corrupted && (A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) && s_patching(&x, &clean, &cor, A)) ||
-        s_more(&x, cfg, &clean, it->corrupt ? &cor : NULL))
+    /* every intervention run at once, then the results in their order */
+    if (s_plan(&x, cfg, &clean, corrupted ? &cor : NULL, &jobs, &o) || s_jobs_run(&x, &jobs))
         goto done;
+    s_scalar(&x, "nll.clean", clean.nll);
+    if (s_skip_reproject(&x, &clean, A, &o) || ((A & AN_A_LENS) && s_lens(&x, &clean)) ||
+        ((A & AN_A_HEADS) && s_head_stats(&x, &clean)))
+        goto done;
+    if (A & AN_A_ABLATION) {
+        int64_t sh[3] = {x.L, 2, x.H};
+        s_f32(&x, "nll.head_ablation", 3, sh, o.abl);
+    }
+    if (A & AN_A_SKIP)
+        s_scalar(&x, "nll.m_last_cancels_c_last", o.mlast);
+    int lc = s_last_cross(m);
+    if ((A & AN_A_TRANSCRIBE) && lc >= 0 &&
+        s_transcribe(&x, lc, NULL, 0, cfg->transcribe_logits))
+        goto done;
+    if ((A & AN_A_TRANSCRIBE) && cfg->subset_layer >= 0 &&
+        s_transcribe(&x, cfg->subset_layer, cfg->subset_keep, 1, cfg->transcribe_logits))
+        goto done;
+    if (corrupted && (A & (AN_A_PATCHING | AN_A_ATTRIBUTION)) && s_patching(&x, &clean, &cor, A, &o))
+        goto done;
+    s_more(&x, cfg, corrupted, &o);
     rc = 0;
     if (x.stats)
         x.stats->seconds = dm_now() - t0;
 done:
+    s_nlls_free(&o);
+    s_jobs_free(&jobs);
     an_trace_free(&clean);
     an_trace_free(&cor);
     return rc;

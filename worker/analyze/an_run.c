@@ -14,11 +14,20 @@
 
 #include "kernels/cpu/kern.h"
 
+/* A pass over B runs stacked as rows of one block, run b's rows[b] rows
+ * from row off[b], its interventions ops[b][0 .. nops[b]-1].  A traced
+ * pass (tr set) is a single run and keeps every site; a block keeps only
+ * the sites that a later intervention reads (rec_in, rec_out: [R, D] for
+ * the block's R rows, or NULL). */
 typedef struct RunCtx {
     const DonutModel *m;
-    const AnOp *ops;
-    int nops, want_probs, failed;
+    int B, R;
+    const int *rows, *off;
+    const AnOp *const *ops;
+    const int *nops;
+    int want_probs, failed;
     AnTrace *tr;
+    float *rec_in[3 * DM_MAX_LAYERS], *rec_out[3 * DM_MAX_LAYERS];
     DmErr *err;
 } RunCtx;
 
@@ -186,24 +195,26 @@ void an_trace_free(AnTrace *tr)
     memset(tr, 0, sizeof *tr);
 }
 
-/* The recorded value of an AN_IN / AN_OUT site of this run so far. */
-static const float *s_recorded(const AnTrace *tr, const AnSite *s)
+/* The recorded value of an AN_IN / AN_OUT site of run b so far [T, D]. */
+static const float *s_recorded(const RunCtx *rc, int b, const AnSite *s)
 {
-    if (s->point == AN_IN)
-        return tr->resid + (size_t)s->sub * tr->T * tr->D;
-    if (s->point == AN_OUT)
+    const AnTrace *tr = rc->tr;
+    size_t D = rc->m->cfg.dec.d_model;
+    const float *blk = s->point == AN_IN ? rc->rec_in[s->sub] : rc->rec_out[s->sub];
+    if (tr && s->point == AN_IN)
+        return tr->resid + (size_t)s->sub * tr->T * D;
+    if (tr && s->point == AN_OUT)
         return tr->out[s->sub];
-    return NULL;
+    return !tr && blk && (s->point == AN_IN || s->point == AN_OUT) ? blk + rc->off[b] * D : NULL;
 }
 
-/* Apply the interventions at (sub, point) to data [T, width]. */
-static int s_apply(RunCtx *rc, int sub, AnPoint point, float *data, int width)
+/* Apply run b's interventions at (sub, point) to its rows data [T, width]. */
+static int s_apply(RunCtx *rc, int b, int sub, AnPoint point, float *data, int width)
 {
     const DonutModel *m = rc->m;
-    AnTrace *tr = rc->tr;
-    int T = tr->T, hd = m->dec.head_dim;
-    for (int o = 0; o < rc->nops; o++) {
-        const AnOp *op = &rc->ops[o];
+    int T = rc->rows[b], hd = m->dec.head_dim;
+    for (int o = 0; o < rc->nops[b]; o++) {
+        const AnOp *op = &rc->ops[b][o];
         if (op->site.sub != sub || op->site.point != point)
             continue;
         int c0 = 0, nc = width;
@@ -223,7 +234,7 @@ static int s_apply(RunCtx *rc, int sub, AnPoint point, float *data, int width)
             /* an earlier sub-layer's site, or this one's input */
             int earlier = op->from.sub < sub ||
                           (op->from.sub == sub && op->from.point == AN_IN && point != AN_IN);
-            src = s_recorded(tr, &op->from);
+            src = s_recorded(rc, b, &op->from);
             if (!src || !earlier)
                 return dm_err(rc->err, "analyze: an intervention reads a site not yet computed");
         } else if (op->op == AN_REPROJECT) {
@@ -257,37 +268,48 @@ static int s_keep(RunCtx *rc, float **slot, const float *data, size_t n)
     return 0;
 }
 
+/* Every run's interventions at a site, then what the pass keeps of it. */
+static int s_site(RunCtx *rc, int sub, AnPoint point, DecHookEvent *ev)
+{
+    int width = (int)ev->shape[1];
+    size_t n = (size_t)ev->shape[0] * width;
+    if (ev->nseq != rc->B || ev->shape[0] != rc->R)
+        return dm_err(rc->err, "analyze: a block of %d rows where %d rows were sent",
+                      (int)ev->shape[0], rc->R);
+    for (int b = 0; b < rc->B; b++)
+        if (s_apply(rc, b, sub, point, ev->data + (size_t)rc->off[b] * width, width))
+            return -1;
+    AnTrace *tr = rc->tr;
+    if (!tr) {
+        float *rec = point == AN_IN ? rc->rec_in[sub] : point == AN_OUT ? rc->rec_out[sub] : NULL;
+        if (rec)
+            memcpy(rec, ev->data, n * sizeof(float));
+        return 0;
+    }
+    switch (point) {
+    case AN_IN:
+        memcpy(tr->resid + (size_t)sub * n, ev->data, n * sizeof(float));
+        return 0;
+    case AN_OUT: return s_keep(rc, &tr->out[sub], ev->data, n);
+    case AN_HEAD: return s_keep(rc, &tr->heads[sub], ev->data, n);
+    default: return s_keep(rc, &tr->query[sub], ev->data, n);
+    }
+}
+
 static int s_hook(void *ctx, DecHookEvent *ev)
 {
     RunCtx *rc = ctx;
     AnTrace *tr = rc->tr;
-    int sub = 3 * ev->layer + ev->kind, T = tr->T;
-    size_t n = (size_t)ev->shape[0] * ev->shape[1] * (ev->ndim == 3 ? ev->shape[2] : 1);
-    int width = (int)ev->shape[1];
+    int sub = 3 * ev->layer + ev->kind;
     int rcode = 0;
     switch (ev->point) {
-    case DEC_HOOK_INPUT:
-        rcode = s_apply(rc, sub, AN_IN, ev->data, width);
-        if (!rcode)
-            memcpy(tr->resid + (size_t)sub * T * tr->D, ev->data, n * sizeof(float));
-        break;
-    case DEC_HOOK_OUTPUT:
-        rcode = s_apply(rc, sub, AN_OUT, ev->data, width);
-        if (!rcode)
-            rcode = s_keep(rc, &tr->out[sub], ev->data, n);
-        break;
-    case DEC_HOOK_HEADS:
-        rcode = s_apply(rc, sub, AN_HEAD, ev->data, width);
-        if (!rcode)
-            rcode = s_keep(rc, &tr->heads[sub], ev->data, n);
-        break;
-    case DEC_HOOK_QUERY:
-        rcode = s_apply(rc, sub, AN_QUERY, ev->data, width);
-        if (!rcode)
-            rcode = s_keep(rc, &tr->query[sub], ev->data, n);
-        break;
+    case DEC_HOOK_INPUT: rcode = s_site(rc, sub, AN_IN, ev); break;
+    case DEC_HOOK_OUTPUT: rcode = s_site(rc, sub, AN_OUT, ev); break;
+    case DEC_HOOK_HEADS: rcode = s_site(rc, sub, AN_HEAD, ev); break;
+    case DEC_HOOK_QUERY: rcode = s_site(rc, sub, AN_QUERY, ev); break;
     case DEC_HOOK_ATTN:
-        if (rc->want_probs) {
+        if (tr && rc->want_probs) {
+            size_t n = (size_t)ev->shape[0] * ev->shape[1] * ev->shape[2];
             tr->probs_S[sub] = (int)ev->shape[2];
             rcode = s_keep(rc, &tr->probs[sub], ev->data, n);
         }
@@ -298,15 +320,30 @@ static int s_hook(void *ctx, DecHookEvent *ev)
     return rcode;
 }
 
-/* The embedding's output and the final residual, from the probe. */
-static void s_probe(void *ctx, const char *name, int ndim, const int64_t *shape, const float *data)
+/* The residuals no hook saw: before the first present sub-layer (the
+ * embedding's output, which it receives unchanged), after the last, and
+ * after any whose successor was removed.  Each is the stream before plus
+ * the sub-layer's recorded output: the same float additions the decoder
+ * made. */
+static int s_fill_resid(const DonutModel *m, AnTrace *tr, DmErr *err)
 {
-    AnTrace *tr = ctx;
     size_t TD = (size_t)tr->T * tr->D;
-    if (!strcmp(name, "decoder.hidden_states.0"))
-        memcpy(tr->resid, data, TD * sizeof(float));
-    else if (!strcmp(name, "decoder.last_layer_output"))
-        memcpy(tr->resid + (size_t)tr->nsub * TD, data, TD * sizeof(float));
+    int first = 0;
+    while (first < tr->nsub && !s_present(m, first))
+        first++;
+    if (first == tr->nsub)
+        return dm_err(err, "analyze: the decoder has no sub-layer left");
+    for (int r = 0; r < first; r++)
+        memcpy(tr->resid + (size_t)r * TD, tr->resid + (size_t)first * TD, TD * sizeof(float));
+    for (int r = first + 1; r <= tr->nsub; r++) {
+        if (r < tr->nsub && s_present(m, r))
+            continue;
+        float *dst = tr->resid + (size_t)r * TD;
+        memcpy(dst, dst - TD, TD * sizeof(float));
+        if (tr->out[r - 1])
+            kern_add(dst, tr->out[r - 1], TD);
+    }
+    return 0;
 }
 
 int an_run(const DecPage *page, const int32_t *ids, int T, int answer_start, const AnOp *ops,
@@ -329,41 +366,167 @@ int an_run(const DecPage *page, const int32_t *ids, int T, int answer_start, con
     tr->query = calloc(tr->nsub, sizeof(float *));
     tr->probs = calloc(tr->nsub, sizeof(float *));
     tr->probs_S = calloc(tr->nsub, sizeof(int));
-    tr->logits = malloc((size_t)P * V * sizeof(float));
-    float *all = malloc((size_t)T * V * sizeof(float));
+    /* the LM head from the first scored row to the last token's (which
+     * has no target: one row more than scored) */
+    tr->logits = malloc((size_t)(P + 1) * V * sizeof(float));
     DecSeq seq = {0};
     int rc = -1;
     if (!tr->resid || !tr->out || !tr->heads || !tr->query || !tr->probs || !tr->probs_S ||
-        !tr->logits || !all) {
+        !tr->logits) {
         dm_err(err, "analyze: out of memory for a run of %d tokens", T);
         goto done;
     }
     if (dec_seq_init(&seq, m, T, err))
         goto done;
-    RunCtx ctx = {m, ops, nops, want_probs, 0, tr, err};
+    int off0 = 0;
+    RunCtx ctx = {.m = m, .B = 1, .R = T, .rows = &T, .off = &off0, .ops = &ops, .nops = &nops,
+                  .want_probs = want_probs, .tr = tr, .err = err};
     DecHooks hooks = {s_hook, &ctx};
-    DmProbe probe = {s_probe, tr};
     DecSeq *sp = &seq;
-    if (dec_forward(page, &sp, &ids, &T, 1, all, 1, &hooks, &probe, err))
+    if (dec_forward_rows(page, &sp, &ids, &T, &a, 1, tr->logits, &hooks, err) ||
+        s_fill_resid(m, tr, err))
         goto done;
-    /* residuals after sub-layers that have no hook of their own (the last,
-     * and any whose successor was removed): the same float additions the
-     * decoder made */
-    for (int r = 1; r < tr->nsub; r++) {
-        if (s_present(m, r))
-            continue;
-        float *dst = tr->resid + (size_t)r * TD;
-        memcpy(dst, dst - TD, TD * sizeof(float));
-        if (tr->out[r - 1])
-            kern_add(dst, tr->out[r - 1], TD);
-    }
-    memcpy(tr->logits, all + (size_t)a * V, (size_t)P * V * sizeof(float));
     tr->nll = an_nll(tr->logits, P, V, ids + a + 1);
     rc = 0;
 done:
-    free(all);
     dec_seq_free(&seq);
     if (rc)
         an_trace_free(tr);
+    return rc;
+}
+
+/* The scored positions of a job: answer start a, P = T - 1 - a. */
+static int s_job_check(const AnJob *j, DmErr *err)
+{
+    if (j->T < 2 || j->answer_start < 0 || j->T - 1 - j->answer_start < 1)
+        return dm_err(err, "analyze: answer start %d leaves no scored position in %d tokens",
+                      j->answer_start, j->T);
+    return 0;
+}
+
+/* One block of B runs on a page: of each job's sequence, the first T - 1
+ * tokens (all that its scored positions see). */
+static int s_block(const DecPage *page, AnJob *const *jobs, int B, DmErr *err)
+{
+    const DonutModel *m = page->m;
+    const MBartConfig *c = &m->cfg.dec;
+    int V = c->vocab, D = c->d_model, nsub = 3 * c->layers, rc = -1, R = 0, NP = 0;
+    RunCtx ctx = {.m = m, .B = B, .err = err};
+    const AnOp **ops = calloc(B, sizeof *ops);
+    int *nops = calloc(B, sizeof *nops), *counts = calloc(B, sizeof *counts);
+    int *from = calloc(B, sizeof *from), *off = calloc(B, sizeof *off);
+    const int32_t **idp = calloc(B, sizeof *idp);
+    DecSeq *seq = calloc(B, sizeof *seq);
+    DecSeq **sp = calloc(B, sizeof *sp);
+    float *logits = NULL;
+    if (!ops || !nops || !counts || !from || !off || !idp || !seq || !sp)
+        goto oom;
+    for (int b = 0; b < B; b++) {
+        ops[b] = jobs[b]->ops;
+        nops[b] = jobs[b]->nops;
+        counts[b] = jobs[b]->T - 1;
+        from[b] = jobs[b]->answer_start;
+        idp[b] = jobs[b]->ids;
+        sp[b] = &seq[b];
+        off[b] = R;
+        R += counts[b];
+        NP += counts[b] - from[b];
+    }
+    ctx.R = R;
+    ctx.rows = counts;
+    ctx.off = off;
+    ctx.ops = ops;
+    ctx.nops = nops;
+    if (!(logits = malloc((size_t)NP * V * sizeof *logits)))
+        goto oom;
+    /* the sites a later intervention of a run reads */
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < nops[b]; o++) {
+            const AnSite *f = &ops[b][o].from;
+            if (ops[b][o].op != AN_SCALE_SITE || f->sub < 0 || f->sub >= nsub)
+                continue;
+            float **rec = f->point == AN_IN ? &ctx.rec_in[f->sub] : &ctx.rec_out[f->sub];
+            if (!*rec && !(*rec = malloc((size_t)R * D * sizeof(float))))
+                goto oom;
+        }
+    for (int b = 0; b < B; b++)
+        if (dec_seq_init(&seq[b], m, counts[b], err))
+            goto done;
+    DecHooks hooks = {s_hook, &ctx};
+    if (dec_forward_rows(page, sp, idp, counts, from, B, logits, &hooks, err))
+        goto done;
+    for (int b = 0, p0 = 0; b < B; p0 += counts[b] - from[b], b++) {
+        const float *lg = logits + (size_t)p0 * V;
+        int P = counts[b] - from[b];
+        jobs[b]->nll = an_nll(lg, P, V, jobs[b]->ids + from[b] + 1);
+        if (jobs[b]->logits)
+            memcpy(jobs[b]->logits, lg, (size_t)P * V * sizeof(float));
+    }
+    rc = 0;
+    goto done;
+oom:
+    dm_err(err, "analyze: out of memory for a block of %d runs", B);
+done:
+    for (int b = 0; seq && b < B; b++)
+        dec_seq_free(&seq[b]);
+    for (int i = 0; i < nsub; i++) {
+        free(ctx.rec_in[i]);
+        free(ctx.rec_out[i]);
+    }
+    free(ops);
+    free(nops);
+    free(counts);
+    free(from);
+    free(off);
+    free(idp);
+    free(seq);
+    free(sp);
+    free(logits);
+    return rc;
+}
+
+int an_runs(AnJob *jobs, int n, AnStats *stats, DmErr *err)
+{
+    for (int i = 0; i < n; i++)
+        if (s_job_check(&jobs[i], err))
+            return -1;
+    if (n < 1)
+        return 0;
+    AnJob **blk = malloc((size_t)n * sizeof *blk);
+    char *done = calloc(n, 1);
+    int rc = -1;
+    if (!blk || !done) {
+        dm_err(err, "analyze: out of memory for %d runs", n);
+        goto out;
+    }
+    /* page by page, in the order the pages first come; a block takes runs
+     * while its rows stay within AN_BLOCK_ROWS (at least one run) */
+    for (int i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        const DecPage *page = jobs[i].page;
+        int B = 0, rows = 0;
+        for (int j = i; j <= n; j++) {
+            int take = j < n && !done[j] && jobs[j].page == page;
+            if (B > 0 && (j == n || (take && rows + jobs[j].T - 1 > AN_BLOCK_ROWS))) {
+                if (s_block(page, blk, B, err))
+                    goto out;
+                if (stats) {
+                    stats->passes += B;
+                    stats->blocks++;
+                }
+                B = rows = 0;
+            }
+            if (take) {
+                blk[B++] = &jobs[j];
+                rows += jobs[j].T - 1;
+                done[j] = 1;
+            }
+        }
+    }
+    rc = 0;
+out:
+    free(blk);
+    free(done);
     return rc;
 }

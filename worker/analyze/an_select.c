@@ -178,72 +178,127 @@ static int s_ops(const AnSel *s, const AnRemoval *r, int T, AnOp **ops, int *n, 
     return 0;
 }
 
+/* The items from i on whose sequences fill one block (at least one). */
+static int s_chunk(const AnSel *s, int i)
+{
+    int n = 0, rows = 0;
+    while (i + n < s->nitems && (n == 0 || rows + s->items[i + n].T - 1 <= AN_BLOCK_ROWS))
+        rows += s->items[i + n++].T - 1;
+    return n;
+}
+
+/* Items i .. i+n-1 under removal r (NULL: the teacher) in one an_runs
+ * call, item k's NLL into jobs[k].nll and its scored logits into lg[k]
+ * (when lg is not NULL). */
+static int s_chunk_run(AnSel *s, const AnRemoval *r, int i, int n, AnJob *jobs, float *const *lg,
+                       DmErr *err)
+{
+    AnOp **ops = calloc(n, sizeof *ops);
+    int rc = -1;
+    if (!ops)
+        return dm_err(err, "out of memory");
+    for (int k = 0; k < n; k++) {
+        AnSelItem *it = &s->items[i + k];
+        int nops = 0;
+        if (r && s_ops(s, r, it->T, &ops[k], &nops, err))
+            goto done;
+        jobs[k] = (AnJob){.page = &s->pages[it->page], .ids = it->ids, .T = it->T,
+                          .answer_start = it->answer_start, .ops = ops[k], .nops = nops,
+                          .logits = lg ? lg[k] : NULL};
+    }
+    s->passes += n;
+    rc = an_runs(jobs, n, NULL, err);
+done:
+    for (int k = 0; k < n; k++)
+        free(ops[k]);
+    free(ops);
+    return rc;
+}
+
 int an_sel_teacher(AnSel *s, DmErr *err)
 {
-    int V = s->m->cfg.dec.vocab;
+    size_t V = s->m->cfg.dec.vocab;
     double sum = 0;
-    for (int i = 0; i < s->nitems; i++) {
-        AnSelItem *it = &s->items[i];
-        AnTrace tr;
-        s->passes++;
-        if (an_run(&s->pages[it->page], it->ids, it->T, it->answer_start, NULL, 0, 0, &tr, err))
-            return -1;
-        free(it->teacher_lp);
-        it->teacher_lp = malloc((size_t)tr.P * V * sizeof(float));
-        if (!it->teacher_lp) {
-            an_trace_free(&tr);
-            return dm_err(err, "out of memory");
+    AnJob *jobs = malloc((s->nitems ? s->nitems : 1) * sizeof *jobs);
+    float **lg = malloc((s->nitems ? s->nitems : 1) * sizeof *lg);
+    int rc = -1;
+    if (!jobs || !lg) {
+        dm_err(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < s->nitems;) {
+        int n = s_chunk(s, i);
+        for (int k = 0; k < n; k++) {
+            AnSelItem *it = &s->items[i + k];
+            free(it->teacher_lp);
+            it->teacher_lp = lg[k] =
+                malloc((size_t)(it->T - 1 - it->answer_start) * V * sizeof(float));
+            if (!lg[k]) {
+                dm_err(err, "out of memory");
+                goto done;
+            }
         }
-        s_log_softmax(tr.logits, tr.P, V, it->teacher_lp);
-        sum += tr.nll;
-        an_trace_free(&tr);
+        if (s_chunk_run(s, NULL, i, n, jobs, lg, err))
+            goto done;
+        for (int k = 0; k < n; k++) {
+            AnSelItem *it = &s->items[i + k];
+            s_log_softmax(it->teacher_lp, it->T - 1 - it->answer_start, (int)V, it->teacher_lp);
+            sum += jobs[k].nll;
+        }
+        i += n;
     }
     s->clean_nll = s->nitems ? sum / s->nitems : NAN;
     s->has_teacher = 1;
-    return 0;
+    rc = 0;
+done:
+    free(jobs);
+    free(lg);
+    return rc;
 }
 
 int an_sel_eval(AnSel *s, const AnRemoval *r, double *nll, double *kl, DmErr *err)
 {
-    int V = s->m->cfg.dec.vocab;
+    size_t V = s->m->cfg.dec.vocab;
     if (!s->nitems)
         return dm_err(err, "selection: no item to score");
     if (!s->has_teacher && an_sel_teacher(s, err))
         return -1;
     double snll = 0, skl = 0;
-    float *lp = NULL;
+    AnJob *jobs = malloc(s->nitems * sizeof *jobs);
+    float **lg = calloc(s->nitems, sizeof *lg);
     int rc = -1;
-    for (int i = 0; i < s->nitems; i++) {
-        AnSelItem *it = &s->items[i];
-        AnOp *ops = NULL;
-        int nops = 0;
-        AnTrace tr;
-        if (s_ops(s, r, it->T, &ops, &nops, err))
-            goto done;
-        s->passes++;
-        int bad = an_run(&s->pages[it->page], it->ids, it->T, it->answer_start, ops, nops, 0, &tr,
-                         err);
-        free(ops);
-        if (bad)
-            goto done;
-        snll += tr.nll;
-        if (kl) {
-            float *l2 = realloc(lp, (size_t)tr.P * V * sizeof(float));
-            if (!l2) {
-                an_trace_free(&tr);
+    if (!jobs || !lg) {
+        dm_err(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < s->nitems;) {
+        int n = s_chunk(s, i);
+        for (int k = 0; kl && k < n; k++) {
+            AnSelItem *it = &s->items[i + k];
+            if (!(lg[k] = malloc((size_t)(it->T - 1 - it->answer_start) * V * sizeof(float)))) {
                 dm_err(err, "out of memory");
                 goto done;
             }
-            lp = l2;
-            s_log_softmax(tr.logits, tr.P, V, lp);
-            double acc = 0;
-            for (size_t j = 0; j < (size_t)tr.P * V; j++) {
-                double lt = it->teacher_lp[j];
-                acc += exp(lt) * (lt - (double)lp[j]);
-            }
-            skl += acc / tr.P;
         }
-        an_trace_free(&tr);
+        if (s_chunk_run(s, r, i, n, jobs, kl ? lg : NULL, err))
+            goto done;
+        for (int k = 0; k < n; k++) {
+            AnSelItem *it = &s->items[i + k];
+            int P = it->T - 1 - it->answer_start;
+            snll += jobs[k].nll;
+            if (!kl)
+                continue;
+            s_log_softmax(lg[k], P, (int)V, lg[k]);
+            double acc = 0;
+            for (size_t j = 0; j < (size_t)P * V; j++) {
+                double lt = it->teacher_lp[j];
+                acc += exp(lt) * (lt - (double)lg[k][j]);
+            }
+            skl += acc / P;
+            free(lg[k]);
+            lg[k] = NULL;
+        }
+        i += n;
     }
     if (nll)
         *nll = snll / s->nitems;
@@ -251,7 +306,10 @@ int an_sel_eval(AnSel *s, const AnRemoval *r, double *nll, double *kl, DmErr *er
         *kl = skl / s->nitems;
     rc = 0;
 done:
-    free(lp);
+    for (int k = 0; lg && k < s->nitems; k++)
+        free(lg[k]);
+    free(lg);
+    free(jobs);
     return rc;
 }
 

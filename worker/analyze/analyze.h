@@ -84,6 +84,31 @@ void an_trace_free(AnTrace *tr);
 int an_run(const DecPage *page, const int32_t *ids, int T, int answer_start, const AnOp *ops,
            int nops, int want_probs, AnTrace *tr, DmErr *err);
 
+/* One intervention run of which only the NLL (and, when logits is set,
+ * the logits at the scored positions, [P, vocab]) is wanted: the sequence
+ * ids[0 .. T-1] on page, scored from answer_start as an_run scores it. */
+typedef struct AnJob {
+    const DecPage *page;
+    const int32_t *ids;
+    int T, answer_start;
+    const AnOp *ops;
+    int nops;
+    double nll;     /* out */
+    float *logits;  /* out, or NULL */
+} AnJob;
+
+/* Rows of one block forward of intervention runs (at least one run). */
+#define AN_BLOCK_ROWS 512
+
+struct AnStats;
+/* Run n jobs.  The jobs on one page go as rows of block forwards of up to
+ * AN_BLOCK_ROWS rows: each run is its sequence's first T - 1 tokens (all
+ * that its scored positions see) with its own interventions at the
+ * block's sites, and the LM head runs at the scored rows only.  The
+ * page's encoder output and cross keys and values serve every run.
+ * stats (may be NULL) counts the runs as passes, and the blocks. */
+int an_runs(AnJob *jobs, int n, struct AnStats *stats, DmErr *err);
+
 /* ------------------------------------------------------- lens and scores */
 
 /* The logit lens of rows x [n, d]: lm_head(layer_norm(x)) into y [n, vocab]. */
@@ -129,10 +154,23 @@ typedef struct AnSink {
     void *ctx;
 } AnSink;
 
+/* What an item computes from its page alone (the transcription, "all"
+ * and "subset"), kept for the page's next items: zeroed before the first
+ * use, freed with an_memo_free.  A memo met with another page is emptied
+ * first. */
+typedef struct AnMemo {
+    const DecPage *page;
+    int64_t *top1[2];
+    float *entropy[2];
+} AnMemo;
+
+void an_memo_free(AnMemo *memo);
+
 typedef struct AnItem {
     const DecPage *clean, *corrupt; /* corrupt may be NULL: no patching */
     const int32_t *ids;
     int T, answer_start;
+    AnMemo *memo;                   /* may be NULL: nothing kept */
 } AnItem;
 
 /* Sub-layers skipped together (their outputs zeroed), under a name. */
@@ -190,10 +228,11 @@ typedef struct AnCfg {
     struct AnStats *stats;   /* may be NULL: what the item cost */
 } AnCfg;
 
-/* The cost of an item: teacher-forced passes (each an_run), backward
+/* The cost of an item: teacher-forced passes (traced passes and
+ * intervention runs), the block forwards that carried the runs, backward
  * passes, and the seconds of all and of the clean pass alone. */
 typedef struct AnStats {
-    long passes, backward;
+    long passes, blocks, backward;
     double seconds, clean_seconds;
 } AnStats;
 

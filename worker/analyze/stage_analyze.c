@@ -363,7 +363,8 @@ done:
  * the twin pairs. */
 static int s_item(AnalyzeStage *st, const Docmint__Page *pg, const Docmint__Question *q,
                   size_t a, const int32_t *ids, int n, int a0, const DecPage *page,
-                  const DecPage *cpage, const DecPage *kpage, Docmint__Result *res, DmErr *err)
+                  const DecPage *cpage, const DecPage *kpage, AnMemo *memo, Docmint__Result *res,
+                  DmErr *err)
 {
     Docmint__AnalysisRecord **v = realloc(res->analyses, (res->n_analyses + 1) * sizeof *v);
     if (!v)
@@ -391,7 +392,7 @@ static int s_item(AnalyzeStage *st, const Docmint__Page *pg, const Docmint__Ques
     }
     memcpy(r->token_ids, ids, (size_t)n * sizeof *ids);
     r->n_token_ids = (size_t)n;
-    AnItem it = {page, cpage->m ? cpage : NULL, ids, n, a0};
+    AnItem it = {page, cpage->m ? cpage : NULL, ids, n, a0, memo};
     DmErr ie = {{0}};
     if (an_item(&it, &st->cfg, &sink, &ie) ||
         (kpage && a == 0 && q->kv && s_kv(st, q, page, kpage, r, &ie))) {
@@ -410,6 +411,7 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
     AnalyzeStage *st = stage;
     float *enc = NULL, *cenc = NULL, *kenc = NULL;
     DecPage page = {0}, cpage = {0}, kpage = {0};
+    AnMemo memo = {0}; /* the page's transcription, for its every question */
     int rc = -1, encoded = 0, kencoded = 0;
     DmErr pe = {{0}}, ke = {{0}};
     for (size_t i = 0; i < pg->n_questions; i++) {
@@ -470,7 +472,8 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
                     goto oom;
                 continue;
             }
-            int r = s_item(st, pg, q, a, ids, n, a0, &page, &cpage, kv ? &kpage : NULL, res, err);
+            int r = s_item(st, pg, q, a, ids, n, a0, &page, &cpage, kv ? &kpage : NULL, &memo,
+                           res, err);
             free(ids);
             if (r)
                 goto done;
@@ -481,6 +484,7 @@ static int s_page(void *stage, const Docmint__Page *pg, Docmint__Result *res, Dm
 oom:
     dm_err(err, "out of memory building the result of page %s", pg->page_id);
 done:
+    an_memo_free(&memo);
     dec_page_free(&page);
     dec_page_free(&cpage);
     dec_page_free(&kpage);

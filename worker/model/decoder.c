@@ -254,12 +254,20 @@ static int s_cross_kv(const DecPage *p, int layer, int inner, Scratch *sc, const
     return 0;
 }
 
-static int s_hook(const DecHooks *hooks, int layer, int kind, DecHookPoint pt, float *data,
-                  int ndim, int64_t d0, int64_t d1, int64_t d2, int pos0, DmErr *err)
+/* The sequences of a block, as the hook sees them. */
+typedef struct Block {
+    int B;
+    const int *counts;
+} Block;
+
+static int s_hook(const DecHooks *hooks, const Block *blk, int layer, int kind, DecHookPoint pt,
+                  float *data, int ndim, int64_t d0, int64_t d1, int64_t d2, int pos0, DmErr *err)
 {
     if (!hooks || !hooks->fn)
         return 0;
-    DecHookEvent ev = {layer, kind, pt, data, ndim, {d0, d1, d2}, pos0};
+    int one = (int)(ndim == 3 ? d1 : d0);
+    DecHookEvent ev = {layer, kind, pt, data, ndim, {d0, d1, d2}, pos0,
+                       blk ? blk->B : 1, blk ? blk->counts : &one};
     if (hooks->fn(hooks->ctx, &ev) != 0)
         return dm_err(err, "decoder hook stopped the pass at layer %d", layer);
     return 0;
@@ -291,8 +299,8 @@ static int s_probs_reserve(Scratch *sc, size_t n, DmErr *err)
 static int s_attn_report(const DecHooks *hooks, const DmProbe *probe, int layer, int is_self,
                          float *probs, int H, int T, int S, int pos0, DmErr *err)
 {
-    if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_ATTN, probs, 3, H, T, S, pos0,
-               err))
+    if (s_hook(hooks, NULL, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_ATTN, probs, 3, H, T, S,
+               pos0, err))
         return -1;
     char name[64];
     snprintf(name, sizeof name, "decoder.%s_attentions.%d", is_self ? "self" : "cross", layer);
@@ -303,11 +311,11 @@ static int s_attn_report(const DecHooks *hooks, const DmProbe *probe, int layer,
 
 /* An attention sub-layer's output projection of the heads' context, which
  * the hook sees first. */
-static int s_out_proj(const DecAttn *a, Scratch *sc, int R, const DecHooks *hooks, int layer,
-                      int is_self, int pos0, DmErr *err)
+static int s_out_proj(const DecAttn *a, Scratch *sc, int R, const DecHooks *hooks,
+                      const Block *blk, int layer, int is_self, int pos0, DmErr *err)
 {
-    if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_HEADS, sc->ctx, 2, R, a->o.in,
-               0, pos0, err))
+    if (s_hook(hooks, blk, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_HEADS, sc->ctx, 2, R,
+               a->o.in, 0, pos0, err))
         return -1;
     donut_linear(&a->o, sc->ctx, R, sc->out);
     return 0;
@@ -325,11 +333,12 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
     const DecAttn *a = is_self ? &m->dec.layers[layer].self : &m->dec.layers[layer].cross;
     int D = c->d_model, hd = m->dec.head_dim, H = a->nheads, inner = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
+    Block blk = {B, counts};
 
     kern_layernorm(sc->x, R, D, a->ln.g, a->ln.b, c->ln_eps, sc->h);
     donut_linear(&a->q, sc->h, R, sc->q);
-    if (s_hook(hooks, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_QUERY, sc->q, 2, R, inner, 0,
-               seqs[0]->len, err))
+    if (s_hook(hooks, &blk, layer, is_self ? DM_SUB_S : DM_SUB_C, DEC_HOOK_QUERY, sc->q, 2, R,
+               inner, 0, seqs[0]->len, err))
         return -1;
     for (size_t i = 0; i < (size_t)R * inner; i++)
         sc->q[i] *= scale;
@@ -369,7 +378,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                                 sc->ctx + (size_t)r0 * inner + h * hd, inner);
             }
         }
-        return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
+        return s_out_proj(a, sc, R, hooks, &blk, layer, is_self, seqs[0]->len, err);
     }
     const float *cK = NULL, *cV = NULL;
     if (!is_self && s_cross_kv(p, layer, inner, sc, &cK, &cV, err))
@@ -403,32 +412,37 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
                              cV + (size_t)h * S * hd, hd, 0.0f,
                              sc->ctx + (size_t)r0 * inner + h * hd, inner);
         }
-        return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
+        return s_out_proj(a, sc, R, hooks, &blk, layer, is_self, seqs[0]->len, err);
     }
     /* Self-attention of several fresh sequences (prompts, teacher-forced
-     * sequences): their keys are the block's own rows, so one GEMM per head
-     * over the whole block, with a mask that is causal inside each sequence
-     * and closed between them. */
+     * sequences, an item's intervention runs): their keys are their own
+     * rows of the block, so each thread takes whole heads and runs each
+     * sequence's causal [T_b, T_b] block as two GEMMs (no work between
+     * sequences, the same sums as a single sequence's pass). */
     int fresh = is_self && B > 1 && !all_one;
-    for (int b = 0; fresh && b < B; b++)
+    int tmax = 0;
+    for (int b = 0; fresh && b < B; b++) {
         fresh = seqs[b]->len == 0;
+        tmax = counts[b] > tmax ? counts[b] : tmax;
+    }
     if (fresh) {
-        if (s_probs_reserve(sc, (size_t)H * R * R, err))
+        if (s_probs_reserve(sc, (size_t)H * tmax * tmax, err))
             return -1;
 #pragma omp parallel for schedule(static)
         for (int h = 0; h < H; h++) {
-            float *P = sc->probs + (size_t)h * R * R;
-            kern_gemm_nt(R, R, hd, 1.0f, sc->q + h * hd, inner, sc->k + h * hd, inner, 0.0f, P, R);
-            for (int b = 0, r0 = 0; b < B; r0 += counts[b], b++)
-                for (int i = r0; i < r0 + counts[b]; i++)
-                    for (int j = 0; j < R; j++)
-                        if (j < r0 || j > i)
-                            P[(size_t)i * R + j] = -INFINITY;
-            kern_softmax_rows(P, R, R);
-            kern_gemm_nn(R, hd, R, 1.0f, P, R, sc->v + h * hd, inner, 0.0f, sc->ctx + h * hd,
-                         inner);
+            float *P = sc->probs + (size_t)h * tmax * tmax;
+            for (int b = 0, r0 = 0; b < B; r0 += counts[b], b++) {
+                int T = counts[b];
+                size_t off = (size_t)r0 * inner + h * hd;
+                kern_gemm_nt(T, T, hd, 1.0f, sc->q + off, inner, sc->k + off, inner, 0.0f, P, T);
+                for (int i = 0; i < T; i++)
+                    for (int j = i + 1; j < T; j++)
+                        P[(size_t)i * T + j] = -INFINITY;
+                kern_softmax_rows(P, T, T);
+                kern_gemm_nn(T, hd, T, 1.0f, P, T, sc->v + off, inner, 0.0f, sc->ctx + off, inner);
+            }
         }
-        return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
+        return s_out_proj(a, sc, R, hooks, &blk, layer, is_self, seqs[0]->len, err);
     }
     /* Self-attention of each sequence against its own cache. */
     for (int b = 0, r = 0; b < B; r += counts[b], b++) {
@@ -466,7 +480,7 @@ static int s_attention(const DecPage *p, DecSeq **seqs, const int *counts, int B
             kern_gemm_nn(T, hd, S, 1.0f, sc->probs + (size_t)h * T * S, S, V + h * hd, inner,
                          0.0f, sc->ctx + (size_t)r * inner + h * hd, inner);
     }
-    return s_out_proj(a, sc, R, hooks, layer, is_self, seqs[0]->len, err);
+    return s_out_proj(a, sc, R, hooks, &blk, layer, is_self, seqs[0]->len, err);
 }
 
 static int s_ffn(const DonutModel *m, int layer, Scratch *sc, int R)
@@ -746,10 +760,9 @@ static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
                               ids[b][i], c->vocab);
         R += counts[b];
     }
-    if (B > 1) {
-        hooks = NULL;
+    if (B > 1)
         probe = NULL;
-    }
+    Block blk = {B, counts};
     int step = B <= 64 && (!hooks || !hooks->fn) && (!probe || !probe->emit);
     for (int b = 0; b < B; b++)
         step &= counts[b] == 1;
@@ -794,14 +807,14 @@ static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
                                              : L->ffn.present;
             if (!present)
                 continue;
-            if (B == 1 && s_hook(hooks, l, kind, DEC_HOOK_INPUT, sc.x, 2, R, D, 0, pos0, err))
+            if (s_hook(hooks, &blk, l, kind, DEC_HOOK_INPUT, sc.x, 2, R, D, 0, pos0, err))
                 goto done;
             if (kind == DM_SUB_M)
                 s_ffn(m, l, &sc, R);
             else if (s_attention(p, seqs, counts, B, l, kind == DM_SUB_S, &sc, R, hooks, probe,
                                  err))
                 goto done;
-            if (B == 1 && s_hook(hooks, l, kind, DEC_HOOK_OUTPUT, sc.out, 2, R, D, 0, pos0, err))
+            if (s_hook(hooks, &blk, l, kind, DEC_HOOK_OUTPUT, sc.out, 2, R, D, 0, pos0, err))
                 goto done;
             kern_add(sc.x, sc.out, (size_t)R * D);
         }
@@ -855,11 +868,12 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
 }
 
 int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
-                     const int *counts, const int *from, int B, float *logits, DmErr *err)
+                     const int *counts, const int *from, int B, float *logits,
+                     const DecHooks *hooks, DmErr *err)
 {
     for (int b = 0; b < B; b++)
         if (from[b] < 0 || from[b] > counts[b])
             return dm_err(err, "decoder: sequence %d: logits from row %d of %d", b, from[b],
                           counts[b]);
-    return s_forward(p, seqs, ids, counts, B, logits, 0, from, NULL, NULL, err);
+    return s_forward(p, seqs, ids, counts, B, logits, 0, from, hooks, NULL, err);
 }

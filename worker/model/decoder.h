@@ -42,7 +42,12 @@ typedef struct DecSeq {
  *   h in columns h*hd .. (attention sub-layers only);
  * OUTPUT: the sub-layer's output before it is added to the residual [T, d]
  *   (zeroing it skips the sub-layer).
- * The hook may read and overwrite `data` in place. */
+ * The hook may read and overwrite `data` in place.
+ *
+ * A pass over several sequences (B > 1) calls the hook once per site for
+ * the whole block: `data` holds the rows of every sequence, sequence b's
+ * counts[b] rows after those of the sequences before it (nseq = B).  ATTN
+ * is reported only for a single sequence. */
 typedef enum {
     DEC_HOOK_INPUT,
     DEC_HOOK_ATTN,
@@ -58,12 +63,15 @@ typedef struct DecHookEvent {
     float *data;
     int ndim;
     int64_t shape[3];
-    int pos0; /* position of the first of the T rows */
+    int pos0; /* position of the first of the T rows (of the first sequence) */
+    int nseq;           /* sequences in the block */
+    const int *counts;  /* [nseq] rows of each */
 } DecHookEvent;
 
 /* A pass with a hook or a probe takes the operation-per-call path with
  * GEMM attention everywhere (the hook may rewrite the probabilities), so
- * its numbers can differ from an unwatched pass's by float rounding. */
+ * its numbers can differ from an unwatched pass's by float rounding.
+ * Probes are honoured for a single sequence only. */
 typedef struct DecHooks {
     int (*fn)(void *ctx, DecHookEvent *ev); /* return -1 to abort the pass */
     void *ctx;
@@ -90,8 +98,8 @@ void dec_seq_free(DecSeq *s);
 /* Append tokens to B sequences: sequence b gets counts[b] tokens from
  * ids[b].  logits (may be NULL) receives, row by row in sequence order,
  * either every appended position (all_logits) or only the last position
- * of each sequence: [sum counts or B, vocab].  hooks and probe are honoured
- * only when B == 1 (analysis and the forward command). */
+ * of each sequence: [sum counts or B, vocab].  The probe is honoured only
+ * when B == 1 (the forward command), hooks for any B (analysis). */
 int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
                 int B, float *logits, int all_logits, const DecHooks *hooks,
                 const DmProbe *probe, DmErr *err);
@@ -99,8 +107,10 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
 /* dec_forward computing the LM head only where it is wanted: logits
  * receives, for each sequence b in order, the rows from[b] .. counts[b]-1
  * of its appended tokens ([sum (counts[b] - from[b]), vocab]).  The
- * teacher-logit cache needs the answer positions only. */
+ * teacher-logit cache needs the answer positions only, and so do the
+ * analyses' intervention runs (with hooks; NULL for none). */
 int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
-                     const int *counts, const int *from, int B, float *logits, DmErr *err);
+                     const int *counts, const int *from, int B, float *logits,
+                     const DecHooks *hooks, DmErr *err);
 
 #endif

@@ -190,7 +190,7 @@ int cache_forward_page(const DonutModel *m, const DecPage *page, int ns,
         dm_err(err, "out of memory for %zu rows of logits", rows);
         goto done;
     }
-    rc = dec_forward_rows(page, sp, ids, counts, a0, ns, *logits, err);
+    rc = dec_forward_rows(page, sp, ids, counts, a0, ns, *logits, NULL, err);
 done:
     for (int i = 0; seqs && i < ns; i++)
         dec_seq_free(&seqs[i]);
