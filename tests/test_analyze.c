@@ -233,7 +233,7 @@ static void test_blocks(void)
     /* per case: nothing, C1 skipped, S0's input reprojected, M1.out :=
      * -C1.out, head 2 of C0 zeroed at the scored rows and S1 skipped */
     AnOp ops[5][2] = {
-        {{0}},
+        {{.coef = 0.0f}},
         {{.site = {4, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = 64}},
         {{.site = {0, AN_IN, 0}, .op = AN_REPROJECT, .row0 = 0, .row1 = 64}},
         {{.site = {5, AN_OUT, 0}, .op = AN_SCALE_SITE, .from = {4, AN_OUT, 0}, .coef = -1.0f,
