@@ -74,9 +74,10 @@ static void s_jobs_free(Jobs *j)
 }
 
 /* A run on page with interventions ops[0 .. nops-1], its NLL into *dst
- * (and its scored logits into logits when not NULL). */
-static int s_job(Item *x, Jobs *j, const DecPage *page, const AnOp *ops, int nops, float *dst,
-                 float *logits)
+ * (and its scored logits into logits when not NULL); base is the page's
+ * run without interventions. */
+static int s_job(Item *x, Jobs *j, const DecPage *page, const AnTrace *base, const AnOp *ops,
+                 int nops, float *dst, float *logits)
 {
     if (j->n == j->cap) {
         int cap = j->cap ? 2 * j->cap : 64;
@@ -104,7 +105,7 @@ static int s_job(Item *x, Jobs *j, const DecPage *page, const AnOp *ops, int nop
     }
     memcpy(j->ops + j->nops, ops, nops * sizeof *ops);
     j->job[j->n] = (AnJob){.page = page, .ids = x->it->ids, .T = x->T, .answer_start = x->a,
-                           .nops = nops, .logits = logits};
+                           .nops = nops, .base = base, .logits = logits};
     j->dst[j->n] = dst;
     j->op0[j->n++] = j->nops;
     j->nops += nops;
@@ -327,9 +328,11 @@ static int s_nlls_init(Item *x, const AnCfg *cfg, Nlls *o)
     return 0;
 }
 
-/* One run per head of every attention sub-layer on page: the head's
- * output zeroed (src NULL) or set from src's heads, into out [L, 2, H]. */
-static int s_per_head(Item *x, Jobs *j, const DecPage *page, const AnTrace *src, float *out)
+/* One run per head of every attention sub-layer on page (base: its run
+ * without interventions): the head's output zeroed (src NULL) or set from
+ * src's heads, into out [L, 2, H]. */
+static int s_per_head(Item *x, Jobs *j, const DecPage *page, const AnTrace *base,
+                      const AnTrace *src, float *out)
 {
     for (int l = 0; l < x->L; l++)
         for (int kind = DM_SUB_S; kind <= DM_SUB_C; kind++) {
@@ -338,7 +341,8 @@ static int s_per_head(Item *x, Jobs *j, const DecPage *page, const AnTrace *src,
             for (int k = 0; a->present && k < a->nheads; k++) {
                 AnOp op = {.site = {sub, AN_HEAD, a->head_ids[k]}, .op = src ? AN_SET : AN_ZERO,
                            .src = src ? src->heads[sub] : NULL, .row0 = 0, .row1 = x->T};
-                if (s_job(x, j, page, &op, 1, &out[(l * 2 + kind) * x->H + a->head_ids[k]], NULL))
+                if (s_job(x, j, page, base, &op, 1, &out[(l * 2 + kind) * x->H + a->head_ids[k]],
+                          NULL))
                     return -1;
             }
         }
@@ -369,35 +373,35 @@ static int s_plan(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace
             continue;
         AnOp zero = {.site = {i, AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = T};
         AnOp rep = {.site = {i, AN_IN, 0}, .op = AN_REPROJECT, .row0 = 0, .row1 = T};
-        if (((A & AN_A_SKIP) && s_job(x, j, cp, &zero, 1, &o->skip[i], NULL)) ||
-            ((A & AN_A_REPROJECT) && s_job(x, j, cp, &rep, 1, &o->rep[i], NULL)))
+        if (((A & AN_A_SKIP) && s_job(x, j, cp, clean, &zero, 1, &o->skip[i], NULL)) ||
+            ((A & AN_A_REPROJECT) && s_job(x, j, cp, clean, &rep, 1, &o->rep[i], NULL)))
             return -1;
     }
-    if ((A & AN_A_ABLATION) && s_per_head(x, j, cp, NULL, o->abl))
+    if ((A & AN_A_ABLATION) && s_per_head(x, j, cp, clean, NULL, o->abl))
         return -1;
     /* the last feed-forward replaced by minus the last cross-attention */
     int l = x->L - 1;
     AnOp ml = {.site = {3 * l + DM_SUB_M, AN_OUT, 0}, .op = AN_SCALE_SITE,
                .from = {3 * l + DM_SUB_C, AN_OUT, 0}, .coef = -1.0f, .row0 = 0, .row1 = T};
     if ((A & AN_A_SKIP) && s_present(x->m, ml.site.sub) && s_present(x->m, ml.from.sub) &&
-        s_job(x, j, cp, &ml, 1, &o->mlast, NULL))
+        s_job(x, j, cp, clean, &ml, 1, &o->mlast, NULL))
         return -1;
     int lc = s_last_cross(x->m);
     if (cor && (A & AN_A_PATCHING) && lc >= 0) {
         int sub = 3 * lc + DM_SUB_C;
         AnOp op = {.site = {sub, AN_QUERY, 0}, .op = AN_SET, .src = clean->query[sub],
                    .row0 = x->a, .row1 = T - 1};
-        if (s_job(x, j, xp, &op, 1, &o->pq, o->pq_logits))
+        if (s_job(x, j, xp, cor, &op, 1, &o->pq, o->pq_logits))
             return -1;
     }
-    if (cor && (A & AN_A_PATCHING) && s_per_head(x, j, xp, clean, o->ph))
+    if (cor && (A & AN_A_PATCHING) && s_per_head(x, j, xp, cor, clean, o->ph))
         return -1;
     for (int i = 0; i < cfg->nskip_sets; i++) {
         const AnSkipSet *k = &cfg->skip_sets[i];
         AnOp ops[3 * DM_MAX_LAYERS];
         for (int s = 0; s < k->n; s++)
             ops[s] = (AnOp){.site = {k->subs[s], AN_OUT, 0}, .op = AN_ZERO, .row0 = 0, .row1 = T};
-        if (s_job(x, j, cp, ops, k->n, &o->sets[i], NULL))
+        if (s_job(x, j, cp, clean, ops, k->n, &o->sets[i], NULL))
             return -1;
     }
     for (int i = 0; cor && i < cfg->npatch; i++) {
@@ -407,7 +411,8 @@ static int s_plan(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace
             AnOp op = {.site = *s, .op = AN_SET, .src = s_site_values(dir ? cor : clean, s),
                        .row0 = cfg->patch_all_positions ? 0 : x->a,
                        .row1 = cfg->patch_all_positions ? T : T - 1};
-            if (s_job(x, j, dir ? cp : xp, &op, 1, &o->patch[2 * i + dir], NULL))
+            if (s_job(x, j, dir ? cp : xp, dir ? clean : cor, &op, 1, &o->patch[2 * i + dir],
+                      NULL))
                 return -1;
         }
     }
@@ -415,7 +420,7 @@ static int s_plan(Item *x, const AnCfg *cfg, const AnTrace *clean, const AnTrace
         const AnReplace *r = &cfg->replaces[i];
         AnOp op = {.site = r->dst, .op = AN_SCALE_SITE, .from = r->src, .coef = r->coef,
                    .row0 = 0, .row1 = T};
-        if (s_job(x, j, cp, &op, 1, &o->repl[i], NULL))
+        if (s_job(x, j, cp, clean, &op, 1, &o->repl[i], NULL))
             return -1;
     }
     return 0;

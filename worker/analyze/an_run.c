@@ -404,9 +404,26 @@ static int s_job_check(const AnJob *j, DmErr *err)
     return 0;
 }
 
-/* One block of B runs on a page: of each job's sequence, the first T - 1
- * tokens (all that its scored positions see). */
-static int s_block(const DecPage *page, AnJob *const *jobs, int B, DmErr *err)
+/* The sub-layer a job's run starts at: 0 without a base, else the first
+ * one an intervention touches or reads (3 * layers when none does: the
+ * final LayerNorm and the head alone). */
+static int s_job_start(const AnJob *j)
+{
+    if (!j->base)
+        return 0;
+    int start = j->base->nsub;
+    for (int o = 0; o < j->nops; o++) {
+        const AnOp *op = &j->ops[o];
+        start = op->site.sub < start ? op->site.sub : start;
+        if (op->op == AN_SCALE_SITE && op->from.sub < start)
+            start = op->from.sub;
+    }
+    return start < 0 ? 0 : start;
+}
+
+/* One block of B runs on a page, from sub-layer start on: of each job's
+ * sequence, the first T - 1 tokens (all that its scored positions see). */
+static int s_block(const DecPage *page, AnJob *const *jobs, int B, int start, DmErr *err)
 {
     const DonutModel *m = page->m;
     const MBartConfig *c = &m->cfg.dec;
@@ -418,7 +435,7 @@ static int s_block(const DecPage *page, AnJob *const *jobs, int B, DmErr *err)
     const int32_t **idp = calloc(B, sizeof *idp);
     DecSeq *seq = calloc(B, sizeof *seq);
     DecSeq **sp = calloc(B, sizeof *sp);
-    float *logits = NULL;
+    float *logits = NULL, *x0 = NULL;
     if (!ops || !nops || !counts || !from || !off || !idp || !seq || !sp)
         goto oom;
     for (int b = 0; b < B; b++) {
@@ -439,6 +456,18 @@ static int s_block(const DecPage *page, AnJob *const *jobs, int B, DmErr *err)
     ctx.nops = nops;
     if (!(logits = malloc((size_t)NP * V * sizeof *logits)))
         goto oom;
+    /* each run's stream entering `start`, as its base recorded it */
+    if (start > 0 && !(x0 = malloc((size_t)R * D * sizeof *x0)))
+        goto oom;
+    for (int b = 0; start > 0 && b < B; b++) {
+        const AnTrace *bt = jobs[b]->base;
+        if (bt->T != jobs[b]->T || bt->D != D) {
+            dm_err(err, "analyze: a run's base is of another sequence");
+            goto done;
+        }
+        memcpy(x0 + (size_t)off[b] * D, bt->resid + ((size_t)start * bt->T) * D,
+               (size_t)counts[b] * D * sizeof *x0);
+    }
     /* the sites a later intervention of a run reads */
     for (int b = 0; b < B; b++)
         for (int o = 0; o < nops[b]; o++) {
@@ -453,7 +482,7 @@ static int s_block(const DecPage *page, AnJob *const *jobs, int B, DmErr *err)
         if (dec_seq_init(&seq[b], m, counts[b], err))
             goto done;
     DecHooks hooks = {s_hook, &ctx};
-    if (dec_forward_rows(page, sp, idp, counts, from, B, logits, &hooks, err))
+    if (dec_forward_from(page, sp, idp, counts, from, B, start, x0, logits, &hooks, err))
         goto done;
     for (int b = 0, p0 = 0; b < B; p0 += counts[b] - from[b], b++) {
         const float *lg = logits + (size_t)p0 * V;
@@ -482,7 +511,24 @@ done:
     free(seq);
     free(sp);
     free(logits);
+    free(x0);
     return rc;
+}
+
+/* Jobs in the order they run: by page (in the order pages first come),
+ * then by the sub-layer they start at. */
+typedef struct Slot {
+    int page, start, idx;
+} Slot;
+
+static int s_slot_cmp(const void *pa, const void *pb)
+{
+    const Slot *a = pa, *b = pb;
+    if (a->page != b->page)
+        return a->page < b->page ? -1 : 1;
+    if (a->start != b->start)
+        return a->start < b->start ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
 int an_runs(AnJob *jobs, int n, AnStats *stats, DmErr *err)
@@ -493,40 +539,43 @@ int an_runs(AnJob *jobs, int n, AnStats *stats, DmErr *err)
     if (n < 1)
         return 0;
     AnJob **blk = malloc((size_t)n * sizeof *blk);
-    char *done = calloc(n, 1);
+    Slot *slot = malloc((size_t)n * sizeof *slot);
     int rc = -1;
-    if (!blk || !done) {
+    if (!blk || !slot) {
         dm_err(err, "analyze: out of memory for %d runs", n);
         goto out;
     }
-    /* page by page, in the order the pages first come; a block takes runs
-     * while its rows stay within AN_BLOCK_ROWS (at least one run) */
     for (int i = 0; i < n; i++) {
-        if (done[i])
-            continue;
-        const DecPage *page = jobs[i].page;
-        int B = 0, rows = 0;
-        for (int j = i; j <= n; j++) {
-            int take = j < n && !done[j] && jobs[j].page == page;
-            if (B > 0 && (j == n || (take && rows + jobs[j].T - 1 > AN_BLOCK_ROWS))) {
-                if (s_block(page, blk, B, err))
-                    goto out;
-                if (stats) {
-                    stats->passes += B;
-                    stats->blocks++;
-                }
-                B = rows = 0;
+        int pg = i;
+        for (int j = 0; j < i; j++)
+            if (jobs[j].page == jobs[i].page) {
+                pg = slot[j].page;
+                break;
             }
-            if (take) {
-                blk[B++] = &jobs[j];
-                rows += jobs[j].T - 1;
-                done[j] = 1;
-            }
+        slot[i] = (Slot){pg, s_job_start(&jobs[i]), i};
+    }
+    qsort(slot, n, sizeof *slot, s_slot_cmp);
+    /* a block takes the next runs of its page while its rows stay within
+     * AN_BLOCK_ROWS (at least one run), and starts at its first run's
+     * sub-layer, the earliest */
+    for (int i = 0; i < n;) {
+        int B = 0, rows = 0, start = slot[i].start;
+        while (i + B < n && slot[i + B].page == slot[i].page &&
+               (B == 0 || rows + jobs[slot[i + B].idx].T - 1 <= AN_BLOCK_ROWS)) {
+            blk[B] = &jobs[slot[i + B].idx];
+            rows += blk[B++]->T - 1;
         }
+        if (s_block(blk[0]->page, blk, B, start, err))
+            goto out;
+        if (stats) {
+            stats->passes += B;
+            stats->blocks++;
+        }
+        i += B;
     }
     rc = 0;
 out:
     free(blk);
-    free(done);
+    free(slot);
     return rc;
 }

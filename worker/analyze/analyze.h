@@ -93,6 +93,11 @@ typedef struct AnJob {
     int T, answer_start;
     const AnOp *ops;
     int nops;
+    /* the run of the same sequence on the same page without
+     * interventions (may be NULL): the run then starts at the first
+     * sub-layer an intervention touches, from the residual stream base
+     * recorded there, since everything before is the same computation */
+    const AnTrace *base;
     double nll;     /* out */
     float *logits;  /* out, or NULL */
 } AnJob;
@@ -105,8 +110,10 @@ struct AnStats;
  * AN_BLOCK_ROWS rows: each run is its sequence's first T - 1 tokens (all
  * that its scored positions see) with its own interventions at the
  * block's sites, and the LM head runs at the scored rows only.  The
- * page's encoder output and cross keys and values serve every run.
- * stats (may be NULL) counts the runs as passes, and the blocks. */
+ * page's encoder output and cross keys and values serve every run.  Runs
+ * with a base are ordered by the sub-layer they start at, and a block
+ * starts at its earliest.  stats (may be NULL) counts the runs as
+ * passes, and the blocks. */
 int an_runs(AnJob *jobs, int n, struct AnStats *stats, DmErr *err);
 
 /* ------------------------------------------------------- lens and scores */

@@ -738,8 +738,8 @@ done:
  * of each sequence, of every row (all_logits), or of rows from[b].. of
  * sequence b (from non-NULL). */
 static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
-                     int B, float *logits, int all_logits, const int *from,
-                     const DecHooks *hooks, const DmProbe *probe, DmErr *err)
+                     int B, float *logits, int all_logits, const int *from, int start,
+                     const float *x0, const DecHooks *hooks, const DmProbe *probe, DmErr *err)
 {
     const DonutModel *m = p->m;
     const MBartConfig *c = &m->cfg.dec;
@@ -763,7 +763,7 @@ static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
     if (B > 1)
         probe = NULL;
     Block blk = {B, counts};
-    int step = B <= 64 && (!hooks || !hooks->fn) && (!probe || !probe->emit);
+    int step = B <= 64 && !x0 && (!hooks || !hooks->fn) && (!probe || !probe->emit);
     for (int b = 0; b < B; b++)
         step &= counts[b] == 1;
     if (step)
@@ -783,10 +783,10 @@ static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
         dm_err(err, "decoder: out of memory for %d rows", R);
         goto done;
     }
-    /* Embeddings.  The scale is a float32 multiply, as torch does with a
-     * Python float. */
+    /* Embeddings (or the stream given, entering sub-layer `start`).  The
+     * scale is a float32 multiply, as torch does with a Python float. */
     float escale = c->scale_embedding ? (float)sqrt((double)D) : 1.0f;
-    for (int b = 0, r = 0; b < B; r += counts[b], b++)
+    for (int b = 0, r = 0; !x0 && b < B; r += counts[b], b++)
         for (int i = 0; i < counts[b]; i++) {
             const float *pe = w->embed_positions + (size_t)(seqs[b]->len + i + 2) * D;
             float *xr = sc.x + (size_t)(r + i) * D;
@@ -794,7 +794,10 @@ static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
             for (int d = 0; d < D; d++)
                 xr[d] = xr[d] * escale + pe[d];
         }
-    kern_layernorm(sc.x, R, D, w->ln_emb.g, w->ln_emb.b, c->ln_eps, sc.x);
+    if (x0)
+        memcpy(sc.x, x0, (size_t)R * D * sizeof(float));
+    else
+        kern_layernorm(sc.x, R, D, w->ln_emb.g, w->ln_emb.b, c->ln_eps, sc.x);
     int64_t hshape[3] = {1, R, D};
     s_emit(probe, "decoder.hidden_states.0", 3, hshape, sc.x);
 
@@ -805,7 +808,7 @@ static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
             int present = kind == DM_SUB_S ? L->self.present
                           : kind == DM_SUB_C ? L->cross.present
                                              : L->ffn.present;
-            if (!present)
+            if (!present || 3 * l + kind < start)
                 continue;
             if (s_hook(hooks, &blk, l, kind, DEC_HOOK_INPUT, sc.x, 2, R, D, 0, pos0, err))
                 goto done;
@@ -864,7 +867,7 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
                 int B, float *logits, int all_logits, const DecHooks *hooks,
                 const DmProbe *probe, DmErr *err)
 {
-    return s_forward(p, seqs, ids, counts, B, logits, all_logits, NULL, hooks, probe, err);
+    return s_forward(p, seqs, ids, counts, B, logits, all_logits, NULL, 0, NULL, hooks, probe, err);
 }
 
 int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
@@ -875,5 +878,18 @@ int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
         if (from[b] < 0 || from[b] > counts[b])
             return dm_err(err, "decoder: sequence %d: logits from row %d of %d", b, from[b],
                           counts[b]);
-    return s_forward(p, seqs, ids, counts, B, logits, 0, from, hooks, NULL, err);
+    return s_forward(p, seqs, ids, counts, B, logits, 0, from, 0, NULL, hooks, NULL, err);
+}
+
+int dec_forward_from(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
+                     const int *counts, const int *from, int B, int start, const float *x,
+                     float *logits, const DecHooks *hooks, DmErr *err)
+{
+    if (start < 0 || start > 3 * p->m->cfg.dec.layers)
+        return dm_err(err, "decoder: no sub-layer %d to start from", start);
+    for (int b = 0; b < B; b++)
+        if (from[b] < 0 || from[b] > counts[b] || seqs[b]->len)
+            return dm_err(err, "decoder: sequence %d: logits from row %d of %d%s", b, from[b],
+                          counts[b], seqs[b]->len ? " of a used sequence" : "");
+    return s_forward(p, seqs, ids, counts, B, logits, 0, from, start, x, hooks, NULL, err);
 }

@@ -113,4 +113,16 @@ int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
                      const int *counts, const int *from, int B, float *logits,
                      const DecHooks *hooks, DmErr *err);
 
+/* dec_forward_rows from sub-layer `start` (3 * layer + kind; 3 * layers:
+ * the final LayerNorm alone) on, for fresh sequences: x [sum counts,
+ * d_model] is the residual stream entering that sub-layer, row by row in
+ * sequence order.  The embedding and the sub-layers before are not run,
+ * so the sequences' caches of those layers stay unwritten: sequences for
+ * one teacher-forced pass, not for decoding on.  The analyses' runs whose
+ * first intervention comes late start from the stream their clean run
+ * recorded. */
+int dec_forward_from(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
+                     const int *counts, const int *from, int B, int start, const float *x,
+                     float *logits, const DecHooks *hooks, DmErr *err);
+
 #endif
