@@ -223,9 +223,11 @@ static int s_transcribe(Item *x, int layer, const int *keep, int k, int logits)
     int N = p->n_enc, V = x->V;
     char name[64];
     int64_t n = N, sh[2] = {N, V};
-    if (memo && memo->page != p) {
+    if (memo && (memo->page != p || memo->enc != p->enc || memo->n_enc != N)) {
         an_memo_free(memo);
         memo->page = p;
+        memo->enc = p->enc;
+        memo->n_enc = N;
     }
     if (memo && !logits && memo->top1[k]) {
         snprintf(name, sizeof name, "transcribe.%s.top1", tag);

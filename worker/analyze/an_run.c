@@ -1,9 +1,11 @@
-/* an_run.c - one teacher-forced pass with interventions, recording every
- * site (analyze.h).
+/* an_run.c - teacher-forced passes with interventions (analyze.h): one
+ * traced run recording every site (an_run), and runs of which only the
+ * NLL is wanted, many to a block forward (an_runs).
  *
- * The pass is the decoder's own (dec_forward with a hook): at each site the
- * hook first applies the interventions aimed there, then copies what the
- * pass will go on with, so a trace shows the run as it really went. */
+ * The pass is the decoder's own with a hook: at each site the hook first
+ * applies the interventions aimed there (each run's to its own rows), then
+ * copies what the pass will go on with, so a trace shows the run as it
+ * really went. */
 #include "worker/analyze/analyze.h"
 
 #include <ctype.h>

@@ -178,6 +178,12 @@ static int s_ops(const AnSel *s, const AnRemoval *r, int T, AnOp **ops, int *n, 
     return 0;
 }
 
+/* Room for an item's scored logits, [P, vocab]. */
+static float *s_scored_alloc(const AnSel *s, const AnSelItem *it)
+{
+    return malloc((size_t)(it->T - 1 - it->answer_start) * s->m->cfg.dec.vocab * sizeof(float));
+}
+
 /* The items from i on whose sequences fill one block (at least one). */
 static int s_chunk(const AnSel *s, int i)
 {
@@ -231,9 +237,7 @@ int an_sel_teacher(AnSel *s, DmErr *err)
         for (int k = 0; k < n; k++) {
             AnSelItem *it = &s->items[i + k];
             free(it->teacher_lp);
-            it->teacher_lp = lg[k] =
-                malloc((size_t)(it->T - 1 - it->answer_start) * V * sizeof(float));
-            if (!lg[k]) {
+            if (!(it->teacher_lp = lg[k] = s_scored_alloc(s, it))) {
                 dm_err(err, "out of memory");
                 goto done;
             }
@@ -275,7 +279,7 @@ int an_sel_eval(AnSel *s, const AnRemoval *r, double *nll, double *kl, DmErr *er
         int n = s_chunk(s, i);
         for (int k = 0; kl && k < n; k++) {
             AnSelItem *it = &s->items[i + k];
-            if (!(lg[k] = malloc((size_t)(it->T - 1 - it->answer_start) * V * sizeof(float)))) {
+            if (!(lg[k] = s_scored_alloc(s, it))) {
                 dm_err(err, "out of memory");
                 goto done;
             }

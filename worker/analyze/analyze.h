@@ -93,10 +93,12 @@ typedef struct AnJob {
     int T, answer_start;
     const AnOp *ops;
     int nops;
-    /* the run of the same sequence on the same page without
-     * interventions (may be NULL): the run then starts at the first
-     * sub-layer an intervention touches, from the residual stream base
-     * recorded there, since everything before is the same computation */
+    /* the traced run (an_run) of the same ids on the same page without
+     * interventions, or NULL: the run then starts at the first sub-layer
+     * an intervention touches or reads, from the residual stream base
+     * recorded there, since everything before is the same computation
+     * (the caller vouches for the page and ids; T and d_model are
+     * checked) */
     const AnTrace *base;
     double nll;     /* out */
     float *logits;  /* out, or NULL */
@@ -162,11 +164,14 @@ typedef struct AnSink {
 } AnSink;
 
 /* What an item computes from its page alone (the transcription, "all"
- * and "subset"), kept for the page's next items: zeroed before the first
- * use, freed with an_memo_free.  A memo met with another page is emptied
- * first. */
+ * and "subset"; not its logits), kept for the page's next items: zeroed
+ * before the first use, freed with an_memo_free, and emptied before its
+ * page's contents change.  A memo met with another page (another DecPage,
+ * or other encoder output) is emptied first. */
 typedef struct AnMemo {
     const DecPage *page;
+    const float *enc;
+    int n_enc;
     int64_t *top1[2];
     float *entropy[2];
 } AnMemo;

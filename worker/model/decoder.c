@@ -734,7 +734,9 @@ done:
     return rc;
 }
 
-/* The pass behind dec_forward and dec_forward_rows: logits of the last row
+/* The pass behind dec_forward, dec_forward_rows and dec_forward_from
+ * (start > 0 or x0 set: from that sub-layer, on the stream x0): logits of
+ * the last row
  * of each sequence, of every row (all_logits), or of rows from[b].. of
  * sequence b (from non-NULL). */
 static int s_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, const int *counts,
@@ -887,9 +889,12 @@ int dec_forward_from(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
 {
     if (start < 0 || start > 3 * p->m->cfg.dec.layers)
         return dm_err(err, "decoder: no sub-layer %d to start from", start);
-    for (int b = 0; b < B; b++)
-        if (from[b] < 0 || from[b] > counts[b] || seqs[b]->len)
-            return dm_err(err, "decoder: sequence %d: logits from row %d of %d%s", b, from[b],
-                          counts[b], seqs[b]->len ? " of a used sequence" : "");
+    for (int b = 0; b < B; b++) {
+        if (seqs[b]->len)
+            return dm_err(err, "decoder: sequence %d already holds %d tokens", b, seqs[b]->len);
+        if (from[b] < 0 || from[b] > counts[b])
+            return dm_err(err, "decoder: sequence %d: logits from row %d of %d", b, from[b],
+                          counts[b]);
+    }
     return s_forward(p, seqs, ids, counts, B, logits, 0, from, start, x, hooks, NULL, err);
 }
