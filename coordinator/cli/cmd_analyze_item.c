@@ -316,7 +316,9 @@ int cmd_analyze_item(int argc, char **argv)
         goto done;
     for (int i = 0; i < T; i++)
         ids[i] = (int32_t)ids64[i];
-    if (s_pixels(m, tin, in, &pix, &H, &W, &err) || s_page(m, pix, H, W, &enc, &page, &err))
+    /* packed as the analyze stage packs it, so an item gives the stage's numbers */
+    if (dec_pack(m, &err) || s_pixels(m, tin, in, &pix, &H, &W, &err) ||
+        s_page(m, pix, H, W, &enc, &page, &err))
         goto done;
     if (tcor && (s_pixels(m, tcor, cor, &cpix, &cH, &cW, &err) ||
                  s_page(m, cpix, cH, cW, &cenc, &cpage, &err)))

@@ -217,6 +217,12 @@ int cmd_plan(int argc, char **argv)
     }
     if (corpus)
         m = qa.model;
+    /* the measured methods teacher-force the corpus in blocks: packed
+     * linears, as in the analyze stage */
+    if (corpus && dec_pack(qa.model, &err)) {
+        fprintf(stderr, "docmint plan: %s\n", err.msg);
+        goto done;
+    }
     if (fp && fp[0] && strcmp(fp, m->fingerprint)) {
         fprintf(stderr, "docmint plan: %s: the store analysed model %s, but %s is %s: give the "
                         "analysed model with --model DIR\n",

@@ -66,7 +66,9 @@ int analyze_open(const char *model_dir, const AnalyzeOpts *o, AnalyzeStage **out
         free(st);
         return -1;
     }
-    if (preproc_config_load(path, &st->pc, err) ||
+    /* Teacher forcing in blocks is the stage's work: the decoder's linears
+     * and LM head run packed for the GEMM backend, as in the cache stage. */
+    if (dec_pack(st->qa.model, err) || preproc_config_load(path, &st->pc, err) ||
         s_parse(st->qa.model, o, st->skips, st->sites, st->repls, err)) {
         qa_close(&st->qa);
         free(st);
