@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/dm_fs.h"
 #include "tutil.h"
 #include "worker/analyze/stage_analyze.h"
+#include "worker/model/plan.h"
 
 #define MI TU_TINY "/mi.safetensors"
 #define EXPECTED TU_TINY "/expected.safetensors"
@@ -299,11 +301,107 @@ static void test_blocks(void)
     donut_free(&m);
 }
 
+/* A pruned student through the blocks: tiny-a cut by plan1.json (S0 and
+ * M1 removed, S1 keeps heads 1 and 2, C1 heads 0, 2 and 3).  Its clean,
+ * skip and head-ablation NLLs are the teacher's single traced runs with
+ * the same parts zeroed (a removed sub-layer adds nothing, a dropped head's
+ * output is zero before out_proj), and what it lacks is NaN. */
+static void test_pruned_student(void)
+{
+    DonutModel *m = NULL, *s = NULL;
+    TensorFile *ex = NULL;
+    DmErr err = {{0}};
+    char dir[] = "/tmp/dm_an_student_XXXXXX", out[64];
+    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+    snprintf(out, sizeof out, "%s/student", dir);
+    CU_ASSERT_FATAL(prune_checkpoint(TU_TINY, TU_TINY "/plan1.json", out, NULL, &err) == 0);
+    CU_ASSERT_FATAL(donut_load(TU_TINY, &m, &err) == 0 && donut_load(out, &s, &err) == 0);
+    CU_ASSERT_FATAL(dec_pack(s, &err) == 0);
+    CU_ASSERT_FATAL(tensorfile_open(EXPECTED, &ex, &err) == 0);
+    int n_enc, H = m->cfg.dec.heads, nsub = 3 * m->cfg.dec.layers;
+    float *enc = tu_encode_case(m, ex, 1, &n_enc);
+    DecPage tp, sp;
+    CU_ASSERT_FATAL(enc && dec_page_init(&tp, m, enc, n_enc, &err) == 0 &&
+                    dec_page_init(&sp, s, enc, n_enc, &err) == 0);
+    const DmTensor *ti = tensorfile_find(ex, "case1.decoder_input_ids");
+    int64_t ids64[64];
+    int32_t ids[64];
+    CU_ASSERT_FATAL(ti && ti->shape[1] <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
+    int T = (int)ti->shape[1], a = T / 2;
+    for (int i = 0; i < T; i++)
+        ids[i] = (int32_t)ids64[i];
+    AnItem it = {&sp, NULL, ids, T, a, NULL};
+    AnCfg cfg = {.analyses = AN_A_SKIP | AN_A_ABLATION, .subset_layer = -1};
+    Docmint__AnalysisRecord r;
+    AnSink sink;
+    docmint__analysis_record__init(&r);
+    analyze_record_sink(&r, &sink);
+    CU_ASSERT_FATAL(an_item(&it, &cfg, &sink, &err) == 0);
+    CU_ASSERT_FATAL(r.n_nll_skip == (size_t)nsub && r.n_nll_head_ablation == (size_t)nsub / 3 * 2 * H);
+    /* the plan as zeroed sites of the teacher: S0 (0), M1 (5); S1 (3)
+     * heads 0 and 3, C1 (4) head 1 */
+    AnOp base[8];
+    int nb = 0;
+    const int gone_sub[] = {0, 5}, gone_head[][2] = {{3, 0}, {3, 3}, {4, 1}};
+    for (int i = 0; i < 2; i++)
+        base[nb++] = (AnOp){.site = {gone_sub[i], AN_OUT, 0}, .op = AN_ZERO, .row1 = T};
+    for (int i = 0; i < 3; i++)
+        base[nb++] = (AnOp){.site = {gone_head[i][0], AN_HEAD, gone_head[i][1]}, .op = AN_ZERO,
+                            .row1 = T};
+    double worst = 0;
+    AnTrace tr;
+    CU_ASSERT_FATAL(an_run(&tp, ids, T, a, base, nb, 0, &tr, &err) == 0);
+    worst = fabs(tr.nll - r.nll_clean);
+    an_trace_free(&tr);
+    int nan_ok = 1, checked = 0;
+    for (int i = 0; i < nsub; i++) {
+        int gone = i == 0 || i == 5;
+        if (gone) {
+            nan_ok &= isnan(r.nll_skip[i]);
+            continue;
+        }
+        base[nb] = (AnOp){.site = {i, AN_OUT, 0}, .op = AN_ZERO, .row1 = T};
+        CU_ASSERT_FATAL(an_run(&tp, ids, T, a, base, nb + 1, 0, &tr, &err) == 0);
+        worst = fmax(worst, fabs(tr.nll - r.nll_skip[i]));
+        an_trace_free(&tr);
+        checked++;
+    }
+    for (int l = 0; l < nsub / 3; l++)
+        for (int kind = 0; kind < 2; kind++)
+            for (int h = 0; h < H; h++) {
+                int sub = 3 * l + kind, gone = sub == 0;
+                for (int i = 0; i < 3; i++)
+                    gone |= gone_head[i][0] == sub && gone_head[i][1] == h;
+                float got = r.nll_head_ablation[(l * 2 + kind) * H + h];
+                if (gone) {
+                    nan_ok &= isnan(got);
+                    continue;
+                }
+                base[nb] = (AnOp){.site = {sub, AN_HEAD, h}, .op = AN_ZERO, .row1 = T};
+                CU_ASSERT_FATAL(an_run(&tp, ids, T, a, base, nb + 1, 0, &tr, &err) == 0);
+                worst = fmax(worst, fabs(tr.nll - got));
+                an_trace_free(&tr);
+                checked++;
+            }
+    fprintf(stderr, " [%d runs, worst %.2g]", checked, worst);
+    CU_ASSERT(nan_ok);
+    CU_ASSERT(checked == 4 + 9 && worst < 1e-4);
+    analyze_record_clear(&r);
+    dec_page_free(&tp);
+    dec_page_free(&sp);
+    free(enc);
+    tensorfile_close(&ex);
+    donut_free(&m);
+    donut_free(&s);
+    CU_ASSERT(dm_rm_tree(dir) == 0);
+}
+
 void tests_analyze(void)
 {
     TU_SUITE("analyze", {"the reference's three cases through the stage's record",
                          test_golden_records},
              {"block forwards against single passes", test_blocks},
+             {"a pruned student through the blocks against the teacher", test_pruned_student},
              {"site names and their errors", test_sites},
              {"corrupting noise: seeded by page, normal", test_noise});
 }
