@@ -43,16 +43,29 @@ static void s_sub_name(int l, int k, char *out, size_t n)
     snprintf(out, n, "%c%d", pe_kind[k], l);
 }
 
-/* plan.json and plan.md's head; f open on plan.md on success. */
-static int s_open(Pe *e, const char *dir, const DmPlan *p, const char *desc, FILE **f, DmErr *err)
+static void s_corpus_line(const Pe *e, FILE *f);
+
+/* A measured method's plan p (`size` units, its measured NLL and KL):
+ * plan.json with its description, and plan.md's head (header, corpus,
+ * result); f open on plan.md on success. */
+static int s_open(Pe *e, const char *dir, const DmPlan *p, const char *method, long long size,
+                  double nll, double kl, FILE **f, DmErr *err)
 {
-    char path[4200];
+    const AnSel *sel = e->in->sel;
+    char path[4200], desc[1024];
+    snprintf(desc, sizeof desc, "docmint plan --method %s from %s, budget %g: %lld %s of %lld; "
+             "measured NLL %.6f, KL %.6f on %s (clean %.6f, %d sequences)", method,
+             e->in->store, e->o->budget, size, pe_unit(e), e->full, nll, kl, e->in->corpus,
+             sel->clean_nll, sel->nitems);
     snprintf(path, sizeof path, "%s/plan.json", dir);
     if (pe_write_plan(e, p, desc, path, err))
         return -1;
     snprintf(path, sizeof path, "%s/plan.md", dir);
     if (!(*f = fopen(path, "w")))
         return dm_err_errno(err, "%s: cannot write", path);
+    pe_header(e, *f, method);
+    s_corpus_line(e, *f);
+    pe_result(e, *f, p);
     return 0;
 }
 
@@ -172,15 +185,7 @@ int pe_finercut(Pe *e, const char *dir, DmErr *err)
         rc = dm_err(err, "--method finercut: no unit left to remove at %lld %s (budget %lld)",
                     size, pe_unit(e), e->limit);
     FILE *f = NULL;
-    char desc[1024];
-    snprintf(desc, sizeof desc, "docmint plan --method finercut from %s, budget %g: %lld %s of "
-             "%lld; measured NLL %.6f, KL %.6f on %s (clean %.6f, %d sequences)", e->in->store,
-             e->o->budget, size, pe_unit(e), e->full, nll, kl, e->in->corpus, sel->clean_nll,
-             sel->nitems);
-    if (!rc && !(rc = s_open(e, dir, &cur, desc, &f, err))) {
-        pe_header(e, f, "finercut");
-        s_corpus_line(e, f);
-        pe_result(e, f, &cur);
+    if (!rc && !(rc = s_open(e, dir, &cur, "finercut", size, nll, kl, &f, err))) {
         fprintf(f, "\nFinerCut (Zhang et al. 2024) as docs/pruning.md states it: while the plan "
                    "is over the budget, every kept sub-layer (not the last one) and every head "
                    "of an attention sub-layer that keeps another is removed in turn, with the "
@@ -352,16 +357,8 @@ int pe_michel(Pe *e, const char *dir, DmErr *err)
     if (pe_measure(e, &cur, &nll, &kl, err))
         goto done;
     FILE *f = NULL;
-    char desc[1024];
-    snprintf(desc, sizeof desc, "docmint plan --method michel from %s, budget %g: %lld %s of "
-             "%lld; measured NLL %.6f, KL %.6f on %s (clean %.6f, %d sequences)", e->in->store,
-             e->o->budget, size, pe_unit(e), e->full, nll, kl, e->in->corpus, sel->clean_nll,
-             sel->nitems);
-    if (s_open(e, dir, &cur, desc, &f, err))
+    if (s_open(e, dir, &cur, "michel", size, nll, kl, &f, err))
         goto done;
-    pe_header(e, f, "michel");
-    s_corpus_line(e, f);
-    pe_result(e, f, &cur);
     fprintf(f, "\nMichel et al. (2019) as docs/pruning.md states it: a gate multiplies each "
                "head's output; its importance is the mean over the corpus's sequences of "
                "|dL/dgate| at gate 1, L the sequence's teacher-forced NLL, normalised by the l2 "
