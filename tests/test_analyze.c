@@ -79,15 +79,9 @@ static void test_golden_records(void)
     AnMemo memo = {0};
     for (int k = 0; k < 3; k++) {
         char name[96];
-        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
-        const DmTensor *ti = tensorfile_find(ex, name);
-        CU_ASSERT_FATAL(ti != NULL);
-        int T = (int)ti->shape[1];
-        int64_t ids64[64];
         int32_t ids[64];
-        CU_ASSERT_FATAL(T <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
-        for (int i = 0; i < T; i++)
-            ids[i] = (int32_t)ids64[i];
+        int T = tu_case_ids(ex, k, ids, 64);
+        CU_ASSERT_FATAL(T > 0);
         /* the reference's answer start, T // 2, and its corrupting page;
          * a first item on the page fills the memo, so the checked one
          * takes its transcription from there, as a page's later questions
@@ -222,16 +216,10 @@ static void test_blocks(void)
     int32_t ids[3][64];
     DecPage page[3];
     for (int k = 0; k < 3; k++) {
-        char name[64];
-        int64_t ids64[64];
         enc[k] = tu_encode_case(m, ex, k, &n_enc[k]);
         CU_ASSERT_FATAL(enc[k] && dec_page_init(&page[k], m, enc[k], n_enc[k], &err) == 0);
-        snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
-        const DmTensor *ti = tensorfile_find(ex, name);
-        CU_ASSERT_FATAL(ti && ti->shape[1] <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
-        T[k] = (int)ti->shape[1];
-        for (int i = 0; i < T[k]; i++)
-            ids[k][i] = (int32_t)ids64[i];
+        T[k] = tu_case_ids(ex, k, ids[k], 64);
+        CU_ASSERT_FATAL(T[k] > 0);
     }
     CU_ASSERT_FATAL(T[0] != T[1] || T[1] != T[2]);
     /* per case: nothing, C1 skipped, S0's input reprojected, M1.out :=
@@ -323,13 +311,9 @@ static void test_pruned_student(void)
     DecPage tp, sp;
     CU_ASSERT_FATAL(enc && dec_page_init(&tp, m, enc, n_enc, &err) == 0 &&
                     dec_page_init(&sp, s, enc, n_enc, &err) == 0);
-    const DmTensor *ti = tensorfile_find(ex, "case1.decoder_input_ids");
-    int64_t ids64[64];
     int32_t ids[64];
-    CU_ASSERT_FATAL(ti && ti->shape[1] <= 64 && dm_tensor_to_i64(ti, ids64, &err) == 0);
-    int T = (int)ti->shape[1], a = T / 2;
-    for (int i = 0; i < T; i++)
-        ids[i] = (int32_t)ids64[i];
+    int T = tu_case_ids(ex, 1, ids, 64), a = T / 2;
+    CU_ASSERT_FATAL(T > 0);
     AnItem it = {&sp, NULL, ids, T, a, NULL};
     AnCfg cfg = {.analyses = AN_A_SKIP | AN_A_ABLATION, .subset_layer = -1};
     Docmint__AnalysisRecord r;

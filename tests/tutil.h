@@ -200,6 +200,24 @@ static inline void tu_expect_open_fail(int (*open_fn)(const char *, TensorFile *
 
 #include "worker/model/donut.h"
 
+/* Case k's decoder_input_ids in a reference file into ids (at most cap):
+ * their count, or -1 when missing or longer. */
+static inline int tu_case_ids(const TensorFile *ex, int k, int32_t *ids, int cap)
+{
+    char name[64];
+    snprintf(name, sizeof name, "case%d.decoder_input_ids", k);
+    const DmTensor *t = tensorfile_find(ex, name);
+    int T = t ? (int)dm_tensor_numel(t) : -1;
+    int64_t *v = T > 0 && T <= cap ? malloc((size_t)T * sizeof *v) : NULL;
+    DmErr err = {{0}};
+    if (!v || dm_tensor_to_i64(t, v, &err))
+        T = -1;
+    for (int i = 0; i < T; i++)
+        ids[i] = (int32_t)v[i];
+    free(v);
+    return T;
+}
+
 /* The encoder output of case k's pixel_values in a reference file
  * (malloc'ed, *n_enc tokens), or NULL. */
 static inline float *tu_encode_case(const DonutModel *m, const TensorFile *ex, int k, int *n_enc)
