@@ -348,14 +348,23 @@ static int s_fill_resid(const DonutModel *m, AnTrace *tr, DmErr *err)
     return 0;
 }
 
+/* A sequence of T tokens scored from answer start a has P = T - 1 - a
+ * scored positions: at least one. */
+static int s_scored_check(int T, int a, DmErr *err)
+{
+    if (T < 2 || a < 0 || T - 1 - a < 1)
+        return dm_err(err, "analyze: answer start %d leaves no scored position in %d tokens", a, T);
+    return 0;
+}
+
 int an_run(const DecPage *page, const int32_t *ids, int T, int answer_start, const AnOp *ops,
            int nops, int want_probs, AnTrace *tr, DmErr *err)
 {
     const DonutModel *m = page->m;
     const MBartConfig *c = &m->cfg.dec;
     int a = answer_start, P = T - 1 - a, V = c->vocab, D = c->d_model;
-    if (T < 2 || a < 0 || P < 1)
-        return dm_err(err, "analyze: answer start %d leaves no scored position in %d tokens", a, T);
+    if (s_scored_check(T, a, err))
+        return -1;
     memset(tr, 0, sizeof *tr);
     tr->T = T;
     tr->D = D;
@@ -395,15 +404,6 @@ done:
     if (rc)
         an_trace_free(tr);
     return rc;
-}
-
-/* The scored positions of a job: answer start a, P = T - 1 - a. */
-static int s_job_check(const AnJob *j, DmErr *err)
-{
-    if (j->T < 2 || j->answer_start < 0 || j->T - 1 - j->answer_start < 1)
-        return dm_err(err, "analyze: answer start %d leaves no scored position in %d tokens",
-                      j->answer_start, j->T);
-    return 0;
 }
 
 /* The sub-layer a job's run starts at: 0 without a base, else the first
@@ -536,7 +536,7 @@ static int s_slot_cmp(const void *pa, const void *pb)
 int an_runs(AnJob *jobs, int n, AnStats *stats, DmErr *err)
 {
     for (int i = 0; i < n; i++)
-        if (s_job_check(&jobs[i], err))
+        if (s_scored_check(jobs[i].T, jobs[i].answer_start, err))
             return -1;
     if (n < 1)
         return 0;
