@@ -872,15 +872,24 @@ int dec_forward(const DecPage *p, DecSeq **seqs, const int32_t *const *ids, cons
     return s_forward(p, seqs, ids, counts, B, logits, all_logits, NULL, 0, NULL, hooks, probe, err);
 }
 
-int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
-                     const int *counts, const int *from, int B, float *logits,
-                     const DecHooks *hooks, DmErr *err)
+/* dec_forward_rows from sub-layer start on the stream x (0, NULL: from
+ * the embedding). */
+static int s_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
+                          const int *counts, const int *from, int B, int start, const float *x,
+                          float *logits, const DecHooks *hooks, DmErr *err)
 {
     for (int b = 0; b < B; b++)
         if (from[b] < 0 || from[b] > counts[b])
             return dm_err(err, "decoder: sequence %d: logits from row %d of %d", b, from[b],
                           counts[b]);
-    return s_forward(p, seqs, ids, counts, B, logits, 0, from, 0, NULL, hooks, NULL, err);
+    return s_forward(p, seqs, ids, counts, B, logits, 0, from, start, x, hooks, NULL, err);
+}
+
+int dec_forward_rows(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
+                     const int *counts, const int *from, int B, float *logits,
+                     const DecHooks *hooks, DmErr *err)
+{
+    return s_forward_rows(p, seqs, ids, counts, from, B, 0, NULL, logits, hooks, err);
 }
 
 int dec_forward_from(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
@@ -889,12 +898,8 @@ int dec_forward_from(const DecPage *p, DecSeq **seqs, const int32_t *const *ids,
 {
     if (start < 0 || start > 3 * p->m->cfg.dec.layers)
         return dm_err(err, "decoder: no sub-layer %d to start from", start);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < B; b++)
         if (seqs[b]->len)
             return dm_err(err, "decoder: sequence %d already holds %d tokens", b, seqs[b]->len);
-        if (from[b] < 0 || from[b] > counts[b])
-            return dm_err(err, "decoder: sequence %d: logits from row %d of %d", b, from[b],
-                          counts[b]);
-    }
-    return s_forward(p, seqs, ids, counts, B, logits, 0, from, start, x, hooks, NULL, err);
+    return s_forward_rows(p, seqs, ids, counts, from, B, start, x, logits, hooks, err);
 }
